@@ -1,0 +1,186 @@
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/proc.h"
+#include "common/util.h"
+
+char *proc_find_executable(const char *name, vmsup_error **err) {
+        _cleanup_free_ char *path = NULL;
+        const char *search;
+        char *saveptr = NULL, *dir;
+
+        if (!name || !*name) {
+                vmsup_fail(err, VMSUP_EX_CONFIG, 0, "empty program name");
+                return NULL;
+        }
+        if (strchr(name, '/')) {
+                if (access(name, X_OK) < 0) {
+                        vmsup_fail(err, VMSUP_EX_UNAVAILABLE, errno, "program '%s' is not executable", name);
+                        return NULL;
+                }
+                return strdup(name);
+        }
+        search = getenv("PATH");
+        path = strdup(search && *search ? search : "/usr/sbin:/usr/bin:/sbin:/bin");
+        if (!path) {
+                vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "find '%s'", name);
+                return NULL;
+        }
+        for (dir = strtok_r(path, ":", &saveptr); dir; dir = strtok_r(NULL, ":", &saveptr)) {
+                char *candidate = NULL;
+
+                if (asprintf(&candidate, "%s/%s", *dir ? dir : ".", name) < 0)
+                        break;
+                if (access(candidate, X_OK) == 0)
+                        return candidate;
+                free(candidate);
+        }
+        vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "program '%s' was not found in PATH", name);
+        return NULL;
+}
+
+static long now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static int append(char **buf, size_t *len, size_t max, const char *data, size_t n) {
+        char *nbuf;
+
+        if (*len + n > max)
+                return -EFBIG;
+        nbuf = realloc(*buf, *len + n + 1);
+        if (!nbuf)
+                return -ENOMEM;
+        memcpy(nbuf + *len, data, n);
+        *len += n;
+        nbuf[*len] = '\0';
+        *buf = nbuf;
+        return 0;
+}
+
+int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, size_t max_output,
+                     struct proc_result *ret, vmsup_error **err) {
+        static char *const empty_env[] = { NULL };
+        int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
+        struct proc_result res = { 0 };
+        long deadline;
+        pid_t pid;
+        int r = 0, status;
+
+        if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
+                r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "run '%s': pipe", argv[0]);
+                goto out_close;
+        }
+        pid = fork();
+        if (pid < 0) {
+                r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "run '%s': fork", argv[0]);
+                goto out_close;
+        }
+        if (pid == 0) {
+                int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+                if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 || dup2(errp[1], 2) < 0)
+                        _exit(127);
+                close_range(3, ~0U, 0);
+                execve(argv[0], argv, envp ? envp : empty_env);
+                _exit(127);
+        }
+        close(outp[1]);
+        close(errp[1]);
+        outp[1] = errp[1] = -1;
+
+        deadline = now_ms() + timeout_ms;
+        while (outp[0] >= 0 || errp[0] >= 0) {
+                struct pollfd pfd[2] = { { outp[0], POLLIN, 0 }, { errp[0], POLLIN, 0 } };
+                long left = deadline - now_ms();
+                int n;
+
+                if (left <= 0) {
+                        kill(pid, SIGKILL);
+                        waitpid(pid, NULL, 0);
+                        r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "'%s' did not finish within %d ms",
+                                       argv[0], timeout_ms);
+                        goto out_close;
+                }
+                n = poll(pfd, 2, (int) left);
+                if (n < 0 && errno != EINTR) {
+                        r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "run '%s': poll", argv[0]);
+                        kill(pid, SIGKILL);
+                        waitpid(pid, NULL, 0);
+                        goto out_close;
+                }
+                for (int i = 0; i < 2 && n > 0; i++) {
+                        int *fd = i == 0 ? &outp[0] : &errp[0];
+                        char buf[4096];
+                        ssize_t got;
+
+                        if (*fd < 0 || !pfd[i].revents)
+                                continue;
+                        got = read(*fd, buf, sizeof(buf));
+                        if (got < 0 && errno == EINTR)
+                                continue;
+                        if (got <= 0) {
+                                close(*fd);
+                                *fd = -1;
+                                continue;
+                        }
+                        if (append(i == 0 ? &res.out : &res.errout, i == 0 ? &res.out_len : &res.errout_len,
+                                   max_output, buf, (size_t) got) < 0) {
+                                kill(pid, SIGKILL);
+                                waitpid(pid, NULL, 0);
+                                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                                               "'%s' printed more than %zu bytes", argv[0], max_output);
+                                goto out_close;
+                        }
+                }
+        }
+        while (waitpid(pid, &status, 0) < 0) {
+                if (errno != EINTR) {
+                        r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for '%s'", argv[0]);
+                        goto out_close;
+                }
+        }
+        res.status = status;
+        if (!res.out)
+                res.out = strdup("");
+        if (!res.errout)
+                res.errout = strdup("");
+        *ret = res;
+        memset(&res, 0, sizeof(res));
+
+out_close:
+        for (int i = 0; i < 2; i++) {
+                closep(&outp[i]);
+                closep(&errp[i]);
+        }
+        proc_result_clear(&res);
+        return r;
+}
+
+void proc_result_clear(struct proc_result *r) {
+        free(r->out);
+        free(r->errout);
+        memset(r, 0, sizeof(*r));
+}
+
+const char *proc_describe_status(int status, char *buf, size_t len) {
+        if (WIFEXITED(status))
+                snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
+        else if (WIFSIGNALED(status))
+                snprintf(buf, len, "killed by SIG%s", sigabbrev_np(WTERMSIG(status)) ?: "?");
+        else
+                snprintf(buf, len, "ended with wait status 0x%x", status);
+        return buf;
+}

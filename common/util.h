@@ -1,0 +1,63 @@
+/* Ownership helpers in the style of systemd and crun. */
+#ifndef VMSUP_COMMON_UTIL_H
+#define VMSUP_COMMON_UTIL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static inline void freep(void *p) {
+        free(*(void **) p);
+}
+static inline void closep(int *fd) {
+        if (*fd >= 0) {
+                int saved = errno;
+                close(*fd);
+                errno = saved;
+        }
+}
+static inline void fclosep(FILE **f) {
+        if (*f)
+                fclose(*f);
+}
+static inline void strv_freep(char ***v) {
+        if (*v) {
+                for (char **s = *v; *s; s++)
+                        free(*s);
+                free(*v);
+        }
+}
+
+#define _cleanup_free_ __attribute__((cleanup(freep)))
+#define _cleanup_close_ __attribute__((cleanup(closep)))
+#define _cleanup_fclose_ __attribute__((cleanup(fclosep)))
+#define _cleanup_strv_ __attribute__((cleanup(strv_freep)))
+
+/* Hand ownership on: return the value and leave the variable empty. */
+#define TAKE_PTR(p)                                 \
+        ({                                          \
+                __typeof__(p) _took_ = (p);         \
+                (p) = NULL;                         \
+                _took_;                             \
+        })
+#define TAKE_FD(fd)                                 \
+        ({                                          \
+                int _took_fd_ = (fd);               \
+                (fd) = -1;                          \
+                _took_fd_;                          \
+        })
+
+static inline bool streq(const char *a, const char *b) {
+        return a && b && strcmp(a, b) == 0;
+}
+static inline bool streq_ptr(const char *a, const char *b) {
+        return (!a && !b) || streq(a, b);
+}
+
+#endif

@@ -1,0 +1,273 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/util.h"
+#include "supervisor/hostconfig.h"
+
+static const char *const secret_security_names[] = { "user", "host", "deployment" };
+
+unsigned secret_security_from_string(const char *s) {
+        for (size_t i = 0; i < ARRAY_SIZE(secret_security_names); i++)
+                if (streq(s, secret_security_names[i]))
+                        return 1u << i;
+        return 0;
+}
+
+const char *secret_security_to_string(unsigned mode) {
+        for (size_t i = 0; i < ARRAY_SIZE(secret_security_names); i++)
+                if (mode == 1u << i)
+                        return secret_security_names[i];
+        return NULL;
+}
+
+enum opt_type { OPT_BOOL, OPT_STRING, OPT_PATH, OPT_SECRET_SECURITY_LIST, OPT_SECONDS };
+
+struct option_def {
+        const char *section;
+        const char *key;
+        enum opt_type type;
+        size_t offset;
+        const char *def;
+};
+
+#define OPT(sec, k, t, field, d) { sec, k, t, offsetof(struct host_config, field), d }
+static const struct option_def options[] = {
+        OPT("tpm", "swtpm_enabled", OPT_BOOL, tpm.swtpm_enabled, "false"),
+        OPT("tpm", "swtpm_user", OPT_STRING, tpm.swtpm_user, "tss"),
+        OPT("tpm", "swtpm_group", OPT_STRING, tpm.swtpm_group, "tss"),
+        OPT("tpm", "supported_tpm_secret_security", OPT_SECRET_SECURITY_LIST, tpm.supported_secret_security,
+            "user, host, deployment"),
+        OPT("tpm", "swtpm", OPT_STRING, tpm.swtpm, "swtpm"),
+        OPT("tpm", "swtpm_setup", OPT_STRING, tpm.swtpm_setup, "swtpm_setup"),
+        OPT("qemu", "binary", OPT_STRING, qemu.binary, "qemu-system-x86_64"),
+        OPT("qemu", "accelerator", OPT_STRING, qemu.accelerator, "kvm"),
+        OPT("qemu", "machine", OPT_STRING, qemu.machine, "q35"),
+        OPT("qemu", "ovmf_code", OPT_PATH, qemu.ovmf_code, "/usr/share/OVMF/OVMF_CODE_4M.fd"),
+        OPT("qemu", "ovmf_vars", OPT_PATH, qemu.ovmf_vars, "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        OPT("paths", "state_dir", OPT_PATH, paths.state_dir, "/var/lib/vmsup"),
+        OPT("paths", "run_dir", OPT_PATH, paths.run_dir, "/run/vmsup"),
+        OPT("paths", "secrets_dir", OPT_PATH, paths.secrets_dir, "/var/lib/vmsup/secrets"),
+        OPT("paths", "log_dir", OPT_PATH, paths.log_dir, "/var/log/vmsup"),
+        OPT("supervisor", "stop_timeout", OPT_SECONDS, supervisor.stop_timeout, "60"),
+};
+#undef OPT
+
+struct parse_ctx {
+        struct host_config *cfg;
+        const char *file;
+        FILE *stream;
+        int line;
+        bool seen[ARRAY_SIZE(options)];
+        vmsup_error **err;
+        int r;
+};
+
+/* oslo.config's BoolOpt spellings. */
+static int parse_bool(const char *v, bool *ret) {
+        static const char *const yes[] = { "true", "yes", "on", "1" };
+        static const char *const no[] = { "false", "no", "off", "0" };
+
+        for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
+                if (strcasecmp(v, yes[i]) == 0) {
+                        *ret = true;
+                        return 0;
+                }
+                if (strcasecmp(v, no[i]) == 0) {
+                        *ret = false;
+                        return 0;
+                }
+        }
+        return -EINVAL;
+}
+
+/* A comma-separated list, as oslo.config's ListOpt reads it. */
+static int parse_secret_security_list(const char *v, unsigned *ret, char **ret_bad) {
+        _cleanup_free_ char *copy = strdup(v);
+        char *saveptr = NULL, *item;
+        unsigned set = 0;
+
+        if (!copy)
+                return -ENOMEM;
+        for (item = strtok_r(copy, ",", &saveptr); item; item = strtok_r(NULL, ",", &saveptr)) {
+                char *end;
+                unsigned m;
+
+                while (isspace((unsigned char) *item))
+                        item++;
+                end = item + strlen(item);
+                while (end > item && isspace((unsigned char) end[-1]))
+                        *--end = '\0';
+                if (!*item)
+                        continue;
+                m = secret_security_from_string(item);
+                if (!m) {
+                        *ret_bad = strdup(item);
+                        return -EINVAL;
+                }
+                set |= m;
+        }
+        *ret = set;
+        return 0;
+}
+
+static int set_option(struct parse_ctx *c, const struct option_def *o, const char *value) {
+        void *field = (char *) c->cfg + o->offset;
+        const char *where = c->file ? c->file : "built-in defaults";
+
+        switch (o->type) {
+        case OPT_BOOL:
+                if (parse_bool(value, field) < 0)
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                                          "%s:%d: [%s] %s: '%s' is not a boolean (true or false)", where,
+                                          c->line, o->section, o->key, value);
+                return 0;
+        case OPT_PATH:
+                if (value[0] != '/')
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                                          "%s:%d: [%s] %s: '%s' is not an absolute path", where, c->line,
+                                          o->section, o->key, value);
+                /* fall through */
+        case OPT_STRING: {
+                char **s = field, *dup;
+
+                if (!*value)
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: empty value", where,
+                                          c->line, o->section, o->key);
+                dup = strdup(value);
+                if (!dup)
+                        return vmsup_fail(c->err, VMSUP_EX_OSERR, ENOMEM, "%s:%d: [%s] %s", where, c->line,
+                                          o->section, o->key);
+                free(*s);
+                *s = dup;
+                return 0;
+        }
+        case OPT_SECRET_SECURITY_LIST: {
+                _cleanup_free_ char *bad = NULL;
+
+                if (parse_secret_security_list(value, field, &bad) < 0)
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                                          "%s:%d: [%s] %s: '%s' is not a TPM secret security mode "
+                                          "(user, host, deployment)",
+                                          where, c->line, o->section, o->key, bad ? bad : value);
+                return 0;
+        }
+        case OPT_SECONDS: {
+                char *end;
+                unsigned long n;
+
+                errno = 0;
+                n = strtoul(value, &end, 10);
+                if (!isdigit((unsigned char) value[0]) || *end || errno || n > 86400)
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                                          "%s:%d: [%s] %s: '%s' is not a number of seconds (0 to 86400)",
+                                          where, c->line, o->section, o->key, value);
+                *(unsigned *) field = (unsigned) n;
+                return 0;
+        }
+        }
+        return -EINVAL;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value) {
+        struct parse_ctx *c = user;
+        bool section_known = false;
+
+        if (c->r < 0)
+                return 1; /* report only the first problem */
+        for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+                if (!streq(options[i].section, section))
+                        continue;
+                section_known = true;
+                if (!streq(options[i].key, name))
+                        continue;
+                if (c->seen[i]) {
+                        c->r = vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: set twice", c->file,
+                                          c->line, section, name);
+                        return 1;
+                }
+                c->seen[i] = true;
+                c->r = set_option(c, &options[i], value);
+                return 1;
+        }
+        if (section_known)
+                c->r = vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: unknown key", c->file, c->line,
+                                  section, name);
+        else
+                c->r = vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s]: unknown section (key %s)",
+                                  c->file, c->line, section, name);
+        return 1;
+}
+
+/* inih reads one line per call: counting calls gives the line the handler sees. */
+static char *counting_reader(char *str, int num, void *stream) {
+        struct parse_ctx *c = stream;
+        char *s = fgets(str, num, c->stream);
+
+        if (s)
+                c->line++;
+        return s;
+}
+
+int host_config_load(const char *path, bool missing_ok, struct host_config *ret, vmsup_error **err) {
+        struct host_config cfg = { 0 };
+        struct parse_ctx c = { .cfg = &cfg, .err = err };
+        _cleanup_fclose_ FILE *f = NULL;
+        int r;
+
+        for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+                r = set_option(&c, &options[i], options[i].def);
+                if (r < 0)
+                        goto fail;
+        }
+        if (!path)
+                path = VMSUP_DEFAULT_CONFIG;
+        f = fopen(path, "re");
+        if (!f) {
+                if (errno == ENOENT && missing_ok) {
+                        *ret = cfg;
+                        return 0;
+                }
+                r = vmsup_fail(err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_CONFIG, errno,
+                               "open host config '%s'", path);
+                goto fail;
+        }
+        c.file = path;
+        c.stream = f;
+        r = ini_parse_stream(counting_reader, &c, handler, &c);
+        if (c.r < 0) {
+                r = c.r;
+                goto fail;
+        }
+        if (r > 0) {
+                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s:%d: not an INI line (expected [section] or key = value)",
+                               path, r);
+                goto fail;
+        }
+        if (r < 0) {
+                r = vmsup_fail(err, VMSUP_EX_CONFIG, r == -2 ? ENOMEM : EIO, "read host config '%s'", path);
+                goto fail;
+        }
+        cfg.path = strdup(path);
+        *ret = cfg;
+        return 0;
+fail:
+        host_config_clear(&cfg);
+        return r;
+}
+
+void host_config_clear(struct host_config *cfg) {
+        for (size_t i = 0; i < ARRAY_SIZE(options); i++)
+                if (options[i].type == OPT_STRING || options[i].type == OPT_PATH)
+                        free(*(char **) ((char *) cfg + options[i].offset));
+        free(cfg->path);
+        memset(cfg, 0, sizeof(*cfg));
+}

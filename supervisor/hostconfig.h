@@ -1,0 +1,57 @@
+/* The host configuration, /etc/vmsup/vmsup.conf (INI, Nova's option names where one exists). */
+#ifndef VMSUP_SUPERVISOR_HOSTCONFIG_H
+#define VMSUP_SUPERVISOR_HOSTCONFIG_H
+
+#include <stdbool.h>
+
+#include "common/error.h"
+
+#define VMSUP_DEFAULT_CONFIG "/etc/vmsup/vmsup.conf"
+
+/* Nova's TPM secret-security modes, as a bit set. */
+enum secret_security {
+        SECRET_SECURITY_USER = 1 << 0,
+        SECRET_SECURITY_HOST = 1 << 1,
+        SECRET_SECURITY_DEPLOYMENT = 1 << 2,
+};
+#define SECRET_SECURITY_ALL (SECRET_SECURITY_USER | SECRET_SECURITY_HOST | SECRET_SECURITY_DEPLOYMENT)
+
+/* "user" -> SECRET_SECURITY_USER ...; 0 for anything else. */
+unsigned secret_security_from_string(const char *s);
+const char *secret_security_to_string(unsigned mode);
+
+struct host_config {
+        char *path; /* the file that was read; NULL when the defaults apply */
+        struct {
+                bool swtpm_enabled;
+                char *swtpm_user;
+                char *swtpm_group;
+                unsigned supported_secret_security;
+                char *swtpm;       /* program name or path */
+                char *swtpm_setup;
+        } tpm;
+        struct {
+                char *binary;
+                char *accelerator;
+                char *machine;
+                char *ovmf_code;
+                char *ovmf_vars;
+        } qemu;
+        struct {
+                char *state_dir;
+                char *run_dir;
+                char *secrets_dir;
+                char *log_dir;
+        } paths;
+        struct {
+                unsigned stop_timeout; /* seconds a graceful stop waits for the guest */
+        } supervisor;
+};
+
+/* Load the defaults, then the file at path. A missing file is fine when the path is the
+ * default one (missing_ok); otherwise it is an error. Errors name file, line and key. */
+int host_config_load(const char *path, bool missing_ok, struct host_config *ret, vmsup_error **err);
+
+void host_config_clear(struct host_config *cfg);
+
+#endif

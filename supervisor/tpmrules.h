@@ -1,0 +1,35 @@
+/* Nova's vTPM rules: which TPM a guest gets from its flavor and image. */
+#ifndef VMSUP_SUPERVISOR_TPMRULES_H
+#define VMSUP_SUPERVISOR_TPMRULES_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+
+#include "common/error.h"
+#include "supervisor/hostconfig.h"
+#include "supervisor/guestspec.h"
+
+enum tpm_version { TPM_VERSION_1_2 = 1, TPM_VERSION_2_0 };
+enum tpm_model { TPM_MODEL_TIS = 1, TPM_MODEL_CRB };
+
+struct vtpm_config {
+        bool present; /* false: the guest gets no vTPM */
+        enum tpm_version version;
+        enum tpm_model model;
+        unsigned secret_security; /* one SECRET_SECURITY_* bit */
+};
+
+const char *tpm_version_to_string(enum tpm_version v); /* "1.2", "2.0" */
+const char *tpm_model_to_string(enum tpm_model m);     /* "tpm-tis", "tpm-crb" */
+
+/* Nova's get_vtpm_constraint() plus the secret-security rule of the scheduler's
+ * tpm_secret_security_filter(). Violations exit 65 with Nova's words. */
+int tpm_rules_resolve(const struct guest_spec *spec, struct vtpm_config *ret, vmsup_error **err);
+
+/* What Nova checks by scheduling: the host must enable swtpm and the mode. Exit 69. */
+int tpm_rules_check_host(const struct vtpm_config *tpm, const struct host_config *cfg, vmsup_error **err);
+
+/* {"version": "2.0", "model": "tpm-crb", "secret_security": "user"}, or JSON null. */
+json_object *vtpm_config_to_json(const struct vtpm_config *tpm);
+
+#endif

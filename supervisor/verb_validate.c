@@ -1,0 +1,60 @@
+#include "config.h"
+
+#include <getopt.h>
+#include <stdio.h>
+
+#include "supervisor/guestspec.h"
+#include "supervisor/log.h"
+#include "supervisor/tpmrules.h"
+#include "supervisor/verbs.h"
+
+static void help(void) {
+        printf("Usage: vmsup validate GUEST.json\n"
+               "\n"
+               "Read a guest spec, apply Nova's vTPM rules (flavor extra specs and image\n"
+               "properties) and this host's [tpm] settings, and print the result as one JSON\n"
+               "object: {\"uuid\": ..., \"tpm\": {\"version\", \"model\", \"secret_security\"}}\n"
+               "or \"tpm\": null when the guest asks for no vTPM.\n"
+               "\n"
+               "Exit status: 0 valid; 65 the spec breaks a rule (Nova's message on stderr);\n"
+               "66 no such file; 69 this host does not offer what the guest asks for;\n"
+               "78 bad host configuration.\n");
+}
+
+int verb_validate(struct vmsup_ctx *ctx, int argc, char **argv) {
+        static const struct option longopts[] = { { "help", no_argument, NULL, 'h' }, {} };
+        _cleanup_error_ vmsup_error *err = NULL;
+        struct guest_spec spec = { 0 };
+        struct vtpm_config tpm;
+        json_object *out;
+        int c, r;
+
+        while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+                if (c == 'h') {
+                        help();
+                        return 0;
+                }
+                return verb_usage_error("validate", "bad option");
+        }
+        if (argc - optind != 1)
+                return verb_usage_error("validate", "expects one guest spec file");
+
+        if (vmsup_ctx_config(ctx, &err) < 0)
+                return log_error_exit(err);
+        if (guest_spec_load(argv[optind], &spec, &err) < 0)
+                return log_error_exit(err);
+        r = tpm_rules_resolve(&spec, &tpm, &err);
+        if (r == 0)
+                r = tpm_rules_check_host(&tpm, &ctx->cfg, &err);
+        if (r < 0) {
+                guest_spec_clear(&spec);
+                return log_error_exit(err);
+        }
+        out = json_object_new_object();
+        json_object_object_add(out, "uuid", json_object_new_string(spec.uuid));
+        json_object_object_add(out, "tpm", vtpm_config_to_json(&tpm));
+        printf("%s\n", json_object_to_json_string_ext(out, JSON_C_TO_STRING_SPACED | JSON_C_TO_STRING_NOSLASHESCAPE));
+        json_object_put(out);
+        guest_spec_clear(&spec);
+        return 0;
+}

@@ -1,0 +1,30 @@
+/* The CLI verbs: one function each, in supervisor/verb_<name>.c. */
+#ifndef VMSUP_SUPERVISOR_VERBS_H
+#define VMSUP_SUPERVISOR_VERBS_H
+
+#include <stdbool.h>
+
+#include "supervisor/hostconfig.h"
+
+struct vmsup_ctx {
+        const char *config_path; /* from --config, NULL for the default */
+        struct host_config cfg;
+        bool cfg_loaded;
+};
+
+/* Load the host config once (the default path may be missing; an explicit one may not). */
+int vmsup_ctx_config(struct vmsup_ctx *ctx, vmsup_error **err);
+
+struct verb {
+        const char *name;
+        int (*run)(struct vmsup_ctx *ctx, int argc, char **argv); /* returns the exit code */
+        const char *summary;
+};
+
+int verb_validate(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_traits(struct vmsup_ctx *ctx, int argc, char **argv);
+
+/* Print "Try 'vmsup VERB --help'." and return 64. */
+int verb_usage_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,74 @@
+#include "config.h"
+
+#include <criterion/criterion.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/proc.h"
+#include "tests/helpers.h"
+
+char *test_mkdtemp(void) {
+        const char *base = getenv("TMPDIR");
+        char *dir = NULL;
+
+        cr_assert(asprintf(&dir, "%s/vmsup-test-XXXXXX", base && *base ? base : "/tmp") > 0);
+        cr_assert_not_null(mkdtemp(dir), "mkdtemp %s", dir);
+        return dir;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        (void) st;
+        (void) flag;
+        (void) ftw;
+        return remove(path);
+}
+
+void test_rmtree(const char *dir) {
+        if (dir)
+                nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+char *test_write_file(const char *dir, const char *name, const char *content, unsigned mode) {
+        char *path = NULL;
+        FILE *f;
+
+        cr_assert(asprintf(&path, "%s/%s", dir, name) > 0);
+        f = fopen(path, "w");
+        cr_assert_not_null(f, "create %s", path);
+        fputs(content, f);
+        cr_assert_eq(fclose(f), 0);
+        cr_assert_eq(chmod(path, mode), 0);
+        return path;
+}
+
+void test_run_vmsup(struct test_run *ret, const char *path, const char *const *args) {
+        char *argv[64], *envp[2] = { NULL, NULL }, *pathvar = NULL;
+        struct proc_result res = { 0 };
+        vmsup_error *err = NULL;
+        size_t n = 0;
+
+        argv[n++] = (char *) VMSUP_BIN;
+        for (; *args && n < 63; args++)
+                argv[n++] = (char *) *args;
+        argv[n] = NULL;
+        cr_assert(asprintf(&pathvar, "PATH=%s", path ? path : getenv("PATH")) > 0);
+        envp[0] = pathvar;
+        if (proc_run_capture(argv, envp, 120000, 4 * 1024 * 1024, &res, &err) < 0)
+                cr_assert_fail("running %s: %s", VMSUP_BIN, err->msg);
+        free(pathvar);
+        ret->exit_code = WIFEXITED(res.status) ? WEXITSTATUS(res.status) : -1;
+        ret->out = res.out;
+        ret->err = res.errout;
+}
+
+void test_run_clear(struct test_run *r) {
+        free(r->out);
+        free(r->err);
+        r->out = r->err = NULL;
+}

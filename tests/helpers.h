@@ -1,0 +1,25 @@
+/* Shared by the Criterion tests: temporary dirs, files, and running the vmsup binary. */
+#ifndef VMSUP_TESTS_HELPERS_H
+#define VMSUP_TESTS_HELPERS_H
+
+#include <stddef.h>
+
+/* A fresh directory under $TMPDIR (or /tmp), removed by test_rmtree(). */
+char *test_mkdtemp(void);
+void test_rmtree(const char *dir);
+
+/* Write content to dir/name with the given mode; returns the new path. */
+char *test_write_file(const char *dir, const char *name, const char *content, unsigned mode);
+
+struct test_run {
+        int exit_code; /* -1 when killed by a signal */
+        char *out;
+        char *err;
+};
+
+/* Run the vmsup binary with args (NULL-terminated) and the environment PATH=path (NULL:
+ * the test's own PATH); capture stdout and stderr. */
+void test_run_vmsup(struct test_run *ret, const char *path, const char *const *args);
+void test_run_clear(struct test_run *r);
+
+#endif

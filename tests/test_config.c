@@ -1,0 +1,135 @@
+#include "config.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "supervisor/hostconfig.h"
+#include "tests/helpers.h"
+
+static char *dir;
+
+static void setup(void) {
+        dir = test_mkdtemp();
+}
+static void teardown(void) {
+        test_rmtree(dir);
+        free(dir);
+}
+
+TestSuite(config, .init = setup, .fini = teardown);
+
+/* Load text as a config file; return the error message or NULL. */
+static char *load(const char *text, struct host_config *cfg, int *exit_code) {
+        char *path = test_write_file(dir, "vmsup.conf", text, 0644);
+        vmsup_error *err = NULL;
+        char *msg = NULL;
+
+        if (host_config_load(path, false, cfg, &err) < 0) {
+                msg = strdup(err->msg);
+                if (exit_code)
+                        *exit_code = err->exit_code;
+                vmsup_error_free(err);
+        }
+        free(path);
+        return msg;
+}
+
+Test(config, missing_default_file_means_defaults) {
+        struct host_config cfg;
+        vmsup_error *err = NULL;
+        char *path = NULL;
+
+        cr_assert(asprintf(&path, "%s/absent.conf", dir) > 0);
+        cr_assert_eq(host_config_load(path, true, &cfg, &err), 0);
+        cr_assert_null(cfg.path);
+        cr_assert_eq(cfg.tpm.swtpm_enabled, false, "Nova's default is swtpm_enabled = False");
+        cr_assert_str_eq(cfg.tpm.swtpm_user, "tss");
+        cr_assert_str_eq(cfg.tpm.swtpm_group, "tss");
+        cr_assert_eq(cfg.tpm.supported_secret_security, SECRET_SECURITY_ALL);
+        cr_assert_str_eq(cfg.paths.state_dir, "/var/lib/vmsup");
+        cr_assert_str_eq(cfg.paths.run_dir, "/run/vmsup");
+        cr_assert_str_eq(cfg.paths.secrets_dir, "/var/lib/vmsup/secrets");
+        host_config_clear(&cfg);
+        free(path);
+}
+
+Test(config, explicit_missing_file_is_an_error) {
+        struct host_config cfg;
+        vmsup_error *err = NULL;
+        char *path = NULL;
+
+        cr_assert(asprintf(&path, "%s/absent.conf", dir) > 0);
+        cr_assert_lt(host_config_load(path, false, &cfg, &err), 0);
+        cr_assert_eq(err->exit_code, 66);
+        cr_assert(strstr(err->msg, path), "%s", err->msg);
+        vmsup_error_free(err);
+        free(path);
+}
+
+Test(config, reads_nova_options) {
+        struct host_config cfg;
+        char *msg = load("# comment\n[tpm]\nswtpm_enabled = True\nswtpm_user = swtpm\nswtpm_group = kvm\n"
+                         "supported_tpm_secret_security = host ,deployment\n"
+                         "[qemu]\naccelerator = tcg\n[paths]\nstate_dir = /srv/vmsup\n"
+                         "[supervisor]\nstop_timeout = 5\n",
+                         &cfg, NULL);
+
+        cr_assert_null(msg, "%s", msg);
+        cr_assert(cfg.tpm.swtpm_enabled);
+        cr_assert_str_eq(cfg.tpm.swtpm_user, "swtpm");
+        cr_assert_str_eq(cfg.tpm.swtpm_group, "kvm");
+        cr_assert_eq(cfg.tpm.supported_secret_security, SECRET_SECURITY_HOST | SECRET_SECURITY_DEPLOYMENT);
+        cr_assert_str_eq(cfg.qemu.accelerator, "tcg");
+        cr_assert_str_eq(cfg.paths.state_dir, "/srv/vmsup");
+        cr_assert_str_eq(cfg.paths.run_dir, "/run/vmsup", "unset keys keep their defaults");
+        cr_assert_eq(cfg.supervisor.stop_timeout, 5);
+        host_config_clear(&cfg);
+}
+
+Test(config, empty_secret_security_list_supports_nothing) {
+        struct host_config cfg;
+        char *msg = load("[tpm]\nsupported_tpm_secret_security =\n", &cfg, NULL);
+
+        cr_assert_null(msg, "%s", msg);
+        cr_assert_eq(cfg.tpm.supported_secret_security, 0);
+        host_config_clear(&cfg);
+}
+
+struct bad_case {
+        const char *text;
+        const char *expect;
+};
+
+static void check_bad_input(const struct bad_case *c);
+
+static const struct bad_case bad_input_cases[] = {
+                { "[tpm]\nswtpm_enabled = maybe\n", ":2: [tpm] swtpm_enabled: 'maybe' is not a boolean" },
+                { "[tpm]\n\nswtpm_enable = true\n", ":3: [tpm] swtpm_enable: unknown key" },
+                { "[tmp]\nswtpm_enabled = true\n", ":2: [tmp]: unknown section (key swtpm_enabled)" },
+                { "[tpm]\nsupported_tpm_secret_security = user, root\n",
+                  ":2: [tpm] supported_tpm_secret_security: 'root' is not a TPM secret security mode" },
+                { "[paths]\nstate_dir = var/lib\n", ":2: [paths] state_dir: 'var/lib' is not an absolute path" },
+                { "[supervisor]\nstop_timeout = -1\n", ":2: [supervisor] stop_timeout: '-1' is not a number" },
+                { "[supervisor]\nstop_timeout = 10s\n", ":2: [supervisor] stop_timeout: '10s' is not a number" },
+                { "[tpm]\nswtpm_user =\n", ":2: [tpm] swtpm_user: empty value" },
+                { "[tpm]\nswtpm_enabled = true\nswtpm_enabled = false\n", ":3: [tpm] swtpm_enabled: set twice" },
+                { "[tpm]\nthis is not ini\n", ":2: not an INI line" },
+};
+
+static void check_bad_input(const struct bad_case *c) {
+        struct host_config cfg;
+        int code = 0;
+        char *msg = load(c->text, &cfg, &code);
+
+        cr_assert_not_null(msg, "accepted: %s", c->text);
+        cr_assert(strstr(msg, c->expect), "message '%s' lacks '%s'", msg, c->expect);
+        cr_assert(strstr(msg, "/vmsup.conf:"), "message '%s' does not name the file", msg);
+        cr_assert_eq(code, 78);
+        free(msg);
+}
+
+Test(config, bad_input) {
+        for (size_t i = 0; i < sizeof(bad_input_cases) / sizeof(bad_input_cases[0]); i++)
+                check_bad_input(&bad_input_cases[i]);
+}

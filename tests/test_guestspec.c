@@ -1,0 +1,132 @@
+#include "config.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "supervisor/guestspec.h"
+
+#define UUID "0b7c6e4a-3f0e-4d5c-9a1b-2c3d4e5f6a7b"
+#define MINIMAL "\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256, \"flavor\": {\"name\": \"f\"}"
+
+static char *parse_error(const char *json) {
+        struct guest_spec spec;
+        vmsup_error *err = NULL;
+        char *msg;
+
+        if (guest_spec_parse(json, strlen(json), "g.json", &spec, &err) == 0) {
+                guest_spec_clear(&spec);
+                return NULL;
+        }
+        cr_assert_eq(err->exit_code, 65, "bad spec must exit 65, got %d (%s)", err->exit_code, err->msg);
+        msg = strdup(err->msg);
+        vmsup_error_free(err);
+        return msg;
+}
+
+Test(guestspec, full_spec) {
+        const char *json = "{\"uuid\": \"" UUID "\", \"name\": \"web-1\", \"vcpus\": 2, \"memory_mb\": 512,"
+                           " \"owner\": {\"user_id\": \"u1\", \"project_id\": \"p1\"},"
+                           " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {\"hw:tpm_version\": \"2.0\", \"hw:cpu_policy\": \"shared\"}},"
+                           " \"image\": {\"id\": \"i1\", \"name\": \"debian\", \"properties\": {\"hw_firmware_type\": \"uefi\", \"os_distro\": \"debian\"}},"
+                           " \"vtpm_secret_uuid\": null,"
+                           " \"firmware\": {\"kernel\": \"/boot/vmlinuz\", \"initrd\": \"/boot/initrd\", \"cmdline\": \"console=ttyS0\"},"
+                           " \"disks\": [{\"path\": \"/srv/d.qcow2\", \"format\": \"qcow2\"}, {\"path\": \"/srv/cd.iso\", \"readonly\": true}]}";
+        struct guest_spec spec;
+        vmsup_error *err = NULL;
+
+        cr_assert_eq(guest_spec_parse(json, strlen(json), "g.json", &spec, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_str_eq(spec.uuid, UUID);
+        cr_assert_str_eq(spec.name, "web-1");
+        cr_assert_eq(spec.vcpus, 2);
+        cr_assert_eq(spec.memory_mb, 512);
+        cr_assert_str_eq(spec.owner_project_id, "p1");
+        cr_assert_str_eq(spec.flavor_name, "m1.tpm");
+        cr_assert_str_eq(guest_spec_extra_spec(&spec, "hw:tpm_version"), "2.0");
+        cr_assert_null(guest_spec_extra_spec(&spec, "hw:tpm_model"));
+        cr_assert_str_eq(spec.firmware_type, "uefi", "firmware type comes from hw_firmware_type");
+        cr_assert_str_eq(spec.kernel, "/boot/vmlinuz");
+        cr_assert_null(spec.vtpm_secret_uuid);
+        cr_assert_eq(spec.n_disks, 2);
+        cr_assert_str_eq(spec.disks[1].format, "raw");
+        cr_assert(spec.disks[1].readonly);
+        guest_spec_clear(&spec);
+}
+
+Test(guestspec, firmware_defaults_to_bios) {
+        const char *json = "{" MINIMAL "}";
+        struct guest_spec spec;
+        vmsup_error *err = NULL;
+
+        cr_assert_eq(guest_spec_parse(json, strlen(json), "g.json", &spec, &err), 0);
+        cr_assert_str_eq(spec.firmware_type, "bios");
+        cr_assert_null(spec.image_name);
+        guest_spec_clear(&spec);
+}
+
+struct bad_case {
+        const char *json;
+        const char *expect;
+};
+
+static void check_bad_specs(const struct bad_case *c);
+
+static const struct bad_case bad_specs_cases[] = {
+                { "not json", "not valid JSON" },
+                { "{" MINIMAL "", "not valid JSON" },
+                { "{" MINIMAL "} trailing", "not valid JSON" },
+                { "[1, 2]", "must be a JSON object" },
+                { "{\"name\": \"g\"}", "key 'uuid': missing" },
+                { "{\"uuid\": 7}", "key 'uuid': must be a string" },
+                { "{\"uuid\": \"../../etc\"}", "key 'uuid': not a lower-case UUID" },
+                { "{\"uuid\": \"0B7C6E4A-3F0E-4D5C-9A1B-2C3D4E5F6A7B\"}", "key 'uuid': not a lower-case UUID" },
+                { "{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": \"2\", \"memory_mb\": 256}",
+                  "key 'vcpus': must be an integer" },
+                { "{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 0, \"memory_mb\": 256}",
+                  "key 'vcpus': 0 is out of range" },
+                { "{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1}", "key 'memory_mb': missing" },
+                { "{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256}", "key 'flavor': missing" },
+                { "{" MINIMAL ", \"flavour\": {}}", "key 'flavour': unknown key" },
+                { "{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256, \"flavor\": {\"extra_specs\": {}}}",
+                  "key 'flavor.name': missing" },
+                { "{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256, \"flavor\": {\"name\": \"f\", \"extra_specs\": {\"hw:tpm_version\": 2.0}}}",
+                  "key 'flavor.extra_specs.hw:tpm_version': must be a string" },
+                { "{" MINIMAL ", \"image\": {\"properties\": {\"hw_tpm_model\": true}}}",
+                  "key 'image.properties.hw_tpm_model': must be a string" },
+                { "{" MINIMAL ", \"image\": {\"properties\": \"x\"}}", "key 'image.properties': must be an object" },
+                { "{" MINIMAL ", \"owner\": {\"user\": \"x\"}}", "key 'owner.user': unknown key" },
+                { "{" MINIMAL ", \"vtpm_secret_uuid\": \"abc\"}", "key 'vtpm_secret_uuid': not a lower-case UUID" },
+                { "{" MINIMAL ", \"firmware\": {\"type\": \"coreboot\"}}", "key 'firmware.type': must be uefi or bios" },
+                { "{" MINIMAL ", \"firmware\": {\"type\": \"bios\"}, \"image\": {\"properties\": {\"hw_firmware_type\": \"uefi\"}}}",
+                  "key 'firmware.type': conflicts with image property hw_firmware_type" },
+                { "{" MINIMAL ", \"firmware\": {\"initrd\": \"/boot/initrd\"}}", "key 'firmware.kernel': missing" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"rel/path\"}]}", "key 'disks[0].path': must be an absolute path" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/a\", \"format\": \"vmdk\"}]}", "key 'disks[0].format': must be raw or qcow2" },
+                { "{" MINIMAL ", \"disks\": {}}", "key 'disks': must be an array" },
+                { "{\"uuid\": \"" UUID "\", \"name\": \"a,b\", \"vcpus\": 1, \"memory_mb\": 256, \"flavor\": {\"name\": \"f\"}}",
+                  "key 'name': must be printable" },
+};
+
+static void check_bad_specs(const struct bad_case *c) {
+        char *msg = parse_error(c->json);
+
+        cr_assert_not_null(msg, "accepted: %s", c->json);
+        cr_assert(strstr(msg, c->expect), "message '%s' lacks '%s'", msg, c->expect);
+        cr_assert(strstr(msg, "guest spec 'g.json'"), "message '%s' does not name the file", msg);
+        free(msg);
+}
+
+Test(guestspec, missing_file_exits_66) {
+        struct guest_spec spec;
+        vmsup_error *err = NULL;
+
+        cr_assert_lt(guest_spec_load("/nonexistent/guest.json", &spec, &err), 0);
+        cr_assert_eq(err->exit_code, 66);
+        cr_assert(strstr(err->msg, "/nonexistent/guest.json"));
+        vmsup_error_free(err);
+}
+
+Test(guestspec, bad_specs) {
+        for (size_t i = 0; i < sizeof(bad_specs_cases) / sizeof(bad_specs_cases[0]); i++)
+                check_bad_specs(&bad_specs_cases[i]);
+}
