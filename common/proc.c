@@ -3,7 +3,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <grp.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -183,4 +186,137 @@ const char *proc_describe_status(int status, char *buf, size_t len) {
         else
                 snprintf(buf, len, "ended with wait status 0x%x", status);
         return buf;
+}
+
+static int pidfd_open_(pid_t pid) {
+        return (int) syscall(SYS_pidfd_open, pid, 0); /* pidfds are always close-on-exec */
+}
+
+/* In the child: report errno on the pipe and exit. Only async-signal-safe calls here. */
+_Noreturn static void child_fail(int report_fd) {
+        int e = errno;
+
+        (void) !write(report_fd, &e, sizeof(e));
+        _exit(127);
+}
+
+int proc_spawn(const struct proc_spawn_opts *o, pid_t *ret_pid, int *ret_pidfd, vmsup_error **err) {
+        static char *const empty_env[] = { NULL };
+        _cleanup_close_ int devnull = -1;
+        int report[2] = { -1, -1 }, child_errno = 0, max_child_fd = 2;
+        pid_t parent = getpid(), pid;
+        ssize_t n;
+
+        for (size_t i = 0; i < o->n_fds; i++) {
+                if (o->fds[i].child_fd <= 2 || o->fds[i].child_fd > 1000)
+                        return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "spawn '%s': bad child fd %d", o->argv[0],
+                                          o->fds[i].child_fd);
+                if (o->fds[i].child_fd > max_child_fd)
+                        max_child_fd = o->fds[i].child_fd;
+        }
+        devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (devnull < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "spawn '%s': open /dev/null", o->argv[0]);
+        if (pipe2(report, O_CLOEXEC) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "spawn '%s': pipe", o->argv[0]);
+
+        pid = fork();
+        if (pid < 0) {
+                int e = errno;
+
+                close(report[0]);
+                close(report[1]);
+                return vmsup_fail(err, VMSUP_EX_OSERR, e, "spawn '%s': fork", o->argv[0]);
+        }
+        if (pid == 0) {
+                int std[3] = { o->stdin_fd, o->stdout_fd, o->stderr_fd };
+                int moved[3 + 64], rep;
+                size_t nmoved = 3 + o->n_fds;
+                sigset_t all;
+
+                /* The report pipe first, then every source fd, go above the highest target,
+                 * so that placing one fd cannot overwrite another still to be placed. */
+                rep = fcntl(report[1], F_DUPFD_CLOEXEC, max_child_fd + 1);
+                if (rep < 0)
+                        _exit(127);
+                report[1] = rep;
+                if (nmoved > ARRAY_SIZE(moved)) {
+                        errno = E2BIG;
+                        child_fail(rep);
+                }
+                for (size_t i = 0; i < nmoved; i++) {
+                        int src = i < 3 ? (std[i] >= 0 ? std[i] : devnull) : o->fds[i - 3].parent_fd;
+
+                        moved[i] = fcntl(src, F_DUPFD_CLOEXEC, rep + 1);
+                        if (moved[i] < 0)
+                                child_fail(rep);
+                }
+                for (size_t i = 0; i < nmoved; i++) {
+                        int target = i < 3 ? (int) i : o->fds[i - 3].child_fd;
+
+                        if (dup2(moved[i], target) < 0) /* dup2 clears close-on-exec */
+                                child_fail(rep);
+                }
+                /* every other fd goes: the gaps between targets, then all above them except
+                 * the report pipe (close-on-exec) */
+                for (int fd = 3; fd <= max_child_fd; fd++) {
+                        bool target = false;
+
+                        for (size_t i = 0; i < o->n_fds; i++)
+                                target |= o->fds[i].child_fd == fd;
+                        if (!target)
+                                close(fd);
+                }
+                if ((rep > max_child_fd + 1 && close_range((unsigned) max_child_fd + 1, (unsigned) rep - 1, 0) < 0) ||
+                    close_range((unsigned) rep + 1, ~0U, 0) < 0)
+                        child_fail(rep);
+
+                sigfillset(&all);
+                sigprocmask(SIG_UNBLOCK, &all, NULL);
+                for (int sig = 1; sig < NSIG; sig++)
+                        signal(sig, SIG_DFL);
+                if (o->new_session && setsid() < 0)
+                        child_fail(report[1]);
+                if (o->death_signal) {
+                        if (prctl(PR_SET_PDEATHSIG, o->death_signal) < 0)
+                                child_fail(report[1]);
+                        if (getppid() != parent) /* vmsup died before prctl took effect */
+                                _exit(127);
+                }
+                if (o->set_ids) {
+                        if (setgroups(0, NULL) < 0 || setresgid(o->gid, o->gid, o->gid) < 0 ||
+                            setresuid(o->uid, o->uid, o->uid) < 0)
+                                child_fail(report[1]);
+                }
+                if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                        child_fail(report[1]);
+                execve(o->argv[0], o->argv, o->envp ? o->envp : empty_env);
+                child_fail(report[1]);
+        }
+
+        close(report[1]);
+        do
+                n = read(report[0], &child_errno, sizeof(child_errno));
+        while (n < 0 && errno == EINTR);
+        close(report[0]);
+        if (n > 0) {
+                waitpid(pid, NULL, 0);
+                return vmsup_fail(err, child_errno == ENOENT ? VMSUP_EX_UNAVAILABLE : VMSUP_EX_OSERR, child_errno,
+                                  "start '%s'", o->argv[0]);
+        }
+        if (ret_pidfd) {
+                /* The child cannot be reaped before we wait for it, so its pid is still ours. */
+                int pidfd = pidfd_open_(pid);
+
+                if (pidfd < 0) {
+                        int e = errno;
+
+                        kill(pid, SIGKILL);
+                        waitpid(pid, NULL, 0);
+                        return vmsup_fail(err, VMSUP_EX_OSERR, e, "pidfd_open for '%s'", o->argv[0]);
+                }
+                *ret_pidfd = pidfd;
+        }
+        *ret_pid = pid;
+        return 0;
 }

@@ -2,6 +2,7 @@
 #ifndef VMSUP_COMMON_PROC_H
 #define VMSUP_COMMON_PROC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -26,6 +27,32 @@ int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, siz
                      struct proc_result *ret, vmsup_error **err);
 
 void proc_result_clear(struct proc_result *r);
+
+/* One fd the child gets: parent_fd becomes child_fd (no longer close-on-exec). */
+struct proc_fd_map {
+        int parent_fd;
+        int child_fd;
+};
+
+struct proc_spawn_opts {
+        char *const *argv;   /* argv[0] is an absolute path */
+        char *const *envp;   /* NULL: an empty environment */
+        int stdin_fd;        /* -1: /dev/null */
+        int stdout_fd;       /* -1: /dev/null */
+        int stderr_fd;       /* -1: /dev/null */
+        const struct proc_fd_map *fds; /* further fds, e.g. socketpair ends; all others are closed */
+        size_t n_fds;
+        int death_signal;    /* PR_SET_PDEATHSIG: sent when vmsup dies; 0 for none */
+        bool set_ids;        /* run as uid/gid, with no supplementary groups */
+        uid_t uid;
+        gid_t gid;
+        bool new_session;    /* setsid(): keep the terminal's signals (^C) for vmsup to handle */
+};
+
+/* Start a child as the options say. On success *ret_pid is its pid and, if ret_pidfd is
+ * not NULL, *ret_pidfd a pidfd (O_CLOEXEC) to wait on with epoll. A failed exec is
+ * reported here, with its errno, not as an exit status later. */
+int proc_spawn(const struct proc_spawn_opts *o, pid_t *ret_pid, int *ret_pidfd, vmsup_error **err);
 
 /* A human description of a waitpid() status: "exited with status 3", "killed by SIGKILL". */
 const char *proc_describe_status(int status, char *buf, size_t len);
