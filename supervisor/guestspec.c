@@ -302,8 +302,8 @@ int guest_spec_parse(const char *text, size_t len, const char *source, struct gu
             (r = get_uint(&w, root, "memory_mb", 16, 16 * 1024 * 1024, &spec.memory_mb)) < 0)
                 goto out;
         for (const char *p = spec.name; *p; p++)
-                if (!isprint((unsigned char) *p) || *p == ',' || *p == '/') {
-                        r = bad(&w, "name", "must be printable, without ',' or '/'");
+                if (!isprint((unsigned char) *p)) {
+                        r = bad(&w, "name", "must be printable characters");
                         goto out;
                 }
 

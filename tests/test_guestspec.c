@@ -103,8 +103,8 @@ static const struct bad_case bad_specs_cases[] = {
                 { "{" MINIMAL ", \"disks\": [{\"path\": \"rel/path\"}]}", "key 'disks[0].path': must be an absolute path" },
                 { "{" MINIMAL ", \"disks\": [{\"path\": \"/a\", \"format\": \"vmdk\"}]}", "key 'disks[0].format': must be raw or qcow2" },
                 { "{" MINIMAL ", \"disks\": {}}", "key 'disks': must be an array" },
-                { "{\"uuid\": \"" UUID "\", \"name\": \"a,b\", \"vcpus\": 1, \"memory_mb\": 256, \"flavor\": {\"name\": \"f\"}}",
-                  "key 'name': must be printable" },
+                { "{\"uuid\": \"" UUID "\", \"name\": \"a\\tb\", \"vcpus\": 1, \"memory_mb\": 256, \"flavor\": {\"name\": \"f\"}}",
+                  "key 'name': must be printable characters" },
 };
 
 static void check_bad_specs(const struct bad_case *c) {

@@ -1,0 +1,176 @@
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "supervisor/qemuargs.h"
+
+char *qemu_escape_value(const char *s) {
+        size_t n = 0;
+        char *out, *o;
+
+        for (const char *p = s; *p; p++)
+                n += *p == ',' ? 2 : 1;
+        out = malloc(n + 1);
+        if (!out)
+                return NULL;
+        for (o = out; *s; s++) {
+                *o++ = *s;
+                if (*s == ',')
+                        *o++ = ',';
+        }
+        *o = '\0';
+        return out;
+}
+
+struct argv_builder {
+        char **v;
+        size_t n, cap;
+        bool oom;
+};
+
+static void add(struct argv_builder *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add(struct argv_builder *b, const char *fmt, ...) {
+        char *s = NULL;
+        va_list ap;
+
+        if (b->oom)
+                return;
+        if (b->n + 2 > b->cap) {
+                size_t cap = b->cap ? b->cap * 2 : 64;
+                char **v = realloc(b->v, cap * sizeof(char *));
+
+                if (!v) {
+                        b->oom = true;
+                        return;
+                }
+                b->v = v;
+                b->cap = cap;
+        }
+        va_start(ap, fmt);
+        if (vasprintf(&s, fmt, ap) < 0) {
+                b->oom = true;
+                s = NULL;
+        }
+        va_end(ap);
+        if (s) {
+                b->v[b->n++] = s;
+                b->v[b->n] = NULL;
+        }
+}
+
+/* Add "-opt" "prefix<escaped value>suffix". */
+static void add_escaped(struct argv_builder *b, const char *opt, const char *prefix, const char *value,
+                        const char *suffix) {
+        _cleanup_free_ char *esc = qemu_escape_value(value);
+
+        if (!esc) {
+                b->oom = true;
+                return;
+        }
+        add(b, "%s", opt);
+        add(b, "%s%s%s", prefix, esc, suffix);
+}
+
+int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error **err) {
+        const struct guest_spec *spec = in->spec;
+        const struct host_config *cfg = in->cfg;
+        struct argv_builder b = { 0 };
+
+        if (streq(spec->firmware_type, "uefi") && !in->vars_path)
+                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "UEFI guest without a VARS file");
+
+        add(&b, "%s", in->qemu);
+        add_escaped(&b, "-name", "guest=", spec->name, ",debug-threads=on");
+        add(&b, "-uuid");
+        add(&b, "%s", spec->uuid);
+        /* Nothing from the host's QEMU config or defaults: every device is ours. */
+        add(&b, "-no-user-config");
+        add(&b, "-nodefaults");
+        add(&b, "-display");
+        add(&b, "none");
+        add(&b, "-accel");
+        add(&b, "%s", cfg->qemu.accelerator);
+        add(&b, "-machine");
+        add(&b, "%s", cfg->qemu.machine);
+        add(&b, "-m");
+        add(&b, "%u", spec->memory_mb);
+        add(&b, "-smp");
+        add(&b, "%u", spec->vcpus);
+        add(&b, "-msg");
+        add(&b, "timestamp=on");
+        if (in->paused)
+                add(&b, "-S");
+
+        /* QMP on an inherited socketpair end: no path to race on. */
+        add(&b, "-chardev");
+        add(&b, "socket,id=qmp,fd=%d", in->qmp_fd);
+        add(&b, "-mon");
+        add(&b, "chardev=qmp,mode=control");
+
+        if (streq(spec->firmware_type, "uefi")) {
+                add_escaped(&b, "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=", cfg->qemu.ovmf_code, "");
+                add_escaped(&b, "-drive", "if=pflash,format=raw,unit=1,file=", in->vars_path, "");
+        }
+        if (spec->kernel) {
+                add(&b, "-kernel");
+                add(&b, "%s", spec->kernel);
+                if (spec->initrd) {
+                        add(&b, "-initrd");
+                        add(&b, "%s", spec->initrd);
+                }
+                if (spec->cmdline) {
+                        add(&b, "-append");
+                        add(&b, "%s", spec->cmdline);
+                }
+        }
+
+        if (in->tpm && in->tpm->present) {
+                if (in->tpm_ctrl_fd < 0) {
+                        free(b.v);
+                        return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "vTPM guest without a TPM control fd");
+                }
+                add(&b, "-chardev");
+                add(&b, "socket,id=chrtpm,fd=%d", in->tpm_ctrl_fd);
+                add(&b, "-tpmdev");
+                add(&b, "emulator,id=tpm-tpm0,chardev=chrtpm");
+                add(&b, "-device");
+                add(&b, "%s,tpmdev=tpm-tpm0,id=tpm0", tpm_model_to_string(in->tpm->model));
+        }
+
+        for (size_t i = 0; i < spec->n_disks; i++) {
+                const struct guest_disk *d = &spec->disks[i];
+
+                add(&b, "-blockdev");
+                add(&b, "driver=file,node-name=file%zu,filename=%s%s", i, d->path, d->readonly ? ",read-only=on" : "");
+                add(&b, "-blockdev");
+                add(&b, "driver=%s,node-name=disk%zu,file=file%zu%s", d->format, i, i, d->readonly ? ",read-only=on" : "");
+                add(&b, "-device");
+                add(&b, "virtio-blk-pci,drive=disk%zu,id=virtio-disk%zu", i, i);
+        }
+
+        add_escaped(&b, "-chardev", "file,id=serial0,path=", in->console_log, "");
+        add(&b, "-serial");
+        add(&b, "chardev:serial0");
+
+        /* QEMU's own seccomp sandbox (what libvirt enables by default). */
+        add(&b, "-sandbox");
+        add(&b, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+        if (in->incoming) {
+                add(&b, "-incoming");
+                add(&b, "%s", in->incoming);
+        }
+
+        if (b.oom) {
+                char **v = b.v;
+
+                strv_freep(&v);
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "build QEMU command line");
+        }
+        *ret_argv = b.v;
+        return 0;
+}

@@ -1,0 +1,100 @@
+#include "config.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/util.h"
+#include "supervisor/qemuargs.h"
+
+#define UUID "0b7c6e4a-3f0e-4d5c-9a1b-2c3d4e5f6a7b"
+
+static char *joined(char **argv) {
+        static char buf[8192];
+
+        buf[0] = '\0';
+        for (char **a = argv; *a; a++) {
+                strcat(buf, *a);
+                strcat(buf, a[1] ? " " : "");
+        }
+        return buf;
+}
+
+static char **build(const char *spec_json, const struct vtpm_config *tpm, const char *accel) {
+        struct guest_spec spec;
+        struct host_config cfg;
+        vmsup_error *err = NULL;
+        char **argv = NULL;
+
+        cr_assert_eq(guest_spec_parse(spec_json, strlen(spec_json), "t.json", &spec, &err), 0, "%s",
+                     err ? err->msg : "");
+        cr_assert_eq(host_config_load("/nonexistent", true, &cfg, &err), 0);
+        free(cfg.qemu.accelerator);
+        cfg.qemu.accelerator = strdup(accel);
+        struct qemu_args_in in = { .qemu = "/usr/bin/qemu-system-x86_64", .spec = &spec, .tpm = tpm, .cfg = &cfg,
+                                   .vars_path = "/var/lib/vmsup/" UUID "/OVMF_VARS.fd",
+                                   .console_log = "/var/log/vmsup/a,b.log", .qmp_fd = 3,
+                                   .tpm_ctrl_fd = tpm && tpm->present ? 4 : -1, .paused = true };
+        cr_assert_eq(qemu_args_build(&in, &argv, &err), 0, "%s", err ? err->msg : "");
+        guest_spec_clear(&spec);
+        host_config_clear(&cfg);
+        return argv;
+}
+
+Test(qemuargs, uefi_guest_with_tpm2_crb) {
+        struct vtpm_config tpm = { .present = true, .version = TPM_VERSION_2_0, .model = TPM_MODEL_CRB,
+                                   .secret_security = SECRET_SECURITY_USER };
+        char **argv = build("{\"uuid\": \"" UUID "\", \"name\": \"web,1\", \"vcpus\": 2, \"memory_mb\": 512,"
+                            " \"flavor\": {\"name\": \"f\"}, \"image\": {\"properties\": {\"hw_firmware_type\": \"uefi\"}},"
+                            " \"firmware\": {\"kernel\": \"/k\", \"initrd\": \"/i\", \"cmdline\": \"console=ttyS0 quiet\"}}",
+                            &tpm, "tcg");
+
+        cr_assert_str_eq(joined(argv),
+                         "/usr/bin/qemu-system-x86_64 -name guest=web,,1,debug-threads=on -uuid " UUID
+                         " -no-user-config -nodefaults -display none -accel tcg -machine q35 -m 512 -smp 2"
+                         " -msg timestamp=on -S -chardev socket,id=qmp,fd=3 -mon chardev=qmp,mode=control"
+                         " -drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd"
+                         " -drive if=pflash,format=raw,unit=1,file=/var/lib/vmsup/" UUID "/OVMF_VARS.fd"
+                         " -kernel /k -initrd /i -append console=ttyS0 quiet"
+                         " -chardev socket,id=chrtpm,fd=4 -tpmdev emulator,id=tpm-tpm0,chardev=chrtpm"
+                         " -device tpm-crb,tpmdev=tpm-tpm0,id=tpm0"
+                         " -chardev file,id=serial0,path=/var/log/vmsup/a,,b.log -serial chardev:serial0"
+                         " -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+        strv_freep(&argv);
+}
+
+Test(qemuargs, bios_guest_tis_and_disks) {
+        struct vtpm_config tpm = { .present = true, .version = TPM_VERSION_1_2, .model = TPM_MODEL_TIS };
+        char **argv = build("{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256,"
+                            " \"flavor\": {\"name\": \"f\"}, \"disks\": [{\"path\": \"/d.qcow2\", \"format\": \"qcow2\"},"
+                            " {\"path\": \"/cd.iso\", \"readonly\": true}]}",
+                            &tpm, "kvm");
+        char *s = joined(argv);
+
+        cr_assert(strstr(s, " -accel kvm "), "%s", s);
+        cr_assert_null(strstr(s, "pflash"), "no UEFI firmware for a BIOS guest: %s", s);
+        cr_assert(strstr(s, " -device tpm-tis,tpmdev=tpm-tpm0,id=tpm0 "), "%s", s);
+        cr_assert(strstr(s, " -blockdev driver=file,node-name=file0,filename=/d.qcow2 -blockdev "
+                            "driver=qcow2,node-name=disk0,file=file0 -device virtio-blk-pci,drive=disk0,id=virtio-disk0"),
+                  "%s", s);
+        cr_assert(strstr(s, "filename=/cd.iso,read-only=on -blockdev driver=raw,node-name=disk1,file=file1,read-only=on"),
+                  "%s", s);
+        strv_freep(&argv);
+}
+
+Test(qemuargs, no_tpm_no_tpm_devices) {
+        struct vtpm_config none = { 0 };
+        char **argv = build("{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256,"
+                            " \"flavor\": {\"name\": \"f\"}}",
+                            &none, "tcg");
+
+        cr_assert_null(strstr(joined(argv), "tpm"), "%s", joined(argv));
+        strv_freep(&argv);
+}
+
+Test(qemuargs, escape) {
+        char *s = qemu_escape_value("a,b,,c");
+
+        cr_assert_str_eq(s, "a,,b,,,,c");
+        free(s);
+}
