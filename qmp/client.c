@@ -533,10 +533,12 @@ static int read_input(struct qmp_client *c) {
                                 continue;
                         if (errno == EAGAIN || errno == EWOULDBLOCK)
                                 return 0;
-                        return set_broken(c, VMSUP_EX_UNAVAILABLE, errno, "read from the QMP socket");
-                }
-                /* QEMU sends us no fds; do not let a stray one leak */
-                close_received_fds(&mh);
+                        if (errno != ECONNRESET)
+                                return set_broken(c, VMSUP_EX_UNAVAILABLE, errno, "read from the QMP socket");
+                        got = 0; /* a hang-up with our bytes unread on its side */
+                } else
+                        /* QEMU sends us no fds; do not let a stray one leak */
+                        close_received_fds(&mh);
                 if (got == 0) {
                         if (c->in_message)
                                 return set_broken(c, VMSUP_EX_UNAVAILABLE, 0,
