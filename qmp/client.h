@@ -31,8 +31,8 @@ int qmp_client_connect(const char *socket_path, struct qmp_client **ret, vmsup_e
 void qmp_client_set_event_handler(struct qmp_client *c, qmp_event_fn fn, void *userdata);
 
 int qmp_client_fd(const struct qmp_client *c); /* for epoll (level-triggered) */
-/* EPOLLIN, | EPOLLOUT while output can be written; re-read after every call that may
- * queue or send (dispatch, execute_async, expire). */
+/* EPOLLIN, | EPOLLOUT while output can be written, 0 once the connection is broken;
+ * re-read after every call that may queue or send (dispatch, execute_async, expire). */
 uint32_t qmp_client_epoll_events(const struct qmp_client *c);
 /* Call when the fd is ready: writes queued commands, reads, runs callbacks, expires late
  * commands. <0 on EOF or a protocol error; every pending command then fails too, and
