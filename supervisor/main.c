@@ -12,6 +12,7 @@
 static const struct verb verbs[] = {
         { "validate", verb_validate, "apply Nova's vTPM rules to a guest spec and print the result" },
         { "traits", verb_traits, "print this host's COMPUTE_SECURITY_TPM_* traits" },
+        { "qmp", verb_qmp, "run one QMP command on a QEMU monitor socket" },
 };
 
 static void usage(FILE *f) {

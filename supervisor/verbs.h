@@ -23,6 +23,7 @@ struct verb {
 
 int verb_validate(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_traits(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_qmp(struct vmsup_ctx *ctx, int argc, char **argv);
 
 /* Print "Try 'vmsup VERB --help'." and return 64. */
 int verb_usage_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
