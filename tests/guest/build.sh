@@ -60,9 +60,11 @@ chmod 0755 "$work/root/init" "$work/root/tpmprobe"
 (cd "$work/root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) |
 	gzip -9n >"$work/initrd.img"
 mv -f "$work/initrd.img" "$out/initrd.img"
+# Also left next to the images, for running it on the host against swtpm's socket.
+cp "$work/root/tpmprobe" "$out/tpmprobe"
 if ! cmp -s "$kernel" "$out/vmlinuz" 2>/dev/null; then
 	cp "$kernel" "$out/vmlinuz.tmp"
 	mv -f "$out/vmlinuz.tmp" "$out/vmlinuz"
 fi
 rm -rf "$work"
-printf 'build.sh: %s/vmlinuz (%s) and %s/initrd.img\n' "$out" "$kver" "$out"
+printf 'build.sh: %s/vmlinuz (%s), %s/initrd.img, %s/tpmprobe\n' "$out" "$kver" "$out" "$out"

@@ -34,9 +34,19 @@ tmp=$(mktemp -d /tmp/vmsup-smoke.XXXXXX)
 qemu_pid=
 swtpm_pidfile=$tmp/swtpm.pid
 swtpm_pid=
+swtpm_ctrl=$tmp/ctrl
 
 # The daemonised swtpm is PID 1's child, and PID 1 here reaps late: a zombie is gone.
 alive() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z ' "/proc/$1/stat" 2>/dev/null; }
+# Not our child, so no wait(2): poll for up to 5 s.
+wait_gone() {
+	local i
+	for i in $(seq 100); do
+		alive "$1" || return 0
+		sleep 0.05
+	done
+	return 1
+}
 
 # Stop only what we started: QEMU by its pid (SIGTERM makes it shut the TPM down),
 # then swtpm through its control channel, never SIGKILL (a TPM that never saw a
@@ -48,7 +58,7 @@ cleanup() {
 		wait "$qemu_pid" 2>/dev/null || true
 	fi
 	if [ -n "$swtpm_pid" ] && alive "$swtpm_pid"; then
-		swtpm_ioctl -s --unix "$tmp/ctrl" >/dev/null 2>&1 || kill -TERM "$swtpm_pid" 2>/dev/null || true
+		swtpm_ioctl -s --unix "$swtpm_ctrl" >/dev/null 2>&1 || kill -TERM "$swtpm_pid" 2>/dev/null || true
 	fi
 	if [ "${SMOKE_KEEP:-0}" = 1 ]; then
 		say "kept $tmp"
@@ -62,6 +72,26 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 "$src/build.sh" "$tmp/guest" >/dev/null
+
+# Host phase (well under a second): tpmprobe over the data socket of a fresh,
+# unmanufactured swtpm that nobody started up, so tpmprobe's own TPM2_Startup, the
+# counter's definition and increments are checked before the slow boots.
+mkdir -p "$tmp/host-state"
+swtpm socket --tpm2 --daemon --pid file="$tmp/host.pid" --flags not-need-init \
+	--tpmstate dir="$tmp/host-state" --server type=unixio,path="$tmp/host.sock" \
+	--ctrl type=unixio,path="$tmp/host.ctrl" --log file="$tmp/swtpm-host.log" ||
+	fail "swtpm did not start (host phase)"
+swtpm_pid=$(cat "$tmp/host.pid") swtpm_ctrl=$tmp/host.ctrl
+h1=$("$tmp/guest/tpmprobe" "unix:$tmp/host.sock" || true)
+h2=$("$tmp/guest/tpmprobe" "unix:$tmp/host.sock" || true)
+swtpm_ioctl -s --unix "$tmp/host.ctrl" >/dev/null || fail "swtpm_ioctl -s failed (host phase)"
+wait_gone "$swtpm_pid" || fail "swtpm still running 5 s after CMD_SHUTDOWN (host phase)"
+grep -qx 'tpmprobe: nv-counter=1' <<<"$h1" && grep -qx 'tpmprobe: nv-counter=2' <<<"$h2" ||
+	fail "host phase: expected nv-counter 1 then 2, got: $h1 / $h2"
+# No swtpm_setup here, so no EK: the documented error line, then failure.
+grep -qx 'tpmprobe: error: TPM2_ReadPublic(EK 0x81010001) rc=0x0000018b' <<<"$h2" &&
+	grep -qx 'tpmprobe: failed' <<<"$h2" || fail "host phase: missing-EK error not reported: $h2"
+say "host: tpmprobe over swtpm's socket: NV counter 1 -> 2, missing EK reported"
 
 # A private local CA: swtpm_setup's defaults would put it in /var/lib/swtpm-localca.
 mkdir -p "$tmp/ca" "$tmp/state" "$tmp/home"
@@ -94,14 +124,14 @@ host_ek=$(grep -m1 -o -- '--type ek --ek [0-9a-f]*' "$tmp/swtpm_setup.log" | awk
 field() { tr -d '\r' <"$2" | sed -n "s/^tpmprobe: $1=//p" | head -n 1; }
 
 boot() {
-	local n=$1 log=$tmp/serial$1.log start end fw=() i
+	local n=$1 log=$tmp/serial$1.log start end fw=()
 	rm -f "$swtpm_pidfile"
 	# --daemon returns once the control socket listens: no start-up race.
 	swtpm socket --tpm2 --daemon --pid file="$swtpm_pidfile" \
 		--tpmstate dir="$tmp/state" --ctrl type=unixio,path="$tmp/ctrl" \
 		--log file="$tmp/swtpm$n.log" || fail "swtpm did not start (boot $n)"
 	# swtpm removes its pid file when it exits: read it now.
-	swtpm_pid=$(cat "$swtpm_pidfile")
+	swtpm_pid=$(cat "$swtpm_pidfile") swtpm_ctrl=$tmp/ctrl
 	if [ "$firmware" = ovmf ]; then
 		cp "$ovmf_vars" "$tmp/VARS.fd"
 		fw=(-drive "if=pflash,format=raw,unit=0,readonly=on,file=$ovmf_code"
@@ -119,11 +149,7 @@ boot() {
 	qemu_pid=
 	end=$(date +%s%N)
 	# swtpm stops by itself when QEMU goes (QEMU sends CMD_SHUTDOWN on exit).
-	for i in $(seq 100); do
-		alive "$swtpm_pid" || break
-		sleep 0.05
-	done
-	! alive "$swtpm_pid" || fail "swtpm still running 5 s after QEMU exited (boot $n)"
+	wait_gone "$swtpm_pid" || fail "swtpm still running 5 s after QEMU exited (boot $n)"
 	say "boot $n ($firmware, $model, $accel): $(((end - start) / 1000000)) ms to power-off"
 	tr -d '\r' <"$log" | grep -q '^tpmprobe: done$' ||
 		fail "boot $n: no 'tpmprobe: done'; serial log: $(tr -d '\r' <"$log" | grep -a 'tpmprobe\|init:' || tail -n 5 "$log")"

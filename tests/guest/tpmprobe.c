@@ -10,6 +10,7 @@
  *
  * Its output lines are a contract grepped by vmsup's tests (tests/guest/README.md).
  *
+ * Usage: tpmprobe [/dev/tpm0 | unix:SOCKET]   (the socket form is for host tests)
  * Build: gcc -static -O2 -Wall -Wextra -Werror -o tpmprobe tpmprobe.c
  */
 #include <errno.h>
@@ -19,6 +20,8 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #define TPM_DEVICE "/dev/tpm0"
@@ -170,6 +173,25 @@ static void print_hex_line(const char *key, const uint8_t *p, size_t len) {
 }
 
 static int tpm_fd = -1;
+static const char *tpm_path = TPM_DEVICE;
+
+/* Reads exactly len bytes; /dev/tpm0 returns a whole response in one read, a stream
+ * socket may not. */
+static int read_full(uint8_t *p, size_t len) {
+        while (len > 0) {
+                ssize_t k = read(tpm_fd, p, len);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k <= 0) {
+                        if (k == 0)
+                                errno = EPIPE;
+                        return -1;
+                }
+                p += k;
+                len -= (size_t)k;
+        }
+        return 0;
+}
 
 /* Sends one command; on success fills r (cursor after the 10-byte header) and
  * returns 0 with *ret_tag and *ret_rc set.  Prints and returns -1 on I/O errors or a
@@ -182,29 +204,29 @@ static int transact(const char *name, const struct cmd *c, struct rsp *r, uint16
                 k = write(tpm_fd, c->b, c->n);
         while (k < 0 && errno == EINTR);
         if (k < 0 || (size_t)k != c->n) {
-                printf("tpmprobe: error: %s: write %s: %s\n", name, TPM_DEVICE,
+                printf("tpmprobe: error: %s: write %s: %s\n", name, tpm_path,
                        k < 0 ? strerror(errno) : "short write");
                 return -1;
         }
-        do
-                k = read(tpm_fd, r->b, sizeof(r->b));
-        while (k < 0 && errno == EINTR);
-        if (k < 0) {
-                printf("tpmprobe: error: %s: read %s: %s\n", name, TPM_DEVICE, strerror(errno));
-                return -1;
-        }
-        r->n = (size_t)k;
+        r->n = sizeof(r->b);
         r->off = 0;
         r->short_read = false;
+        if (read_full(r->b, 10) < 0) {
+                printf("tpmprobe: error: %s: read %s: %s\n", name, tpm_path, strerror(errno));
+                return -1;
+        }
         uint16_t tag = get_u16(r);
         uint32_t size = get_u32(r);
         uint32_t rc = get_u32(r);
-        if (r->short_read || size != r->n) {
-                printf("tpmprobe: error: %s: malformed response (%zd bytes, header says %" PRIu32
-                       ")\n",
-                       name, k, size);
+        if (size < 10 || size > sizeof(r->b)) {
+                printf("tpmprobe: error: %s: malformed response (size %" PRIu32 ")\n", name, size);
                 return -1;
         }
+        if (read_full(r->b + 10, size - 10) < 0) {
+                printf("tpmprobe: error: %s: read %s: %s\n", name, tpm_path, strerror(errno));
+                return -1;
+        }
+        r->n = size;
         *ret_tag = tag;
         *ret_rc = rc;
         return 0;
@@ -507,13 +529,43 @@ static int run_tpm12(void) {
         return 0;
 }
 
-int main(void) {
+/* Opens the TPM character device, or with "unix:PATH" the data socket of
+ * `swtpm socket --server type=unixio,path=PATH` (to test this program on the host). */
+static int tpm_open(const char *path) {
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        const char *sock = strncmp(path, "unix:", 5) == 0 ? path + 5 : NULL;
+        int fd;
+
+        if (!sock)
+                return open(path, O_RDWR | O_CLOEXEC);
+        if (strlen(sock) >= sizeof(sa.sun_path)) {
+                errno = ENAMETOOLONG;
+                return -1;
+        }
+        strcpy(sa.sun_path, sock);
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                int e = errno;
+                close(fd);
+                errno = e;
+                return -1;
+        }
+        return fd;
+}
+
+int main(int argc, char **argv) {
         int major = 0, rc;
 
         setvbuf(stdout, NULL, _IOLBF, 0);
-        tpm_fd = open(TPM_DEVICE, O_RDWR | O_CLOEXEC);
+        if (argc > 2) {
+                fprintf(stderr, "usage: tpmprobe [/dev/tpm0 | unix:SOCKET]\n");
+                return 64;
+        }
+        if (argc == 2)
+                tpm_path = argv[1];
+        tpm_fd = tpm_open(tpm_path);
         if (tpm_fd < 0) {
-                printf("tpmprobe: error: open %s: %s\n", TPM_DEVICE, strerror(errno));
+                printf("tpmprobe: error: open %s: %s\n", tpm_path, strerror(errno));
                 rc = -1;
         } else {
                 rc = tpm_detect_version(&major);
