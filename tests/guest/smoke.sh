@@ -40,8 +40,7 @@ swtpm_ctrl=$tmp/ctrl
 alive() { [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z ' "/proc/$1/stat" 2>/dev/null; }
 # Not our child, so no wait(2): poll for up to 5 s.
 wait_gone() {
-	local i
-	for i in $(seq 100); do
+	for _ in $(seq 100); do
 		alive "$1" || return 0
 		sleep 0.05
 	done
