@@ -6,6 +6,7 @@
 #include <grp.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,14 +74,46 @@ static int append(char **buf, size_t *len, size_t max, const char *data, size_t 
         return 0;
 }
 
+/* A child subreaper that blocks SIGCHLD (vmsup run) inherits the orphans of the programs
+ * it runs (swtpm_setup leaves a swtpm behind and waits until it is reaped). Such a caller
+ * gets a signalfd here so orphans are reaped at once while we wait. */
+static int orphan_signalfd(void) {
+        sigset_t blocked, chld;
+        int is_subreaper = 0;
+
+        if (prctl(PR_GET_CHILD_SUBREAPER, &is_subreaper) < 0 || !is_subreaper)
+                return -1;
+        if (sigprocmask(SIG_BLOCK, NULL, &blocked) < 0 || !sigismember(&blocked, SIGCHLD))
+                return -1;
+        sigemptyset(&chld);
+        sigaddset(&chld, SIGCHLD);
+        return signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+}
+
+/* Reap every exited child; true when pid was among them (its status in *status). */
+static bool reap_including(pid_t pid, int *status) {
+        bool found = false;
+        int st;
+        pid_t p;
+
+        while ((p = waitpid(-1, &st, WNOHANG)) > 0)
+                if (p == pid) {
+                        *status = st;
+                        found = true;
+                }
+        return found;
+}
+
 int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, size_t max_output,
                      struct proc_result *ret, vmsup_error **err) {
         static char *const empty_env[] = { NULL };
         int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
+        _cleanup_close_ int sigfd = orphan_signalfd();
         struct proc_result res = { 0 };
+        bool reaped = false;
         long deadline;
         pid_t pid;
-        int r = 0, status;
+        int r = 0, status = 0;
 
         if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
                 r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "run '%s': pipe", argv[0]);
@@ -105,8 +138,8 @@ int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, siz
         outp[1] = errp[1] = -1;
 
         deadline = now_ms() + timeout_ms;
-        while (outp[0] >= 0 || errp[0] >= 0) {
-                struct pollfd pfd[2] = { { outp[0], POLLIN, 0 }, { errp[0], POLLIN, 0 } };
+        while (outp[0] >= 0 || errp[0] >= 0 || (sigfd >= 0 && !reaped)) {
+                struct pollfd pfd[3] = { { outp[0], POLLIN, 0 }, { errp[0], POLLIN, 0 }, { sigfd, POLLIN, 0 } };
                 long left = deadline - now_ms();
                 int n;
 
@@ -117,12 +150,19 @@ int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, siz
                                        argv[0], timeout_ms);
                         goto out_close;
                 }
-                n = poll(pfd, 2, (int) left);
+                n = poll(pfd, sigfd >= 0 ? 3 : 2, (int) left);
                 if (n < 0 && errno != EINTR) {
                         r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "run '%s': poll", argv[0]);
                         kill(pid, SIGKILL);
                         waitpid(pid, NULL, 0);
                         goto out_close;
+                }
+                if (sigfd >= 0 && n > 0 && pfd[2].revents) {
+                        struct signalfd_siginfo si;
+
+                        while (read(sigfd, &si, sizeof(si)) == sizeof(si))
+                                ;
+                        reaped |= reap_including(pid, &status);
                 }
                 for (int i = 0; i < 2 && n > 0; i++) {
                         int *fd = i == 0 ? &outp[0] : &errp[0];
@@ -149,7 +189,7 @@ int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, siz
                         }
                 }
         }
-        while (waitpid(pid, &status, 0) < 0) {
+        while (!reaped && waitpid(pid, &status, 0) < 0) {
                 if (errno != EINTR) {
                         r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for '%s'", argv[0]);
                         goto out_close;

@@ -3,6 +3,7 @@
 #define VMSUP_COMMON_UTIL_H
 
 #include <errno.h>
+#include <json-c/json.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -34,6 +35,11 @@ static inline void strv_freep(char ***v) {
         }
 }
 
+static inline void json_putp(json_object **o) {
+        json_object_put(*o);
+}
+
+#define _cleanup_json_ __attribute__((cleanup(json_putp)))
 #define _cleanup_free_ __attribute__((cleanup(freep)))
 #define _cleanup_close_ __attribute__((cleanup(closep)))
 #define _cleanup_fclose_ __attribute__((cleanup(fclosep)))

@@ -1,18 +1,29 @@
 #include "config.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "common/util.h"
+#include "supervisor/control.h"
+#include "supervisor/guestspec.h"
 #include "supervisor/log.h"
 #include "supervisor/verbs.h"
 
 static const struct verb verbs[] = {
         { "validate", verb_validate, "apply Nova's vTPM rules to a guest spec and print the result" },
         { "traits", verb_traits, "print this host's COMPUTE_SECURITY_TPM_* traits" },
-        { "qmp", verb_qmp, "run one QMP command on a QEMU monitor socket" },
+        { "qmp", verb_qmp, "run one QMP command on a supervised guest or a monitor socket" },
+        { "run", verb_run, "boot a guest with its vTPM and supervise it until it ends" },
+        { "status", verb_status, "show a supervised guest's state" },
+        { "stop", verb_stop, "stop a supervised guest (graceful, or --force)" },
+        { "reboot", verb_reboot, "reboot a guest (--hard restarts QEMU, keeps the TPM state)" },
+        { "rebuild", verb_refused, "refused for vTPM guests, as Nova does" },
+        { "rescue", verb_refused, "refused for vTPM guests, as Nova does" },
+        { "shelve", verb_refused, "refused for vTPM guests, as Nova does" },
+        { "evacuate", verb_refused, "refused for vTPM guests, as Nova does" },
 };
 
 static void usage(FILE *f) {
@@ -56,6 +67,24 @@ int vmsup_ctx_config(struct vmsup_ctx *ctx, vmsup_error **err) {
                 return r;
         ctx->cfg_loaded = true;
         return 0;
+}
+
+int vmsup_ctx_control(struct vmsup_ctx *ctx, const char *uuid, json_object *req, int timeout_ms, json_object **ret,
+                      vmsup_error **err) {
+        _cleanup_free_ char *path = NULL;
+        int r;
+
+        if (!uuid_is_valid(uuid))
+                return vmsup_fail(err, VMSUP_EX_USAGE, 0, "'%s' is not a guest UUID", uuid);
+        r = vmsup_ctx_config(ctx, err);
+        if (r < 0)
+                return r;
+        if (asprintf(&path, "%s/%s/control.sock", ctx->cfg.paths.run_dir, uuid) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control path");
+        r = control_request(path, req, timeout_ms, ret, err);
+        if (r < 0 && (*err)->exit_code == VMSUP_EX_UNAVAILABLE)
+                return vmsup_error_prefix(err, "guest %s is not running under vmsup", uuid);
+        return r;
 }
 
 int main(int argc, char **argv) {

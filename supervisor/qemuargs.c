@@ -153,7 +153,7 @@ int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error
                 add(&b, "virtio-blk-pci,drive=disk%zu,id=virtio-disk%zu", i, i);
         }
 
-        add_escaped(&b, "-chardev", "file,id=serial0,path=", in->console_log, "");
+        add_escaped(&b, "-chardev", "file,id=serial0,path=", in->console_log, ",append=on");
         add(&b, "-serial");
         add(&b, "chardev:serial0");
 

@@ -9,19 +9,22 @@
 
 #include "common/util.h"
 #include "qmp/client.h"
+#include "supervisor/guestspec.h"
 #include "supervisor/log.h"
 #include "supervisor/verbs.h"
 
 #define DEFAULT_TIMEOUT_S 30
 
 static void help(void) {
-        printf("Usage: vmsup qmp --socket PATH [--timeout SECONDS] [--pretty] COMMAND [ARGS_JSON]\n"
+        printf("Usage: vmsup qmp UUID [--timeout SECONDS] [--pretty] COMMAND [ARGS_JSON]\n"
+               "       vmsup qmp --socket PATH [--timeout SECONDS] [--pretty] COMMAND [ARGS_JSON]\n"
                "\n"
-               "Run one QMP command on a QEMU monitor socket and print its \"return\" value as\n"
+               "Run one QMP command on a supervised guest's QEMU (through its supervisor) or\n"
+               "on a QEMU monitor socket, and print its \"return\" value as\n"
                "JSON, like 'virsh qemu-monitor-command'. ARGS_JSON is a JSON object with the\n"
                "command's arguments, for example '{\"command-line\": \"info status\"}'.\n"
                "\n"
-               "  -s, --socket PATH      the QMP unix socket (required for now)\n"
+               "  -s, --socket PATH      a QMP unix socket instead of a supervised guest\n"
                "  -t, --timeout SECONDS  wait at most this long for the greeting and for the\n"
                "                         reply, each (default %d)\n"
                "  -p, --pretty           indent the JSON\n"
@@ -70,10 +73,9 @@ int verb_qmp(struct vmsup_ctx *ctx, int argc, char **argv) {
         _cleanup_qmp_client_ struct qmp_client *c = NULL;
         _cleanup_error_ vmsup_error *err = NULL;
         json_object *args = NULL, *ret = NULL;
-        const char *socket_path = NULL, *command;
+        const char *socket_path = NULL, *uuid = NULL, *command;
         int timeout_ms = DEFAULT_TIMEOUT_S * 1000, flags = JSON_C_TO_STRING_SPACED, ch, r;
 
-        (void) ctx;
         while ((ch = getopt_long(argc, argv, "s:t:ph", longopts, NULL)) != -1) {
                 switch (ch) {
                 case 's':
@@ -93,9 +95,15 @@ int verb_qmp(struct vmsup_ctx *ctx, int argc, char **argv) {
                         return verb_usage_error("qmp", "bad option");
                 }
         }
-        /* 'vmsup qmp UUID COMMAND' (a supervised guest's own monitor) comes with 'run' */
-        if (!socket_path)
-                return verb_usage_error("qmp", "--socket PATH is required");
+        /* Without --socket: 'vmsup qmp UUID COMMAND', through the guest's supervisor, which
+         * owns QEMU's only monitor. */
+        if (!socket_path) {
+                if (optind >= argc)
+                        return verb_usage_error("qmp", "missing the guest UUID (or --socket PATH)");
+                uuid = argv[optind++];
+                if (!uuid_is_valid(uuid))
+                        return verb_usage_error("qmp", "'%s' is not a guest UUID (give one, or --socket PATH)", uuid);
+        }
         if (optind >= argc)
                 return verb_usage_error("qmp", "missing the QMP COMMAND");
         if (argc - optind > 2)
@@ -109,6 +117,20 @@ int verb_qmp(struct vmsup_ctx *ctx, int argc, char **argv) {
                         return verb_usage_error("qmp", "ARGS_JSON is not a JSON object: %s", argv[optind + 1]);
         }
 
+        if (uuid) {
+                _cleanup_json_ json_object *req = json_object_new_object();
+
+                json_object_object_add(req, "cmd", json_object_new_string("qmp"));
+                json_object_object_add(req, "command", json_object_new_string(command));
+                if (args)
+                        json_object_object_add(req, "arguments", args);
+                r = vmsup_ctx_control(ctx, uuid, req, timeout_ms + 5000, &ret, &err);
+                if (r < 0)
+                        return log_error_exit(err);
+                printf("%s\n", json_object_to_json_string_ext(ret, flags | JSON_C_TO_STRING_NOSLASHESCAPE));
+                json_object_put(ret);
+                return fflush(stdout) != 0 ? VMSUP_EX_IOERR : 0;
+        }
         r = qmp_client_connect(socket_path, &c, &err);
         if (r >= 0)
                 r = qmp_client_handshake(c, timeout_ms, &err);

@@ -2,6 +2,7 @@
 #ifndef VMSUP_SUPERVISOR_VERBS_H
 #define VMSUP_SUPERVISOR_VERBS_H
 
+#include <json-c/json.h>
 #include <stdbool.h>
 
 #include "supervisor/hostconfig.h"
@@ -15,6 +16,10 @@ struct vmsup_ctx {
 /* Load the host config once (the default path may be missing; an explicit one may not). */
 int vmsup_ctx_config(struct vmsup_ctx *ctx, vmsup_error **err);
 
+/* Send a request to the supervisor of guest uuid over its control socket. */
+int vmsup_ctx_control(struct vmsup_ctx *ctx, const char *uuid, json_object *req, int timeout_ms, json_object **ret,
+                      vmsup_error **err);
+
 struct verb {
         const char *name;
         int (*run)(struct vmsup_ctx *ctx, int argc, char **argv); /* returns the exit code */
@@ -24,6 +29,11 @@ struct verb {
 int verb_validate(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_traits(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_qmp(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_run(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_status(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_stop(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_refused(struct vmsup_ctx *ctx, int argc, char **argv); /* rebuild, rescue, shelve, evacuate */
 
 /* Print "Try 'vmsup VERB --help'." and return 64. */
 int verb_usage_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

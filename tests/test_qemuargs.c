@@ -58,7 +58,7 @@ Test(qemuargs, uefi_guest_with_tpm2_crb) {
                          " -kernel /k -initrd /i -append console=ttyS0 quiet"
                          " -chardev socket,id=chrtpm,fd=4 -tpmdev emulator,id=tpm-tpm0,chardev=chrtpm"
                          " -device tpm-crb,tpmdev=tpm-tpm0,id=tpm0"
-                         " -chardev file,id=serial0,path=/var/log/vmsup/a,,b.log -serial chardev:serial0"
+                         " -chardev file,id=serial0,path=/var/log/vmsup/a,,b.log,append=on -serial chardev:serial0"
                          " -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
         strv_freep(&argv);
 }

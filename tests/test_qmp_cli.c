@@ -114,9 +114,10 @@ Test(qmp_cli, usage_errors_exit_64) {
                 const char *args[8];
                 const char *message;
         } cases[] = {
-                { { "qmp", "query-status" }, "vmsup qmp: --socket PATH is required\n" },
-                { { "qmp", "0b7c6e4a-3f0e-4d5c-9a1b-2c3d4e5f6a7b", "query-status" },
-                  "vmsup qmp: --socket PATH is required\n" },
+                { { "qmp" }, "vmsup qmp: missing the guest UUID (or --socket PATH)\n" },
+                { { "qmp", "query-status" },
+                  "vmsup qmp: 'query-status' is not a guest UUID (give one, or --socket PATH)\n" },
+                { { "qmp", "0b7c6e4a-3f0e-4d5c-9a1b-2c3d4e5f6a7b" }, "vmsup qmp: missing the QMP COMMAND\n" },
                 { { "qmp", "--socket", "/x" }, "vmsup qmp: missing the QMP COMMAND\n" },
                 { { "qmp", "--socket", "/x", "a", "{}", "c" }, "vmsup qmp: too many arguments: COMMAND [ARGS_JSON]\n" },
                 { { "qmp", "--socket", "/x", "cont", "[1]" }, "vmsup qmp: ARGS_JSON is not a JSON object: [1]\n" },
@@ -143,7 +144,7 @@ Test(qmp_cli, help) {
 
         test_run_vmsup(&r, NULL, (const char *[]) { "qmp", "--help", NULL });
         cr_assert_eq(r.exit_code, 0);
-        cr_assert(strstr(r.out, "Usage: vmsup qmp --socket PATH [--timeout SECONDS] [--pretty] COMMAND [ARGS_JSON]"),
+        cr_assert(strstr(r.out, "vmsup qmp --socket PATH [--timeout SECONDS] [--pretty] COMMAND [ARGS_JSON]") && strstr(r.out, "Usage: vmsup qmp UUID "),
                   "%s", r.out);
         test_run_clear(&r);
         test_run_vmsup(&r, NULL, (const char *[]) { "--help", NULL });

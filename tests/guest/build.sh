@@ -50,8 +50,15 @@ gcc -static -O2 -Wall -Wextra -Werror -o "$work/root/tpmprobe" "$src/tpmprobe.c"
 strip "$work/root/tpmprobe" 2>/dev/null || true
 
 cp "$busybox" "$work/root/bin/busybox"
-for applet in sh mount mkdir sleep cat echo poweroff; do
+for applet in sh mount mkdir sleep cat echo poweroff grep insmod; do
 	ln -s busybox "$work/root/bin/$applet"
+done
+# The ACPI power button and evdev are modules in Debian's kernel: the held guest loads
+# them to hear the host's power-button press.
+for mod in drivers/acpi/button.ko drivers/input/evdev.ko; do
+	m=/lib/modules/$kver/kernel/$mod
+	[ -r "$m" ] || need_pkg "no $m" "linux-image-$kver"
+	cp "$m" "$work/root/"
 done
 cp "$src/init" "$work/root/init"
 chmod 0755 "$work/root/init" "$work/root/tpmprobe"

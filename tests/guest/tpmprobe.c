@@ -18,6 +18,8 @@
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <linux/input.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -553,10 +555,50 @@ static int tpm_open(const char *path) {
         return fd;
 }
 
+/* --wait-power-button: block until an ACPI power-button press arrives on an evdev node,
+ * so a held guest powers off when the host asks (QMP system_powerdown). */
+static int wait_power_button(void) {
+        struct pollfd fds[16];
+        int n = 0;
+
+        for (int tries = 0; n == 0 && tries < 50; tries++) {
+                for (int i = 0; i < 16; i++) {
+                        char path[32];
+                        int fd;
+
+                        snprintf(path, sizeof(path), "/dev/input/event%d", i);
+                        fd = open(path, O_RDONLY | O_CLOEXEC);
+                        if (fd >= 0)
+                                fds[n++] = (struct pollfd) { .fd = fd, .events = POLLIN };
+                }
+                if (n == 0)
+                        usleep(100000);
+        }
+        if (n == 0) {
+                printf("tpmprobe: error: no /dev/input/event* to wait on\n");
+                return 1;
+        }
+        for (;;) {
+                if (poll(fds, (nfds_t) n, -1) < 0)
+                        return 1;
+                for (int i = 0; i < n; i++) {
+                        struct input_event ev;
+
+                        if (!(fds[i].revents & POLLIN))
+                                continue;
+                        while (read(fds[i].fd, &ev, sizeof(ev)) == (ssize_t) sizeof(ev))
+                                if (ev.type == EV_KEY && ev.code == KEY_POWER && ev.value == 1)
+                                        return 0;
+                }
+        }
+}
+
 int main(int argc, char **argv) {
         int major = 0, rc;
 
         setvbuf(stdout, NULL, _IOLBF, 0);
+        if (argc == 2 && strcmp(argv[1], "--wait-power-button") == 0)
+                return wait_power_button();
         if (argc > 2) {
                 fprintf(stderr, "usage: tpmprobe [/dev/tpm0 | unix:SOCKET]\n");
                 return 64;

@@ -1,0 +1,242 @@
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "supervisor/control.h"
+
+static int make_addr(const char *path, struct sockaddr_un *sa, vmsup_error **err) {
+        memset(sa, 0, sizeof(*sa));
+        sa->sun_family = AF_UNIX;
+        if (strlen(path) >= sizeof(sa->sun_path))
+                return vmsup_fail(err, VMSUP_EX_CONFIG, ENAMETOOLONG, "control socket '%s'", path);
+        strcpy(sa->sun_path, path);
+        return 0;
+}
+
+int control_listen(const char *path, vmsup_error **err) {
+        _cleanup_close_ int fd = -1;
+        struct sockaddr_un sa;
+        mode_t old;
+        int r;
+
+        if ((r = make_addr(path, &sa, err)) < 0)
+                return r;
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "control socket");
+        if (unlink(path) < 0 && errno != ENOENT)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove stale control socket '%s'", path);
+        old = umask(0177); /* the socket is born 0600: no window with wider access */
+        r = bind(fd, (struct sockaddr *) &sa, sizeof(sa));
+        umask(old);
+        if (r < 0)
+                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "bind control socket '%s'", path);
+        if (listen(fd, 16) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "listen on '%s'", path);
+        return TAKE_FD(fd);
+}
+
+struct control_conn *control_accept(int listen_fd, vmsup_error **err) {
+        struct control_conn *c;
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        int fd;
+
+        fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) {
+                if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                        vmsup_fail(err, VMSUP_EX_OSERR, errno, "accept on the control socket");
+                return NULL;
+        }
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || (cred.uid != 0 && cred.uid != geteuid())) {
+                close(fd); /* the socket is 0600 already; this is the second lock on the door */
+                return NULL;
+        }
+        c = calloc(1, sizeof(*c));
+        if (!c) {
+                close(fd);
+                vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control connection");
+                return NULL;
+        }
+        c->fd = fd;
+        return c;
+}
+
+int control_conn_read(struct control_conn *c, vmsup_error **err) {
+        for (;;) {
+                char chunk[4096], *nl, *nbuf;
+                ssize_t n = read(c->fd, chunk, sizeof(chunk));
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno == EAGAIN)
+                        return 0;
+                if (n < 0)
+                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "read a control request");
+                if (n == 0)
+                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "control client hung up before a whole request");
+                if (c->len + (size_t) n > CONTROL_MAX_MESSAGE)
+                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "control request larger than %d bytes", CONTROL_MAX_MESSAGE);
+                nbuf = realloc(c->buf, c->len + (size_t) n + 1);
+                if (!nbuf)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control request");
+                c->buf = nbuf;
+                memcpy(c->buf + c->len, chunk, (size_t) n);
+                c->len += (size_t) n;
+                c->buf[c->len] = '\0';
+                nl = memchr(c->buf, '\n', c->len);
+                if (nl) {
+                        *nl = '\0';
+                        c->request = json_tokener_parse(c->buf);
+                        if (!c->request || !json_object_is_type(c->request, json_type_object))
+                                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "control request is not a JSON object");
+                        return 1;
+                }
+        }
+}
+
+static void send_line(struct control_conn *c, json_object *obj) {
+        const char *text = json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+        size_t len = strlen(text), done = 0;
+
+        /* Replies are small; a client that does not read gets cut off after 1 s. */
+        while (done < len) {
+                ssize_t n = send(c->fd, text + done, len - done, MSG_NOSIGNAL);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && errno == EAGAIN) {
+                        struct pollfd p = { .fd = c->fd, .events = POLLOUT };
+
+                        if (poll(&p, 1, 1000) <= 0)
+                                return;
+                        continue;
+                }
+                if (n <= 0)
+                        return;
+                done += (size_t) n;
+        }
+        (void) !send(c->fd, "\n", 1, MSG_NOSIGNAL);
+}
+
+void control_conn_reply_ok(struct control_conn *c, json_object *ret) {
+        json_object *o = json_object_new_object();
+
+        json_object_object_add(o, "ok", json_object_new_boolean(1));
+        json_object_object_add(o, "return", ret);
+        send_line(c, o);
+        json_object_put(o);
+        shutdown(c->fd, SHUT_RDWR);
+}
+
+void control_conn_reply_error(struct control_conn *c, int exit_code, const char *msg) {
+        json_object *o = json_object_new_object();
+
+        json_object_object_add(o, "ok", json_object_new_boolean(0));
+        json_object_object_add(o, "error", json_object_new_string(msg));
+        json_object_object_add(o, "exit_code", json_object_new_int(exit_code));
+        send_line(c, o);
+        json_object_put(o);
+        shutdown(c->fd, SHUT_RDWR);
+}
+
+struct control_conn *control_conn_free(struct control_conn *c) {
+        if (c) {
+                closep(&c->fd);
+                free(c->buf);
+                json_object_put(c->request);
+                free(c);
+        }
+        return NULL;
+}
+
+static long now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+int control_request(const char *path, json_object *req, int timeout_ms, json_object **ret_return, vmsup_error **err) {
+        _cleanup_close_ int fd = -1;
+        _cleanup_free_ char *buf = NULL;
+        struct sockaddr_un sa;
+        const char *text;
+        json_object *reply, *ok, *v;
+        size_t len = 0;
+        long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+        int r;
+
+        if ((r = make_addr(path, &sa, err)) < 0)
+                return r;
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "socket");
+        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
+                return vmsup_fail(err, errno == ENOENT || errno == ECONNREFUSED ? VMSUP_EX_UNAVAILABLE : VMSUP_EX_NOPERM,
+                                  errno, "connect to the guest's supervisor at '%s' (is 'vmsup run' running?)", path);
+        text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+        if (send(fd, text, strlen(text), MSG_NOSIGNAL) < 0 || send(fd, "\n", 1, MSG_NOSIGNAL) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "send to the supervisor at '%s'", path);
+        buf = malloc(CONTROL_MAX_MESSAGE + 1);
+        if (!buf)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control reply");
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                long left = deadline < 0 ? -1 : deadline - now_ms();
+                ssize_t n;
+
+                if (deadline >= 0 && left <= 0)
+                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the supervisor did not answer within %d ms", timeout_ms);
+                if (poll(&p, 1, (int) left) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "wait for the supervisor");
+                }
+                if (!p.revents)
+                        continue;
+                n = read(fd, buf + len, CONTROL_MAX_MESSAGE - len);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "read from the supervisor");
+                if (n == 0)
+                        break;
+                len += (size_t) n;
+                if (len == CONTROL_MAX_MESSAGE)
+                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the supervisor's reply is too large");
+        }
+        buf[len] = '\0';
+        if (len == 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, 0, "the supervisor closed the connection without an answer");
+        reply = json_tokener_parse(buf);
+        if (!reply || !json_object_object_get_ex(reply, "ok", &ok)) {
+                json_object_put(reply);
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the supervisor's reply is not understood");
+        }
+        if (!json_object_get_boolean(ok)) {
+                json_object *code;
+                int exit_code = VMSUP_EX_FAILURE;
+
+                if (json_object_object_get_ex(reply, "exit_code", &code))
+                        exit_code = json_object_get_int(code);
+                r = vmsup_fail(err, exit_code, 0, "%s",
+                               json_object_object_get_ex(reply, "error", &v) ? json_object_get_string(v) : "failed");
+                json_object_put(reply);
+                return r;
+        }
+        if (ret_return)
+                *ret_return = json_object_object_get_ex(reply, "return", &v) ? json_object_get(v) : NULL;
+        json_object_put(reply);
+        return 0;
+}

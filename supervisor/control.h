@@ -1,0 +1,44 @@
+/* The supervisor's root-only control socket: one JSON request line, one JSON reply line.
+ * Request: {"cmd": "status" | "stop" | "reboot" | "qmp", ...}
+ * Reply:   {"ok": true, "return": ...} or {"ok": false, "error": "...", "exit_code": N} */
+#ifndef VMSUP_SUPERVISOR_CONTROL_H
+#define VMSUP_SUPERVISOR_CONTROL_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "common/error.h"
+
+#define CONTROL_MAX_MESSAGE (256 * 1024)
+
+/* Bind and listen at path (mode 0600). The caller holds the guest lock, so a socket file
+ * already there is a leftover of a dead supervisor and is replaced. */
+int control_listen(const char *path, vmsup_error **err);
+
+/* A connection from a client, read without blocking. */
+struct control_conn {
+        int fd;
+        char *buf;
+        size_t len;
+        json_object *request; /* set once a whole line arrived */
+        struct control_conn *next;
+};
+
+/* Accept one client (non-blocking); only root or our own uid may talk to us. Returns NULL
+ * with *err empty when the peer was refused or nothing was pending. */
+struct control_conn *control_accept(int listen_fd, vmsup_error **err);
+
+/* Read what is there. Returns 1 when conn->request is complete, 0 for more, <0 on error. */
+int control_conn_read(struct control_conn *c, vmsup_error **err);
+
+/* Send a reply (takes ownership of ret, may be NULL) and close the connection. */
+void control_conn_reply_ok(struct control_conn *c, json_object *ret);
+void control_conn_reply_error(struct control_conn *c, int exit_code, const char *msg);
+struct control_conn *control_conn_free(struct control_conn *c);
+
+/* Client side: connect to path, send req, wait up to timeout_ms (-1: forever) for the reply.
+ * A reply with "ok": false becomes an error with the supervisor's message and exit code. */
+int control_request(const char *path, json_object *req, int timeout_ms, json_object **ret_return, vmsup_error **err);
+
+#endif

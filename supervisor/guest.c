@@ -1,0 +1,1008 @@
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/proc.h"
+#include "common/util.h"
+#include "qmp/client.h"
+#include "supervisor/control.h"
+#include "supervisor/guest.h"
+#include "supervisor/guestdirs.h"
+#include "supervisor/log.h"
+#include "supervisor/qemuargs.h"
+#include "supervisor/tpmrules.h"
+#include "tpmstate/caps.h"
+#include "tpmstate/ctrl.h"
+#include "tpmstate/swtpm.h"
+
+/* Timeouts (ms) for steps that should take a fraction of that on any host. */
+#define QMP_HANDSHAKE_TIMEOUT 30000
+#define QMP_COMMAND_TIMEOUT 30000
+#define TPM_CTRL_TIMEOUT 5000
+#define SWTPM_EXIT_TIMEOUT 10000
+#define QEMU_QUIT_TIMEOUT 10000
+
+/* epoll tags; control connections are tagged with their pointer instead. */
+enum { TAG_SIGNAL = 1, TAG_QEMU, TAG_SWTPM, TAG_QMP, TAG_LISTEN };
+
+enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED };
+
+static const char *const state_names[] = {
+        [GUEST_STARTING] = "starting", [GUEST_RUNNING] = "running", [GUEST_STOPPING] = "stopping",
+        [GUEST_REBOOTING] = "rebooting", [GUEST_STOPPED] = "stopped",
+};
+
+struct child {
+        const char *name;
+        pid_t pid; /* 0 when not running */
+        int pidfd;
+        bool exited;
+        int status;
+};
+
+struct guest {
+        const struct host_config *cfg;
+        struct guest_spec spec;
+        struct vtpm_config tpm;
+        struct guest_dirs dirs;
+        char *qemu_path, *swtpm_path, *swtpm_setup_path;
+        uid_t tpm_uid;
+        gid_t tpm_gid;
+
+        int lock_fd, epfd, sigfd, listen_fd;
+        struct child qemu, swtpm;
+        int tpm_ctrl_fd; /* our copy of the end QEMU talks on, for CMD_SHUTDOWN after QEMU */
+        struct qmp_client *qmp;
+        uint32_t qmp_events;
+
+        enum guest_state state;
+        time_t started_at;
+        char qemu_status[32];
+        bool guest_shutdown;    /* QEMU reported SHUTDOWN */
+        bool stop_requested;    /* stop, SIGTERM or SIGINT */
+        bool force_pending;     /* quit sent, SIGKILL due at kill_deadline */
+        long stop_deadline;     /* ms: powerdown grace ends, then quit; 0 = none */
+        long kill_deadline;     /* ms: quit grace ends, then SIGKILL; 0 = none */
+
+        struct control_conn *conns;  /* reading their request */
+        struct control_conn *waiters; /* answered when the guest stopped or rebooted */
+        int exit_code;
+        bool done;
+};
+
+static long now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/* ---- children ---------------------------------------------------------------------- */
+
+static void child_forget(struct guest *g, struct child *c) {
+        if (c->pidfd >= 0) {
+                epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->pidfd, NULL);
+                close(c->pidfd);
+        }
+        c->pidfd = -1;
+        c->pid = 0;
+}
+
+/* Reap every exited descendant at once (we are a child subreaper: swtpm_setup orphans a
+ * swtpm of its own), recording the status of the children we track. */
+static void reap_all(struct guest *g) {
+        for (;;) {
+                int status;
+                pid_t pid = waitpid(-1, &status, WNOHANG);
+
+                if (pid <= 0)
+                        return;
+                if (pid == g->qemu.pid && !g->qemu.exited) {
+                        g->qemu.exited = true;
+                        g->qemu.status = status;
+                } else if (pid == g->swtpm.pid && !g->swtpm.exited) {
+                        g->swtpm.exited = true;
+                        g->swtpm.status = status;
+                }
+        }
+}
+
+/* Wait up to timeout_ms for a tracked child to exit (poll on its pidfd). */
+static bool child_wait(struct guest *g, struct child *c, int timeout_ms) {
+        long deadline = now_ms() + timeout_ms;
+
+        reap_all(g);
+        while (c->pid && !c->exited) {
+                struct pollfd p = { .fd = c->pidfd, .events = POLLIN };
+                long left = deadline - now_ms();
+
+                if (left <= 0)
+                        return false;
+                if (poll(&p, 1, (int) left) < 0 && errno != EINTR)
+                        return false;
+                reap_all(g);
+        }
+        return true;
+}
+
+/* The last lines of a log file, for error messages. */
+static char *log_tail(const char *path, int lines) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        char buf[2048];
+        off_t size;
+        ssize_t n;
+        char *p;
+        int seen = 0;
+
+        if (fd < 0)
+                return strdup("(no log)");
+        size = lseek(fd, 0, SEEK_END);
+        if (size < 0 || lseek(fd, size > (off_t) sizeof(buf) - 1 ? size - (off_t) sizeof(buf) + 1 : 0, SEEK_SET) < 0)
+                return strdup("(unreadable log)");
+        n = read(fd, buf, sizeof(buf) - 1);
+        if (n <= 0)
+                return strdup("(empty log)");
+        buf[n] = '\0';
+        while (n > 0 && buf[n - 1] == '\n')
+                buf[--n] = '\0';
+        for (p = buf + n; p > buf; p--)
+                if (p[-1] == '\n' && ++seen == lines)
+                        break;
+        for (char *q = p; *q; q++)
+                if (*q == '\n')
+                        *q = '|';
+        return strdup(p);
+}
+
+/* ---- swtpm ------------------------------------------------------------------------- */
+
+static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_error **err) {
+        struct swtpm_caps caps = { 0 };
+        struct swtpm_launch_opts lo = { 0 };
+        struct swtpm_proc proc = { 0 };
+        int r;
+
+        r = swtpm_state_exists(g->dirs.live_tpm, g->tpm.version, err);
+        if (r < 0)
+                return r;
+        if (r == 0) {
+                _cleanup_free_ char *ca_dir = NULL, *setup_conf = NULL, *localca = NULL, *vmid = NULL;
+                struct swtpm_setup_opts so = { 0 };
+                long t0 = now_ms();
+
+                /* EK and platform certificates come from vmsup's own local CA, not from
+                 * swtpm-localca's defaults under /var/lib. */
+                localca = proc_find_executable("swtpm_localca", err);
+                if (!localca)
+                        return vmsup_error_prefix(err, "manufacture the TPM (package swtpm-tools)");
+                if (asprintf(&ca_dir, "%s/swtpm-localca", g->cfg->paths.state_dir) < 0 ||
+                    asprintf(&vmid, "%s:%s", g->spec.name, g->spec.uuid) < 0)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "manufacture the TPM");
+                r = swtpm_localca_prepare(ca_dir, localca, &setup_conf, err);
+                if (r < 0)
+                        return r;
+                so.swtpm_setup = g->swtpm_setup_path;
+                so.swtpm = g->swtpm_path;
+                so.config = setup_conf;
+                so.state_dir = g->dirs.live_tpm;
+                so.log_path = g->dirs.swtpm_setup_log;
+                so.tmp_dir = g->dirs.run;
+                so.vmid = vmid;
+                so.version = g->tpm.version;
+                so.timeout_ms = 60000;
+                log_info("manufacturing a TPM %s (swtpm_setup, EK and platform certificates)",
+                         tpm_version_to_string(g->tpm.version));
+                r = swtpm_manufacture(&so, err);
+                reap_all(g);
+                if (r < 0)
+                        return r;
+                log_info("TPM manufactured in %ld ms", now_ms() - t0);
+        }
+
+        r = swtpm_caps_probe(g->swtpm_path, false, &caps, err);
+        if (r < 0)
+                return r;
+        lo.swtpm = g->swtpm_path;
+        lo.state_dir = g->dirs.live_tpm;
+        lo.log_path = g->dirs.swtpm_log;
+        lo.version = g->tpm.version;
+        lo.seccomp = swtpm_caps_has(&caps, "cmdarg-seccomp");
+        lo.key_fd = -1;
+        lo.migration_key_fd = -1;
+        lo.death_signal = SIGTERM;
+        lo.set_ids = geteuid() == 0;
+        lo.uid = g->tpm_uid;
+        lo.gid = g->tpm_gid;
+        lo.timeout_ms = TPM_CTRL_TIMEOUT;
+        swtpm_caps_clear(&caps);
+        /* swtpm_launch checks, on our end of the channel and before QEMU takes it over,
+         * that swtpm has every control-channel capability QEMU needs. */
+        r = swtpm_launch(&lo, &proc, err);
+        if (r < 0)
+                return r;
+        g->swtpm.pid = proc.pid;
+        g->swtpm.pidfd = proc.pidfd;
+        g->swtpm.exited = false;
+        g->tpm_ctrl_fd = proc.ctrl_fd;
+        *ret_qemu_end = g->tpm_ctrl_fd;
+        return 0;
+}
+
+/* Stop swtpm through its control channel (never SIGKILL: a TPM that never saw a shutdown
+ * can count it as an attack). */
+static void tpm_stop(struct guest *g) {
+        vmsup_error *err = NULL;
+        char why[64];
+
+        if (!g->swtpm.pid)
+                goto out;
+        reap_all(g);
+        if (!g->swtpm.exited && g->tpm_ctrl_fd >= 0) {
+                if (swtpm_ctrl_shutdown(g->tpm_ctrl_fd, TPM_CTRL_TIMEOUT, &err) < 0) {
+                        log_warning("%s", err->msg);
+                        err = vmsup_error_free(err);
+                }
+        }
+        closep(&g->tpm_ctrl_fd);
+        g->tpm_ctrl_fd = -1;
+        if (!child_wait(g, &g->swtpm, SWTPM_EXIT_TIMEOUT)) {
+                log_error("swtpm (pid %d) did not exit %d s after CMD_SHUTDOWN; sending SIGTERM", (int) g->swtpm.pid,
+                          SWTPM_EXIT_TIMEOUT / 1000);
+                kill(g->swtpm.pid, SIGTERM);
+                if (!child_wait(g, &g->swtpm, SWTPM_EXIT_TIMEOUT))
+                        log_error("swtpm (pid %d) is still running", (int) g->swtpm.pid);
+        }
+        if (g->swtpm.exited && !(WIFEXITED(g->swtpm.status) && WEXITSTATUS(g->swtpm.status) == 0))
+                log_warning("swtpm %s", proc_describe_status(g->swtpm.status, why, sizeof(why)));
+        child_forget(g, &g->swtpm);
+out:
+        closep(&g->tpm_ctrl_fd);
+        g->tpm_ctrl_fd = -1;
+}
+
+/* ---- QEMU -------------------------------------------------------------------------- */
+
+static void on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp);
+
+static int qmp_watch(struct guest *g) {
+        struct epoll_event ev = { .events = qmp_client_epoll_events(g->qmp), .data.u64 = TAG_QMP };
+
+        if (ev.events == g->qmp_events)
+                return 0;
+        g->qmp_events = ev.events;
+        return epoll_ctl(g->epfd, EPOLL_CTL_MOD, qmp_client_fd(g->qmp), &ev);
+}
+
+static void qmp_drop(struct guest *g) {
+        if (!g->qmp)
+                return;
+        epoll_ctl(g->epfd, EPOLL_CTL_DEL, qmp_client_fd(g->qmp), NULL);
+        g->qmp = qmp_client_free(g->qmp);
+}
+
+/* query-tpm must show our emulator with the model Nova's rules chose. */
+static int check_tpm_device(struct guest *g, vmsup_error **err) {
+        _cleanup_json_ json_object *ret = NULL;
+        json_object *dev, *model, *options, *type;
+        const char *want = tpm_model_to_string(g->tpm.model);
+        int r;
+
+        r = qmp_client_execute(g->qmp, "query-tpm", NULL, -1, QMP_COMMAND_TIMEOUT, &ret, err);
+        if (r < 0)
+                return r;
+        if (!json_object_is_type(ret, json_type_array) || json_object_array_length(ret) != 1)
+                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "query-tpm: QEMU does not show exactly one TPM");
+        dev = json_object_array_get_idx(ret, 0);
+        if (!json_object_object_get_ex(dev, "model", &model) || !streq(json_object_get_string(model), want) ||
+            !json_object_object_get_ex(dev, "options", &options) ||
+            !json_object_object_get_ex(options, "type", &type) || !streq(json_object_get_string(type), "emulator"))
+                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "query-tpm: expected an emulator TPM of model %s, QEMU shows %s",
+                                  want, json_object_to_json_string(dev));
+        return 0;
+}
+
+static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
+        _cleanup_strv_ char **argv = NULL;
+        _cleanup_close_ int log_fd = -1;
+        _cleanup_free_ char *qemu_log = NULL;
+        int qmp_sv[2] = { -1, -1 };
+        struct proc_fd_map fds[2];
+        struct qemu_args_in in = {
+                .qemu = g->qemu_path, .spec = &g->spec, .tpm = &g->tpm, .cfg = g->cfg, .vars_path = g->dirs.vars,
+                .console_log = g->dirs.console_log, .qmp_fd = 3, .tpm_ctrl_fd = g->tpm.present ? 4 : -1, .paused = true,
+        };
+        struct proc_spawn_opts o = { 0 };
+        int r;
+
+        r = qemu_args_build(&in, &argv, err);
+        if (r < 0)
+                return r;
+        if (asprintf(&qemu_log, "%s/qemu.log", g->dirs.logs) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "QEMU log path");
+        log_fd = open(qemu_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (log_fd < 0)
+                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "open '%s'", qemu_log);
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, qmp_sv) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "QMP socketpair");
+        fds[0] = (struct proc_fd_map) { qmp_sv[1], 3 };
+        fds[1] = (struct proc_fd_map) { tpm_qemu_end, 4 };
+        o.argv = argv;
+        o.stdin_fd = -1;
+        o.stdout_fd = log_fd;
+        o.stderr_fd = log_fd;
+        o.fds = fds;
+        o.n_fds = g->tpm.present ? 2 : 1;
+        o.death_signal = SIGTERM;
+        o.new_session = true;
+        r = proc_spawn(&o, &g->qemu.pid, &g->qemu.pidfd, err);
+        close(qmp_sv[1]);
+        if (r < 0) {
+                close(qmp_sv[0]);
+                return r;
+        }
+        g->qemu.exited = false;
+        r = qmp_client_new_fd(qmp_sv[0], &g->qmp, err);
+        if (r < 0)
+                return r;
+        qmp_client_set_event_handler(g->qmp, on_qmp_event, g);
+        r = qmp_client_handshake(g->qmp, QMP_HANDSHAKE_TIMEOUT, err);
+        if (r < 0) {
+                _cleanup_free_ char *tail = NULL;
+
+                child_wait(g, &g->qemu, 2000);
+                tail = log_tail(qemu_log, 3);
+                vmsup_error_prefix(err, "QEMU did not come up (its log: %s)", tail);
+                return r;
+        }
+        log_debug("QMP ready: QEMU %s", qmp_client_qemu_version(g->qmp));
+        if (g->tpm.present && (r = check_tpm_device(g, err)) < 0)
+                return r;
+        return 0;
+}
+
+/* Bring up swtpm and QEMU, check them, and let the guest run. */
+static int guest_start_children(struct guest *g, vmsup_error **err) {
+        struct epoll_event ev;
+        int tpm_qemu_end = -1, r;
+        long t0 = now_ms();
+
+        g->state = GUEST_STARTING;
+        g->guest_shutdown = false;
+        snprintf(g->qemu_status, sizeof(g->qemu_status), "prelaunch");
+        if (g->tpm.present && (r = tpm_prepare_and_launch(g, &tpm_qemu_end, err)) < 0)
+                return r;
+        r = qemu_launch(g, tpm_qemu_end, err);
+        if (r < 0)
+                return r;
+        r = qmp_client_execute(g->qmp, "cont", NULL, -1, QMP_COMMAND_TIMEOUT, NULL, err);
+        if (r < 0)
+                return r;
+
+        ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_QEMU };
+        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->qemu.pidfd, &ev) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+        if (g->swtpm.pid) {
+                ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_SWTPM };
+                if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->swtpm.pidfd, &ev) < 0)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+        }
+        g->qmp_events = qmp_client_epoll_events(g->qmp);
+        ev = (struct epoll_event) { .events = g->qmp_events, .data.u64 = TAG_QMP };
+        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, qmp_client_fd(g->qmp), &ev) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+        g->state = GUEST_RUNNING;
+        g->started_at = time(NULL);
+        if (g->tpm.present)
+                log_info("guest running: QEMU pid %d, swtpm pid %d, TPM %s %s (started in %ld ms)", (int) g->qemu.pid,
+                         (int) g->swtpm.pid, tpm_version_to_string(g->tpm.version), tpm_model_to_string(g->tpm.model),
+                         now_ms() - t0);
+        else
+                log_info("guest running: QEMU pid %d, no vTPM (started in %ld ms)", (int) g->qemu.pid, now_ms() - t0);
+        return 0;
+}
+
+/* Make QEMU go away: quit over QMP, then SIGTERM, then SIGKILL. Blocking; for failure
+ * paths and the end of a forced stop. */
+static void qemu_kill(struct guest *g) {
+        vmsup_error *err = NULL;
+
+        if (!g->qemu.pid)
+                return;
+        reap_all(g);
+        if (!g->qemu.exited && g->qmp && qmp_client_execute(g->qmp, "quit", NULL, -1, 3000, NULL, &err) < 0)
+                err = vmsup_error_free(err);
+        if (!child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
+                kill(g->qemu.pid, SIGTERM);
+                if (!child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
+                        log_warning("QEMU (pid %d) ignored quit and SIGTERM; killing it", (int) g->qemu.pid);
+                        kill(g->qemu.pid, SIGKILL);
+                        child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT);
+                }
+        }
+}
+
+/* Undo a start that failed half-way, leaving no process behind. */
+static void guest_stop_children(struct guest *g) {
+        qemu_kill(g);
+        qmp_drop(g);
+        child_forget(g, &g->qemu);
+        tpm_stop(g);
+}
+
+/* ---- requests and events ----------------------------------------------------------- */
+
+static void answer_waiters(struct guest *g, bool ok, int exit_code, const char *msg) {
+        while (g->waiters) {
+                struct control_conn *c = g->waiters;
+
+                g->waiters = c->next;
+                if (ok)
+                        control_conn_reply_ok(c, json_object_new_string(msg));
+                else
+                        control_conn_reply_error(c, exit_code, msg);
+                control_conn_free(c);
+        }
+}
+
+static void finish(struct guest *g, int exit_code) {
+        g->state = GUEST_STOPPED;
+        g->exit_code = exit_code;
+        g->done = true;
+}
+
+static void on_quit_reply(void *userdata, json_object *ret, const vmsup_error *err) {
+        struct guest *g = userdata;
+
+        (void) ret;
+        if (err && g->qemu.pid && !g->qemu.exited)
+                log_warning("quit: %s", err->msg);
+}
+
+/* Graceful: ACPI power button, then quit when the grace time is over. */
+static void begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot) {
+        vmsup_error *err = NULL;
+
+        g->stop_requested = true;
+        g->state = reboot ? GUEST_REBOOTING : GUEST_STOPPING;
+        if (!g->qmp || !g->qemu.pid || g->qemu.exited)
+                return;
+        if (force || reboot || timeout_s == 0) {
+                if (qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
+                        err = vmsup_error_free(err);
+                g->kill_deadline = now_ms() + QEMU_QUIT_TIMEOUT;
+                g->force_pending = true;
+        } else {
+                if (qmp_client_execute_async(g->qmp, "system_powerdown", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
+                        err = vmsup_error_free(err);
+                g->stop_deadline = now_ms() + (long) timeout_s * 1000;
+        }
+        qmp_watch(g);
+}
+
+static void on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp) {
+        struct guest *g = userdata;
+        json_object *reason;
+        const char *why = data && json_object_object_get_ex(data, "reason", &reason) ? json_object_get_string(reason)
+                                                                                      : NULL;
+
+        (void) timestamp;
+        if (streq(event, "SHUTDOWN")) {
+                g->guest_shutdown = true;
+                log_info("QEMU: SHUTDOWN (%s)", why ? why : "no reason given");
+        } else if (streq(event, "RESET"))
+                log_info("QEMU: guest reset (%s)", why ? why : "no reason given");
+        else if (streq(event, "STOP"))
+                snprintf(g->qemu_status, sizeof(g->qemu_status), "paused");
+        else if (streq(event, "RESUME"))
+                snprintf(g->qemu_status, sizeof(g->qemu_status), "running");
+        else
+                log_debug("QEMU: event %s", event);
+}
+
+struct pending_reply {
+        struct guest *g;
+        struct control_conn *conn;
+};
+
+static void on_status_reply(void *userdata, json_object *ret, const vmsup_error *err) {
+        struct pending_reply *p = userdata;
+        struct guest *g = p->g;
+        json_object *o = json_object_new_object(), *tpm, *st;
+
+        json_object_object_add(o, "uuid", json_object_new_string(g->spec.uuid));
+        json_object_object_add(o, "name", json_object_new_string(g->spec.name));
+        json_object_object_add(o, "state", json_object_new_string(state_names[g->state]));
+        json_object_object_add(o, "pid", json_object_new_int(getpid()));
+        json_object_object_add(o, "qemu_pid", g->qemu.pid ? json_object_new_int(g->qemu.pid) : NULL);
+        json_object_object_add(o, "swtpm_pid", g->swtpm.pid ? json_object_new_int(g->swtpm.pid) : NULL);
+        json_object_object_add(o, "uptime_s", json_object_new_int64(g->started_at ? (int64_t) (time(NULL) - g->started_at) : 0));
+        tpm = vtpm_config_to_json(&g->tpm);
+        json_object_object_add(o, "tpm", tpm);
+        if (ret && json_object_object_get_ex(ret, "status", &st))
+                json_object_object_add(o, "qemu_status", json_object_get(st));
+        else
+                json_object_object_add(o, "qemu_status", json_object_new_string(err ? "unknown" : g->qemu_status));
+        control_conn_reply_ok(p->conn, o);
+        control_conn_free(p->conn);
+        free(p);
+}
+
+static void on_qmp_passthrough_reply(void *userdata, json_object *ret, const vmsup_error *err) {
+        struct pending_reply *p = userdata;
+
+        if (err)
+                control_conn_reply_error(p->conn, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+        else
+                control_conn_reply_ok(p->conn, json_object_get(ret));
+        control_conn_free(p->conn);
+        free(p);
+}
+
+static void on_reset_reply(void *userdata, json_object *ret, const vmsup_error *err) {
+        struct pending_reply *p = userdata;
+
+        (void) ret;
+        if (err)
+                control_conn_reply_error(p->conn, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+        else {
+                log_info("guest rebooted (system_reset)");
+                control_conn_reply_ok(p->conn, json_object_new_string("rebooted"));
+        }
+        control_conn_free(p->conn);
+        free(p);
+}
+
+static bool get_bool(json_object *req, const char *key) {
+        json_object *v;
+
+        return json_object_object_get_ex(req, key, &v) && json_object_get_boolean(v);
+}
+
+/* Queue a QMP command whose reply answers the control client; takes the connection. */
+static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd, json_object *args, qmp_reply_fn fn) {
+        struct pending_reply *p = calloc(1, sizeof(*p));
+        vmsup_error *err = NULL;
+
+        if (!p || !g->qmp || g->state != GUEST_RUNNING) {
+                free(p);
+                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, g->qmp ? "the guest is not running" : "QEMU is not reachable");
+                control_conn_free(c);
+                return;
+        }
+        p->g = g;
+        p->conn = c;
+        if (qmp_client_execute_async(g->qmp, cmd, args, -1, QMP_COMMAND_TIMEOUT, fn, p, &err) < 0) {
+                control_conn_reply_error(c, err->exit_code, err->msg);
+                control_conn_free(c);
+                free(p);
+                vmsup_error_free(err);
+                return;
+        }
+        qmp_watch(g);
+}
+
+static void handle_request(struct guest *g, struct control_conn *c) {
+        json_object *cmdv, *v;
+        const char *cmd = json_object_object_get_ex(c->request, "cmd", &cmdv) ? json_object_get_string(cmdv) : "";
+
+        if (streq(cmd, "status")) {
+                if (g->qmp && g->state == GUEST_RUNNING)
+                        forward_qmp(g, c, "query-status", NULL, on_status_reply);
+                else {
+                        struct pending_reply *p = calloc(1, sizeof(*p));
+
+                        if (!p) {
+                                control_conn_free(c);
+                                return;
+                        }
+                        *p = (struct pending_reply) { g, c };
+                        on_status_reply(p, NULL, NULL);
+                }
+        } else if (streq(cmd, "stop")) {
+                unsigned timeout = g->cfg->supervisor.stop_timeout;
+
+                if (json_object_object_get_ex(c->request, "timeout", &v) && json_object_is_type(v, json_type_int) &&
+                    json_object_get_int(v) >= 0)
+                        timeout = (unsigned) json_object_get_int(v);
+                log_info("stop requested (%s)", get_bool(c->request, "force") ? "forced" : "graceful");
+                c->next = g->waiters;
+                g->waiters = c;
+                if (g->state == GUEST_RUNNING)
+                        begin_stop(g, timeout, get_bool(c->request, "force"), false);
+                else if (get_bool(c->request, "force") && g->qemu.pid)
+                        begin_stop(g, 0, true, g->state == GUEST_REBOOTING && false);
+        } else if (streq(cmd, "reboot")) {
+                if (g->state != GUEST_RUNNING) {
+                        control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, "the guest is not running");
+                        control_conn_free(c);
+                } else if (get_bool(c->request, "hard")) {
+                        log_info("hard reboot requested: QEMU is restarted, the TPM state is kept");
+                        c->next = g->waiters;
+                        g->waiters = c;
+                        begin_stop(g, 0, true, true);
+                } else
+                        forward_qmp(g, c, "system_reset", NULL, on_reset_reply);
+        } else if (streq(cmd, "qmp")) {
+                json_object *args = NULL;
+
+                if (!json_object_object_get_ex(c->request, "command", &v) || !json_object_is_type(v, json_type_string)) {
+                        control_conn_reply_error(c, VMSUP_EX_USAGE, "qmp request without a command");
+                        control_conn_free(c);
+                        return;
+                }
+                json_object_object_get_ex(c->request, "arguments", &args);
+                forward_qmp(g, c, json_object_get_string(v), args, on_qmp_passthrough_reply);
+        } else {
+                control_conn_reply_error(c, VMSUP_EX_USAGE, "unknown control request");
+                control_conn_free(c);
+        }
+}
+
+/* ---- the end of QEMU or swtpm ------------------------------------------------------ */
+
+static void on_qemu_exit(struct guest *g) {
+        vmsup_error *err = NULL;
+        char why[64];
+        bool expected = g->stop_requested || g->guest_shutdown;
+
+        proc_describe_status(g->qemu.status, why, sizeof(why));
+        qmp_drop(g);
+        child_forget(g, &g->qemu);
+        g->stop_deadline = g->kill_deadline = 0;
+        g->force_pending = false;
+        tpm_stop(g);
+
+        if (g->state == GUEST_REBOOTING) {
+                log_info("QEMU stopped for the hard reboot (%s); starting it again", why);
+                g->stop_requested = false;
+                if (guest_start_children(g, &err) < 0) {
+                        log_error("hard reboot failed: %s", err->msg);
+                        answer_waiters(g, false, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+                        vmsup_error_free(err);
+                        guest_stop_children(g);
+                        finish(g, VMSUP_EX_FAILURE);
+                        return;
+                }
+                answer_waiters(g, true, 0, "rebooted");
+                return;
+        }
+        if (expected) {
+                log_info("guest stopped: %s (QEMU %s)",
+                         g->stop_requested ? "on request" : "it powered off", why);
+                answer_waiters(g, true, 0, "stopped");
+                finish(g, 0);
+        } else {
+                log_error("QEMU %s unexpectedly; the guest is gone", why);
+                answer_waiters(g, false, VMSUP_EX_FAILURE, "QEMU ended unexpectedly");
+                finish(g, VMSUP_EX_FAILURE);
+        }
+}
+
+static void on_swtpm_exit(struct guest *g) {
+        _cleanup_free_ char *tail = log_tail(g->dirs.swtpm_log, 5);
+        char why[64];
+
+        proc_describe_status(g->swtpm.status, why, sizeof(why));
+        child_forget(g, &g->swtpm);
+        closep(&g->tpm_ctrl_fd);
+        g->tpm_ctrl_fd = -1;
+        /* QEMU shuts the TPM down (CMD_SHUTDOWN) as it exits: swtpm may go first. */
+        if (g->guest_shutdown || g->stop_requested) {
+                log_debug("swtpm %s as QEMU shut it down", why);
+                return;
+        }
+        if (g->qemu.pid && !g->qemu.exited) {
+                log_error("swtpm %s while the guest was running; stopping QEMU. swtpm's last log lines: %s", why, tail);
+                g->stop_requested = true; /* ours, not the guest's */
+                qemu_kill(g);
+                reap_all(g);
+                qmp_drop(g);
+                child_forget(g, &g->qemu);
+                answer_waiters(g, false, VMSUP_EX_FAILURE, "swtpm ended unexpectedly");
+                finish(g, VMSUP_EX_FAILURE);
+        }
+}
+
+/* ---- the loop ---------------------------------------------------------------------- */
+
+static int next_timeout(struct guest *g) {
+        long now = now_ms(), t = -1;
+
+        if (g->stop_deadline)
+                t = g->stop_deadline - now;
+        if (g->kill_deadline && (t < 0 || g->kill_deadline - now < t))
+                t = g->kill_deadline - now;
+        if (g->qmp) {
+                int q = qmp_client_next_timeout_ms(g->qmp);
+
+                if (q >= 0 && (t < 0 || q < t))
+                        t = q;
+        }
+        if (t < -1)
+                t = 0;
+        return t > 1000000 ? 1000000 : (int) t;
+}
+
+static void check_deadlines(struct guest *g) {
+        long now = now_ms();
+        vmsup_error *err = NULL;
+
+        if (g->stop_deadline && now >= g->stop_deadline) {
+                log_info("the guest did not power off within the stop timeout; telling QEMU to quit");
+                g->stop_deadline = 0;
+                if (g->qmp && qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
+                        err = vmsup_error_free(err);
+                g->kill_deadline = now + QEMU_QUIT_TIMEOUT;
+                if (g->qmp)
+                        qmp_watch(g);
+        }
+        if (g->kill_deadline && now >= g->kill_deadline && g->qemu.pid && !g->qemu.exited) {
+                log_warning("QEMU did not quit within %d s; killing it", QEMU_QUIT_TIMEOUT / 1000);
+                g->kill_deadline = 0;
+                kill(g->qemu.pid, SIGKILL);
+        }
+        if (g->qmp)
+                qmp_client_expire(g->qmp);
+}
+
+static void handle_signal(struct guest *g) {
+        struct signalfd_siginfo si;
+
+        while (read(g->sigfd, &si, sizeof(si)) == sizeof(si)) {
+                switch (si.ssi_signo) {
+                case SIGCHLD:
+                        reap_all(g);
+                        break;
+                case SIGTERM:
+                case SIGINT:
+                        if (g->state == GUEST_STOPPING) {
+                                log_info("%s again: stopping at once", sigabbrev_np((int) si.ssi_signo));
+                                begin_stop(g, 0, true, false);
+                        } else if (g->state == GUEST_RUNNING) {
+                                log_info("SIG%s: stopping the guest (up to %u s for it to power off)",
+                                         sigabbrev_np((int) si.ssi_signo), g->cfg->supervisor.stop_timeout);
+                                begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
+                        }
+                        break;
+                default:
+                        break;
+                }
+        }
+}
+
+static void handle_conn(struct guest *g, struct control_conn *c) {
+        vmsup_error *err = NULL;
+        int r = control_conn_read(c, &err);
+        struct control_conn **pp;
+
+        if (r == 0)
+                return;
+        for (pp = &g->conns; *pp; pp = &(*pp)->next)
+                if (*pp == c) {
+                        *pp = c->next;
+                        break;
+                }
+        c->next = NULL;
+        epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        if (r < 0) {
+                control_conn_reply_error(c, err->exit_code, err->msg);
+                control_conn_free(c);
+                vmsup_error_free(err);
+                return;
+        }
+        handle_request(g, c);
+}
+
+static int event_loop(struct guest *g) {
+        while (!g->done) {
+                struct epoll_event evs[16];
+                int n = epoll_wait(g->epfd, evs, 16, next_timeout(g));
+
+                if (n < 0 && errno != EINTR) {
+                        log_error("epoll_wait: %s", strerror(errno));
+                        guest_stop_children(g);
+                        finish(g, VMSUP_EX_OSERR);
+                        break;
+                }
+                for (int i = 0; i < n && !g->done; i++) {
+                        uint64_t tag = evs[i].data.u64;
+
+                        if (tag == TAG_SIGNAL)
+                                handle_signal(g);
+                        else if (tag == TAG_QEMU || tag == TAG_SWTPM)
+                                reap_all(g);
+                        else if (tag == TAG_QMP && g->qmp) {
+                                vmsup_error *err = NULL;
+
+                                if (qmp_client_dispatch(g->qmp, &err) < 0) {
+                                        /* EOF: QEMU is going; its pidfd tells us when it is gone */
+                                        log_debug("QMP: %s", err->msg);
+                                        vmsup_error_free(err);
+                                        qmp_drop(g);
+                                } else
+                                        qmp_watch(g);
+                        } else if (tag == TAG_LISTEN) {
+                                vmsup_error *err = NULL;
+                                struct control_conn *c = control_accept(g->listen_fd, &err);
+                                struct epoll_event ev;
+
+                                if (err) {
+                                        log_warning("%s", err->msg);
+                                        vmsup_error_free(err);
+                                }
+                                if (c) {
+                                        ev = (struct epoll_event) { .events = EPOLLIN, .data.ptr = c };
+                                        c->next = g->conns;
+                                        g->conns = c;
+                                        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+                                                g->conns = c->next;
+                                                control_conn_free(c);
+                                        }
+                                }
+                        } else if (tag > TAG_LISTEN)
+                                handle_conn(g, evs[i].data.ptr);
+                }
+                if (g->done)
+                        break;
+                if (g->qemu.pid && g->qemu.exited)
+                        on_qemu_exit(g);
+                else if (g->swtpm.pid && g->swtpm.exited)
+                        on_swtpm_exit(g);
+                if (!g->done)
+                        check_deadlines(g);
+        }
+        return g->exit_code;
+}
+
+/* ---- set-up and tear-down ---------------------------------------------------------- */
+
+static int resolve_programs(struct guest *g, vmsup_error **err) {
+        struct passwd *pw;
+        struct group *gr;
+
+        g->qemu_path = proc_find_executable(g->cfg->qemu.binary, err);
+        if (!g->qemu_path)
+                return -ENOENT;
+        if (!g->tpm.present)
+                return 0;
+        g->swtpm_path = proc_find_executable(g->cfg->tpm.swtpm, err);
+        if (!g->swtpm_path)
+                return -ENOENT;
+        g->swtpm_setup_path = proc_find_executable(g->cfg->tpm.swtpm_setup, err);
+        if (!g->swtpm_setup_path)
+                return -ENOENT;
+        pw = getpwnam(g->cfg->tpm.swtpm_user);
+        if (!pw)
+                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_user '%s' does not exist", g->cfg->tpm.swtpm_user);
+        gr = getgrnam(g->cfg->tpm.swtpm_group);
+        if (!gr)
+                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_group '%s' does not exist", g->cfg->tpm.swtpm_group);
+        g->tpm_uid = geteuid() == 0 ? pw->pw_uid : geteuid();
+        g->tpm_gid = geteuid() == 0 ? gr->gr_gid : getegid();
+        return 0;
+}
+
+static int setup_loop(struct guest *g, sigset_t *mask, vmsup_error **err) {
+        struct epoll_event ev;
+
+        g->epfd = epoll_create1(EPOLL_CLOEXEC);
+        if (g->epfd < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll_create1");
+        g->sigfd = signalfd(-1, mask, SFD_CLOEXEC | SFD_NONBLOCK);
+        if (g->sigfd < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "signalfd");
+        ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_SIGNAL };
+        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->sigfd, &ev) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+        g->listen_fd = control_listen(g->dirs.control, err);
+        if (g->listen_fd < 0)
+                return g->listen_fd;
+        ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
+        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->listen_fd, &ev) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+        return 0;
+}
+
+static void teardown(struct guest *g) {
+        while (g->conns) {
+                struct control_conn *c = g->conns;
+
+                g->conns = c->next;
+                control_conn_free(c);
+        }
+        answer_waiters(g, g->exit_code == 0, g->exit_code, g->exit_code == 0 ? "stopped" : "the supervisor is exiting");
+        if (g->listen_fd >= 0) {
+                close(g->listen_fd);
+                unlink(g->dirs.control);
+        }
+        if (g->dirs.pidfile && g->lock_fd >= 0)
+                unlink(g->dirs.pidfile);
+        closep(&g->sigfd);
+        closep(&g->epfd);
+        closep(&g->lock_fd);
+        free(g->qemu_path);
+        free(g->swtpm_path);
+        free(g->swtpm_setup_path);
+        guest_dirs_clear(&g->dirs);
+        guest_spec_clear(&g->spec);
+}
+
+int guest_run(const struct guest_run_opts *opts) {
+        struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .epfd = -1, .sigfd = -1, .listen_fd = -1,
+                           .qemu = { .name = "QEMU", .pidfd = -1 }, .swtpm = { .name = "swtpm", .pidfd = -1 },
+                           .tpm_ctrl_fd = -1 };
+        vmsup_error *err = NULL;
+        sigset_t mask;
+        int r, code;
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGCHLD);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
+        sigaddset(&mask, SIGPIPE);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        /* swtpm_setup orphans a swtpm and waits until it is reaped: be the one who reaps. */
+        prctl(PR_SET_CHILD_SUBREAPER, 1);
+
+        if ((r = guest_spec_load(opts->spec_path, &g.spec, &err)) < 0)
+                goto fail;
+        log_set_guest(g.spec.uuid);
+        if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = tpm_rules_check_host(&g.tpm, g.cfg, &err)) < 0 ||
+            (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0 ||
+            (r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0)
+                goto fail;
+        g.lock_fd = guest_dirs_lock(&g.dirs, &err);
+        if (g.lock_fd < 0) {
+                r = g.lock_fd;
+                goto fail;
+        }
+        {
+                const char *text = NULL;
+                json_object *copy = json_object_from_file(opts->spec_path);
+
+                text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
+                r = text ? write_file_atomic(g.dirs.spec_copy, text, strlen(text), 0600, &err) : 0;
+                json_object_put(copy);
+                if (r < 0)
+                        goto fail;
+        }
+        if (streq(g.spec.firmware_type, "uefi") && (r = guest_dirs_ensure_vars(&g.dirs, g.cfg->qemu.ovmf_vars, &err)) < 0)
+                goto fail;
+        if ((r = setup_loop(&g, &mask, &err)) < 0)
+                goto fail;
+        log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g.spec.name, g.spec.vcpus, g.spec.memory_mb,
+                 g.spec.firmware_type, g.tpm.present ? "vTPM" : "no vTPM");
+        if ((r = guest_start_children(&g, &err)) < 0) {
+                guest_stop_children(&g);
+                goto fail;
+        }
+        code = event_loop(&g);
+        guest_stop_children(&g);
+        reap_all(&g);
+        teardown(&g);
+        return code;
+
+fail:
+        code = log_error_exit(err);
+        vmsup_error_free(err);
+        reap_all(&g);
+        teardown(&g);
+        return code;
+}

@@ -1,0 +1,20 @@
+/* One guest under supervision: start swtpm and QEMU, watch them in one epoll loop, stop
+ * and reboot on request, and clean up whatever happens. */
+#ifndef VMSUP_SUPERVISOR_GUEST_H
+#define VMSUP_SUPERVISOR_GUEST_H
+
+#include "common/error.h"
+#include "supervisor/guestspec.h"
+#include "supervisor/hostconfig.h"
+
+struct guest_run_opts {
+        const struct host_config *cfg;
+        const char *spec_path;
+};
+
+/* Run the guest until it ends. Returns the process exit code: 0 when the guest powered
+ * off or was stopped on request, 1 when QEMU or swtpm died, others when it cannot start
+ * (the error is logged). */
+int guest_run(const struct guest_run_opts *opts);
+
+#endif

@@ -1,0 +1,218 @@
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "supervisor/guestdirs.h"
+
+int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const char *uuid, vmsup_error **err) {
+        struct guest_dirs g = { 0 };
+        bool ok = true;
+
+        ok &= asprintf(&g.state, "%s/%s", cfg->paths.state_dir, uuid) > 0;
+        ok &= asprintf(&g.run, "%s/%s", cfg->paths.run_dir, uuid) > 0;
+        ok &= asprintf(&g.logs, "%s/%s", cfg->paths.log_dir, uuid) > 0;
+        if (ok) {
+                ok &= asprintf(&g.live_tpm, "%s/tpm", g.run) > 0;
+                ok &= asprintf(&g.control, "%s/control.sock", g.run) > 0;
+                ok &= asprintf(&g.pidfile, "%s/vmsup.pid", g.run) > 0;
+                ok &= asprintf(&g.vars, "%s/OVMF_VARS.fd", g.state) > 0;
+                ok &= asprintf(&g.spec_copy, "%s/guest.json", g.state) > 0;
+                ok &= asprintf(&g.console_log, "%s/console.log", g.logs) > 0;
+                ok &= asprintf(&g.swtpm_log, "%s/swtpm.log", g.logs) > 0;
+                ok &= asprintf(&g.swtpm_setup_log, "%s/swtpm_setup.log", g.logs) > 0;
+        }
+        if (!ok) {
+                guest_dirs_clear(&g);
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "guest paths");
+        }
+        if (strlen(g.control) >= 108) {
+                int r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "control socket path '%s' is longer than 107 bytes: "
+                                                            "choose a shorter [paths] run_dir", g.control);
+                guest_dirs_clear(&g);
+                return r;
+        }
+        *d = g;
+        return 0;
+}
+
+void guest_dirs_clear(struct guest_dirs *d) {
+        free(d->state);
+        free(d->run);
+        free(d->live_tpm);
+        free(d->logs);
+        free(d->control);
+        free(d->pidfile);
+        free(d->vars);
+        free(d->spec_copy);
+        free(d->console_log);
+        free(d->swtpm_log);
+        free(d->swtpm_setup_log);
+        memset(d, 0, sizeof(*d));
+}
+
+int mkdir_parents(const char *path, mode_t mode, vmsup_error **err) {
+        _cleanup_free_ char *copy = strdup(path);
+
+        if (!copy)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "mkdir '%s'", path);
+        for (char *p = copy + 1; *p; p++) {
+                if (*p != '/')
+                        continue;
+                *p = '\0';
+                if (mkdir(copy, mode) < 0 && errno != EEXIST)
+                        return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create directory '%s'", copy);
+                *p = '/';
+        }
+        if (mkdir(copy, mode) < 0 && errno != EEXIST)
+                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create directory '%s'", copy);
+        return 0;
+}
+
+/* Create dir (and its parents) if missing, then make sure it is ours, a real directory,
+ * not writable by others, and has exactly mode. */
+static int ensure_dir(const char *path, mode_t mode, uid_t uid, gid_t gid, vmsup_error **err) {
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+        int r;
+
+        r = mkdir_parents(path, mode, err);
+        if (r < 0)
+                return r;
+        fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "open directory '%s'", path);
+        if (fstat(fd, &st) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", path);
+        if (st.st_uid != geteuid() && st.st_uid != uid)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "directory '%s' is owned by uid %u, not by uid %u: refusing to use it",
+                                  path, (unsigned) st.st_uid, (unsigned) geteuid());
+        if (st.st_mode & S_IWOTH)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "directory '%s' is writable by others (mode %04o): refusing to use it",
+                                  path, (unsigned) (st.st_mode & 07777));
+        if ((st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) < 0)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "chown '%s'", path);
+        if ((st.st_mode & 07777) != mode && fchmod(fd, mode) < 0)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "chmod '%s'", path);
+        return 0;
+}
+
+int guest_dirs_prepare(const struct guest_dirs *d, uid_t tpm_uid, gid_t tpm_gid, vmsup_error **err) {
+        uid_t me = geteuid();
+        gid_t mygid = getegid();
+        int r;
+
+        if ((r = ensure_dir(d->state, 0700, me, mygid, err)) < 0 || (r = ensure_dir(d->run, 0711, me, mygid, err)) < 0 ||
+            (r = ensure_dir(d->logs, 0700, me, mygid, err)) < 0 ||
+            (r = ensure_dir(d->live_tpm, 0700, tpm_uid, tpm_gid, err)) < 0)
+                return r;
+        return 0;
+}
+
+int guest_dirs_lock(const struct guest_dirs *d, vmsup_error **err) {
+        _cleanup_close_ int fd = open(d->state, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        char pidbuf[32] = "";
+        char pidtext[64];
+        int pfd;
+
+        if (fd < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open '%s'", d->state);
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                if (errno != EWOULDBLOCK)
+                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "lock '%s'", d->state);
+                pfd = open(d->pidfile, O_RDONLY | O_CLOEXEC);
+                if (pfd >= 0) {
+                        ssize_t n = read(pfd, pidbuf, sizeof(pidbuf) - 1);
+
+                        pidbuf[n > 0 ? n : 0] = '\0';
+                        pidbuf[strcspn(pidbuf, "\n")] = '\0';
+                        close(pfd);
+                }
+                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "guest is already supervised by another vmsup%s%s%s",
+                                  pidbuf[0] ? " (pid " : "", pidbuf, pidbuf[0] ? ")" : "");
+        }
+        snprintf(pidtext, sizeof(pidtext), "%d\n", (int) getpid());
+        if (write_file_atomic(d->pidfile, pidtext, strlen(pidtext), 0644, err) < 0)
+                return -EIO;
+        return TAKE_FD(fd);
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, vmsup_error **err) {
+        _cleanup_free_ char *tmp = NULL, *dircopy = strdup(path);
+        _cleanup_close_ int fd = -1, dfd = -1;
+        const char *p = data;
+        size_t done = 0;
+
+        if (!dircopy || asprintf(&tmp, "%s.tmp.%d", path, (int) getpid()) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "write '%s'", path);
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
+        if (fd < 0)
+                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create '%s'", tmp);
+        while (done < len) {
+                ssize_t n = write(fd, p + done, len - done);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        int e = errno;
+
+                        unlink(tmp);
+                        return vmsup_fail(err, VMSUP_EX_IOERR, e, "write '%s'", tmp);
+                }
+                done += (size_t) n;
+        }
+        if (fchmod(fd, mode) < 0 || fsync(fd) < 0) {
+                int e = errno;
+
+                unlink(tmp);
+                return vmsup_fail(err, VMSUP_EX_IOERR, e, "sync '%s'", tmp);
+        }
+        if (rename(tmp, path) < 0) {
+                int e = errno;
+
+                unlink(tmp);
+                return vmsup_fail(err, VMSUP_EX_IOERR, e, "rename '%s' to '%s'", tmp, path);
+        }
+        dfd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0 || fsync(dfd) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "sync the directory of '%s'", path);
+        return 0;
+}
+
+int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, vmsup_error **err) {
+        _cleanup_close_ int in = -1;
+        _cleanup_free_ char *buf = NULL;
+        struct stat st;
+        size_t done = 0;
+
+        if (access(d->vars, F_OK) == 0)
+                return 0;
+        in = open(template_path, O_RDONLY | O_CLOEXEC);
+        if (in < 0)
+                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, errno, "open OVMF VARS template '%s' ([qemu] ovmf_vars)",
+                                  template_path);
+        if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > 64 * 1024 * 1024)
+                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "OVMF VARS template '%s' is not a regular file of at most 64 MiB",
+                                  template_path);
+        buf = malloc((size_t) st.st_size ? (size_t) st.st_size : 1);
+        if (!buf)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "copy '%s'", template_path);
+        while (done < (size_t) st.st_size) {
+                ssize_t n = read(in, buf + done, (size_t) st.st_size - done);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return vmsup_fail(err, VMSUP_EX_IOERR, n < 0 ? errno : EIO, "read '%s'", template_path);
+                done += (size_t) n;
+        }
+        return write_file_atomic(d->vars, buf, done, 0600, err);
+}

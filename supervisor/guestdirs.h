@@ -1,0 +1,47 @@
+/* A guest's directories and files on the host (DESIGN.md "Paths and permissions"). */
+#ifndef VMSUP_SUPERVISOR_GUESTDIRS_H
+#define VMSUP_SUPERVISOR_GUESTDIRS_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "common/error.h"
+#include "supervisor/guestspec.h"
+#include "supervisor/hostconfig.h"
+
+struct guest_dirs {
+        char *state;       /* <state_dir>/<uuid>: 0700, persistent */
+        char *run;         /* <run_dir>/<uuid>: 0711 (swtpm's user must reach tpm/), tmpfs */
+        char *live_tpm;    /* <run>/tpm: 0700, owned by the swtpm user: plaintext TPM state */
+        char *logs;        /* <log_dir>/<uuid>: 0700 */
+        char *control;     /* <run>/control.sock */
+        char *pidfile;     /* <run>/vmsup.pid */
+        char *vars;        /* <state>/OVMF_VARS.fd */
+        char *spec_copy;   /* <state>/guest.json */
+        char *console_log; /* <logs>/console.log */
+        char *swtpm_log;   /* <logs>/swtpm.log */
+        char *swtpm_setup_log;
+};
+
+/* Compute the paths only (no file system access). */
+int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const char *uuid, vmsup_error **err);
+void guest_dirs_clear(struct guest_dirs *d);
+
+/* Create what is missing with the right modes; refuse existing directories that another
+ * user owns or that others can write. The live TPM dir is given to uid:gid. */
+int guest_dirs_prepare(const struct guest_dirs *d, uid_t tpm_uid, gid_t tpm_gid, vmsup_error **err);
+
+/* Take the guest's lock (flock on its state dir) for the caller's lifetime. Another
+ * supervisor holding it gives exit 75 and names its pid. Returns the fd to keep. */
+int guest_dirs_lock(const struct guest_dirs *d, vmsup_error **err);
+
+/* Write data to path atomically and durably (temp file, fsync, rename, fsync dir). */
+int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, vmsup_error **err);
+
+/* Copy the VARS template on first start; keep the guest's copy after that. */
+int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, vmsup_error **err);
+
+/* Create each missing component of path with mode (mkdir -p). */
+int mkdir_parents(const char *path, mode_t mode, vmsup_error **err);
+
+#endif

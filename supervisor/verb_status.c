@@ -1,0 +1,63 @@
+#include "config.h"
+
+#include <getopt.h>
+#include <stdio.h>
+
+#include "common/util.h"
+#include "supervisor/log.h"
+#include "supervisor/verbs.h"
+
+static void help(void) {
+        printf("Usage: vmsup status UUID [--json]\n"
+               "\n"
+               "Show the state of a supervised guest: supervisor state, pids, uptime, TPM\n"
+               "version and model, QEMU's run state.\n"
+               "\n"
+               "Exit status: 0; 69 the guest is not running under vmsup.\n");
+}
+
+static const char *str(json_object *o, const char *key) {
+        json_object *v;
+
+        return json_object_object_get_ex(o, key, &v) && v ? json_object_get_string(v) : "-";
+}
+
+int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
+        static const struct option longopts[] = { { "json", no_argument, NULL, 'j' },
+                                                   { "help", no_argument, NULL, 'h' }, {} };
+        _cleanup_error_ vmsup_error *err = NULL;
+        _cleanup_json_ json_object *req = json_object_new_object(), *ret = NULL;
+        json_object *tpm;
+        bool json = false;
+        int c;
+
+        while ((c = getopt_long(argc, argv, "jh", longopts, NULL)) != -1) {
+                if (c == 'j')
+                        json = true;
+                else if (c == 'h') {
+                        help();
+                        return 0;
+                } else
+                        return verb_usage_error("status", "bad option");
+        }
+        if (argc - optind != 1)
+                return verb_usage_error("status", "expects a guest UUID");
+        json_object_object_add(req, "cmd", json_object_new_string("status"));
+        if (vmsup_ctx_control(ctx, argv[optind], req, 10000, &ret, &err) < 0)
+                return log_error_exit(err);
+        if (json) {
+                printf("%s\n", json_object_to_json_string_ext(ret, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+                return 0;
+        }
+        printf("guest:        %s (%s)\n", str(ret, "uuid"), str(ret, "name"));
+        printf("state:        %s\n", str(ret, "state"));
+        printf("qemu status:  %s\n", str(ret, "qemu_status"));
+        printf("uptime:       %s s\n", str(ret, "uptime_s"));
+        printf("pids:         vmsup %s, qemu %s, swtpm %s\n", str(ret, "pid"), str(ret, "qemu_pid"), str(ret, "swtpm_pid"));
+        if (json_object_object_get_ex(ret, "tpm", &tpm) && tpm)
+                printf("tpm:          %s %s, secret security %s\n", str(tpm, "version"), str(tpm, "model"),
+                       str(tpm, "secret_security"));
+        else
+                printf("tpm:          none\n");
+        return 0;
+}

@@ -1,0 +1,450 @@
+/* vmsup run end to end: real swtpm, real QEMU (TCG), the demo guest from tests/guest. */
+#include "config.h"
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/proc.h"
+#include "common/util.h"
+#include "supervisor/control.h"
+#include "tests/helpers.h"
+
+#define UUID "5f0c3a2e-1b7d-4c8e-9f6a-0d2b4e6a8c1f"
+
+static char *root, *conf, *spec_path, *console, *vmsup_log;
+
+struct sup {
+        pid_t pid;
+        int pidfd;
+};
+
+static long now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static char *slurp(const char *path) {
+        FILE *f = fopen(path, "r");
+        char *buf = calloc(1, 1 << 20);
+        size_t n = 0;
+
+        if (f) {
+                n = fread(buf, 1, (1 << 20) - 1, f);
+                fclose(f);
+        }
+        buf[n] = '\0';
+        return buf;
+}
+
+static void setup(void) {
+        char *text = NULL;
+
+        root = test_mkdtemp();
+        cr_assert(asprintf(&text,
+                           "[tpm]\nswtpm_enabled = true\nswtpm_user = root\nswtpm_group = root\n"
+                           "[qemu]\naccelerator = tcg\n"
+                           "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
+                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n",
+                           root, root, root, root) > 0);
+        conf = test_write_file(root, "vmsup.conf", text, 0600);
+        free(text);
+        cr_assert(asprintf(&console, "%s/log/" UUID "/console.log", root) > 0);
+        cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
+}
+
+/* Kill whatever of ours is left (only on a failed test), then check nothing is. */
+static int count_leftovers(bool kill_them) {
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        int n = 0;
+
+        while ((e = readdir(d))) {
+                char path[300], buf[4096];
+                ssize_t len;
+                int fd;
+
+                if (e->d_name[0] < '0' || e->d_name[0] > '9')
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+                fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        continue;
+                len = read(fd, buf, sizeof(buf) - 1);
+                close(fd);
+                if (len <= 0)
+                        continue;
+                for (ssize_t i = 0; i < len; i++)
+                        if (!buf[i])
+                                buf[i] = ' ';
+                buf[len] = '\0';
+                if (strstr(buf, root)) {
+                        n++;
+                        if (kill_them)
+                                kill(atoi(e->d_name), SIGKILL);
+                }
+        }
+        closedir(d);
+        return n;
+}
+
+static void teardown(void) {
+        if (count_leftovers(false))
+                count_leftovers(true);
+        test_rmtree(root);
+        free(root);
+        free(conf);
+        free(spec_path);
+        free(console);
+        free(vmsup_log);
+}
+
+TestSuite(run, .init = setup, .fini = teardown, .timeout = 240);
+
+static void write_spec(const char *version, const char *model, bool uefi, bool hold) {
+        char *text = NULL, extra[256] = "";
+
+        if (version)
+                snprintf(extra, sizeof(extra), "\"hw:tpm_version\": \"%s\", \"hw:tpm_model\": \"%s\"", version, model);
+        cr_assert(asprintf(&text,
+                           "{\"uuid\": \"" UUID "\", \"name\": \"demo\", \"vcpus\": 1, \"memory_mb\": 256,"
+                           " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {%s}},"
+                           " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"%s\"}},"
+                           " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
+                           " \"cmdline\": \"console=ttyS0 quiet%s\"}}",
+                           extra, uefi ? "uefi" : "bios", TEST_GUEST_DIR, TEST_GUEST_DIR, hold ? " tpmprobe.hold" : "") > 0);
+        free(spec_path);
+        spec_path = test_write_file(root, "guest.json", text, 0644);
+        free(text);
+}
+
+static struct sup start(void) {
+        char *argv[] = { VMSUP_BIN, "--config", conf, "run", spec_path, NULL };
+        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1 };
+        vmsup_error *err = NULL;
+        struct sup s;
+        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+
+        cr_assert_geq(log, 0);
+        o.stdout_fd = o.stderr_fd = log;
+        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
+        close(log);
+        return s;
+}
+
+/* vmsup's exit code, or -1 if it did not exit within timeout_ms (then it is killed). */
+static int wait_exit(struct sup *s, int timeout_ms) {
+        struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
+        int status;
+
+        if (poll(&p, 1, timeout_ms) != 1) {
+                kill(s->pid, SIGKILL);
+                waitpid(s->pid, NULL, 0);
+                close(s->pidfd);
+                return -1;
+        }
+        waitpid(s->pid, &status, 0);
+        close(s->pidfd);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static json_object *control(const char *cmd, json_object *extra_args, vmsup_error **err) {
+        json_object *req = extra_args ? extra_args : json_object_new_object(), *ret = NULL;
+        char path[512];
+
+        snprintf(path, sizeof(path), "%s/run/" UUID "/control.sock", root);
+        json_object_object_add(req, "cmd", json_object_new_string(cmd));
+        if (control_request(path, req, 60000, &ret, err) < 0)
+                ret = NULL;
+        json_object_put(req);
+        return ret;
+}
+
+/* Wait until status says running; returns the status object. */
+static json_object *wait_running(struct sup *s) {
+        long deadline = now_ms() + 120000;
+
+        while (now_ms() < deadline) {
+                vmsup_error *err = NULL;
+                json_object *st = control("status", NULL, &err), *state;
+                struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
+
+                if (st && json_object_object_get_ex(st, "state", &state) &&
+                    streq(json_object_get_string(state), "running"))
+                        return st;
+                json_object_put(st);
+                vmsup_error_free(err);
+                if (poll(&p, 1, 50) == 1)
+                        cr_assert_fail("vmsup exited before the guest ran: %s", slurp(vmsup_log));
+        }
+        cr_assert_fail("the guest did not reach running: %s", slurp(vmsup_log));
+        return NULL;
+}
+
+/* Wait until the console shows `count` lines containing needle; return the console. */
+static char *wait_console(const char *needle, int count, int timeout_ms) {
+        long deadline = now_ms() + timeout_ms;
+
+        for (;;) {
+                char *text = slurp(console);
+                int n = 0;
+
+                for (char *p = text; (p = strstr(p, needle)); p++)
+                        n++;
+                if (n >= count)
+                        return text;
+                if (now_ms() > deadline)
+                        cr_assert_fail("console lacks %d x '%s' after %d ms:\n%s\n--- vmsup:\n%s", count, needle,
+                                       timeout_ms, text, slurp(vmsup_log));
+                free(text);
+                usleep(50000);
+        }
+}
+
+/* The value after the n-th (1-based) "key=" on the console. */
+static long console_value(const char *text, const char *key, int nth) {
+        const char *p = text;
+
+        for (int i = 0; i < nth; i++) {
+                p = strstr(p, key);
+                cr_assert_not_null(p, "no %d. %s in:\n%s", nth, key, text);
+                p += strlen(key);
+        }
+        return strtol(p, NULL, 10);
+}
+
+static char *console_word(const char *text, const char *key, int nth) {
+        const char *p = text;
+
+        for (int i = 0; i < nth; i++) {
+                p = strstr(p, key);
+                cr_assert_not_null(p, "no %d. %s in:\n%s", nth, key, text);
+                p += strlen(key);
+        }
+        return strndup(p, strcspn(p, "\r\n "));
+}
+
+static void assert_clean(void) {
+        char path[512];
+        struct stat st;
+
+        cr_assert_eq(count_leftovers(false), 0, "vmsup, swtpm or QEMU processes of the test remain");
+        snprintf(path, sizeof(path), "%s/run/" UUID "/control.sock", root);
+        cr_assert_neq(stat(path, &st), 0, "the control socket was left behind");
+        snprintf(path, sizeof(path), "%s/run/" UUID "/vmsup.pid", root);
+        cr_assert_neq(stat(path, &st), 0, "the pid file was left behind");
+}
+
+Test(run, guest_powers_off_by_itself_and_tpm_state_survives_a_restart) {
+        struct sup s;
+        char *text, *ek1, *ek2;
+        long c1, c2;
+        int code;
+
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start();
+        code = wait_exit(&s, 180000);
+        cr_assert_eq(code, 0, "vmsup exit %d: %s", code, slurp(vmsup_log));
+        text = wait_console("tpmprobe: done", 1, 1000);
+        cr_assert(strstr(text, "tpmprobe: tpm-version=2.0"), "%s", text);
+        c1 = console_value(text, "nv-counter=", 1);
+        ek1 = console_word(text, "ek=", 1);
+        free(text);
+        assert_clean();
+
+        s = start();
+        code = wait_exit(&s, 180000);
+        cr_assert_eq(code, 0, "vmsup exit %d: %s", code, slurp(vmsup_log));
+        text = wait_console("tpmprobe: done", 2, 1000);
+        c2 = console_value(text, "nv-counter=", 2);
+        ek2 = console_word(text, "ek=", 2);
+        cr_assert_eq(c2, c1 + 1, "NV counter %ld then %ld", c1, c2);
+        cr_assert_str_eq(ek1, ek2, "the EK changed across a restart");
+        cr_assert(strstr(slurp(vmsup_log), "guest stopped: it powered off"), "%s", slurp(vmsup_log));
+        free(text);
+        free(ek1);
+        free(ek2);
+        assert_clean();
+}
+
+Test(run, status_then_graceful_stop) {
+        struct sup s;
+        json_object *st, *v, *tpm;
+        vmsup_error *err = NULL;
+        json_object *ret;
+
+        write_spec("2.0", "tpm-crb", true, true);
+        s = start();
+        st = wait_running(&s);
+        cr_assert(json_object_object_get_ex(st, "tpm", &tpm) && tpm);
+        cr_assert(json_object_object_get_ex(tpm, "version", &v) && streq(json_object_get_string(v), "2.0"));
+        cr_assert(json_object_object_get_ex(tpm, "model", &v) && streq(json_object_get_string(v), "tpm-crb"));
+        cr_assert(json_object_object_get_ex(st, "qemu_status", &v) && streq(json_object_get_string(v), "running"),
+                  "%s", json_object_to_json_string(st));
+        cr_assert(json_object_object_get_ex(st, "swtpm_pid", &v) && json_object_get_int(v) > 0);
+        json_object_put(st);
+        wait_console("tpmprobe: done", 1, 120000);
+
+        ret = control("stop", NULL, &err);
+        cr_assert_not_null(ret, "%s", err ? err->msg : "");
+        json_object_put(ret);
+        cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "guest stopped: on request"), "%s", slurp(vmsup_log));
+        assert_clean();
+}
+
+Test(run, hard_reboot_keeps_the_tpm) {
+        struct sup s;
+        json_object *req, *ret, *st;
+        vmsup_error *err = NULL;
+        char *text;
+        long c1, c2;
+
+        write_spec("2.0", "tpm-tis", false, true);
+        s = start();
+        json_object_put(wait_running(&s));
+        text = wait_console("tpmprobe: done", 1, 120000);
+        c1 = console_value(text, "nv-counter=", 1);
+        free(text);
+
+        req = json_object_new_object();
+        json_object_object_add(req, "hard", json_object_new_boolean(1));
+        ret = control("reboot", req, &err);
+        cr_assert_not_null(ret, "%s", err ? err->msg : "");
+        json_object_put(ret);
+        st = wait_running(&s);
+        json_object_put(st);
+        text = wait_console("tpmprobe: done", 2, 120000);
+        c2 = console_value(text, "nv-counter=", 2);
+        cr_assert_eq(c2, c1 + 1, "NV counter %ld then %ld after a hard reboot", c1, c2);
+        free(text);
+
+        kill(s.pid, SIGTERM);
+        cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
+        assert_clean();
+}
+
+static pid_t status_pid(const char *key) {
+        vmsup_error *err = NULL;
+        json_object *st = control("status", NULL, &err), *v;
+        pid_t pid;
+
+        cr_assert_not_null(st, "%s", err ? err->msg : "");
+        cr_assert(json_object_object_get_ex(st, key, &v));
+        pid = json_object_get_int(v);
+        json_object_put(st);
+        return pid;
+}
+
+Test(run, qemu_killed_stops_swtpm_cleanly) {
+        struct sup s;
+        pid_t qemu;
+        char *log;
+
+        write_spec("2.0", "tpm-crb", false, true);
+        s = start();
+        json_object_put(wait_running(&s));
+        qemu = status_pid("qemu_pid");
+        cr_assert_eq(kill(qemu, SIGKILL), 0);
+        cr_assert_eq(wait_exit(&s, 60000), 1);
+        log = slurp(vmsup_log);
+        cr_assert(strstr(log, "QEMU killed by SIGKILL unexpectedly"), "%s", log);
+        cr_assert_null(strstr(log, "did not exit"), "swtpm must stop through its control channel: %s", log);
+        free(log);
+        assert_clean();
+}
+
+Test(run, swtpm_killed_stops_qemu) {
+        struct sup s;
+        pid_t swtpm;
+        char *log;
+
+        write_spec("2.0", "tpm-crb", false, true);
+        s = start();
+        json_object_put(wait_running(&s));
+        swtpm = status_pid("swtpm_pid");
+        cr_assert_eq(kill(swtpm, SIGKILL), 0);
+        cr_assert_eq(wait_exit(&s, 60000), 1);
+        log = slurp(vmsup_log);
+        cr_assert(strstr(log, "swtpm killed by SIGKILL while the guest was running; stopping QEMU"), "%s", log);
+        cr_assert(strstr(log, "swtpm's last log lines"), "%s", log);
+        free(log);
+        assert_clean();
+}
+
+Test(run, a_second_supervisor_is_refused) {
+        struct sup s, s2;
+        char *log;
+
+        write_spec("2.0", "tpm-crb", false, true);
+        s = start();
+        json_object_put(wait_running(&s));
+        s2 = start();
+        cr_assert_eq(wait_exit(&s2, 30000), 75);
+        log = slurp(vmsup_log);
+        cr_assert(strstr(log, "guest is already supervised by another vmsup (pid "), "%s", log);
+        free(log);
+        json_object_put(wait_running(&s)); /* the first one is untouched */
+        kill(s.pid, SIGTERM);
+        cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
+        assert_clean();
+}
+
+Test(run, tpm_1_2_with_tis) {
+        struct sup s;
+        char *text;
+
+        write_spec("1.2", "tpm-tis", false, false);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        text = wait_console("tpmprobe: done", 1, 1000);
+        cr_assert(strstr(text, "tpmprobe: tpm-version=1.2"), "%s", text);
+        free(text);
+        assert_clean();
+}
+
+Test(run, cli_status_qmp_and_forced_stop) {
+        char uuid[] = UUID;
+        struct test_run r;
+        struct sup s;
+
+        write_spec("2.0", "tpm-crb", false, true);
+        s = start();
+        json_object_put(wait_running(&s));
+
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "status", uuid, NULL });
+        cr_assert_eq(r.exit_code, 0, "%s", r.err);
+        cr_assert(strstr(r.out, "state:        running") && strstr(r.out, "tpm:          2.0 tpm-crb"), "%s", r.out);
+        test_run_clear(&r);
+
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "qmp", uuid, "query-tpm-models", NULL });
+        cr_assert_eq(r.exit_code, 0, "%s", r.err);
+        cr_assert(strstr(r.out, "tpm-crb"), "%s", r.out);
+        test_run_clear(&r);
+
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "rebuild", uuid, NULL });
+        cr_assert_eq(r.exit_code, 69);
+        cr_assert(strstr(r.err, "Operation 'rebuild' not supported for vTPM-enabled instance (" UUID ")."), "%s", r.err);
+        test_run_clear(&r);
+
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "stop", uuid, "--force", NULL });
+        cr_assert_eq(r.exit_code, 0, "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(wait_exit(&s, 30000), 0, "%s", slurp(vmsup_log));
+        assert_clean();
+
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "status", uuid, NULL });
+        cr_assert_eq(r.exit_code, 69);
+        cr_assert(strstr(r.err, "is not running under vmsup"), "%s", r.err);
+        test_run_clear(&r);
+}
