@@ -52,13 +52,6 @@ char *proc_find_executable(const char *name, vmsup_error **err) {
         return NULL;
 }
 
-static long now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
 static int append(char **buf, size_t *len, size_t max, const char *data, size_t n) {
         char *nbuf;
 
@@ -137,10 +130,10 @@ int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, siz
         close(errp[1]);
         outp[1] = errp[1] = -1;
 
-        deadline = now_ms() + timeout_ms;
+        deadline = monotonic_ms() + timeout_ms;
         while (outp[0] >= 0 || errp[0] >= 0 || (sigfd >= 0 && !reaped)) {
                 struct pollfd pfd[3] = { { outp[0], POLLIN, 0 }, { errp[0], POLLIN, 0 }, { sigfd, POLLIN, 0 } };
-                long left = deadline - now_ms();
+                long left = deadline - monotonic_ms();
                 int n;
 
                 if (left <= 0) {

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
@@ -58,6 +59,14 @@ static inline void json_putp(json_object **o) {
                 (fd) = -1;                          \
                 _took_fd_;                          \
         })
+
+/* Milliseconds on the monotonic clock: for deadlines and durations, never for dates. */
+static inline long monotonic_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
 
 static inline bool streq(const char *a, const char *b) {
         return a && b && strcmp(a, b) == 0;

@@ -73,13 +73,6 @@ struct qmp_client {
         vmsup_error *broken; /* why the connection is unusable */
 };
 
-static int64_t now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The start of a message for error texts, so a 1 MiB message does not become the error. */
 static char *excerpt(json_object *o) {
         const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
@@ -226,7 +219,7 @@ static int add_pending(struct qmp_client *c, int64_t id, const char *command, in
         }
         p->id = id;
         p->timeout_ms = timeout_ms;
-        p->deadline = now_ms() + timeout_ms;
+        p->deadline = monotonic_ms() + timeout_ms;
         p->fn = fn;
         p->userdata = userdata;
         if (c->pending_tail)
@@ -750,7 +743,7 @@ int qmp_client_next_timeout_ms(const struct qmp_client *c) {
                         first = p->deadline;
         if (first == INT64_MAX)
                 return -1;
-        left = first - now_ms();
+        left = first - monotonic_ms();
         if (left < 0)
                 return 0;
         return left > INT_MAX ? INT_MAX : (int) left;
@@ -776,7 +769,7 @@ static bool unqueue(struct qmp_client *c, int64_t id) {
 
 void qmp_client_expire(struct qmp_client *c) {
         struct pending *expired = NULL, **tail = &expired;
-        int64_t now = now_ms();
+        int64_t now = monotonic_ms();
 
         for (struct pending **pp = &c->pending_head, *prev = NULL; *pp;) {
                 struct pending *p = *pp;
@@ -819,7 +812,7 @@ static int wait_for(struct qmp_client *c, bool (*done)(const struct qmp_client *
                 int timeout = qmp_client_next_timeout_ms(c), n;
 
                 if (deadline >= 0) {
-                        int64_t left = deadline - now_ms();
+                        int64_t left = deadline - monotonic_ms();
 
                         if (left <= 0)
                                 return -ETIMEDOUT;
@@ -847,7 +840,7 @@ static bool is_ready(const struct qmp_client *c, const void *arg) {
 int qmp_client_handshake(struct qmp_client *c, int timeout_ms, vmsup_error **err) {
         if (timeout_ms <= 0)
                 return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "QMP handshake: timeout %d ms", timeout_ms);
-        if (wait_for(c, is_ready, NULL, now_ms() + timeout_ms) >= 0)
+        if (wait_for(c, is_ready, NULL, monotonic_ms() + timeout_ms) >= 0)
                 return 0;
         if (c->state == QMP_GREETING)
                 set_broken(c, VMSUP_EX_UNAVAILABLE, 0,

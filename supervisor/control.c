@@ -160,13 +160,6 @@ struct control_conn *control_conn_free(struct control_conn *c) {
         return NULL;
 }
 
-static long now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
 int control_request(const char *path, json_object *req, int timeout_ms, json_object **ret_return, vmsup_error **err) {
         _cleanup_close_ int fd = -1;
         _cleanup_free_ char *buf = NULL;
@@ -174,7 +167,7 @@ int control_request(const char *path, json_object *req, int timeout_ms, json_obj
         const char *text;
         json_object *reply, *ok, *v;
         size_t len = 0;
-        long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+        long deadline = timeout_ms < 0 ? -1 : monotonic_ms() + timeout_ms;
         int r;
 
         if ((r = make_addr(path, &sa, err)) < 0)
@@ -193,7 +186,7 @@ int control_request(const char *path, json_object *req, int timeout_ms, json_obj
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control reply");
         for (;;) {
                 struct pollfd p = { .fd = fd, .events = POLLIN };
-                long left = deadline < 0 ? -1 : deadline - now_ms();
+                long left = deadline < 0 ? -1 : deadline - monotonic_ms();
                 ssize_t n;
 
                 if (deadline >= 0 && left <= 0)

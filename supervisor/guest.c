@@ -86,13 +86,6 @@ struct guest {
         bool done;
 };
 
-static long now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
 /* ---- children ---------------------------------------------------------------------- */
 
 static void child_forget(struct guest *g, struct child *c) {
@@ -125,12 +118,12 @@ static void reap_all(struct guest *g) {
 
 /* Wait up to timeout_ms for a tracked child to exit (poll on its pidfd). */
 static bool child_wait(struct guest *g, struct child *c, int timeout_ms) {
-        long deadline = now_ms() + timeout_ms;
+        long deadline = monotonic_ms() + timeout_ms;
 
         reap_all(g);
         while (c->pid && !c->exited) {
                 struct pollfd p = { .fd = c->pidfd, .events = POLLIN };
-                long left = deadline - now_ms();
+                long left = deadline - monotonic_ms();
 
                 if (left <= 0)
                         return false;
@@ -184,7 +177,7 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
         if (r == 0) {
                 _cleanup_free_ char *ca_dir = NULL, *setup_conf = NULL, *localca = NULL, *vmid = NULL;
                 struct swtpm_setup_opts so = { 0 };
-                long t0 = now_ms();
+                long t0 = monotonic_ms();
 
                 /* EK and platform certificates come from vmsup's own local CA, not from
                  * swtpm-localca's defaults under /var/lib. */
@@ -212,7 +205,7 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
                 reap_all(g);
                 if (r < 0)
                         return r;
-                log_info("TPM manufactured in %ld ms", now_ms() - t0);
+                log_info("TPM manufactured in %ld ms", monotonic_ms() - t0);
         }
 
         r = swtpm_caps_probe(g->swtpm_path, false, &caps, err);
@@ -380,7 +373,7 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
 static int guest_start_children(struct guest *g, vmsup_error **err) {
         struct epoll_event ev;
         int tpm_qemu_end = -1, r;
-        long t0 = now_ms();
+        long t0 = monotonic_ms();
 
         g->state = GUEST_STARTING;
         g->guest_shutdown = false;
@@ -411,9 +404,9 @@ static int guest_start_children(struct guest *g, vmsup_error **err) {
         if (g->tpm.present)
                 log_info("guest running: QEMU pid %d, swtpm pid %d, TPM %s %s (started in %ld ms)", (int) g->qemu.pid,
                          (int) g->swtpm.pid, tpm_version_to_string(g->tpm.version), tpm_model_to_string(g->tpm.model),
-                         now_ms() - t0);
+                         monotonic_ms() - t0);
         else
-                log_info("guest running: QEMU pid %d, no vTPM (started in %ld ms)", (int) g->qemu.pid, now_ms() - t0);
+                log_info("guest running: QEMU pid %d, no vTPM (started in %ld ms)", (int) g->qemu.pid, monotonic_ms() - t0);
         return 0;
 }
 
@@ -485,12 +478,12 @@ static void begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reb
         if (force || reboot || timeout_s == 0) {
                 if (qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
                         err = vmsup_error_free(err);
-                g->kill_deadline = now_ms() + QEMU_QUIT_TIMEOUT;
+                g->kill_deadline = monotonic_ms() + QEMU_QUIT_TIMEOUT;
                 g->force_pending = true;
         } else {
                 if (qmp_client_execute_async(g->qmp, "system_powerdown", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
                         err = vmsup_error_free(err);
-                g->stop_deadline = now_ms() + (long) timeout_s * 1000;
+                g->stop_deadline = monotonic_ms() + (long) timeout_s * 1000;
         }
         qmp_watch(g);
 }
@@ -722,7 +715,7 @@ static void on_swtpm_exit(struct guest *g) {
 /* ---- the loop ---------------------------------------------------------------------- */
 
 static int next_timeout(struct guest *g) {
-        long now = now_ms(), t = -1;
+        long now = monotonic_ms(), t = -1;
 
         if (g->stop_deadline)
                 t = g->stop_deadline - now;
@@ -740,7 +733,7 @@ static int next_timeout(struct guest *g) {
 }
 
 static void check_deadlines(struct guest *g) {
-        long now = now_ms();
+        long now = monotonic_ms();
         vmsup_error *err = NULL;
 
         if (g->stop_deadline && now >= g->stop_deadline) {

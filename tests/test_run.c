@@ -27,13 +27,6 @@ struct sup {
         int pidfd;
 };
 
-static long now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
 static char *slurp(const char *path) {
         FILE *f = fopen(path, "r");
         char *buf = calloc(1, 1 << 20);
@@ -172,9 +165,9 @@ static json_object *control(const char *cmd, json_object *extra_args, vmsup_erro
 
 /* Wait until status says running; returns the status object. */
 static json_object *wait_running(struct sup *s) {
-        long deadline = now_ms() + 120000;
+        long deadline = monotonic_ms() + 120000;
 
-        while (now_ms() < deadline) {
+        while (monotonic_ms() < deadline) {
                 vmsup_error *err = NULL;
                 json_object *st = control("status", NULL, &err), *state;
                 struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
@@ -193,7 +186,7 @@ static json_object *wait_running(struct sup *s) {
 
 /* Wait until the console shows `count` lines containing needle; return the console. */
 static char *wait_console(const char *needle, int count, int timeout_ms) {
-        long deadline = now_ms() + timeout_ms;
+        long deadline = monotonic_ms() + timeout_ms;
 
         for (;;) {
                 char *text = slurp(console);
@@ -203,7 +196,7 @@ static char *wait_console(const char *needle, int count, int timeout_ms) {
                         n++;
                 if (n >= count)
                         return text;
-                if (now_ms() > deadline)
+                if (monotonic_ms() > deadline)
                         cr_assert_fail("console lacks %d x '%s' after %d ms:\n%s\n--- vmsup:\n%s", count, needle,
                                        timeout_ms, text, slurp(vmsup_log));
                 free(text);
