@@ -26,13 +26,6 @@ const char *swtpm_permall_name(enum tpm_version version) {
         return version == TPM_VERSION_1_2 ? "tpm-00.permall" : "tpm2-00.permall";
 }
 
-static long now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
 static int open_dir(const char *what, const char *dir, vmsup_error **err) {
         int fd;
 
@@ -83,8 +76,11 @@ static char *log_tail(const char *path, off_t start) {
                         line++;
                 if (!*line)
                         continue;
-                memmove(lines, lines + (nlines == ARRAY_SIZE(lines)), sizeof(lines) - sizeof(lines[0]));
-                lines[nlines < ARRAY_SIZE(lines) ? nlines++ : nlines - 1] = line;
+                if (nlines == ARRAY_SIZE(lines)) {
+                        memmove(lines, lines + 1, sizeof(lines) - sizeof(lines[0]));
+                        nlines--;
+                }
+                lines[nlines++] = line;
         }
         out = calloc(1, sizeof(buf) + 4 * ARRAY_SIZE(lines));
         if (!out)
@@ -262,7 +258,7 @@ int swtpm_manufacture(const struct swtpm_setup_opts *o, vmsup_error **err) {
 static int wait_exit(int pidfd, long deadline) {
         for (;;) {
                 struct pollfd p = { .fd = pidfd, .events = POLLIN };
-                long left = deadline - now_ms();
+                long left = deadline - monotonic_ms();
                 int n = poll(&p, 1, left > 0 ? (int) left : 0);
 
                 if (n < 0 && errno == EINTR)
@@ -293,7 +289,7 @@ void swtpm_proc_release(struct swtpm_proc *p) {
 
 int swtpm_stop_via_ctrl(struct swtpm_proc *p, int timeout_ms, int *ret_status, vmsup_error **err) {
         _cleanup_error_ vmsup_error *ctrl_err = NULL;
-        long deadline = now_ms() + timeout_ms;
+        long deadline = monotonic_ms() + timeout_ms;
         int r, status;
 
         r = swtpm_ctrl_shutdown(p->ctrl_fd, timeout_ms, &ctrl_err);
@@ -322,7 +318,7 @@ static bool launch_undo(struct swtpm_proc *p, int timeout_ms) {
                 return true;
         if (syscall(SYS_pidfd_send_signal, p->pidfd, SIGTERM, NULL, 0) < 0 && errno != ESRCH)
                 return false;
-        if (!wait_exit(p->pidfd, now_ms() + timeout_ms))
+        if (!wait_exit(p->pidfd, monotonic_ms() + timeout_ms))
                 return false;
         (void) reap(p->pidfd);
         return true;
@@ -430,7 +426,7 @@ int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsu
 
         r = swtpm_ctrl_get_capability(p.ctrl_fd, timeout_ms, &p.caps, err);
         if (r < 0) {
-                if (wait_exit(p.pidfd, now_ms())) {
+                if (wait_exit(p.pidfd, monotonic_ms())) {
                         char status[64];
                         int st = reap(p.pidfd);
 
