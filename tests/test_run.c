@@ -300,12 +300,12 @@ Test(run, status_then_graceful_stop) {
         assert_clean();
 }
 
-Test(run, hard_reboot_keeps_the_tpm) {
+Test(run, soft_and_hard_reboot_keep_the_tpm) {
         struct sup s;
-        json_object *req, *ret, *st;
+        json_object *req, *ret;
         vmsup_error *err = NULL;
         char *text;
-        long c1, c2;
+        long c1, c2, c3;
 
         write_spec("2.0", "tpm-tis", false, true);
         s = start();
@@ -314,16 +314,26 @@ Test(run, hard_reboot_keeps_the_tpm) {
         c1 = console_value(text, "nv-counter=", 1);
         free(text);
 
+        /* soft: the machine resets under the same QEMU and swtpm */
+        ret = control("reboot", NULL, &err);
+        cr_assert_not_null(ret, "%s", err ? err->msg : "");
+        json_object_put(ret);
+        text = wait_console("tpmprobe: done", 2, 120000);
+        c2 = console_value(text, "nv-counter=", 2);
+        cr_assert_eq(c2, c1 + 1, "NV counter %ld then %ld after a reset", c1, c2);
+        free(text);
+        cr_assert(strstr(slurp(vmsup_log), "QEMU: guest reset"), "%s", slurp(vmsup_log));
+
+        /* hard: QEMU and swtpm are restarted on the kept state */
         req = json_object_new_object();
         json_object_object_add(req, "hard", json_object_new_boolean(1));
         ret = control("reboot", req, &err);
         cr_assert_not_null(ret, "%s", err ? err->msg : "");
         json_object_put(ret);
-        st = wait_running(&s);
-        json_object_put(st);
-        text = wait_console("tpmprobe: done", 2, 120000);
-        c2 = console_value(text, "nv-counter=", 2);
-        cr_assert_eq(c2, c1 + 1, "NV counter %ld then %ld after a hard reboot", c1, c2);
+        json_object_put(wait_running(&s));
+        text = wait_console("tpmprobe: done", 3, 120000);
+        c3 = console_value(text, "nv-counter=", 3);
+        cr_assert_eq(c3, c2 + 1, "NV counter %ld then %ld after a hard reboot", c2, c3);
         free(text);
 
         kill(s.pid, SIGTERM);
