@@ -44,6 +44,8 @@ static const char *const allowed[] = {
         "getdents64", "getcwd", "chdir", "fchdir", "umask", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat",
         "rename", "renameat", "renameat2", "linkat", "chmod", "fchmod", "fchmodat", "ftruncate", "fallocate",
         "fsync", "fdatasync", "sync_file_range", "fadvise64", "flock",
+        /* the live TPM state files go to swtpm's user before every swtpm launch */
+        "fchown", "fchownat",
         /* memory; mlock and madvise(MADV_DONTDUMP) for secrets, mbind and friends for QEMU */
         "brk", "mmap", "munmap", "mprotect", "mremap", "madvise", "mlock", "mlock2", "munlock", "membarrier",
         "get_mempolicy", "set_mempolicy", "mbind", "memfd_create", "memfd_secret",
