@@ -21,6 +21,8 @@
 #include "common/proc.h"
 #include "common/util.h"
 #include "qmp/client.h"
+#include "seccomp/filter.h"
+#include "supervisor/confine.h"
 #include "supervisor/control.h"
 #include "supervisor/guest.h"
 #include "supervisor/guestdirs.h"
@@ -64,6 +66,8 @@ struct guest {
         char *qemu_path, *swtpm_path, *swtpm_setup_path;
         uid_t tpm_uid;
         gid_t tpm_gid;
+        uid_t qemu_uid; /* [qemu] user and group */
+        gid_t qemu_gid;
 
         int lock_fd, epfd, sigfd, listen_fd;
         struct child qemu, swtpm;
@@ -343,6 +347,9 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         o.n_fds = g->tpm.present ? 2 : 1;
         o.death_signal = SIGTERM;
         o.new_session = true;
+        o.set_ids = geteuid() == 0;
+        o.uid = g->qemu_uid;
+        o.gid = g->qemu_gid;
         r = proc_spawn(&o, &g->qemu.pid, &g->qemu.pidfd, err);
         close(qmp_sv[1]);
         if (r < 0) {
@@ -980,6 +987,13 @@ int guest_run(const struct guest_run_opts *opts) {
                 goto fail;
         if ((r = setup_loop(&g, &mask, &err)) < 0)
                 goto fail;
+        /* Confinement (docs/security.md): QEMU's user gets its files; then the seccomp
+         * filter, before the first child starts, so that every child runs under it too. */
+        if ((r = confine_resolve_ids("[qemu]", g.cfg->qemu.user, g.cfg->qemu.group, &g.qemu_uid, &g.qemu_gid, &err)) < 0 ||
+            (r = confine_qemu_files(&g.dirs, streq(g.spec.firmware_type, "uefi"), g.qemu_uid, g.qemu_gid, &err)) < 0 ||
+            (r = seccomp_filter_load(g.cfg->security.seccomp, &err)) < 0)
+                goto fail;
+        log_debug("seccomp filter: %s", seccomp_filter_mode_to_string(g.cfg->security.seccomp));
         log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g.spec.name, g.spec.vcpus, g.spec.memory_mb,
                  g.spec.firmware_type, g.tpm.present ? "vTPM" : "no vTPM");
         if ((r = guest_start_children(&g, &err)) < 0) {

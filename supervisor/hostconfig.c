@@ -29,7 +29,7 @@ const char *secret_security_to_string(unsigned mode) {
         return NULL;
 }
 
-enum opt_type { OPT_BOOL, OPT_STRING, OPT_PATH, OPT_SECRET_SECURITY_LIST, OPT_SECONDS };
+enum opt_type { OPT_BOOL, OPT_STRING, OPT_PATH, OPT_SECRET_SECURITY_LIST, OPT_SECONDS, OPT_SECCOMP };
 
 struct option_def {
         const char *section;
@@ -53,11 +53,14 @@ static const struct option_def options[] = {
         OPT("qemu", "machine", OPT_STRING, qemu.machine, "q35"),
         OPT("qemu", "ovmf_code", OPT_PATH, qemu.ovmf_code, "/usr/share/OVMF/OVMF_CODE_4M.fd"),
         OPT("qemu", "ovmf_vars", OPT_PATH, qemu.ovmf_vars, "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+        OPT("qemu", "user", OPT_STRING, qemu.user, "root"),
+        OPT("qemu", "group", OPT_STRING, qemu.group, "root"),
         OPT("paths", "state_dir", OPT_PATH, paths.state_dir, "/var/lib/vmsup"),
         OPT("paths", "run_dir", OPT_PATH, paths.run_dir, "/run/vmsup"),
         OPT("paths", "secrets_dir", OPT_PATH, paths.secrets_dir, "/var/lib/vmsup/secrets"),
         OPT("paths", "log_dir", OPT_PATH, paths.log_dir, "/var/log/vmsup"),
         OPT("supervisor", "stop_timeout", OPT_SECONDS, supervisor.stop_timeout, "60"),
+        OPT("security", "seccomp", OPT_SECCOMP, security.seccomp, "kill"),
 };
 #undef OPT
 
@@ -173,6 +176,11 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
                 *(unsigned *) field = (unsigned) n;
                 return 0;
         }
+        case OPT_SECCOMP:
+                if (seccomp_filter_mode_from_string(value, field) < 0)
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: '%s' is not kill, log or off",
+                                          where, c->line, o->section, o->key, value);
+                return 0;
         }
         return -EINVAL;
 }

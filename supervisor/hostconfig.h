@@ -5,6 +5,7 @@
 #include <stdbool.h>
 
 #include "common/error.h"
+#include "seccomp/filter.h"
 
 #define VMSUP_DEFAULT_CONFIG "/etc/vmsup/vmsup.conf"
 
@@ -36,6 +37,8 @@ struct host_config {
                 char *machine;
                 char *ovmf_code;
                 char *ovmf_vars;
+                char *user;  /* QEMU runs as user:group when vmsup runs as root */
+                char *group;
         } qemu;
         struct {
                 char *state_dir;
@@ -46,6 +49,9 @@ struct host_config {
         struct {
                 unsigned stop_timeout; /* seconds a graceful stop waits for the guest */
         } supervisor;
+        struct {
+                enum seccomp_filter_mode seccomp; /* the supervisor's filter, inherited by its children */
+        } security;
 };
 
 /* Load the defaults, then the file at path. A missing file is fine when the path is the

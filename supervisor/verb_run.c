@@ -3,6 +3,7 @@
 #include <getopt.h>
 #include <stdio.h>
 
+#include "supervisor/confine.h"
 #include "supervisor/guest.h"
 #include "supervisor/log.h"
 #include "supervisor/verbs.h"
@@ -38,7 +39,8 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
         }
         if (argc - optind != 1)
                 return verb_usage_error("run", "expects one guest spec file");
-        if (vmsup_ctx_config(ctx, &err) < 0)
+        /* before anything could hold a secret */
+        if (confine_no_dumps(&err) < 0 || vmsup_ctx_config(ctx, &err) < 0)
                 return log_error_exit(err);
         opts.cfg = &ctx->cfg;
         opts.spec_path = argv[optind];

@@ -33,6 +33,7 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_status(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_stop(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_seccomp(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_refused(struct vmsup_ctx *ctx, int argc, char **argv); /* rebuild, rescue, shelve, evacuate */
 
 /* Print "Try 'vmsup VERB --help'." and return 64. */

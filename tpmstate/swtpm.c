@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -332,6 +333,35 @@ static int add_key_arg(char **argv, size_t *n, char **storage, const char *optio
         return 0;
 }
 
+/* swtpm_setup (run as root) and whoever else filled the state dir leave root's files:
+ * swtpm running as another user must be able to read and replace them. */
+static int give_state_files(int dfd, const char *dir, uid_t uid, gid_t gid, vmsup_error **err) {
+        _cleanup_close_ int scan = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *d = scan >= 0 ? fdopendir(scan) : NULL;
+        struct dirent *e;
+        int r = 0;
+
+        if (!d)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "start swtpm: read TPM state dir '%s'", dir);
+        scan = -1; /* closedir closes it */
+        while ((e = readdir(d))) {
+                struct stat st;
+
+                if (streq(e->d_name, ".") || streq(e->d_name, ".."))
+                        continue;
+                if (fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode) ||
+                    (st.st_uid == uid && st.st_gid == gid))
+                        continue;
+                if (fchownat(dfd, e->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0) {
+                        r = vmsup_fail(err, VMSUP_EX_NOPERM, errno, "start swtpm: chown '%s/%s' to swtpm's user", dir,
+                                       e->d_name);
+                        break;
+                }
+        }
+        closedir(d);
+        return r;
+}
+
 int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsup_error **err) {
         _cleanup_free_ char *tpmstate = NULL, *log = NULL, *key = NULL, *mkey = NULL, *tail = NULL;
         _cleanup_close_ int dfd = -1, log_fd = -1, peer = -1;
@@ -352,6 +382,8 @@ int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsu
         dfd = open_dir("TPM state dir", o->state_dir, err);
         if (dfd < 0)
                 return vmsup_error_prefix(err, "start swtpm");
+        if (o->set_ids && (r = give_state_files(dfd, o->state_dir, o->uid, o->gid, err)) < 0)
+                return r;
         if (o->log_path) {
                 log_fd = open(o->log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
                 if (log_fd < 0)

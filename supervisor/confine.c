@@ -1,0 +1,99 @@
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <libgen.h>
+#include <pwd.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "supervisor/confine.h"
+
+int confine_no_dumps(vmsup_error **err) {
+        struct rlimit none = { 0, 0 };
+
+        if (setrlimit(RLIMIT_CORE, &none) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "set RLIMIT_CORE to 0");
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "prctl(PR_SET_DUMPABLE, 0)");
+        return 0;
+}
+
+int confine_resolve_ids(const char *what, const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid,
+                        vmsup_error **err) {
+        struct passwd *pw;
+        struct group *gr;
+
+        if (geteuid() != 0) {
+                *ret_uid = geteuid();
+                *ret_gid = getegid();
+                return 0;
+        }
+        errno = 0;
+        pw = getpwnam(user);
+        if (!pw)
+                return vmsup_fail(err, VMSUP_EX_CONFIG, errno, "%s user '%s' does not exist", what, user);
+        errno = 0;
+        gr = getgrnam(group);
+        if (!gr)
+                return vmsup_fail(err, VMSUP_EX_CONFIG, errno, "%s group '%s' does not exist", what, group);
+        *ret_uid = pw->pw_uid;
+        *ret_gid = gr->gr_gid;
+        return 0;
+}
+
+/* Hand a file QEMU opens by path to uid:gid, 0600; create it if asked. */
+static int give_file(const char *path, bool create, uid_t uid, gid_t gid, vmsup_error **err) {
+        _cleanup_close_ int fd = open(path, (create ? O_WRONLY | O_APPEND | O_CREAT : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC,
+                                      0600);
+        struct stat st;
+
+        if (fd < 0)
+                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "open '%s' for QEMU", path);
+        if (fstat(fd, &st) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", path);
+        if (!S_ISREG(st.st_mode))
+                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "'%s' is not a regular file: refusing to give it to QEMU", path);
+        if ((st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) < 0)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "chown '%s' to QEMU's user", path);
+        if ((st.st_mode & 07777) != 0600 && fchmod(fd, 0600) < 0)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "chmod '%s'", path);
+        return 0;
+}
+
+/* dir (one of ours, 0700 from guest_dirs_prepare) becomes root:gid 0710, and its parent,
+ * if ours, gets o+x: QEMU may pass through, list nothing, and open only what is its own. */
+static int open_dir_to(const char *dir, gid_t gid, vmsup_error **err) {
+        _cleanup_free_ char *copy = strdup(dir);
+        _cleanup_close_ int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC), pfd = -1;
+        struct stat st;
+
+        if (!copy)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "'%s'", dir);
+        if (fd < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open directory '%s'", dir);
+        if (fchown(fd, geteuid(), gid) < 0 || fchmod(fd, 0710) < 0)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "let QEMU's group into '%s'", dir);
+        pfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (pfd < 0 || fstat(pfd, &st) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open directory '%s'", copy);
+        if (st.st_uid == geteuid() && !(st.st_mode & S_IXOTH) && fchmod(pfd, (st.st_mode & 07777) | S_IXOTH) < 0)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "let QEMU pass through '%s'", copy);
+        return 0;
+}
+
+int confine_qemu_files(const struct guest_dirs *d, bool uefi, uid_t uid, gid_t gid, vmsup_error **err) {
+        int r;
+
+        if (uid != geteuid() &&
+            ((r = open_dir_to(d->state, gid, err)) < 0 || (r = open_dir_to(d->logs, gid, err)) < 0))
+                return r;
+        if (uefi && (r = give_file(d->vars, false, uid, gid, err)) < 0)
+                return r;
+        return give_file(d->console_log, true, uid, gid, err);
+}

@@ -1,0 +1,27 @@
+/* Least privilege for vmsup run and the children it starts (issue 8; docs/security.md). */
+#ifndef VMSUP_SUPERVISOR_CONFINE_H
+#define VMSUP_SUPERVISOR_CONFINE_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "common/error.h"
+#include "supervisor/guestdirs.h"
+#include "supervisor/hostconfig.h"
+
+/* No core dumps and no ptrace by other processes of the same user: PR_SET_DUMPABLE 0 and
+ * RLIMIT_CORE 0 (inherited by the children: QEMU's memory is the guest's, swtpm's holds
+ * the plaintext TPM state). For every verb that may hold a secret. */
+int confine_no_dumps(vmsup_error **err);
+
+/* The uid and gid of user and group (what names the setting, e.g. "[qemu] user"). When
+ * vmsup does not run as root it cannot switch: its own ids are returned. */
+int confine_resolve_ids(const char *what, const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid,
+                        vmsup_error **err);
+
+/* Give QEMU running as uid:gid what it opens by path: its VARS copy (uefi) and console log
+ * become uid:gid 0600; when uid is not vmsup's, the guest's state and log dirs become
+ * root:gid 0710 and their parents traversable (o+x). */
+int confine_qemu_files(const struct guest_dirs *d, bool uefi, uid_t uid, gid_t gid, vmsup_error **err);
+
+#endif

@@ -1,0 +1,416 @@
+/* vmsup run confined, end to end: the seccomp filter on vmsup and its children, swtpm and
+ * QEMU as their configured users, empty environments, no fd of vmsup's in a child, and a
+ * marker from vmsup's environment that must not reach a child or a file. */
+#include "config.h"
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/proc.h"
+#include "common/util.h"
+#include "supervisor/control.h"
+#include "tests/helpers.h"
+#include "tests/leakscan.h"
+
+#define UUID "8e2b6c1d-3f4a-4b5c-9d7e-1a2b3c4d5e6f"
+#define MARKER "vmsup-leak-marker-3b9d2f7a61c4e058"
+
+static char *root, *conf, *spec_path, *console, *vmsup_log;
+
+static long now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+static char *slurp(const char *path) {
+        FILE *f = fopen(path, "r");
+        char *buf = calloc(1, 1 << 20);
+        size_t n = 0;
+
+        if (f) {
+                n = fread(buf, 1, (1 << 20) - 1, f);
+                fclose(f);
+        }
+        buf[n] = '\0';
+        return buf;
+}
+
+static void setup(void) {
+        char *text = NULL;
+
+        root = test_mkdtemp();
+        /* swtpm and QEMU run as nobody: they must be able to pass through the test's root */
+        cr_assert_eq(chmod(root, 0711), 0);
+        cr_assert(asprintf(&text,
+                           "[tpm]\nswtpm_enabled = true\nswtpm_user = nobody\nswtpm_group = nogroup\n"
+                           "[qemu]\naccelerator = tcg\nuser = nobody\ngroup = nogroup\n"
+                           "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
+                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n[security]\nseccomp = kill\n",
+                           root, root, root, root) > 0);
+        conf = test_write_file(root, "vmsup.conf", text, 0600);
+        free(text);
+        cr_assert(asprintf(&text,
+                           "{\"uuid\": \"" UUID "\", \"name\": \"confined\", \"vcpus\": 1, \"memory_mb\": 256,"
+                           " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {\"hw:tpm_version\": \"2.0\","
+                           " \"hw:tpm_model\": \"tpm-crb\"}},"
+                           " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"uefi\"}},"
+                           " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
+                           " \"cmdline\": \"console=ttyS0 quiet tpmprobe.hold\"}}",
+                           TEST_GUEST_DIR, TEST_GUEST_DIR) > 0);
+        spec_path = test_write_file(root, "guest.json", text, 0644);
+        free(text);
+        cr_assert(asprintf(&console, "%s/log/" UUID "/console.log", root) > 0);
+        cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
+}
+
+/* Processes whose command line names the test's root; killed when asked. */
+static int count_leftovers(bool kill_them) {
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        int n = 0;
+
+        while ((e = readdir(d))) {
+                char path[300], buf[4096];
+                ssize_t len;
+                int fd;
+
+                if (e->d_name[0] < '0' || e->d_name[0] > '9')
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+                fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        continue;
+                len = read(fd, buf, sizeof(buf) - 1);
+                close(fd);
+                if (len <= 0)
+                        continue;
+                for (ssize_t i = 0; i < len; i++)
+                        if (!buf[i])
+                                buf[i] = ' ';
+                buf[len] = '\0';
+                if (strstr(buf, root)) {
+                        n++;
+                        if (kill_them)
+                                kill(atoi(e->d_name), SIGKILL);
+                }
+        }
+        closedir(d);
+        return n;
+}
+
+static void teardown(void) {
+        if (count_leftovers(false))
+                count_leftovers(true);
+        test_rmtree(root);
+        free(root);
+        free(conf);
+        free(spec_path);
+        free(console);
+        free(vmsup_log);
+}
+
+TestSuite(confine, .init = setup, .fini = teardown, .timeout = 240);
+
+struct sup {
+        pid_t pid;
+        int pidfd;
+};
+
+/* vmsup run with PATH and a marker in its environment. */
+static struct sup start(void) {
+        char *argv[] = { VMSUP_BIN, "--config", conf, "run", spec_path, NULL };
+        char *pathvar = NULL, *envp[] = { NULL, "VMSUP_TEST_SECRET=" MARKER, NULL };
+        struct proc_spawn_opts o = { .argv = argv, .envp = envp, .stdin_fd = -1 };
+        vmsup_error *err = NULL;
+        struct sup s;
+        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+
+        cr_assert_geq(log, 0);
+        cr_assert(asprintf(&pathvar, "PATH=%s", getenv("PATH")) > 0);
+        envp[0] = pathvar;
+        o.stdout_fd = o.stderr_fd = log;
+        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
+        close(log);
+        free(pathvar);
+        return s;
+}
+
+static int wait_exit(struct sup *s, int timeout_ms) {
+        struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
+        int status;
+
+        if (poll(&p, 1, timeout_ms) != 1) {
+                kill(s->pid, SIGKILL);
+                waitpid(s->pid, NULL, 0);
+                close(s->pidfd);
+                return -1;
+        }
+        waitpid(s->pid, &status, 0);
+        close(s->pidfd);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static json_object *control(const char *cmd, vmsup_error **err) {
+        json_object *req = json_object_new_object(), *ret = NULL;
+        char path[512];
+
+        snprintf(path, sizeof(path), "%s/run/" UUID "/control.sock", root);
+        json_object_object_add(req, "cmd", json_object_new_string(cmd));
+        if (control_request(path, req, 60000, &ret, err) < 0)
+                ret = NULL;
+        json_object_put(req);
+        return ret;
+}
+
+static json_object *wait_running(struct sup *s) {
+        long deadline = now_ms() + 120000;
+
+        while (now_ms() < deadline) {
+                vmsup_error *err = NULL;
+                json_object *st = control("status", &err), *state;
+                struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
+
+                if (st && json_object_object_get_ex(st, "state", &state) &&
+                    streq(json_object_get_string(state), "running"))
+                        return st;
+                json_object_put(st);
+                vmsup_error_free(err);
+                if (poll(&p, 1, 50) == 1)
+                        cr_assert_fail("vmsup exited before the guest ran: %s", slurp(vmsup_log));
+        }
+        cr_assert_fail("the guest did not reach running: %s", slurp(vmsup_log));
+        return NULL;
+}
+
+static void wait_console(const char *needle, int timeout_ms) {
+        long deadline = now_ms() + timeout_ms;
+
+        for (;;) {
+                char *text = slurp(console);
+                bool found = strstr(text, needle) != NULL;
+
+                free(text);
+                if (found)
+                        return;
+                if (now_ms() > deadline)
+                        cr_assert_fail("console lacks '%s' after %d ms:\n%s\n--- vmsup:\n%s", needle, timeout_ms,
+                                       slurp(console), slurp(vmsup_log));
+                usleep(50000);
+        }
+}
+
+static pid_t json_pid(json_object *st, const char *key) {
+        json_object *v;
+
+        cr_assert(json_object_object_get_ex(st, key, &v) && json_object_get_int(v) > 0, "%s",
+                  json_object_to_json_string(st));
+        return json_object_get_int(v);
+}
+
+/* The value of "Key:" in /proc/PID/status, tabs made spaces. */
+static char *proc_status(pid_t pid, const char *key) {
+        char path[64], *text, *p, *line;
+
+        snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
+        text = slurp(path);
+        p = text;
+        while (*p) {
+                line = p;
+                p += strcspn(p, "\n");
+                if (*p)
+                        *p++ = '\0';
+                if (strncmp(line, key, strlen(key)) == 0 && line[strlen(key)] == ':') {
+                        char *v = strdup(line + strlen(key) + 1), *q;
+
+                        for (q = v; *q; q++)
+                                if (*q == '\t')
+                                        *q = ' ';
+                        for (q = v; *q == ' '; q++)
+                                ;
+                        memmove(v, q, strlen(q) + 1);
+                        free(text);
+                        return v;
+                }
+        }
+        cr_assert_fail("no %s in /proc/%d/status", key, (int) pid);
+        return NULL;
+}
+
+static void assert_status(pid_t pid, const char *who, const char *key, const char *want) {
+        char *v = proc_status(pid, key);
+
+        cr_assert_str_eq(v, want, "%s (pid %d): %s is '%s', expected '%s'", who, (int) pid, key, v, want);
+        free(v);
+}
+
+static size_t file_size(const char *path) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        char buf[4096];
+        size_t total = 0;
+        ssize_t n;
+
+        cr_assert_geq(fd, 0, "open %s", path);
+        while ((n = read(fd, buf, sizeof(buf))) > 0)
+                total += (size_t) n;
+        close(fd);
+        return total;
+}
+
+/* The targets of pid's fds that name a file or a socket (anonymous inodes all look alike). */
+static size_t fd_targets(pid_t pid, char targets[][256], size_t max) {
+        char dirpath[64];
+        DIR *d;
+        struct dirent *e;
+        size_t n = 0;
+
+        snprintf(dirpath, sizeof(dirpath), "/proc/%d/fd", (int) pid);
+        d = opendir(dirpath);
+        cr_assert_not_null(d, "%s", dirpath);
+        while ((e = readdir(d)) && n < max) {
+                char link[600];
+                ssize_t len;
+
+                if (e->d_name[0] == '.')
+                        continue;
+                snprintf(link, sizeof(link), "%s/%s", dirpath, e->d_name);
+                len = readlink(link, targets[n], 255);
+                if (len <= 0)
+                        continue;
+                targets[n][len] = '\0';
+                if (strncmp(targets[n], "anon_inode:", 11) == 0 || streq(targets[n], "/dev/null"))
+                        continue;
+                n++;
+        }
+        closedir(d);
+        return n;
+}
+
+/* How many of the child's fds vmsup also holds; they are named in *ret_shared. */
+static size_t shared_fds(pid_t vmsup, pid_t child, char *ret_shared, size_t len) {
+        static char mine[128][256], theirs[128][256];
+        size_t nm = fd_targets(vmsup, mine, 128), nt = fd_targets(child, theirs, 128), shared = 0;
+
+        ret_shared[0] = '\0';
+        for (size_t i = 0; i < nt; i++)
+                for (size_t j = 0; j < nm; j++)
+                        if (streq(theirs[i], mine[j])) {
+                                shared++;
+                                strncat(ret_shared, theirs[i], len - strlen(ret_shared) - 2);
+                                strcat(ret_shared, " ");
+                        }
+        return shared;
+}
+
+Test(confine, children_run_as_their_users_under_seccomp_with_nothing_of_vmsups) {
+        const char *const dirs[] = { root };
+        struct sup s;
+        json_object *st;
+        pid_t vmsup, qemu, swtpm, children[2];
+        char shared[2048], *where, path[64], *limits;
+        int hits;
+
+        s = start();
+        st = wait_running(&s);
+        vmsup = s.pid;
+        qemu = json_pid(st, "qemu_pid");
+        swtpm = json_pid(st, "swtpm_pid");
+        json_object_put(st);
+        wait_console("tpmprobe: done", 120000);
+
+        /* seccomp filters (2 = filter mode) and no new privileges, on all three */
+        assert_status(vmsup, "vmsup", "Seccomp", "2");
+        assert_status(swtpm, "swtpm", "Seccomp", "2");
+        assert_status(qemu, "QEMU", "Seccomp", "2");
+        /* vmsup's filter below each child's own (swtpm --seccomp, QEMU -sandbox) */
+        assert_status(swtpm, "swtpm", "Seccomp_filters", "2");
+        assert_status(qemu, "QEMU", "Seccomp_filters", "2");
+        assert_status(vmsup, "vmsup", "NoNewPrivs", "1");
+        assert_status(swtpm, "swtpm", "NoNewPrivs", "1");
+        assert_status(qemu, "QEMU", "NoNewPrivs", "1");
+
+        /* users and groups: nobody:nogroup (65534), no supplementary groups, no capabilities */
+        assert_status(swtpm, "swtpm", "Uid", "65534 65534 65534 65534");
+        assert_status(swtpm, "swtpm", "Gid", "65534 65534 65534 65534");
+        assert_status(swtpm, "swtpm", "Groups", "");
+        assert_status(swtpm, "swtpm", "CapEff", "0000000000000000");
+        assert_status(qemu, "QEMU", "Uid", "65534 65534 65534 65534");
+        assert_status(qemu, "QEMU", "Gid", "65534 65534 65534 65534");
+        assert_status(qemu, "QEMU", "Groups", "");
+        assert_status(qemu, "QEMU", "CapEff", "0000000000000000");
+
+        /* no core dumps, for vmsup and (inherited) its children */
+        for (int i = 0; i < 3; i++) {
+                pid_t pid = i == 0 ? vmsup : i == 1 ? swtpm : qemu;
+
+                snprintf(path, sizeof(path), "/proc/%d/limits", (int) pid);
+                limits = slurp(path);
+                cr_assert(strstr(limits, "Max core file size        0                    0"), "pid %d:\n%s", (int) pid,
+                          limits);
+                free(limits);
+        }
+
+        /* empty environments, and no fd that vmsup holds (its log, lock, control socket)
+         * except QEMU's end of the TPM control channel, which vmsup shares on purpose */
+        snprintf(path, sizeof(path), "/proc/%d/environ", (int) swtpm);
+        cr_assert_eq(file_size(path), 0, "swtpm's environment is not empty");
+        snprintf(path, sizeof(path), "/proc/%d/environ", (int) qemu);
+        cr_assert_eq(file_size(path), 0, "QEMU's environment is not empty");
+        cr_assert_eq(shared_fds(vmsup, swtpm, shared, sizeof(shared)), 0, "swtpm holds vmsup's %s", shared);
+        cr_assert_leq(shared_fds(vmsup, qemu, shared, sizeof(shared)), 1, "QEMU holds vmsup's %s", shared);
+        cr_assert(shared[0] == '\0' || strncmp(shared, "socket:[", 8) == 0, "QEMU holds vmsup's %s", shared);
+
+        /* the marker in vmsup's environment: found there (the scan works), nowhere else */
+        hits = leakscan(MARKER, strlen(MARKER), &vmsup, 1, NULL, 0, &where);
+        cr_assert_eq(hits, 1, "marker in vmsup: %s", where);
+        free(where);
+        children[0] = swtpm;
+        children[1] = qemu;
+        hits = leakscan(MARKER, strlen(MARKER), children, 2, dirs, 1, &where);
+        cr_assert_eq(hits, 0, "the marker leaked to:\n%s", where);
+        free(where);
+
+        kill(s.pid, SIGTERM);
+        cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
+        hits = leakscan(MARKER, strlen(MARKER), NULL, 0, dirs, 1, &where);
+        cr_assert_eq(hits, 0, "the marker leaked to:\n%s", where);
+        free(where);
+        cr_assert_eq(count_leftovers(false), 0, "processes of the test remain");
+}
+
+Test(confine, seccomp_off_leaves_vmsup_unfiltered_and_the_children_sandboxed) {
+        char *text = slurp(conf), *p;
+        struct sup s;
+        json_object *st;
+        pid_t qemu, swtpm;
+        FILE *f;
+
+        p = strstr(text, "seccomp = kill");
+        cr_assert_not_null(p);
+        memcpy(p, "seccomp = off ", 14);
+        f = fopen(conf, "w");
+        fputs(text, f);
+        fclose(f);
+        free(text);
+
+        s = start();
+        st = wait_running(&s);
+        qemu = json_pid(st, "qemu_pid");
+        swtpm = json_pid(st, "swtpm_pid");
+        json_object_put(st);
+        assert_status(s.pid, "vmsup", "Seccomp", "0");
+        assert_status(swtpm, "swtpm", "Seccomp_filters", "1");
+        assert_status(qemu, "QEMU", "Seccomp_filters", "1");
+        kill(s.pid, SIGTERM);
+        cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
+}
