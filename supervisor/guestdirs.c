@@ -145,48 +145,6 @@ int guest_dirs_lock(const struct guest_dirs *d, vmsup_error **err) {
         return TAKE_FD(fd);
 }
 
-int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, vmsup_error **err) {
-        _cleanup_free_ char *tmp = NULL, *dircopy = strdup(path);
-        _cleanup_close_ int fd = -1, dfd = -1;
-        const char *p = data;
-        size_t done = 0;
-
-        if (!dircopy || asprintf(&tmp, "%s.tmp.%d", path, (int) getpid()) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "write '%s'", path);
-        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, mode);
-        if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create '%s'", tmp);
-        while (done < len) {
-                ssize_t n = write(fd, p + done, len - done);
-
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0) {
-                        int e = errno;
-
-                        unlink(tmp);
-                        return vmsup_fail(err, VMSUP_EX_IOERR, e, "write '%s'", tmp);
-                }
-                done += (size_t) n;
-        }
-        if (fchmod(fd, mode) < 0 || fsync(fd) < 0) {
-                int e = errno;
-
-                unlink(tmp);
-                return vmsup_fail(err, VMSUP_EX_IOERR, e, "sync '%s'", tmp);
-        }
-        if (rename(tmp, path) < 0) {
-                int e = errno;
-
-                unlink(tmp);
-                return vmsup_fail(err, VMSUP_EX_IOERR, e, "rename '%s' to '%s'", tmp, path);
-        }
-        dfd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0 || fsync(dfd) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "sync the directory of '%s'", path);
-        return 0;
-}
-
 int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, vmsup_error **err) {
         _cleanup_close_ int in = -1;
         _cleanup_free_ char *buf = NULL;

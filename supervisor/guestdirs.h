@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include "common/error.h"
+#include "common/fileio.h" /* write_file_atomic() */
 #include "supervisor/guestspec.h"
 #include "supervisor/hostconfig.h"
 
@@ -34,9 +35,6 @@ int guest_dirs_prepare(const struct guest_dirs *d, uid_t tpm_uid, gid_t tpm_gid,
 /* Take the guest's lock (flock on its state dir) for the caller's lifetime. Another
  * supervisor holding it gives exit 75 and names its pid. Returns the fd to keep. */
 int guest_dirs_lock(const struct guest_dirs *d, vmsup_error **err);
-
-/* Write data to path atomically and durably (temp file, fsync, rename, fsync dir). */
-int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, vmsup_error **err);
 
 /* Copy the VARS template on first start; keep the guest's copy after that. */
 int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, vmsup_error **err);
