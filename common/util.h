@@ -3,6 +3,7 @@
 #define VMSUP_COMMON_UTIL_H
 
 #include <errno.h>
+#include <malloc.h>
 #include <json-c/json.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -39,7 +40,21 @@ static inline void json_putp(json_object **o) {
         json_object_put(*o);
 }
 
+/* Wipe a heap buffer (all of it: malloc_usable_size) before freeing it: for every buffer
+ * that ever held a passphrase, key, token or plaintext TPM state (systemd's erase_and_free). */
+static inline void *erase_and_free(void *p) {
+        if (p) {
+                explicit_bzero(p, malloc_usable_size(p));
+                free(p);
+        }
+        return NULL;
+}
+static inline void erase_and_freep(void *p) {
+        erase_and_free(*(void **) p);
+}
+
 #define _cleanup_json_ __attribute__((cleanup(json_putp)))
+#define _cleanup_erase_ __attribute__((cleanup(erase_and_freep)))
 #define _cleanup_free_ __attribute__((cleanup(freep)))
 #define _cleanup_close_ __attribute__((cleanup(closep)))
 #define _cleanup_fclose_ __attribute__((cleanup(fclosep)))
