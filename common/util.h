@@ -44,7 +44,11 @@ static inline void json_putp(json_object **o) {
  * that ever held a passphrase, key, token or plaintext TPM state (systemd's erase_and_free). */
 static inline void *erase_and_free(void *p) {
         if (p) {
-                explicit_bzero(p, malloc_usable_size(p));
+                /* Through a volatile: _FORTIFY_SOURCE knows only the size asked of malloc
+                 * and would abort on the usable size. */
+                void *volatile q = p;
+
+                explicit_bzero(q, malloc_usable_size(p));
                 free(p);
         }
         return NULL;

@@ -106,13 +106,12 @@ static int client_alloc(const struct barbican_options *o, struct barbican_client
 }
 
 static int client_set_endpoint(struct barbican_client *c, const char *url, vmsup_error **err) {
+        if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the Barbican endpoint is not an http:// or https:// URL");
         c->endpoint = endpoint_base(url);
         c->origin = c->endpoint ? http_url_origin(c->endpoint) : NULL;
         if (!c->endpoint || !c->origin)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican client");
-        if (strncmp(c->endpoint, "http://", 7) != 0 && strncmp(c->endpoint, "https://", 8) != 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
-                                  "Barbican endpoint %s: not an http:// or https:// URL", c->origin);
         return 0;
 }
 

@@ -99,7 +99,7 @@ char *http_url_origin(const char *url) {
 }
 
 static bool is_b64_char(char c) {
-        return isalnum((unsigned char) c) || c == '+' || c == '/' || c == '=' || c == '-' || c == '_';
+        return isalnum((unsigned char) c) || c == '+' || c == '/' || c == '=';
 }
 
 char *http_sanitize_text(const char *s, size_t max) {

@@ -4,21 +4,18 @@ usage: /usr/bin/python3 serve.py DIR [WATCH_PID]
 
 Binds 127.0.0.1 on a free port first, so that the private barbican.conf can name it
 (host_href, the base of every secret_ref), then loads DIR/paste.ini with paste.deploy and
-serves it with wsgiref, one thread per request. Writes "http://127.0.0.1:PORT" to fd 3
-once it answers, then closes fd 3 (stdout is a log: Barbican's libraries print there). With WATCH_PID, exits when that process does
-(a pidfd), so a test program killed hard leaves no Barbican behind.
+serves it with wsgiref, one request at a time: Barbican 15 is not safe to call from
+several threads at once here (its lazy policy setup races: "Policy secrets:post has not
+been registered"; sqlite says "database is locked"). Writes "http://127.0.0.1:PORT" to
+fd 3 once it listens with the app loaded, then closes fd 3 (stdout is a log: Barbican's
+libraries print there). With WATCH_PID, exits when that process does (a pidfd), so a test
+program killed hard leaves no Barbican behind.
 """
 import os
 import select
-import socket
-import socketserver
 import sys
 import threading
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
-
-
-class Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
 
 
 class Handler(WSGIRequestHandler):
@@ -38,7 +35,7 @@ def main():
     if watch_pid:
         threading.Thread(target=watch, args=(watch_pid,), daemon=True).start()
 
-    httpd = Server(("127.0.0.1", 0), Handler, bind_and_activate=True)
+    httpd = WSGIServer(("127.0.0.1", 0), Handler, bind_and_activate=True)
     port = httpd.server_address[1]
     url = "http://127.0.0.1:%d" % port
     conf = os.path.join(top, ".barbican", "barbican.conf")
