@@ -5,6 +5,7 @@
 #include <stdbool.h>
 
 #include "common/error.h"
+#include "crypto/barbican.h"
 
 #define VMSUP_DEFAULT_CONFIG "/etc/vmsup/vmsup.conf"
 
@@ -46,6 +47,20 @@ struct host_config {
         struct {
                 unsigned stop_timeout; /* seconds a graceful stop waits for the guest */
         } supervisor;
+        struct {
+                char *endpoint;           /* key-manager URL; NULL: from Keystone's catalog */
+                enum barbican_auth auth;  /* keystone (default) or noauth (tests, demo) */
+                char *interface;          /* catalog interface: public, internal, admin */
+                char *region_name;        /* catalog region; NULL: any */
+                char *ca_file;            /* NULL: the system's CA store */
+                unsigned connect_timeout; /* seconds, per attempt */
+                unsigned timeout;         /* seconds, per attempt */
+                unsigned retries;         /* further attempts after the first */
+        } barbican;
+        struct {
+                char *auth_url;         /* NULL: none (then [barbican] endpoint is needed) */
+                char *credentials_file; /* the service's credentials (deployment mode); NULL: none */
+        } keystone;
 };
 
 /* Load the defaults, then the file at path. A missing file is fine when the path is the
@@ -53,5 +68,8 @@ struct host_config {
 int host_config_load(const char *path, bool missing_ok, struct host_config *ret, vmsup_error **err);
 
 void host_config_clear(struct host_config *cfg);
+
+/* The Barbican client options the config gives (pointers into cfg). */
+void host_config_barbican_options(const struct host_config *cfg, struct barbican_options *ret);
 
 #endif
