@@ -29,8 +29,9 @@ start() {
   dir=$(cd "$1" && pwd)
   watch=${2:-}
   [ -x "$py" ] || die "$py not found (apt-get install python3)"
-  [ -f "$paste_src" ] && "$py" -c 'import barbican.api.app, paste.deploy' 2>/dev/null \
-    || die "Barbican is not installed (apt-get install --no-install-recommends barbican-api)"
+  if [ ! -f "$paste_src" ] || ! "$py" -c 'import barbican.api.app, paste.deploy' 2>/dev/null; then
+    die "Barbican is not installed (apt-get install --no-install-recommends barbican-api)"
+  fi
   if pid=$(server_pid "$dir"); then die "a Barbican already runs in $dir (pid $pid)"; fi
 
   mkdir -p "$dir/.barbican"
