@@ -29,14 +29,25 @@ const char *secret_security_to_string(unsigned mode) {
         return NULL;
 }
 
-enum opt_type { OPT_BOOL, OPT_STRING, OPT_PATH, OPT_SECRET_SECURITY_LIST, OPT_SECONDS, OPT_SECCOMP };
+enum opt_type {
+        OPT_BOOL,
+        OPT_STRING,
+        OPT_PATH,
+        OPT_URL,       /* http:// or https:// */
+        OPT_INTERFACE, /* a Keystone catalog interface */
+        OPT_SECRET_SECURITY_LIST,
+        OPT_SECONDS,
+        OPT_COUNT,     /* 0 to 10 */
+        OPT_BARBICAN_AUTH,
+        OPT_SECCOMP,
+};
 
 struct option_def {
         const char *section;
         const char *key;
         enum opt_type type;
         size_t offset;
-        const char *def;
+        const char *def; /* NULL: unset (strings stay NULL) */
 };
 
 #define OPT(sec, k, t, field, d) { sec, k, t, offsetof(struct host_config, field), d }
@@ -61,6 +72,16 @@ static const struct option_def options[] = {
         OPT("paths", "log_dir", OPT_PATH, paths.log_dir, "/var/log/vmsup"),
         OPT("supervisor", "stop_timeout", OPT_SECONDS, supervisor.stop_timeout, "60"),
         OPT("security", "seccomp", OPT_SECCOMP, security.seccomp, "kill"),
+        OPT("barbican", "endpoint", OPT_URL, barbican.endpoint, NULL),
+        OPT("barbican", "auth", OPT_BARBICAN_AUTH, barbican.auth, "keystone"),
+        OPT("barbican", "interface", OPT_INTERFACE, barbican.interface, "public"),
+        OPT("barbican", "region_name", OPT_STRING, barbican.region_name, NULL),
+        OPT("barbican", "ca_file", OPT_PATH, barbican.ca_file, NULL),
+        OPT("barbican", "connect_timeout", OPT_SECONDS, barbican.connect_timeout, "10"),
+        OPT("barbican", "timeout", OPT_SECONDS, barbican.timeout, "30"),
+        OPT("barbican", "retries", OPT_COUNT, barbican.retries, "2"),
+        OPT("keystone", "auth_url", OPT_URL, keystone.auth_url, NULL),
+        OPT("keystone", "credentials_file", OPT_PATH, keystone.credentials_file, NULL),
 };
 #undef OPT
 
@@ -138,7 +159,30 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
                         return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
                                           "%s:%d: [%s] %s: '%s' is not an absolute path", where, c->line,
                                           o->section, o->key, value);
-                /* fall through */
+                goto string;
+        case OPT_URL:
+                if (strncmp(value, "http://", 7) != 0 && strncmp(value, "https://", 8) != 0)
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                                          "%s:%d: [%s] %s: '%s' is not an http:// or https:// URL", where, c->line,
+                                          o->section, o->key, value);
+                goto string;
+        case OPT_INTERFACE:
+                if (!streq(value, "public") && !streq(value, "internal") && !streq(value, "admin"))
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                                          "%s:%d: [%s] %s: '%s' is not a catalog interface (public, internal, admin)",
+                                          where, c->line, o->section, o->key, value);
+                goto string;
+        case OPT_BARBICAN_AUTH:
+                if (streq(value, "keystone"))
+                        *(enum barbican_auth *) field = BARBICAN_AUTH_KEYSTONE;
+                else if (streq(value, "noauth"))
+                        *(enum barbican_auth *) field = BARBICAN_AUTH_NOAUTH;
+                else
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                                          "%s:%d: [%s] %s: '%s' is not keystone or noauth", where, c->line,
+                                          o->section, o->key, value);
+                return 0;
+        string:
         case OPT_STRING: {
                 char **s = field, *dup;
 
@@ -181,6 +225,18 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
                         return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: '%s' is not kill, log or off",
                                           where, c->line, o->section, o->key, value);
                 return 0;
+        case OPT_COUNT: {
+                char *end;
+                unsigned long n;
+
+                errno = 0;
+                n = strtoul(value, &end, 10);
+                if (!isdigit((unsigned char) value[0]) || *end || errno || n > 10)
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: '%s' is not a number from 0 to 10",
+                                          where, c->line, o->section, o->key, value);
+                *(unsigned *) field = (unsigned) n;
+                return 0;
+        }
         }
         return -EINVAL;
 }
@@ -232,6 +288,8 @@ int host_config_load(const char *path, bool missing_ok, struct host_config *ret,
         int r;
 
         for (size_t i = 0; i < ARRAY_SIZE(options); i++) {
+                if (!options[i].def)
+                        continue;
                 r = set_option(&c, &options[i], options[i].def);
                 if (r < 0)
                         goto fail;
@@ -264,6 +322,11 @@ int host_config_load(const char *path, bool missing_ok, struct host_config *ret,
                 r = vmsup_fail(err, VMSUP_EX_CONFIG, r == -2 ? ENOMEM : EIO, "read host config '%s'", path);
                 goto fail;
         }
+        if (cfg.barbican.connect_timeout == 0 || cfg.barbican.timeout == 0) {
+                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s: [barbican] %s: must be at least 1 second", path,
+                               cfg.barbican.timeout == 0 ? "timeout" : "connect_timeout");
+                goto fail;
+        }
         cfg.path = strdup(path);
         *ret = cfg;
         return 0;
@@ -274,8 +337,23 @@ fail:
 
 void host_config_clear(struct host_config *cfg) {
         for (size_t i = 0; i < ARRAY_SIZE(options); i++)
-                if (options[i].type == OPT_STRING || options[i].type == OPT_PATH)
+                if (options[i].type == OPT_STRING || options[i].type == OPT_PATH || options[i].type == OPT_URL ||
+                    options[i].type == OPT_INTERFACE)
                         free(*(char **) ((char *) cfg + options[i].offset));
         free(cfg->path);
         memset(cfg, 0, sizeof(*cfg));
+}
+
+void host_config_barbican_options(const struct host_config *cfg, struct barbican_options *ret) {
+        *ret = (struct barbican_options) {
+                .auth = cfg->barbican.auth,
+                .endpoint = cfg->barbican.endpoint,
+                .auth_url = cfg->keystone.auth_url,
+                .interface = cfg->barbican.interface,
+                .region = cfg->barbican.region_name,
+                .ca_file = cfg->barbican.ca_file,
+                .connect_timeout_ms = cfg->barbican.connect_timeout * 1000,
+                .timeout_ms = cfg->barbican.timeout * 1000,
+                .attempts = cfg->barbican.retries + 1,
+        };
 }

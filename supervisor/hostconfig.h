@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "seccomp/filter.h"
+#include "crypto/barbican.h"
 
 #define VMSUP_DEFAULT_CONFIG "/etc/vmsup/vmsup.conf"
 
@@ -52,6 +53,20 @@ struct host_config {
         struct {
                 enum seccomp_filter_mode seccomp; /* the supervisor's filter, inherited by its children */
         } security;
+        struct {
+                char *endpoint;           /* key-manager URL; NULL: from Keystone's catalog */
+                enum barbican_auth auth;  /* keystone (default) or noauth (tests, demo) */
+                char *interface;          /* catalog interface: public, internal, admin */
+                char *region_name;        /* catalog region; NULL: any */
+                char *ca_file;            /* NULL: the system's CA store */
+                unsigned connect_timeout; /* seconds, per attempt */
+                unsigned timeout;         /* seconds, per attempt */
+                unsigned retries;         /* further attempts after the first */
+        } barbican;
+        struct {
+                char *auth_url;         /* NULL: none (then [barbican] endpoint is needed) */
+                char *credentials_file; /* the service's credentials (deployment mode); NULL: none */
+        } keystone;
 };
 
 /* Load the defaults, then the file at path. A missing file is fine when the path is the
@@ -59,5 +74,8 @@ struct host_config {
 int host_config_load(const char *path, bool missing_ok, struct host_config *ret, vmsup_error **err);
 
 void host_config_clear(struct host_config *cfg);
+
+/* The Barbican client options the config gives (pointers into cfg). */
+void host_config_barbican_options(const struct host_config *cfg, struct barbican_options *ret);
 
 #endif

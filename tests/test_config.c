@@ -87,6 +87,50 @@ Test(config, reads_nova_options) {
         host_config_clear(&cfg);
 }
 
+Test(config, barbican_and_keystone) {
+        struct host_config cfg;
+        struct barbican_options o;
+        char *msg = load("[barbican]\nendpoint = https://kms.example:9311\nauth = noauth\ninterface = internal\n"
+                         "region_name = RegionTwo\nca_file = /etc/ssl/kms.pem\nconnect_timeout = 2\ntimeout = 7\n"
+                         "retries = 0\n[keystone]\nauth_url = https://keystone.example:5000/v3\n"
+                         "credentials_file = /etc/vmsup/keystone.conf\n",
+                         &cfg, NULL);
+
+        cr_assert_null(msg, "%s", msg);
+        host_config_barbican_options(&cfg, &o);
+        cr_assert_eq(o.auth, BARBICAN_AUTH_NOAUTH);
+        cr_assert_str_eq(o.endpoint, "https://kms.example:9311");
+        cr_assert_str_eq(o.interface, "internal");
+        cr_assert_str_eq(o.region, "RegionTwo");
+        cr_assert_str_eq(o.ca_file, "/etc/ssl/kms.pem");
+        cr_assert_eq(o.connect_timeout_ms, 2000);
+        cr_assert_eq(o.timeout_ms, 7000);
+        cr_assert_eq(o.attempts, 1, "retries = 0: one attempt");
+        cr_assert_str_eq(o.auth_url, "https://keystone.example:5000/v3");
+        cr_assert_str_eq(cfg.keystone.credentials_file, "/etc/vmsup/keystone.conf");
+        host_config_clear(&cfg);
+}
+
+Test(config, barbican_defaults) {
+        struct host_config cfg;
+        struct barbican_options o;
+        char *msg = load("", &cfg, NULL);
+
+        cr_assert_null(msg, "%s", msg);
+        host_config_barbican_options(&cfg, &o);
+        cr_assert_eq(o.auth, BARBICAN_AUTH_KEYSTONE);
+        cr_assert_null(o.endpoint, "from Keystone's catalog");
+        cr_assert_str_eq(o.interface, "public");
+        cr_assert_null(o.region);
+        cr_assert_null(o.ca_file);
+        cr_assert_eq(o.connect_timeout_ms, 10000);
+        cr_assert_eq(o.timeout_ms, 30000);
+        cr_assert_eq(o.attempts, 3);
+        cr_assert_null(o.auth_url);
+        cr_assert_null(cfg.keystone.credentials_file);
+        host_config_clear(&cfg);
+}
+
 Test(config, empty_secret_security_list_supports_nothing) {
         struct host_config cfg;
         char *msg = load("[tpm]\nsupported_tpm_secret_security =\n", &cfg, NULL);
@@ -115,6 +159,17 @@ static const struct bad_case bad_input_cases[] = {
                 { "[tpm]\nswtpm_user =\n", ":2: [tpm] swtpm_user: empty value" },
                 { "[tpm]\nswtpm_enabled = true\nswtpm_enabled = false\n", ":3: [tpm] swtpm_enabled: set twice" },
                 { "[tpm]\nthis is not ini\n", ":2: not an INI line" },
+                { "[barbican]\nauth = none\n", ":2: [barbican] auth: 'none' is not keystone or noauth" },
+                { "[barbican]\nendpoint = ftp://kms\n", ":2: [barbican] endpoint: 'ftp://kms' is not an http:// or https:// URL" },
+                { "[barbican]\ninterface = private\n",
+                  ":2: [barbican] interface: 'private' is not a catalog interface (public, internal, admin)" },
+                { "[barbican]\nretries = 11\n", ":2: [barbican] retries: '11' is not a number from 0 to 10" },
+                { "[barbican]\nca_file = ca.pem\n", ":2: [barbican] ca_file: 'ca.pem' is not an absolute path" },
+                { "[barbican]\ntimeout = 0\n", ": [barbican] timeout: must be at least 1 second" },
+                { "[keystone]\nauth_url = keystone:5000\n",
+                  ":2: [keystone] auth_url: 'keystone:5000' is not an http:// or https:// URL" },
+                { "[keystone]\ncredentials_file = creds\n",
+                  ":2: [keystone] credentials_file: 'creds' is not an absolute path" },
 };
 
 static void check_bad_input(const struct bad_case *c) {
