@@ -46,12 +46,36 @@ static char *slurp(const char *path) {
         return buf;
 }
 
+/* Copy a file of the demo guest to dir, readable by everyone. */
+static void copy_guest_file(const char *dir, const char *name) {
+        char src[512], dst[512], buf[65536];
+        FILE *in, *out;
+        size_t n;
+
+        snprintf(src, sizeof(src), "%s/%s", TEST_GUEST_DIR, name);
+        snprintf(dst, sizeof(dst), "%s/%s", dir, name);
+        in = fopen(src, "re");
+        cr_assert_not_null(in, "open %s", src);
+        out = fopen(dst, "we");
+        cr_assert_not_null(out, "create %s", dst);
+        while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+                cr_assert_eq(fwrite(buf, 1, n, out), n);
+        fclose(in);
+        cr_assert_eq(fclose(out), 0);
+        cr_assert_eq(chmod(dst, 0644), 0);
+}
+
 static void setup(void) {
-        char *text = NULL;
+        char *text = NULL, *guest_dir = NULL;
 
         root = test_mkdtemp();
-        /* swtpm and QEMU run as nobody: they must be able to pass through the test's root */
+        /* swtpm and QEMU run as nobody: they must be able to pass through the test's root
+         * and read the guest's kernel, wherever the build tree is (a 0700 clone, say) */
         cr_assert_eq(chmod(root, 0711), 0);
+        cr_assert(asprintf(&guest_dir, "%s/guest", root) > 0);
+        cr_assert_eq(mkdir(guest_dir, 0755), 0);
+        copy_guest_file(guest_dir, "vmlinuz");
+        copy_guest_file(guest_dir, "initrd.img");
         cr_assert(asprintf(&text,
                            "[tpm]\nswtpm_enabled = true\nswtpm_user = nobody\nswtpm_group = nogroup\n"
                            "[qemu]\naccelerator = tcg\nuser = nobody\ngroup = nogroup\n"
@@ -67,9 +91,10 @@ static void setup(void) {
                            " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"uefi\"}},"
                            " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
                            " \"cmdline\": \"console=ttyS0 quiet tpmprobe.hold\"}}",
-                           TEST_GUEST_DIR, TEST_GUEST_DIR) > 0);
+                           guest_dir, guest_dir) > 0);
         spec_path = test_write_file(root, "guest.json", text, 0644);
         free(text);
+        free(guest_dir);
         cr_assert(asprintf(&console, "%s/log/" UUID "/console.log", root) > 0);
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
 }
