@@ -19,6 +19,9 @@
 #include <unistd.h>
 
 #include "common/proc.h"
+#include "crypto/kdf.h"
+#include "crypto/seal.h"
+#include "crypto/secmem.h"
 #include "common/util.h"
 #include "qmp/client.h"
 #include "seccomp/filter.h"
@@ -32,6 +35,8 @@
 #include "tpmstate/caps.h"
 #include "tpmstate/ctrl.h"
 #include "tpmstate/swtpm.h"
+#include "tpmstate/sync.h"
+#include "supervisor/vtpmsecret.h"
 
 /* Timeouts (ms) for steps that should take a fraction of that on any host. */
 #define QMP_HANDSHAKE_TIMEOUT 30000
@@ -41,7 +46,7 @@
 #define QEMU_QUIT_TIMEOUT 10000
 
 /* epoll tags; control connections are tagged with their pointer instead. */
-enum { TAG_SIGNAL = 1, TAG_QEMU, TAG_SWTPM, TAG_QMP, TAG_LISTEN };
+enum { TAG_SIGNAL = 1, TAG_QEMU, TAG_SWTPM, TAG_QMP, TAG_SYNC, TAG_LISTEN };
 
 enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED };
 
@@ -72,6 +77,9 @@ struct guest {
         int lock_fd, epfd, sigfd, listen_fd;
         struct child qemu, swtpm;
         int tpm_ctrl_fd; /* our copy of the end QEMU talks on, for CMD_SHUTDOWN after QEMU */
+        uint8_t *seal_key;     /* secmem: the state-seal key derived from the vTPM passphrase */
+        struct tpm_sync *sync; /* live dir <-> sealed state */
+        bool sync_watched;
         struct qmp_client *qmp;
         uint32_t qmp_events;
 
@@ -175,9 +183,14 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
         struct swtpm_proc proc = { 0 };
         int r;
 
-        r = swtpm_state_exists(g->dirs.live_tpm, g->tpm.version, err);
+        /* The live dir gets the sealed state (libtpms checks it first); what a crashed
+         * run left there is sealed before, when it is newer and valid. */
+        r = tpm_sync_restore(g->sync, err);
         if (r < 0)
                 return r;
+        if (tpm_sync_recovered_count(g->sync))
+                log_warning("sealed %u TPM state file(s) that an earlier run left unsealed in %s",
+                            tpm_sync_recovered_count(g->sync), g->dirs.live_tpm);
         if (r == 0) {
                 _cleanup_free_ char *ca_dir = NULL, *setup_conf = NULL, *localca = NULL, *vmid = NULL;
                 struct swtpm_setup_opts so = { 0 };
@@ -210,6 +223,10 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
                 if (r < 0)
                         return r;
                 log_info("TPM manufactured in %ld ms", monotonic_ms() - t0);
+                r = tpm_sync_seal_all(g->sync, err);
+                if (r < 0)
+                        return vmsup_error_prefix(err, "seal the new TPM state");
+                log_info("TPM state sealed in %s", g->dirs.state);
         }
 
         r = swtpm_caps_probe(g->swtpm_path, false, &caps, err);
@@ -238,7 +255,37 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
         g->swtpm.exited = false;
         g->tpm_ctrl_fd = proc.ctrl_fd;
         *ret_qemu_end = g->tpm_ctrl_fd;
+        if (!g->sync_watched) {
+                struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_SYNC };
+
+                r = tpm_sync_watch(g->sync, err);
+                if (r < 0)
+                        return r;
+                if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, tpm_sync_fd(g->sync), &ev) < 0)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+                g->sync_watched = true;
+        }
         return 0;
+}
+
+/* swtpm is gone: seal its last writes, then leave no plaintext behind. If sealing
+ * fails the live dir stays as it is, for the next start to seal (tpm_sync_restore). */
+static void tpm_seal_and_wipe(struct guest *g) {
+        vmsup_error *err = NULL;
+
+        if (!g->sync)
+                return;
+        if (tpm_sync_seal_all(g->sync, &err) < 0) {
+                log_error("sealing the TPM state failed: %s; its live copy stays in %s for the next start", err->msg,
+                          g->dirs.live_tpm);
+                vmsup_error_free(err);
+                return;
+        }
+        g->sync_watched = false; /* wiping ends the watch */
+        if (tpm_sync_wipe_live(g->sync, &err) < 0) {
+                log_error("%s", err->msg);
+                vmsup_error_free(err);
+        }
 }
 
 /* Stop swtpm through its control channel (never SIGKILL: a TPM that never saw a shutdown
@@ -268,6 +315,7 @@ static void tpm_stop(struct guest *g) {
         if (g->swtpm.exited && !(WIFEXITED(g->swtpm.status) && WEXITSTATUS(g->swtpm.status) == 0))
                 log_warning("swtpm %s", proc_describe_status(g->swtpm.status, why, sizeof(why)));
         child_forget(g, &g->swtpm);
+        tpm_seal_and_wipe(g);
 out:
         closep(&g->tpm_ctrl_fd);
         g->tpm_ctrl_fd = -1;
@@ -702,6 +750,7 @@ static void on_swtpm_exit(struct guest *g) {
         child_forget(g, &g->swtpm);
         closep(&g->tpm_ctrl_fd);
         g->tpm_ctrl_fd = -1;
+        tpm_seal_and_wipe(g);
         /* QEMU shuts the TPM down (CMD_SHUTDOWN) as it exits: swtpm may go first. */
         if (g->guest_shutdown || g->stop_requested) {
                 log_debug("swtpm %s as QEMU shut it down", why);
@@ -827,6 +876,17 @@ static int event_loop(struct guest *g) {
                                 handle_signal(g);
                         else if (tag == TAG_QEMU || tag == TAG_SWTPM)
                                 reap_all(g);
+                        else if (tag == TAG_SYNC) {
+                                vmsup_error *err = NULL;
+
+                                /* a failure leaves the newest state live; the next write
+                                 * or the stop tries again */
+                                if (tpm_sync_dispatch(g->sync, &err) < 0) {
+                                        log_error("sealing the TPM state failed: %s", err->msg);
+                                        vmsup_error_free(err);
+                                } else
+                                        log_debug("TPM state sealed (%u writes so far)", tpm_sync_sealed_count(g->sync));
+                        }
                         else if (tag == TAG_QMP && g->qmp) {
                                 vmsup_error *err = NULL;
 
@@ -898,6 +958,46 @@ static int resolve_programs(struct guest *g, vmsup_error **err) {
         return 0;
 }
 
+/* The vTPM passphrase (Barbican), the key the state is sealed under, and the sync of
+ * the live dir with the sealed files. Before the seccomp filter and before any child. */
+static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **err) {
+        _cleanup_free_ char *manifest = NULL;
+        struct vtpm_secret secret = { 0 };
+        struct tpm_sync_opts so = { 0 };
+        struct vtpm_secret_request req = {
+                .cfg = g->cfg, .spec = &g->spec, .tpm = &g->tpm, .state_dir = g->dirs.state, .token_fd = token_fd,
+        };
+        int r;
+
+        if (asprintf(&manifest, "%s/%s%s", g->dirs.state, SEAL_MANIFEST_NAME, SEAL_SUFFIX) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "sealed state");
+        req.first_start = access(manifest, F_OK) < 0 && errno == ENOENT;
+        r = vtpm_secret_obtain(&req, &secret, err);
+        if (r < 0)
+                return r;
+        if (secret.created) {
+                log_info("created vTPM secret %s in Barbican; the orchestrator must keep it as the guest's "
+                         "vtpm_secret_uuid", secret.id);
+                printf("vtpm_secret_uuid=%s\n", secret.id);
+                fflush(stdout);
+        }
+        r = kdf_check_passphrase(secret.passphrase, strlen(secret.passphrase), err);
+        if (r >= 0)
+                r = kdf_derive_key(secret.passphrase, strlen(secret.passphrase), g->spec.uuid, KDF_USE_STATE_SEAL,
+                                   &g->seal_key, err);
+        vtpm_secret_clear(&secret);
+        if (r < 0)
+                return vmsup_error_prefix(err, "vTPM secret");
+        so.live_dir = g->dirs.live_tpm;
+        so.state_dir = g->dirs.state;
+        so.uuid = g->spec.uuid;
+        so.version = g->tpm.version;
+        so.key = g->seal_key;
+        so.uid = g->tpm_uid;
+        so.gid = g->tpm_gid;
+        return tpm_sync_open(&so, &g->sync, err);
+}
+
 static int setup_loop(struct guest *g, sigset_t *mask, vmsup_error **err) {
         struct epoll_event ev;
 
@@ -933,6 +1033,8 @@ static void teardown(struct guest *g) {
         }
         if (g->dirs.pidfile && g->lock_fd >= 0)
                 unlink(g->dirs.pidfile);
+        g->sync = tpm_sync_free(g->sync);
+        g->seal_key = secmem_free(g->seal_key);
         closep(&g->sigfd);
         closep(&g->epfd);
         closep(&g->lock_fd);
@@ -984,6 +1086,8 @@ int guest_run(const struct guest_run_opts *opts) {
                         goto fail;
         }
         if (streq(g.spec.firmware_type, "uefi") && (r = guest_dirs_ensure_vars(&g.dirs, g.cfg->qemu.ovmf_vars, &err)) < 0)
+                goto fail;
+        if (g.tpm.present && (r = tpm_open_sealed_state(&g, opts->token_fd, &err)) < 0)
                 goto fail;
         if ((r = setup_loop(&g, &mask, &err)) < 0)
                 goto fail;

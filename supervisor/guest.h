@@ -10,6 +10,7 @@
 struct guest_run_opts {
         const struct host_config *cfg;
         const char *spec_path;
+        int token_fd; /* the owner's credential for Barbican (user mode); -1: none */
 };
 
 /* Run the guest until it ends. Returns the process exit code: 0 when the guest powered

@@ -1,6 +1,8 @@
 #include "config.h"
 
+#include <fcntl.h>
 #include <getopt.h>
+#include <stdlib.h>
 #include <stdio.h>
 
 #include "supervisor/confine.h"
@@ -9,31 +11,49 @@
 #include "supervisor/verbs.h"
 
 static void help(void) {
-        printf("Usage: vmsup run GUEST.json\n"
+        printf("Usage: vmsup run [--token-fd N] GUEST.json\n"
                "\n"
                "Boot the guest the spec describes, with the vTPM Nova's rules give it, and\n"
                "supervise it in the foreground until it ends: swtpm and QEMU are started as\n"
                "children, checked over QMP (query-tpm), and watched in one event loop.\n"
+               "\n"
+               "The TPM state is kept sealed (AES-256-GCM) in the guest's state dir under a key\n"
+               "derived from its vTPM passphrase, which Barbican holds. In Nova's user mode\n"
+               "the guest owner's token is read from file descriptor N (--token-fd N; 0 for\n"
+               "stdin), never from the command line or the environment. On the first start\n"
+               "vmsup creates the secret and prints 'vtpm_secret_uuid=<id>' on stdout for the\n"
+               "orchestrator to keep in the guest spec.\n"
                "\n"
                "SIGTERM or SIGINT stops the guest gracefully (ACPI power button, then quit\n"
                "after [supervisor] stop_timeout); a second one stops it at once. 'vmsup\n"
                "status|stop|reboot|qmp UUID' talk to the running supervisor.\n"
                "\n"
                "Exit status: 0 the guest powered off or was stopped; 1 QEMU or swtpm died;\n"
-               "65 bad guest spec; 69 vTPM or a program unavailable; 75 the guest is already\n"
-               "supervised; 78 bad host configuration; see vmsup(8).\n");
+               "65 bad guest spec or sealed state; 69 vTPM, Barbican or a program unavailable;\n"
+               "75 the guest is already supervised; 77 the owner's credentials are missing or\n"
+               "refused; 78 bad host configuration; see vmsup(8).\n");
 }
 
 int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
-        static const struct option longopts[] = { { "help", no_argument, NULL, 'h' }, {} };
+        static const struct option longopts[] = { { "token-fd", required_argument, NULL, 't' },
+                                                   { "help", no_argument, NULL, 'h' }, {} };
         _cleanup_error_ vmsup_error *err = NULL;
-        struct guest_run_opts opts = { 0 };
+        struct guest_run_opts opts = { .token_fd = -1 };
+        char *end;
+        long fd;
         int c;
 
-        while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "t:h", longopts, NULL)) != -1) {
                 if (c == 'h') {
                         help();
                         return 0;
+                }
+                if (c == 't') {
+                        fd = strtol(optarg, &end, 10);
+                        if (*end || fd < 0 || fd > 1023 || fcntl((int) fd, F_GETFD) < 0)
+                                return verb_usage_error("run", "--token-fd takes an open file descriptor, not '%s'", optarg);
+                        opts.token_fd = (int) fd;
+                        continue;
                 }
                 return verb_usage_error("run", "bad option");
         }

@@ -24,78 +24,10 @@
 #include "crypto/http.h"
 #include "crypto/keystone.h"
 #include "tests/fakehttp.h"
+#include "tests/barbican_fixture.h"
 #include "tests/helpers.h"
 
-#define HARNESS TEST_SRCDIR "/tests/barbican/barbican.sh"
 #define INSTANCE "6d1b8a52-8c4e-4f43-9a3e-0c1f5b7d2e90"
-
-/* ---- the shared Barbican: started before the first test, stopped after the last ---- */
-
-static char barbican_dir[] = "/tmp/vmsup-barbican-XXXXXX";
-
-static int run_harness(const char *verb, const char *arg, char **ret_out, char **ret_err) {
-        char *argv[] = { "/bin/sh", HARNESS, (char *) verb, barbican_dir, (char *) arg, NULL };
-        char *envp[] = { "PATH=/usr/sbin:/usr/bin:/sbin:/bin", NULL };
-        struct proc_result res = { 0 };
-        vmsup_error *err = NULL;
-        int status;
-
-        if (proc_run_capture(argv, envp, 120000, 1 << 20, &res, &err) < 0) {
-                *ret_err = strdup(err->msg);
-                vmsup_error_free(err);
-                return -1;
-        }
-        status = res.status;
-        if (ret_out)
-                *ret_out = TAKE_PTR(res.out);
-        *ret_err = TAKE_PTR(res.errout);
-        proc_result_clear(&res);
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-ReportHook(PRE_ALL)(struct criterion_test_set *set) {
-        char pid[16], *out = NULL, *errout = NULL;
-
-        (void) set;
-        if (!mkdtemp(barbican_dir)) {
-                setenv("VMSUP_TEST_BARBICAN_ERROR", "mkdtemp failed", 1);
-                return;
-        }
-        /* The runner's pid: the server exits with it even if we never get to stop it. */
-        snprintf(pid, sizeof(pid), "%d", (int) getpid());
-        if (run_harness("start", pid, &out, &errout) == 0 && out && strncmp(out, "http://127.0.0.1:", 17) == 0) {
-                out[strcspn(out, "\n")] = '\0';
-                setenv("VMSUP_TEST_BARBICAN_URL", out, 1);
-        } else {
-                char *msg = NULL;
-
-                if (asprintf(&msg, "%s start %s failed: %s", HARNESS, barbican_dir, errout ? errout : "?") > 0)
-                        setenv("VMSUP_TEST_BARBICAN_ERROR", msg, 1);
-                free(msg);
-        }
-        free(out);
-        free(errout);
-}
-
-ReportHook(POST_ALL)(struct criterion_global_stats *stats) {
-        char *errout = NULL;
-
-        (void) stats;
-        if (run_harness("stop", NULL, NULL, &errout) != 0)
-                fprintf(stderr, "stopping the test Barbican: %s\n", errout ? errout : "?");
-        free(errout);
-        test_rmtree(barbican_dir);
-}
-
-static const char *barbican_url(void) {
-        const char *url = getenv("VMSUP_TEST_BARBICAN_URL");
-
-        if (!url)
-                cr_assert_fail("no Barbican for this test: %s (install it: apt-get install "
-                               "--no-install-recommends barbican-api, or ./dev deps)",
-                               getenv("VMSUP_TEST_BARBICAN_ERROR") ?: "not started");
-        return url;
-}
 
 /* Short timeouts so that failures stay quick. */
 static struct barbican_options noauth_options(const char *endpoint) {
@@ -145,7 +77,7 @@ static double now_s(void) {
 /* ---- against the real Barbican ---- */
 
 Test(barbican, create_fetch_delete_fetch_delete, .timeout = 120) {
-        struct barbican_options o = noauth_options(barbican_url());
+        struct barbican_options o = noauth_options(test_barbican_url());
         char *project = random_project();
         struct barbican_client *c = client_for(&o, project);
         char pass[BARBICAN_PASSPHRASE_LEN + 1], got[BARBICAN_PASSPHRASE_LEN + 1], id[BARBICAN_SECRET_ID_LEN + 1];
@@ -178,7 +110,7 @@ Test(barbican, create_fetch_delete_fetch_delete, .timeout = 120) {
 
 /* The secret's metadata, as Nova's (castellan + barbicanclient) would leave it. */
 Test(barbican, stored_as_nova_stores_it, .timeout = 120) {
-        struct barbican_options o = noauth_options(barbican_url());
+        struct barbican_options o = noauth_options(test_barbican_url());
         char *project = random_project(), *url = NULL, *hdr = NULL;
         struct barbican_client *c = client_for(&o, project);
         char pass[BARBICAN_PASSPHRASE_LEN + 1], id[BARBICAN_SECRET_ID_LEN + 1];
@@ -188,7 +120,7 @@ Test(barbican, stored_as_nova_stores_it, .timeout = 120) {
 
         if (barbican_secret_create(c, INSTANCE, pass, id, &err) < 0)
                 cr_assert_fail("create: %s", err->msg);
-        cr_assert(asprintf(&url, "%s/v1/secrets/%s", barbican_url(), id) > 0);
+        cr_assert(asprintf(&url, "%s/v1/secrets/%s", test_barbican_url(), id) > 0);
         cr_assert(asprintf(&hdr, "X-Project-Id: %s", project) > 0);
         if (http_request(&(struct http_options) { .service = "Barbican" },
                          &(struct http_request) { .method = "GET", .url = url, .idempotent = true,
@@ -216,7 +148,7 @@ Test(barbican, stored_as_nova_stores_it, .timeout = 120) {
 }
 
 Test(barbican, another_project_is_refused, .timeout = 120) {
-        struct barbican_options o = noauth_options(barbican_url());
+        struct barbican_options o = noauth_options(test_barbican_url());
         char *project = random_project(), *expected = NULL;
         struct barbican_client *owner = client_for(&o, project), *other = client_for(&o, "someone-else");
         char pass[BARBICAN_PASSPHRASE_LEN + 1], got[BARBICAN_PASSPHRASE_LEN + 1], id[BARBICAN_SECRET_ID_LEN + 1];
@@ -246,7 +178,7 @@ Test(barbican, another_project_is_refused, .timeout = 120) {
 }
 
 Test(barbican, unknown_secret_is_not_found, .timeout = 120) {
-        struct barbican_options o = noauth_options(barbican_url());
+        struct barbican_options o = noauth_options(test_barbican_url());
         struct barbican_client *c = client_for(&o, "p");
         char got[BARBICAN_PASSPHRASE_LEN + 1];
         vmsup_error *err = NULL;

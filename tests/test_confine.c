@@ -20,6 +20,10 @@
 #include "supervisor/control.h"
 #include "tests/helpers.h"
 #include "tests/leakscan.h"
+#include "tests/barbican_fixture.h"
+#include "crypto/barbican.h"
+#include "crypto/kdf.h"
+#include "crypto/secmem.h"
 
 #define UUID "8e2b6c1d-3f4a-4b5c-9d7e-1a2b3c4d5e6f"
 #define MARKER "vmsup-leak-marker-3b9d2f7a61c4e058"
@@ -80,8 +84,9 @@ static void setup(void) {
                            "[tpm]\nswtpm_enabled = true\nswtpm_user = nobody\nswtpm_group = nogroup\n"
                            "[qemu]\naccelerator = tcg\nuser = nobody\ngroup = nogroup\n"
                            "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
-                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n[security]\nseccomp = kill\n",
-                           root, root, root, root) > 0);
+                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n[security]\nseccomp = kill\n"
+                           "[barbican]\nendpoint = %s\nauth = noauth\n",
+                           root, root, root, root, test_barbican_url()) > 0);
         conf = test_write_file(root, "vmsup.conf", text, 0600);
         free(text);
         cr_assert(asprintf(&text,
@@ -153,22 +158,66 @@ struct sup {
 };
 
 /* vmsup run with PATH and a marker in its environment. */
+#define OWNER_PROJECT "confined-owner-project-5e1f"
+
 static struct sup start(void) {
-        char *argv[] = { VMSUP_BIN, "--config", conf, "run", spec_path, NULL };
+        char *argv[] = { VMSUP_BIN, "--config", conf, "run", "--token-fd", "3", spec_path, NULL };
         char *pathvar = NULL, *envp[] = { NULL, "VMSUP_TEST_SECRET=" MARKER, NULL };
-        struct proc_spawn_opts o = { .argv = argv, .envp = envp, .stdin_fd = -1 };
+        struct proc_fd_map fds[1];
+        struct proc_spawn_opts o = { .argv = argv, .envp = envp, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
         vmsup_error *err = NULL;
         struct sup s;
-        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
 
         cr_assert_geq(log, 0);
+        /* the owner's credential comes on fd 3: never argv, never the environment */
+        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
+        cr_assert_eq(write(token[1], OWNER_PROJECT, strlen(OWNER_PROJECT)), (ssize_t) strlen(OWNER_PROJECT));
+        close(token[1]);
+        fds[0] = (struct proc_fd_map) { token[0], 3 };
         cr_assert(asprintf(&pathvar, "PATH=%s", getenv("PATH")) > 0);
         envp[0] = pathvar;
         o.stdout_fd = o.stderr_fd = log;
         cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
+        close(token[0]);
         close(log);
         free(pathvar);
         return s;
+}
+
+/* The guest's real secrets: its passphrase (fetched from Barbican as the owner), the key
+ * derived from it, and the owner's credential. None may be in any cmdline or environ of
+ * pids, or in any file below dirs. */
+static void assert_no_secret_leaks(const pid_t *pids, size_t n, const char *const *dirs, size_t n_dirs) {
+        char idpath[512], id[40] = "", pass[BARBICAN_PASSPHRASE_LEN + 1];
+        struct barbican_options bo = { .auth = BARBICAN_AUTH_NOAUTH, .endpoint = test_barbican_url() };
+        struct barbican_identity who = { .project_id = OWNER_PROJECT };
+        struct barbican_client *c = NULL;
+        vmsup_error *err = NULL;
+        uint8_t *key = NULL;
+        char *where = NULL;
+        FILE *f;
+
+        snprintf(idpath, sizeof(idpath), "%s/state/" UUID "/vtpm_secret_uuid", root);
+        f = fopen(idpath, "re");
+        cr_assert_not_null(f, "no recorded vTPM secret id");
+        cr_assert_not_null(fgets(id, sizeof(id), f));
+        fclose(f);
+        id[strcspn(id, "\n")] = '\0';
+        cr_assert_eq(barbican_client_new(&bo, &who, &c, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_eq(barbican_secret_fetch(c, id, pass, &err), 0, "%s", err ? err->msg : "");
+        barbican_client_free(c);
+        cr_assert_eq(kdf_derive_key(pass, strlen(pass), UUID, KDF_USE_STATE_SEAL, &key, &err), 0);
+
+        cr_assert_eq(leakscan(pass, strlen(pass), pids, n, dirs, n_dirs, &where), 0, "the passphrase leaked to:\n%s", where);
+        free(where);
+        cr_assert_eq(leakscan(key, KDF_KEY_LEN, pids, n, dirs, n_dirs, &where), 0, "the derived key leaked to:\n%s", where);
+        free(where);
+        cr_assert_eq(leakscan(OWNER_PROJECT, strlen(OWNER_PROJECT), pids, n, dirs, n_dirs, &where), 0,
+                     "the owner's credential leaked to:\n%s", where);
+        free(where);
+        erase(pass, sizeof(pass));
+        secmem_free(key);
 }
 
 static int wait_exit(struct sup *s, int timeout_ms) {
@@ -404,12 +453,18 @@ Test(confine, children_run_as_their_users_under_seccomp_with_nothing_of_vmsups) 
         hits = leakscan(MARKER, strlen(MARKER), children, 2, dirs, 1, &where);
         cr_assert_eq(hits, 0, "the marker leaked to:\n%s", where);
         free(where);
+        {
+                pid_t all[3] = { vmsup, swtpm, qemu };
+
+                assert_no_secret_leaks(all, 3, dirs, 1);
+        }
 
         kill(s.pid, SIGTERM);
         cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
         hits = leakscan(MARKER, strlen(MARKER), NULL, 0, dirs, 1, &where);
         cr_assert_eq(hits, 0, "the marker leaked to:\n%s", where);
         free(where);
+        assert_no_secret_leaks(NULL, 0, dirs, 1);
         cr_assert_eq(count_leftovers(false), 0, "processes of the test remain");
 }
 

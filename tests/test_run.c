@@ -11,11 +11,13 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include "common/proc.h"
 #include "common/util.h"
 #include "supervisor/control.h"
+#include "tests/barbican_fixture.h"
 #include "tests/helpers.h"
 
 #define UUID "5f0c3a2e-1b7d-4c8e-9f6a-0d2b4e6a8c1f"
@@ -49,8 +51,9 @@ static void setup(void) {
                            "[tpm]\nswtpm_enabled = true\nswtpm_user = root\nswtpm_group = root\n"
                            "[qemu]\naccelerator = tcg\n"
                            "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
-                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n",
-                           root, root, root, root) > 0);
+                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n"
+                           "[barbican]\nendpoint = %s\nauth = noauth\nretries = 1\n",
+                           root, root, root, root, test_barbican_url()) > 0);
         conf = test_write_file(root, "vmsup.conf", text, 0600);
         free(text);
         cr_assert(asprintf(&console, "%s/log/" UUID "/console.log", root) > 0);
@@ -122,18 +125,31 @@ static void write_spec(const char *version, const char *model, bool uefi, bool h
         free(text);
 }
 
-static struct sup start(void) {
-        char *argv[] = { VMSUP_BIN, "--config", conf, "run", spec_path, NULL };
-        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1 };
+/* The owner's credential on fd 3: in Barbican's unauthenticated pipeline, the project. */
+static const char *project = "project-of-the-owner";
+
+static struct sup start_as(const char *credential) {
+        char *argv[] = { VMSUP_BIN, "--config", conf, "run", "--token-fd", "3", spec_path, NULL };
+        struct proc_fd_map fds[1];
+        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
         vmsup_error *err = NULL;
         struct sup s;
-        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
 
         cr_assert_geq(log, 0);
+        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
+        cr_assert_eq(write(token[1], credential, strlen(credential)), (ssize_t) strlen(credential));
+        close(token[1]);
+        fds[0] = (struct proc_fd_map) { token[0], 3 };
         o.stdout_fd = o.stderr_fd = log;
         cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
+        close(token[0]);
         close(log);
         return s;
+}
+
+static struct sup start(void) {
+        return start_as(project);
 }
 
 /* vmsup's exit code, or -1 if it did not exit within timeout_ms (then it is killed). */
@@ -417,6 +433,130 @@ Test(run, tpm_1_2_with_tis) {
         text = wait_console("tpmprobe: done", 1, 1000);
         cr_assert(strstr(text, "tpmprobe: tpm-version=1.2"), "%s", text);
         free(text);
+        assert_clean();
+}
+
+/* The raw bytes of a hex string (the EK modulus prefix the guest prints). */
+static size_t unhex(const char *hex, uint8_t *out, size_t max) {
+        size_t n = 0;
+
+        while (n < max && hex[2 * n] && hex[2 * n + 1]) {
+                unsigned v;
+
+                cr_assert_eq(sscanf(hex + 2 * n, "%2x", &v), 1);
+                out[n++] = (uint8_t) v;
+        }
+        return n;
+}
+
+/* Does any file below dir hold needle? */
+static bool tree_holds(const char *dir, const uint8_t *needle, size_t len, char *where, size_t wlen) {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        bool found = false;
+
+        if (!d)
+                return false;
+        while (!found && (e = readdir(d))) {
+                char path[1024];
+                struct stat st;
+
+                if (streq(e->d_name, ".") || streq(e->d_name, ".."))
+                        continue;
+                snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+                if (lstat(path, &st) < 0)
+                        continue;
+                if (S_ISDIR(st.st_mode))
+                        found = tree_holds(path, needle, len, where, wlen);
+                else if (S_ISREG(st.st_mode)) {
+                        FILE *f = fopen(path, "re");
+                        static uint8_t buf[1 << 20];
+                        size_t n = f ? fread(buf, 1, sizeof(buf), f) : 0;
+
+                        if (f)
+                                fclose(f);
+                        for (size_t i = 0; n >= len && i <= n - len && !found; i++)
+                                if (memcmp(buf + i, needle, len) == 0) {
+                                        snprintf(where, wlen, "%s", path);
+                                        found = true;
+                                }
+                }
+        }
+        closedir(d);
+        return found;
+}
+
+Test(run, tpm_state_is_sealed_at_rest_and_refused_when_altered) {
+        char path[512], statedir[512], where[1024] = "", *text, *ek;
+        uint8_t modulus[32], *before, *after;
+        size_t len, len2;
+        struct sup s;
+        FILE *f;
+
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "created vTPM secret"), "%s", slurp(vmsup_log));
+        text = wait_console("tpmprobe: done", 1, 1000);
+        ek = console_word(text, "ek=", 1);
+        cr_assert_eq(unhex(ek, modulus, sizeof(modulus)), 32);
+
+        /* the EK is in the TPM's permanent state: its bytes must be nowhere in the clear */
+        snprintf(statedir, sizeof(statedir), "%s/state", root);
+        cr_assert_not(tree_holds(statedir, modulus, sizeof(modulus), where, sizeof(where)),
+                      "TPM plaintext (the EK modulus) in %s", where);
+        snprintf(path, sizeof(path), "%s/run", root);
+        cr_assert_not(tree_holds(path, modulus, sizeof(modulus), where, sizeof(where)),
+                      "TPM plaintext (the EK modulus) left in %s", where);
+        snprintf(path, sizeof(path), "%s/state/" UUID "/tpm2-00.permall.sealed", root);
+        f = fopen(path, "r+e");
+        cr_assert_not_null(f, "no sealed permall");
+        before = malloc(1 << 20);
+        len = fread(before, 1, 1 << 20, f);
+        cr_assert_gt(len, 100);
+
+        /* one flipped byte: refused with exit 65, and the file stays as it was */
+        fseek(f, 150, SEEK_SET);
+        fputc(before[150] ^ 0x01, f);
+        fclose(f);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 60000), 65, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "tpm2-00.permall.sealed': authentication failed"), "%s", slurp(vmsup_log));
+        f = fopen(path, "re");
+        after = malloc(1 << 20);
+        len2 = fread(after, 1, 1 << 20, f);
+        fclose(f);
+        cr_assert(len2 == len && after[150] == (before[150] ^ 0x01) && memcmp(after, before, 150) == 0,
+                  "the refused sealed file was changed");
+
+        /* put it back: the guest starts on its state again */
+        f = fopen(path, "we");
+        cr_assert_eq(fwrite(before, 1, len, f), len);
+        fclose(f);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        free(text);
+        text = wait_console("tpmprobe: done", 2, 1000);
+        cr_assert_eq(console_value(text, "nv-counter=", 2), console_value(text, "nv-counter=", 1) + 1);
+        free(text);
+        free(ek);
+        free(before);
+        free(after);
+        assert_clean();
+}
+
+Test(run, owner_credentials_are_required) {
+        struct sup s;
+
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+
+        /* another project's credential: Barbican refuses, vmsup exits 77 */
+        s = start_as("someone-elses-project");
+        cr_assert_eq(wait_exit(&s, 60000), 77, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "(HTTP 403): the guest owner's credentials are required"), "%s",
+                  slurp(vmsup_log));
         assert_clean();
 }
 

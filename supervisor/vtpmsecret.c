@@ -1,0 +1,175 @@
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/fileio.h"
+#include "common/util.h"
+#include "crypto/barbican.h"
+#include "crypto/secmem.h"
+#include "supervisor/vtpmsecret.h"
+
+#define TOKEN_MAX (64 * 1024)
+
+int vtpm_read_token(int fd, char **ret_token, size_t *ret_len, vmsup_error **err) {
+        _cleanup_secmem_ char *buf = secmem_alloc(TOKEN_MAX + 1);
+        size_t len = 0;
+
+        if (!buf) {
+                close(fd);
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read the credential");
+        }
+        for (;;) {
+                ssize_t n = read(fd, buf + len, TOKEN_MAX + 1 - len);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        int e = errno;
+
+                        close(fd);
+                        return vmsup_fail(err, VMSUP_EX_NOINPUT, e, "read the credential from fd %d", fd);
+                }
+                if (n == 0)
+                        break;
+                len += (size_t) n;
+                if (len > TOKEN_MAX) {
+                        close(fd);
+                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the credential on fd %d is longer than %d bytes", fd,
+                                          TOKEN_MAX);
+                }
+        }
+        close(fd);
+        while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
+                buf[--len] = '\0';
+        if (len == 0)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "the credential on fd %d is empty", fd);
+        buf[len] = '\0';
+        *ret_token = TAKE_PTR(buf);
+        *ret_len = len;
+        return 0;
+}
+
+/* The id recorded in the state dir by an earlier start; "" when none. */
+static int read_recorded_id(const char *state_dir, char ret[37], vmsup_error **err) {
+        _cleanup_close_ int dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        _cleanup_free_ void *data = NULL;
+        size_t len = 0;
+        int r;
+
+        ret[0] = '\0';
+        if (dfd < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open '%s'", state_dir);
+        r = file_read_at(dfd, state_dir, VTPM_SECRET_ID_FILE, 64, false, &data, &len, err);
+        if (r == -ENOENT) {
+                *err = vmsup_error_free(*err);
+                return 0;
+        }
+        if (r < 0)
+                return r;
+        while (len > 0 && ((char *) data)[len - 1] == '\n')
+                len--;
+        if (len != 36 || (memcpy(ret, data, 36), ret[36] = '\0', !uuid_is_valid(ret))) {
+                ret[0] = '\0';
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "'%s/%s' does not hold a secret UUID", state_dir,
+                                  VTPM_SECRET_ID_FILE);
+        }
+        return 0;
+}
+
+static int record_id(const char *state_dir, const char *id, vmsup_error **err) {
+        _cleanup_free_ char *path = NULL;
+        char text[40];
+
+        if (asprintf(&path, "%s/%s", state_dir, VTPM_SECRET_ID_FILE) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "record the secret id");
+        snprintf(text, sizeof(text), "%s\n", id);
+        return write_file_atomic(path, text, strlen(text), 0600, err);
+}
+
+int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
+        struct barbican_options bo;
+        struct barbican_identity ident = { 0 };
+        struct barbican_client *client = NULL;
+        _cleanup_secmem_ char *token = NULL;
+        _cleanup_secmem_ char *pass = NULL;
+        struct vtpm_secret s = { 0 };
+        char recorded[37];
+        size_t token_len = 0;
+        int r;
+
+        if (req->tpm->secret_security != SECRET_SECURITY_USER)
+                /* host mode's local store and deployment mode's service credentials come
+                 * with their own issue; refuse rather than guess */
+                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                                  "TPM secret security '%s' is not available in this vmsup yet: use 'user'",
+                                  secret_security_to_string(req->tpm->secret_security));
+        if (req->token_fd < 0)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                                  "the guest owner's credentials are required to open its vTPM secret (user mode): "
+                                  "pass a token with --token-fd N");
+        r = vtpm_read_token(req->token_fd, &token, &token_len, err);
+        if (r < 0)
+                return r;
+
+        r = read_recorded_id(req->state_dir, recorded, err);
+        if (r < 0)
+                return r;
+        if (req->spec->vtpm_secret_uuid && recorded[0] && !streq(req->spec->vtpm_secret_uuid, recorded))
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "the guest spec names vTPM secret %s, but the TPM state is sealed under secret %s",
+                                  req->spec->vtpm_secret_uuid, recorded);
+        snprintf(s.id, sizeof(s.id), "%s", req->spec->vtpm_secret_uuid ? req->spec->vtpm_secret_uuid : recorded);
+
+        host_config_barbican_options(req->cfg, &bo);
+        if (bo.auth == BARBICAN_AUTH_NOAUTH) {
+                /* Barbican's unauthenticated pipeline (tests, demo): the credential is the
+                 * project the owner acts in. */
+                ident.project_id = token;
+                ident.user_id = req->spec->owner_user_id;
+        } else {
+                ident.token = token;
+                ident.token_len = token_len;
+        }
+        r = barbican_client_new(&bo, &ident, &client, err);
+        if (r < 0)
+                return r;
+        pass = secmem_alloc(BARBICAN_PASSPHRASE_LEN + 1);
+        if (!pass) {
+                barbican_client_free(client);
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "vTPM secret");
+        }
+        if (s.id[0]) {
+                r = barbican_secret_fetch(client, s.id, pass, err);
+        } else if (req->first_start) {
+                r = barbican_secret_create(client, req->spec->uuid, pass, s.id, err);
+                if (r >= 0) {
+                        s.created = true;
+                        r = record_id(req->state_dir, s.id, err);
+                        if (r < 0) {
+                                /* Nova's order too: a secret nobody knows about is deleted */
+                                vmsup_error *derr = NULL;
+
+                                barbican_secret_delete(client, s.id, &derr);
+                                vmsup_error_free(derr);
+                        }
+                }
+        } else
+                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                               "the guest has sealed TPM state but no vTPM secret id (vtpm_secret_uuid): refusing to "
+                               "create a new secret, which could never open that state");
+        barbican_client_free(client);
+        if (r < 0)
+                return r;
+        s.passphrase = TAKE_PTR(pass);
+        *ret = s;
+        return 0;
+}
+
+void vtpm_secret_clear(struct vtpm_secret *s) {
+        s->passphrase = secmem_free(s->passphrase);
+        memset(s, 0, sizeof(*s));
+}

@@ -1,0 +1,40 @@
+/* A guest's vTPM passphrase: where it comes from, per Nova's secret-security mode. */
+#ifndef VMSUP_SUPERVISOR_VTPMSECRET_H
+#define VMSUP_SUPERVISOR_VTPMSECRET_H
+
+#include <stdbool.h>
+
+#include "common/error.h"
+#include "supervisor/guestspec.h"
+#include "supervisor/hostconfig.h"
+#include "supervisor/tpmrules.h"
+
+#define VTPM_SECRET_ID_FILE "vtpm_secret_uuid" /* in the guest's state dir: the id, not the secret */
+
+struct vtpm_secret_request {
+        const struct host_config *cfg;
+        const struct guest_spec *spec;
+        const struct vtpm_config *tpm;
+        const char *state_dir; /* the guest's: the secret's id is recorded there */
+        int token_fd;          /* the owner's credential (user mode), -1 when none was given */
+        bool first_start;      /* no sealed TPM state yet: a missing secret may be created */
+};
+
+struct vtpm_secret {
+        char *passphrase; /* secmem, NUL-terminated */
+        char id[37];      /* the Barbican secret's UUID */
+        bool created;     /* made on this start: the orchestrator must keep id */
+};
+
+/* Get the passphrase: from Barbican with the owner's credential read from token_fd (user
+ * mode); on a first start with no secret id known, create the secret as Nova does and
+ * record its id. Never creates a secret for a guest that has sealed state. */
+int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err);
+
+void vtpm_secret_clear(struct vtpm_secret *s);
+
+/* Read a credential from fd (at most 64 KiB; a trailing newline is dropped) into secmem,
+ * then close fd. */
+int vtpm_read_token(int fd, char **ret_token, size_t *ret_len, vmsup_error **err);
+
+#endif
