@@ -90,9 +90,62 @@ static int record_id(const char *state_dir, const char *id, vmsup_error **err) {
         return write_file_atomic(path, text, strlen(text), 0600, err);
 }
 
-int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
+/* A Barbican client acting for the owner whose credential is token. */
+static int owner_client(const struct host_config *cfg, const char *owner_user_id, const char *token, size_t token_len,
+                        struct barbican_client **ret, vmsup_error **err) {
         struct barbican_options bo;
         struct barbican_identity ident = { 0 };
+
+        host_config_barbican_options(cfg, &bo);
+        if (bo.auth == BARBICAN_AUTH_NOAUTH) {
+                /* Barbican's unauthenticated pipeline (tests, demo): the credential is the
+                 * project the owner acts in. */
+                ident.project_id = token;
+                ident.user_id = owner_user_id;
+        } else {
+                ident.token = token;
+                ident.token_len = token_len;
+        }
+        return barbican_client_new(&bo, &ident, ret, err);
+}
+
+int vtpm_secret_delete(const struct host_config *cfg, const char *state_dir, const char *owner_user_id, int token_fd,
+                       bool *ret_deleted, vmsup_error **err) {
+        _cleanup_secmem_ char *token = NULL;
+        struct barbican_client *client = NULL;
+        char id[37];
+        size_t token_len = 0;
+        int r;
+
+        *ret_deleted = false;
+        r = read_recorded_id(state_dir, id, err);
+        if (r < 0)
+                return r;
+        if (!id[0]) {
+                if (token_fd >= 0)
+                        close(token_fd);
+                return 0;
+        }
+        if (token_fd < 0)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                                  "the guest owner's credentials are required to delete its vTPM secret %s from "
+                                  "Barbican: pass a token with --token-fd N",
+                                  id);
+        r = vtpm_read_token(token_fd, &token, &token_len, err);
+        if (r < 0)
+                return r;
+        r = owner_client(cfg, owner_user_id, token, token_len, &client, err);
+        if (r < 0)
+                return r;
+        r = barbican_secret_delete(client, id, err);
+        barbican_client_free(client);
+        if (r < 0)
+                return r;
+        *ret_deleted = r > 0;
+        return 0;
+}
+
+int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
         struct barbican_client *client = NULL;
         _cleanup_secmem_ char *token = NULL;
         _cleanup_secmem_ char *pass = NULL;
@@ -124,17 +177,7 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                                   req->spec->vtpm_secret_uuid, recorded);
         snprintf(s.id, sizeof(s.id), "%s", req->spec->vtpm_secret_uuid ? req->spec->vtpm_secret_uuid : recorded);
 
-        host_config_barbican_options(req->cfg, &bo);
-        if (bo.auth == BARBICAN_AUTH_NOAUTH) {
-                /* Barbican's unauthenticated pipeline (tests, demo): the credential is the
-                 * project the owner acts in. */
-                ident.project_id = token;
-                ident.user_id = req->spec->owner_user_id;
-        } else {
-                ident.token = token;
-                ident.token_len = token_len;
-        }
-        r = barbican_client_new(&bo, &ident, &client, err);
+        r = owner_client(req->cfg, req->spec->owner_user_id, token, token_len, &client, err);
         if (r < 0)
                 return r;
         pass = secmem_alloc(BARBICAN_PASSPHRASE_LEN + 1);

@@ -33,6 +33,12 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
 
 void vtpm_secret_clear(struct vtpm_secret *s);
 
+/* Delete the guest's recorded vTPM secret from Barbican as the owner (credential from
+ * token_fd), as Nova's delete_vtpm_secret: a secret already gone is fine. Nothing
+ * recorded: nothing to do. *ret_deleted says whether Barbican had it. */
+int vtpm_secret_delete(const struct host_config *cfg, const char *state_dir, const char *owner_user_id, int token_fd,
+                       bool *ret_deleted, vmsup_error **err);
+
 /* Read a credential from fd (at most 64 KiB; a trailing newline is dropped) into secmem,
  * then close fd. */
 int vtpm_read_token(int fd, char **ret_token, size_t *ret_len, vmsup_error **err);

@@ -17,6 +17,7 @@
 #include "common/proc.h"
 #include "common/util.h"
 #include "supervisor/control.h"
+#include "crypto/barbican.h"
 #include "tests/barbican_fixture.h"
 #include "tests/helpers.h"
 
@@ -557,6 +558,68 @@ Test(run, owner_credentials_are_required) {
         cr_assert_eq(wait_exit(&s, 60000), 77, "%s", slurp(vmsup_log));
         cr_assert(strstr(slurp(vmsup_log), "(HTTP 403): the guest owner's credentials are required"), "%s",
                   slurp(vmsup_log));
+        assert_clean();
+}
+
+/* vmsup delete UUID with the owner's credential on fd 3. */
+static int run_delete(const char *credential) {
+        char *argv[] = { VMSUP_BIN, "--config", conf, "delete", "--token-fd", "3", UUID, NULL };
+        struct proc_fd_map fds[1];
+        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
+        vmsup_error *err = NULL;
+        struct sup s;
+        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
+
+        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
+        cr_assert_eq(write(token[1], credential, strlen(credential)), (ssize_t) strlen(credential));
+        close(token[1]);
+        fds[0] = (struct proc_fd_map) { token[0], 3 };
+        o.stdout_fd = o.stderr_fd = log;
+        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
+        close(token[0]);
+        close(log);
+        return wait_exit(&s, 60000);
+}
+
+Test(run, delete_removes_the_secret_and_every_file_and_is_idempotent) {
+        char path[512], id[40] = "", pass[BARBICAN_PASSPHRASE_LEN + 1];
+        struct barbican_options bo = { .auth = BARBICAN_AUTH_NOAUTH, .endpoint = test_barbican_url(), .attempts = 1 };
+        struct barbican_identity who = { .project_id = project };
+        struct barbican_client *c = NULL;
+        vmsup_error *err = NULL;
+        struct stat st;
+        struct sup s;
+        FILE *f;
+
+        write_spec("2.0", "tpm-crb", false, true);
+        s = start();
+        json_object_put(wait_running(&s));
+        cr_assert_eq(run_delete(project), 75, "delete must refuse a running guest: %s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "the guest is running under vmsup: stop it first"), "%s", slurp(vmsup_log));
+        kill(s.pid, SIGTERM);
+        cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
+
+        snprintf(path, sizeof(path), "%s/state/" UUID "/vtpm_secret_uuid", root);
+        f = fopen(path, "re");
+        cr_assert_not_null(f);
+        cr_assert_not_null(fgets(id, sizeof(id), f));
+        fclose(f);
+        id[strcspn(id, "\n")] = '\0';
+
+        cr_assert_eq(run_delete(project), 0, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "guest deleted, and its vTPM secret in Barbican"), "%s", slurp(vmsup_log));
+        for (int i = 0; i < 3; i++) {
+                snprintf(path, sizeof(path), "%s/%s/" UUID, root, i == 0 ? "state" : i == 1 ? "run" : "log");
+                cr_assert_neq(stat(path, &st), 0, "%s is still there", path);
+        }
+        cr_assert_eq(barbican_client_new(&bo, &who, &c, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_lt(barbican_secret_fetch(c, id, pass, &err), 0, "the secret is still in Barbican");
+        cr_assert(strstr(err->msg, "not found in Barbican"), "%s", err->msg);
+        vmsup_error_free(err);
+        barbican_client_free(c);
+
+        cr_assert_eq(run_delete(project), 0, "a second delete: %s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "guest deleted (nothing was left)"), "%s", slurp(vmsup_log));
         assert_clean();
 }
 

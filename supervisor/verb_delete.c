@@ -1,0 +1,115 @@
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "supervisor/guestdirs.h"
+#include "supervisor/log.h"
+#include "supervisor/verbs.h"
+#include "supervisor/vtpmsecret.h"
+
+static void help(void) {
+        printf("Usage: vmsup delete UUID [--token-fd N]\n"
+               "\n"
+               "Delete a stopped guest: its vTPM secret in Barbican (as the owner: the token is\n"
+               "read from file descriptor N), then its sealed TPM state, UEFI variables, live\n"
+               "dir and logs. Like Nova's delete_vtpm_secret it is idempotent: a secret or a\n"
+               "guest already gone is not an error. If Barbican cannot delete the secret,\n"
+               "nothing is removed, so the command can be run again.\n"
+               "\n"
+               "Exit status: 0 deleted or nothing to delete; 69 Barbican unreachable;\n"
+               "75 the guest is running (stop it first); 77 the owner's credentials are\n"
+               "missing or refused.\n");
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        (void) st;
+        (void) ftw;
+        if (flag == FTW_DP)
+                return rmdir(path) < 0 && errno != ENOENT ? -1 : 0;
+        return unlink(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+/* Remove dir and everything below it, never following a symlink. */
+static int remove_tree(const char *dir, vmsup_error **err) {
+        if (access(dir, F_OK) < 0 && errno == ENOENT)
+                return 0;
+        if (nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s'", dir);
+        return 0;
+}
+
+int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
+        static const struct option longopts[] = { { "token-fd", required_argument, NULL, 't' },
+                                                   { "help", no_argument, NULL, 'h' }, {} };
+        _cleanup_error_ vmsup_error *err = NULL;
+        _cleanup_close_ int lock = -1;
+        struct guest_spec spec = { 0 };
+        struct guest_dirs d = { 0 };
+        const char *uuid;
+        bool deleted = false, have_spec;
+        int token_fd = -1, c, r;
+        char *end;
+        long fd;
+
+        while ((c = getopt_long(argc, argv, "t:h", longopts, NULL)) != -1) {
+                if (c == 'h') {
+                        help();
+                        return 0;
+                }
+                if (c == 't') {
+                        fd = strtol(optarg, &end, 10);
+                        if (*end || fd < 0 || fd > 1023 || fcntl((int) fd, F_GETFD) < 0)
+                                return verb_usage_error("delete", "--token-fd takes an open file descriptor, not '%s'",
+                                                        optarg);
+                        token_fd = (int) fd;
+                        continue;
+                }
+                return verb_usage_error("delete", "bad option");
+        }
+        if (argc - optind != 1)
+                return verb_usage_error("delete", "expects a guest UUID");
+        uuid = argv[optind];
+        if (!uuid_is_valid(uuid))
+                return verb_usage_error("delete", "'%s' is not a guest UUID", uuid);
+        if (vmsup_ctx_config(ctx, &err) < 0 || guest_dirs_init(&d, &ctx->cfg, uuid, &err) < 0)
+                return log_error_exit(err);
+        log_set_guest(uuid);
+
+        lock = open(d.state, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (lock < 0 && errno != ENOENT) {
+                vmsup_fail(&err, VMSUP_EX_IOERR, errno, "open '%s'", d.state);
+                goto fail;
+        }
+        if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) < 0) {
+                vmsup_fail(&err, VMSUP_EX_TEMPFAIL, 0, "the guest is running under vmsup: stop it first");
+                goto fail;
+        }
+        have_spec = lock >= 0 && guest_spec_load(d.spec_copy, &spec, &err) == 0;
+        err = vmsup_error_free(err); /* without a spec copy there is no owner user id: fine */
+        if (lock >= 0) {
+                r = vtpm_secret_delete(&ctx->cfg, d.state, have_spec ? spec.owner_user_id : NULL, token_fd, &deleted, &err);
+                token_fd = -1;
+                if (r < 0)
+                        goto fail;
+        }
+        if (remove_tree(d.state, &err) < 0 || remove_tree(d.run, &err) < 0 || remove_tree(d.logs, &err) < 0)
+                goto fail;
+        log_info("guest deleted%s", deleted ? ", and its vTPM secret in Barbican" : lock < 0 ? " (nothing was left)" : "");
+        guest_spec_clear(&spec);
+        guest_dirs_clear(&d);
+        return 0;
+fail:
+        if (token_fd >= 0)
+                close(token_fd);
+        guest_spec_clear(&spec);
+        guest_dirs_clear(&d);
+        return log_error_exit(err);
+}
