@@ -440,6 +440,11 @@ int seal_state_write(const struct seal_dir *d, struct seal_manifest *m, const ch
 
         if (streq(name, SEAL_MANIFEST_NAME))
                 return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "seal state: '%s' is the manifest's name", name);
+        /* A manifest must exist before the first sealed file does: a crash right after
+         * that file would otherwise leave sealed state without a manifest, which
+         * seal_manifest_load() refuses (it is what a deleted manifest looks like). */
+        if (m->generation == 0 && (r = seal_manifest_store(d, m, err)) < 0)
+                return r;
         r = seal_file_write(d, name, gen, plaintext, len, err);
         if (r < 0)
                 return r;
