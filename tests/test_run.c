@@ -437,6 +437,16 @@ Test(run, tpm_1_2_with_tis) {
         assert_clean();
 }
 
+static uint8_t *read_all_file(const char *path, size_t *len) {
+        FILE *f = fopen(path, "re");
+        uint8_t *buf = malloc(1 << 20);
+
+        cr_assert_not_null(f, "open %s", path);
+        *len = fread(buf, 1, 1 << 20, f);
+        fclose(f);
+        return buf;
+}
+
 /* The raw bytes of a hex string (the EK modulus prefix the guest prints). */
 static size_t unhex(const char *hex, uint8_t *out, size_t max) {
         size_t n = 0;
@@ -543,6 +553,69 @@ Test(run, tpm_state_is_sealed_at_rest_and_refused_when_altered) {
         free(ek);
         free(before);
         free(after);
+        assert_clean();
+}
+
+Test(run, wrong_secret_or_no_barbican_is_refused_and_the_state_kept) {
+        char path[512], other[40], pass[BARBICAN_PASSPHRASE_LEN + 1], *text;
+        struct barbican_options bo = { .auth = BARBICAN_AUTH_NOAUTH, .endpoint = test_barbican_url(), .attempts = 1 };
+        struct barbican_identity who = { .project_id = project };
+        struct barbican_client *c = NULL;
+        vmsup_error *err = NULL;
+        uint8_t *before;
+        size_t len, len2;
+        struct sup s;
+        FILE *f;
+
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        snprintf(path, sizeof(path), "%s/state/" UUID "/tpm2-00.permall.sealed", root);
+        f = fopen(path, "re");
+        before = malloc(1 << 20);
+        len = fread(before, 1, 1 << 20, f);
+        fclose(f);
+
+        /* another secret of the same owner recorded as the guest's: the key is wrong */
+        cr_assert_eq(barbican_client_new(&bo, &who, &c, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_eq(barbican_secret_create(c, UUID, pass, other, &err), 0, "%s", err ? err->msg : "");
+        barbican_client_free(c);
+        snprintf(path, sizeof(path), "%s/state/" UUID "/vtpm_secret_uuid", root);
+        text = strdup(slurp(path));
+        f = fopen(path, "we");
+        fprintf(f, "%s\n", other);
+        fclose(f);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 60000), 65, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), ".sealed': authentication failed (wrong key or altered file)"),
+                  "%s", slurp(vmsup_log));
+        f = fopen(path, "we");
+        fputs(text, f);
+        fclose(f);
+        free(text);
+
+        /* Barbican unreachable: exit 69 after its bounded retries */
+        text = strdup(slurp(conf));
+        {
+                char *p = strstr(text, "endpoint = ");
+                FILE *c2 = fopen(conf, "we");
+
+                cr_assert_not_null(p);
+                fwrite(text, 1, (size_t) (p - text), c2);
+                fputs("endpoint = http://127.0.0.1:9\nauth = noauth\nretries = 1\n", c2);
+                fclose(c2);
+        }
+        s = start();
+        cr_assert_eq(wait_exit(&s, 60000), 69, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "unreachable after 2 attempts"), "%s", slurp(vmsup_log));
+        free(text);
+
+        /* the sealed state is what it was */
+        snprintf(path, sizeof(path), "%s/state/" UUID "/tpm2-00.permall.sealed", root);
+        text = (char *) read_all_file(path, &len2);
+        cr_assert(len2 == len && memcmp(text, before, len) == 0, "a refused start changed the sealed state");
+        free(text);
+        free(before);
         assert_clean();
 }
 
