@@ -14,6 +14,8 @@
 #include "crypto/kdf.h"
 #include "crypto/seal.h"
 #include "crypto/secmem.h"
+#include "tpmstate/sync.h"
+#include <poll.h>
 
 #define UUID "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 #define NAME "tpm2-00.permall"
@@ -40,6 +42,65 @@ static void die(const char *what, vmsup_error *err) {
 static double median(double *t, int n) {
         qsort(t, (size_t) n, sizeof(*t), cmp_double);
         return n % 2 ? t[n / 2] : (t[n / 2 - 1] + t[n / 2]) / 2;
+}
+
+/* What vmsup run does after each of swtpm's writes: from the rename of TMP2-00.permall
+ * over tpm2-00.permall to the sealed copy being durable (inotify wake-up, read, seal,
+ * fsync of the file and the directory, then the manifest likewise). */
+static void rename_to_durable(const uint8_t *key) {
+        static const size_t sizes[] = { 4096, 65536 };
+        const char *tmpbase = getenv("TMPDIR");
+        char live[4096], sealed[4096], tmp[4200], dst[4200];
+        const int iters = 30;
+        double t[30];
+
+        printf("\nswtpm's rename -> sealed and durable (tpmstate/sync, medians of %d):\n", iters);
+        for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+                struct tpm_sync_opts so = { 0 };
+                struct tpm_sync *s = NULL;
+                vmsup_error *err = NULL;
+                uint8_t *data = malloc(sizes[k]);
+
+                snprintf(live, sizeof(live), "%s/vmsup-bench-live-XXXXXX", tmpbase && *tmpbase ? tmpbase : "/tmp");
+                snprintf(sealed, sizeof(sealed), "%s/vmsup-bench-sealed-XXXXXX", tmpbase && *tmpbase ? tmpbase : "/tmp");
+                if (!data || !mkdtemp(live) || !mkdtemp(sealed))
+                        die("mkdtemp", NULL);
+                so = (struct tpm_sync_opts) { .live_dir = live, .state_dir = sealed, .uuid = UUID,
+                                              .version = TPM_VERSION_2_0, .key = key, .uid = getuid(), .gid = getgid() };
+                if (tpm_sync_open(&so, &s, &err) < 0 || tpm_sync_watch(s, &err) < 0)
+                        die("sync", err);
+                snprintf(tmp, sizeof(tmp), "%s/TMP2-00.permall", live);
+                snprintf(dst, sizeof(dst), "%s/tpm2-00.permall", live);
+                for (int i = 0; i < iters; i++) {
+                        struct pollfd p = { .fd = tpm_sync_fd(s), .events = POLLIN };
+                        int fd;
+                        double t0;
+
+                        memset(data, i + 1, sizes[k]); /* a new state each time */
+                        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+                        if (fd < 0 || write(fd, data, sizes[k]) != (ssize_t) sizes[k])
+                                die("write", NULL);
+                        close(fd);
+                        t0 = now_us();
+                        if (rename(tmp, dst) < 0 || poll(&p, 1, 10000) != 1 || tpm_sync_dispatch(s, &err) < 0)
+                                die("seal after rename", err);
+                        t[i] = now_us() - t0;
+                }
+                printf("%7zuK | %10.0f us\n", sizes[k] / 1024, median(t, iters));
+                tpm_sync_wipe_live(s, &err);
+                tpm_sync_free(s);
+                free(data);
+                {
+                        char path[4300];
+
+                        snprintf(path, sizeof(path), "%s/tpm2-00.permall" SEAL_SUFFIX, sealed);
+                        unlink(path);
+                        snprintf(path, sizeof(path), "%s/" SEAL_MANIFEST_NAME SEAL_SUFFIX, sealed);
+                        unlink(path);
+                }
+                rmdir(live);
+                rmdir(sealed);
+        }
 }
 
 int main(int argc, char **argv) {
@@ -129,6 +190,7 @@ int main(int argc, char **argv) {
                 unlink(path);
                 rmdir(dir);
         }
+        rename_to_durable(key);
         close(d.dirfd);
         secmem_free(key);
         return 0;
