@@ -619,6 +619,38 @@ Test(run, wrong_secret_or_no_barbican_is_refused_and_the_state_kept) {
         assert_clean();
 }
 
+Test(run, supervisor_killed_then_restarted_keeps_the_tpm) {
+        struct sup s;
+        char *text;
+        long c1, c2;
+        int code;
+
+        write_spec("2.0", "tpm-crb", false, true);
+        s = start();
+        json_object_put(wait_running(&s));
+        text = wait_console("tpmprobe: done", 1, 120000);
+        c1 = console_value(text, "nv-counter=", 1);
+        free(text);
+
+        /* no clean stop: QEMU and swtpm die with vmsup (PDEATHSIG), the live dir stays */
+        kill(s.pid, SIGKILL);
+        cr_assert_eq(wait_exit(&s, 30000), 128 + SIGKILL);
+        for (int i = 0; i < 100 && count_leftovers(false) > 0; i++)
+                usleep(100000);
+        cr_assert_eq(count_leftovers(false), 0, "QEMU or swtpm outlived their supervisor");
+
+        /* the next supervisor takes over the state: the counter goes on */
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start();
+        code = wait_exit(&s, 180000);
+        cr_assert_eq(code, 0, "vmsup exit %d: %s", code, slurp(vmsup_log));
+        text = wait_console("tpmprobe: done", 2, 1000);
+        c2 = console_value(text, "nv-counter=", 2);
+        cr_assert_eq(c2, c1 + 1, "NV counter %ld, then %ld after the supervisor was killed", c1, c2);
+        free(text);
+        assert_clean();
+}
+
 Test(run, owner_credentials_are_required) {
         struct sup s;
 
