@@ -199,9 +199,15 @@ Test(crash, sigkill_while_sealing_never_tears_or_loses_the_state) {
                 cr_assert_geq(pid, 0);
                 if (pid == 0)
                         sealing_loop(live, sealed);
-                /* a write lands; the supervisor dies 0-3 ms later, often mid-seal */
+                /* a write lands; the supervisor dies: at once (before it can seal), after
+                 * the seal (every fourth round waits for it, up to 10 s), or 0-3 ms later,
+                 * often mid-seal */
                 swtpm_style_write(live, next);
-                usleep((useconds_t) (random() % 3000));
+                if (round % 4 == 0) {
+                        for (int i = 0; i < 1000 && sealed_state(sealed) != next; i++)
+                                usleep(10000);
+                } else if (round % 4 != 1)
+                        usleep((useconds_t) (random() % 3000));
                 kill(pid, SIGKILL);
                 cr_assert_eq(waitpid(pid, &status, 0), pid);
                 cr_assert(WIFSIGNALED(status), "the sealing loop ended by itself (status %d)", status);
