@@ -1,6 +1,8 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,6 +59,18 @@ int verb_usage_error(const char *verb, const char *fmt, ...) {
         va_end(ap);
         fprintf(stderr, "\nTry 'vmsup%s%s --help'.\n", verb ? " " : "", verb ? verb : "");
         return VMSUP_EX_USAGE;
+}
+
+int verb_parse_token_fd(const char *verb, const char *arg, int *ret_fd) {
+        char *end;
+        long fd;
+
+        errno = 0;
+        fd = strtol(arg, &end, 10);
+        if (errno || end == arg || *end || fd < 0 || fd > 1023 || fcntl((int) fd, F_GETFD) < 0)
+                return verb_usage_error(verb, "--token-fd takes an open file descriptor, not '%s'", arg);
+        *ret_fd = (int) fd;
+        return 0;
 }
 
 int vmsup_ctx_config(struct vmsup_ctx *ctx, vmsup_error **err) {

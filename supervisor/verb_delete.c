@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "crypto/localstore.h"
 #include "supervisor/guestdirs.h"
 #include "supervisor/log.h"
 #include "supervisor/verbs.h"
@@ -56,8 +57,6 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
         const char *uuid;
         bool deleted = false, have_spec;
         int token_fd = -1, c, r;
-        char *end;
-        long fd;
 
         while ((c = getopt_long(argc, argv, "t:h", longopts, NULL)) != -1) {
                 if (c == 'h') {
@@ -65,11 +64,8 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
                         return 0;
                 }
                 if (c == 't') {
-                        fd = strtol(optarg, &end, 10);
-                        if (*end || fd < 0 || fd > 1023 || fcntl((int) fd, F_GETFD) < 0)
-                                return verb_usage_error("delete", "--token-fd takes an open file descriptor, not '%s'",
-                                                        optarg);
-                        token_fd = (int) fd;
+                        if (verb_parse_token_fd("delete", optarg, &token_fd) != 0)
+                                return VMSUP_EX_USAGE;
                         continue;
                 }
                 return verb_usage_error("delete", "bad option");
@@ -97,6 +93,18 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (lock >= 0) {
                 r = vtpm_secret_delete(&ctx->cfg, d.state, have_spec ? spec.owner_user_id : NULL, token_fd, &deleted, &err);
                 token_fd = -1;
+                if (r < 0)
+                        goto fail;
+        }
+        /* host mode: the host's own copy of the secret goes too (Nova's _cleanup with
+         * cleanup_instance_disks) */
+        if (access(ctx->cfg.paths.secrets_dir, F_OK) == 0) {
+                struct localstore *store = NULL;
+
+                r = localstore_open(ctx->cfg.paths.secrets_dir, false, &store, &err);
+                if (r >= 0)
+                        r = localstore_delete(store, uuid, &err);
+                localstore_free(store);
                 if (r < 0)
                         goto fail;
         }

@@ -39,8 +39,6 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
                                                    { "help", no_argument, NULL, 'h' }, {} };
         _cleanup_error_ vmsup_error *err = NULL;
         struct guest_run_opts opts = { .token_fd = -1 };
-        char *end;
-        long fd;
         int c;
 
         while ((c = getopt_long(argc, argv, "t:h", longopts, NULL)) != -1) {
@@ -49,10 +47,8 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
                         return 0;
                 }
                 if (c == 't') {
-                        fd = strtol(optarg, &end, 10);
-                        if (*end || fd < 0 || fd > 1023 || fcntl((int) fd, F_GETFD) < 0)
-                                return verb_usage_error("run", "--token-fd takes an open file descriptor, not '%s'", optarg);
-                        opts.token_fd = (int) fd;
+                        if (verb_parse_token_fd("run", optarg, &opts.token_fd) != 0)
+                                return VMSUP_EX_USAGE;
                         continue;
                 }
                 return verb_usage_error("run", "bad option");

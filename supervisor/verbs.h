@@ -37,6 +37,9 @@ int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_seccomp(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_refused(struct vmsup_ctx *ctx, int argc, char **argv); /* rebuild, rescue, shelve, evacuate */
 
+/* Parse --token-fd's argument: an open file descriptor. 0, or the usage error's 64. */
+int verb_parse_token_fd(const char *verb, const char *arg, int *ret_fd);
+
 /* Print "Try 'vmsup VERB --help'." and return 64. */
 int verb_usage_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -9,6 +9,7 @@
 #include "common/fileio.h"
 #include "common/util.h"
 #include "crypto/barbican.h"
+#include "crypto/localstore.h"
 #include "crypto/secmem.h"
 #include "supervisor/vtpmsecret.h"
 
@@ -145,7 +146,70 @@ int vtpm_secret_delete(const struct host_config *cfg, const char *state_dir, con
         return 0;
 }
 
+static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err);
+
+/* Nova's host mode (driver.py _get_or_create_secret_for_vtpm): the host's own copy
+ * first, so that hard reboot, start and migration need nobody's credentials; Barbican
+ * (with the caller's credentials) only when the host has none, then kept locally. */
+static int host_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
+        struct localstore *store = NULL;
+        struct vtpm_secret s = { 0 };
+        char *pass = NULL;
+        int r;
+
+        r = localstore_open(req->cfg->paths.secrets_dir, true, &store, err);
+        if (r < 0)
+                return r;
+        r = localstore_get(store, req->spec->uuid, &pass, s.id, err);
+        if (r < 0)
+                goto out;
+        if (r == 1) {
+                if (req->spec->vtpm_secret_uuid && !streq(req->spec->vtpm_secret_uuid, s.id)) {
+                        secmem_free(pass);
+                        r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                       "the guest spec names vTPM secret %s, but this host keeps secret %s for it",
+                                       req->spec->vtpm_secret_uuid, s.id);
+                        goto out;
+                }
+                if (req->token_fd >= 0)
+                        close(req->token_fd); /* not needed: the host has the secret */
+                s.passphrase = pass;
+                *ret = s;
+                r = 0;
+                goto out;
+        }
+        r = barbican_obtain(req, &s, err);
+        if (r < 0)
+                goto out;
+        r = localstore_put(store, req->spec->uuid, s.passphrase, s.id, err);
+        if (r < 0) {
+                vtpm_secret_clear(&s);
+                goto out;
+        }
+        *ret = s;
+out:
+        localstore_free(store);
+        return r;
+}
+
 int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
+        switch (req->tpm->secret_security) {
+        case SECRET_SECURITY_USER:
+                return barbican_obtain(req, ret, err);
+        case SECRET_SECURITY_HOST:
+                return host_obtain(req, ret, err);
+        default:
+                /* deployment mode's service credentials come with their own change;
+                 * refuse rather than guess */
+                if (req->token_fd >= 0)
+                        close(req->token_fd);
+                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                                  "TPM secret security '%s' is not available in this vmsup yet: use 'user' or 'host'",
+                                  secret_security_to_string(req->tpm->secret_security));
+        }
+}
+
+static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
         struct barbican_client *client = NULL;
         _cleanup_secmem_ char *token = NULL;
         _cleanup_secmem_ char *pass = NULL;
@@ -154,16 +218,13 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         size_t token_len = 0;
         int r;
 
-        if (req->tpm->secret_security != SECRET_SECURITY_USER)
-                /* host mode's local store and deployment mode's service credentials come
-                 * with their own issue; refuse rather than guess */
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
-                                  "TPM secret security '%s' is not available in this vmsup yet: use 'user'",
-                                  secret_security_to_string(req->tpm->secret_security));
         if (req->token_fd < 0)
                 return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
-                                  "the guest owner's credentials are required to open its vTPM secret (user mode): "
-                                  "pass a token with --token-fd N");
+                                  "the guest owner's credentials are required to open its vTPM secret (%s): "
+                                  "pass a token with --token-fd N",
+                                  req->tpm->secret_security == SECRET_SECURITY_HOST
+                                          ? "host mode, and this host keeps no copy of it"
+                                          : "user mode");
         r = vtpm_read_token(req->token_fd, &token, &token_len, err);
         if (r < 0)
                 return r;

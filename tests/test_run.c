@@ -109,11 +109,16 @@ static void teardown(void) {
 
 TestSuite(run, .init = setup, .fini = teardown, .timeout = 240);
 
+/* Nova's hw:tpm_secret_security of the next write_spec(); NULL: unset (user). */
+static const char *secret_security;
+
 static void write_spec(const char *version, const char *model, bool uefi, bool hold) {
         char *text = NULL, extra[256] = "";
 
         if (version)
-                snprintf(extra, sizeof(extra), "\"hw:tpm_version\": \"%s\", \"hw:tpm_model\": \"%s\"", version, model);
+                snprintf(extra, sizeof(extra), "\"hw:tpm_version\": \"%s\", \"hw:tpm_model\": \"%s\"%s%s%s", version,
+                         model, secret_security ? ", \"hw:tpm_secret_security\": \"" : "",
+                         secret_security ? secret_security : "", secret_security ? "\"" : "");
         cr_assert(asprintf(&text,
                            "{\"uuid\": \"" UUID "\", \"name\": \"demo\", \"vcpus\": 1, \"memory_mb\": 256,"
                            " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {%s}},"
@@ -151,6 +156,54 @@ static struct sup start_as(const char *credential) {
 
 static struct sup start(void) {
         return start_as(project);
+}
+
+static int wait_exit(struct sup *s, int timeout_ms);
+
+/* vmsup delete UUID with the owner's credential on fd 3. */
+static int run_delete(const char *credential) {
+        char *argv[] = { VMSUP_BIN, "--config", conf, "delete", "--token-fd", "3", UUID, NULL };
+        struct proc_fd_map fds[1];
+        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
+        vmsup_error *err = NULL;
+        struct sup s;
+        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
+
+        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
+        cr_assert_eq(write(token[1], credential, strlen(credential)), (ssize_t) strlen(credential));
+        close(token[1]);
+        fds[0] = (struct proc_fd_map) { token[0], 3 };
+        o.stdout_fd = o.stderr_fd = log;
+        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
+        close(token[0]);
+        close(log);
+        return wait_exit(&s, 60000);
+}
+
+/* vmsup run without any credential. */
+static struct sup start_without_token(void) {
+        char *argv[] = { VMSUP_BIN, "--config", conf, "run", spec_path, NULL };
+        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1 };
+        vmsup_error *err = NULL;
+        struct sup s;
+        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+
+        o.stdout_fd = o.stderr_fd = log;
+        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
+        close(log);
+        return s;
+}
+
+/* Point the config's Barbican at a port nobody listens on. */
+static void barbican_goes_away(void) {
+        char *text = strdup(slurp(conf)), *p = strstr(text, "endpoint = ");
+        FILE *f = fopen(conf, "we");
+
+        cr_assert_not_null(p);
+        fwrite(text, 1, (size_t) (p - text), f);
+        fputs("endpoint = http://127.0.0.1:9\nauth = noauth\nretries = 1\n", f);
+        fclose(f);
+        free(text);
 }
 
 /* vmsup's exit code, or -1 if it did not exit within timeout_ms (then it is killed). */
@@ -651,6 +704,43 @@ Test(run, supervisor_killed_then_restarted_keeps_the_tpm) {
         assert_clean();
 }
 
+Test(run, host_mode_restarts_without_credentials_while_barbican_is_down) {
+        char path[512], *text;
+        struct stat st;
+        struct sup s;
+        long c1, c2;
+
+        secret_security = "host";
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start(); /* first start: Barbican, with the owner's credential; then kept on the host */
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        snprintf(path, sizeof(path), "%s/state/secrets/" UUID, root);
+        cr_assert_eq(stat(path, &st), 0, "no local copy of the secret");
+        cr_assert_eq(st.st_mode & 07777, 0600);
+
+        barbican_goes_away();
+        s = start_without_token();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "host mode needs neither credentials nor Barbican: %s", slurp(vmsup_log));
+        text = wait_console("tpmprobe: done", 2, 1000);
+        c1 = console_value(text, "nv-counter=", 1);
+        c2 = console_value(text, "nv-counter=", 2);
+        cr_assert_eq(c2, c1 + 1);
+        free(text);
+
+        /* delete needs Barbican: while it is down, nothing is removed, the local copy included */
+        cr_assert_eq(run_delete(project), 69, "%s", slurp(vmsup_log));
+        cr_assert_eq(stat(path, &st), 0, "a failed delete removed the host's copy of the secret");
+
+        /* user mode, the same guest otherwise: without credentials it cannot start */
+        secret_security = "user";
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start_without_token();
+        cr_assert_eq(wait_exit(&s, 60000), 77, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "the guest owner's credentials are required"), "%s", slurp(vmsup_log));
+        secret_security = NULL;
+        assert_clean();
+}
+
 Test(run, owner_credentials_are_required) {
         struct sup s;
 
@@ -664,26 +754,6 @@ Test(run, owner_credentials_are_required) {
         cr_assert(strstr(slurp(vmsup_log), "(HTTP 403): the guest owner's credentials are required"), "%s",
                   slurp(vmsup_log));
         assert_clean();
-}
-
-/* vmsup delete UUID with the owner's credential on fd 3. */
-static int run_delete(const char *credential) {
-        char *argv[] = { VMSUP_BIN, "--config", conf, "delete", "--token-fd", "3", UUID, NULL };
-        struct proc_fd_map fds[1];
-        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
-        vmsup_error *err = NULL;
-        struct sup s;
-        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
-
-        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
-        cr_assert_eq(write(token[1], credential, strlen(credential)), (ssize_t) strlen(credential));
-        close(token[1]);
-        fds[0] = (struct proc_fd_map) { token[0], 3 };
-        o.stdout_fd = o.stderr_fd = log;
-        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
-        close(token[0]);
-        close(log);
-        return wait_exit(&s, 60000);
 }
 
 Test(run, delete_removes_the_secret_and_every_file_and_is_idempotent) {
