@@ -219,7 +219,9 @@ class Vmsup:
             if now() > deadline:
                 break
         out.close()
-        raise RuntimeError("vmsup %s did not report the guest running (see %s.stderr)" % (u, os.path.join(self.dir, u)))
+        with open(os.path.join(self.dir, u + ".stderr"), "rb") as f:
+            tail = f.read()[-600:].decode(errors="replace")
+        raise RuntimeError("vmsup %s did not report the guest running (exit %s): %s" % (u, p.wait(), tail))
 
     @staticmethod
     def _drain(stream, out):
@@ -673,10 +675,11 @@ def phase_density(vm, guest, n, idle, res):
     t0 = now()
     started = []
     try:
+        # One after the other, as an orchestrator would start them: each supervisor
+        # reports running before the next one starts.
         for u in ids:
             p, _ = vm.spawn(u)
             started.append((u, p))
-        for u, p in started:
             vm.wait_running(u, p)
         log("density: %d guests running after %.1f s; waiting for every guest to boot to its held prompt"
             % (n, now() - t0))
