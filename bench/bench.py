@@ -761,9 +761,8 @@ def report(res):
             row = [label] + [fmt(lat[n][k]) for n in names]
             row += [ratio(lat["vmsup"][k], lat.get("libvirt", {}).get(k)), ratio(lat["vmsup"][k], lat["bare"][k])]
             lines.append("| " + " | ".join(row) + " |")
-        lines.append("| start with sealed TPM state (encryption at rest) | not available yet | - | - | - | - | - |"
-                     if "libvirt-noenc" in names else
-                     "| start with sealed TPM state | not available yet | - | - | - | - |")
+        lines.append("| start with sealed TPM state (encryption at rest) | not available yet |"
+                     + " - |" * (len(names) + 1))
         lines.append("")
         lines.append("vmsup's own 'started in N ms': first %s, later %s"
                      % (fmt(lat["vmsup"]["own_first"]), fmt(lat["vmsup"]["own_later"])))
