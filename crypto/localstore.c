@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,9 +47,18 @@ static bool is_passphrase(const char *s, size_t len) {
         return true;
 }
 
-static const char *who(uid_t uid) {
-        return uid == 0 ? "root" : "vmsup's user";
+/* An insecure store: VMSUP_EX_NOPERM with the message as given (no strerror: the
+ * message is the whole story), returning -errnum. */
+static int refuse(vmsup_error **err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int refuse(vmsup_error **err, int errnum, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        vmsup_vfail(err, VMSUP_EX_NOPERM, 0, fmt, ap);
+        va_end(ap);
+        return -errnum;
 }
+
 
 /* The owner and mode rules shared by the directory and its files. */
 static int check_owner_mode(const char *what, const char *path, const struct stat *st, unsigned want,
@@ -56,23 +66,25 @@ static int check_owner_mode(const char *what, const char *path, const struct sta
         uid_t euid = geteuid();
         unsigned mode = st->st_mode & 07777;
 
+        if (st->st_uid != euid && euid == 0)
+                return refuse(err, EPERM, "%s '%s': owned by uid %u, not root", what, path, (unsigned) st->st_uid);
         if (st->st_uid != euid)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, EPERM, "%s '%s': owned by uid %u, not %s (uid %u)", what,
-                                  path, (unsigned) st->st_uid, who(euid), (unsigned) euid);
-        if (mode & 070)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, EPERM, "%s '%s': mode %04o gives the group access; it must be %04o",
-                                  what, path, mode, want);
-        if (mode & 07)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, EPERM,
-                                  "%s '%s': mode %04o gives other users access; it must be %04o", what, path, mode, want);
+                return refuse(err, EPERM, "%s '%s': owned by uid %u, not uid %u (vmsup's)", what, path,
+                              (unsigned) st->st_uid, (unsigned) euid);
+        if (mode & 077)
+                return refuse(err, EPERM, "%s '%s': mode %04o gives %s access; it must be %04o", what, path, mode,
+                              (mode & 070) && (mode & 07) ? "the group and other users"
+                              : (mode & 070)              ? "the group"
+                                                          : "other users",
+                              want);
         return 0;
 }
 
 static int check_dir_stat(const char *path, const struct stat *st, vmsup_error **err) {
         if (S_ISLNK(st->st_mode))
-                return vmsup_fail(err, VMSUP_EX_NOPERM, ELOOP, "local secret store '%s': is a symbolic link", path);
+                return refuse(err, ELOOP, "local secret store '%s': is a symbolic link", path);
         if (!S_ISDIR(st->st_mode))
-                return vmsup_fail(err, VMSUP_EX_NOPERM, ENOTDIR, "local secret store '%s': is not a directory", path);
+                return refuse(err, ENOTDIR, "local secret store '%s': is not a directory", path);
         return check_owner_mode("local secret store", path, st, 0700, err);
 }
 
@@ -163,7 +175,7 @@ static int verify_dir(struct localstore *s, vmsup_error **err) {
         if (S_ISLNK(at.st_mode))
                 return check_dir_stat(s->path, &at, err);
         if (st.st_dev != s->dev || st.st_ino != s->ino || at.st_dev != s->dev || at.st_ino != s->ino)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                return refuse(err, ESTALE,
                                   "local secret store '%s': replaced by another directory since it was opened", s->path);
         return 0;
 }
@@ -210,14 +222,14 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
                 if (errno == ENOENT)
                         return 0;
                 if (errno == ELOOP)
-                        return vmsup_fail(err, VMSUP_EX_NOPERM, ELOOP, "local secret store: '%s/%s': is a symbolic link",
+                        return refuse(err, ELOOP, "local secret store: '%s/%s': is a symbolic link",
                                           s->path, uuid);
                 return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: open '%s/%s'", s->path, uuid);
         }
         if (fstat(fd, &st) < 0)
                 return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: stat '%s/%s'", s->path, uuid);
         if (!S_ISREG(st.st_mode))
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "local secret store: '%s/%s': is not a regular file",
+                return refuse(err, EPERM, "local secret store: '%s/%s': is not a regular file",
                                   s->path, uuid);
         {
                 char name[PATH_MAX];
