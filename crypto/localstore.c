@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,10 +22,9 @@
 
 #define KEY_SECRET_ID "secret_id="
 #define KEY_PASSPHRASE "passphrase="
-#define FILE_LEN                                                                                        \
-        (sizeof(KEY_SECRET_ID) - 1 + LOCALSTORE_UUID_LEN + 1 + sizeof(KEY_PASSPHRASE) - 1 + BARBICAN_PASSPHRASE_LEN + \
-         1)
-#define FILE_MAX 4096
+/* The one valid size: both lines with their newlines. */
+#define FILE_LEN (strlen(KEY_SECRET_ID) + LOCALSTORE_UUID_LEN + 1 + strlen(KEY_PASSPHRASE) + BARBICAN_PASSPHRASE_LEN + 1)
+#define FILE_MAX 4096 /* anything bigger is not ours: refused before a byte is read */
 
 struct localstore {
         char *path;
@@ -209,12 +209,13 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
                    char ret_secret_id[LOCALSTORE_UUID_LEN + 1], vmsup_error **err) {
         _cleanup_close_ int fd = -1;
         _cleanup_secmem_ char *buf = NULL;
-        char *pass, *id, *p;
+        char file[PATH_MAX], *pass, *id, *p;
         struct stat st;
         int r;
 
         if ((r = check_uuid(s, uuid, err)) < 0 || (r = verify_dir(s, err)) < 0)
                 return r;
+        snprintf(file, sizeof(file), "%s/%s", s->path, uuid);
         /* Open first, then judge what was opened: never check a path and open it after.
          * O_NONBLOCK: a FIFO planted here must not block the open or the read. */
         fd = openat(s->dirfd, uuid, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
@@ -222,33 +223,26 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
                 if (errno == ENOENT)
                         return 0;
                 if (errno == ELOOP)
-                        return refuse(err, ELOOP, "local secret store: '%s/%s': is a symbolic link",
-                                          s->path, uuid);
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: open '%s/%s'", s->path, uuid);
+                        return refuse(err, ELOOP, "local secret store: '%s': is a symbolic link", file);
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: open '%s'", file);
         }
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: stat '%s/%s'", s->path, uuid);
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: stat '%s'", file);
         if (!S_ISREG(st.st_mode))
-                return refuse(err, EPERM, "local secret store: '%s/%s': is not a regular file",
-                                  s->path, uuid);
-        {
-                char name[PATH_MAX];
-
-                snprintf(name, sizeof(name), "%s/%s", s->path, uuid);
-                if ((r = check_owner_mode("local secret store: file", name, &st, 0600, err)) < 0)
-                        return r;
-        }
+                return refuse(err, EPERM, "local secret store: '%s': is not a regular file", file);
+        if ((r = check_owner_mode("local secret store: file", file, &st, 0600, err)) < 0)
+                return r;
         if (st.st_size > FILE_MAX)
                 return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
-                                  "local secret store: '%s/%s': %jd bytes, more than the %d a store file has at most",
-                                  s->path, uuid, (intmax_t) st.st_size, FILE_MAX);
+                                  "local secret store: '%s': %jd bytes, more than the %d a store file has at most", file,
+                                  (intmax_t) st.st_size, FILE_MAX);
         if ((size_t) st.st_size != FILE_LEN)
                 goto bad;
         buf = secmem_alloc(FILE_LEN + 1);
         if (!buf)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: read '%s/%s'", s->path, uuid);
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: read '%s'", file);
         if ((r = read_fd(fd, buf, FILE_LEN)) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, -r, "local secret store: read '%s/%s'", s->path, uuid);
+                return vmsup_fail(err, VMSUP_EX_IOERR, -r, "local secret store: read '%s'", file);
 
         p = buf;
         if (strncmp(p, KEY_SECRET_ID, strlen(KEY_SECRET_ID)) != 0)
@@ -267,13 +261,13 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
 
         *ret_passphrase = secmem_alloc(BARBICAN_PASSPHRASE_LEN + 1);
         if (!*ret_passphrase)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: read '%s/%s'", s->path, uuid);
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: read '%s'", file);
         memcpy(*ret_passphrase, pass, BARBICAN_PASSPHRASE_LEN);
         memcpy(ret_secret_id, id, LOCALSTORE_UUID_LEN + 1);
         return 1;
 bad:
-        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "local secret store: '%s/%s': not a vTPM passphrase", s->path,
-                          uuid);
+        /* Say nothing of the content: it may be most of a passphrase. */
+        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "local secret store: '%s': not a vTPM passphrase", file);
 }
 
 int localstore_put(struct localstore *s, const char *uuid, const char *passphrase, const char *secret_id,
