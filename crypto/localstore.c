@@ -59,7 +59,6 @@ static int refuse(vmsup_error **err, int errnum, const char *fmt, ...) {
         return -errnum;
 }
 
-
 /* The owner and mode rules shared by the directory and its files. */
 static int check_owner_mode(const char *what, const char *path, const struct stat *st, unsigned want,
                             vmsup_error **err) {
@@ -91,9 +90,13 @@ static int check_dir_stat(const char *path, const struct stat *st, vmsup_error *
 /* mkdir -p, the last component 0700 and its missing parents 0755. */
 static int make_dirs(const char *dir, vmsup_error **err) {
         _cleanup_free_ char *p = strdup(dir);
+        size_t len;
 
         if (!p)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "create local secret store '%s'", dir);
+        /* "dir/": the last mkdir must be the one with 0700 */
+        for (len = strlen(p); len > 1 && p[len - 1] == '/'; len--)
+                p[len - 1] = '\0';
         for (char *slash = strchr(p + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
                 *slash = '\0';
                 if (mkdir(p, 0755) < 0 && errno != EEXIST)
@@ -175,8 +178,8 @@ static int verify_dir(struct localstore *s, vmsup_error **err) {
         if (S_ISLNK(at.st_mode))
                 return check_dir_stat(s->path, &at, err);
         if (st.st_dev != s->dev || st.st_ino != s->ino || at.st_dev != s->dev || at.st_ino != s->ino)
-                return refuse(err, ESTALE,
-                                  "local secret store '%s': replaced by another directory since it was opened", s->path);
+                return refuse(err, ESTALE, "local secret store '%s': replaced by another directory since it was opened",
+                              s->path);
         return 0;
 }
 

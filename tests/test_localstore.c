@@ -214,7 +214,17 @@ Test(localstore, create_makes_parents) {
         deep = file_path(tmp, "a/b");
         cr_assert_eq(stat(deep, &st), 0);
         cr_assert_eq(st.st_mode & 07777, 0755);
-        cr_assert_str_eq(localstore_path(s), file_path(tmp, "a/b/secrets"));
+        free(deep);
+        deep = file_path(tmp, "a/b/secrets");
+        cr_assert_str_eq(localstore_path(s), deep);
+        localstore_free(s);
+
+        /* a trailing slash still makes the store itself 0700 */
+        free(deep);
+        deep = file_path(tmp, "c/secrets/");
+        cr_assert_eq(localstore_open(deep, true, &s, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_eq(stat(deep, &st), 0);
+        cr_assert_eq(st.st_mode & 07777, 0700);
         free(deep);
         localstore_free(s);
 }
