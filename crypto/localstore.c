@@ -4,6 +4,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,10 +22,9 @@
 
 #define KEY_SECRET_ID "secret_id="
 #define KEY_PASSPHRASE "passphrase="
-#define FILE_LEN                                                                                        \
-        (sizeof(KEY_SECRET_ID) - 1 + LOCALSTORE_UUID_LEN + 1 + sizeof(KEY_PASSPHRASE) - 1 + BARBICAN_PASSPHRASE_LEN + \
-         1)
-#define FILE_MAX 4096
+/* The one valid size: both lines with their newlines. */
+#define FILE_LEN (strlen(KEY_SECRET_ID) + LOCALSTORE_UUID_LEN + 1 + strlen(KEY_PASSPHRASE) + BARBICAN_PASSPHRASE_LEN + 1)
+#define FILE_MAX 4096 /* anything bigger is not ours: refused before a byte is read */
 
 struct localstore {
         char *path;
@@ -46,8 +47,16 @@ static bool is_passphrase(const char *s, size_t len) {
         return true;
 }
 
-static const char *who(uid_t uid) {
-        return uid == 0 ? "root" : "vmsup's user";
+/* An insecure store: VMSUP_EX_NOPERM with the message as given (no strerror: the
+ * message is the whole story), returning -errnum. */
+static int refuse(vmsup_error **err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int refuse(vmsup_error **err, int errnum, const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        vmsup_vfail(err, VMSUP_EX_NOPERM, 0, fmt, ap);
+        va_end(ap);
+        return -errnum;
 }
 
 /* The owner and mode rules shared by the directory and its files. */
@@ -56,32 +65,38 @@ static int check_owner_mode(const char *what, const char *path, const struct sta
         uid_t euid = geteuid();
         unsigned mode = st->st_mode & 07777;
 
+        if (st->st_uid != euid && euid == 0)
+                return refuse(err, EPERM, "%s '%s': owned by uid %u, not root", what, path, (unsigned) st->st_uid);
         if (st->st_uid != euid)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, EPERM, "%s '%s': owned by uid %u, not %s (uid %u)", what,
-                                  path, (unsigned) st->st_uid, who(euid), (unsigned) euid);
-        if (mode & 070)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, EPERM, "%s '%s': mode %04o gives the group access; it must be %04o",
-                                  what, path, mode, want);
-        if (mode & 07)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, EPERM,
-                                  "%s '%s': mode %04o gives other users access; it must be %04o", what, path, mode, want);
+                return refuse(err, EPERM, "%s '%s': owned by uid %u, not uid %u (vmsup's)", what, path,
+                              (unsigned) st->st_uid, (unsigned) euid);
+        if (mode & 077)
+                return refuse(err, EPERM, "%s '%s': mode %04o gives %s access; it must be %04o", what, path, mode,
+                              (mode & 070) && (mode & 07) ? "the group and other users"
+                              : (mode & 070)              ? "the group"
+                                                          : "other users",
+                              want);
         return 0;
 }
 
 static int check_dir_stat(const char *path, const struct stat *st, vmsup_error **err) {
         if (S_ISLNK(st->st_mode))
-                return vmsup_fail(err, VMSUP_EX_NOPERM, ELOOP, "local secret store '%s': is a symbolic link", path);
+                return refuse(err, ELOOP, "local secret store '%s': is a symbolic link", path);
         if (!S_ISDIR(st->st_mode))
-                return vmsup_fail(err, VMSUP_EX_NOPERM, ENOTDIR, "local secret store '%s': is not a directory", path);
+                return refuse(err, ENOTDIR, "local secret store '%s': is not a directory", path);
         return check_owner_mode("local secret store", path, st, 0700, err);
 }
 
 /* mkdir -p, the last component 0700 and its missing parents 0755. */
 static int make_dirs(const char *dir, vmsup_error **err) {
         _cleanup_free_ char *p = strdup(dir);
+        size_t len;
 
         if (!p)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "create local secret store '%s'", dir);
+        /* "dir/": the last mkdir must be the one with 0700 */
+        for (len = strlen(p); len > 1 && p[len - 1] == '/'; len--)
+                p[len - 1] = '\0';
         for (char *slash = strchr(p + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
                 *slash = '\0';
                 if (mkdir(p, 0755) < 0 && errno != EEXIST)
@@ -163,8 +178,8 @@ static int verify_dir(struct localstore *s, vmsup_error **err) {
         if (S_ISLNK(at.st_mode))
                 return check_dir_stat(s->path, &at, err);
         if (st.st_dev != s->dev || st.st_ino != s->ino || at.st_dev != s->dev || at.st_ino != s->ino)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
-                                  "local secret store '%s': replaced by another directory since it was opened", s->path);
+                return refuse(err, ESTALE, "local secret store '%s': replaced by another directory since it was opened",
+                              s->path);
         return 0;
 }
 
@@ -197,12 +212,13 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
                    char ret_secret_id[LOCALSTORE_UUID_LEN + 1], vmsup_error **err) {
         _cleanup_close_ int fd = -1;
         _cleanup_secmem_ char *buf = NULL;
-        char *pass, *id, *p;
+        char file[PATH_MAX], *pass, *id, *p;
         struct stat st;
         int r;
 
         if ((r = check_uuid(s, uuid, err)) < 0 || (r = verify_dir(s, err)) < 0)
                 return r;
+        snprintf(file, sizeof(file), "%s/%s", s->path, uuid);
         /* Open first, then judge what was opened: never check a path and open it after.
          * O_NONBLOCK: a FIFO planted here must not block the open or the read. */
         fd = openat(s->dirfd, uuid, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
@@ -210,33 +226,26 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
                 if (errno == ENOENT)
                         return 0;
                 if (errno == ELOOP)
-                        return vmsup_fail(err, VMSUP_EX_NOPERM, ELOOP, "local secret store: '%s/%s': is a symbolic link",
-                                          s->path, uuid);
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: open '%s/%s'", s->path, uuid);
+                        return refuse(err, ELOOP, "local secret store: '%s': is a symbolic link", file);
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: open '%s'", file);
         }
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: stat '%s/%s'", s->path, uuid);
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: stat '%s'", file);
         if (!S_ISREG(st.st_mode))
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "local secret store: '%s/%s': is not a regular file",
-                                  s->path, uuid);
-        {
-                char name[PATH_MAX];
-
-                snprintf(name, sizeof(name), "%s/%s", s->path, uuid);
-                if ((r = check_owner_mode("local secret store: file", name, &st, 0600, err)) < 0)
-                        return r;
-        }
+                return refuse(err, EPERM, "local secret store: '%s': is not a regular file", file);
+        if ((r = check_owner_mode("local secret store: file", file, &st, 0600, err)) < 0)
+                return r;
         if (st.st_size > FILE_MAX)
                 return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
-                                  "local secret store: '%s/%s': %jd bytes, more than the %d a store file has at most",
-                                  s->path, uuid, (intmax_t) st.st_size, FILE_MAX);
+                                  "local secret store: '%s': %jd bytes, more than the %d a store file has at most", file,
+                                  (intmax_t) st.st_size, FILE_MAX);
         if ((size_t) st.st_size != FILE_LEN)
                 goto bad;
         buf = secmem_alloc(FILE_LEN + 1);
         if (!buf)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: read '%s/%s'", s->path, uuid);
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: read '%s'", file);
         if ((r = read_fd(fd, buf, FILE_LEN)) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, -r, "local secret store: read '%s/%s'", s->path, uuid);
+                return vmsup_fail(err, VMSUP_EX_IOERR, -r, "local secret store: read '%s'", file);
 
         p = buf;
         if (strncmp(p, KEY_SECRET_ID, strlen(KEY_SECRET_ID)) != 0)
@@ -255,13 +264,13 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
 
         *ret_passphrase = secmem_alloc(BARBICAN_PASSPHRASE_LEN + 1);
         if (!*ret_passphrase)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: read '%s/%s'", s->path, uuid);
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: read '%s'", file);
         memcpy(*ret_passphrase, pass, BARBICAN_PASSPHRASE_LEN);
         memcpy(ret_secret_id, id, LOCALSTORE_UUID_LEN + 1);
         return 1;
 bad:
-        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "local secret store: '%s/%s': not a vTPM passphrase", s->path,
-                          uuid);
+        /* Say nothing of the content: it may be most of a passphrase. */
+        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "local secret store: '%s': not a vTPM passphrase", file);
 }
 
 int localstore_put(struct localstore *s, const char *uuid, const char *passphrase, const char *secret_id,
