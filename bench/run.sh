@@ -14,7 +14,7 @@ say() { printf 'bench: %s\n' "$*" >&2; }
 [ "$(id -u)" -eq 0 ] || die "run as root (libvirt, swtpm as root, /etc/libvirt/qemu.conf)"
 [ -x "$top/vmsup" ] || die "build vmsup first (./dev build)"
 
-PACKAGES=(libvirt-daemon-system libvirt-clients python3-libvirt python3 procps
+PACKAGES=(libvirt-daemon-system libvirt-clients python3-libvirt python3 procps barbican-api python3-pastedeploy
   swtpm swtpm-tools qemu-system-x86 ovmf linux-image-amd64 busybox-static cpio gzip gcc libc6-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
