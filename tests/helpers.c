@@ -1,7 +1,9 @@
 #include "config.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,4 +73,50 @@ void test_run_clear(struct test_run *r) {
         free(r->out);
         free(r->err);
         r->out = r->err = NULL;
+}
+
+int test_count_processes(const char *needle, bool kill_them) {
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        int n = 0;
+
+        cr_assert_not_null(d);
+        while ((e = readdir(d))) {
+                char path[300], buf[4096];
+                ssize_t len;
+                int fd;
+
+                if (e->d_name[0] < '0' || e->d_name[0] > '9')
+                        continue;
+                snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+                fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        continue;
+                len = read(fd, buf, sizeof(buf) - 1);
+                close(fd);
+                if (len <= 0)
+                        continue;
+                for (ssize_t i = 0; i < len; i++)
+                        if (!buf[i])
+                                buf[i] = ' ';
+                buf[len] = '\0';
+                if (strstr(buf, needle)) {
+                        n++;
+                        if (kill_them)
+                                kill(atoi(e->d_name), SIGKILL);
+                }
+        }
+        closedir(d);
+        return n;
+}
+
+uint8_t *test_read_file(const char *path, size_t *ret_len) {
+        FILE *f = fopen(path, "re");
+        uint8_t *buf = malloc(1 << 20);
+
+        cr_assert_not_null(f, "open %s", path);
+        cr_assert_not_null(buf);
+        *ret_len = fread(buf, 1, 1 << 20, f);
+        fclose(f);
+        return buf;
 }

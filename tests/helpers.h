@@ -2,7 +2,9 @@
 #ifndef VMSUP_TESTS_HELPERS_H
 #define VMSUP_TESTS_HELPERS_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* A fresh directory under $TMPDIR (or /tmp), removed by test_rmtree(). */
 char *test_mkdtemp(void);
@@ -21,5 +23,12 @@ struct test_run {
  * the test's own PATH); capture stdout and stderr. */
 void test_run_vmsup(struct test_run *ret, const char *path, const char *const *args);
 void test_run_clear(struct test_run *r);
+
+/* Processes whose command line contains needle (a test's temporary root); with
+ * kill_them, each gets SIGKILL. Returns how many there were. */
+int test_count_processes(const char *needle, bool kill_them);
+
+/* All of a file (at most 1 MiB) in a new buffer; fails the test when it cannot be read. */
+uint8_t *test_read_file(const char *path, size_t *ret_len);
 
 #endif

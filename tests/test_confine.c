@@ -106,37 +106,7 @@ static void setup(void) {
 
 /* Processes whose command line names the test's root; killed when asked. */
 static int count_leftovers(bool kill_them) {
-        DIR *d = opendir("/proc");
-        struct dirent *e;
-        int n = 0;
-
-        while ((e = readdir(d))) {
-                char path[300], buf[4096];
-                ssize_t len;
-                int fd;
-
-                if (e->d_name[0] < '0' || e->d_name[0] > '9')
-                        continue;
-                snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
-                fd = open(path, O_RDONLY | O_CLOEXEC);
-                if (fd < 0)
-                        continue;
-                len = read(fd, buf, sizeof(buf) - 1);
-                close(fd);
-                if (len <= 0)
-                        continue;
-                for (ssize_t i = 0; i < len; i++)
-                        if (!buf[i])
-                                buf[i] = ' ';
-                buf[len] = '\0';
-                if (strstr(buf, root)) {
-                        n++;
-                        if (kill_them)
-                                kill(atoi(e->d_name), SIGKILL);
-                }
-        }
-        closedir(d);
-        return n;
+        return test_count_processes(root, kill_them);
 }
 
 static void teardown(void) {

@@ -51,16 +51,6 @@ static void run_ok(char **argv) {
         proc_result_clear(&res);
 }
 
-static uint8_t *read_file(const char *path, size_t *len) {
-        FILE *f = fopen(path, "re");
-        uint8_t *buf = malloc(1 << 20);
-
-        cr_assert_not_null(f, "open %s", path);
-        *len = fread(buf, 1, 1 << 20, f);
-        fclose(f);
-        return buf;
-}
-
 /* N_STATES real, distinct TPM 2.0 states, each one NV increment after the other. */
 static void make_states(void) {
         char tpmdir[512], sock[512], ctrl[512], permall[600], tpmstate[600], server[600], ctrlarg[600], unix_arg[600];
@@ -89,14 +79,14 @@ static void make_states(void) {
         run_ok(setup);
         while (waitpid(-1, NULL, WNOHANG) > 0)
                 ;
-        states[0] = read_file(permall, &state_lens[0]);
+        states[0] = test_read_file(permall, &state_lens[0]);
 
         cr_assert_eq(proc_spawn(&o, &pid, &pidfd, &err), 0, "%s", err ? err->msg : "");
         for (int i = 0; i < 100 && access(sock, F_OK) < 0; i++)
                 usleep(20000);
         for (int i = 1; i < N_STATES; i++) {
                 run_ok(probe); /* defines (once) and increments the NV counter: swtpm rewrites permall */
-                states[i] = read_file(permall, &state_lens[i]);
+                states[i] = test_read_file(permall, &state_lens[i]);
                 cr_assert(state_lens[i] != state_lens[i - 1] || memcmp(states[i], states[i - 1], state_lens[i]) != 0,
                           "state %d is the same as %d", i, i - 1);
         }
@@ -242,7 +232,7 @@ Test(crash, sigkill_while_sealing_never_tears_or_loses_the_state) {
                 char path[600];
 
                 snprintf(path, sizeof(path), "%s/tpm2-00.permall", live);
-                now = read_file(path, &len);
+                now = test_read_file(path, &len);
                 cr_assert_eq(tpm_sync_open(&so, &s, &err), 0, "%s", err ? err->msg : "");
                 cr_assert_eq(tpm_sync_restore(s, &err), 1, "%s", err ? err->msg : "");
                 tpm_sync_free(s);

@@ -61,39 +61,9 @@ static void setup(void) {
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
 }
 
-/* Kill whatever of ours is left (only on a failed test), then check nothing is. */
+/* Whatever of ours is left (killed only after a failed test). */
 static int count_leftovers(bool kill_them) {
-        DIR *d = opendir("/proc");
-        struct dirent *e;
-        int n = 0;
-
-        while ((e = readdir(d))) {
-                char path[300], buf[4096];
-                ssize_t len;
-                int fd;
-
-                if (e->d_name[0] < '0' || e->d_name[0] > '9')
-                        continue;
-                snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
-                fd = open(path, O_RDONLY | O_CLOEXEC);
-                if (fd < 0)
-                        continue;
-                len = read(fd, buf, sizeof(buf) - 1);
-                close(fd);
-                if (len <= 0)
-                        continue;
-                for (ssize_t i = 0; i < len; i++)
-                        if (!buf[i])
-                                buf[i] = ' ';
-                buf[len] = '\0';
-                if (strstr(buf, root)) {
-                        n++;
-                        if (kill_them)
-                                kill(atoi(e->d_name), SIGKILL);
-                }
-        }
-        closedir(d);
-        return n;
+        return test_count_processes(root, kill_them);
 }
 
 static void teardown(void) {
@@ -490,16 +460,6 @@ Test(run, tpm_1_2_with_tis) {
         assert_clean();
 }
 
-static uint8_t *read_all_file(const char *path, size_t *len) {
-        FILE *f = fopen(path, "re");
-        uint8_t *buf = malloc(1 << 20);
-
-        cr_assert_not_null(f, "open %s", path);
-        *len = fread(buf, 1, 1 << 20, f);
-        fclose(f);
-        return buf;
-}
-
 /* The raw bytes of a hex string (the EK modulus prefix the guest prints). */
 static size_t unhex(const char *hex, uint8_t *out, size_t max) {
         size_t n = 0;
@@ -665,7 +625,7 @@ Test(run, wrong_secret_or_no_barbican_is_refused_and_the_state_kept) {
 
         /* the sealed state is what it was */
         snprintf(path, sizeof(path), "%s/state/" UUID "/tpm2-00.permall.sealed", root);
-        text = (char *) read_all_file(path, &len2);
+        text = (char *) test_read_file(path, &len2);
         cr_assert(len2 == len && memcmp(text, before, len) == 0, "a refused start changed the sealed state");
         free(text);
         free(before);
