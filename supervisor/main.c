@@ -24,6 +24,7 @@ static const struct verb verbs[] = {
         { "reboot", verb_reboot, "reboot a guest (--hard restarts QEMU, keeps the TPM state)" },
         { "seccomp", verb_seccomp, "print the seccomp filter vmsup run loads (--print)" },
         { "secret", verb_secret, "list the local vTPM secret store (host mode): guests and secret ids" },
+        { "resize", verb_resize, "move a stopped guest to another flavor with Nova's vTPM rules" },
         { "delete", verb_delete, "delete a stopped guest: its vTPM secret, sealed state and files" },
         { "rebuild", verb_refused, "refused for vTPM guests, as Nova does" },
         { "rescue", verb_refused, "refused for vTPM guests, as Nova does" },

@@ -31,6 +31,7 @@ int verb_traits(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_qmp(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_run(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_resize(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_status(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_stop(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv);

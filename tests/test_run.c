@@ -701,6 +701,82 @@ Test(run, host_mode_restarts_without_credentials_while_barbican_is_down) {
         assert_clean();
 }
 
+static int resize_to(const char *mode, const char *version, const char *model, bool confirm, char **ret_out) {
+        char *text = NULL, *flavor, uuid[] = UUID;
+        struct test_run r;
+        int code;
+
+        cr_assert(asprintf(&text, "{\"name\": \"m1.%s\", \"extra_specs\": {\"hw:tpm_version\": \"%s\", "
+                                  "\"hw:tpm_model\": \"%s\", \"hw:tpm_secret_security\": \"%s\"}}",
+                           mode, version, model, mode) > 0);
+        flavor = test_write_file(root, "flavor.json", text, 0644);
+        test_run_vmsup(&r, NULL, confirm ? (const char *[]) { "--config", conf, "resize", uuid, "--flavor", flavor,
+                                                              "--confirm-reset", NULL }
+                                         : (const char *[]) { "--config", conf, "resize", uuid, "--flavor", flavor, NULL });
+        code = r.exit_code;
+        if (ret_out)
+                cr_assert(asprintf(ret_out, "%s%s", r.out, r.err) > 0);
+        test_run_clear(&r);
+        free(text);
+        free(flavor);
+        return code;
+}
+
+Test(run, resize_between_user_and_host_keeps_the_tpm) {
+        char path[512], *out = NULL, *text;
+        struct stat st;
+        struct sup s;
+
+        secret_security = "user";
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+
+        /* user -> host: allowed; the next start (with the owner's token) keeps a copy */
+        cr_assert_eq(resize_to("host", "2.0", "tpm-crb", false, &out), 0, "%s", out);
+        cr_assert(strstr(out, "\"secret_security\": \"host\""), "%s", out);
+        free(out);
+        secret_security = "host";
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        s = start_without_token();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        snprintf(path, sizeof(path), "%s/state/secrets/" UUID, root);
+        cr_assert_eq(stat(path, &st), 0);
+
+        /* host -> user: the host's copy goes; the owner's token is needed again */
+        cr_assert_eq(resize_to("user", "2.0", "tpm-crb", false, &out), 0, "%s", out);
+        free(out);
+        cr_assert_neq(stat(path, &st), 0, "the host still keeps the secret of a user-mode guest");
+        secret_security = "user";
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+
+        /* four boots on one TPM: the counter went up by one each time */
+        text = wait_console("tpmprobe: done", 4, 1000);
+        for (int i = 2; i <= 4; i++)
+                cr_assert_eq(console_value(text, "nv-counter=", i), console_value(text, "nv-counter=", 1) + i - 1);
+        free(text);
+
+        /* Nova's refusals: deployment, and a new TPM without --confirm-reset */
+        cr_assert_eq(resize_to("deployment", "2.0", "tpm-crb", false, &out), 65, "%s", out);
+        cr_assert(strstr(out, "Resize between 'deployment' TPM secret security and other TPM secret security modes "
+                              "is not supported."), "%s", out);
+        free(out);
+        cr_assert_eq(resize_to("user", "1.2", "tpm-tis", false, &out), 65, "%s", out);
+        cr_assert(strstr(out, "resizing from TPM 2.0 tpm-crb to TPM 1.2 tpm-tis replaces the guest's TPM"), "%s", out);
+        free(out);
+        snprintf(path, sizeof(path), "%s/state/" UUID "/tpm2-00.permall.sealed", root);
+        cr_assert_eq(stat(path, &st), 0, "a refused resize removed the TPM state");
+        cr_assert_eq(resize_to("user", "1.2", "tpm-tis", true, &out), 0, "%s", out);
+        free(out);
+        cr_assert_neq(stat(path, &st), 0, "a confirmed reset kept the old TPM state");
+        secret_security = NULL;
+        assert_clean();
+}
+
 Test(run, owner_credentials_are_required) {
         struct sup s;
 
