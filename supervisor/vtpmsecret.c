@@ -9,6 +9,8 @@
 #include "common/fileio.h"
 #include "common/util.h"
 #include "crypto/barbican.h"
+#include "crypto/http.h"
+#include "crypto/keystone.h"
 #include "crypto/localstore.h"
 #include "crypto/secmem.h"
 #include "supervisor/vtpmsecret.h"
@@ -148,6 +150,48 @@ int vtpm_secret_delete(const struct host_config *cfg, const char *state_dir, con
 
 static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err);
 
+/* Nova's deployment mode (vtpm.py get_request_context): a Barbican client acting as the
+ * service, from the root-only [keystone] credentials_file. With [barbican] auth = noauth
+ * (tests) the service acts in the credentials' project_id. */
+static int service_client(const struct host_config *cfg, struct barbican_client **ret, vmsup_error **err) {
+        struct keystone_credentials creds = { 0 };
+        struct keystone_token tok = { 0 };
+        struct barbican_options bo;
+        int r;
+
+        if (!cfg->keystone.credentials_file)
+                return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                                  "TPM secret security 'deployment' needs the service's credentials: set [keystone] "
+                                  "credentials_file");
+        r = keystone_credentials_load(cfg->keystone.credentials_file, &creds, err);
+        if (r < 0)
+                return r;
+        host_config_barbican_options(cfg, &bo);
+        if (bo.auth == BARBICAN_AUTH_NOAUTH) {
+                struct barbican_identity ident = { .project_id = creds.project_id, .user_id = creds.user_id };
+
+                r = creds.project_id ? barbican_client_new(&bo, &ident, ret, err)
+                                     : vmsup_fail(err, VMSUP_EX_CONFIG, 0, "'%s': noauth needs a project_id",
+                                                  cfg->keystone.credentials_file);
+        } else {
+                struct http_options ho = { .service = "Keystone", .ca_file = bo.ca_file,
+                                           .connect_timeout_ms = bo.connect_timeout_ms, .timeout_ms = bo.timeout_ms,
+                                           .attempts = bo.attempts };
+                struct keystone_service_filter f = { .type = "key-manager",
+                                                     .interface = bo.interface ? bo.interface : "public",
+                                                     .region = bo.region };
+
+                r = cfg->keystone.auth_url
+                            ? keystone_token_issue(&ho, cfg->keystone.auth_url, &creds, &f, &tok, err)
+                            : vmsup_fail(err, VMSUP_EX_CONFIG, 0, "deployment mode needs [keystone] auth_url");
+                if (r >= 0)
+                        r = barbican_client_new_from_token(&bo, &tok, ret, err);
+                keystone_token_clear(&tok);
+        }
+        keystone_credentials_clear(&creds);
+        return r;
+}
+
 /* Nova's host mode (driver.py _get_or_create_secret_for_vtpm): the host's own copy
  * first, so that hard reboot, start and migration need nobody's credentials; Barbican
  * (with the caller's credentials) only when the host has none, then kept locally. */
@@ -193,20 +237,10 @@ out:
 }
 
 int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
-        switch (req->tpm->secret_security) {
-        case SECRET_SECURITY_USER:
-                return barbican_obtain(req, ret, err);
-        case SECRET_SECURITY_HOST:
+        /* user and deployment: Barbican at every start, never kept on the host */
+        if (req->tpm->secret_security == SECRET_SECURITY_HOST)
                 return host_obtain(req, ret, err);
-        default:
-                /* deployment mode's service credentials come with their own change;
-                 * refuse rather than guess */
-                if (req->token_fd >= 0)
-                        close(req->token_fd);
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
-                                  "TPM secret security '%s' is not available in this vmsup yet: use 'user' or 'host'",
-                                  secret_security_to_string(req->tpm->secret_security));
-        }
+        return barbican_obtain(req, ret, err);
 }
 
 static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
@@ -218,16 +252,24 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
         size_t token_len = 0;
         int r;
 
-        if (req->token_fd < 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
-                                  "the guest owner's credentials are required to open its vTPM secret (%s): "
-                                  "pass a token with --token-fd N",
-                                  req->tpm->secret_security == SECRET_SECURITY_HOST
-                                          ? "host mode, and this host keeps no copy of it"
-                                          : "user mode");
-        r = vtpm_read_token(req->token_fd, &token, &token_len, err);
-        if (r < 0)
-                return r;
+        bool service = req->tpm->secret_security == SECRET_SECURITY_DEPLOYMENT;
+
+        if (service) {
+                /* deployment mode: the service's own credentials; a caller's token is not used */
+                if (req->token_fd >= 0)
+                        close(req->token_fd);
+        } else {
+                if (req->token_fd < 0)
+                        return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                                          "the guest owner's credentials are required to open its vTPM secret (%s): "
+                                          "pass a token with --token-fd N",
+                                          req->tpm->secret_security == SECRET_SECURITY_HOST
+                                                  ? "host mode, and this host keeps no copy of it"
+                                                  : "user mode");
+                r = vtpm_read_token(req->token_fd, &token, &token_len, err);
+                if (r < 0)
+                        return r;
+        }
 
         r = read_recorded_id(req->state_dir, recorded, err);
         if (r < 0)
@@ -238,7 +280,8 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
                                   req->spec->vtpm_secret_uuid, recorded);
         snprintf(s.id, sizeof(s.id), "%s", req->spec->vtpm_secret_uuid ? req->spec->vtpm_secret_uuid : recorded);
 
-        r = owner_client(req->cfg, req->spec->owner_user_id, token, token_len, &client, err);
+        r = service ? service_client(req->cfg, &client, err)
+                    : owner_client(req->cfg, req->spec->owner_user_id, token, token_len, &client, err);
         if (r < 0)
                 return r;
         pass = secmem_alloc(BARBICAN_PASSPHRASE_LEN + 1);

@@ -777,6 +777,39 @@ Test(run, resize_between_user_and_host_keeps_the_tpm) {
         assert_clean();
 }
 
+Test(run, deployment_mode_uses_the_services_credentials_and_keeps_nothing_on_the_host) {
+        char path[512], *creds, *text;
+        struct stat st;
+        struct sup s;
+        FILE *f;
+
+        /* the service's credentials: root-only (with this test Barbican, its project acts) */
+        creds = test_write_file(root, "service-credentials",
+                                "auth_type = password\nusername = vmsup\nuser_domain_name = Default\npassword = not-a-real-one\n"
+                                "project_id = service-project\n",
+                                0600);
+        f = fopen(conf, "ae");
+        fprintf(f, "[keystone]\ncredentials_file = %s\n", creds);
+        fclose(f);
+        secret_security = "deployment";
+        write_spec("2.0", "tpm-crb", false, false);
+        for (int i = 0; i < 2; i++) {
+                s = start_without_token();
+                cr_assert_eq(wait_exit(&s, 180000), 0, "start %d: %s", i + 1, slurp(vmsup_log));
+        }
+        text = wait_console("tpmprobe: done", 2, 1000);
+        cr_assert_eq(console_value(text, "nv-counter=", 2), console_value(text, "nv-counter=", 1) + 1);
+        free(text);
+        snprintf(path, sizeof(path), "%s/state/secrets/" UUID, root);
+        cr_assert_neq(stat(path, &st), 0, "deployment mode kept the secret on the host");
+        /* an owner token given anyway is not used: the service reads its own secret */
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "a token given in deployment mode is not used: %s", slurp(vmsup_log));
+        secret_security = NULL;
+        free(creds);
+        assert_clean();
+}
+
 Test(run, owner_credentials_are_required) {
         struct sup s;
 
