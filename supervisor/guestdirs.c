@@ -145,6 +145,23 @@ int guest_dirs_lock(const struct guest_dirs *d, vmsup_error **err) {
         return TAKE_FD(fd);
 }
 
+int guest_dirs_lock_stopped(const struct guest_dirs *d, bool missing_ok, int *ret_fd, vmsup_error **err) {
+        _cleanup_close_ int fd = open(d->state, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+        if (fd < 0) {
+                if (errno == ENOENT && missing_ok) {
+                        *ret_fd = -1;
+                        return 0;
+                }
+                return vmsup_fail(err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_IOERR, errno, "guest state '%s'",
+                                  d->state);
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) < 0)
+                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the guest is running under vmsup: stop it first");
+        *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
 int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, vmsup_error **err) {
         _cleanup_close_ int in = -1;
         _cleanup_free_ char *buf = NULL;

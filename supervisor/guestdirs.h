@@ -36,6 +36,11 @@ int guest_dirs_prepare(const struct guest_dirs *d, uid_t tpm_uid, gid_t tpm_gid,
  * supervisor holding it gives exit 75 and names its pid. Returns the fd to keep. */
 int guest_dirs_lock(const struct guest_dirs *d, vmsup_error **err);
 
+/* For verbs on a stopped guest (delete, resize): take the guest's lock without waiting.
+ * A supervisor holding it gives exit 75 ("stop it first"). A guest with no state dir
+ * gives *ret_fd = -1 and 0 when missing_ok, else exit 66. */
+int guest_dirs_lock_stopped(const struct guest_dirs *d, bool missing_ok, int *ret_fd, vmsup_error **err);
+
 /* Copy the VARS template on first start; keep the guest's copy after that. */
 int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, vmsup_error **err);
 

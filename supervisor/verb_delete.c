@@ -6,7 +6,6 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -79,15 +78,8 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
                 return log_error_exit(err);
         log_set_guest(uuid);
 
-        lock = open(d.state, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (lock < 0 && errno != ENOENT) {
-                vmsup_fail(&err, VMSUP_EX_IOERR, errno, "open '%s'", d.state);
+        if (guest_dirs_lock_stopped(&d, true, &lock, &err) < 0)
                 goto fail;
-        }
-        if (lock >= 0 && flock(lock, LOCK_EX | LOCK_NB) < 0) {
-                vmsup_fail(&err, VMSUP_EX_TEMPFAIL, 0, "the guest is running under vmsup: stop it first");
-                goto fail;
-        }
         have_spec = lock >= 0 && guest_spec_load(d.spec_copy, &spec, &err) == 0;
         err = vmsup_error_free(err); /* without a spec copy there is no owner user id: fine */
         if (lock >= 0) {

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include "common/fileio.h"
@@ -106,15 +105,8 @@ int verb_resize(struct vmsup_ctx *ctx, int argc, char **argv) {
                 return log_error_exit(err);
         log_set_guest(uuid);
 
-        lock = open(d.state, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (lock < 0) {
-                vmsup_fail(&err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_IOERR, errno, "guest state '%s'", d.state);
+        if (guest_dirs_lock_stopped(&d, false, &lock, &err) < 0)
                 goto out;
-        }
-        if (flock(lock, LOCK_EX | LOCK_NB) < 0) {
-                vmsup_fail(&err, VMSUP_EX_TEMPFAIL, 0, "the guest is running under vmsup: stop it first");
-                goto out;
-        }
         /* the spec the guest last ran with, and the new flavor in its place */
         if ((r = guest_spec_load(d.spec_copy, &old_spec, &err)) < 0 ||
             (r = tpm_rules_resolve(&old_spec, &old_tpm, &err)) < 0)
