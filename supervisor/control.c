@@ -160,7 +160,43 @@ struct control_conn *control_conn_free(struct control_conn *c) {
         return NULL;
 }
 
+void control_conn_progress(struct control_conn *c, json_object *progress) {
+        json_object *o = json_object_new_object();
+
+        json_object_object_add(o, "progress", progress);
+        send_line(c, o);
+        json_object_put(o);
+}
+
+/* Hand every whole {"progress": ...} line at the start of buf to fn and drop it. */
+static void consume_progress(char *buf, size_t *len, control_progress_fn fn, void *userdata) {
+        char *nl;
+
+        while ((nl = memchr(buf, '\n', *len))) {
+                size_t line = (size_t) (nl - buf) + 1;
+                json_object *o, *p;
+
+                *nl = '\0';
+                o = json_tokener_parse(buf);
+                if (!o || !json_object_object_get_ex(o, "progress", &p)) {
+                        *nl = '\n'; /* the reply itself */
+                        json_object_put(o);
+                        return;
+                }
+                if (fn)
+                        fn(userdata, p);
+                json_object_put(o);
+                memmove(buf, buf + line, *len - line);
+                *len -= line;
+        }
+}
+
 int control_request(const char *path, json_object *req, int timeout_ms, json_object **ret_return, vmsup_error **err) {
+        return control_request_progress(path, req, timeout_ms, NULL, NULL, ret_return, err);
+}
+
+int control_request_progress(const char *path, json_object *req, int timeout_ms, control_progress_fn fn, void *userdata,
+                             json_object **ret_return, vmsup_error **err) {
         _cleanup_close_ int fd = -1;
         _cleanup_free_ char *buf = NULL;
         struct sockaddr_un sa;
@@ -206,6 +242,7 @@ int control_request(const char *path, json_object *req, int timeout_ms, json_obj
                 if (n == 0)
                         break;
                 len += (size_t) n;
+                consume_progress(buf, &len, fn, userdata);
                 if (len == CONTROL_MAX_MESSAGE)
                         return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the supervisor's reply is too large");
         }

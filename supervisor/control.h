@@ -1,6 +1,7 @@
 /* The supervisor's root-only control socket: one JSON request line, one JSON reply line.
  * Request: {"cmd": "status" | "stop" | "reboot" | "qmp", ...}
- * Reply:   {"ok": true, "return": ...} or {"ok": false, "error": "...", "exit_code": N} */
+ * Reply:   {"ok": true, "return": ...} or {"ok": false, "error": "...", "exit_code": N}
+ * A long request (migrate) sends lines {"progress": {...}} before its reply. */
 #ifndef VMSUP_SUPERVISOR_CONTROL_H
 #define VMSUP_SUPERVISOR_CONTROL_H
 
@@ -37,8 +38,16 @@ void control_conn_reply_ok(struct control_conn *c, json_object *ret);
 void control_conn_reply_error(struct control_conn *c, int exit_code, const char *msg);
 struct control_conn *control_conn_free(struct control_conn *c);
 
+/* An interim line {"progress": ...} (takes ownership); the connection stays open. */
+void control_conn_progress(struct control_conn *c, json_object *progress);
+
 /* Client side: connect to path, send req, wait up to timeout_ms (-1: forever) for the reply.
  * A reply with "ok": false becomes an error with the supervisor's message and exit code. */
 int control_request(const char *path, json_object *req, int timeout_ms, json_object **ret_return, vmsup_error **err);
+
+/* The same, passing each {"progress": ...} line that comes before the reply to fn. */
+typedef void (*control_progress_fn)(void *userdata, json_object *progress);
+int control_request_progress(const char *path, json_object *req, int timeout_ms, control_progress_fn fn, void *userdata,
+                             json_object **ret_return, vmsup_error **err);
 
 #endif

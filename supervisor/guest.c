@@ -38,65 +38,16 @@
 #include "tpmstate/sync.h"
 #include "supervisor/vtpmsecret.h"
 
-/* Timeouts (ms) for steps that should take a fraction of that on any host. */
-#define QMP_HANDSHAKE_TIMEOUT 30000
-#define QMP_COMMAND_TIMEOUT 30000
-#define TPM_CTRL_TIMEOUT 5000
-#define SWTPM_EXIT_TIMEOUT 10000
-#define QEMU_QUIT_TIMEOUT 10000
-
-/* epoll tags; control connections are tagged with their pointer instead. */
-enum { TAG_SIGNAL = 1, TAG_QEMU, TAG_SWTPM, TAG_QMP, TAG_SYNC, TAG_LISTEN };
-
-enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED };
+#include "supervisor/guest_internal.h"
 
 static const char *const state_names[] = {
         [GUEST_STARTING] = "starting", [GUEST_RUNNING] = "running", [GUEST_STOPPING] = "stopping",
         [GUEST_REBOOTING] = "rebooting", [GUEST_STOPPED] = "stopped",
 };
 
-struct child {
-        const char *name;
-        pid_t pid; /* 0 when not running */
-        int pidfd;
-        bool exited;
-        int status;
-};
-
-struct guest {
-        const struct host_config *cfg;
-        struct guest_spec spec;
-        struct vtpm_config tpm;
-        struct guest_dirs dirs;
-        char *qemu_path, *swtpm_path, *swtpm_setup_path;
-        uid_t tpm_uid;
-        gid_t tpm_gid;
-        uid_t qemu_uid; /* [qemu] user and group */
-        gid_t qemu_gid;
-
-        int lock_fd, epfd, sigfd, listen_fd;
-        struct child qemu, swtpm;
-        int tpm_ctrl_fd; /* our copy of the end QEMU talks on, for CMD_SHUTDOWN after QEMU */
-        uint8_t *seal_key;     /* secmem: the state-seal key derived from the vTPM passphrase */
-        struct tpm_sync *sync; /* live dir <-> sealed state */
-        bool sync_watched;
-        struct qmp_client *qmp;
-        uint32_t qmp_events;
-
-        enum guest_state state;
-        time_t started_at;
-        char qemu_status[32];
-        bool guest_shutdown;    /* QEMU reported SHUTDOWN */
-        bool stop_requested;    /* stop, SIGTERM or SIGINT */
-        bool force_pending;     /* quit sent, SIGKILL due at kill_deadline */
-        long stop_deadline;     /* ms: powerdown grace ends, then quit; 0 = none */
-        long kill_deadline;     /* ms: quit grace ends, then SIGKILL; 0 = none */
-
-        struct control_conn *conns;  /* reading their request */
-        struct control_conn *waiters; /* answered when the guest stopped or rebooted */
-        int exit_code;
-        bool done;
-};
+const char *guest_state_name(const struct guest *g) {
+        return state_names[g->state];
+}
 
 /* ---- children ---------------------------------------------------------------------- */
 
@@ -111,7 +62,7 @@ static void child_forget(struct guest *g, struct child *c) {
 
 /* Reap every exited descendant at once (we are a child subreaper: swtpm_setup orphans a
  * swtpm of its own), recording the status of the children we track. */
-static void reap_all(struct guest *g) {
+void guest_reap_all(struct guest *g) {
         for (;;) {
                 int status;
                 pid_t pid = waitpid(-1, &status, WNOHANG);
@@ -129,10 +80,10 @@ static void reap_all(struct guest *g) {
 }
 
 /* Wait up to timeout_ms for a tracked child to exit (poll on its pidfd). */
-static bool child_wait(struct guest *g, struct child *c, int timeout_ms) {
+bool guest_child_wait(struct guest *g, struct child *c, int timeout_ms) {
         long deadline = monotonic_ms() + timeout_ms;
 
-        reap_all(g);
+        guest_reap_all(g);
         while (c->pid && !c->exited) {
                 struct pollfd p = { .fd = c->pidfd, .events = POLLIN };
                 long left = deadline - monotonic_ms();
@@ -141,13 +92,13 @@ static bool child_wait(struct guest *g, struct child *c, int timeout_ms) {
                         return false;
                 if (poll(&p, 1, (int) left) < 0 && errno != EINTR)
                         return false;
-                reap_all(g);
+                guest_reap_all(g);
         }
         return true;
 }
 
 /* The last lines of a log file, for error messages. */
-static char *log_tail(const char *path, int lines) {
+char *guest_log_tail(const char *path, int lines) {
         _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
         char buf[2048];
         off_t size;
@@ -181,8 +132,11 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
         struct swtpm_caps caps = { 0 };
         struct swtpm_launch_opts lo = { 0 };
         struct swtpm_proc proc = { 0 };
+        _cleanup_close_ int mkey_fd = -1;
         int r;
 
+        if (g->incoming)
+                goto launch; /* an empty live dir: the state arrives in QEMU's migration stream */
         /* The live dir gets the sealed state (libtpms checks it first); what a crashed
          * run left there is sealed before, when it is newer and valid. */
         r = tpm_sync_restore(g->sync, err);
@@ -219,7 +173,7 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
                 log_info("manufacturing a TPM %s (swtpm_setup, EK and platform certificates)",
                          tpm_version_to_string(g->tpm.version));
                 r = swtpm_manufacture(&so, err);
-                reap_all(g);
+                guest_reap_all(g);
                 if (r < 0)
                         return r;
                 log_info("TPM manufactured in %ld ms", monotonic_ms() - t0);
@@ -229,6 +183,21 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
                 log_info("TPM state sealed in %s", g->dirs.state);
         }
 
+launch:
+        /* swtpm's --migration-key, so that the TPM blobs in QEMU's migration stream are
+         * encrypted under a key both ends derive from the guest's passphrase */
+        if (g->migration_key) {
+                int p[2];
+
+                if (pipe2(p, O_CLOEXEC) < 0)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "pipe for swtpm's migration key");
+                mkey_fd = p[0];
+                if (write(p[1], g->migration_key, KDF_KEY_LEN) != KDF_KEY_LEN) {
+                        close(p[1]);
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "write swtpm's migration key");
+                }
+                close(p[1]);
+        }
         r = swtpm_caps_probe(g->swtpm_path, false, &caps, err);
         if (r < 0)
                 return r;
@@ -238,7 +207,7 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
         lo.version = g->tpm.version;
         lo.seccomp = swtpm_caps_has(&caps, "cmdarg-seccomp");
         lo.key_fd = -1;
-        lo.migration_key_fd = -1;
+        lo.migration_key_fd = mkey_fd;
         lo.death_signal = SIGTERM;
         lo.set_ids = geteuid() == 0;
         lo.uid = g->tpm_uid;
@@ -275,6 +244,14 @@ static void tpm_seal_and_wipe(struct guest *g) {
 
         if (!g->sync)
                 return;
+        if (g->tpm_discard) {
+                g->sync_watched = false;
+                if (tpm_sync_wipe_live(g->sync, &err) < 0) {
+                        log_error("%s", err->msg);
+                        vmsup_error_free(err);
+                }
+                return;
+        }
         if (tpm_sync_seal_all(g->sync, &err) < 0) {
                 log_error("sealing the TPM state failed: %s; its live copy stays in %s for the next start", err->msg,
                           g->dirs.live_tpm);
@@ -296,7 +273,7 @@ static void tpm_stop(struct guest *g) {
 
         if (!g->swtpm.pid)
                 goto out;
-        reap_all(g);
+        guest_reap_all(g);
         if (!g->swtpm.exited && g->tpm_ctrl_fd >= 0) {
                 if (swtpm_ctrl_shutdown(g->tpm_ctrl_fd, TPM_CTRL_TIMEOUT, &err) < 0) {
                         log_warning("%s", err->msg);
@@ -305,11 +282,11 @@ static void tpm_stop(struct guest *g) {
         }
         closep(&g->tpm_ctrl_fd);
         g->tpm_ctrl_fd = -1;
-        if (!child_wait(g, &g->swtpm, SWTPM_EXIT_TIMEOUT)) {
+        if (!guest_child_wait(g, &g->swtpm, SWTPM_EXIT_TIMEOUT)) {
                 log_error("swtpm (pid %d) did not exit %d s after CMD_SHUTDOWN; sending SIGTERM", (int) g->swtpm.pid,
                           SWTPM_EXIT_TIMEOUT / 1000);
                 kill(g->swtpm.pid, SIGTERM);
-                if (!child_wait(g, &g->swtpm, SWTPM_EXIT_TIMEOUT))
+                if (!guest_child_wait(g, &g->swtpm, SWTPM_EXIT_TIMEOUT))
                         log_error("swtpm (pid %d) is still running", (int) g->swtpm.pid);
         }
         if (g->swtpm.exited && !(WIFEXITED(g->swtpm.status) && WEXITSTATUS(g->swtpm.status) == 0))
@@ -371,6 +348,7 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         struct qemu_args_in in = {
                 .qemu = g->qemu_path, .spec = &g->spec, .tpm = &g->tpm, .cfg = g->cfg, .vars_path = g->dirs.vars,
                 .console_log = g->dirs.console_log, .qmp_fd = 3, .tpm_ctrl_fd = g->tpm.present ? 4 : -1, .paused = true,
+                .incoming = g->incoming ? "defer" : NULL,
         };
         struct proc_spawn_opts o = { 0 };
         int r;
@@ -413,8 +391,8 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         if (r < 0) {
                 _cleanup_free_ char *tail = NULL;
 
-                child_wait(g, &g->qemu, 2000);
-                tail = log_tail(qemu_log, 3);
+                guest_child_wait(g, &g->qemu, 2000);
+                tail = guest_log_tail(qemu_log, 3);
                 vmsup_error_prefix(err, "QEMU did not come up (its log: %s)", tail);
                 return r;
         }
@@ -425,7 +403,7 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
 }
 
 /* Bring up swtpm and QEMU, check them, and let the guest run. */
-static int guest_start_children(struct guest *g, vmsup_error **err) {
+int guest_start_children(struct guest *g, vmsup_error **err) {
         struct epoll_event ev;
         int tpm_qemu_end = -1, r;
         long t0 = monotonic_ms();
@@ -438,8 +416,7 @@ static int guest_start_children(struct guest *g, vmsup_error **err) {
         r = qemu_launch(g, tpm_qemu_end, err);
         if (r < 0)
                 return r;
-        r = qmp_client_execute(g->qmp, "cont", NULL, -1, QMP_COMMAND_TIMEOUT, NULL, err);
-        if (r < 0)
+        if (!g->incoming && (r = qmp_client_execute(g->qmp, "cont", NULL, -1, QMP_COMMAND_TIMEOUT, NULL, err)) < 0)
                 return r;
 
         ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_QEMU };
@@ -454,6 +431,11 @@ static int guest_start_children(struct guest *g, vmsup_error **err) {
         ev = (struct epoll_event) { .events = g->qmp_events, .data.u64 = TAG_QMP };
         if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, qmp_client_fd(g->qmp), &ev) < 0)
                 return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+        if (g->incoming) {
+                log_info("QEMU (pid %d) and swtpm (pid %d) wait for the incoming migration (started in %ld ms)",
+                         (int) g->qemu.pid, (int) g->swtpm.pid, monotonic_ms() - t0);
+                return 0;
+        }
         g->state = GUEST_RUNNING;
         g->started_at = time(NULL);
         if (g->tpm.present)
@@ -472,21 +454,21 @@ static void qemu_kill(struct guest *g) {
 
         if (!g->qemu.pid)
                 return;
-        reap_all(g);
+        guest_reap_all(g);
         if (!g->qemu.exited && g->qmp && qmp_client_execute(g->qmp, "quit", NULL, -1, 3000, NULL, &err) < 0)
                 err = vmsup_error_free(err);
-        if (!child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
+        if (!guest_child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
                 kill(g->qemu.pid, SIGTERM);
-                if (!child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
+                if (!guest_child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
                         log_warning("QEMU (pid %d) ignored quit and SIGTERM; killing it", (int) g->qemu.pid);
                         kill(g->qemu.pid, SIGKILL);
-                        child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT);
+                        guest_child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT);
                 }
         }
 }
 
 /* Undo a start that failed half-way, leaving no process behind. */
-static void guest_stop_children(struct guest *g) {
+void guest_stop_children(struct guest *g) {
         qemu_kill(g);
         qmp_drop(g);
         child_forget(g, &g->qemu);
@@ -508,7 +490,7 @@ static void answer_waiters(struct guest *g, bool ok, int exit_code, const char *
         }
 }
 
-static void finish(struct guest *g, int exit_code) {
+void guest_finish(struct guest *g, int exit_code) {
         g->state = GUEST_STOPPED;
         g->exit_code = exit_code;
         g->done = true;
@@ -523,7 +505,7 @@ static void on_quit_reply(void *userdata, json_object *ret, const vmsup_error *e
 }
 
 /* Graceful: ACPI power button, then quit when the grace time is over. */
-static void begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot) {
+void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot) {
         vmsup_error *err = NULL;
 
         g->stop_requested = true;
@@ -559,6 +541,13 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
                 snprintf(g->qemu_status, sizeof(g->qemu_status), "paused");
         else if (streq(event, "RESUME"))
                 snprintf(g->qemu_status, sizeof(g->qemu_status), "running");
+        else if (streq(event, "MIGRATION")) {
+                json_object *st;
+
+                if (data && json_object_object_get_ex(data, "status", &st))
+                        snprintf(g->migration_status, sizeof(g->migration_status), "%s", json_object_get_string(st));
+                log_debug("QEMU: migration %s", g->migration_status);
+        }
         else
                 log_debug("QEMU: event %s", event);
 }
@@ -672,9 +661,9 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 c->next = g->waiters;
                 g->waiters = c;
                 if (g->state == GUEST_RUNNING)
-                        begin_stop(g, timeout, get_bool(c->request, "force"), false);
+                        guest_begin_stop(g, timeout, get_bool(c->request, "force"), false);
                 else if (get_bool(c->request, "force") && g->qemu.pid)
-                        begin_stop(g, 0, true, g->state == GUEST_REBOOTING && false);
+                        guest_begin_stop(g, 0, true, g->state == GUEST_REBOOTING && false);
         } else if (streq(cmd, "reboot")) {
                 if (g->state != GUEST_RUNNING) {
                         control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, "the guest is not running");
@@ -683,9 +672,11 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                         log_info("hard reboot requested: QEMU is restarted, the TPM state is kept");
                         c->next = g->waiters;
                         g->waiters = c;
-                        begin_stop(g, 0, true, true);
+                        guest_begin_stop(g, 0, true, true);
                 } else
                         forward_qmp(g, c, "system_reset", NULL, on_reset_reply);
+        } else if (streq(cmd, "migrate")) {
+                migrate_out(g, c);
         } else if (streq(cmd, "qmp")) {
                 json_object *args = NULL;
 
@@ -724,7 +715,7 @@ static void on_qemu_exit(struct guest *g) {
                         answer_waiters(g, false, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
                         vmsup_error_free(err);
                         guest_stop_children(g);
-                        finish(g, VMSUP_EX_FAILURE);
+                        guest_finish(g, VMSUP_EX_FAILURE);
                         return;
                 }
                 answer_waiters(g, true, 0, "rebooted");
@@ -734,16 +725,16 @@ static void on_qemu_exit(struct guest *g) {
                 log_info("guest stopped: %s (QEMU %s)",
                          g->stop_requested ? "on request" : "it powered off", why);
                 answer_waiters(g, true, 0, "stopped");
-                finish(g, 0);
+                guest_finish(g, 0);
         } else {
                 log_error("QEMU %s unexpectedly; the guest is gone", why);
                 answer_waiters(g, false, VMSUP_EX_FAILURE, "QEMU ended unexpectedly");
-                finish(g, VMSUP_EX_FAILURE);
+                guest_finish(g, VMSUP_EX_FAILURE);
         }
 }
 
 static void on_swtpm_exit(struct guest *g) {
-        _cleanup_free_ char *tail = log_tail(g->dirs.swtpm_log, 5);
+        _cleanup_free_ char *tail = guest_log_tail(g->dirs.swtpm_log, 5);
         char why[64];
 
         proc_describe_status(g->swtpm.status, why, sizeof(why));
@@ -760,11 +751,11 @@ static void on_swtpm_exit(struct guest *g) {
                 log_error("swtpm %s while the guest was running; stopping QEMU. swtpm's last log lines: %s", why, tail);
                 g->stop_requested = true; /* ours, not the guest's */
                 qemu_kill(g);
-                reap_all(g);
+                guest_reap_all(g);
                 qmp_drop(g);
                 child_forget(g, &g->qemu);
                 answer_waiters(g, false, VMSUP_EX_FAILURE, "swtpm ended unexpectedly");
-                finish(g, VMSUP_EX_FAILURE);
+                guest_finish(g, VMSUP_EX_FAILURE);
         }
 }
 
@@ -810,23 +801,49 @@ static void check_deadlines(struct guest *g) {
                 qmp_client_expire(g->qmp);
 }
 
+/* During a migration: reap, and remember a stop request for when it is over. */
+void guest_drain_signals(struct guest *g) {
+        struct signalfd_siginfo si;
+
+        while (read(g->sigfd, &si, sizeof(si)) == sizeof(si)) {
+                if (si.ssi_signo == SIGCHLD)
+                        guest_reap_all(g);
+                else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                        log_info("SIG%s during the migration: it is cancelled, then the guest stops",
+                                 sigabbrev_np((int) si.ssi_signo));
+                        g->interrupted = true;
+                }
+        }
+}
+
+void guest_dispatch_sync(struct guest *g) {
+        vmsup_error *err = NULL;
+
+        /* a failure leaves the newest state live; the next write or the stop tries again */
+        if (tpm_sync_dispatch(g->sync, &err) < 0) {
+                log_error("sealing the TPM state failed: %s", err->msg);
+                vmsup_error_free(err);
+        } else
+                log_debug("TPM state sealed (%u writes so far)", tpm_sync_sealed_count(g->sync));
+}
+
 static void handle_signal(struct guest *g) {
         struct signalfd_siginfo si;
 
         while (read(g->sigfd, &si, sizeof(si)) == sizeof(si)) {
                 switch (si.ssi_signo) {
                 case SIGCHLD:
-                        reap_all(g);
+                        guest_reap_all(g);
                         break;
                 case SIGTERM:
                 case SIGINT:
                         if (g->state == GUEST_STOPPING) {
                                 log_info("%s again: stopping at once", sigabbrev_np((int) si.ssi_signo));
-                                begin_stop(g, 0, true, false);
+                                guest_begin_stop(g, 0, true, false);
                         } else if (g->state == GUEST_RUNNING) {
                                 log_info("SIG%s: stopping the guest (up to %u s for it to power off)",
                                          sigabbrev_np((int) si.ssi_signo), g->cfg->supervisor.stop_timeout);
-                                begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
+                                guest_begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
                         }
                         break;
                 default:
@@ -866,7 +883,7 @@ static int event_loop(struct guest *g) {
                 if (n < 0 && errno != EINTR) {
                         log_error("epoll_wait: %s", strerror(errno));
                         guest_stop_children(g);
-                        finish(g, VMSUP_EX_OSERR);
+                        guest_finish(g, VMSUP_EX_OSERR);
                         break;
                 }
                 for (int i = 0; i < n && !g->done; i++) {
@@ -875,18 +892,9 @@ static int event_loop(struct guest *g) {
                         if (tag == TAG_SIGNAL)
                                 handle_signal(g);
                         else if (tag == TAG_QEMU || tag == TAG_SWTPM)
-                                reap_all(g);
-                        else if (tag == TAG_SYNC) {
-                                vmsup_error *err = NULL;
-
-                                /* a failure leaves the newest state live; the next write
-                                 * or the stop tries again */
-                                if (tpm_sync_dispatch(g->sync, &err) < 0) {
-                                        log_error("sealing the TPM state failed: %s", err->msg);
-                                        vmsup_error_free(err);
-                                } else
-                                        log_debug("TPM state sealed (%u writes so far)", tpm_sync_sealed_count(g->sync));
-                        }
+                                guest_reap_all(g);
+                        else if (tag == TAG_SYNC)
+                                guest_dispatch_sync(g);
                         else if (tag == TAG_QMP && g->qmp) {
                                 vmsup_error *err = NULL;
 
@@ -963,7 +971,6 @@ static int resolve_programs(struct guest *g, vmsup_error **err) {
 static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **err) {
         _cleanup_free_ char *manifest = NULL;
         struct vtpm_secret secret = { 0 };
-        struct tpm_sync_opts so = { 0 };
         struct vtpm_secret_request req = {
                 .cfg = g->cfg, .spec = &g->spec, .tpm = &g->tpm, .state_dir = g->dirs.state, .token_fd = token_fd,
         };
@@ -981,13 +988,29 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
                 printf("vtpm_secret_uuid=%s\n", secret.id);
                 fflush(stdout);
         }
-        r = kdf_check_passphrase(secret.passphrase, strlen(secret.passphrase), err);
-        if (r >= 0)
-                r = kdf_derive_key(secret.passphrase, strlen(secret.passphrase), g->spec.uuid, KDF_USE_STATE_SEAL,
-                                   &g->seal_key, err);
+        r = guest_derive_keys(g, secret.passphrase, err);
         vtpm_secret_clear(&secret);
         if (r < 0)
-                return vmsup_error_prefix(err, "vTPM secret");
+                return r;
+        return guest_open_sync(g, err);
+}
+
+/* The state-seal key and swtpm's migration key, from the vTPM passphrase. */
+int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err) {
+        size_t len = strlen(passphrase);
+        int r;
+
+        r = kdf_check_passphrase(passphrase, len, err);
+        if (r >= 0)
+                r = kdf_derive_key(passphrase, len, g->spec.uuid, KDF_USE_STATE_SEAL, &g->seal_key, err);
+        if (r >= 0)
+                r = kdf_derive_key(passphrase, len, g->spec.uuid, KDF_USE_SWTPM_MIGRATION, &g->migration_key, err);
+        return r < 0 ? vmsup_error_prefix(err, "vTPM secret") : 0;
+}
+
+int guest_open_sync(struct guest *g, vmsup_error **err) {
+        struct tpm_sync_opts so = { 0 };
+
         so.live_dir = g->dirs.live_tpm;
         so.state_dir = g->dirs.state;
         so.uuid = g->spec.uuid;
@@ -1035,6 +1058,8 @@ static void teardown(struct guest *g) {
                 unlink(g->dirs.pidfile);
         g->sync = tpm_sync_free(g->sync);
         g->seal_key = secmem_free(g->seal_key);
+        g->migration_key = secmem_free(g->migration_key);
+        migrate_in_free(g);
         closep(&g->sigfd);
         closep(&g->epfd);
         closep(&g->lock_fd);
@@ -1063,21 +1088,31 @@ int guest_run(const struct guest_run_opts *opts) {
         /* swtpm_setup orphans a swtpm and waits until it is reaped: be the one who reaps. */
         prctl(PR_SET_CHILD_SUBREAPER, 1);
 
-        if ((r = guest_spec_load(opts->spec_path, &g.spec, &err)) < 0)
+        if (opts->incoming_port) {
+                g.incoming = true;
+                log_set_guest(opts->incoming_uuid);
+                if ((r = migrate_in_receive(&g, opts, &err)) < 0)
+                        goto fail;
+        } else if ((r = guest_spec_load(opts->spec_path, &g.spec, &err)) < 0)
                 goto fail;
         log_set_guest(g.spec.uuid);
         if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = tpm_rules_check_host(&g.tpm, g.cfg, &err)) < 0 ||
-            (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0 ||
-            (r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0)
+            (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0)
+                goto fail;
+        if ((r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0)
                 goto fail;
         g.lock_fd = guest_dirs_lock(&g.dirs, &err);
         if (g.lock_fd < 0) {
                 r = g.lock_fd;
                 goto fail;
         }
+        /* an incoming guest must be new here; a guest handed over to another host, or half
+         * received from one, must not start here */
+        if ((r = g.incoming ? migrate_in_claim(&g, &err) : guest_dirs_check_markers(&g.dirs, &err)) < 0)
+                goto fail;
         {
                 const char *text = NULL;
-                json_object *copy = json_object_from_file(opts->spec_path);
+                json_object *copy = g.incoming ? migrate_in_spec_json(&g) : json_object_from_file(opts->spec_path);
 
                 text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
                 r = text ? write_file_atomic(g.dirs.spec_copy, text, strlen(text), 0600, &err) : 0;
@@ -1087,7 +1122,8 @@ int guest_run(const struct guest_run_opts *opts) {
         }
         if (streq(g.spec.firmware_type, "uefi") && (r = guest_dirs_ensure_vars(&g.dirs, g.cfg->qemu.ovmf_vars, &err)) < 0)
                 goto fail;
-        if (g.tpm.present && (r = tpm_open_sealed_state(&g, opts->token_fd, &err)) < 0)
+        if (g.tpm.present &&
+            (r = g.incoming ? migrate_in_secret(&g, &err) : tpm_open_sealed_state(&g, opts->token_fd, &err)) < 0)
                 goto fail;
         if ((r = setup_loop(&g, &mask, &err)) < 0)
                 goto fail;
@@ -1101,19 +1137,24 @@ int guest_run(const struct guest_run_opts *opts) {
         log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g.spec.name, g.spec.vcpus, g.spec.memory_mb,
                  g.spec.firmware_type, g.tpm.present ? "vTPM" : "no vTPM");
         if ((r = guest_start_children(&g, &err)) < 0) {
-                guest_stop_children(&g);
+                if (!g.incoming)
+                        guest_stop_children(&g);
                 goto fail;
         }
+        if (g.incoming && (r = migrate_in_complete(&g, &err)) < 0)
+                goto fail;
         code = event_loop(&g);
         guest_stop_children(&g);
-        reap_all(&g);
+        guest_reap_all(&g);
         teardown(&g);
         return code;
 
 fail:
+        if (g.incoming)
+                migrate_in_abort(&g, err); /* stops what runs, removes what it made */
         code = log_error_exit(err);
         vmsup_error_free(err);
-        reap_all(&g);
+        guest_reap_all(&g);
         teardown(&g);
         return code;
 }

@@ -11,6 +11,11 @@ struct guest_run_opts {
         const struct host_config *cfg;
         const char *spec_path;
         int token_fd; /* the owner's credential for Barbican (user mode); -1: none */
+        /* `run --incoming`: the destination of a live migration. spec_path is NULL: the
+         * source sends the spec. */
+        const char *incoming_addr; /* address to listen on; NULL or "": any */
+        const char *incoming_port;
+        const char *incoming_uuid; /* the guest expected */
 };
 
 /* Run the guest until it ends. Returns the process exit code: 0 when the guest powered

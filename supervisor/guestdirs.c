@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,8 @@ int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const c
                 ok &= asprintf(&g.console_log, "%s/console.log", g.logs) > 0;
                 ok &= asprintf(&g.swtpm_log, "%s/swtpm.log", g.logs) > 0;
                 ok &= asprintf(&g.swtpm_setup_log, "%s/swtpm_setup.log", g.logs) > 0;
+                ok &= asprintf(&g.migrated_out, "%s/" GUEST_MIGRATED_OUT, g.state) > 0;
+                ok &= asprintf(&g.incoming, "%s/" GUEST_INCOMING, g.state) > 0;
         }
         if (!ok) {
                 guest_dirs_clear(&g);
@@ -56,6 +59,8 @@ void guest_dirs_clear(struct guest_dirs *d) {
         free(d->console_log);
         free(d->swtpm_log);
         free(d->swtpm_setup_log);
+        free(d->migrated_out);
+        free(d->incoming);
         memset(d, 0, sizeof(*d));
 }
 
@@ -190,4 +195,58 @@ int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path
                 done += (size_t) n;
         }
         return write_file_atomic(d->vars, buf, done, 0600, err);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        (void) st;
+        (void) ftw;
+        if (flag == FTW_DP)
+                return rmdir(path) < 0 && errno != ENOENT ? -1 : 0;
+        return unlink(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+int remove_tree(const char *dir, vmsup_error **err) {
+        if (access(dir, F_OK) < 0 && errno == ENOENT)
+                return 0;
+        if (nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s'", dir);
+        return 0;
+}
+
+int guest_dirs_remove(const struct guest_dirs *d, vmsup_error **err) {
+        int r;
+
+        /* the state dir last: while it holds a marker, what is left is recognisable */
+        if ((r = remove_tree(d->run, err)) < 0 || (r = remove_tree(d->logs, err)) < 0)
+                return r;
+        return remove_tree(d->state, err);
+}
+
+/* The first line of a marker file, for messages. */
+static char *marker_text(const char *path) {
+        _cleanup_free_ char *line = NULL;
+        FILE *f = fopen(path, "re");
+        size_t n = 0;
+
+        if (!f)
+                return NULL;
+        if (getline(&line, &n, f) > 0)
+                line[strcspn(line, "\n")] = '\0';
+        fclose(f);
+        return line && line[0] ? TAKE_PTR(line) : strdup("(empty)");
+}
+
+int guest_dirs_check_markers(const struct guest_dirs *d, vmsup_error **err) {
+        _cleanup_free_ char *out = marker_text(d->migrated_out), *in = marker_text(d->incoming);
+
+        if (out)
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "this guest was handed over to another host by a live migration (%s) and must not "
+                                  "start here; if it does not run there, see vmsup(8), MIGRATION, to take it back; "
+                                  "else remove what is left here with 'vmsup delete'", out);
+        if (in)
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "an incoming live migration of this guest did not complete (%s); it runs on the "
+                                  "source host: remove what is left here with 'vmsup delete'", in);
+        return 0;
 }

@@ -22,7 +22,12 @@ struct guest_dirs {
         char *console_log; /* <logs>/console.log */
         char *swtpm_log;   /* <logs>/swtpm.log */
         char *swtpm_setup_log;
+        char *migrated_out; /* <state>/migrated-out: handed over to another host (migration) */
+        char *incoming;     /* <state>/incoming: being received from another host */
 };
+
+#define GUEST_MIGRATED_OUT "migrated-out"
+#define GUEST_INCOMING "incoming"
 
 /* Compute the paths only (no file system access). */
 int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const char *uuid, vmsup_error **err);
@@ -43,6 +48,16 @@ int guest_dirs_lock_stopped(const struct guest_dirs *d, bool missing_ok, int *re
 
 /* Copy the VARS template on first start; keep the guest's copy after that. */
 int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, vmsup_error **err);
+
+/* Remove dir and everything below it, never following a symlink; a missing dir is fine. */
+int remove_tree(const char *dir, vmsup_error **err);
+
+/* Remove the guest's run, log and state dirs (the state dir last). */
+int guest_dirs_remove(const struct guest_dirs *d, vmsup_error **err);
+
+/* Refuse (exit 65, saying why and what to do) a guest whose state dir holds a migration
+ * marker: handed over to another host, or an incomplete incoming migration. */
+int guest_dirs_check_markers(const struct guest_dirs *d, vmsup_error **err);
 
 /* Create each missing component of path with mode (mkdir -p). */
 int mkdir_parents(const char *path, mode_t mode, vmsup_error **err);

@@ -82,6 +82,10 @@ static const struct option_def options[] = {
         OPT("barbican", "retries", OPT_COUNT, barbican.retries, "2"),
         OPT("keystone", "auth_url", OPT_URL, keystone.auth_url, NULL),
         OPT("keystone", "credentials_file", OPT_PATH, keystone.credentials_file, NULL),
+        OPT("migration", "tls_dir", OPT_PATH, migration.tls_dir, "/etc/pki/vmsup"),
+        OPT("migration", "port", OPT_STRING, migration.port, "49152"),
+        OPT("migration", "timeout", OPT_SECONDS, migration.timeout, "600"),
+        OPT("migration", "answer_timeout", OPT_SECONDS, migration.answer_timeout, "30"),
 };
 #undef OPT
 

@@ -67,6 +67,13 @@ struct host_config {
                 char *auth_url;         /* NULL: none (then [barbican] endpoint is needed) */
                 char *credentials_file; /* the service's credentials (deployment mode); NULL: none */
         } keystone;
+        struct {
+                char *tls_dir;          /* ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem,
+                                         * client-key.pem: the supervisors' TLS and QEMU's tls-creds-x509 */
+                char *port;             /* default port of `vmsup run --incoming` and `migrate --to` */
+                unsigned timeout;       /* seconds: a whole migration; how long --incoming waits for the source */
+                unsigned answer_timeout; /* seconds the other supervisor has for each answer */
+        } migration;
 };
 
 /* Load the defaults, then the file at path. A missing file is fine when the path is the

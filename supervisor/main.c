@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "common/util.h"
@@ -24,6 +25,7 @@ static const struct verb verbs[] = {
         { "reboot", verb_reboot, "reboot a guest (--hard restarts QEMU, keeps the TPM state)" },
         { "seccomp", verb_seccomp, "print the seccomp filter vmsup run loads (--print)" },
         { "secret", verb_secret, "list the local vTPM secret store (host mode): guests and secret ids" },
+        { "migrate", verb_migrate, "live-migrate a running guest to another vmsup host (host mode)" },
         { "resize", verb_resize, "move a stopped guest to another flavor with Nova's vTPM rules" },
         { "delete", verb_delete, "delete a stopped guest: its vTPM secret, sealed state and files" },
         { "rebuild", verb_refused, "refused for vTPM guests, as Nova does" },
@@ -75,6 +77,53 @@ int verb_parse_token_fd(const char *verb, const char *arg, int *ret_fd) {
         return 0;
 }
 
+static bool valid_port(const char *s) {
+        char *end;
+        long n;
+
+        errno = 0;
+        n = strtol(s, &end, 10);
+        return s[0] && !errno && !*end && n >= 1 && n <= 65535;
+}
+
+int verb_parse_host_port(const char *verb, const char *arg, const char *default_port, char **ret_host, char **ret_port) {
+        _cleanup_free_ char *host = NULL, *port = NULL;
+        const char *colon;
+
+        if (arg[0] == '[') {
+                const char *close = strchr(arg, ']');
+
+                if (!close || (close[1] && close[1] != ':'))
+                        return verb_usage_error(verb, "'%s': an IPv6 address is written [ADDR] or [ADDR]:PORT", arg);
+                host = strndup(arg + 1, (size_t) (close - arg - 1));
+                port = strdup(close[1] ? close + 2 : "");
+        } else if ((colon = strchr(arg, ':')) && !strchr(colon + 1, ':')) {
+                host = strndup(arg, (size_t) (colon - arg));
+                port = strdup(colon + 1);
+        } else if (!colon && valid_port(arg)) {
+                host = strdup("");
+                port = strdup(arg);
+        } else {
+                host = strdup(arg);
+                port = strdup("");
+        }
+        if (!host || !port)
+                return VMSUP_EX_OSERR;
+        if (!port[0]) {
+                free(port);
+                port = strdup(default_port);
+                if (!port)
+                        return VMSUP_EX_OSERR;
+        }
+        if (!valid_port(port))
+                return verb_usage_error(verb, "'%s' is not a TCP port (1 to 65535)", port);
+        if (strlen(host) > 253 || strpbrk(host, " /\\,@"))
+                return verb_usage_error(verb, "'%s' is not a host name or address", host);
+        *ret_host = TAKE_PTR(host);
+        *ret_port = TAKE_PTR(port);
+        return 0;
+}
+
 int vmsup_ctx_config(struct vmsup_ctx *ctx, vmsup_error **err) {
         int r;
 
@@ -89,6 +138,11 @@ int vmsup_ctx_config(struct vmsup_ctx *ctx, vmsup_error **err) {
 
 int vmsup_ctx_control(struct vmsup_ctx *ctx, const char *uuid, json_object *req, int timeout_ms, json_object **ret,
                       vmsup_error **err) {
+        return vmsup_ctx_control_progress(ctx, uuid, req, timeout_ms, NULL, NULL, ret, err);
+}
+
+int vmsup_ctx_control_progress(struct vmsup_ctx *ctx, const char *uuid, json_object *req, int timeout_ms,
+                               control_progress_fn fn, void *userdata, json_object **ret, vmsup_error **err) {
         _cleanup_free_ char *path = NULL;
         int r;
 
@@ -99,8 +153,8 @@ int vmsup_ctx_control(struct vmsup_ctx *ctx, const char *uuid, json_object *req,
                 return r;
         if (asprintf(&path, "%s/%s/control.sock", ctx->cfg.paths.run_dir, uuid) < 0)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control path");
-        r = control_request(path, req, timeout_ms, ret, err);
-        if (r < 0 && (*err)->exit_code == VMSUP_EX_UNAVAILABLE)
+        r = control_request_progress(path, req, timeout_ms, fn, userdata, ret, err);
+        if (r < 0 && (*err)->exit_code == VMSUP_EX_UNAVAILABLE && strstr((*err)->msg, "is 'vmsup run' running?"))
                 return vmsup_error_prefix(err, "guest %s is not running under vmsup", uuid);
         return r;
 }

@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,23 +28,6 @@ static void help(void) {
                "missing or refused.\n");
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-        (void) st;
-        (void) ftw;
-        if (flag == FTW_DP)
-                return rmdir(path) < 0 && errno != ENOENT ? -1 : 0;
-        return unlink(path) < 0 && errno != ENOENT ? -1 : 0;
-}
-
-/* Remove dir and everything below it, never following a symlink. */
-static int remove_tree(const char *dir, vmsup_error **err) {
-        if (access(dir, F_OK) < 0 && errno == ENOENT)
-                return 0;
-        if (nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s'", dir);
-        return 0;
-}
-
 int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
         static const struct option longopts[] = { { "token-fd", required_argument, NULL, 't' },
                                                    { "help", no_argument, NULL, 'h' }, {} };
@@ -54,7 +36,7 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
         struct guest_spec spec = { 0 };
         struct guest_dirs d = { 0 };
         const char *uuid;
-        bool deleted = false, have_spec;
+        bool deleted = false, have_spec, elsewhere = false;
         int token_fd = -1, c, r;
 
         while ((c = getopt_long(argc, argv, "t:h", longopts, NULL)) != -1) {
@@ -82,7 +64,11 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
                 goto fail;
         have_spec = lock >= 0 && guest_spec_load(d.spec_copy, &spec, &err) == 0;
         err = vmsup_error_free(err); /* without a spec copy there is no owner user id: fine */
-        if (lock >= 0) {
+        /* A guest handed over to another host by a live migration, or half received from
+         * one, lives on there: its Barbican secret is its own, only our copy goes. */
+        if (lock >= 0)
+                elsewhere = access(d.migrated_out, F_OK) == 0 || access(d.incoming, F_OK) == 0;
+        if (lock >= 0 && !elsewhere) {
                 r = vtpm_secret_delete(&ctx->cfg, d.state, have_spec ? spec.owner_user_id : NULL, token_fd, &deleted, &err);
                 token_fd = -1;
                 if (r < 0)
@@ -100,9 +86,12 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
                 if (r < 0)
                         goto fail;
         }
-        if (remove_tree(d.state, &err) < 0 || remove_tree(d.run, &err) < 0 || remove_tree(d.logs, &err) < 0)
+        if (guest_dirs_remove(&d, &err) < 0)
                 goto fail;
-        log_info("guest deleted%s", deleted ? ", and its vTPM secret in Barbican" : lock < 0 ? " (nothing was left)" : "");
+        log_info("guest deleted%s", elsewhere   ? " from this host (it lives on another host: its Barbican secret is kept)"
+                                    : deleted ? ", and its vTPM secret in Barbican"
+                                    : lock < 0  ? " (nothing was left)"
+                                                : "");
         guest_spec_clear(&spec);
         guest_dirs_clear(&d);
         return 0;

@@ -6,12 +6,15 @@
 #include <stdio.h>
 
 #include "supervisor/confine.h"
+#include "common/util.h"
 #include "supervisor/guest.h"
+#include "supervisor/guestspec.h"
 #include "supervisor/log.h"
 #include "supervisor/verbs.h"
 
 static void help(void) {
         printf("Usage: vmsup run [--token-fd N] GUEST.json\n"
+               "       vmsup run --incoming [ADDR:]PORT UUID\n"
                "\n"
                "Boot the guest the spec describes, with the vTPM Nova's rules give it, and\n"
                "supervise it in the foreground until it ends: swtpm and QEMU are started as\n"
@@ -28,6 +31,15 @@ static void help(void) {
                "after [supervisor] stop_timeout); a second one stops it at once. 'vmsup\n"
                "status|stop|reboot|qmp UUID' talk to the running supervisor.\n"
                "\n"
+               "--incoming makes this supervisor the destination of a live migration of guest\n"
+               "UUID (host secret-security mode only): it listens on ADDR:PORT (any address\n"
+               "when ADDR is left out; PORT 0 or empty: [migration] port) for the source's\n"
+               "supervisor ('vmsup migrate UUID --to THIS-HOST'), authenticated by TLS with\n"
+               "the host certificates in [migration] tls_dir, receives the guest's spec and\n"
+               "vTPM secret, starts swtpm and QEMU to receive it, and goes on supervising the\n"
+               "guest once it runs here. If the migration fails nothing of the guest is left\n"
+               "on this host (exit status as below).\n"
+               "\n"
                "Exit status: 0 the guest powered off or was stopped; 1 QEMU or swtpm died;\n"
                "65 bad guest spec or sealed state; 69 vTPM, Barbican or a program unavailable;\n"
                "75 the guest is already supervised; 77 the owner's credentials are missing or\n"
@@ -36,12 +48,19 @@ static void help(void) {
 
 int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
         static const struct option longopts[] = { { "token-fd", required_argument, NULL, 't' },
+                                                   { "incoming", required_argument, NULL, 'i' },
                                                    { "help", no_argument, NULL, 'h' }, {} };
         _cleanup_error_ vmsup_error *err = NULL;
+        _cleanup_free_ char *addr = NULL, *port = NULL;
         struct guest_run_opts opts = { .token_fd = -1 };
-        int c;
+        const char *incoming = NULL;
+        int c, r;
 
         while ((c = getopt_long(argc, argv, "t:h", longopts, NULL)) != -1) {
+                if (c == 'i') {
+                        incoming = optarg;
+                        continue;
+                }
                 if (c == 'h') {
                         help();
                         return 0;
@@ -54,11 +73,24 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
                 return verb_usage_error("run", "bad option");
         }
         if (argc - optind != 1)
-                return verb_usage_error("run", "expects one guest spec file");
+                return verb_usage_error("run", incoming ? "--incoming expects the UUID of the guest to receive"
+                                                        : "expects one guest spec file");
+        if (incoming && opts.token_fd >= 0)
+                return verb_usage_error("run", "--incoming takes no --token-fd: the source sends the vTPM secret");
+        if (incoming && !uuid_is_valid(argv[optind]))
+                return verb_usage_error("run", "'%s' is not a guest UUID", argv[optind]);
         /* before anything could hold a secret */
         if (confine_no_dumps(&err) < 0 || vmsup_ctx_config(ctx, &err) < 0)
                 return log_error_exit(err);
         opts.cfg = &ctx->cfg;
-        opts.spec_path = argv[optind];
+        if (incoming) {
+                r = verb_parse_host_port("run", incoming, ctx->cfg.migration.port, &addr, &port);
+                if (r != 0)
+                        return r;
+                opts.incoming_addr = addr;
+                opts.incoming_port = port;
+                opts.incoming_uuid = argv[optind];
+        } else
+                opts.spec_path = argv[optind];
         return guest_run(&opts);
 }

@@ -1,0 +1,133 @@
+/* What supervisor/guest.c shares with the live-migration code (migrate_out.c and
+ * migrate_in.c): the supervised guest and the steps both need. Not an API. */
+#ifndef VMSUP_SUPERVISOR_GUEST_INTERNAL_H
+#define VMSUP_SUPERVISOR_GUEST_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "common/error.h"
+#include "qmp/client.h"
+#include "supervisor/control.h"
+#include "supervisor/guest.h"
+#include "supervisor/guestdirs.h"
+#include "supervisor/guestspec.h"
+#include "supervisor/hostconfig.h"
+#include "supervisor/tpmrules.h"
+#include "tpmstate/sync.h"
+
+/* Timeouts (ms) for steps that should take a fraction of that on any host. */
+#define QMP_HANDSHAKE_TIMEOUT 30000
+#define QMP_COMMAND_TIMEOUT 30000
+#define TPM_CTRL_TIMEOUT 5000
+#define SWTPM_EXIT_TIMEOUT 10000
+#define QEMU_QUIT_TIMEOUT 10000
+
+/* epoll tags; control connections are tagged with their pointer instead. */
+enum { TAG_SIGNAL = 1, TAG_QEMU, TAG_SWTPM, TAG_QMP, TAG_SYNC, TAG_LISTEN };
+
+enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED };
+
+
+struct child {
+        const char *name;
+        pid_t pid; /* 0 when not running */
+        int pidfd;
+        bool exited;
+        int status;
+};
+
+struct guest {
+        const struct host_config *cfg;
+        struct guest_spec spec;
+        struct vtpm_config tpm;
+        struct guest_dirs dirs;
+        char *qemu_path, *swtpm_path, *swtpm_setup_path;
+        uid_t tpm_uid;
+        gid_t tpm_gid;
+        uid_t qemu_uid; /* [qemu] user and group */
+        gid_t qemu_gid;
+
+        int lock_fd, epfd, sigfd, listen_fd;
+        struct child qemu, swtpm;
+        int tpm_ctrl_fd; /* our copy of the end QEMU talks on, for CMD_SHUTDOWN after QEMU */
+        uint8_t *seal_key;     /* secmem: the state-seal key derived from the vTPM passphrase */
+        uint8_t *migration_key; /* secmem: swtpm's --migration-key, derived from the same passphrase */
+        struct tpm_sync *sync; /* live dir <-> sealed state */
+        bool sync_watched;
+        struct qmp_client *qmp;
+        uint32_t qmp_events;
+
+        enum guest_state state;
+        time_t started_at;
+        char qemu_status[32];
+        bool guest_shutdown;    /* QEMU reported SHUTDOWN */
+        bool stop_requested;    /* stop, SIGTERM or SIGINT */
+        bool force_pending;     /* quit sent, SIGKILL due at kill_deadline */
+        long stop_deadline;     /* ms: powerdown grace ends, then quit; 0 = none */
+        long kill_deadline;     /* ms: quit grace ends, then SIGKILL; 0 = none */
+
+        struct control_conn *conns;  /* reading their request */
+        struct control_conn *waiters; /* answered when the guest stopped or rebooted */
+        int exit_code;
+        bool done;
+
+        /* live migration (supervisor/migrate_out.c, migrate_in.c) */
+        bool incoming;          /* started by `run --incoming`: QEMU with -incoming defer, empty live dir */
+        bool tpm_discard;       /* stopping swtpm wipes its state instead of sealing it (it lives elsewhere now) */
+        bool migrate_tls_added; /* QEMU has our tls-creds-x509 object */
+        bool interrupted;       /* SIGTERM or SIGINT arrived during a migration */
+        char migration_status[24]; /* from QEMU's MIGRATION events */
+        struct migrate_in *in;  /* the incoming migration until the guest runs here */
+};
+
+
+/* guest.c */
+const char *guest_state_name(const struct guest *g);
+void guest_reap_all(struct guest *g);
+bool guest_child_wait(struct guest *g, struct child *c, int timeout_ms);
+char *guest_log_tail(const char *path, int lines);
+int guest_start_children(struct guest *g, vmsup_error **err);
+void guest_stop_children(struct guest *g);
+void guest_finish(struct guest *g, int exit_code);
+void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot);
+void guest_dispatch_sync(struct guest *g);
+void guest_drain_signals(struct guest *g);
+int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err);
+int guest_open_sync(struct guest *g, vmsup_error **err);
+
+/* migrate_out.c */
+#define MIGRATE_QEMU_TLS_ID "vmsup-migration-tls"
+/* QEMU's tls-creds-x509 from [migration] tls_dir (server or client end), and the
+ * return-path capability and TLS parameters for the next migration. */
+int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, vmsup_error **err);
+/* Dispatch QMP until QEMU's MIGRATION events show one of the NULL-terminated states. */
+int migrate_wait_status(struct guest *g, const char *const *states, int timeout_ms, vmsup_error **err);
+/* "tcp:HOST:PORT" ("tcp:[V6]:PORT"); NULL on ENOMEM. */
+char *migrate_tcp_uri(const char *host, const char *port);
+/* The "migrate" control request; answers c, and ends the supervisor
+ * (guest_finish) when the guest runs on the destination. */
+void migrate_out(struct guest *g, struct control_conn *c);
+
+/* migrate_in.c: `vmsup run --incoming`. */
+struct migrate_in;
+/* Listen, take one authenticated connection and receive the guest: its spec (parsed
+ * into g->spec) and secret. */
+int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup_error **err);
+/* With the guest's lock held: the guest must not exist here yet (what an incomplete
+ * incoming migration left is cleared first); then mark its dirs as incoming and start
+ * the janitor that removes them if this supervisor dies before the guest runs here. */
+int migrate_in_claim(struct guest *g, vmsup_error **err);
+/* The received spec (a new reference). */
+json_object *migrate_in_spec_json(struct guest *g);
+/* Keep the received secret (local store), derive the keys, open the sealed state. */
+int migrate_in_secret(struct guest *g, vmsup_error **err);
+/* QEMU is up with -incoming defer: receive the guest and run it. */
+int migrate_in_complete(struct guest *g, vmsup_error **err);
+/* Undo everything of a failed incoming migration (tells the source why). */
+void migrate_in_abort(struct guest *g, const vmsup_error *why);
+void migrate_in_free(struct guest *g);
+
+#endif

@@ -1,0 +1,543 @@
+/* The source side of a live migration (docs/migration.md): hand the guest to the
+ * destination's supervisor, let QEMU carry memory and TPM state over its own TLS, and
+ * delete our copy only once the guest runs there with its TPM state sealed. */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/fileio.h"
+#include "common/util.h"
+#include "crypto/localstore.h"
+#include "crypto/migchan.h"
+#include "crypto/secmem.h"
+#include "supervisor/guest_internal.h"
+#include "supervisor/log.h"
+
+#define PROGRESS_INTERVAL_MS 500
+#define CANCEL_TIMEOUT_MS 10000
+
+struct out {
+        struct guest *g;
+        struct control_conn *conn; /* the `vmsup migrate` client: progress lines, then the answer */
+        struct migchan *ch;
+        const char *host, *port;
+        long t0, deadline;
+        int answer_ms;
+        bool migrating;   /* QEMU's migrate was issued */
+        bool committed;   /* COMMIT sent: the destination may run the guest */
+        bool marker;      /* our migrated-out marker is on disk */
+        int64_t total_ms, downtime_ms;
+};
+
+static void progress(struct out *o, const char *phase, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void progress(struct out *o, const char *phase, const char *fmt, ...) {
+        json_object *p = json_object_new_object();
+        char msg[512];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        json_object_object_add(p, "phase", json_object_new_string(phase));
+        json_object_object_add(p, "message", json_object_new_string(msg));
+        log_info("migration: %s", msg);
+        control_conn_progress(o->conn, p);
+}
+
+static int qmp(struct guest *g, const char *cmd, json_object *args, json_object **ret, vmsup_error **err) {
+        if (!g->qmp)
+                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "QEMU's monitor is gone");
+        return qmp_client_execute(g->qmp, cmd, args, -1, QMP_COMMAND_TIMEOUT, ret, err);
+}
+
+static int64_t get_int(json_object *o, const char *key) {
+        json_object *v;
+
+        return o && json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
+}
+
+static const char *get_str(json_object *o, const char *key) {
+        json_object *v;
+
+        return o && json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
+                       ? json_object_get_string(v)
+                       : NULL;
+}
+
+/* QEMU's tls-creds-x509 from [migration] tls_dir, then return-path and TLS on. */
+int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, vmsup_error **err) {
+        _cleanup_json_ json_object *creds = json_object_new_object(), *caps = json_object_new_object(),
+                                   *params = json_object_new_object();
+        json_object *list = json_object_new_array(), *cap = json_object_new_object();
+        int r;
+
+        if (g->migrate_tls_added) {
+                _cleanup_json_ json_object *del = json_object_new_object();
+                vmsup_error *ignored = NULL;
+
+                /* read the certificates afresh: they may have been renewed */
+                json_object_object_add(del, "id", json_object_new_string(MIGRATE_QEMU_TLS_ID));
+                if (qmp(g, "object-del", del, NULL, &ignored) < 0)
+                        vmsup_error_free(ignored);
+                g->migrate_tls_added = false;
+        }
+        json_object_object_add(creds, "qom-type", json_object_new_string("tls-creds-x509"));
+        json_object_object_add(creds, "id", json_object_new_string(MIGRATE_QEMU_TLS_ID));
+        json_object_object_add(creds, "dir", json_object_new_string(g->cfg->migration.tls_dir));
+        json_object_object_add(creds, "endpoint", json_object_new_string(server ? "server" : "client"));
+        json_object_object_add(creds, "verify-peer", json_object_new_boolean(1));
+        r = qmp(g, "object-add", creds, NULL, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "QEMU's TLS credentials from '%s'", g->cfg->migration.tls_dir);
+        g->migrate_tls_added = true;
+        /* Without return-path on both sides the source reports success even when the
+         * destination failed to load the guest (platform.md). */
+        json_object_object_add(cap, "capability", json_object_new_string("return-path"));
+        json_object_object_add(cap, "state", json_object_new_boolean(1));
+        json_object_array_add(list, cap);
+        /* MIGRATION events: the end of a cancel, the end of an incoming migration */
+        cap = json_object_new_object();
+        json_object_object_add(cap, "capability", json_object_new_string("events"));
+        json_object_object_add(cap, "state", json_object_new_boolean(1));
+        json_object_array_add(list, cap);
+        json_object_object_add(caps, "capabilities", list);
+        r = qmp(g, "migrate-set-capabilities", caps, NULL, err);
+        if (r < 0)
+                return r;
+        json_object_object_add(params, "tls-creds", json_object_new_string(MIGRATE_QEMU_TLS_ID));
+        if (tls_hostname)
+                json_object_object_add(params, "tls-hostname", json_object_new_string(tls_hostname));
+        return qmp(g, "migrate-set-parameters", params, NULL, err);
+}
+
+int migrate_wait_status(struct guest *g, const char *const *states, int timeout_ms, vmsup_error **err) {
+        long deadline = monotonic_ms() + timeout_ms;
+
+        for (;;) {
+                struct pollfd p = { .fd = g->qmp ? qmp_client_fd(g->qmp) : -1, .events = POLLIN };
+                long left = deadline - monotonic_ms();
+
+                for (const char *const *s = states; *s; s++)
+                        if (streq(g->migration_status, *s))
+                                return 0;
+                if (!g->qmp)
+                        return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+                if (left <= 0)
+                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "QEMU's migration is still '%s' after %d s",
+                                          g->migration_status, timeout_ms / 1000);
+                if (poll(&p, 1, (int) left) < 0 && errno != EINTR)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
+                if (p.revents && qmp_client_dispatch(g->qmp, err) < 0)
+                        return vmsup_error_prefix(err, "QEMU's monitor");
+        }
+}
+
+/* "tcp:HOST:PORT", with brackets around an IPv6 address. */
+char *migrate_tcp_uri(const char *host, const char *port) {
+        char *uri = NULL;
+
+        if (asprintf(&uri, strchr(host, ':') ? "tcp:[%s]:%s" : "tcp:%s:%s", host, port) < 0)
+                return NULL;
+        return uri;
+}
+
+/* A frame from the destination where none is expected: its ABORT, or a protocol error. */
+static int unexpected(struct out *o, struct mig_frame *f, vmsup_error **err) {
+        (void) o;
+        if (f->type == MIG_ABORT) {
+                vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the destination gave up: %s", get_str(f->json, "error"));
+                return -ECONNABORTED;
+        }
+        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the destination sent an unexpected %s message",
+                          mig_msg_name(f->type));
+}
+
+static int expect(struct out *o, enum mig_msg type, struct mig_frame *f, vmsup_error **err) {
+        int r = migchan_recv_wait(o->ch, type, o->answer_ms, f, err);
+
+        if (r < 0)
+                return vmsup_error_prefix(err, "the destination");
+        if (f->type != type)
+                return unexpected(o, f, err);
+        return 0;
+}
+
+static int send_json(struct out *o, enum mig_msg type, json_object *obj, vmsup_error **err) {
+        _cleanup_json_ json_object *empty = obj ? NULL : json_object_new_object();
+        int r = migchan_send_json(o->ch, type, obj ? obj : empty, o->answer_ms, err);
+
+        return r < 0 ? vmsup_error_prefix(err, "send %s to the destination", mig_msg_name(type)) : 0;
+}
+
+/* Hello, then the spec and the secret (host mode: from the local store, as Nova's
+ * _add_vtpm_secret_to_live_migrate_data), then the destination's READY. */
+static int handover(struct out *o, int *ret_port, vmsup_error **err) {
+        struct guest *g = o->g;
+        _cleanup_json_ json_object *hello = json_object_new_object(), *prepare = json_object_new_object();
+        struct migchan_tls tls = { 0 };
+        _cleanup_free_ char *ca = NULL, *cert = NULL, *key = NULL;
+        struct localstore *store = NULL;
+        char *pass = NULL, secret_id[LOCALSTORE_UUID_LEN + 1], hostname[256] = "";
+        struct mig_frame f = { 0 };
+        json_object *spec;
+        int r;
+
+        r = localstore_open(g->cfg->paths.secrets_dir, false, &store, err);
+        if (r >= 0)
+                r = localstore_get(store, g->spec.uuid, &pass, secret_id, err);
+        localstore_free(store);
+        if (r == 0 || (r < 0 && (*err)->errnum == ENOENT)) {
+                if (r < 0)
+                        *err = vmsup_error_free(*err);
+                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                                  "TPM secret was not found. Try hard-rebooting the instance to recover.");
+        }
+        if (r < 0)
+                return r;
+        spec = json_object_from_file(g->dirs.spec_copy);
+        if (!spec) {
+                secmem_free(pass);
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "read the guest spec '%s'", g->dirs.spec_copy);
+        }
+        json_object_object_add(prepare, "spec", spec);
+        json_object_object_add(prepare, "secret_uuid", json_object_new_string(secret_id));
+
+        if (asprintf(&ca, "%s/ca-cert.pem", g->cfg->migration.tls_dir) < 0 ||
+            asprintf(&cert, "%s/client-cert.pem", g->cfg->migration.tls_dir) < 0 ||
+            asprintf(&key, "%s/client-key.pem", g->cfg->migration.tls_dir) < 0) {
+                secmem_free(pass);
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "TLS file names");
+        }
+        tls = (struct migchan_tls) { .ca_file = ca, .cert_file = cert, .key_file = key, .peer_name = o->host };
+        progress(o, "connect", "connecting to %s:%s", o->host, o->port);
+        r = migchan_connect(o->host, o->port, &tls, o->answer_ms, &o->ch, err);
+        if (r < 0) {
+                secmem_free(pass);
+                return r;
+        }
+        gethostname(hostname, sizeof(hostname) - 1);
+        json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
+        json_object_object_add(hello, "uuid", json_object_new_string(g->spec.uuid));
+        json_object_object_add(hello, "host", json_object_new_string(hostname[0] ? hostname : "unknown"));
+        r = send_json(o, MIG_HELLO, hello, err);
+        if (r >= 0)
+                r = expect(o, MIG_HELLO, &f, err);
+        if (r >= 0 && !streq(get_str(f.json, "uuid"), g->spec.uuid))
+                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the destination answered for guest %s, not %s",
+                               get_str(f.json, "uuid"), g->spec.uuid);
+        mig_frame_clear(&f);
+        if (r >= 0)
+                r = send_json(o, MIG_PREPARE, prepare, err);
+        if (r >= 0 && (r = migchan_send(o->ch, MIG_SECRET, pass, strlen(pass), o->answer_ms, err)) < 0)
+                vmsup_error_prefix(err, "send the vTPM secret to the destination");
+        pass = secmem_free(pass);
+        if (r < 0)
+                return r;
+        progress(o, "prepare", "%s prepares swtpm and QEMU", migchan_peer(o->ch));
+        r = expect(o, MIG_READY, &f, err);
+        if (r >= 0)
+                *ret_port = (int) get_int(f.json, "port");
+        mig_frame_clear(&f);
+        return r;
+}
+
+static void send_transfer_progress(struct out *o, json_object *info) {
+        json_object *ram = NULL, *p;
+        int64_t total, transferred, remaining;
+
+        json_object_object_get_ex(info, "ram", &ram);
+        total = get_int(ram, "total");
+        transferred = get_int(ram, "transferred");
+        remaining = get_int(ram, "remaining");
+        p = json_object_new_object();
+        json_object_object_add(p, "phase", json_object_new_string("transfer"));
+        json_object_object_add(p, "status", json_object_new_string(get_str(info, "status") ?: "?"));
+        json_object_object_add(p, "percent",
+                               json_object_new_int64(total > 0 ? (total - remaining) * 100 / total : 0));
+        json_object_object_add(p, "transferred", json_object_new_int64(transferred));
+        json_object_object_add(p, "total", json_object_new_int64(total));
+        json_object_object_add(p, "remaining", json_object_new_int64(remaining));
+        json_object_object_add(p, "expected_downtime_ms", json_object_new_int64(get_int(info, "expected-downtime")));
+        json_object_object_add(p, "elapsed_ms", json_object_new_int64(monotonic_ms() - o->t0));
+        control_conn_progress(o->conn, p);
+}
+
+/* QEMU's migrate, watched until it completes: the destination's supervisor, QEMU and
+ * swtpm, signals, the deadline; progress to the client every PROGRESS_INTERVAL_MS. */
+static int transfer(struct out *o, int dest_port, vmsup_error **err) {
+        struct guest *g = o->g;
+        _cleanup_free_ char *uri = NULL;
+        _cleanup_json_ json_object *args = json_object_new_object();
+        char port[8];
+        long next = 0;
+        int r;
+
+        snprintf(port, sizeof(port), "%d", dest_port);
+        uri = migrate_tcp_uri(o->host, port);
+        if (!uri)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration URI");
+        r = migrate_qemu_setup(g, false, o->host, err);
+        if (r < 0)
+                return r;
+        json_object_object_add(args, "uri", json_object_new_string(uri));
+        r = qmp(g, "migrate", args, NULL, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "QEMU migrate to %s", uri);
+        o->migrating = true;
+        progress(o, "transfer", "QEMU sends the guest to %s (TLS)", uri);
+        for (;;) {
+                struct pollfd p[4] = {
+                        { .fd = migchan_fd(o->ch), .events = POLLIN },
+                        { .fd = g->sigfd, .events = POLLIN },
+                        { .fd = g->qemu.pidfd, .events = POLLIN },
+                        { .fd = g->sync && g->sync_watched ? tpm_sync_fd(g->sync) : -1, .events = POLLIN },
+                };
+                long now = monotonic_ms(), wait;
+
+                if (now >= next) {
+                        _cleanup_json_ json_object *info = NULL;
+                        const char *status;
+
+                        r = qmp(g, "query-migrate", NULL, &info, err);
+                        if (r < 0)
+                                return r;
+                        status = get_str(info, "status") ?: "";
+                        if (streq(status, "completed")) {
+                                o->total_ms = get_int(info, "total-time");
+                                o->downtime_ms = get_int(info, "downtime");
+                                return 0;
+                        }
+                        if (streq(status, "failed") || streq(status, "cancelled"))
+                                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "QEMU's migration %s: %s", status,
+                                                  get_str(info, "error-desc") ?: "no reason given");
+                        send_transfer_progress(o, info);
+                        next = now + PROGRESS_INTERVAL_MS;
+                }
+                if (now >= o->deadline)
+                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the migration did not complete within %u s",
+                                          g->cfg->migration.timeout);
+                wait = (next < o->deadline ? next : o->deadline) - now;
+                if (poll(p, 4, wait > 1 ? (int) wait : 1) < 0 && errno != EINTR)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
+                if (p[0].revents) {
+                        struct mig_frame f = { 0 };
+
+                        r = migchan_recv(o->ch, &f, err);
+                        if (r < 0)
+                                return vmsup_error_prefix(err, "the destination");
+                        if (r > 0) {
+                                r = unexpected(o, &f, err);
+                                mig_frame_clear(&f);
+                                return r;
+                        }
+                }
+                if (p[1].revents) {
+                        guest_drain_signals(g);
+                        if (g->interrupted)
+                                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "interrupted by a signal");
+                }
+                if (p[2].revents) {
+                        guest_reap_all(g);
+                        if (g->qemu.exited)
+                                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU ended during the migration");
+                }
+                if (p[3].revents)
+                        guest_dispatch_sync(g);
+        }
+}
+
+static int write_marker(struct out *o, vmsup_error **err) {
+        char text[512], when[64];
+        time_t now = time(NULL);
+        struct tm tm;
+
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
+        snprintf(text, sizeof(text), "to %s:%s at %s\n", o->host, o->port, when);
+        if (write_file_atomic(o->g->dirs.migrated_out, text, strlen(text), 0600, err) < 0)
+                return vmsup_error_prefix(err, "record the hand-over");
+        o->marker = true;
+        return 0;
+}
+
+/* The guest runs on the destination: stop ours without keeping its TPM state, and
+ * delete the guest's secret, sealed state and files here (Nova's post_live_migration
+ * and cleanup; the Barbican secret belongs to the guest and stays). */
+static void finish_source(struct out *o) {
+        struct guest *g = o->g;
+        struct localstore *store = NULL;
+        vmsup_error *err = NULL;
+
+        g->tpm_discard = true;
+        guest_stop_children(g);
+        if (localstore_open(g->cfg->paths.secrets_dir, false, &store, &err) < 0 ||
+            localstore_delete(store, g->spec.uuid, &err) < 0) {
+                log_error("delete the local copy of the vTPM secret: %s", err->msg);
+                err = vmsup_error_free(err);
+        }
+        localstore_free(store);
+        /* the migrated-out marker goes last, with the state dir */
+        if (guest_dirs_remove(&g->dirs, &err) < 0) {
+                log_error("remove the guest's files here: %s (the migrated-out marker keeps it from starting)",
+                          err->msg);
+                vmsup_error_free(err);
+        }
+}
+
+/* Undo: cancel QEMU's migration if it runs, and let the guest run here again. */
+static void roll_back(struct out *o, const vmsup_error *why) {
+        struct guest *g = o->g;
+        vmsup_error *err = NULL;
+
+        if (o->ch) {
+                _cleanup_json_ json_object *a = json_object_new_object();
+
+                json_object_object_add(a, "error", json_object_new_string(why ? why->msg : "cancelled"));
+                if (migchan_send_json(o->ch, MIG_ABORT, a, 2000, &err) < 0)
+                        err = vmsup_error_free(err);
+        }
+        if (o->migrating && g->qmp && !g->qemu.exited) {
+                static const char *const ended[] = { "completed", "failed", "cancelled", NULL };
+                _cleanup_json_ json_object *info = NULL;
+
+                if (qmp(g, "query-migrate", NULL, &info, &err) < 0)
+                        err = vmsup_error_free(err);
+                snprintf(g->migration_status, sizeof(g->migration_status), "%s", get_str(info, "status") ?: "");
+                if (migrate_wait_status(g, ended, 0, NULL) < 0) { /* still going */
+                        if (qmp(g, "migrate_cancel", NULL, NULL, &err) < 0)
+                                err = vmsup_error_free(err);
+                        if (migrate_wait_status(g, ended, CANCEL_TIMEOUT_MS, &err) < 0) {
+                                log_error("cancelling QEMU's migration: %s", err->msg);
+                                err = vmsup_error_free(err);
+                        }
+                }
+        }
+        if (g->qmp && !g->qemu.exited) {
+                _cleanup_json_ json_object *st = NULL;
+                const char *status;
+
+                if (qmp(g, "query-status", NULL, &st, &err) < 0)
+                        err = vmsup_error_free(err);
+                status = get_str(st, "status");
+                if (status && !streq(status, "running")) {
+                        if (qmp(g, "cont", NULL, NULL, &err) < 0) {
+                                log_error("the guest stays %s here: cont failed: %s", status, err->msg);
+                                err = vmsup_error_free(err);
+                        } else
+                                log_info("the guest runs here again (it was %s)", status);
+                }
+        }
+        if (o->marker) {
+                if (unlink(g->dirs.migrated_out) < 0 && errno != ENOENT)
+                        log_error("remove '%s': %s; remove it by hand before the next start", g->dirs.migrated_out,
+                                  strerror(errno));
+                o->marker = false;
+        }
+}
+
+static int run(struct out *o, vmsup_error **err) {
+        struct guest *g = o->g;
+        struct mig_frame f = { 0 };
+        int port = 0, r;
+
+        if (!g->tpm.present)
+                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                                  "guest %s has no vTPM: vmsup live-migrates vTPM guests in host mode only",
+                                  g->spec.uuid);
+        /* Nova's compute API (reject_legacy_vtpm_live_migration): host mode only */
+        if (g->tpm.secret_security != SECRET_SECURITY_HOST)
+                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                                  "Operation 'live-migration' not supported for vTPM-enabled instance (%s).",
+                                  g->spec.uuid);
+        if (g->state != GUEST_RUNNING || !g->qmp)
+                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the guest is not running (%s)", guest_state_name(g));
+
+        r = handover(o, &port, err);
+        if (r < 0)
+                return r;
+        r = transfer(o, port, err);
+        if (r < 0)
+                return r;
+        progress(o, "switchover", "QEMU completed in %" PRId64 " ms (downtime %" PRId64
+                 " ms); the destination checks the guest and seals its TPM state", o->total_ms, o->downtime_ms);
+        r = send_json(o, MIG_MIGRATED, NULL, err);
+        if (r >= 0)
+                r = expect(o, MIG_PREPARED, &f, err);
+        mig_frame_clear(&f);
+        if (r < 0)
+                return r;
+        /* The point of no return for the destination: once it has COMMIT it may run the
+         * guest. From here a lost answer leaves the outcome unknown, and the guest must
+         * not run here too: the marker keeps it from starting here again. */
+        r = write_marker(o, err);
+        if (r < 0)
+                return r;
+        r = send_json(o, MIG_COMMIT, NULL, err);
+        if (r < 0)
+                return r;
+        o->committed = true;
+        r = expect(o, MIG_RUNNING, &f, err);
+        mig_frame_clear(&f);
+        if (r == -ECONNABORTED)
+                o->committed = false; /* an explicit ABORT: the destination did not run it */
+        return r < 0 ? r : 0;
+}
+
+void migrate_out(struct guest *g, struct control_conn *c) {
+        struct out o = { .g = g, .conn = c };
+        vmsup_error *err = NULL;
+        json_object *v;
+        int r;
+
+        o.host = json_object_object_get_ex(c->request, "host", &v) ? json_object_get_string(v) : NULL;
+        o.port = json_object_object_get_ex(c->request, "port", &v) ? json_object_get_string(v) : NULL;
+        if (!o.host || !o.host[0] || !o.port) {
+                control_conn_reply_error(c, VMSUP_EX_USAGE, "migrate request without host and port");
+                control_conn_free(c);
+                return;
+        }
+        o.t0 = monotonic_ms();
+        o.deadline = o.t0 + (long) g->cfg->migration.timeout * 1000;
+        o.answer_ms = (int) g->cfg->migration.answer_timeout * 1000;
+        log_info("live migration to %s:%s requested", o.host, o.port);
+        r = run(&o, &err);
+        if (r >= 0) {
+                json_object *ret = json_object_new_object();
+
+                finish_source(&o);
+                log_info("guest migrated to %s:%s in %ld ms (QEMU: %" PRId64 " ms, downtime %" PRId64
+                         " ms); nothing of it is left here", o.host, o.port, monotonic_ms() - o.t0, o.total_ms,
+                         o.downtime_ms);
+                json_object_object_add(ret, "host", json_object_new_string(o.host));
+                json_object_object_add(ret, "total_ms", json_object_new_int64(monotonic_ms() - o.t0));
+                json_object_object_add(ret, "qemu_total_ms", json_object_new_int64(o.total_ms));
+                json_object_object_add(ret, "downtime_ms", json_object_new_int64(o.downtime_ms));
+                control_conn_reply_ok(c, ret);
+                guest_finish(g, 0);
+        } else if (o.committed) {
+                /* Nobody can tell here whether the destination runs the guest. */
+                log_error("live migration to %s:%s: %s. The destination had the order to run the guest; whether it "
+                          "does is unknown. The guest stays paused here and cannot start here again (%s). See "
+                          "vmsup(8), MIGRATION.", o.host, o.port, err->msg, g->dirs.migrated_out);
+                vmsup_error_prefix(&err, "outcome unknown (the guest stays paused here; see vmsup(8), MIGRATION)");
+                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, err->msg);
+        } else {
+                roll_back(&o, err);
+                log_error("live migration to %s:%s failed: %s; the guest runs here, with its TPM state", o.host,
+                          o.port, err->msg);
+                control_conn_reply_error(c, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+        }
+        vmsup_error_free(err);
+        control_conn_free(c);
+        o.ch = migchan_free(o.ch);
+        if (g->interrupted && !g->done)
+                guest_begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
+}

@@ -1,0 +1,547 @@
+/* Live migration between two hosts on one machine: two network namespaces joined by a
+ * veth pair (tests/twohosts.sh), each with its own vmsup roots, configuration and host
+ * certificates; a real Barbican (in host a) for the first start; real swtpm and QEMU.
+ * The demo guest (tests/guest) holds after its first TPM probe; a reboot runs the probe
+ * again, which bumps its NV counter and prints its EK. */
+#include "config.h"
+
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "crypto/migchan.h"
+#include "tests/helpers.h"
+
+#define UUID "6d1b8a52-8c4e-4f43-9a3e-0c1f5b7d2e90"
+#define VMSUP TEST_BUILDDIR "/vmsup"
+#define GUEST_BOOT_MS 120000
+
+static char *root, prefix[24], ip[2][32], url[128];
+
+static void sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void sh(const char *fmt, ...) {
+        char *cmd = NULL;
+        va_list ap;
+        int r;
+
+        va_start(ap, fmt);
+        cr_assert(vasprintf(&cmd, fmt, ap) > 0);
+        va_end(ap);
+        r = system(cmd);
+        cr_assert_eq(r, 0, "'%s' failed (%d)", cmd, r);
+        free(cmd);
+}
+
+static char *path(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *path(const char *fmt, ...) {
+        static char bufs[8][4096];
+        static int next;
+        char *b = bufs[next++ % 8];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(b, 4096, fmt, ap);
+        va_end(ap);
+        return b;
+}
+
+static char *slurp(const char *p) {
+        static char *buf;
+        FILE *f = fopen(p, "re");
+        size_t n;
+
+        free(buf);
+        buf = calloc(1, 1 << 20);
+        cr_assert(buf);
+        if (f) {
+                n = fread(buf, 1, (1 << 20) - 1, f);
+                buf[n] = '\0';
+                fclose(f);
+        }
+        return buf;
+}
+
+static int count(const char *text, const char *needle) {
+        int n = 0;
+
+        for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle))
+                n++;
+        return n;
+}
+
+static void write_conf(int h, const char *tls_dir) {
+        char *text = NULL;
+
+        cr_assert(asprintf(&text,
+                           "[tpm]\nswtpm_enabled = true\nswtpm_user = root\nswtpm_group = root\n"
+                           "[qemu]\naccelerator = tcg\n"
+                           "[paths]\nstate_dir = %s/%c/state\nrun_dir = %s/%c/run\nsecrets_dir = %s/%c/state/secrets\n"
+                           "log_dir = %s/%c/log\n"
+                           "[barbican]\nendpoint = %s\nauth = noauth\n"
+                           "[migration]\ntls_dir = %s\ntimeout = 20\nanswer_timeout = 8\n",
+                           root, 'a' + h, root, 'a' + h, root, 'a' + h, root, 'a' + h, url, tls_dir) > 0);
+        free(test_write_file(root, h ? "b.conf" : "a.conf", text, 0644));
+        free(text);
+}
+
+static void write_spec(const char *mode) {
+        char *text = NULL;
+
+        cr_assert(asprintf(&text,
+                           "{\"uuid\": \"" UUID "\", \"name\": \"demo\", \"vcpus\": 1, \"memory_mb\": 256,"
+                           " \"owner\": {\"user_id\": \"u\", \"project_id\": \"p\"},"
+                           " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {\"hw:tpm_version\": \"2.0\","
+                           " \"hw:tpm_model\": \"tpm-crb\", \"hw:tpm_secret_security\": \"%s\"}},"
+                           " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"uefi\"}},"
+                           " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
+                           " \"cmdline\": \"console=ttyS0 quiet tpmprobe.hold\"}}",
+                           mode, TEST_GUEST_DIR, TEST_GUEST_DIR) > 0);
+        free(test_write_file(root, "guest.json", text, 0644));
+        free(text);
+}
+
+static void setup(void) {
+        char *env;
+
+        cr_assert_eq(geteuid(), 0, "the migration tests need root (network namespaces)");
+        root = test_mkdtemp();
+        snprintf(prefix, sizeof(prefix), "vmt%d", (int) getpid());
+        sh("%s/tests/twohosts.sh up %s %s > %s/hosts.env", TEST_SRCDIR, prefix, root, root);
+        env = slurp(path("%s/hosts.env", root));
+        cr_assert_eq(sscanf(strstr(env, "ip_a="), "ip_a=%31s", ip[0]), 1);
+        cr_assert_eq(sscanf(strstr(env, "ip_b="), "ip_b=%31s", ip[1]), 1);
+        sh("mkdir -p %s/barbican && ip netns exec %s-a %s/tests/barbican/barbican.sh start %s/barbican %d > %s/url",
+           root, prefix, TEST_SRCDIR, root, (int) getpid(), root);
+        snprintf(url, sizeof(url), "%s", slurp(path("%s/url", root)));
+        url[strcspn(url, "\n")] = '\0';
+        write_conf(0, path("%s/certs/a", root));
+        write_conf(1, path("%s/certs/b", root));
+        write_spec("host");
+}
+
+static void teardown(void) {
+        test_count_processes(root, true);
+        (void) !system(path("%s/tests/twohosts.sh down %s >/dev/null 2>&1", TEST_SRCDIR, prefix));
+        (void) !system(path("%s/tests/barbican/barbican.sh stop %s/barbican >/dev/null 2>&1", TEST_SRCDIR, root));
+        test_rmtree(root);
+        free(root);
+}
+
+/* Start `vmsup ARGS` in host h's namespace in the background; stdout and stderr go to
+ * ROOT/NAME.out and .err. token: written to its fd 3 when not NULL. */
+static pid_t start(int h, const char *name, const char *token, const char *const *args) {
+        int tp[2] = { -1, -1 };
+        pid_t pid;
+
+        if (token)
+                cr_assert_eq(pipe(tp), 0);
+        /* not in the child: the caller may look for lines of the new run at once */
+        unlink(path("%s/%s.out", root, name));
+        unlink(path("%s/%s.err", root, name));
+        pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                const char *argv[32] = { "ip", "netns", "exec", NULL, VMSUP, "--config", NULL };
+                char ns[40];
+                int n = 7, o = open(path("%s/%s.out", root, name), O_WRONLY | O_CREAT | O_TRUNC, 0644),
+                    e = open(path("%s/%s.err", root, name), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+                snprintf(ns, sizeof(ns), "%s-%c", prefix, 'a' + h);
+                argv[3] = ns;
+                argv[6] = strdup(path("%s/%c.conf", root, 'a' + h));
+                for (int i = 0; args[i]; i++)
+                        argv[n++] = args[i];
+                argv[n] = NULL;
+                dup2(o, 1);
+                dup2(e, 2);
+                if (token) {
+                        dup2(tp[0], 3);
+                        close(tp[1]);
+                } else
+                        close(3);
+                execvp("ip", (char **) argv);
+                _exit(127);
+        }
+        if (token) {
+                close(tp[0]);
+                cr_assert(write(tp[1], token, strlen(token)) > 0);
+                close(tp[1]);
+        }
+        return pid;
+}
+
+/* Run `vmsup ARGS` in host h's namespace and wait; its exit code. */
+static int run(int h, const char *name, const char *const *args) {
+        int status;
+        pid_t pid = start(h, name, NULL, args);
+
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static char *out(const char *name) {
+        return slurp(path("%s/%s.out", root, name));
+}
+
+static char *err(const char *name) {
+        return slurp(path("%s/%s.err", root, name));
+}
+
+static void wait_text(const char *file, const char *needle, int n, int timeout_ms) {
+        long deadline = monotonic_ms() + timeout_ms;
+
+        while (count(slurp(file), needle) < n) {
+                if (monotonic_ms() > deadline) {
+                        char *text = strdup(slurp(file)), *a = strdup(slurp(path("%s/run-a.err", root)));
+
+                        cr_assert_fail("%s lacks %d x '%s' after %d ms:\n%s\n--- a's supervisor:\n%s\n--- migrate:\n%s",
+                                       file, n, needle, timeout_ms, text, a, err("mig"));
+                }
+                poll(NULL, 0, 50);
+        }
+}
+
+static char *console(int h) {
+        return path("%s/%c/log/" UUID "/console.log", root, 'a' + h);
+}
+
+/* The last value of "key=" on host h's console. */
+static char *console_last(int h, const char *key) {
+        static char v[256];
+        char *text = slurp(console(h)), *p = NULL, *q;
+
+        for (q = text; (q = strstr(q, key)); q += strlen(key))
+                p = q;
+        cr_assert(p, "no '%s' on the console of host %c:\n%s", key, 'a' + h, text);
+        snprintf(v, sizeof(v), "%s", p + strlen(key));
+        v[strcspn(v, "\r\n")] = '\0';
+        return v;
+}
+
+static bool has_any(int h) {
+        struct stat st;
+
+        return stat(path("%s/%c/state/" UUID, root, 'a' + h), &st) == 0 ||
+               stat(path("%s/%c/run/" UUID, root, 'a' + h), &st) == 0 ||
+               stat(path("%s/%c/log/" UUID, root, 'a' + h), &st) == 0 ||
+               stat(path("%s/%c/state/secrets/" UUID, root, 'a' + h), &st) == 0;
+}
+
+static void assert_running(int h) {
+        const char *args[] = { "status", UUID, NULL };
+
+        cr_assert_eq(run(h, "status", args), 0, "status on host %c: %s", 'a' + h, err("status"));
+        cr_assert(strstr(out("status"), "qemu status:  running"), "host %c: %s", 'a' + h, out("status"));
+}
+
+static void assert_gone(int h) {
+        long deadline = monotonic_ms() + 10000;
+
+        /* the janitor may still be at work */
+        while (has_any(h) && monotonic_ms() < deadline)
+                poll(NULL, 0, 50);
+        cr_assert(!has_any(h), "host %c still has files of the guest", 'a' + h);
+        cr_assert_eq(test_count_processes(path("%s/%c/", root, 'a' + h), false), 0,
+                     "host %c still runs processes of the guest", 'a' + h);
+}
+
+/* Boot the guest on host a (first start: the secret is made in Barbican). */
+static pid_t boot_on_a(void) {
+        const char *args[] = { "run", "--token-fd", "3", path("%s/guest.json", root), NULL };
+        pid_t pid = start(0, "run-a", "p", args);
+
+        wait_text(console(0), "tpmprobe: done", 1, GUEST_BOOT_MS);
+        return pid;
+}
+
+static pid_t incoming(int h, const char *name) {
+        const char *args[] = { "run", "--incoming", "49152", UUID, NULL };
+        pid_t pid = start(h, name, NULL, args);
+
+        wait_text(path("%s/%s.err", root, name), "waiting up to", 1, 10000);
+        return pid;
+}
+
+static int migrate(int from, const char *name) {
+        const char *args[] = { "migrate", UUID, "--to", ip[!from], NULL };
+
+        return run(from, name, args);
+}
+
+static void reap(pid_t pid, int want) {
+        int status;
+
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == want, "exit status %d, wanted %d", status, want);
+}
+
+TestSuite(migrate, .init = setup, .fini = teardown, .timeout = 600);
+
+Test(migrate, tpm_survives_and_five_round_trips) {
+        char ek[256];
+        long c1;
+        pid_t sup[2], src;
+        const char *reboot[] = { "reboot", UUID, NULL }, *hard[] = { "reboot", "--hard", UUID, NULL };
+
+        sup[0] = boot_on_a();
+        c1 = atol(console_last(0, "nv-counter="));
+        snprintf(ek, sizeof(ek), "%s", console_last(0, "ek="));
+
+        sup[1] = incoming(1, "in-b");
+        cr_assert_eq(migrate(0, "mig"), 0, "%s", err("mig"));
+        cr_assert(strstr(out("mig"), "migrated to"), "%s", out("mig"));
+        cr_assert(strstr(err("mig"), "% "), "no progress shown: %s", err("mig"));
+        reap(sup[0], 0);
+        assert_gone(0);
+        assert_running(1);
+
+        /* the TPM came along: the counter goes on, the EK is the same */
+        cr_assert_eq(run(1, "reboot", reboot), 0, "%s", err("reboot"));
+        wait_text(console(1), "tpmprobe: done", 1, GUEST_BOOT_MS);
+        cr_assert_eq(atol(console_last(1, "nv-counter=")), c1 + 1);
+        cr_assert_str_eq(console_last(1, "ek="), ek);
+        /* and it was sealed on b: a hard reboot starts swtpm from b's sealed state */
+        cr_assert_eq(run(1, "reboot", hard), 0, "%s", err("reboot"));
+        wait_text(console(1), "tpmprobe: done", 2, GUEST_BOOT_MS); /* the console log is appended to */
+        cr_assert_eq(atol(console_last(1, "nv-counter=")), c1 + 2);
+        cr_assert_str_eq(console_last(1, "ek="), ek);
+
+        /* five round trips: b -> a -> b, five times */
+        src = 1;
+        for (int i = 0; i < 10; i++) {
+                char name[16];
+
+                snprintf(name, sizeof(name), "in-%d", i);
+                sup[!src] = incoming(!src, name);
+                cr_assert_eq(migrate(src, "mig"), 0, "trip %d: %s", i, err("mig"));
+                reap(sup[src], 0);
+                assert_gone(src);
+                assert_running(!src);
+                src = !src;
+        }
+        cr_assert_eq(src, 1);
+        cr_assert_eq(run(1, "reboot", reboot), 0, "%s", err("reboot"));
+        wait_text(console(1), "tpmprobe: done", 1, GUEST_BOOT_MS); /* b's console is new since the guest came back */
+        cr_assert_eq(atol(console_last(1, "nv-counter=")), c1 + 3);
+        cr_assert_str_eq(console_last(1, "ek="), ek);
+}
+
+/* ---- failures: each leaves the guest running on a and nothing of it on b ---------------- */
+
+static pid_t pid_of(const char *pattern) {
+        char cmd[512], buf[64] = "";
+        FILE *p;
+
+        snprintf(cmd, sizeof(cmd), "pgrep -f -o -- '%s'", pattern);
+        p = popen(cmd, "r");
+        cr_assert(p);
+        if (!fgets(buf, sizeof(buf), p))
+                buf[0] = '\0';
+        pclose(p);
+        return (pid_t) atoi(buf);
+}
+
+static pid_t start_migrate(int from, const char *name) {
+        const char *args[] = { "migrate", UUID, "--to", ip[!from], NULL };
+
+        return start(from, name, NULL, args);
+}
+
+static int wait_exit(pid_t pid) {
+        int status;
+
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* a fake destination in b's namespace: it takes the guest, then does what `how` says */
+static pid_t fake_destination(const char *how) {
+        pid_t pid = fork();
+
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                struct migchan_tls tls = { .ca_file = path("%s/certs/b/ca-cert.pem", root),
+                                           .cert_file = path("%s/certs/b/server-cert.pem", root),
+                                           .key_file = path("%s/certs/b/server-key.pem", root) };
+                struct migchan *ch = NULL;
+                struct mig_frame f = { 0 };
+                vmsup_error *e = NULL;
+                json_object *hello = json_object_new_object();
+                int ns = open(path("/run/netns/%s-b", prefix), O_RDONLY | O_CLOEXEC), lfd;
+
+                if (ns < 0 || setns(ns, CLONE_NEWNET) < 0)
+                        _exit(10);
+                lfd = migchan_listen(NULL, "49152", &e);
+                if (lfd < 0 || migchan_accept(lfd, &tls, 30000, &ch, &e) < 0)
+                        _exit(11);
+                json_object_object_add(hello, "protocol", json_object_new_int(1));
+                json_object_object_add(hello, "uuid", json_object_new_string(UUID));
+                json_object_object_add(hello, "host", json_object_new_string("fake"));
+                if (migchan_recv_wait(ch, MIG_HELLO, 10000, &f, &e) < 0 || migchan_send_json(ch, MIG_HELLO, hello, 5000, &e) < 0)
+                        _exit(12);
+                mig_frame_clear(&f);
+                if (migchan_recv_wait(ch, MIG_PREPARE, 10000, &f, &e) < 0)
+                        _exit(13);
+                mig_frame_clear(&f);
+                if (migchan_recv_wait(ch, MIG_SECRET, 10000, &f, &e) < 0)
+                        _exit(14);
+                mig_frame_clear(&f);
+                if (streq(how, "silent"))
+                        pause(); /* never answers: the source must time out */
+                if (streq(how, "unexpected") && migchan_send_json(ch, MIG_RUNNING, hello, 5000, &e) < 0)
+                        _exit(15);
+                /* wait for the source to hang up */
+                migchan_recv_wait(ch, 0, 30000, &f, &e);
+                _exit(0);
+        }
+        return pid;
+}
+
+Test(migrate, failures_leave_the_guest_on_the_source) {
+        const char *reboot[] = { "reboot", UUID, NULL };
+        pid_t sup, in, mig, victim;
+        long c1;
+        int rc;
+
+        sup = boot_on_a();
+        c1 = atol(console_last(0, "nv-counter="));
+
+        /* nobody listens on b */
+        cr_assert_eq(migrate(0, "mig"), 69, "%s", err("mig"));
+        cr_assert(strstr(err("mig"), "10.") && strstr(err("mig"), "49152"), "%s", err("mig"));
+        assert_running(0);
+        assert_gone(1);
+
+        /* b shows a certificate from another CA: the source refuses it */
+        write_conf(1, path("%s/certs/rogue-ca/rogue", root));
+        in = incoming(1, "in-b");
+        cr_assert_eq(migrate(0, "mig"), 69, "%s", err("mig"));
+        cr_assert(strstr(err("mig"), "certificate") || strstr(err("mig"), "trust"), "%s", err("mig"));
+        kill(in, SIGTERM);
+        wait_exit(in);
+        write_conf(1, path("%s/certs/b", root));
+        assert_running(0);
+        assert_gone(1);
+
+        /* b's QEMU dies while it receives the guest */
+        in = incoming(1, "in-b");
+        mig = start_migrate(0, "mig");
+        wait_text(path("%s/in-b.err", root), "ready: QEMU receives", 1, 30000);
+        victim = pid_of(path("qemu-system.*%s/b/", root));
+        cr_assert_gt(victim, 0);
+        kill(victim, SIGKILL);
+        cr_assert_neq(wait_exit(mig), 0);
+        cr_assert_neq(wait_exit(in), 0);
+        cr_assert(strstr(err("in-b"), "QEMU"), "%s", err("in-b"));
+        assert_running(0);
+        assert_gone(1);
+
+        /* b's swtpm dies before the stream starts */
+        in = incoming(1, "in-b");
+        mig = start_migrate(0, "mig");
+        wait_text(path("%s/in-b.err", root), "wait for the incoming migration", 1, 30000);
+        victim = pid_of(path("swtpm socket.*%s/b/", root));
+        cr_assert_gt(victim, 0);
+        kill(victim, SIGKILL);
+        cr_assert_neq(wait_exit(mig), 0);
+        cr_assert_neq(wait_exit(in), 0);
+        assert_running(0);
+        assert_gone(1);
+
+        /* b's disk is full */
+        sh("mkdir -p %s/b/state && mount -t tmpfs -o size=256k vmsup-test %s/b/state && "
+           "(dd if=/dev/zero of=%s/b/state/filler bs=4k 2>/dev/null; true)", root, root, root);
+        in = incoming(1, "in-b");
+        rc = migrate(0, "mig");
+        cr_assert_neq(rc, 0);
+        cr_assert(strstr(err("mig"), "No space left"), "%s", err("mig"));
+        cr_assert_neq(wait_exit(in), 0);
+        sh("umount %s/b/state", root);
+        assert_running(0);
+        assert_gone(1);
+
+        /* a destination that never answers: the source gives up after answer_timeout */
+        in = fake_destination("silent");
+        cr_assert_eq(migrate(0, "mig"), 75, "%s", err("mig"));
+        kill(in, SIGKILL);
+        wait_exit(in);
+        assert_running(0);
+
+        /* a destination that answers out of turn */
+        in = fake_destination("unexpected");
+        cr_assert_eq(migrate(0, "mig"), 65, "%s", err("mig"));
+        cr_assert(strstr(err("mig"), "unexpected RUNNING"), "%s", err("mig"));
+        wait_exit(in);
+        assert_running(0);
+
+        /* the connection is lost mid-way: both sides give up at [migration] timeout */
+        in = incoming(1, "in-b");
+        mig = start_migrate(0, "mig");
+        wait_text(path("%s/in-b.err", root), "ready: QEMU receives", 1, 30000);
+        sh("%s/tests/twohosts.sh cut %s", TEST_SRCDIR, prefix);
+        cr_assert_neq(wait_exit(mig), 0);
+        cr_assert_neq(wait_exit(in), 0);
+        sh("%s/tests/twohosts.sh heal %s", TEST_SRCDIR, prefix);
+        assert_running(0);
+        assert_gone(1);
+
+        /* b's supervisor is killed: its janitor removes what it had received */
+        in = incoming(1, "in-b");
+        mig = start_migrate(0, "mig");
+        wait_text(path("%s/in-b.err", root), "ready: QEMU receives", 1, 30000);
+        kill(in, SIGKILL);
+        cr_assert_neq(wait_exit(mig), 0);
+        wait_exit(in);
+        assert_running(0);
+        assert_gone(1);
+
+        /* the guest's TPM went through all that intact */
+        cr_assert_eq(run(0, "reboot", reboot), 0, "%s", err("reboot"));
+        wait_text(console(0), "tpmprobe: done", 2, GUEST_BOOT_MS);
+        cr_assert_eq(atol(console_last(0, "nv-counter=")), c1 + 1);
+
+        /* a's supervisor is killed mid-way: the guest dies with it (as in a host crash),
+         * b rolls back, and a starts the guest again from its sealed state */
+        in = incoming(1, "in-b");
+        mig = start_migrate(0, "mig");
+        wait_text(path("%s/in-b.err", root), "ready: QEMU receives", 1, 30000);
+        kill(sup, SIGKILL);
+        wait_exit(sup);
+        cr_assert_neq(wait_exit(mig), 0);
+        cr_assert_neq(wait_exit(in), 0);
+        assert_gone(1);
+        {
+                const char *args[] = { "run", path("%s/guest.json", root), NULL };
+
+                sup = start(0, "run-a2", NULL, args);
+        }
+        wait_text(console(0), "tpmprobe: done", 3, GUEST_BOOT_MS);
+        cr_assert_eq(atol(console_last(0, "nv-counter=")), c1 + 2);
+        kill(sup, SIGTERM);
+}
+
+Test(migrate, user_mode_is_refused_with_novas_words) {
+        const char *args[] = { "run", "--token-fd", "3", path("%s/guest.json", root), NULL };
+        pid_t sup;
+
+        write_spec("user");
+        sup = start(0, "run-a", "p", args);
+        wait_text(path("%s/run-a.err", root), "guest running", 1, 60000);
+        cr_assert_eq(migrate(0, "mig"), 69, "%s", err("mig"));
+        cr_assert(strstr(err("mig"), "Operation 'live-migration' not supported for vTPM-enabled instance (" UUID ")."),
+                  "%s", err("mig"));
+        assert_running(0);
+        kill(sup, SIGTERM);
+        wait_exit(sup);
+}
