@@ -33,9 +33,9 @@
 # 1 on any failure. Needs root, and Debian packages only: iproute2, gnutls-bin,
 # qemu-system-x86, swtpm, swtpm-tools, ovmf (and for the demo guest: linux-image-amd64
 # busybox-static cpio gzip gcc libc6-dev); missing ones are installed with apt-get.
+
+# shellcheck disable=SC2054,SC2154 # QEMU's options have commas; ns_a ... come from eval
 set -euo pipefail
-# shellcheck disable=SC2054 # QEMU's options have commas
-# shellcheck disable=SC2154 # ns_a ... are set by eval of tests/twohosts.sh up
 
 top=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 say() { printf 'migrate_qemu: %s\n' "$*" >&2; }
@@ -59,6 +59,8 @@ while [ $# -gt 0 ]; do
 	shift
 done
 case $runs in '' | *[!0-9]* | 0) die "N must be a positive number" ;; esac
+case $mem in '' | *[!0-9]* | 0) die "--mem must be a positive number of MiB" ;; esac
+case $maxbw in *[!0-9]*) die "--max-bandwidth must be a number of bytes per second" ;; esac
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces)"
 
 ovmf_code=/usr/share/OVMF/OVMF_CODE_4M.fd
@@ -83,16 +85,31 @@ slot_live=()
 
 # ---- QMP over a pipe chardev: QEMU reads DIR/qmp.in and writes DIR/qmp.out -------------
 R=
+# One line from slot's QMP into L, within $2 seconds; 1 on timeout or when QEMU exited.
+# read -t keeps what it got of a line when it times out: put the pieces together.
+qmp_line() {
+	local s=$1 part='' i
+	L=
+	for i in $(seq $(($2 * 10))); do
+		if IFS= read -r -t 0.1 L <&"${QOUT[$s]}"; then
+			L=$part$L
+			return 0
+		fi
+		part=$part$L
+		alive "${QPID[$s]}" || { L="(QEMU exited: $(tail -c 600 "${DIR[$s]}/qemu.log"))"; return 1; }
+	done
+	L="(no reply from QEMU within $2 s)"
+	return 1
+}
 qmp_try() { # slot json: R = the reply line; 1 if it is an error
-	local s=$1 line
-	printf '%s\n' "$2" >&"${QIN[$s]}"
-	while IFS= read -r -t 60 line <&"${QOUT[$s]}"; do
-		case $line in
-		'{"return"'*) R=$line; return 0 ;;
-		'{"error"'*) R=$line; return 1 ;;
+	printf '%s\n' "$2" >&"${QIN[$1]}"
+	while qmp_line "$1" 60; do
+		case $L in
+		'{"return"'*) R=$L; return 0 ;;
+		'{"error"'*) R=$L; return 1 ;;
 		esac # events: skipped
 	done
-	R='(no reply from QEMU within 60 s)'
+	R=$L
 	return 1
 }
 qmp() { qmp_try "$@" || die "$1: $2 -> $R"; }
@@ -140,7 +157,8 @@ start_vm() {
 	exec {qin}<>"$d/qmp.in" {qout}<>"$d/qmp.out"
 	QIN[$s]=$qin QOUT[$s]=$qout
 	slot_live+=("$s")
-	IFS= read -r -t 30 R <&"${QOUT[$s]}" || die "QEMU in ${NS[$s]} gave no QMP greeting: $(cat "$d/qemu.log")"
+	qmp_line "$s" 30 || die "QEMU in ${NS[$s]}: no QMP greeting: $L"
+	case $L in '{"QMP"'*) ;; *) die "QEMU in ${NS[$s]}: not a QMP greeting: $L" ;; esac
 	qmp "$s" '{"execute":"qmp_capabilities"}'
 	qmp "$s" '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"return-path","state":true}]}}'
 	if [ $tls -eq 1 ]; then
