@@ -1110,6 +1110,7 @@ int guest_run(const struct guest_run_opts *opts) {
          * received from one, must not start here */
         if ((r = g.incoming ? migrate_in_claim(&g, &err) : guest_dirs_check_markers(&g.dirs, &err)) < 0)
                 goto fail;
+        migrate_in_mark(&g, "claimed");
         {
                 const char *text = NULL;
                 json_object *copy = g.incoming ? migrate_in_spec_json(&g) : json_object_from_file(opts->spec_path);
@@ -1125,6 +1126,7 @@ int guest_run(const struct guest_run_opts *opts) {
         if (g.tpm.present &&
             (r = g.incoming ? migrate_in_secret(&g, &err) : tpm_open_sealed_state(&g, opts->token_fd, &err)) < 0)
                 goto fail;
+        migrate_in_mark(&g, "secret kept, files ready");
         if ((r = setup_loop(&g, &mask, &err)) < 0)
                 goto fail;
         /* Confinement (docs/security.md): QEMU's user gets its files; then the seccomp
@@ -1134,6 +1136,7 @@ int guest_run(const struct guest_run_opts *opts) {
             (r = seccomp_filter_load(g.cfg->security.seccomp, &err)) < 0)
                 goto fail;
         log_debug("seccomp filter: %s", seccomp_filter_mode_to_string(g.cfg->security.seccomp));
+        migrate_in_mark(&g, "confined");
         log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g.spec.name, g.spec.vcpus, g.spec.memory_mb,
                  g.spec.firmware_type, g.tpm.present ? "vTPM" : "no vTPM");
         if ((r = guest_start_children(&g, &err)) < 0) {

@@ -129,5 +129,7 @@ int migrate_in_complete(struct guest *g, vmsup_error **err);
 /* Undo everything of a failed incoming migration (tells the source why). */
 void migrate_in_abort(struct guest *g, const vmsup_error *why);
 void migrate_in_free(struct guest *g);
+/* A debug line: what the incoming migration has done, and when (ms since the source came). */
+void migrate_in_mark(struct guest *g, const char *what);
 
 #endif

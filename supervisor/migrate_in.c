@@ -44,7 +44,13 @@ struct migrate_in {
         pid_t janitor_pid;
         int answer_ms;
         long deadline;
+        long t0; /* the source connected */
 };
+
+void migrate_in_mark(struct guest *g, const char *what) {
+        if (g->in && g->in->t0)
+                log_debug("incoming: %s at +%ld ms", what, monotonic_ms() - g->in->t0);
+}
 
 static const char *get_str(json_object *o, const char *key) {
         json_object *v;
@@ -144,6 +150,7 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
                 *err = vmsup_error_free(*err);
         }
         snprintf(in->source, sizeof(in->source), "%s", migchan_peer(in->ch));
+        in->t0 = monotonic_ms();
 
         r = expect(in, MIG_HELLO, &f, err);
         if (r < 0)
@@ -498,8 +505,10 @@ static int listen_incoming(struct guest *g, int *ret_port, vmsup_error **err) {
         r = migrate_qemu_setup(g, true, NULL, err);
         if (r < 0)
                 return r;
+        migrate_in_mark(g, "QEMU's TLS set up");
         json_object_object_add(args, "uri", json_object_new_string(uri));
         r = qmp(g, "migrate-incoming", args, NULL, err);
+        migrate_in_mark(g, "migrate-incoming");
         if (r < 0)
                 return vmsup_error_prefix(err, "QEMU migrate-incoming on %s", uri);
         r = qmp(g, "query-migrate", NULL, &info, err);
@@ -525,6 +534,7 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         long t0 = monotonic_ms();
 
         janitor_say(g, "P %d\nP %d\n", (int) g->qemu.pid, (int) g->swtpm.pid);
+        migrate_in_mark(g, "swtpm and QEMU up");
         r = listen_incoming(g, &port, err);
         if (r < 0)
                 return r;
@@ -533,11 +543,13 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         if (r < 0)
                 return r;
         log_info("ready: QEMU receives on port %d (TLS)", port);
+        migrate_in_mark(g, "READY sent");
 
         r = wait_source(g, MIG_MIGRATED, in->deadline, &f, err);
         mig_frame_clear(&f);
         if (r < 0)
                 return r;
+        migrate_in_mark(g, "MIGRATED received");
         /* the source completes only once we loaded everything (return path); our own
          * MIGRATION event may come a moment later */
         r = migrate_wait_status(g, loaded, in->answer_ms, err);

@@ -35,7 +35,8 @@ struct out {
         bool migrating;   /* QEMU's migrate was issued */
         bool committed;   /* COMMIT sent: the destination may run the guest */
         bool marker;      /* our migrated-out marker is on disk */
-        int64_t total_ms, downtime_ms;
+        int64_t total_ms, downtime_ms; /* QEMU's */
+        long ready_at, completed_at, running_at; /* monotonic ms */
 };
 
 static void progress(struct out *o, const char *phase, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -95,7 +96,12 @@ int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, v
         json_object_object_add(creds, "dir", json_object_new_string(g->cfg->migration.tls_dir));
         json_object_object_add(creds, "endpoint", json_object_new_string(server ? "server" : "client"));
         json_object_object_add(creds, "verify-peer", json_object_new_boolean(1));
-        r = qmp(g, "object-add", creds, NULL, err);
+        {
+                long t = monotonic_ms();
+
+                r = qmp(g, "object-add", creds, NULL, err);
+                log_debug("migration: QEMU loaded the TLS credentials in %ld ms", monotonic_ms() - t);
+        }
         if (r < 0)
                 return vmsup_error_prefix(err, "QEMU's TLS credentials from '%s'", g->cfg->migration.tls_dir);
         g->migrate_tls_added = true;
@@ -242,7 +248,8 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
         pass = secmem_free(pass);
         if (r < 0)
                 return r;
-        progress(o, "prepare", "%s prepares swtpm and QEMU", migchan_peer(o->ch));
+        progress(o, "prepare", "%s prepares swtpm and QEMU (connected in %ld ms)", migchan_peer(o->ch),
+                 monotonic_ms() - o->t0);
         r = expect(o, MIG_READY, &f, err);
         if (r >= 0)
                 *ret_port = (int) get_int(f.json, "port");
@@ -289,21 +296,28 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
         if (r < 0)
                 return r;
         json_object_object_add(args, "uri", json_object_new_string(uri));
+        log_debug("migration: QEMU set up for TLS at +%ld ms", monotonic_ms() - o->t0);
         r = qmp(g, "migrate", args, NULL, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "QEMU migrate to %s", uri);
         o->migrating = true;
+        snprintf(g->migration_status, sizeof(g->migration_status), "setup");
         progress(o, "transfer", "QEMU sends the guest to %s (TLS)", uri);
         for (;;) {
-                struct pollfd p[4] = {
+                struct pollfd p[5] = {
                         { .fd = migchan_fd(o->ch), .events = POLLIN },
                         { .fd = g->sigfd, .events = POLLIN },
                         { .fd = g->qemu.pidfd, .events = POLLIN },
                         { .fd = g->sync && g->sync_watched ? tpm_sync_fd(g->sync) : -1, .events = POLLIN },
+                        { .fd = g->qmp ? qmp_client_fd(g->qmp) : -1, .events = POLLIN },
                 };
                 long now = monotonic_ms(), wait;
+                /* QEMU's MIGRATION event ends the wait at once; query-migrate is for the
+                 * progress lines and the figures */
+                bool ended = streq(g->migration_status, "completed") || streq(g->migration_status, "failed") ||
+                             streq(g->migration_status, "cancelled");
 
-                if (now >= next) {
+                if (now >= next || ended) {
                         _cleanup_json_ json_object *info = NULL;
                         const char *status;
 
@@ -326,7 +340,7 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                         return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the migration did not complete within %u s",
                                           g->cfg->migration.timeout);
                 wait = (next < o->deadline ? next : o->deadline) - now;
-                if (poll(p, 4, wait > 1 ? (int) wait : 1) < 0 && errno != EINTR)
+                if (poll(p, 5, wait > 1 ? (int) wait : 1) < 0 && errno != EINTR)
                         return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
                 if (p[0].revents) {
                         struct mig_frame f = { 0 };
@@ -352,6 +366,8 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                 }
                 if (p[3].revents)
                         guest_dispatch_sync(g);
+                if (p[4].revents && g->qmp && qmp_client_dispatch(g->qmp, err) < 0)
+                        return vmsup_error_prefix(err, "QEMU's monitor");
         }
 }
 
@@ -463,9 +479,11 @@ static int run(struct out *o, vmsup_error **err) {
         r = handover(o, &port, err);
         if (r < 0)
                 return r;
+        o->ready_at = monotonic_ms();
         r = transfer(o, port, err);
         if (r < 0)
                 return r;
+        o->completed_at = monotonic_ms();
         progress(o, "switchover", "QEMU completed in %" PRId64 " ms (downtime %" PRId64
                  " ms); the destination checks the guest and seals its TPM state", o->total_ms, o->downtime_ms);
         r = send_json(o, MIG_MIGRATED, NULL, err);
@@ -488,6 +506,7 @@ static int run(struct out *o, vmsup_error **err) {
         mig_frame_clear(&f);
         if (r == -ECONNABORTED)
                 o->committed = false; /* an explicit ABORT: the destination did not run it */
+        o->running_at = monotonic_ms();
         return r < 0 ? r : 0;
 }
 
@@ -511,13 +530,19 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         r = run(&o, &err);
         if (r >= 0) {
                 json_object *ret = json_object_new_object();
+                long cleanup_at = monotonic_ms();
 
                 finish_source(&o);
-                log_info("guest migrated to %s:%s in %ld ms (QEMU: %" PRId64 " ms, downtime %" PRId64
-                         " ms); nothing of it is left here", o.host, o.port, monotonic_ms() - o.t0, o.total_ms,
-                         o.downtime_ms);
+                log_info("guest migrated to %s:%s: running there %ld ms after the request (destination ready in "
+                         "%ld ms, QEMU %" PRId64 " ms with %" PRId64 " ms downtime, switch-over %ld ms); our copy "
+                         "removed in %ld ms", o.host, o.port, o.running_at - o.t0, o.ready_at - o.t0, o.total_ms,
+                         o.downtime_ms, o.running_at - o.completed_at, monotonic_ms() - cleanup_at);
                 json_object_object_add(ret, "host", json_object_new_string(o.host));
-                json_object_object_add(ret, "total_ms", json_object_new_int64(monotonic_ms() - o.t0));
+                json_object_object_add(ret, "total_ms", json_object_new_int64(o.running_at - o.t0));
+                json_object_object_add(ret, "prepare_ms", json_object_new_int64(o.ready_at - o.t0));
+                json_object_object_add(ret, "transfer_ms", json_object_new_int64(o.completed_at - o.ready_at));
+                json_object_object_add(ret, "switchover_ms", json_object_new_int64(o.running_at - o.completed_at));
+                json_object_object_add(ret, "cleanup_ms", json_object_new_int64(monotonic_ms() - cleanup_at));
                 json_object_object_add(ret, "qemu_total_ms", json_object_new_int64(o.total_ms));
                 json_object_object_add(ret, "downtime_ms", json_object_new_int64(o.downtime_ms));
                 control_conn_reply_ok(c, ret);
