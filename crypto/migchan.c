@@ -367,8 +367,14 @@ static int sanitize_abort(json_object *o) {
                         *q = '?';
                         changed = true;
                 }
-        if (changed && json_object_object_add(o, "error", json_object_new_string(copy)) < 0)
-                return -ENOMEM;
+        if (changed) {
+                json_object *clean = json_object_new_string(copy);
+
+                if (!clean || json_object_object_add(o, "error", clean) < 0) {
+                        json_object_put(clean);
+                        return -ENOMEM;
+                }
+        }
         return 0;
 }
 
@@ -467,8 +473,8 @@ static int chan_new(const struct migchan_tls *tls, bool server, struct migchan *
                 return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load the migration CA certificate '%s': %s", tls->ca_file,
                                   gnutls_strerror(r));
         if (r == 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load the migration CA certificate '%s': no certificate in it",
-                                  tls->ca_file);
+                return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                                  "load the migration CA certificate '%s': no certificate in it", tls->ca_file);
         r = gnutls_certificate_set_x509_key_file(c->cred, tls->cert_file, tls->key_file, GNUTLS_X509_FMT_PEM);
         if (r < 0)
                 return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load the migration %s certificate '%s' and key '%s': %s",
@@ -571,14 +577,15 @@ static int handshake_failed(struct migchan *c, int r, vmsup_error **err) {
                         text[--len] = 0;
                 if ((status & GNUTLS_CERT_UNEXPECTED_OWNER) && c->peer_name)
                         snprintf(text + len, sizeof(text) - len, " (expected '%s')", c->peer_name);
-                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the certificate of %s is not trusted: %s", c->addr, text);
+                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the certificate of %s is not trusted: %s", c->addr,
+                                 text);
         } else if (r == GNUTLS_E_NO_CERTIFICATE_FOUND || r == GNUTLS_E_CERTIFICATE_REQUIRED)
-                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "TLS handshake with %s failed: the peer presented no certificate",
-                                 c->addr);
+                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                                 "TLS handshake with %s failed: the peer presented no certificate", c->addr);
         else {
                 tls_error_text(c, r, text, sizeof(text));
-                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, io_errnum(c, r), "TLS handshake with %s failed: %s", c->addr,
-                                 text);
+                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, io_errnum(c, r), "TLS handshake with %s failed: %s",
+                                 c->addr, text);
         }
         /* tell the peer why (gnutls does not on its own); best effort, non-blocking */
         (void) gnutls_alert_send_appropriate(c->session, r);
@@ -625,8 +632,8 @@ static int chan_handshake(struct migchan *c, long deadline, int timeout_ms, vmsu
         /* Likewise: the peer's certificate was verified (status 0), not skipped (status -1). */
         if (gnutls_session_get_verify_cert_status(c->session) != 0) {
                 c->broken = true;
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "TLS handshake with %s: the peer's certificate was not verified",
-                                  c->addr);
+                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                                  "TLS handshake with %s: the peer's certificate was not verified", c->addr);
         }
         c->handshake_done = true;
         peer_cn(c, cn, sizeof(cn));
@@ -671,8 +678,9 @@ static int tcp_connect(const char *host, const char *port, long deadline, int ti
                                         break;
                                 if (n == 0) {
                                         freeaddrinfo(res);
-                                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "connect to %s: no answer within %g s",
-                                                          where, seconds(timeout_ms));
+                                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
+                                                          "connect to %s: no answer within %g s", where,
+                                                          seconds(timeout_ms));
                                 }
                                 if (errno != EINTR) {
                                         freeaddrinfo(res);
@@ -960,7 +968,8 @@ static int start_payload(struct migchan *c, vmsup_error **err) {
                                  "invalid migration message: wrong protocol version %u (this host speaks %d)", h[0],
                                  MIGCHAN_PROTOCOL);
         if (!msg_known(h[1]))
-                return chan_fail(c, err, VMSUP_EX_DATAERR, 0, "invalid migration message: unknown message type %u", h[1]);
+                return chan_fail(c, err, VMSUP_EX_DATAERR, 0, "invalid migration message: unknown message type %u",
+                                 h[1]);
         if (flags != 0)
                 return chan_fail(c, err, VMSUP_EX_DATAERR, 0,
                                  "invalid migration message: %s with flags 0x%04x (must be 0)", mig_msg_name(h[1]),
