@@ -424,6 +424,16 @@ int migrate_in_secret(struct guest *g, vmsup_error **err) {
 
 /* ---- receiving memory and TPM state ----------------------------------------------------- */
 
+/* what, with the last lines of QEMU's log (a wrong migration key shows there as swtpm's
+ * "decryption error") */
+static int qemu_failed(struct guest *g, const char *what, vmsup_error **err) {
+        _cleanup_free_ char *qlog = NULL, *tail = NULL;
+
+        if (asprintf(&qlog, "%s/qemu.log", g->dirs.logs) >= 0)
+                tail = guest_log_tail(qlog, 3);
+        return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "%s (its log: %s)", what, tail ? tail : "?");
+}
+
 /* Wait for the source's next frame while watching QEMU, swtpm, signals and the deadline. */
 static int wait_source(struct guest *g, enum mig_msg type, long deadline, struct mig_frame *f, vmsup_error **err) {
         struct migrate_in *in = g->in;
@@ -470,14 +480,8 @@ static int wait_source(struct guest *g, enum mig_msg type, long deadline, struct
                 }
                 if (p[2].revents || p[3].revents) {
                         guest_reap_all(g);
-                        if (g->qemu.exited) {
-                                _cleanup_free_ char *qlog = NULL, *tail = NULL;
-
-                                if (asprintf(&qlog, "%s/qemu.log", g->dirs.logs) >= 0)
-                                        tail = guest_log_tail(qlog, 3);
-                                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU ended while receiving the guest "
-                                                  "(its log: %s)", tail ? tail : "?");
-                        }
+                        if (g->qemu.exited)
+                                return qemu_failed(g, "QEMU ended while receiving the guest", err);
                         if (g->swtpm.exited) {
                                 _cleanup_free_ char *tail = guest_log_tail(g->dirs.swtpm_log, 3);
 
@@ -487,8 +491,11 @@ static int wait_source(struct guest *g, enum mig_msg type, long deadline, struct
                 }
                 if (p[4].revents && g->qmp && qmp_client_dispatch(g->qmp, err) < 0)
                         return vmsup_error_prefix(err, "QEMU's monitor");
-                if (streq(g->migration_status, "failed"))
-                        return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU failed to receive the guest");
+                if (streq(g->migration_status, "failed")) {
+                        /* it exits after saying why */
+                        guest_child_wait(g, &g->qemu, 2000);
+                        return qemu_failed(g, "QEMU failed to load the guest", err);
+                }
         }
 }
 
@@ -555,8 +562,10 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         r = migrate_wait_status(g, loaded, in->answer_ms, err);
         if (r < 0)
                 return r;
-        if (!streq(g->migration_status, "completed"))
-                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU failed to load the guest");
+        if (!streq(g->migration_status, "completed")) {
+                guest_child_wait(g, &g->qemu, 2000);
+                return qemu_failed(g, "QEMU failed to load the guest", err);
+        }
         r = qmp(g, "query-status", NULL, &st, err);
         if (r < 0)
                 return r;

@@ -258,7 +258,7 @@ static void assert_gone(int h) {
 
 /* Boot the guest on host a (first start: the secret is made in Barbican). */
 static pid_t boot_on_a(void) {
-        const char *args[] = { "run", "--token-fd", "3", path("%s/guest.json", root), NULL };
+        const char *args[] = { "run", "--token-fd", "3", strdup(path("%s/guest.json", root)), NULL };
         pid_t pid = start(0, "run-a", "p", args);
 
         wait_text(console(0), "tpmprobe: done", 1, GUEST_BOOT_MS);
@@ -522,7 +522,7 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         cr_assert_neq(wait_exit(in), 0);
         assert_gone(1);
         {
-                const char *args[] = { "run", path("%s/guest.json", root), NULL };
+                const char *args[] = { "run", strdup(path("%s/guest.json", root)), NULL };
 
                 sup = start(0, "run-a2", NULL, args);
         }
@@ -532,7 +532,7 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
 }
 
 Test(migrate, user_mode_is_refused_with_novas_words) {
-        const char *args[] = { "run", "--token-fd", "3", path("%s/guest.json", root), NULL };
+        const char *args[] = { "run", "--token-fd", "3", strdup(path("%s/guest.json", root)), NULL };
         pid_t sup;
 
         write_spec("user");
@@ -542,6 +542,95 @@ Test(migrate, user_mode_is_refused_with_novas_words) {
         cr_assert(strstr(err("mig"), "Operation 'live-migration' not supported for vTPM-enabled instance (" UUID ")."),
                   "%s", err("mig"));
         assert_running(0);
+        kill(sup, SIGTERM);
+        wait_exit(sup);
+}
+
+/* A source with another passphrase than the guest's (here: a fake source supervisor that
+ * hands b a wrong secret, while the real source QEMU sends the guest): b's swtpm cannot
+ * decrypt the TPM blobs, b's QEMU fails the load, b removes everything, and QEMU on a
+ * resumes the guest by itself (return-path). */
+Test(migrate, wrong_migration_key_rolls_back) {
+        int port_pipe[2], port = 0, status = 0;
+        pid_t sup, in, fake;
+        char portbuf[16] = "", args[512];
+        long deadline;
+
+        sup = boot_on_a();
+        in = incoming(1, "in-b");
+        cr_assert_eq(pipe(port_pipe), 0);
+        fake = fork();
+        cr_assert_geq(fake, 0);
+        if (fake == 0) {
+                struct migchan_tls tls = { .ca_file = path("%s/certs/a/ca-cert.pem", root),
+                                           .cert_file = path("%s/certs/a/client-cert.pem", root),
+                                           .key_file = path("%s/certs/a/client-key.pem", root),
+                                           .peer_name = ip[1] };
+                struct migchan *ch = NULL;
+                struct mig_frame f = { 0 };
+                vmsup_error *e = NULL;
+                json_object *hello = json_object_new_object(), *prep = json_object_new_object();
+                char wrong[513];
+                int ns = open(path("/run/netns/%s-a", prefix), O_RDONLY | O_CLOEXEC);
+
+                memset(wrong, 'A', 512);
+                wrong[512] = '\0';
+                if (ns < 0 || setns(ns, CLONE_NEWNET) < 0 || migchan_connect(ip[1], "49152", &tls, 10000, &ch, &e) < 0)
+                        _exit(10);
+                json_object_object_add(hello, "protocol", json_object_new_int(1));
+                json_object_object_add(hello, "uuid", json_object_new_string(UUID));
+                json_object_object_add(hello, "host", json_object_new_string("fake"));
+                json_object_object_add(prep, "spec", json_object_from_file(path("%s/guest.json", root)));
+                json_object_object_add(prep, "secret_uuid", json_object_new_string("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"));
+                if (migchan_send_json(ch, MIG_HELLO, hello, 5000, &e) < 0 ||
+                    migchan_recv_wait(ch, MIG_HELLO, 10000, &f, &e) < 0 ||
+                    migchan_send_json(ch, MIG_PREPARE, prep, 5000, &e) < 0 ||
+                    migchan_send(ch, MIG_SECRET, wrong, 512, 5000, &e) < 0 ||
+                    migchan_recv_wait(ch, MIG_READY, 20000, &f, &e) < 0 || f.type != MIG_READY)
+                        _exit(11);
+                dprintf(port_pipe[1], "%d\n", json_object_get_int(json_object_object_get(f.json, "port")));
+                /* b answers ABORT or hangs up once its QEMU failed */
+                mig_frame_clear(&f);
+                migchan_recv_wait(ch, MIG_MIGRATED, 60000, &f, &e);
+                _exit(f.type == MIG_ABORT ? 0 : 12);
+        }
+        close(port_pipe[1]);
+        cr_assert_gt(read(port_pipe[0], portbuf, sizeof(portbuf) - 1), 0, "the fake source got no READY:\n%s",
+                     err("in-b"));
+        port = atoi(portbuf);
+        cr_assert_gt(port, 0);
+
+        /* the real source QEMU sends the guest, with TLS and return-path, through vmsup qmp */
+        {
+                const char *add[] = { "qmp", UUID, "object-add", strdup(path("{\"qom-type\": \"tls-creds-x509\", \"id\": \"t\", "
+                                      "\"dir\": \"%s/certs/a\", \"endpoint\": \"client\", \"verify-peer\": true}", root)), NULL };
+                const char *caps[] = { "qmp", UUID, "migrate-set-capabilities", "{\"capabilities\": [{\"capability\": "
+                                       "\"return-path\", \"state\": true}]}", NULL };
+                const char *params[] = { "qmp", UUID, "migrate-set-parameters", strdup(path("{\"tls-creds\": \"t\", "
+                                         "\"tls-hostname\": \"%s\"}", ip[1])), NULL };
+                const char *mig[] = { "qmp", UUID, "migrate", args, NULL };
+
+                snprintf(args, sizeof(args), "{\"uri\": \"tcp:%s:%d\"}", ip[1], port);
+                cr_assert_eq(run(0, "qmp", add), 0, "%s", err("qmp"));
+                cr_assert_eq(run(0, "qmp", caps), 0, "%s", err("qmp"));
+                cr_assert_eq(run(0, "qmp", params), 0, "%s", err("qmp"));
+                cr_assert_eq(run(0, "qmp", mig), 0, "%s", err("qmp"));
+        }
+        cr_assert_neq(wait_exit(in), 0);
+        cr_assert(strstr(err("in-b"), "decryption error"), "%s", err("in-b"));
+        cr_assert_eq(waitpid(fake, &status, 0), fake);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "fake source: %d", status);
+        assert_gone(1);
+        /* QEMU on a resumes by itself when the destination fails (return-path) */
+        deadline = monotonic_ms() + 20000;
+        for (;;) {
+                const char *st[] = { "status", UUID, NULL };
+
+                if (run(0, "status", st) == 0 && strstr(out("status"), "qemu status:  running"))
+                        break;
+                cr_assert_lt(monotonic_ms(), deadline, "a's guest did not resume: %s", out("status"));
+                poll(NULL, 0, 100);
+        }
         kill(sup, SIGTERM);
         wait_exit(sup);
 }
