@@ -686,6 +686,15 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                         return;
                 }
                 json_object_object_get_ex(c->request, "arguments", &args);
+                /* After an undecided hand-over the guest may run on the destination: two
+                 * copies of one TPM must never run (docs/migration.md). */
+                if (streq(json_object_get_string(v), "cont") && access(g->dirs.migrated_out, F_OK) == 0) {
+                        control_conn_reply_error(c, VMSUP_EX_TEMPFAIL,
+                                                 "the guest may run on the host it was migrated to: check there, "
+                                                 "then remove the migrated-out marker in its state dir before cont");
+                        control_conn_free(c);
+                        return;
+                }
                 forward_qmp(g, c, json_object_get_string(v), args, on_qmp_passthrough_reply);
         } else {
                 control_conn_reply_error(c, VMSUP_EX_USAGE, "unknown control request");
