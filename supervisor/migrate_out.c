@@ -304,11 +304,14 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
         snprintf(g->migration_status, sizeof(g->migration_status), "setup");
         progress(o, "transfer", "QEMU sends the guest to %s (TLS)", uri);
         for (;;) {
-                struct pollfd p[5] = {
+                /* Not the TPM state's sync: what swtpm writes at the switch-over (its
+                 * volatile state) is sealed after the migration if it fails, and not at
+                 * all if it succeeds, instead of competing with QEMU for the CPU during
+                 * the downtime. */
+                struct pollfd p[4] = {
                         { .fd = migchan_fd(o->ch), .events = POLLIN },
                         { .fd = g->sigfd, .events = POLLIN },
                         { .fd = g->qemu.pidfd, .events = POLLIN },
-                        { .fd = g->sync && g->sync_watched ? tpm_sync_fd(g->sync) : -1, .events = POLLIN },
                         { .fd = g->qmp ? qmp_client_fd(g->qmp) : -1, .events = POLLIN },
                 };
                 long now = monotonic_ms(), wait;
@@ -326,6 +329,16 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                                 return r;
                         status = get_str(info, "status") ?: "";
                         if (streq(status, "completed")) {
+                                /* QEMU announces completion a moment before it has
+                                 * computed the figures */
+                                for (int i = 0; i < 100 && !get_int(info, "total-time"); i++) {
+                                        json_object_put(info);
+                                        info = NULL;
+                                        poll(NULL, 0, 2);
+                                        r = qmp(g, "query-migrate", NULL, &info, err);
+                                        if (r < 0)
+                                                return r;
+                                }
                                 o->total_ms = get_int(info, "total-time");
                                 o->downtime_ms = get_int(info, "downtime");
                                 return 0;
@@ -340,7 +353,7 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                         return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the migration did not complete within %u s",
                                           g->cfg->migration.timeout);
                 wait = (next < o->deadline ? next : o->deadline) - now;
-                if (poll(p, 5, wait > 1 ? (int) wait : 1) < 0 && errno != EINTR)
+                if (poll(p, 4, wait > 1 ? (int) wait : 1) < 0 && errno != EINTR)
                         return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
                 if (p[0].revents) {
                         struct mig_frame f = { 0 };
@@ -364,9 +377,7 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                         if (g->qemu.exited)
                                 return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU ended during the migration");
                 }
-                if (p[3].revents)
-                        guest_dispatch_sync(g);
-                if (p[4].revents && g->qmp && qmp_client_dispatch(g->qmp, err) < 0)
+                if (p[3].revents && g->qmp && qmp_client_dispatch(g->qmp, err) < 0)
                         return vmsup_error_prefix(err, "QEMU's monitor");
         }
 }
