@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -229,6 +230,58 @@ Test(swtpm, local_ca_dir_must_be_private) {
         cr_assert(strstr(err->msg, "with no access for group or others (it has uid 0, mode 0755)"), "%s", err->msg);
         cr_assert_eq(err->exit_code, 77);
         vmsup_error_free(err);
+        free(ca);
+}
+
+/* Guests started at the same moment (the benchmark's first density run: 50 `vmsup run`
+ * at once, one failed) all prepare the one local CA dir: none may fail or see another's
+ * half-written config, and no temp file is left behind. */
+Test(swtpm, local_ca_prepared_by_many_at_once) {
+        enum { N = 40 };
+        char *ca = path_in("ca"), *conf = NULL, *text;
+        vmsup_error *err = NULL;
+        struct dirent *e;
+        pid_t pids[N];
+        int gate[2], failed = 0;
+        DIR *d;
+
+        cr_assert_eq(pipe(gate), 0);
+        for (int i = 0; i < N; i++) {
+                pids[i] = fork();
+                cr_assert_geq(pids[i], 0);
+                if (pids[i] == 0) {
+                        char c;
+
+                        close(gate[1]);
+                        if (read(gate[0], &c, 1) != 0) /* EOF: all go when the gate closes */
+                                _exit(2);
+                        if (swtpm_localca_prepare(ca, SWTPM_LOCALCA, &conf, &err) < 0) {
+                                fprintf(stderr, "%s\n", err->msg);
+                                _exit(1);
+                        }
+                        _exit(0);
+                }
+        }
+        close(gate[0]);
+        close(gate[1]);
+        for (int i = 0; i < N; i++) {
+                int status;
+
+                cr_assert_eq(waitpid(pids[i], &status, 0), pids[i]);
+                failed += !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        }
+        cr_assert_eq(failed, 0, "%d of %d failed", failed, N);
+        cr_assert_eq(swtpm_localca_prepare(ca, SWTPM_LOCALCA, &conf, &err), 0);
+        text = slurp(conf, NULL);
+        cr_assert(strstr(text, "create_certs_tool = " SWTPM_LOCALCA "\n") && strstr(text, "active_pcr_banks = sha256\n"),
+                  "%s", text);
+        free(text);
+        d = opendir(ca);
+        cr_assert_not_null(d);
+        while ((e = readdir(d)))
+                cr_assert(!strstr(e->d_name, ".tmp"), "left behind: %s", e->d_name);
+        closedir(d);
+        free(conf);
         free(ca);
 }
 

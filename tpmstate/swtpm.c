@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/fileio.h"
 #include "common/proc.h"
 #include "common/util.h"
 #include "tpmstate/ctrl.h"
@@ -109,29 +110,20 @@ static int check_path(const char *what, const char *path, const char *forbidden,
         return 0;
 }
 
+/* The local CA dir is shared by every guest of the host, and guests start at the same
+ * time: a file is replaced only when its content differs (normally never after the first
+ * start), through a temp file of its own, so that concurrent preparers neither clobber
+ * each other's temp files nor let swtpm_setup read a half-written config. */
 static int write_file_at(int dfd, const char *dir, const char *name, const char *content, vmsup_error **err) {
-        char tmp[64];
-        _cleanup_close_ int fd = -1;
-        size_t len = strlen(content);
+        _cleanup_free_ void *old = NULL;
+        vmsup_error *rerr = NULL;
+        size_t len = strlen(content), old_len = 0;
 
-        snprintf(tmp, sizeof(tmp), ".%s.tmp", name);
-        (void) unlinkat(dfd, tmp, 0);
-        fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create '%s/%s'", dir, tmp);
-        if (write(fd, content, len) != (ssize_t) len) {
-                int e = errno ? errno : EIO;
-
-                (void) unlinkat(dfd, tmp, 0);
-                return vmsup_fail(err, VMSUP_EX_IOERR, e, "write '%s/%s'", dir, tmp);
-        }
-        if (renameat(dfd, tmp, dfd, name) < 0) {
-                int e = errno;
-
-                (void) unlinkat(dfd, tmp, 0);
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, e, "rename '%s/%s' to '%s'", dir, tmp, name);
-        }
-        return 0;
+        if (file_read_at(dfd, dir, name, len, false, &old, &old_len, &rerr) == 0 && old_len == len &&
+            memcmp(old, content, len) == 0)
+                return 0;
+        vmsup_error_free(rerr);
+        return file_write_atomic_at(dfd, dir, name, content, len, 0600, err);
 }
 
 int swtpm_localca_prepare(const char *dir, const char *localca_tool, char **ret_setup_conf, vmsup_error **err) {
