@@ -2,14 +2,20 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "common/proc.h"
 #include "common/util.h"
 #include "crypto/barbican.h"
 #include "crypto/http.h"
+#include "crypto/kdf.h"
 #include "crypto/keystone.h"
 #include "crypto/localstore.h"
 #include "crypto/secmem.h"
@@ -236,11 +242,157 @@ out:
         return r;
 }
 
-int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
+static int obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
         /* user and deployment: Barbican at every start, never kept on the host */
         if (req->tpm->secret_security == SECRET_SECURITY_HOST)
                 return host_obtain(req, ret, err);
         return barbican_obtain(req, ret, err);
+}
+
+/* ---- the exchange in a child ----
+ *
+ * Keystone and Barbican are asked from a forked child, which sends back only the result:
+ * the passphrase, or the error. libcurl is loaded in the child only (crypto/http.c), so
+ * its TLS library, the CA bundle it parses, the owner's or the service's token and the
+ * HTTP buffers that held the passphrase all end with the child, and the supervisor that
+ * then runs for months holds none of it (nor the memory: issue #9). What the child
+ * writes to the guest's state dir and the local store (the secret's id, host mode's
+ * copy) it writes as before. */
+
+struct obtain_reply {
+        int32_t r;         /* 0, or the failure's negative errno-style value */
+        int32_t exit_code; /* of the failure */
+        int32_t errnum;
+        uint32_t msg_len;  /* the failure's message follows */
+        uint32_t pass_len; /* the passphrase follows */
+        char id[37];
+        uint8_t created;
+};
+#define OBTAIN_MSG_MAX (64 * 1024)
+
+static bool write_all(int fd, const void *data, size_t len) {
+        const uint8_t *p = data;
+
+        while (len > 0) {
+                ssize_t n = write(fd, p, len);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return false;
+                p += n;
+                len -= (size_t) n;
+        }
+        return true;
+}
+
+/* len bytes, or fewer at EOF: how many came. */
+static size_t read_all(int fd, void *buf, size_t len) {
+        uint8_t *p = buf;
+        size_t got = 0;
+
+        while (got < len) {
+                ssize_t n = read(fd, p + got, len - got);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        break;
+                got += (size_t) n;
+        }
+        return got;
+}
+
+static _Noreturn void obtain_child(const struct vtpm_secret_request *req, int fd) {
+        struct obtain_reply rep = { 0 };
+        struct vtpm_secret s = { 0 };
+        vmsup_error *e = NULL;
+        bool ok;
+
+        rep.r = obtain(req, &s, &e);
+        if (rep.r < 0) {
+                rep.exit_code = e && e->exit_code ? e->exit_code : VMSUP_EX_SOFTWARE;
+                rep.errnum = e ? e->errnum : 0;
+                rep.msg_len = e && e->msg ? (uint32_t) strnlen(e->msg, OBTAIN_MSG_MAX) : 0;
+        } else {
+                rep.pass_len = (uint32_t) strlen(s.passphrase);
+                memcpy(rep.id, s.id, sizeof(rep.id));
+                rep.created = s.created;
+        }
+        ok = write_all(fd, &rep, sizeof(rep)) && (!rep.msg_len || write_all(fd, e->msg, rep.msg_len)) &&
+             (!rep.pass_len || write_all(fd, s.passphrase, rep.pass_len));
+        vtpm_secret_clear(&s);
+        _exit(ok ? 0 : 1);
+}
+
+int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
+        _cleanup_secmem_ char *pass = NULL;
+        _cleanup_free_ char *msg = NULL;
+        _cleanup_close_ int rd = -1;
+        struct obtain_reply rep;
+        pid_t parent = getpid(), pid;
+        int fds[2], status;
+        size_t got;
+        char why[64];
+
+        if (pipe2(fds, O_CLOEXEC) < 0) {
+                if (req->token_fd >= 0)
+                        close(req->token_fd);
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "vTPM secret: pipe");
+        }
+        rd = fds[0];
+        pid = fork();
+        if (pid < 0) {
+                int e = errno;
+
+                close(fds[1]);
+                if (req->token_fd >= 0)
+                        close(req->token_fd);
+                return vmsup_fail(err, VMSUP_EX_OSERR, e, "vTPM secret: fork");
+        }
+        if (pid == 0) {
+                close(fds[0]);
+                /* no orphan keeps asking Barbican for a supervisor that is gone */
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+                        _exit(1);
+                obtain_child(req, fds[1]);
+        }
+        close(fds[1]);
+        if (req->token_fd >= 0)
+                close(req->token_fd); /* the child's copy is the one used */
+
+        got = read_all(rd, &rep, sizeof(rep));
+        if (got == sizeof(rep) && rep.msg_len > 0 && rep.msg_len <= OBTAIN_MSG_MAX) {
+                msg = calloc(1, rep.msg_len + 1);
+                if (msg && read_all(rd, msg, rep.msg_len) != rep.msg_len) {
+                        free(msg);
+                        msg = NULL;
+                }
+        }
+        if (got == sizeof(rep) && rep.r >= 0 && rep.pass_len > 0 && rep.pass_len <= KDF_PASSPHRASE_MAX) {
+                /* straight from the pipe into locked memory: no other copy */
+                pass = secmem_alloc(rep.pass_len + 1);
+                if (pass && read_all(rd, pass, rep.pass_len) != rep.pass_len)
+                        pass = secmem_free(pass);
+        }
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                ;
+        if (got != sizeof(rep) || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "vTPM secret: the process asking Barbican %s",
+                                  proc_describe_status(status, why, sizeof(why)));
+        if (rep.r < 0) {
+                vmsup_fail(err, rep.exit_code, 0, "%s", msg ? msg : "vTPM secret: failed (no message)");
+                if (err && *err)
+                        (*err)->errnum = rep.errnum;
+                return rep.r;
+        }
+        if (!pass)
+                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "vTPM secret: the passphrase did not arrive (%u bytes)",
+                                  rep.pass_len);
+        rep.id[sizeof(rep.id) - 1] = '\0';
+        *ret = (struct vtpm_secret) { .passphrase = TAKE_PTR(pass), .created = rep.created };
+        memcpy(ret->id, rep.id, sizeof(ret->id));
+        return 0;
 }
 
 static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {

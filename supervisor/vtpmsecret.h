@@ -28,7 +28,9 @@ struct vtpm_secret {
 
 /* Get the passphrase: from Barbican with the owner's credential read from token_fd (user
  * mode); on a first start with no secret id known, create the secret as Nova does and
- * record its id. Never creates a secret for a guest that has sealed state. */
+ * record its id. Never creates a secret for a guest that has sealed state. The exchange
+ * runs in a forked child (libcurl is loaded there only); the passphrase comes back into
+ * secmem. token_fd is closed in every case. */
 int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err);
 
 void vtpm_secret_clear(struct vtpm_secret *s);

@@ -902,3 +902,83 @@ Test(run, cli_status_qmp_and_forced_stop) {
         cr_assert(strstr(r.err, "is not running under vmsup"), "%s", r.err);
         test_run_clear(&r);
 }
+
+/* Whether the process's writable memory holds needle (read through /proc/PID/mem). */
+static bool memory_holds(pid_t pid, const void *needle, size_t len, char *where, size_t wlen) {
+        char path[64], line[512];
+        bool found = false;
+        FILE *maps;
+        int mem;
+
+        snprintf(path, sizeof(path), "/proc/%d/maps", (int) pid);
+        maps = fopen(path, "re");
+        cr_assert_not_null(maps);
+        snprintf(path, sizeof(path), "/proc/%d/mem", (int) pid);
+        mem = open(path, O_RDONLY | O_CLOEXEC);
+        cr_assert_geq(mem, 0, "open %s", path);
+        while (!found && fgets(line, sizeof(line), maps)) {
+                unsigned long start, end;
+                char perms[5];
+                uint8_t *buf;
+                ssize_t n;
+
+                if (sscanf(line, "%lx-%lx %4s", &start, &end, perms) != 3 || perms[0] != 'r' || perms[1] != 'w')
+                        continue;
+                buf = malloc(end - start);
+                cr_assert_not_null(buf);
+                n = pread(mem, buf, end - start, (off_t) start);
+                if (n > 0 && memmem(buf, (size_t) n, needle, len)) {
+                        snprintf(where, wlen, "%s", line);
+                        found = true;
+                }
+                free(buf);
+        }
+        close(mem);
+        fclose(maps);
+        return found;
+}
+
+/* Issue #9: the supervisor, which runs as long as its guest, maps no HTTP, TLS or libtpms
+ * code (the Barbican exchange and libtpms' check run in children that load them), and
+ * neither the owner's credential nor the vTPM passphrase is anywhere in its memory. */
+Test(run, the_supervisor_maps_no_http_tls_or_libtpms_and_holds_no_credential_or_passphrase) {
+        static const char credential[] = "owner-credential-5d2c61e0a9b84f3e";
+        static const char *const libs[] = { "libcurl", "libgnutls", "libtpms", "libcrypto.so", "libssl.so", "libp11-kit" };
+        struct barbican_options bo = { .auth = BARBICAN_AUTH_NOAUTH, .endpoint = test_barbican_url(), .attempts = 1 };
+        struct barbican_identity who = { .project_id = credential };
+        char path[512], id[40] = "", pass[BARBICAN_PASSPHRASE_LEN + 1], where[512] = "";
+        struct barbican_client *c = NULL;
+        vmsup_error *err = NULL;
+        const char *maps;
+        struct sup s;
+        FILE *f;
+
+        write_spec("2.0", "tpm-crb", false, true);
+        s = start_as(credential);
+        json_object_put(wait_running(&s));
+
+        snprintf(path, sizeof(path), "/proc/%d/maps", (int) s.pid);
+        maps = slurp(path);
+        cr_assert(strstr(maps, "libnettle"), "not the supervisor's maps? %s", maps);
+        for (size_t i = 0; i < ARRAY_SIZE(libs); i++)
+                cr_assert_null(strstr(maps, libs[i]), "the supervisor maps %s:\n%s", libs[i], maps);
+
+        snprintf(path, sizeof(path), "%s/state/" UUID "/vtpm_secret_uuid", root);
+        f = fopen(path, "re");
+        cr_assert_not_null(f);
+        cr_assert_not_null(fgets(id, sizeof(id), f));
+        fclose(f);
+        id[strcspn(id, "\n")] = '\0';
+        cr_assert_eq(barbican_client_new(&bo, &who, &c, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_eq(barbican_secret_fetch(c, id, pass, &err), 0, "%s", err ? err->msg : "");
+        barbican_client_free(c);
+        cr_assert_not(memory_holds(s.pid, credential, strlen(credential), where, sizeof(where)),
+                      "the credential is in the supervisor's memory at %s", where);
+        cr_assert_not(memory_holds(s.pid, pass, BARBICAN_PASSPHRASE_LEN, where, sizeof(where)),
+                      "the passphrase is in the supervisor's memory at %s", where);
+        explicit_bzero(pass, sizeof(pass));
+
+        kill(s.pid, SIGTERM);
+        cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
+        assert_clean();
+}
