@@ -242,3 +242,36 @@ Test(crash, sigkill_while_sealing_never_tears_or_loses_the_state) {
                 free(now);
         }
 }
+
+/* A hard reboot's cycle: watch, seal what swtpm writes, wipe at the stop (the fd falls
+ * silent; the kernel's watch is removed without waiting), watch again with a new fd
+ * that reports the next run's writes. */
+Test(crash, watch_wipe_and_watch_again) {
+        struct tpm_sync_opts so = { .key = key, .uuid = UUID, .version = TPM_VERSION_2_0, .uid = getuid(), .gid = getgid() };
+        char live[512], sealed[512];
+        struct tpm_sync *s = NULL;
+        vmsup_error *err = NULL;
+        struct pollfd p;
+
+        snprintf(live, sizeof(live), "%s/live", root);
+        snprintf(sealed, sizeof(sealed), "%s/sealed", root);
+        cr_assert_eq(mkdir(live, 0700), 0);
+        cr_assert_eq(mkdir(sealed, 0700), 0);
+        so.live_dir = live;
+        so.state_dir = sealed;
+        cr_assert_eq(tpm_sync_open(&so, &s, &err), 0, "%s", err ? err->msg : "");
+
+        for (int run = 0; run < 2; run++) {
+                cr_assert_eq(tpm_sync_watch(s, &err), 0, "%s", err ? err->msg : "");
+                swtpm_style_write(live, run);
+                p = (struct pollfd) { .fd = tpm_sync_fd(s), .events = POLLIN };
+                cr_assert_eq(poll(&p, 1, 5000), 1, "run %d: no event for swtpm's write", run);
+                cr_assert_eq(tpm_sync_dispatch(s, &err), 0, "%s", err ? err->msg : "");
+                cr_assert_eq(sealed_state(sealed), run);
+                cr_assert_eq(tpm_sync_seal_all(s, &err), 0);
+                cr_assert_eq(tpm_sync_wipe_live(s, &err), 0, "%s", err ? err->msg : "");
+                p = (struct pollfd) { .fd = tpm_sync_fd(s), .events = POLLIN };
+                cr_assert_eq(poll(&p, 1, 100), 0, "run %d: the fd still reports after the wipe", run);
+        }
+        tpm_sync_free(s);
+}

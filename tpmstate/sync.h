@@ -42,7 +42,9 @@ int tpm_sync_fd(const struct tpm_sync *s);
 int tpm_sync_dispatch(struct tpm_sync *s, vmsup_error **err);
 
 /* After swtpm exited and its last writes are sealed: stop watching, then zero and remove
- * every file in the live dir, so no plaintext state outlives the guest's run. */
+ * every file in the live dir, so no plaintext state outlives the guest's run. The fd of
+ * tpm_sync_fd() stays open but silent until tpm_sync_watch() replaces it (a new fd for
+ * the caller's epoll) or tpm_sync_free() closes it. */
 int tpm_sync_wipe_live(struct tpm_sync *s, vmsup_error **err);
 
 /* How many state files were sealed since open (for logs and tests). */
