@@ -262,6 +262,9 @@ class Vmsup:
             raise RuntimeError("vmsup stop %s: %s" % (u, r.stderr.decode().strip()))
         p = self.procs.pop(u)
         p.wait(timeout=30)
+        # `vmsup stop` returns once the guest is down and its state sealed; the supervisor
+        # then tears itself down: kept apart, not in the stop row
+        self.last_exit = now() - t0
         return t1 - t0
 
     def pid(self, u):
@@ -624,7 +627,8 @@ def summary(values):
 def phase_latency(systems, guest, runs, res):
     """Each round, per system (interleaved): a fresh guest's first start, boot to the held
     prompt, graceful stop; then a later start of the same guest and a forced stop."""
-    data = {s.name: {"first": [], "later": [], "graceful": [], "forced": [], "own_first": [], "own_later": []}
+    data = {s.name: {"first": [], "later": [], "graceful": [], "forced": [], "own_first": [], "own_later": [],
+                     "exit_graceful": [], "exit_forced": []}
             for s in systems}
     for rnd in range(-1, runs):
         for s in systems:
@@ -634,13 +638,15 @@ def phase_latency(systems, guest, runs, res):
                 if not wait_file_text(s.console(g), HOLD_LINE, 300):
                     raise RuntimeError("%s: guest did not reach '%s' (%s)" % (s.name, HOLD_LINE, s.console(g)))
                 tg = s.stop(g)
+                eg = getattr(s, "last_exit", None)
             else:  # an extra row for start only: no boot to wait for
                 time.sleep(1.0)
                 s.stop(g, force=True)
-                tg = None
+                tg = eg = None
             t2, own2 = s.start(g)
             time.sleep(1.0)
             tf = s.stop(g, force=True)
+            ef = getattr(s, "last_exit", None)
             if isinstance(s, Libvirt):
                 s.undefine(g)
             if rnd < 0:
@@ -653,6 +659,8 @@ def phase_latency(systems, guest, runs, res):
             d["forced"].append(ms(tf))
             d["own_first"].append(own)
             d["own_later"].append(own2)
+            d["exit_graceful"].append(ms(eg) if eg else None)
+            d["exit_forced"].append(ms(ef) if ef else None)
             log("round %d %-16s first %6.0f  later %6.0f  graceful %6s  forced %6.0f ms"
                 % (rnd + 1, s.name, ms(t), ms(t2), "%.0f" % ms(tg) if tg else "-", ms(tf)))
     res["latency"] = {name: {k: summary(v) for k, v in d.items()} for name, d in data.items()}
@@ -691,19 +699,28 @@ def phase_memory(vm, lv, guest, counts, res):
     res["memory"] = out
 
 
-def phase_density(vm, guest, n, idle, res):
+def phase_density(vm, guest, n, idle, res, at_once=False):
     ids = [vm.new_guest(guest, "den%d" % i) for i in range(n)]
     t0 = now()
     started = []
     try:
-        # One after the other, as an orchestrator would start them: each supervisor
-        # reports running before the next one starts.
-        for u in ids:
-            p, _ = vm.spawn(u)
-            started.append((u, p))
-            vm.wait_running(u, p)
-        log("density: %d guests running after %.1f s; waiting for every guest to boot to its held prompt"
-            % (n, now() - t0))
+        if at_once:
+            # All supervisors at the same moment (many first starts sharing the host's
+            # local CA), then each must report running.
+            for u in ids:
+                p, _ = vm.spawn(u)
+                started.append((u, p))
+            for u, p in started:
+                vm.wait_running(u, p, timeout=900.0)
+        else:
+            # One after the other, as an orchestrator would start them: each supervisor
+            # reports running before the next one starts.
+            for u in ids:
+                p, _ = vm.spawn(u)
+                started.append((u, p))
+                vm.wait_running(u, p)
+        log("density: %d guests running after %.1f s (%s); waiting for every guest to boot to its held prompt"
+            % (n, now() - t0, "started at once" if at_once else "one after the other"))
         # Under heavy load some guests' kernels panic at boot ("IO-APIC + timer doesn't
         # work": TCG too slow for the timer check); they sit halted, which is idle too.
         held = sum(1 for u in ids
@@ -722,7 +739,7 @@ def phase_density(vm, guest, n, idle, res):
         # also the supervisors' whole life so far (start-up included)
         life = [proc_cpu_wakeups(p) for p in pids]
         res["density"] = {
-            "guests": n, "held": held, "idle_s": idle, "boot_s": round(now() - t0, 1),
+            "guests": n, "held": held, "idle_s": idle, "boot_s": round(now() - t0, 1), "at_once": at_once,
             "cpu_ms_total": round(sum(cpu), 1), "wakeups_total": sum(wake),
             "wakeups_max": max(wake), "cpu_ms_max": max(cpu),
             "rss_kib": summary([m["rss"] for m in mems]), "pss_kib": summary([m["pss"] for m in mems]),
@@ -784,6 +801,9 @@ def report(res):
         lines.append("vmsup's own 'started in N ms': first %s, later %s"
                      % (fmt(lat["vmsup"]["own_first"]), fmt(lat["vmsup"]["own_later"])))
         lines.append("")
+        lines.append("vmsup stop, until the supervisor process had exited too: graceful %s, forced %s"
+                     % (fmt(lat["vmsup"].get("exit_graceful")), fmt(lat["vmsup"].get("exit_forced"))))
+        lines.append("")
     mem = res.get("memory")
     if mem:
         lines.append("Memory, KiB (smaps_rollup)")
@@ -803,8 +823,9 @@ def report(res):
         lines.append("")
     den = res.get("density")
     if den:
-        lines.append("Density: %d guests under %d supervisors (%d held at the prompt), idle window %d s"
-                     % (den["guests"], den["guests"], den["held"], den["idle_s"]))
+        lines.append("Density: %d guests under %d supervisors (%d held at the prompt; started %s), idle window %d s"
+                     % (den["guests"], den["guests"], den["held"],
+                        "at once" if den.get("at_once") else "one after the other", den["idle_s"]))
         lines.append("")
         lines.append("| supervisors' CPU time, total | wakeups (ctx switches), total | max per supervisor"
                      " | RSS per supervisor, KiB | PSS per supervisor, KiB | PSS total, KiB |")
@@ -864,6 +885,8 @@ def main():
     ap.add_argument("--phases", default="latency,memory,density")
     ap.add_argument("--density", type=int, default=50)
     ap.add_argument("--idle", type=int, default=60)
+    ap.add_argument("--density-at-once", action="store_true",
+                    help="density: start all supervisors at the same moment, not one after the other")
     ap.add_argument("--no-noenc", action="store_true", help="skip the libvirt row without <encryption>")
     a = ap.parse_args()
     phases = a.phases.split(",")
@@ -895,7 +918,8 @@ def main():
             Libvirt.stop_daemons()
         if "density" in phases:
             # 64 MiB: Debian's kernel and initrd reset in a loop before printing a line.
-            phase_density(vm, Guest(a.guest_dir, firmware="bios", memory=128), a.density, a.idle, res)
+            phase_density(vm, Guest(a.guest_dir, firmware="bios", memory=128), a.density, a.idle, res,
+                          a.density_at_once)
     finally:
         for s in (vm, bare, lv, lvn):
             if s:
