@@ -398,7 +398,17 @@ class Bare:
         except EOFError:
             pass
         qemu.wait()
-        swtpm.wait()  # swtpm ends by itself when QEMU hangs up
+        try:
+            swtpm.wait(timeout=5)  # swtpm ends by itself when QEMU hangs up ...
+        except subprocess.TimeoutExpired:
+            # ... except when QEMU went without sending CMD_SHUTDOWN (seen once in 40
+            # forced stops): shut it down as vmsup does, and drop the sample
+            subprocess.run(["swtpm_ioctl", "-s", "--unix", os.path.join(self.guests[u][2], "swtpm.ctrl")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            swtpm.wait(timeout=10)
+            log("bare: swtpm outlived QEMU (%s stop); sample dropped" % ("forced" if force else "graceful"))
+            qmp.close()
+            return None
         t1 = now()
         qmp.close()
         return t1 - t0
@@ -656,13 +666,14 @@ def phase_latency(systems, guest, runs, res):
             d["first"].append(ms(t))
             d["later"].append(ms(t2))
             d["graceful"].append(ms(tg) if tg else None)
-            d["forced"].append(ms(tf))
+            d["forced"].append(ms(tf) if tf is not None else None)
             d["own_first"].append(own)
             d["own_later"].append(own2)
             d["exit_graceful"].append(ms(eg) if eg else None)
             d["exit_forced"].append(ms(ef) if ef else None)
-            log("round %d %-16s first %6.0f  later %6.0f  graceful %6s  forced %6.0f ms"
-                % (rnd + 1, s.name, ms(t), ms(t2), "%.0f" % ms(tg) if tg else "-", ms(tf)))
+            log("round %d %-16s first %6.0f  later %6.0f  graceful %6s  forced %6s ms"
+                % (rnd + 1, s.name, ms(t), ms(t2), "%.0f" % ms(tg) if tg else "-",
+                   "%.0f" % ms(tf) if tf is not None else "-"))
     res["latency"] = {name: {k: summary(v) for k, v in d.items()} for name, d in data.items()}
     res["latency_raw"] = data
 
