@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -14,11 +15,49 @@
 #include "crypto/secmem.h"
 #include "crypto/http.h"
 
+/* libcurl is loaded on first use (dlopen), not linked. A supervisor asks Barbican from
+ * a short-lived child (supervisor/vtpmsecret.c) and vmsup's other verbs at most once, so
+ * no long-lived process maps libcurl, its TLS library and the thirty-odd libraries they
+ * pull in (Kerberos, LDAP, SSH, OpenSSL ...), nor keeps the state they set up. */
+#define CURL_FUNCTIONS(X)                                                                         \
+        X(global_init) X(easy_strerror) X(easy_init) X(easy_setopt) X(easy_perform) X(easy_getinfo) \
+        X(easy_cleanup) X(slist_append) X(slist_free_all) X(url) X(url_set) X(url_get) X(url_cleanup) X(free)
+
+static struct {
+#define X(f) __typeof__(curl_##f) *f;
+        CURL_FUNCTIONS(X)
+#undef X
+} lc;
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-static CURLcode curl_init_result = CURLE_FAILED_INIT;
+static bool curl_ready;
+static char curl_why[300];
 
 static void curl_init_once(void) {
-        curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+        void *h = dlopen(CURL_SONAME, RTLD_NOW | RTLD_LOCAL);
+        CURLcode rc;
+
+        if (!h) {
+                snprintf(curl_why, sizeof(curl_why), "cannot load libcurl: %s", dlerror());
+                return;
+        }
+#define X(f)                                                                                              \
+        if (!(lc.f = (__typeof__(lc.f)) dlsym(h, "curl_" #f))) {                                        \
+                snprintf(curl_why, sizeof(curl_why), "cannot load libcurl: %s", dlerror());             \
+                return;                                                                                   \
+        }
+        CURL_FUNCTIONS(X)
+#undef X
+        rc = lc.global_init(CURL_GLOBAL_DEFAULT);
+        if (rc != CURLE_OK) {
+                snprintf(curl_why, sizeof(curl_why), "initialise libcurl: %s", lc.easy_strerror(rc));
+                return;
+        }
+        curl_ready = true;
+}
+
+static bool curl_load(void) {
+        pthread_once(&curl_once, curl_init_once);
+        return curl_ready;
 }
 
 struct sink {
@@ -74,28 +113,31 @@ static size_t header_cb(char *data, size_t size, size_t nmemb, void *user) {
 static void slist_erase_free(struct curl_slist *l) {
         for (struct curl_slist *i = l; i; i = i->next)
                 explicit_bzero(i->data, strlen(i->data));
-        curl_slist_free_all(l);
+        lc.slist_free_all(l);
 }
 
 char *http_url_origin(const char *url) {
-        CURLU *u = curl_url();
         char *scheme = NULL, *host = NULL, *port = NULL, *origin = NULL;
+        CURLU *u;
 
+        /* Only for messages: without libcurl, the request that follows says why. */
+        if (!curl_load())
+                return strdup("(libcurl unavailable)");
+        u = lc.url();
         if (!u)
                 return NULL;
-        if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
-            curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
-            curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-                if (curl_url_get(u, CURLUPART_PORT, &port, 0) != CURLUE_OK)
+        if (lc.url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK && lc.url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+            lc.url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+                if (lc.url_get(u, CURLUPART_PORT, &port, 0) != CURLUE_OK)
                         port = NULL;
                 if (asprintf(&origin, "%s://%s%s%s", scheme, host, port ? ":" : "", port ? port : "") < 0)
                         origin = NULL;
         } else
                 origin = strdup("(invalid URL)");
-        curl_free(scheme);
-        curl_free(host);
-        curl_free(port);
-        curl_url_cleanup(u);
+        lc.free(scheme);
+        lc.free(host);
+        lc.free(port);
+        lc.url_cleanup(u);
         return origin;
 }
 
@@ -174,23 +216,21 @@ int http_request(const struct http_options *o, const struct http_request *req, s
 
         if (!origin)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s request", service);
-        pthread_once(&curl_once, curl_init_once);
-        if (curl_init_result != CURLE_OK)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "initialise libcurl: %s",
-                                  curl_easy_strerror(curl_init_result));
+        if (!curl_load())
+                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "%s request: %s", service, curl_why);
         if (strncmp(req->url, "http://", 7) != 0 && strncmp(req->url, "https://", 8) != 0)
                 return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s URL %s: only http:// and https:// are allowed",
                                   service, origin);
 
-        curl = curl_easy_init();
+        curl = lc.easy_init();
         if (!curl) {
                 r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s request: create a libcurl handle", service);
                 goto out;
         }
         /* "Expect:" off: no 100-continue round trip for small bodies. */
-        headers = curl_slist_append(NULL, "Expect:");
+        headers = lc.slist_append(NULL, "Expect:");
         for (const char *const *h = req->headers; headers && h && *h; h++) {
-                struct curl_slist *n = curl_slist_append(headers, *h);
+                struct curl_slist *n = lc.slist_append(headers, *h);
 
                 if (!n) {
                         slist_erase_free(headers);
@@ -207,10 +247,10 @@ int http_request(const struct http_options *o, const struct http_request *req, s
         errbuf[0] = '\0';
 #define SETOPT(opt, val)                                                                                     \
         do {                                                                                                 \
-                rc = curl_easy_setopt(curl, opt, val);                                                       \
+                rc = lc.easy_setopt(curl, opt, val);                                                       \
                 if (rc != CURLE_OK) {                                                                        \
                         r = vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s request: libcurl option %s: %s",      \
-                                       service, #opt, curl_easy_strerror(rc));                               \
+                                       service, #opt, lc.easy_strerror(rc));                               \
                         goto out;                                                                            \
                 }                                                                                            \
         } while (0)
@@ -258,9 +298,9 @@ int http_request(const struct http_options *o, const struct http_request *req, s
                 sink_reset(&sink);
                 errbuf[0] = '\0';
                 status = 0;
-                rc = curl_easy_perform(curl);
+                rc = lc.easy_perform(curl);
                 if (rc == CURLE_OK)
-                        curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+                        lc.easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
                 if (sink.overflow || rc == CURLE_FILESIZE_EXCEEDED) {
                         r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
                                        "%s at %s: response to %s larger than %zu bytes: refused", service, origin,
@@ -276,7 +316,7 @@ int http_request(const struct http_options *o, const struct http_request *req, s
                 if (rc != CURLE_OK && !transport_retryable(rc, req->idempotent)) {
                         r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "%s at %s: %s %s failed: %s", service,
                                        origin, req->method, attempt > 1 ? "retry" : "request",
-                                       errbuf[0] ? errbuf : curl_easy_strerror(rc));
+                                       errbuf[0] ? errbuf : lc.easy_strerror(rc));
                         goto out;
                 }
                 if (attempt >= attempts) {
@@ -284,7 +324,7 @@ int http_request(const struct http_options *o, const struct http_request *req, s
                                 break; /* the last 5xx is the answer */
                         r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "%s at %s unreachable after %u attempt%s: %s",
                                        service, origin, attempt, attempt == 1 ? "" : "s",
-                                       errbuf[0] ? errbuf : curl_easy_strerror(rc));
+                                       errbuf[0] ? errbuf : lc.easy_strerror(rc));
                         goto out;
                 }
                 pause_ms(backoff);
@@ -295,7 +335,7 @@ int http_request(const struct http_options *o, const struct http_request *req, s
                 char *ct = NULL;
                 struct http_response resp = { .status = status, .attempts = attempt };
 
-                if (curl_easy_getinfo(curl, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct) {
+                if (lc.easy_getinfo(curl, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct) {
                         resp.content_type = strdup(ct);
                         if (!resp.content_type) {
                                 r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s response", service);
@@ -318,7 +358,7 @@ int http_request(const struct http_options *o, const struct http_request *req, s
         r = 0;
 out:
         if (curl)
-                curl_easy_cleanup(curl);
+                lc.easy_cleanup(curl);
         slist_erase_free(headers);
         sink_reset(&sink);
         erase_and_free(sink.buf);
