@@ -3,10 +3,13 @@
 # pair, tests/twohosts.sh), with swtpm on each side: the baseline ("limit") that vmsup's
 # migration is measured against. No vmsup involved.
 #
-# Usage: bench/migrate_qemu.sh [--tls | --plain] [options] [N]
+# Usage: bench/migrate_qemu.sh [--tls | --plain | --tunnel] [options] [N]
 #   N                  migrations, alternating a->b, b->a, ... (default 10)
 #   --tls              QEMU's TLS (tls-creds-x509, verify-peer=true both ends; default)
 #   --plain            plain tcp
+#   --tunnel           QEMU's plain stream through a TLS 1.3 tunnel between two relays
+#                      (bench/tls_relay.c) that play the two supervisors: see below
+#   --cpu              also print the CPU time (utime+stime) each QEMU used per run
 #   --no-guest         no kernel: OVMF alone (it idles in the UEFI shell)
 #   --no-boot-wait     migrate as soon as the guest runs, not after it booted to userspace
 #   --sandbox          QEMU with -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny
@@ -27,12 +30,27 @@
 # the ACPI power button; with the demo guest it must answer on the console (proof that
 # it survived every migration), then it powers off.
 #
+# --tunnel: the alternative to QEMU's TLS where each supervisor carries the stream over
+# its own TLS channel. bench/tls_relay.c is built (gcc, gnutls) into the work directory.
+# Per migration, before the timed part (the supervisors' channel would exist already):
+# migrate-incoming tcp:127.0.0.1:0 on the destination (QEMU listens on that host's
+# loopback only), `tls_relay server IP_DST:0 127.0.0.1:QEMU_PORT` on the destination
+# (server-cert/key), `tls_relay client 127.0.0.1:0 IP_DST:RELAY_PORT` on the source
+# (client-cert/key; it connects and completes the TLS 1.3 handshake, mutual x509 with
+# the certificates --tls uses, then listens); the source QEMU migrates in plain tcp to
+# the client relay. Both relays carry both directions (the return path) and exit when
+# both are closed; each prints its CPU time (getrusage, user + system) at its exit,
+# shown per run as relay_cpu_ms client+server, with its median.
+#
 # Prints per run: total_ms and downtime_ms as QEMU's query-migrate on the source reports
 # them (total-time, downtime), setup_ms, wall_ms (our `migrate` command until the
-# destination's `cont` returned) and MiB transferred; then medians. Exit 0 on success,
-# 1 on any failure. Needs root, and Debian packages only: iproute2, gnutls-bin,
-# qemu-system-x86, swtpm, swtpm-tools, ovmf (and for the demo guest: linux-image-amd64
-# busybox-static cpio gzip gcc libc6-dev); missing ones are installed with apt-get.
+# destination's `cont` returned) and MiB transferred; then medians. --cpu adds each
+# QEMU's CPU time from just before `migrate` until `cont` returned (/proc/PID/stat
+# utime+stime, 10 ms ticks): src_cpu_ms, dst_cpu_ms. Exit 0 on success, 1 on any
+# failure. Needs root, and Debian packages only: iproute2, gnutls-bin, qemu-system-x86,
+# swtpm, swtpm-tools, ovmf (and for the demo guest: linux-image-amd64 busybox-static cpio
+# gzip gcc libc6-dev; for --tunnel: gcc libc6-dev libgnutls28-dev pkg-config); missing
+# ones are installed with apt-get.
 
 # shellcheck disable=SC2054,SC2154 # QEMU's options have commas; ns_a ... come from eval
 set -euo pipefail
@@ -41,11 +59,13 @@ top=$(cd "$(dirname "$(readlink -f "$0")")/.." && pwd)
 say() { printf 'migrate_qemu: %s\n' "$*" >&2; }
 die() { printf 'migrate_qemu: error: %s\n' "$*" >&2; exit 1; }
 
-runs=10 tls=1 guest=1 boot_wait=1 sandbox=0 maxbw='' mem=256 keep=0
+runs=10 tls=1 tunnel=0 cpu=0 guest=1 boot_wait=1 sandbox=0 maxbw='' mem=256 keep=0
 while [ $# -gt 0 ]; do
 	case $1 in
-	--tls) tls=1 ;;
-	--plain) tls=0 ;;
+	--tls) tls=1 tunnel=0 ;;
+	--plain) tls=0 tunnel=0 ;;
+	--tunnel) tls=0 tunnel=1 ;;
+	--cpu) cpu=1 ;;
 	--no-guest) guest=0 boot_wait=0 ;;
 	--no-boot-wait) boot_wait=0 ;;
 	--sandbox) sandbox=1 ;;
@@ -67,6 +87,7 @@ ovmf_code=/usr/share/OVMF/OVMF_CODE_4M.fd
 ovmf_vars=/usr/share/OVMF/OVMF_VARS_4M.fd
 packages=(iproute2 gnutls-bin qemu-system-x86 swtpm swtpm-tools ovmf)
 [ $guest -eq 0 ] || packages+=(linux-image-amd64 busybox-static cpio gzip gcc libc6-dev)
+[ $tunnel -eq 0 ] || packages+=(gcc libc6-dev libgnutls28-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -80,7 +101,7 @@ fi
 
 work=$(mktemp -d /tmp/vmsup-migq.XXXXXX)
 prefix=mq$$
-declare -A NS IP CERTS QPID SPID QIN QOUT DIR
+declare -A NS IP CERTS QPID SPID QIN QOUT DIR RPID
 slot_live=()
 
 # ---- QMP over a pipe chardev: QEMU reads DIR/qmp.in and writes DIR/qmp.out -------------
@@ -210,12 +231,18 @@ head -c 32 /dev/urandom >"$work/mkey"
 mkdir -p "$work/mfg"
 swtpm_setup --tpm2 --tpm-state "$work/mfg" --createek >"$work/mfg.log" 2>&1 ||
 	die "swtpm_setup failed: $(cat "$work/mfg.log")"
+if [ $tunnel -eq 1 ]; then
+	# shellcheck disable=SC2046 # pkg-config's flags are words
+	gcc -O2 -o "$work/tls_relay" "$top/bench/tls_relay.c" $(pkg-config --cflags --libs gnutls) \
+		>"$work/relay-build.log" 2>&1 || die "cannot build bench/tls_relay.c: $(cat "$work/relay-build.log")"
+fi
 if [ $guest -eq 1 ]; then
 	"$top/tests/guest/build.sh" "$work/guest" >"$work/guest.log" 2>&1 ||
 		die "tests/guest/build.sh failed (or use --no-guest): $(cat "$work/guest.log")"
 fi
 mode=plain
 [ $tls -eq 0 ] || mode=tls
+[ $tunnel -eq 0 ] || mode=tunnel
 say "$runs migrations, $mode, ${mem} MiB, guest: $([ $guest -eq 1 ] && echo demo kernel || echo OVMF only), a=${IP[a]} (${NS[a]}) b=${IP[b]} (${NS[b]})"
 
 start_vm a 0
@@ -233,9 +260,45 @@ fi
 
 now_ms() { local t=$EPOCHREALTIME; echo $((${t%.*} * 1000 + 10#${t#*.} / 1000)); }
 median() { sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else printf "%d\n", (v[NR/2]+v[NR/2+1])/2}'; }
+# A process's utime+stime in ms (fields 14 and 15 of /proc/PID/stat, after the comm).
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); printf "%d\n", ($12 + $13) * 1000 / hz}' "/proc/$1/stat"; }
 
-totals=() downs=() walls=()
-printf '%-4s %-6s %9s %12s %9s %8s %9s %s\n' run dir total_ms downtime_ms setup_ms wall_ms MiB permall
+# Start a relay (client|server) in slot's namespace; sets RP (its port once it is ready:
+# the server listens for the client, the client completed its handshake and listens for
+# QEMU).
+start_relay() { # slot role listen target
+	local s=$1 role=$2 d=${DIR[$1]} i
+	ip netns exec "${NS[$s]}" "$work/tls_relay" "$role" "$3" "$4" "${CERTS[$s]}" \
+		>"$d/relay-$role.out" 2>"$d/relay-$role.log" &
+	RPID[$role]=$!
+	RP=
+	for i in $(seq 1000); do
+		RP=$(sed -n 's/^ready \([0-9][0-9]*\)$/\1/p' "$d/relay-$role.out")
+		[ -z "$RP" ] || return 0
+		alive "${RPID[$role]}" || die "relay $role in ${NS[$s]} exited: $(cat "$d/relay-$role.log")"
+		sleep 0.01
+	done
+	die "relay $role in ${NS[$s]}: not ready after 10 s: $(cat "$d/relay-$role.log")"
+}
+# Wait for a relay to exit (both directions closed); RC = its CPU time in ms.
+end_relay() { # slot role
+	local s=$1 role=$2 d=${DIR[$1]} i rc=0
+	for i in $(seq 1000); do
+		alive "${RPID[$role]}" || break
+		sleep 0.01
+	done
+	alive "${RPID[$role]}" && die "relay $role in ${NS[$s]} still running 10 s after the migration: $(cat "$d/relay-$role.log")"
+	wait "${RPID[$role]}" || rc=$?
+	[ $rc -eq 0 ] || die "relay $role in ${NS[$s]} failed ($rc): $(cat "$d/relay-$role.log")"
+	RC=$(sed -n 's/.* cpu_ms \([0-9][0-9]*\) .*/\1/p' "$d/relay-$role.log")
+	[ -n "$RC" ] || die "relay $role in ${NS[$s]}: no CPU time in its log: $(cat "$d/relay-$role.log")"
+}
+
+totals=() downs=() walls=() rcpus=() scpus=() dcpus=()
+hdr=$(printf '%-4s %-6s %9s %12s %9s %8s %9s %-9s' run dir total_ms downtime_ms setup_ms wall_ms MiB permall)
+[ $cpu -eq 0 ] || hdr+=$(printf ' %10s %10s' src_cpu_ms dst_cpu_ms)
+[ $tunnel -eq 0 ] || hdr+=$(printf ' %s' 'relay_cpu_ms (client+server)')
+printf '%s\n' "${hdr%"${hdr##*[! ]}"}"
 src=a dst=b
 for run in $(seq "$runs"); do
 	start_vm "$dst" 1
@@ -250,12 +313,21 @@ for run in $(seq "$runs"); do
 	fi
 	qmp "$src" '{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"return-path","state":true}]}}'
 	[ -z "$maxbw" ] || qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"max-bandwidth":'"$maxbw"'}}'
-	qmp "$dst" '{"execute":"migrate-incoming","arguments":{"uri":"tcp:'"${IP[$dst]}"':0"}}'
+	in_ip=${IP[$dst]}
+	[ $tunnel -eq 0 ] || in_ip=127.0.0.1
+	qmp "$dst" '{"execute":"migrate-incoming","arguments":{"uri":"tcp:'"$in_ip"':0"}}'
 	qmp "$dst" '{"execute":"query-migrate"}'
 	port=$(jstr port)
 	[ -n "$port" ] || die "no port in the destination's query-migrate: $R"
+	target=${IP[$dst]}:$port
+	if [ $tunnel -eq 1 ]; then
+		start_relay "$dst" server "${IP[$dst]}:0" "127.0.0.1:$port"
+		start_relay "$src" client 127.0.0.1:0 "${IP[$dst]}:$RP"
+		target=127.0.0.1:$RP
+	fi
+	[ $cpu -eq 0 ] || { scpu0=$(cpu_ms "${QPID[$src]}"); dcpu0=$(cpu_ms "${QPID[$dst]}"); }
 	t0=$(now_ms)
-	qmp "$src" '{"execute":"migrate","arguments":{"uri":"tcp:'"${IP[$dst]}:$port"'"}}'
+	qmp "$src" '{"execute":"migrate","arguments":{"uri":"tcp:'"$target"'"}}'
 	while :; do
 		qmp "$src" '{"execute":"query-migrate"}'
 		st=$(jstr status)
@@ -269,19 +341,33 @@ for run in $(seq "$runs"); do
 	done
 	qmp "$dst" '{"execute":"cont"}'
 	wall=$(($(now_ms) - t0))
+	[ $cpu -eq 0 ] || { scpu=$(($(cpu_ms "${QPID[$src]}") - scpu0)); dcpu=$(($(cpu_ms "${QPID[$dst]}") - dcpu0)); }
 	[ "$(status "$dst")" = running ] || die "run $run: destination not running after cont"
 	[ "$(status "$src")" = postmigrate ] || die "run $run: source is $(status "$src"), not postmigrate"
 	if cmp -s "${DIR[$src]}/state/tpm2-00.permall" "${DIR[$dst]}/state/tpm2-00.permall"; then perm=identical; else perm=DIFFERENT; fi
-	printf '%-4s %-6s %9s %12s %9s %8s %9s %s\n' "$run" "$src->$dst" "$total" "$down" "$setup" "$wall" \
-		"$(awk -v b="$bytes" 'BEGIN {printf "%.1f", b / 1048576}')" "$perm"
+	if [ $tunnel -eq 1 ]; then
+		end_relay "$src" client
+		rc_client=$RC
+		end_relay "$dst" server
+		rcpus+=($((rc_client + RC)))
+		rcpu_text="$((rc_client + RC)) ($rc_client+$RC)"
+	fi
+	line=$(printf '%-4s %-6s %9s %12s %9s %8s %9s %-9s' "$run" "$src->$dst" "$total" "$down" "$setup" "$wall" \
+		"$(awk -v b="$bytes" 'BEGIN {printf "%.1f", b / 1048576}')" "$perm")
+	[ $cpu -eq 0 ] || { line+=$(printf ' %10s %10s' "$scpu" "$dcpu"); scpus+=("$scpu") dcpus+=("$dcpu"); }
+	[ $tunnel -eq 0 ] || line+=" $rcpu_text"
+	printf '%s\n' "${line%"${line##*[! ]}"}"
 	[ $perm = identical ] || die "destination permall differs from the source's"
 	totals+=("$total") downs+=("$down") walls+=("$wall")
 	stop_vm "$src"
 	tmp=$src src=$dst dst=$tmp
 done
-printf 'median (%s, %d runs): total_ms %s downtime_ms %s wall_ms %s\n' "$mode" "$runs" \
+line=$(printf 'median (%s, %d runs): total_ms %s downtime_ms %s wall_ms %s' "$mode" "$runs" \
 	"$(printf '%s\n' "${totals[@]}" | median)" "$(printf '%s\n' "${downs[@]}" | median)" \
-	"$(printf '%s\n' "${walls[@]}" | median)"
+	"$(printf '%s\n' "${walls[@]}" | median)")
+[ $cpu -eq 0 ] || line+=" src_cpu_ms $(printf '%s\n' "${scpus[@]}" | median) dst_cpu_ms $(printf '%s\n' "${dcpus[@]}" | median)"
+[ $tunnel -eq 0 ] || line+=" relay_cpu_ms $(printf '%s\n' "${rcpus[@]}" | median)"
+printf '%s\n' "$line"
 
 if [ $boot_wait -eq 1 ]; then
 	qmp "$src" '{"execute":"system_powerdown"}'
