@@ -594,6 +594,14 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         r = qmp(g, "cont", NULL, NULL, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "run the received guest");
+        json_object_put(st);
+        st = NULL;
+        r = qmp(g, "query-status", NULL, &st, err);
+        if (r < 0)
+                return r;
+        if (!streq(get_str(st, "status"), "running"))
+                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "the received guest does not run after cont (QEMU: %s)",
+                                  get_str(st, "status") ?: "?");
         /* From here the guest is this host's: no janitor, no marker. */
         if (unlink(g->dirs.incoming) < 0)
                 log_error("remove '%s': %s (remove it by hand: the guest is this host's now)", g->dirs.incoming,
