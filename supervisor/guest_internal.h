@@ -105,6 +105,10 @@ int guest_open_sync(struct guest *g, vmsup_error **err);
 int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, vmsup_error **err);
 /* Dispatch QMP until QEMU's MIGRATION events show one of the NULL-terminated states. */
 int migrate_wait_status(struct guest *g, const char *const *states, int timeout_ms, vmsup_error **err);
+/* One QMP command, blocking (QMP_COMMAND_TIMEOUT); an error when QEMU's monitor is gone. */
+int migrate_qmp(struct guest *g, const char *cmd, json_object *args, json_object **ret, vmsup_error **err);
+/* The string at key of a JSON object; NULL when missing or not a string. */
+const char *migrate_json_str(json_object *o, const char *key);
 /* "tcp:HOST:PORT" ("tcp:[V6]:PORT"); NULL on ENOMEM. */
 char *migrate_tcp_uri(const char *host, const char *port);
 /* The "migrate" control request; answers c, and ends the supervisor

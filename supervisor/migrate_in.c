@@ -52,20 +52,6 @@ void migrate_in_mark(struct guest *g, const char *what) {
                 log_debug("incoming: %s at +%ld ms", what, monotonic_ms() - g->in->t0);
 }
 
-static const char *get_str(json_object *o, const char *key) {
-        json_object *v;
-
-        return o && json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
-                       ? json_object_get_string(v)
-                       : NULL;
-}
-
-static int qmp(struct guest *g, const char *cmd, json_object *args, json_object **ret, vmsup_error **err) {
-        if (!g->qmp)
-                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
-        return qmp_client_execute(g->qmp, cmd, args, -1, QMP_COMMAND_TIMEOUT, ret, err);
-}
-
 static int tls_files(const struct host_config *cfg, char **ca, char **cert, char **key, vmsup_error **err) {
         if (asprintf(ca, "%s/ca-cert.pem", cfg->migration.tls_dir) < 0 ||
             asprintf(cert, "%s/server-cert.pem", cfg->migration.tls_dir) < 0 ||
@@ -81,7 +67,7 @@ static int expect(struct migrate_in *in, enum mig_msg type, struct mig_frame *f,
         if (r < 0)
                 return vmsup_error_prefix(err, "the source");
         if (f->type == MIG_ABORT) {
-                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the source gave up: %s", get_str(f->json, "error"));
+                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the source gave up: %s", migrate_json_str(f->json, "error"));
                 mig_frame_clear(f);
                 return r;
         }
@@ -155,13 +141,13 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
         r = expect(in, MIG_HELLO, &f, err);
         if (r < 0)
                 return r;
-        if (!streq(get_str(f.json, "uuid"), opts->incoming_uuid)) {
+        if (!streq(migrate_json_str(f.json, "uuid"), opts->incoming_uuid)) {
                 r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "%s offers guest %s; this host expects %s", in->source,
-                               get_str(f.json, "uuid"), opts->incoming_uuid);
+                               migrate_json_str(f.json, "uuid"), opts->incoming_uuid);
                 mig_frame_clear(&f);
                 return r;
         }
-        log_info("source %s (host %s) sends guest %s", in->source, get_str(f.json, "host") ?: "?",
+        log_info("source %s (host %s) sends guest %s", in->source, migrate_json_str(f.json, "host") ?: "?",
                  opts->incoming_uuid);
         mig_frame_clear(&f);
         gethostname(hostname, sizeof(hostname) - 1);
@@ -182,7 +168,7 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
         }
         json_object_object_get_ex(f.json, "spec", &in->spec);
         json_object_get(in->spec);
-        snprintf(in->secret_id, sizeof(in->secret_id), "%s", get_str(f.json, "secret_uuid") ?: "");
+        snprintf(in->secret_id, sizeof(in->secret_id), "%s", migrate_json_str(f.json, "secret_uuid") ?: "");
         mig_frame_clear(&f);
         text = json_object_to_json_string_ext(in->spec, JSON_C_TO_STRING_PLAIN);
         r = guest_spec_parse(text, strlen(text), "the source's guest spec", &g->spec, err);
@@ -456,7 +442,7 @@ static int wait_source(struct guest *g, enum mig_msg type, long deadline, struct
                 if (r > 0) {
                         if (f->type == MIG_ABORT) {
                                 r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the source gave up: %s",
-                                               get_str(f->json, "error"));
+                                               migrate_json_str(f->json, "error"));
                                 mig_frame_clear(f);
                                 return r;
                         }
@@ -514,11 +500,11 @@ static int listen_incoming(struct guest *g, int *ret_port, vmsup_error **err) {
                 return r;
         migrate_in_mark(g, "QEMU's TLS set up");
         json_object_object_add(args, "uri", json_object_new_string(uri));
-        r = qmp(g, "migrate-incoming", args, NULL, err);
+        r = migrate_qmp(g, "migrate-incoming", args, NULL, err);
         migrate_in_mark(g, "migrate-incoming");
         if (r < 0)
                 return vmsup_error_prefix(err, "QEMU migrate-incoming on %s", uri);
-        r = qmp(g, "query-migrate", NULL, &info, err);
+        r = migrate_qmp(g, "query-migrate", NULL, &info, err);
         if (r < 0)
                 return r;
         if (!json_object_object_get_ex(info, "socket-address", &sa) || !json_object_is_type(sa, json_type_array) ||
@@ -566,10 +552,10 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
                 guest_child_wait(g, &g->qemu, 2000);
                 return qemu_failed(g, "QEMU failed to load the guest", err);
         }
-        r = qmp(g, "query-status", NULL, &st, err);
+        r = migrate_qmp(g, "query-status", NULL, &st, err);
         if (r < 0)
                 return r;
-        if (streq(get_str(st, "status"), "running"))
+        if (streq(migrate_json_str(st, "status"), "running"))
                 return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "QEMU runs the guest before the source said so");
         /* The TPM state must be here, and sealed, before the source lets go. */
         r = swtpm_state_exists(g->dirs.live_tpm, g->tpm.version, err);
@@ -591,17 +577,17 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         mig_frame_clear(&f);
         if (r < 0)
                 return r;
-        r = qmp(g, "cont", NULL, NULL, err);
+        r = migrate_qmp(g, "cont", NULL, NULL, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "run the received guest");
         json_object_put(st);
         st = NULL;
-        r = qmp(g, "query-status", NULL, &st, err);
+        r = migrate_qmp(g, "query-status", NULL, &st, err);
         if (r < 0)
                 return r;
-        if (!streq(get_str(st, "status"), "running"))
+        if (!streq(migrate_json_str(st, "status"), "running"))
                 return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "the received guest does not run after cont (QEMU: %s)",
-                                  get_str(st, "status") ?: "?");
+                                  migrate_json_str(st, "status") ?: "?");
         /* From here the guest is this host's: no janitor, no marker. */
         if (unlink(g->dirs.incoming) < 0)
                 log_error("remove '%s': %s (remove it by hand: the guest is this host's now)", g->dirs.incoming,

@@ -54,19 +54,19 @@ static void progress(struct out *o, const char *phase, const char *fmt, ...) {
         control_conn_progress(o->conn, p);
 }
 
-static int qmp(struct guest *g, const char *cmd, json_object *args, json_object **ret, vmsup_error **err) {
-        if (!g->qmp)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "QEMU's monitor is gone");
-        return qmp_client_execute(g->qmp, cmd, args, -1, QMP_COMMAND_TIMEOUT, ret, err);
-}
-
 static int64_t get_int(json_object *o, const char *key) {
         json_object *v;
 
         return o && json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
 }
 
-static const char *get_str(json_object *o, const char *key) {
+int migrate_qmp(struct guest *g, const char *cmd, json_object *args, json_object **ret, vmsup_error **err) {
+        if (!g->qmp)
+                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+        return qmp_client_execute(g->qmp, cmd, args, -1, QMP_COMMAND_TIMEOUT, ret, err);
+}
+
+const char *migrate_json_str(json_object *o, const char *key) {
         json_object *v;
 
         return o && json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
@@ -87,7 +87,7 @@ int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, v
 
                 /* read the certificates afresh: they may have been renewed */
                 json_object_object_add(del, "id", json_object_new_string(MIGRATE_QEMU_TLS_ID));
-                if (qmp(g, "object-del", del, NULL, &ignored) < 0)
+                if (migrate_qmp(g, "object-del", del, NULL, &ignored) < 0)
                         vmsup_error_free(ignored);
                 g->migrate_tls_added = false;
         }
@@ -99,7 +99,7 @@ int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, v
         {
                 long t = monotonic_ms();
 
-                r = qmp(g, "object-add", creds, NULL, err);
+                r = migrate_qmp(g, "object-add", creds, NULL, err);
                 log_debug("migration: QEMU loaded the TLS credentials in %ld ms", monotonic_ms() - t);
         }
         if (r < 0)
@@ -116,13 +116,13 @@ int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, v
         json_object_object_add(cap, "state", json_object_new_boolean(1));
         json_object_array_add(list, cap);
         json_object_object_add(caps, "capabilities", list);
-        r = qmp(g, "migrate-set-capabilities", caps, NULL, err);
+        r = migrate_qmp(g, "migrate-set-capabilities", caps, NULL, err);
         if (r < 0)
                 return r;
         json_object_object_add(params, "tls-creds", json_object_new_string(MIGRATE_QEMU_TLS_ID));
         if (tls_hostname)
                 json_object_object_add(params, "tls-hostname", json_object_new_string(tls_hostname));
-        return qmp(g, "migrate-set-parameters", params, NULL, err);
+        return migrate_qmp(g, "migrate-set-parameters", params, NULL, err);
 }
 
 int migrate_wait_status(struct guest *g, const char *const *states, int timeout_ms, vmsup_error **err) {
@@ -160,7 +160,7 @@ char *migrate_tcp_uri(const char *host, const char *port) {
 static int unexpected(struct out *o, struct mig_frame *f, vmsup_error **err) {
         (void) o;
         if (f->type == MIG_ABORT) {
-                vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the destination gave up: %s", get_str(f->json, "error"));
+                vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the destination gave up: %s", migrate_json_str(f->json, "error"));
                 return -ECONNABORTED;
         }
         return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the destination sent an unexpected %s message",
@@ -237,9 +237,9 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
         r = send_json(o, MIG_HELLO, hello, err);
         if (r >= 0)
                 r = expect(o, MIG_HELLO, &f, err);
-        if (r >= 0 && !streq(get_str(f.json, "uuid"), g->spec.uuid))
+        if (r >= 0 && !streq(migrate_json_str(f.json, "uuid"), g->spec.uuid))
                 r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the destination answered for guest %s, not %s",
-                               get_str(f.json, "uuid"), g->spec.uuid);
+                               migrate_json_str(f.json, "uuid"), g->spec.uuid);
         mig_frame_clear(&f);
         if (r >= 0)
                 r = send_json(o, MIG_PREPARE, prepare, err);
@@ -267,7 +267,7 @@ static void send_transfer_progress(struct out *o, json_object *info) {
         remaining = get_int(ram, "remaining");
         p = json_object_new_object();
         json_object_object_add(p, "phase", json_object_new_string("transfer"));
-        json_object_object_add(p, "status", json_object_new_string(get_str(info, "status") ?: "?"));
+        json_object_object_add(p, "status", json_object_new_string(migrate_json_str(info, "status") ?: "?"));
         json_object_object_add(p, "percent",
                                json_object_new_int64(total > 0 ? (total - remaining) * 100 / total : 0));
         json_object_object_add(p, "transferred", json_object_new_int64(transferred));
@@ -297,7 +297,7 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                 return r;
         json_object_object_add(args, "uri", json_object_new_string(uri));
         log_debug("migration: QEMU set up for TLS at +%ld ms", monotonic_ms() - o->t0);
-        r = qmp(g, "migrate", args, NULL, err);
+        r = migrate_qmp(g, "migrate", args, NULL, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "QEMU migrate to %s", uri);
         o->migrating = true;
@@ -324,10 +324,10 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                         _cleanup_json_ json_object *info = NULL;
                         const char *status;
 
-                        r = qmp(g, "query-migrate", NULL, &info, err);
+                        r = migrate_qmp(g, "query-migrate", NULL, &info, err);
                         if (r < 0)
                                 return r;
-                        status = get_str(info, "status") ?: "";
+                        status = migrate_json_str(info, "status") ?: "";
                         if (streq(status, "completed")) {
                                 /* QEMU announces completion a moment before it has
                                  * computed the figures */
@@ -335,7 +335,7 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                                         json_object_put(info);
                                         info = NULL;
                                         poll(NULL, 0, 2);
-                                        r = qmp(g, "query-migrate", NULL, &info, err);
+                                        r = migrate_qmp(g, "query-migrate", NULL, &info, err);
                                         if (r < 0)
                                                 return r;
                                 }
@@ -345,7 +345,7 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                         }
                         if (streq(status, "failed") || streq(status, "cancelled"))
                                 return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "QEMU's migration %s: %s", status,
-                                                  get_str(info, "error-desc") ?: "no reason given");
+                                                  migrate_json_str(info, "error-desc") ?: "no reason given");
                         send_transfer_progress(o, info);
                         next = now + PROGRESS_INTERVAL_MS;
                 }
@@ -435,11 +435,11 @@ static void roll_back(struct out *o, const vmsup_error *why) {
                 static const char *const ended[] = { "completed", "failed", "cancelled", NULL };
                 _cleanup_json_ json_object *info = NULL;
 
-                if (qmp(g, "query-migrate", NULL, &info, &err) < 0)
+                if (migrate_qmp(g, "query-migrate", NULL, &info, &err) < 0)
                         err = vmsup_error_free(err);
-                snprintf(g->migration_status, sizeof(g->migration_status), "%s", get_str(info, "status") ?: "");
+                snprintf(g->migration_status, sizeof(g->migration_status), "%s", migrate_json_str(info, "status") ?: "");
                 if (migrate_wait_status(g, ended, 0, NULL) < 0) { /* still going */
-                        if (qmp(g, "migrate_cancel", NULL, NULL, &err) < 0)
+                        if (migrate_qmp(g, "migrate_cancel", NULL, NULL, &err) < 0)
                                 err = vmsup_error_free(err);
                         if (migrate_wait_status(g, ended, CANCEL_TIMEOUT_MS, &err) < 0) {
                                 log_error("cancelling QEMU's migration: %s", err->msg);
@@ -451,11 +451,11 @@ static void roll_back(struct out *o, const vmsup_error *why) {
                 _cleanup_json_ json_object *st = NULL;
                 const char *status;
 
-                if (qmp(g, "query-status", NULL, &st, &err) < 0)
+                if (migrate_qmp(g, "query-status", NULL, &st, &err) < 0)
                         err = vmsup_error_free(err);
-                status = get_str(st, "status");
+                status = migrate_json_str(st, "status");
                 if (status && !streq(status, "running")) {
-                        if (qmp(g, "cont", NULL, NULL, &err) < 0) {
+                        if (migrate_qmp(g, "cont", NULL, NULL, &err) < 0) {
                                 log_error("the guest stays %s here: cont failed: %s", status, err->msg);
                                 err = vmsup_error_free(err);
                         } else
