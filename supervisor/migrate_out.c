@@ -302,7 +302,7 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                 return vmsup_error_prefix(err, "QEMU migrate to %s", uri);
         o->migrating = true;
         snprintf(g->migration_status, sizeof(g->migration_status), "setup");
-        progress(o, "transfer", "QEMU sends the guest to %s (TLS)", uri);
+        progress(o, "stream", "QEMU sends the guest to %s (TLS)", uri);
         for (;;) {
                 /* Not the TPM state's sync: what swtpm writes at the switch-over (its
                  * volatile state) is sealed after the migration if it fails, and not at
