@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "crypto/localstore.h"
 #include "supervisor/guestdirs.h"
 
 int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const char *uuid, vmsup_error **err) {
@@ -220,6 +221,21 @@ int guest_dirs_remove(const struct guest_dirs *d, vmsup_error **err) {
         if ((r = remove_tree(d->run, err)) < 0 || (r = remove_tree(d->logs, err)) < 0)
                 return r;
         return remove_tree(d->state, err);
+}
+
+int guest_dirs_remove_all(const struct guest_dirs *d, const char *secrets_dir, const char *uuid, vmsup_error **err) {
+        struct localstore *store = NULL;
+        int r;
+
+        if (access(secrets_dir, F_OK) == 0) {
+                r = localstore_open(secrets_dir, false, &store, err);
+                if (r >= 0)
+                        r = localstore_delete(store, uuid, err);
+                localstore_free(store);
+                if (r < 0)
+                        return r;
+        }
+        return guest_dirs_remove(d, err);
 }
 
 /* The first line of a marker file, for messages. */

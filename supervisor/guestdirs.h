@@ -55,6 +55,10 @@ int remove_tree(const char *dir, vmsup_error **err);
 /* Remove the guest's run, log and state dirs (the state dir last). */
 int guest_dirs_remove(const struct guest_dirs *d, vmsup_error **err);
 
+/* The same, after the host's local copy of the guest's vTPM secret in secrets_dir (host
+ * mode; nothing to do when the store does not exist). */
+int guest_dirs_remove_all(const struct guest_dirs *d, const char *secrets_dir, const char *uuid, vmsup_error **err);
+
 /* Refuse (exit 65, saying why and what to do) a guest whose state dir holds a migration
  * marker: handed over to another host, or an incomplete incoming migration. */
 int guest_dirs_check_markers(const struct guest_dirs *d, vmsup_error **err);

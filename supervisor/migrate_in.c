@@ -198,24 +198,6 @@ json_object *migrate_in_spec_json(struct guest *g) {
 
 /* ---- the janitor --------------------------------------------------------------------- */
 
-/* Remove what the incoming migration made: the local copy of the secret and the guest's
- * dirs (the incoming marker last, with the state dir). */
-static int remove_received(const struct host_config *cfg, const struct guest_dirs *dirs, const char *uuid,
-                           vmsup_error **err) {
-        struct localstore *store = NULL;
-        int r = 0;
-
-        if (access(cfg->paths.secrets_dir, F_OK) == 0) {
-                r = localstore_open(cfg->paths.secrets_dir, false, &store, err);
-                if (r >= 0)
-                        r = localstore_delete(store, uuid, err);
-                localstore_free(store);
-                if (r < 0)
-                        return r;
-        }
-        return guest_dirs_remove(dirs, err);
-}
-
 /* The janitor's life: read "P <pid>" lines (our QEMU and swtpm) until "K" (nothing to
  * do: the guest runs here, or the supervisor cleaned up itself) or EOF (the supervisor
  * died): then wait for those processes to end, take the guest's lock and remove what
@@ -269,7 +251,7 @@ static int janitor_main(int fd, struct guest *g) {
                 close(lock);
                 return 0; /* the guest was committed after all, or someone removed it */
         }
-        if (remove_received(g->cfg, &g->dirs, g->spec.uuid, &err) < 0) {
+        if (guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, &err) < 0) {
                 fprintf(stderr, "vmsup janitor: guest %s: %s\n", g->spec.uuid, err->msg);
                 return VMSUP_EX_IOERR;
         }
@@ -340,7 +322,7 @@ int migrate_in_claim(struct guest *g, vmsup_error **err) {
 
         if (access(g->dirs.incoming, F_OK) == 0) {
                 log_warning("removing what an earlier, incomplete incoming migration of this guest left");
-                r = remove_received(g->cfg, &g->dirs, g->spec.uuid, err);
+                r = guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, err);
                 if (r < 0)
                         return r;
                 r = guest_dirs_prepare(&g->dirs, g->tpm_uid, g->tpm_gid, err);
@@ -623,7 +605,7 @@ void migrate_in_abort(struct guest *g, const vmsup_error *why) {
         g->tpm_discard = true;
         guest_stop_children(g);
         if (in->claimed) {
-                if (remove_received(g->cfg, &g->dirs, g->spec.uuid, &err) < 0) {
+                if (guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, &err) < 0) {
                         log_error("%s; the janitor tries again", err->msg);
                         err = vmsup_error_free(err);
                         return; /* EOF on its pipe at our exit makes the janitor try */

@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "crypto/localstore.h"
 #include "supervisor/guestdirs.h"
 #include "supervisor/log.h"
 #include "supervisor/verbs.h"
@@ -76,17 +75,7 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
         }
         /* host mode: the host's own copy of the secret goes too (Nova's _cleanup with
          * cleanup_instance_disks) */
-        if (access(ctx->cfg.paths.secrets_dir, F_OK) == 0) {
-                struct localstore *store = NULL;
-
-                r = localstore_open(ctx->cfg.paths.secrets_dir, false, &store, &err);
-                if (r >= 0)
-                        r = localstore_delete(store, uuid, &err);
-                localstore_free(store);
-                if (r < 0)
-                        goto fail;
-        }
-        if (guest_dirs_remove(&d, &err) < 0)
+        if (guest_dirs_remove_all(&d, ctx->cfg.paths.secrets_dir, uuid, &err) < 0)
                 goto fail;
         log_info("guest deleted%s", elsewhere   ? " from this host (it lives on another host: its Barbican secret is kept)"
                                     : deleted ? ", and its vTPM secret in Barbican"
