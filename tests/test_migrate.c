@@ -198,15 +198,39 @@ static char *err(const char *name) {
         return slurp(path("%s/%s.err", root, name));
 }
 
+/* What the test is at, for the failure messages. */
+static const char *step = "setup";
+
+/* The last lines of a file, for a failure message (a copy: slurp() reuses its buffer). */
+static char *tail_of(const char *file, size_t max) {
+        const char *text = slurp(file);
+        size_t n = strlen(text);
+
+        return strdup(n > max ? text + n - max : text);
+}
+
+/* The supervisors' logs and the last migrate's errors. */
+static char *logs(void) {
+        char *a = tail_of(path("%s/run-a.err", root), 3000), *b = tail_of(path("%s/in-b.err", root), 2000),
+             *m = tail_of(path("%s/mig.err", root), 1500), *all = NULL;
+
+        if (asprintf(&all, "--- a's supervisor:\n%s\n--- b's (in-b):\n%s\n--- migrate:\n%s", a, b, m) < 0)
+                all = NULL;
+        free(a);
+        free(b);
+        free(m);
+        return all;
+}
+
 static void wait_text(const char *file, const char *needle, int n, int timeout_ms) {
         long deadline = monotonic_ms() + timeout_ms;
 
         while (count(slurp(file), needle) < n) {
                 if (monotonic_ms() > deadline) {
-                        char *text = strdup(slurp(file)), *a = strdup(slurp(path("%s/run-a.err", root)));
+                        char *text = tail_of(file, 3000);
 
-                        cr_assert_fail("%s lacks %d x '%s' after %d ms:\n%s\n--- a's supervisor:\n%s\n--- migrate:\n%s",
-                                       file, n, needle, timeout_ms, text, a, err("mig"));
+                        cr_assert_fail("[%s] %s lacks %d x '%s' after %d ms:\n%s\n%s", step, file, n, needle,
+                                       timeout_ms, text, logs());
                 }
                 poll(NULL, 0, 50);
         }
@@ -241,8 +265,13 @@ static bool has_any(int h) {
 static void assert_running(int h) {
         const char *args[] = { "status", UUID, NULL };
 
-        cr_assert_eq(run(h, "status", args), 0, "status on host %c: %s", 'a' + h, err("status"));
-        cr_assert(strstr(out("status"), "qemu status:  running"), "host %c: %s", 'a' + h, out("status"));
+        long t0 = monotonic_ms();
+        int rc = run(h, "status", args);
+
+        cr_assert_eq(rc, 0, "[%s] status on host %c (%ld ms): %s\n%s", step, 'a' + h, monotonic_ms() - t0, err("status"),
+                     logs());
+        cr_assert(strstr(out("status"), "qemu status:  running"), "[%s] host %c: %s\n%s", step, 'a' + h,
+                  out("status"), logs());
 }
 
 static void assert_gone(int h) {
@@ -251,9 +280,9 @@ static void assert_gone(int h) {
         /* the janitor may still be at work */
         while (has_any(h) && monotonic_ms() < deadline)
                 poll(NULL, 0, 50);
-        cr_assert(!has_any(h), "host %c still has files of the guest", 'a' + h);
+        cr_assert(!has_any(h), "[%s] host %c still has files of the guest\n%s", step, 'a' + h, logs());
         cr_assert_eq(test_count_processes(path("%s/%c/", root, 'a' + h), false), 0,
-                     "host %c still runs processes of the guest", 'a' + h);
+                     "[%s] host %c still runs processes of the guest\n%s", step, 'a' + h, logs());
 }
 
 /* Boot the guest on host a (first start: the secret is made in Barbican). */
@@ -307,6 +336,7 @@ Test(migrate, tpm_survives_and_five_round_trips) {
         assert_running(1);
 
         /* the TPM came along: the counter goes on, the EK is the same */
+        step = "first migration checked";
         cr_assert_eq(run(1, "reboot", reboot), 0, "%s", err("reboot"));
         wait_text(console(1), "tpmprobe: done", 1, GUEST_BOOT_MS);
         cr_assert_eq(atol(console_last(1, "nv-counter=")), c1 + 1);
@@ -318,6 +348,7 @@ Test(migrate, tpm_survives_and_five_round_trips) {
         cr_assert_str_eq(console_last(1, "ek="), ek);
 
         /* five round trips: b -> a -> b, five times */
+        step = "round trips";
         src = 1;
         for (int i = 0; i < 10; i++) {
                 char name[16];
@@ -350,6 +381,24 @@ static pid_t pid_of(const char *pattern) {
                 buf[0] = '\0';
         pclose(p);
         return (pid_t) atoi(buf);
+}
+
+/* Wait until the source QEMU's stream is connected to host h's QEMU (the port its
+ * supervisor announced). */
+static void wait_stream(int h) {
+        long deadline = monotonic_ms() + 10000;
+        const char *ready = strstr(slurp(path("%s/in-b.err", root)), "QEMU receives on port ");
+        int port = ready ? atoi(ready + strlen("QEMU receives on port ")) : 0;
+        char cmd[256];
+
+        cr_assert_gt(port, 0);
+        snprintf(cmd, sizeof(cmd), "ip netns exec %s-%c ss -Htn state established '( sport = :%d )' | grep -q .",
+                 prefix, 'a' + h, port);
+        while (system(cmd) != 0) {
+                cr_assert_lt(monotonic_ms(), deadline, "[%s] no QEMU stream on port %d of host %c\n%s", step, port,
+                             'a' + h, logs());
+                poll(NULL, 0, 5);
+        }
 }
 
 static pid_t start_migrate(int from, const char *name) {
@@ -418,12 +467,14 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         c1 = atol(console_last(0, "nv-counter="));
 
         /* nobody listens on b */
+        step = "nobody listens";
         cr_assert_eq(migrate(0, "mig"), 69, "%s", err("mig"));
         cr_assert(strstr(err("mig"), "10.") && strstr(err("mig"), "49152"), "%s", err("mig"));
         assert_running(0);
         assert_gone(1);
 
         /* b shows a certificate from another CA: the source refuses it */
+        step = "foreign CA";
         write_conf(1, path("%s/certs/rogue-ca/rogue", root));
         in = incoming(1, "in-b");
         cr_assert_eq(migrate(0, "mig"), 69, "%s", err("mig"));
@@ -435,6 +486,7 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         assert_gone(1);
 
         /* b's QEMU dies while it receives the guest */
+        step = "b's QEMU killed";
         in = incoming(1, "in-b");
         mig = start_migrate(0, "mig");
         wait_text(path("%s/in-b.err", root), "ready: QEMU receives", 1, 30000);
@@ -448,6 +500,7 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         assert_gone(1);
 
         /* b's swtpm dies before the stream starts */
+        step = "b's swtpm killed";
         in = incoming(1, "in-b");
         mig = start_migrate(0, "mig");
         wait_text(path("%s/in-b.err", root), "wait for the incoming migration", 1, 30000);
@@ -460,6 +513,7 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         assert_gone(1);
 
         /* b's disk is full */
+        step = "b's disk full";
         sh("mkdir -p %s/b/state && mount -t tmpfs -o size=256k vmsup-test %s/b/state && "
            "(dd if=/dev/zero of=%s/b/state/filler bs=4k 2>/dev/null; true)", root, root, root);
         in = incoming(1, "in-b");
@@ -472,6 +526,7 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         assert_gone(1);
 
         /* a destination that never answers: the source gives up after answer_timeout */
+        step = "silent destination";
         in = fake_destination("silent");
         cr_assert_eq(migrate(0, "mig"), 75, "%s", err("mig"));
         kill(in, SIGKILL);
@@ -479,16 +534,22 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         assert_running(0);
 
         /* a destination that answers out of turn */
+        step = "destination out of turn";
         in = fake_destination("unexpected");
         cr_assert_eq(migrate(0, "mig"), 65, "%s", err("mig"));
         cr_assert(strstr(err("mig"), "unexpected RUNNING"), "%s", err("mig"));
         wait_exit(in);
         assert_running(0);
 
-        /* the connection is lost mid-way: both sides give up at [migration] timeout */
+        /* the connection is lost mid-way, once QEMU's stream is connected (QEMU may be in
+         * its TLS handshake, sending pages, or, with the guest paused, the last of them and
+         * the devices' state; the first and last hold QEMU's main loop): the source gives
+         * up after answer_timeout, the destination at [migration] timeout */
+        step = "link cut";
         in = incoming(1, "in-b");
         mig = start_migrate(0, "mig");
         wait_text(path("%s/in-b.err", root), "ready: QEMU receives", 1, 30000);
+        wait_stream(1);
         sh("%s/tests/twohosts.sh cut %s", TEST_SRCDIR, prefix);
         cr_assert_neq(wait_exit(mig), 0);
         cr_assert_neq(wait_exit(in), 0);
@@ -497,6 +558,7 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         assert_gone(1);
 
         /* b's supervisor is killed: its janitor removes what it had received */
+        step = "b's supervisor killed";
         in = incoming(1, "in-b");
         mig = start_migrate(0, "mig");
         wait_text(path("%s/in-b.err", root), "ready: QEMU receives", 1, 30000);
@@ -507,10 +569,12 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         assert_gone(1);
 
         /* the guest's TPM went through all that intact */
+        step = "reboot on a";
         cr_assert_eq(run(0, "reboot", reboot), 0, "%s", err("reboot"));
         wait_text(console(0), "tpmprobe: done", 2, GUEST_BOOT_MS);
         cr_assert_eq(atol(console_last(0, "nv-counter=")), c1 + 1);
 
+        step = "a's supervisor killed";
         /* a's supervisor is killed mid-way: the guest dies with it (as in a host crash),
          * b rolls back, and a starts the guest again from its sealed state */
         in = incoming(1, "in-b");
