@@ -702,6 +702,12 @@ static int tcp_connect(const char *host, const char *port, long deadline, int ti
         return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, last, "connect to %s", where);
 }
 
+int migchan_tcp_connect(const char *host, const char *port, int timeout_ms, int *ret_fd, vmsup_error **err) {
+        if (!host || !*host || !port || !*port)
+                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "connect: no host or port");
+        return tcp_connect(host, port, deadline_of(timeout_ms), timeout_ms, ret_fd, err);
+}
+
 int migchan_connect(const char *host, const char *port, const struct migchan_tls *tls, int timeout_ms,
                     struct migchan **ret, vmsup_error **err) {
         _cleanup_migchan_ struct migchan *c = NULL;

@@ -55,6 +55,10 @@ struct migchan_tls {
 
 struct migchan;
 
+/* A plain TCP connection to host:port (as migchan_connect() makes, without TLS; for
+ * QEMU's own stream): a non-blocking, close-on-exec socket in *ret_fd. */
+int migchan_tcp_connect(const char *host, const char *port, int timeout_ms, int *ret_fd, vmsup_error **err);
+
 /* TCP connect to host:port (numeric IPv4/IPv6 or a name; getaddrinfo), then the TLS 1.3
  * handshake as client with our certificate; the server's certificate must chain to
  * ca_file, carry peer_name and be meant for a TLS server. All within timeout_ms (but

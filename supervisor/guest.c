@@ -573,6 +573,9 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
         json_object_object_add(o, "tpm", tpm);
         if (ret && json_object_object_get_ex(ret, "status", &st))
                 json_object_object_add(o, "qemu_status", json_object_get(st));
+        else if (err && err->errnum == ETIMEDOUT)
+                /* its main loop is held: a migration on a dead link, a stuck device */
+                json_object_object_add(o, "qemu_status", json_object_new_string("not answering"));
         else
                 json_object_object_add(o, "qemu_status", json_object_new_string(err ? "unknown" : g->qemu_status));
         control_conn_reply_ok(p->conn, o);
@@ -612,7 +615,8 @@ static bool get_bool(json_object *req, const char *key) {
 }
 
 /* Queue a QMP command whose reply answers the control client; takes the connection. */
-static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd, json_object *args, qmp_reply_fn fn) {
+static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd, json_object *args, int timeout_ms,
+                        qmp_reply_fn fn) {
         struct pending_reply *p = calloc(1, sizeof(*p));
         vmsup_error *err = NULL;
 
@@ -624,7 +628,7 @@ static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd
         }
         p->g = g;
         p->conn = c;
-        if (qmp_client_execute_async(g->qmp, cmd, args, -1, QMP_COMMAND_TIMEOUT, fn, p, &err) < 0) {
+        if (qmp_client_execute_async(g->qmp, cmd, args, -1, timeout_ms, fn, p, &err) < 0) {
                 control_conn_reply_error(c, err->exit_code, err->msg);
                 control_conn_free(c);
                 free(p);
@@ -640,7 +644,7 @@ static void handle_request(struct guest *g, struct control_conn *c) {
 
         if (streq(cmd, "status")) {
                 if (g->qmp && g->state == GUEST_RUNNING)
-                        forward_qmp(g, c, "query-status", NULL, on_status_reply);
+                        forward_qmp(g, c, "query-status", NULL, STATUS_QMP_TIMEOUT_MS, on_status_reply);
                 else {
                         struct pending_reply *p = calloc(1, sizeof(*p));
 
@@ -674,7 +678,7 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                         g->waiters = c;
                         guest_begin_stop(g, 0, true, true);
                 } else
-                        forward_qmp(g, c, "system_reset", NULL, on_reset_reply);
+                        forward_qmp(g, c, "system_reset", NULL, QMP_COMMAND_TIMEOUT, on_reset_reply);
         } else if (streq(cmd, "migrate")) {
                 migrate_out(g, c);
         } else if (streq(cmd, "qmp")) {
@@ -695,7 +699,7 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                         control_conn_free(c);
                         return;
                 }
-                forward_qmp(g, c, json_object_get_string(v), args, on_qmp_passthrough_reply);
+                forward_qmp(g, c, json_object_get_string(v), args, QMP_COMMAND_TIMEOUT, on_qmp_passthrough_reply);
         } else {
                 control_conn_reply_error(c, VMSUP_EX_USAGE, "unknown control request");
                 control_conn_free(c);

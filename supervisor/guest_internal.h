@@ -21,6 +21,8 @@
 /* Timeouts (ms) for steps that should take a fraction of that on any host. */
 #define QMP_HANDSHAKE_TIMEOUT 30000
 #define QMP_COMMAND_TIMEOUT 30000
+/* `vmsup status` answers within its client's wait even when QEMU does not */
+#define STATUS_QMP_TIMEOUT_MS 5000
 #define TPM_CTRL_TIMEOUT 5000
 #define SWTPM_EXIT_TIMEOUT 10000
 #define QEMU_QUIT_TIMEOUT 10000

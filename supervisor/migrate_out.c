@@ -6,11 +6,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stdarg.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,6 +28,7 @@
 
 #define PROGRESS_INTERVAL_MS 500
 #define CANCEL_TIMEOUT_MS 10000
+#define STREAM_FD_NAME "vmsup-migration"
 
 struct out {
         struct guest *g;
@@ -35,6 +40,7 @@ struct out {
         bool migrating;   /* QEMU's migrate was issued */
         bool committed;   /* COMMIT sent: the destination may run the guest */
         bool marker;      /* our migrated-out marker is on disk */
+        int stream_fd;    /* our copy of QEMU's migration socket, or -1 */
         int64_t total_ms, downtime_ms; /* QEMU's */
         long ready_at, completed_at, running_at; /* monotonic ms */
 };
@@ -278,31 +284,98 @@ static void send_transfer_progress(struct out *o, json_object *info) {
         control_conn_progress(o->conn, p);
 }
 
+/* QEMU 7.2 runs parts of an outgoing migration in its main loop on a blocking socket
+ * (the TLS handshake; with the guest paused, the last pages and the devices' state are
+ * sent holding the lock the main loop needs): a connection that dies then holds QEMU, its
+ * monitor included, until the kernel gives up, if ever (a handshake waiting to read
+ * waits forever; seen here). migrate_cancel waits behind it, and QMP's yank knows the
+ * connection only after the handshake. So we connect the socket ourselves, hand QEMU a
+ * copy and keep ours: shutting it down fails QEMU's reads and writes on it at once,
+ * whatever QEMU is at. */
+static void stream_shutdown(struct out *o) {
+        if (o->stream_fd < 0)
+                return;
+        if (shutdown(o->stream_fd, SHUT_RDWR) < 0 && errno != ENOTCONN)
+                log_warning("shut QEMU's migration connection down: %s", strerror(errno));
+        else
+                log_info("QEMU's migration connection shut down");
+}
+
+/* A dead link fails QEMU's migration by itself after [migration] answer_timeout, instead
+ * of leaving QEMU (and, at the switch-over, the paused guest) waiting for the deadline:
+ * unacknowledged data or unanswered keepalive probes for that long end the connection. */
+static void stream_keepalive(struct out *o) {
+        int one = 1, idle = o->answer_ms / 3000 > 0 ? o->answer_ms / 3000 : 1;
+        unsigned user_timeout = (unsigned) o->answer_ms;
+
+        if (setsockopt(o->stream_fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0 ||
+            setsockopt(o->stream_fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
+            setsockopt(o->stream_fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle)) < 0 ||
+            setsockopt(o->stream_fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout)) < 0)
+                log_warning("QEMU's migration connection: keepalive: %s (a dead link then waits for the "
+                            "migration timeout)", strerror(errno));
+}
+
+/* One query-migrate in flight. Asynchronous, so that a QEMU whose main loop is held
+ * (by a migration stuck on a dead link) does not stop us from hearing the destination,
+ * signals and the deadline. Left behind when the wait ends early: the reply frees it. */
+struct query {
+        bool pending, abandoned;
+        json_object *info;
+        vmsup_error *err;
+};
+
+static void query_done(void *userdata, json_object *ret, const vmsup_error *err) {
+        struct query *q = userdata;
+
+        if (q->abandoned) {
+                free(q);
+                return;
+        }
+        q->pending = false;
+        json_object_put(q->info);
+        q->info = json_object_get(ret);
+        q->err = vmsup_error_free(q->err);
+        if (err)
+                vmsup_fail(&q->err, err->exit_code, err->errnum, "%s", err->msg);
+}
+
+static void query_free(struct query *q) {
+        if (!q)
+                return;
+        json_object_put(q->info);
+        vmsup_error_free(q->err);
+        q->info = NULL;
+        q->err = NULL;
+        if (q->pending)
+                q->abandoned = true;
+        else
+                free(q);
+}
+
+/* QEMU says it completed: its figures (which it computes a moment after it says so). */
+static int completed(struct out *o, json_object *info, vmsup_error **err) {
+        _cleanup_json_ json_object *again = NULL;
+
+        for (int i = 0; i < 100 && !get_int(again ?: info, "total-time"); i++) {
+                json_object_put(again);
+                again = NULL;
+                poll(NULL, 0, 2);
+                if (migrate_qmp(o->g, "query-migrate", NULL, &again, err) < 0)
+                        return -1;
+        }
+        o->total_ms = get_int(again ?: info, "total-time");
+        o->downtime_ms = get_int(again ?: info, "downtime");
+        return 0;
+}
+
 /* QEMU's migrate, watched until it completes: the destination's supervisor, QEMU and
  * swtpm, signals, the deadline; progress to the client every PROGRESS_INTERVAL_MS. */
-static int transfer(struct out *o, int dest_port, vmsup_error **err) {
+static int watch(struct out *o, struct query *q, vmsup_error **err) {
         struct guest *g = o->g;
-        _cleanup_free_ char *uri = NULL;
-        _cleanup_json_ json_object *args = json_object_new_object();
-        char port[8];
-        long next = 0;
+        long next = 0, asked = 0;
         int r;
 
-        snprintf(port, sizeof(port), "%d", dest_port);
-        uri = migrate_tcp_uri(o->host, port);
-        if (!uri)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration URI");
-        r = migrate_qemu_setup(g, false, o->host, err);
-        if (r < 0)
-                return r;
-        json_object_object_add(args, "uri", json_object_new_string(uri));
-        log_debug("migration: QEMU set up for TLS at +%ld ms", monotonic_ms() - o->t0);
-        r = migrate_qmp(g, "migrate", args, NULL, err);
-        if (r < 0)
-                return vmsup_error_prefix(err, "QEMU migrate to %s", uri);
-        o->migrating = true;
-        snprintf(g->migration_status, sizeof(g->migration_status), "setup");
-        progress(o, "stream", "QEMU sends the guest to %s (TLS)", uri);
         for (;;) {
                 /* Not the TPM state's sync: what swtpm writes at the switch-over (its
                  * volatile state) is sealed after the migration if it fails, and not at
@@ -312,48 +385,56 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                         { .fd = migchan_fd(o->ch), .events = POLLIN },
                         { .fd = g->sigfd, .events = POLLIN },
                         { .fd = g->qemu.pidfd, .events = POLLIN },
-                        { .fd = g->qmp ? qmp_client_fd(g->qmp) : -1, .events = POLLIN },
+                        { .fd = g->qmp ? qmp_client_fd(g->qmp) : -1 },
                 };
-                long now = monotonic_ms(), wait;
+                long now = monotonic_ms(), wake;
                 /* QEMU's MIGRATION event ends the wait at once; query-migrate is for the
                  * progress lines and the figures */
                 bool ended = streq(g->migration_status, "completed") || streq(g->migration_status, "failed") ||
                              streq(g->migration_status, "cancelled");
+                int qmp_wait;
 
-                if (now >= next || ended) {
-                        _cleanup_json_ json_object *info = NULL;
-                        const char *status;
+                if (!g->qmp)
+                        return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+                if (q->info) {
+                        _cleanup_json_ json_object *info = q->info;
+                        const char *status = migrate_json_str(info, "status") ?: "";
 
-                        r = migrate_qmp(g, "query-migrate", NULL, &info, err);
-                        if (r < 0)
-                                return r;
-                        status = migrate_json_str(info, "status") ?: "";
-                        if (streq(status, "completed")) {
-                                /* QEMU announces completion a moment before it has
-                                 * computed the figures */
-                                for (int i = 0; i < 100 && !get_int(info, "total-time"); i++) {
-                                        json_object_put(info);
-                                        info = NULL;
-                                        poll(NULL, 0, 2);
-                                        r = migrate_qmp(g, "query-migrate", NULL, &info, err);
-                                        if (r < 0)
-                                                return r;
-                                }
-                                o->total_ms = get_int(info, "total-time");
-                                o->downtime_ms = get_int(info, "downtime");
-                                return 0;
-                        }
+                        q->info = NULL;
+                        if (streq(status, "completed"))
+                                return completed(o, info, err);
                         if (streq(status, "failed") || streq(status, "cancelled"))
                                 return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "QEMU's migration %s: %s", status,
                                                   migrate_json_str(info, "error-desc") ?: "no reason given");
                         send_transfer_progress(o, info);
+                }
+                if (q->err) {
+                        /* a stuck main loop, most likely; the deadline decides */
+                        log_warning("QEMU's monitor has not answered for %ld s (%s); waiting up to the migration "
+                                    "timeout", (now - asked) / 1000, q->err->msg);
+                        q->err = vmsup_error_free(q->err);
+                }
+                if (!q->pending && (now >= next || ended)) {
+                        r = qmp_client_execute_async(g->qmp, "query-migrate", NULL, -1, QMP_COMMAND_TIMEOUT,
+                                                     query_done, q, err);
+                        if (r < 0)
+                                return vmsup_error_prefix(err, "QEMU's monitor");
+                        q->pending = true;
+                        asked = now;
                         next = now + PROGRESS_INTERVAL_MS;
                 }
                 if (now >= o->deadline)
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the migration did not complete within %u s",
-                                          g->cfg->migration.timeout);
-                wait = (next < o->deadline ? next : o->deadline) - now;
-                if (poll(p, 4, wait > 1 ? (int) wait : 1) < 0 && errno != EINTR)
+                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the migration did not complete within %u s%s",
+                                          g->cfg->migration.timeout,
+                                          q->pending && now - asked > 1000 ? " (QEMU's monitor does not answer)" : "");
+                wake = (next < o->deadline ? next : o->deadline) - now;
+                if (q->pending)
+                        wake = o->deadline - now;
+                qmp_wait = qmp_client_next_timeout_ms(g->qmp);
+                if (qmp_wait >= 0 && qmp_wait < wake)
+                        wake = qmp_wait;
+                p[3].events = (short) ((qmp_client_epoll_events(g->qmp) & EPOLLOUT ? POLLOUT : 0) | POLLIN);
+                if (poll(p, 4, wake > 1 ? (int) wake : 1) < 0 && errno != EINTR)
                         return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
                 if (p[0].revents) {
                         struct mig_frame f = { 0 };
@@ -377,9 +458,52 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                         if (g->qemu.exited)
                                 return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU ended during the migration");
                 }
-                if (p[3].revents && g->qmp && qmp_client_dispatch(g->qmp, err) < 0)
+                if (p[3].revents && qmp_client_dispatch(g->qmp, err) < 0)
                         return vmsup_error_prefix(err, "QEMU's monitor");
+                qmp_client_expire(g->qmp);
         }
+}
+
+static int transfer(struct out *o, int dest_port, vmsup_error **err) {
+        struct guest *g = o->g;
+        _cleanup_free_ char *uri = NULL;
+        _cleanup_json_ json_object *args = json_object_new_object();
+        struct query *q;
+        char port[8];
+        int r;
+
+        snprintf(port, sizeof(port), "%d", dest_port);
+        uri = migrate_tcp_uri(o->host, port);
+        if (!uri)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration URI");
+        r = migrate_qemu_setup(g, false, o->host, err);
+        if (r < 0)
+                return r;
+        /* QEMU's stream on a socket of ours (see stream_shutdown()); QEMU checks the
+         * destination's certificate against tls-hostname, our host */
+        r = migchan_tcp_connect(o->host, port, o->answer_ms, &o->stream_fd, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "QEMU's migration stream");
+        stream_keepalive(o);
+        json_object_object_add(args, "fdname", json_object_new_string(STREAM_FD_NAME));
+        r = qmp_client_execute(g->qmp, "getfd", args, o->stream_fd, QMP_COMMAND_TIMEOUT, NULL, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "hand QEMU the migration connection");
+        json_object_object_del(args, "fdname");
+        json_object_object_add(args, "uri", json_object_new_string("fd:" STREAM_FD_NAME));
+        log_debug("migration: QEMU set up for TLS at +%ld ms", monotonic_ms() - o->t0);
+        r = migrate_qmp(g, "migrate", args, NULL, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "QEMU migrate to %s", uri);
+        o->migrating = true;
+        snprintf(g->migration_status, sizeof(g->migration_status), "setup");
+        progress(o, "stream", "QEMU sends the guest to %s (TLS)", uri);
+        q = calloc(1, sizeof(*q));
+        if (!q)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration");
+        r = watch(o, q, err);
+        query_free(q);
+        return r;
 }
 
 static int write_marker(struct out *o, vmsup_error **err) {
@@ -434,6 +558,8 @@ static void roll_back(struct out *o, const vmsup_error *why) {
         if (o->migrating && g->qmp && !g->qemu.exited) {
                 static const char *const ended[] = { "completed", "failed", "cancelled", NULL };
                 _cleanup_json_ json_object *info = NULL;
+
+                stream_shutdown(o);
 
                 if (migrate_qmp(g, "query-migrate", NULL, &info, &err) < 0)
                         err = vmsup_error_free(err);
@@ -522,7 +648,7 @@ static int run(struct out *o, vmsup_error **err) {
 }
 
 void migrate_out(struct guest *g, struct control_conn *c) {
-        struct out o = { .g = g, .conn = c };
+        struct out o = { .g = g, .conn = c, .stream_fd = -1 };
         vmsup_error *err = NULL;
         json_object *v;
         int r;
@@ -574,6 +700,8 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         vmsup_error_free(err);
         control_conn_free(c);
         o.ch = migchan_free(o.ch);
+        if (o.stream_fd >= 0)
+                close(o.stream_fd);
         if (g->interrupted && !g->done)
                 guest_begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
 }
