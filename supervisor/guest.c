@@ -578,6 +578,15 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
                 json_object_object_add(o, "qemu_status", json_object_new_string("not answering"));
         else
                 json_object_object_add(o, "qemu_status", json_object_new_string(err ? "unknown" : g->qemu_status));
+        if (g->migrating_to) {
+                json_object *m = json_object_new_object();
+
+                json_object_object_add(m, "to", json_object_new_string(g->migrating_to));
+                json_object_object_add(m, "status", json_object_new_string(g->migration_status[0] ? g->migration_status
+                                                                                                   : "preparing"));
+                json_object_object_add(m, "percent", json_object_new_int(g->migration_percent));
+                json_object_object_add(o, "migration", m);
+        }
         control_conn_reply_ok(p->conn, o);
         control_conn_free(p->conn);
         free(p);
@@ -642,6 +651,15 @@ static void handle_request(struct guest *g, struct control_conn *c) {
         json_object *cmdv, *v;
         const char *cmd = json_object_object_get_ex(c->request, "cmd", &cmdv) ? json_object_get_string(cmdv) : "";
 
+        if (g->migrating_to && !streq(cmd, "status")) {
+                char msg[320];
+
+                snprintf(msg, sizeof(msg), "the guest is being migrated to %s; '%s' must wait until that ends",
+                         g->migrating_to, cmd);
+                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+                control_conn_free(c);
+                return;
+        }
         if (streq(cmd, "status")) {
                 if (g->qmp && g->state == GUEST_RUNNING)
                         forward_qmp(g, c, "query-status", NULL, STATUS_QMP_TIMEOUT_MS, on_status_reply);
@@ -865,7 +883,27 @@ static void handle_signal(struct guest *g) {
         }
 }
 
-static void handle_conn(struct guest *g, struct control_conn *c) {
+void guest_accept_conn(struct guest *g) {
+        vmsup_error *err = NULL;
+        struct control_conn *c = control_accept(g->listen_fd, &err);
+        struct epoll_event ev;
+
+        if (err) {
+                log_warning("%s", err->msg);
+                vmsup_error_free(err);
+        }
+        if (!c)
+                return;
+        ev = (struct epoll_event) { .events = EPOLLIN, .data.ptr = c };
+        c->next = g->conns;
+        g->conns = c;
+        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
+                g->conns = c->next;
+                control_conn_free(c);
+        }
+}
+
+void guest_handle_conn(struct guest *g, struct control_conn *c) {
         vmsup_error *err = NULL;
         int r = control_conn_read(c, &err);
         struct control_conn **pp;
@@ -918,26 +956,10 @@ static int event_loop(struct guest *g) {
                                         qmp_drop(g);
                                 } else
                                         qmp_watch(g);
-                        } else if (tag == TAG_LISTEN) {
-                                vmsup_error *err = NULL;
-                                struct control_conn *c = control_accept(g->listen_fd, &err);
-                                struct epoll_event ev;
-
-                                if (err) {
-                                        log_warning("%s", err->msg);
-                                        vmsup_error_free(err);
-                                }
-                                if (c) {
-                                        ev = (struct epoll_event) { .events = EPOLLIN, .data.ptr = c };
-                                        c->next = g->conns;
-                                        g->conns = c;
-                                        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
-                                                g->conns = c->next;
-                                                control_conn_free(c);
-                                        }
-                                }
-                        } else if (tag > TAG_LISTEN)
-                                handle_conn(g, evs[i].data.ptr);
+                        } else if (tag == TAG_LISTEN)
+                                guest_accept_conn(g);
+                        else if (tag > TAG_LISTEN)
+                                guest_handle_conn(g, evs[i].data.ptr);
                 }
                 if (g->done)
                         break;

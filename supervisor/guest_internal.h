@@ -82,6 +82,8 @@ struct guest {
         bool migrate_tls_added; /* QEMU has our tls-creds-x509 object */
         bool interrupted;       /* SIGTERM or SIGINT arrived during a migration */
         char migration_status[24]; /* from QEMU's MIGRATION events */
+        const char *migrating_to;  /* "HOST:PORT" while migrate_out() runs; other requests are then refused */
+        int migration_percent;     /* of the guest's memory sent, for `vmsup status` */
         struct migrate_in *in;  /* the incoming migration until the guest runs here */
 };
 
@@ -99,6 +101,10 @@ void guest_dispatch_sync(struct guest *g);
 void guest_drain_signals(struct guest *g);
 int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err);
 int guest_open_sync(struct guest *g, vmsup_error **err);
+/* The control socket outside the event loop (a migration's own wait): accept a client,
+ * or read a client's request and answer it. */
+void guest_accept_conn(struct guest *g);
+void guest_handle_conn(struct guest *g, struct control_conn *c);
 
 /* migrate_out.c */
 #define MIGRATE_QEMU_TLS_ID "vmsup-migration-tls"

@@ -29,6 +29,7 @@
 #define PROGRESS_INTERVAL_MS 500
 #define CANCEL_TIMEOUT_MS 10000
 #define STREAM_FD_NAME "vmsup-migration"
+#define WATCH_MAX_CONNS 16 /* control clients served at once while QEMU migrates; more wait */
 
 struct out {
         struct guest *g;
@@ -274,8 +275,8 @@ static void send_transfer_progress(struct out *o, json_object *info) {
         p = json_object_new_object();
         json_object_object_add(p, "phase", json_object_new_string("transfer"));
         json_object_object_add(p, "status", json_object_new_string(migrate_json_str(info, "status") ?: "?"));
-        json_object_object_add(p, "percent",
-                               json_object_new_int64(total > 0 ? (total - remaining) * 100 / total : 0));
+        o->g->migration_percent = total > 0 ? (int) ((total - remaining) * 100 / total) : 0;
+        json_object_object_add(p, "percent", json_object_new_int64(o->g->migration_percent));
         json_object_object_add(p, "transferred", json_object_new_int64(transferred));
         json_object_object_add(p, "total", json_object_new_int64(total));
         json_object_object_add(p, "remaining", json_object_new_int64(remaining));
@@ -380,13 +381,17 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                 /* Not the TPM state's sync: what swtpm writes at the switch-over (its
                  * volatile state) is sealed after the migration if it fails, and not at
                  * all if it succeeds, instead of competing with QEMU for the CPU during
-                 * the downtime. */
-                struct pollfd p[4] = {
+                 * the downtime. The control socket: `vmsup status` answers, other
+                 * requests are refused (guest.c). */
+                struct pollfd p[5 + WATCH_MAX_CONNS] = {
                         { .fd = migchan_fd(o->ch), .events = POLLIN },
                         { .fd = g->sigfd, .events = POLLIN },
                         { .fd = g->qemu.pidfd, .events = POLLIN },
                         { .fd = g->qmp ? qmp_client_fd(g->qmp) : -1 },
+                        { .fd = g->listen_fd, .events = POLLIN },
                 };
+                struct control_conn *conns[WATCH_MAX_CONNS];
+                nfds_t n = 5;
                 long now = monotonic_ms(), wake;
                 /* QEMU's MIGRATION event ends the wait at once; query-migrate is for the
                  * progress lines and the figures */
@@ -434,7 +439,11 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                 if (qmp_wait >= 0 && qmp_wait < wake)
                         wake = qmp_wait;
                 p[3].events = (short) ((qmp_client_epoll_events(g->qmp) & EPOLLOUT ? POLLOUT : 0) | POLLIN);
-                if (poll(p, 4, wake > 1 ? (int) wake : 1) < 0 && errno != EINTR)
+                for (struct control_conn *c = g->conns; c && n < 5 + WATCH_MAX_CONNS; c = c->next) {
+                        conns[n - 5] = c;
+                        p[n++] = (struct pollfd) { .fd = c->fd, .events = POLLIN };
+                }
+                if (poll(p, n, wake > 1 ? (int) wake : 1) < 0 && errno != EINTR)
                         return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
                 if (p[0].revents) {
                         struct mig_frame f = { 0 };
@@ -461,6 +470,11 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                 if (p[3].revents && qmp_client_dispatch(g->qmp, err) < 0)
                         return vmsup_error_prefix(err, "QEMU's monitor");
                 qmp_client_expire(g->qmp);
+                for (nfds_t i = 5; i < n; i++)
+                        if (p[i].revents)
+                                guest_handle_conn(g, conns[i - 5]); /* may free it: conns[] is not used again */
+                if (p[4].revents)
+                        guest_accept_conn(g);
         }
 }
 
@@ -492,11 +506,14 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
         json_object_object_del(args, "fdname");
         json_object_object_add(args, "uri", json_object_new_string("fd:" STREAM_FD_NAME));
         log_debug("migration: QEMU set up for TLS at +%ld ms", monotonic_ms() - o->t0);
-        r = migrate_qmp(g, "migrate", args, NULL, err);
-        if (r < 0)
-                return vmsup_error_prefix(err, "QEMU migrate to %s", uri);
-        o->migrating = true;
+        /* before the command: QEMU's MIGRATION events may come before its reply */
         snprintf(g->migration_status, sizeof(g->migration_status), "setup");
+        r = migrate_qmp(g, "migrate", args, NULL, err);
+        if (r < 0) {
+                g->migration_status[0] = '\0';
+                return vmsup_error_prefix(err, "QEMU migrate to %s", uri);
+        }
+        o->migrating = true;
         progress(o, "stream", "QEMU sends the guest to %s (TLS)", uri);
         q = calloc(1, sizeof(*q));
         if (!q)
@@ -649,6 +666,7 @@ static int run(struct out *o, vmsup_error **err) {
 
 void migrate_out(struct guest *g, struct control_conn *c) {
         struct out o = { .g = g, .conn = c, .stream_fd = -1 };
+        char to[300];
         vmsup_error *err = NULL;
         json_object *v;
         int r;
@@ -660,6 +678,10 @@ void migrate_out(struct guest *g, struct control_conn *c) {
                 control_conn_free(c);
                 return;
         }
+        snprintf(to, sizeof(to), strchr(o.host, ':') ? "[%s]:%s" : "%s:%s", o.host, o.port);
+        g->migrating_to = to;
+        g->migration_status[0] = '\0';
+        g->migration_percent = 0;
         o.t0 = monotonic_ms();
         o.deadline = o.t0 + (long) g->cfg->migration.timeout * 1000;
         o.answer_ms = (int) g->cfg->migration.answer_timeout * 1000;
@@ -702,6 +724,7 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         o.ch = migchan_free(o.ch);
         if (o.stream_fd >= 0)
                 close(o.stream_fd);
+        g->migrating_to = NULL;
         if (g->interrupted && !g->done)
                 guest_begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
 }

@@ -11,7 +11,9 @@ static void help(void) {
         printf("Usage: vmsup status UUID [--json]\n"
                "\n"
                "Show the state of a supervised guest: supervisor state, pids, uptime, TPM\n"
-               "version and model, QEMU's run state.\n"
+               "version and model, QEMU's run state ('not answering' when QEMU's monitor\n"
+               "does not answer within 5 s), and a live migration's progress while QEMU sends\n"
+               "the guest.\n"
                "\n"
                "Exit status: 0; 69 the guest is not running under vmsup.\n");
 }
@@ -27,7 +29,7 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
                                                    { "help", no_argument, NULL, 'h' }, {} };
         _cleanup_error_ vmsup_error *err = NULL;
         _cleanup_json_ json_object *req = json_object_new_object(), *ret = NULL;
-        json_object *tpm;
+        json_object *tpm, *mig;
         bool json = false;
         int c;
 
@@ -53,6 +55,9 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
         printf("state:        %s\n", str(ret, "state"));
         printf("qemu status:  %s\n", str(ret, "qemu_status"));
         printf("uptime:       %s s\n", str(ret, "uptime_s"));
+        if (json_object_object_get_ex(ret, "migration", &mig) && mig)
+                printf("migration:    to %s, %s, %s%% of the memory sent\n", str(mig, "to"), str(mig, "status"),
+                       str(mig, "percent"));
         printf("pids:         vmsup %s, qemu %s, swtpm %s\n", str(ret, "pid"), str(ret, "qemu_pid"), str(ret, "swtpm_pid"));
         if (json_object_object_get_ex(ret, "tpm", &tpm) && tpm)
                 printf("tpm:          %s %s, secret security %s\n", str(tpm, "version"), str(tpm, "model"),

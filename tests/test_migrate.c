@@ -211,12 +211,14 @@ static char *tail_of(const char *file, size_t max) {
 
 /* The supervisors' logs and the last migrate's errors. */
 static char *logs(void) {
-        char *a = tail_of(path("%s/run-a.err", root), 3000), *b = tail_of(path("%s/in-b.err", root), 2000),
-             *m = tail_of(path("%s/mig.err", root), 1500), *all = NULL;
+        char *a = tail_of(path("%s/run-a.err", root), 3000), *a2 = tail_of(path("%s/run-a2.err", root), 2000),
+             *b = tail_of(path("%s/in-b.err", root), 2000), *m = tail_of(path("%s/mig.err", root), 1500), *all = NULL;
 
-        if (asprintf(&all, "--- a's supervisor:\n%s\n--- b's (in-b):\n%s\n--- migrate:\n%s", a, b, m) < 0)
+        if (asprintf(&all, "--- a's supervisor:\n%s\n--- a's second supervisor (if any):\n%s\n--- b's (in-b):\n%s\n"
+                     "--- migrate:\n%s", a, a2, b, m) < 0)
                 all = NULL;
         free(a);
+        free(a2);
         free(b);
         free(m);
         return all;
@@ -315,6 +317,9 @@ static void reap(pid_t pid, int want) {
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == want, "exit status %d, wanted %d", status, want);
 }
 
+static pid_t start_migrate(int from, const char *name);
+static int wait_exit(pid_t pid);
+
 TestSuite(migrate, .init = setup, .fini = teardown, .timeout = 600);
 
 Test(migrate, tpm_survives_and_five_round_trips) {
@@ -328,7 +333,24 @@ Test(migrate, tpm_survives_and_five_round_trips) {
         snprintf(ek, sizeof(ek), "%s", console_last(0, "ek="));
 
         sup[1] = incoming(1, "in-b");
-        cr_assert_eq(migrate(0, "mig"), 0, "%s", err("mig"));
+        /* slowed down (QEMU's max-bandwidth), so that the supervisor is asked while QEMU
+         * sends the guest: it answers status with the migration, and refuses the rest */
+        {
+                const char *bw[] = { "qmp", UUID, "migrate-set-parameters", "{\"max-bandwidth\": 33554432}", NULL },
+                           *status[] = { "status", UUID, NULL }, *stop[] = { "stop", UUID, NULL };
+                pid_t mig;
+
+                step = "status while migrating";
+                cr_assert_eq(run(0, "bw", bw), 0, "%s", err("bw"));
+                mig = start_migrate(0, "mig");
+                wait_text(path("%s/mig.err", root), "% ", 1, 30000);
+                cr_assert_eq(run(0, "status", status), 0, "%s\n%s", err("status"), logs());
+                cr_assert(strstr(out("status"), "migration:    to ") && strstr(out("status"), ":49152, active, "),
+                          "%s", out("status"));
+                cr_assert_eq(run(0, "stop", stop), 75, "%s", err("stop"));
+                cr_assert(strstr(err("stop"), "the guest is being migrated to "), "%s", err("stop"));
+                cr_assert_eq(wait_exit(mig), 0, "%s", err("mig"));
+        }
         cr_assert(strstr(out("mig"), "migrated to"), "%s", out("mig"));
         cr_assert(strstr(err("mig"), "% "), "no progress shown: %s", err("mig"));
         reap(sup[0], 0);
