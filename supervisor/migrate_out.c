@@ -29,7 +29,7 @@
 #define PROGRESS_INTERVAL_MS 500
 #define CANCEL_TIMEOUT_MS 10000
 #define STREAM_FD_NAME "vmsup-migration"
-#define WATCH_MAX_CONNS 16 /* control clients served at once while QEMU migrates; more wait */
+#define CONTROL_POLL_MAX 16 /* control clients served at once during a migration; more wait */
 
 struct out {
         struct guest *g;
@@ -174,11 +174,60 @@ static int unexpected(struct out *o, struct mig_frame *f, vmsup_error **err) {
                           mig_msg_name(f->type));
 }
 
-static int expect(struct out *o, enum mig_msg type, struct mig_frame *f, vmsup_error **err) {
-        int r = migchan_recv_wait(o->ch, type, o->answer_ms, f, err);
+/* The control socket while the migration waits: its listener and clients are added to a
+ * poll set, then served (guest.c answers status and refuses the rest while
+ * g->migrating_to is set). */
+struct control_poll {
+        nfds_t first, n;
+        struct control_conn *conns[CONTROL_POLL_MAX];
+};
 
-        if (r < 0)
-                return vmsup_error_prefix(err, "the destination");
+static void control_poll_add(struct guest *g, struct pollfd *p, nfds_t *n, struct control_poll *cp) {
+        cp->first = *n;
+        p[(*n)++] = (struct pollfd) { .fd = g->listen_fd, .events = POLLIN };
+        cp->n = 0;
+        for (struct control_conn *c = g->conns; c && cp->n < CONTROL_POLL_MAX; c = c->next) {
+                cp->conns[cp->n++] = c;
+                p[(*n)++] = (struct pollfd) { .fd = c->fd, .events = POLLIN };
+        }
+}
+
+static void control_poll_serve(struct guest *g, const struct pollfd *p, const struct control_poll *cp) {
+        for (nfds_t i = 0; i < cp->n; i++)
+                if (p[cp->first + 1 + i].revents)
+                        guest_handle_conn(g, cp->conns[i]); /* may free it: cp is not used again */
+        if (p[cp->first].revents)
+                guest_accept_conn(g);
+}
+
+/* The destination's next message, which must be of type (or its ABORT), within
+ * answer_timeout; control clients are served meanwhile. */
+static int expect(struct out *o, enum mig_msg type, struct mig_frame *f, vmsup_error **err) {
+        long deadline = monotonic_ms() + o->answer_ms;
+
+        for (;;) {
+                struct pollfd p[1 + 1 + CONTROL_POLL_MAX];
+                struct control_poll cp;
+                nfds_t n = 1;
+                long left;
+                int r = migchan_recv(o->ch, f, err);
+
+                if (r < 0)
+                        return vmsup_error_prefix(err, "the destination");
+                if (r > 0)
+                        break;
+                left = deadline - monotonic_ms();
+                if (left <= 0)
+                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
+                                          "the destination: %s: no answer from the migration peer within %d s "
+                                          "(waiting for %s)",
+                                          migchan_peer(o->ch), o->answer_ms / 1000, mig_msg_name(type));
+                p[0] = (struct pollfd) { .fd = migchan_fd(o->ch), .events = POLLIN };
+                control_poll_add(o->g, p, &n, &cp);
+                if (poll(p, n, (int) left) < 0 && errno != EINTR)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
+                control_poll_serve(o->g, p, &cp);
+        }
         if (f->type != type)
                 return unexpected(o, f, err);
         return 0;
@@ -381,17 +430,15 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                 /* Not the TPM state's sync: what swtpm writes at the switch-over (its
                  * volatile state) is sealed after the migration if it fails, and not at
                  * all if it succeeds, instead of competing with QEMU for the CPU during
-                 * the downtime. The control socket: `vmsup status` answers, other
-                 * requests are refused (guest.c). */
-                struct pollfd p[5 + WATCH_MAX_CONNS] = {
+                 * the downtime. */
+                struct pollfd p[4 + 1 + CONTROL_POLL_MAX] = {
                         { .fd = migchan_fd(o->ch), .events = POLLIN },
                         { .fd = g->sigfd, .events = POLLIN },
                         { .fd = g->qemu.pidfd, .events = POLLIN },
                         { .fd = g->qmp ? qmp_client_fd(g->qmp) : -1 },
-                        { .fd = g->listen_fd, .events = POLLIN },
                 };
-                struct control_conn *conns[WATCH_MAX_CONNS];
-                nfds_t n = 5;
+                struct control_poll cp;
+                nfds_t n = 4;
                 long now = monotonic_ms(), wake;
                 /* QEMU's MIGRATION event ends the wait at once; query-migrate is for the
                  * progress lines and the figures */
@@ -439,10 +486,7 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                 if (qmp_wait >= 0 && qmp_wait < wake)
                         wake = qmp_wait;
                 p[3].events = (short) ((qmp_client_epoll_events(g->qmp) & EPOLLOUT ? POLLOUT : 0) | POLLIN);
-                for (struct control_conn *c = g->conns; c && n < 5 + WATCH_MAX_CONNS; c = c->next) {
-                        conns[n - 5] = c;
-                        p[n++] = (struct pollfd) { .fd = c->fd, .events = POLLIN };
-                }
+                control_poll_add(g, p, &n, &cp);
                 if (poll(p, n, wake > 1 ? (int) wake : 1) < 0 && errno != EINTR)
                         return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
                 if (p[0].revents) {
@@ -470,11 +514,7 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                 if (p[3].revents && qmp_client_dispatch(g->qmp, err) < 0)
                         return vmsup_error_prefix(err, "QEMU's monitor");
                 qmp_client_expire(g->qmp);
-                for (nfds_t i = 5; i < n; i++)
-                        if (p[i].revents)
-                                guest_handle_conn(g, conns[i - 5]); /* may free it: conns[] is not used again */
-                if (p[4].revents)
-                        guest_accept_conn(g);
+                control_poll_serve(g, p, &cp);
         }
 }
 

@@ -12,8 +12,7 @@ static void help(void) {
                "\n"
                "Show the state of a supervised guest: supervisor state, pids, uptime, TPM\n"
                "version and model, QEMU's run state ('not answering' when QEMU's monitor\n"
-               "does not answer within 5 s), and a live migration's progress while QEMU sends\n"
-               "the guest.\n"
+               "does not answer within 5 s), and a live migration's progress while one runs.\n"
                "\n"
                "Exit status: 0; 69 the guest is not running under vmsup.\n");
 }

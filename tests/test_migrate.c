@@ -550,7 +550,18 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         /* a destination that never answers: the source gives up after answer_timeout */
         step = "silent destination";
         in = fake_destination("silent");
-        cr_assert_eq(migrate(0, "mig"), 75, "%s", err("mig"));
+        mig = start_migrate(0, "mig");
+        /* the source's supervisor answers status while it waits */
+        wait_text(path("%s/mig.err", root), "prepares swtpm and QEMU", 1, 30000);
+        {
+                const char *status[] = { "status", UUID, NULL };
+
+                cr_assert_eq(run(0, "status", status), 0, "%s", err("status"));
+                cr_assert(strstr(out("status"), ":49152, preparing, 0% of the memory sent"), "%s", out("status"));
+        }
+        cr_assert_eq(wait_exit(mig), 75, "%s", err("mig"));
+        cr_assert(strstr(err("mig"), "no answer from the migration peer within 8 s (waiting for READY)"), "%s",
+                  err("mig"));
         kill(in, SIGKILL);
         wait_exit(in);
         assert_running(0);
@@ -607,6 +618,20 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         cr_assert_neq(wait_exit(mig), 0);
         cr_assert_neq(wait_exit(in), 0);
         assert_gone(1);
+        /* its QEMU and swtpm end by themselves (their death signal), as they would not
+         * outlive a host crash: wait for that before the start */
+        {
+                long deadline = monotonic_ms() + 30000;
+
+                while (test_count_processes(path("%s/a/", root), false) > 0) {
+                        if (monotonic_ms() > deadline) {
+                                sh("ps -eo pid,stat,args | grep '%s/a/' | grep -v grep >&2; true", root);
+                                cr_assert_fail("[%s] a's QEMU or swtpm outlived their supervisor by 30 s\n%s", step,
+                                               logs());
+                        }
+                        poll(NULL, 0, 50);
+                }
+        }
         {
                 const char *args[] = { "run", strdup(path("%s/guest.json", root)), NULL };
 
