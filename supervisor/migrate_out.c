@@ -200,15 +200,39 @@ static void control_poll_serve(struct guest *g, const struct pollfd *p, const st
                 guest_accept_conn(g);
 }
 
+/* QEMU's monitor in a migration's poll set: what it waits for, and its due time. */
+static void qmp_poll_add(struct guest *g, struct pollfd *p, long *wake) {
+        int qmp_wait;
+
+        *p = (struct pollfd) { .fd = -1 };
+        if (!g->qmp)
+                return;
+        p->fd = qmp_client_fd(g->qmp);
+        p->events = (short) ((qmp_client_epoll_events(g->qmp) & EPOLLOUT ? POLLOUT : 0) | POLLIN);
+        qmp_wait = qmp_client_next_timeout_ms(g->qmp);
+        if (qmp_wait >= 0 && qmp_wait < *wake)
+                *wake = qmp_wait;
+}
+
+/* Dispatch what QEMU sent (replies to the control clients' queries, events). */
+static int qmp_poll_serve(struct guest *g, const struct pollfd *p, vmsup_error **err) {
+        if (!g->qmp)
+                return 0;
+        if (p->revents && qmp_client_dispatch(g->qmp, err) < 0)
+                return vmsup_error_prefix(err, "QEMU's monitor");
+        qmp_client_expire(g->qmp);
+        return 0;
+}
+
 /* The destination's next message, which must be of type (or its ABORT), within
  * answer_timeout; control clients are served meanwhile. */
 static int expect(struct out *o, enum mig_msg type, struct mig_frame *f, vmsup_error **err) {
         long deadline = monotonic_ms() + o->answer_ms;
 
         for (;;) {
-                struct pollfd p[1 + 1 + CONTROL_POLL_MAX];
+                struct pollfd p[2 + 1 + CONTROL_POLL_MAX];
                 struct control_poll cp;
-                nfds_t n = 1;
+                nfds_t n = 2;
                 long left;
                 int r = migchan_recv(o->ch, f, err);
 
@@ -223,9 +247,12 @@ static int expect(struct out *o, enum mig_msg type, struct mig_frame *f, vmsup_e
                                           "(waiting for %s)",
                                           migchan_peer(o->ch), o->answer_ms / 1000, mig_msg_name(type));
                 p[0] = (struct pollfd) { .fd = migchan_fd(o->ch), .events = POLLIN };
+                qmp_poll_add(o->g, &p[1], &left);
                 control_poll_add(o->g, p, &n, &cp);
-                if (poll(p, n, (int) left) < 0 && errno != EINTR)
+                if (poll(p, n, left > 1 ? (int) left : 1) < 0 && errno != EINTR)
                         return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
+                if (qmp_poll_serve(o->g, &p[1], err) < 0)
+                        return -1;
                 control_poll_serve(o->g, p, &cp);
         }
         if (f->type != type)
@@ -435,7 +462,6 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                         { .fd = migchan_fd(o->ch), .events = POLLIN },
                         { .fd = g->sigfd, .events = POLLIN },
                         { .fd = g->qemu.pidfd, .events = POLLIN },
-                        { .fd = g->qmp ? qmp_client_fd(g->qmp) : -1 },
                 };
                 struct control_poll cp;
                 nfds_t n = 4;
@@ -444,7 +470,6 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                  * progress lines and the figures */
                 bool ended = streq(g->migration_status, "completed") || streq(g->migration_status, "failed") ||
                              streq(g->migration_status, "cancelled");
-                int qmp_wait;
 
                 if (!g->qmp)
                         return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
@@ -482,10 +507,7 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                 wake = (next < o->deadline ? next : o->deadline) - now;
                 if (q->pending)
                         wake = o->deadline - now;
-                qmp_wait = qmp_client_next_timeout_ms(g->qmp);
-                if (qmp_wait >= 0 && qmp_wait < wake)
-                        wake = qmp_wait;
-                p[3].events = (short) ((qmp_client_epoll_events(g->qmp) & EPOLLOUT ? POLLOUT : 0) | POLLIN);
+                qmp_poll_add(g, &p[3], &wake);
                 control_poll_add(g, p, &n, &cp);
                 if (poll(p, n, wake > 1 ? (int) wake : 1) < 0 && errno != EINTR)
                         return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
@@ -511,9 +533,8 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                         if (g->qemu.exited)
                                 return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU ended during the migration");
                 }
-                if (p[3].revents && qmp_client_dispatch(g->qmp, err) < 0)
-                        return vmsup_error_prefix(err, "QEMU's monitor");
-                qmp_client_expire(g->qmp);
+                if (qmp_poll_serve(g, &p[3], err) < 0)
+                        return -1;
                 control_poll_serve(g, p, &cp);
         }
 }

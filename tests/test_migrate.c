@@ -89,7 +89,7 @@ static void write_conf(int h, const char *tls_dir) {
                            "[paths]\nstate_dir = %s/%c/state\nrun_dir = %s/%c/run\nsecrets_dir = %s/%c/state/secrets\n"
                            "log_dir = %s/%c/log\n"
                            "[barbican]\nendpoint = %s\nauth = noauth\n"
-                           "[migration]\ntls_dir = %s\ntimeout = 20\nanswer_timeout = 8\n",
+                           "[migration]\ntls_dir = %s\ntimeout = 20\nanswer_timeout = 12\n",
                            root, 'a' + h, root, 'a' + h, root, 'a' + h, root, 'a' + h, url, tls_dir) > 0);
         free(test_write_file(root, h ? "b.conf" : "a.conf", text, 0644));
         free(text);
@@ -551,7 +551,8 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
         step = "silent destination";
         in = fake_destination("silent");
         mig = start_migrate(0, "mig");
-        /* the source's supervisor answers status while it waits */
+        /* the source's supervisor answers status while it waits (answer_timeout is longer
+         * than `vmsup status` waits for an answer) */
         wait_text(path("%s/mig.err", root), "prepares swtpm and QEMU", 1, 30000);
         {
                 const char *status[] = { "status", UUID, NULL };
@@ -560,7 +561,7 @@ Test(migrate, failures_leave_the_guest_on_the_source) {
                 cr_assert(strstr(out("status"), ":49152, preparing, 0% of the memory sent"), "%s", out("status"));
         }
         cr_assert_eq(wait_exit(mig), 75, "%s", err("mig"));
-        cr_assert(strstr(err("mig"), "no answer from the migration peer within 8 s (waiting for READY)"), "%s",
+        cr_assert(strstr(err("mig"), "no answer from the migration peer within 12 s (waiting for READY)"), "%s",
                   err("mig"));
         kill(in, SIGKILL);
         wait_exit(in);
