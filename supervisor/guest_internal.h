@@ -117,6 +117,12 @@ int migrate_wait_status(struct guest *g, const char *const *states, int timeout_
 int migrate_qmp(struct guest *g, const char *cmd, json_object *args, json_object **ret, vmsup_error **err);
 /* The string at key of a JSON object; NULL when missing or not a string. */
 const char *migrate_json_str(json_object *o, const char *key);
+/* QEMU's migration stream runs on a TCP connection the supervisor makes (source) or
+ * accepts (destination) and hands QEMU under this name (getfd), keeping a copy: shutting
+ * that down frees a QEMU held by a dead link (docs/migration.md, "A dead link"). The
+ * socket gets keepalive and TCP_USER_TIMEOUT at answer_ms first. */
+#define MIGRATE_STREAM_FD_NAME "vmsup-migration"
+int migrate_stream_give(struct guest *g, int fd, int answer_ms, vmsup_error **err);
 /* "tcp:HOST:PORT" ("tcp:[V6]:PORT"); NULL on ENOMEM. */
 char *migrate_tcp_uri(const char *host, const char *port);
 /* The "migrate" control request; answers c, and ends the supervisor

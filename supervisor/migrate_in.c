@@ -5,8 +5,10 @@
  * even if this supervisor is killed. */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -15,6 +17,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -45,6 +48,8 @@ struct migrate_in {
         int answer_ms;
         long deadline;
         long t0; /* the source connected */
+        int stream_listen_fd; /* where QEMU's stream from the source arrives (READY's port); -1 */
+        int stream_fd;        /* our copy of it, once QEMU has it; -1 */
 };
 
 void migrate_in_mark(struct guest *g, const char *what) {
@@ -99,6 +104,7 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
         if (!in)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "incoming migration");
         in->janitor_fd = -1;
+        in->stream_listen_fd = in->stream_fd = -1;
         /* Nothing is ours yet: until the guest arrives, SIGTERM and SIGINT just end us. */
         sigemptyset(&stop);
         sigaddset(&stop, SIGTERM);
@@ -403,16 +409,19 @@ static int qemu_failed(struct guest *g, const char *what, vmsup_error **err) {
 }
 
 /* Wait for the source's next frame while watching QEMU, swtpm, signals and the deadline. */
+static int accept_stream(struct guest *g, vmsup_error **err);
+
 static int wait_source(struct guest *g, enum mig_msg type, long deadline, struct mig_frame *f, vmsup_error **err) {
         struct migrate_in *in = g->in;
 
         for (;;) {
-                struct pollfd p[5] = {
+                struct pollfd p[6] = {
                         { .fd = migchan_fd(in->ch), .events = POLLIN },
                         { .fd = g->sigfd, .events = POLLIN },
                         { .fd = g->qemu.pidfd, .events = POLLIN },
                         { .fd = g->swtpm.pidfd, .events = POLLIN },
                         { .fd = g->qmp ? qmp_client_fd(g->qmp) : -1, .events = POLLIN },
+                        { .fd = in->stream_listen_fd, .events = POLLIN },
                 };
                 long left = deadline - monotonic_ms();
                 int r;
@@ -439,7 +448,7 @@ static int wait_source(struct guest *g, enum mig_msg type, long deadline, struct
                 if (left <= 0)
                         return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "no %s from the source in time",
                                           mig_msg_name(type));
-                if (poll(p, 5, (int) left) < 0 && errno != EINTR)
+                if (poll(p, 6, (int) left) < 0 && errno != EINTR)
                         return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
                 if (p[1].revents) {
                         guest_drain_signals(g);
@@ -459,6 +468,8 @@ static int wait_source(struct guest *g, enum mig_msg type, long deadline, struct
                 }
                 if (p[4].revents && g->qmp && qmp_client_dispatch(g->qmp, err) < 0)
                         return vmsup_error_prefix(err, "QEMU's monitor");
+                if (p[5].revents && accept_stream(g, err) < 0)
+                        return -1;
                 if (streq(g->migration_status, "failed")) {
                         /* it exits after saying why */
                         guest_child_wait(g, &g->qemu, 2000);
@@ -467,35 +478,84 @@ static int wait_source(struct guest *g, enum mig_msg type, long deadline, struct
         }
 }
 
-/* QEMU listens for the stream on the address the source reached us at, on a port the
- * kernel picks; the source learns it from READY. */
+/* We listen for QEMU's stream on the address the source reached us at, on a port the
+ * kernel picks; the source learns it from READY. The connection is accepted by us (from
+ * the source's address only) and handed to QEMU (accept_stream()). */
 static int listen_incoming(struct guest *g, int *ret_port, vmsup_error **err) {
-        _cleanup_json_ json_object *args = json_object_new_object(), *info = NULL;
-        _cleanup_free_ char *uri = migrate_tcp_uri(migchan_local_addr(g->in->ch), "0");
-        json_object *sa, *first, *port;
+        struct migrate_in *in = g->in;
+        struct sockaddr_storage sa;
+        socklen_t len = sizeof(sa);
         int r;
 
-        if (!uri)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration URI");
         r = migrate_qemu_setup(g, true, NULL, err);
         if (r < 0)
                 return r;
         migrate_in_mark(g, "QEMU's TLS set up");
-        json_object_object_add(args, "uri", json_object_new_string(uri));
-        r = migrate_qmp(g, "migrate-incoming", args, NULL, err);
-        migrate_in_mark(g, "migrate-incoming");
-        if (r < 0)
-                return vmsup_error_prefix(err, "QEMU migrate-incoming on %s", uri);
-        r = migrate_qmp(g, "query-migrate", NULL, &info, err);
+        in->stream_listen_fd = migchan_listen(migchan_local_addr(in->ch), "0", err);
+        if (in->stream_listen_fd < 0)
+                return vmsup_error_prefix(err, "listen for QEMU's migration stream");
+        if (getsockname(in->stream_listen_fd, (struct sockaddr *) &sa, &len) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "listen for QEMU's migration stream");
+        *ret_port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *) &sa)->sin6_port
+                                                   : ((struct sockaddr_in *) &sa)->sin_port);
+        return 0;
+}
+
+/* The address of a peer as 16 bytes, an IPv4 one as IPv6 maps it (the source may reach
+ * our dual-stack channel as ::ffff:a.b.c.d and the stream's listener as a.b.c.d). */
+static bool address_of(const struct sockaddr_storage *sa, struct in6_addr *ret) {
+        if (sa->ss_family == AF_INET6) {
+                *ret = ((const struct sockaddr_in6 *) sa)->sin6_addr;
+                return true;
+        }
+        if (sa->ss_family == AF_INET) {
+                memset(ret, 0, sizeof(*ret));
+                ret->s6_addr[10] = ret->s6_addr[11] = 0xff;
+                memcpy(&ret->s6_addr[12], &((const struct sockaddr_in *) sa)->sin_addr, 4);
+                return true;
+        }
+        return false;
+}
+
+static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+        struct in6_addr x, y;
+
+        return address_of(a, &x) && address_of(b, &y) && memcmp(&x, &y, sizeof(x)) == 0;
+}
+
+/* QEMU's stream connects: from the source supervisor's host, it goes to QEMU
+ * (migrate-incoming fd:); from anywhere else it is turned away and we listen on. */
+static int accept_stream(struct guest *g, vmsup_error **err) {
+        struct migrate_in *in = g->in;
+        _cleanup_json_ json_object *args = json_object_new_object();
+        struct sockaddr_storage peer, source;
+        socklen_t plen = sizeof(peer), slen = sizeof(source);
+        char addr[INET6_ADDRSTRLEN] = "?";
+        int fd = accept4(in->stream_listen_fd, (struct sockaddr *) &peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC), r;
+
+        if (fd < 0)
+                return errno == EAGAIN || errno == EINTR || errno == ECONNABORTED
+                               ? 0
+                               : vmsup_fail(err, VMSUP_EX_OSERR, errno, "accept QEMU's migration stream");
+        if (getpeername(migchan_fd(in->ch), (struct sockaddr *) &source, &slen) < 0 || !same_host(&peer, &source)) {
+                inet_ntop(peer.ss_family, peer.ss_family == AF_INET6 ? (void *) &((struct sockaddr_in6 *) &peer)->sin6_addr
+                                                                     : (void *) &((struct sockaddr_in *) &peer)->sin_addr,
+                          addr, sizeof(addr));
+                log_warning("turned away a migration stream from %s: the source is %s", addr, in->source);
+                close(fd);
+                return 0;
+        }
+        close(in->stream_listen_fd);
+        in->stream_listen_fd = -1;
+        in->stream_fd = fd;
+        r = migrate_stream_give(g, fd, in->answer_ms, err);
         if (r < 0)
                 return r;
-        if (!json_object_object_get_ex(info, "socket-address", &sa) || !json_object_is_type(sa, json_type_array) ||
-            !(first = json_object_array_get_idx(sa, 0)) || !json_object_object_get_ex(first, "port", &port))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "QEMU does not say where it listens: %s",
-                                  json_object_to_json_string(info));
-        *ret_port = atoi(json_object_get_string(port));
-        if (*ret_port <= 0 || *ret_port > 65535)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "QEMU listens on port '%s'", json_object_get_string(port));
+        json_object_object_add(args, "uri", json_object_new_string("fd:" MIGRATE_STREAM_FD_NAME));
+        r = migrate_qmp(g, "migrate-incoming", args, NULL, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "QEMU migrate-incoming");
+        migrate_in_mark(g, "stream accepted, migrate-incoming");
         return 0;
 }
 
@@ -602,6 +662,10 @@ void migrate_in_abort(struct guest *g, const vmsup_error *why) {
                 if (migchan_send_json(in->ch, MIG_ABORT, a, 2000, &err) < 0)
                         err = vmsup_error_free(err);
         }
+        /* a QEMU held by a dead stream (its TLS handshake blocks its main loop) would
+         * ignore quit and SIGTERM */
+        if (in->stream_fd >= 0)
+                shutdown(in->stream_fd, SHUT_RDWR);
         g->tpm_discard = true;
         guest_stop_children(g);
         if (in->claimed) {
@@ -624,6 +688,8 @@ void migrate_in_free(struct guest *g) {
         json_object_put(in->spec);
         secmem_free(in->secret);
         closep(&in->janitor_fd);
+        closep(&in->stream_listen_fd);
+        closep(&in->stream_fd);
         free(in);
         g->in = NULL;
 }

@@ -28,7 +28,6 @@
 
 #define PROGRESS_INTERVAL_MS 500
 #define CANCEL_TIMEOUT_MS 10000
-#define STREAM_FD_NAME "vmsup-migration"
 #define CONTROL_POLL_MAX 16 /* control clients served at once during a migration; more wait */
 
 struct out {
@@ -381,16 +380,28 @@ static void stream_shutdown(struct out *o) {
 /* A dead link fails QEMU's migration by itself after [migration] answer_timeout, instead
  * of leaving QEMU (and, at the switch-over, the paused guest) waiting for the deadline:
  * unacknowledged data or unanswered keepalive probes for that long end the connection. */
-static void stream_keepalive(struct out *o) {
-        int one = 1, idle = o->answer_ms / 3000 > 0 ? o->answer_ms / 3000 : 1;
-        unsigned user_timeout = (unsigned) o->answer_ms;
+static void stream_keepalive(int fd, int answer_ms) {
+        int one = 1, idle = answer_ms / 3000 > 0 ? answer_ms / 3000 : 1;
+        unsigned user_timeout = (unsigned) answer_ms;
 
-        if (setsockopt(o->stream_fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0 ||
-            setsockopt(o->stream_fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
-            setsockopt(o->stream_fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle)) < 0 ||
-            setsockopt(o->stream_fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout)) < 0)
+        if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0 ||
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
+            setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle)) < 0 ||
+            setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout)) < 0)
                 log_warning("QEMU's migration connection: keepalive: %s (a dead link then waits for the "
                             "migration timeout)", strerror(errno));
+}
+
+int migrate_stream_give(struct guest *g, int fd, int answer_ms, vmsup_error **err) {
+        _cleanup_json_ json_object *args = json_object_new_object();
+
+        stream_keepalive(fd, answer_ms);
+        json_object_object_add(args, "fdname", json_object_new_string(MIGRATE_STREAM_FD_NAME));
+        if (!g->qmp)
+                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+        if (qmp_client_execute(g->qmp, "getfd", args, fd, QMP_COMMAND_TIMEOUT, NULL, err) < 0)
+                return vmsup_error_prefix(err, "hand QEMU the migration connection");
+        return 0;
 }
 
 /* One query-migrate in flight. Asynchronous, so that a QEMU whose main loop is held
@@ -559,13 +570,10 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
         r = migchan_tcp_connect(o->host, port, o->answer_ms, &o->stream_fd, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "QEMU's migration stream");
-        stream_keepalive(o);
-        json_object_object_add(args, "fdname", json_object_new_string(STREAM_FD_NAME));
-        r = qmp_client_execute(g->qmp, "getfd", args, o->stream_fd, QMP_COMMAND_TIMEOUT, NULL, err);
+        r = migrate_stream_give(g, o->stream_fd, o->answer_ms, err);
         if (r < 0)
-                return vmsup_error_prefix(err, "hand QEMU the migration connection");
-        json_object_object_del(args, "fdname");
-        json_object_object_add(args, "uri", json_object_new_string("fd:" STREAM_FD_NAME));
+                return r;
+        json_object_object_add(args, "uri", json_object_new_string("fd:" MIGRATE_STREAM_FD_NAME));
         log_debug("migration: QEMU set up for TLS at +%ld ms", monotonic_ms() - o->t0);
         /* before the command: QEMU's MIGRATION events may come before its reply */
         snprintf(g->migration_status, sizeof(g->migration_status), "setup");

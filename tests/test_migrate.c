@@ -5,16 +5,19 @@
  * again, which bumps its NV counter and prints its EK. */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <stdarg.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -711,6 +714,26 @@ Test(migrate, wrong_migration_key_rolls_back) {
                      err("in-b"));
         port = atoi(portbuf);
         cr_assert_gt(port, 0);
+
+        /* b takes QEMU's stream from the source's host only: a connection from elsewhere
+         * (here b itself) is turned away, and b listens on */
+        {
+                int self = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC),
+                    ns = open(path("/run/netns/%s-b", prefix), O_RDONLY | O_CLOEXEC), fd;
+                struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t) port) };
+                char needle[128];
+
+                cr_assert(self >= 0 && ns >= 0 && inet_pton(AF_INET, ip[1], &sa.sin_addr) == 1);
+                cr_assert_eq(setns(ns, CLONE_NEWNET), 0);
+                fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                cr_assert_eq(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), 0, "%s", strerror(errno));
+                cr_assert_eq(setns(self, CLONE_NEWNET), 0);
+                snprintf(needle, sizeof(needle), "turned away a migration stream from %s: the source is ", ip[1]);
+                wait_text(path("%s/in-b.err", root), needle, 1, 10000);
+                close(fd);
+                close(ns);
+                close(self);
+        }
 
         /* the real source QEMU sends the guest, with TLS and return-path, through vmsup qmp */
         {
