@@ -110,6 +110,15 @@ int test_count_processes(const char *needle, bool kill_them) {
         return n;
 }
 
+void test_read_line(const char *path, char *buf, size_t size) {
+        FILE *f = fopen(path, "re");
+
+        cr_assert_not_null(f, "open %s", path);
+        cr_assert_not_null(fgets(buf, (int) size, f), "no line in %s", path);
+        fclose(f);
+        buf[strcspn(buf, "\n")] = '\0';
+}
+
 uint8_t *test_read_file(const char *path, size_t *ret_len) {
         FILE *f = fopen(path, "re");
         uint8_t *buf = malloc(1 << 20);

@@ -30,5 +30,8 @@ int test_count_processes(const char *needle, bool kill_them);
 
 /* All of a file (at most 1 MiB) in a new buffer; fails the test when it cannot be read. */
 uint8_t *test_read_file(const char *path, size_t *ret_len);
+/* The first line of a file, without its newline, into buf; fails the test when the file
+ * cannot be read or has no line. */
+void test_read_line(const char *path, char *buf, size_t size);
 
 #endif

@@ -166,14 +166,9 @@ static void assert_no_secret_leaks(const pid_t *pids, size_t n, const char *cons
         vmsup_error *err = NULL;
         uint8_t *key = NULL;
         char *where = NULL;
-        FILE *f;
 
         snprintf(idpath, sizeof(idpath), "%s/state/" UUID "/vtpm_secret_uuid", root);
-        f = fopen(idpath, "re");
-        cr_assert_not_null(f, "no recorded vTPM secret id");
-        cr_assert_not_null(fgets(id, sizeof(id), f));
-        fclose(f);
-        id[strcspn(id, "\n")] = '\0';
+        test_read_line(idpath, id, sizeof(id));
         cr_assert_eq(barbican_client_new(&bo, &who, &c, &err), 0, "%s", err ? err->msg : "");
         cr_assert_eq(barbican_secret_fetch(c, id, pass, &err), 0, "%s", err ? err->msg : "");
         barbican_client_free(c);

@@ -833,7 +833,6 @@ Test(run, delete_removes_the_secret_and_every_file_and_is_idempotent) {
         vmsup_error *err = NULL;
         struct stat st;
         struct sup s;
-        FILE *f;
 
         write_spec("2.0", "tpm-crb", false, true);
         s = start();
@@ -844,11 +843,7 @@ Test(run, delete_removes_the_secret_and_every_file_and_is_idempotent) {
         cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
 
         snprintf(path, sizeof(path), "%s/state/" UUID "/vtpm_secret_uuid", root);
-        f = fopen(path, "re");
-        cr_assert_not_null(f);
-        cr_assert_not_null(fgets(id, sizeof(id), f));
-        fclose(f);
-        id[strcspn(id, "\n")] = '\0';
+        test_read_line(path, id, sizeof(id));
 
         cr_assert_eq(run_delete(project), 0, "%s", slurp(vmsup_log));
         cr_assert(strstr(slurp(vmsup_log), "guest deleted, and its vTPM secret in Barbican"), "%s", slurp(vmsup_log));
@@ -952,7 +947,6 @@ Test(run, the_supervisor_maps_no_http_or_libtpms_and_holds_no_credential_or_pass
         vmsup_error *err = NULL;
         const char *maps;
         struct sup s;
-        FILE *f;
 
         write_spec("2.0", "tpm-crb", false, true);
         s = start_as(credential);
@@ -965,11 +959,7 @@ Test(run, the_supervisor_maps_no_http_or_libtpms_and_holds_no_credential_or_pass
                 cr_assert_null(strstr(maps, libs[i]), "the supervisor maps %s:\n%s", libs[i], maps);
 
         snprintf(path, sizeof(path), "%s/state/" UUID "/vtpm_secret_uuid", root);
-        f = fopen(path, "re");
-        cr_assert_not_null(f);
-        cr_assert_not_null(fgets(id, sizeof(id), f));
-        fclose(f);
-        id[strcspn(id, "\n")] = '\0';
+        test_read_line(path, id, sizeof(id));
         cr_assert_eq(barbican_client_new(&bo, &who, &c, &err), 0, "%s", err ? err->msg : "");
         cr_assert_eq(barbican_secret_fetch(c, id, pass, &err), 0, "%s", err ? err->msg : "");
         barbican_client_free(c);
