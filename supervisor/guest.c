@@ -128,6 +128,23 @@ char *guest_log_tail(const char *path, int lines) {
 
 /* ---- swtpm ------------------------------------------------------------------------- */
 
+static const char *tpm_stamp_what(const struct guest *g) {
+        return g->tpm.version == TPM_VERSION_1_2 ? "TPM 1.2" : "TPM 2.0";
+}
+
+/* The stamps that make a later start refuse lost TPM state or VARS (guestdirs.h); a
+ * failure to write one is logged: the guest runs, and the next start tries again. */
+void guest_record_history(struct guest *g) {
+        vmsup_error *err = NULL;
+
+        if ((g->tpm.present && g->sync &&
+             guest_dirs_stamp(g->dirs.tpm_stamp, tpm_stamp_what(g), &err) < 0) ||
+            (streq(g->spec.firmware_type, "uefi") && guest_dirs_stamp(g->dirs.vars_stamp, "OVMF VARS", &err) < 0)) {
+                log_warning("%s", err->msg);
+                vmsup_error_free(err);
+        }
+}
+
 static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_error **err) {
         struct swtpm_caps caps = { 0 };
         struct swtpm_launch_opts lo = { 0 };
@@ -182,6 +199,10 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
                         return vmsup_error_prefix(err, "seal the new TPM state");
                 log_info("TPM state sealed in %s", g->dirs.state);
         }
+        /* from here on a start that finds no sealed state refuses instead of manufacturing */
+        r = guest_dirs_stamp(g->dirs.tpm_stamp, tpm_stamp_what(g), err);
+        if (r < 0)
+                return r;
 
 launch:
         /* swtpm's --migration-key, so that the TPM blobs in QEMU's migration stream are
@@ -438,6 +459,7 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
         }
         g->state = GUEST_RUNNING;
         g->started_at = time(NULL);
+        guest_record_history(g);
         if (g->tpm.present)
                 log_info("guest running: QEMU pid %d, swtpm pid %d, TPM %s %s (started in %ld ms)", (int) g->qemu.pid,
                          (int) g->swtpm.pid, tpm_version_to_string(g->tpm.version), tpm_model_to_string(g->tpm.model),
@@ -1001,6 +1023,38 @@ static int resolve_programs(struct guest *g, vmsup_error **err) {
         return 0;
 }
 
+/* vmsup never resets a TPM by itself: no sealed state for a guest whose TPM was
+ * manufactured (its stamp) is lost state, refused unless the operator asked for a new
+ * TPM; --new-tpm for a guest that has its state is refused too. Before any secret is
+ * fetched: nothing is contacted or changed for a start that cannot go on. */
+static int tpm_check_state_present(struct guest *g, bool no_sealed_state, vmsup_error **err) {
+        _cleanup_free_ char *stamp = guest_dirs_stamp_read(g->dirs.tpm_stamp, err);
+
+        if (!stamp && *err)
+                return -EIO;
+        if (!no_sealed_state) {
+                if (g->new_tpm)
+                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                          "--new-tpm: the guest has sealed TPM state in '%s', which vmsup does not "
+                                          "replace (to drop a TPM on purpose: 'vmsup delete', or 'vmsup resize "
+                                          "--confirm-reset' to another TPM version or model)",
+                                          g->dirs.state);
+                return 0;
+        }
+        if (!stamp)
+                return 0; /* a new guest: its TPM is manufactured */
+        if (!g->new_tpm)
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "the guest's TPM state is gone: '%s' holds no sealed TPM state, but the guest has a "
+                                  "TPM (%s: %s); refusing to manufacture a new one, which would change its EK and "
+                                  "start its NV counters again; restore the sealed state from a backup, or start with "
+                                  "--new-tpm to give the guest a new TPM on purpose",
+                                  g->dirs.state, GUEST_STAMP_TPM, stamp);
+        log_warning("--new-tpm: the guest's TPM state is gone from %s (it had a %s); manufacturing a new TPM: its EK "
+                    "changes and its NV counters start again", g->dirs.state, stamp);
+        return 0;
+}
+
 /* The vTPM passphrase (Barbican), the key the state is sealed under, and the sync of
  * the live dir with the sealed files. Before the seccomp filter and before any child. */
 static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **err) {
@@ -1014,6 +1068,9 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
         if (asprintf(&manifest, "%s/%s%s", g->dirs.state, SEAL_MANIFEST_NAME, SEAL_SUFFIX) < 0)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "sealed state");
         req.first_start = access(manifest, F_OK) < 0 && errno == ENOENT;
+        r = tpm_check_state_present(g, req.first_start, err);
+        if (r < 0)
+                return r;
         r = vtpm_secret_obtain(&req, &secret, err);
         if (r < 0)
                 return r;
@@ -1108,7 +1165,7 @@ static void teardown(struct guest *g) {
 int guest_run(const struct guest_run_opts *opts) {
         struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .epfd = -1, .sigfd = -1, .listen_fd = -1,
                            .qemu = { .name = "QEMU", .pidfd = -1 }, .swtpm = { .name = "swtpm", .pidfd = -1 },
-                           .tpm_ctrl_fd = -1 };
+                           .tpm_ctrl_fd = -1, .new_tpm = opts->new_tpm };
         vmsup_error *err = NULL;
         sigset_t mask;
         int r, code;
@@ -1156,8 +1213,15 @@ int guest_run(const struct guest_run_opts *opts) {
                 if (r < 0)
                         goto fail;
         }
-        if (streq(g.spec.firmware_type, "uefi") && (r = guest_dirs_ensure_vars(&g.dirs, g.cfg->qemu.ovmf_vars, &err)) < 0)
-                goto fail;
+        if (streq(g.spec.firmware_type, "uefi")) {
+                bool created;
+
+                if ((r = guest_dirs_ensure_vars(&g.dirs, g.cfg->qemu.ovmf_vars, opts->new_vars, &created, &err)) < 0)
+                        goto fail;
+                if (created && !g.incoming)
+                        log_info("OVMF VARS %s from the template %s%s", g.dirs.vars, g.cfg->qemu.ovmf_vars,
+                                 opts->new_vars ? " (--new-vars)" : "");
+        }
         if (g.tpm.present &&
             (r = g.incoming ? migrate_in_secret(&g, &err) : tpm_open_sealed_state(&g, opts->token_fd, &err)) < 0)
                 goto fail;

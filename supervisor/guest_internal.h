@@ -77,6 +77,7 @@ struct guest {
         bool done;
 
         /* live migration (supervisor/migrate_out.c, migrate_in.c) */
+        bool new_tpm;           /* `run --new-tpm`: a guest whose TPM state is gone gets a new TPM */
         bool incoming;          /* started by `run --incoming`: QEMU with -incoming defer, empty live dir */
         bool tpm_discard;       /* stopping swtpm wipes its state instead of sealing it (it lives elsewhere now) */
         bool migrate_tls_added; /* QEMU has our tls-creds-x509 object */
@@ -99,6 +100,8 @@ void guest_finish(struct guest *g, int exit_code);
 void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot);
 void guest_dispatch_sync(struct guest *g);
 void guest_drain_signals(struct guest *g);
+/* The guest runs: stamp that it has a TPM and uses its VARS (guestdirs.h). */
+void guest_record_history(struct guest *g);
 int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err);
 int guest_open_sync(struct guest *g, vmsup_error **err);
 /* The control socket outside the event loop (a migration's own wait): accept a client,

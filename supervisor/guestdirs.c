@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -33,6 +34,8 @@ int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const c
                 ok &= asprintf(&g.swtpm_setup_log, "%s/swtpm_setup.log", g.logs) > 0;
                 ok &= asprintf(&g.migrated_out, "%s/" GUEST_MIGRATED_OUT, g.state) > 0;
                 ok &= asprintf(&g.incoming, "%s/" GUEST_INCOMING, g.state) > 0;
+                ok &= asprintf(&g.tpm_stamp, "%s/" GUEST_STAMP_TPM, g.state) > 0;
+                ok &= asprintf(&g.vars_stamp, "%s/" GUEST_STAMP_VARS, g.state) > 0;
         }
         if (!ok) {
                 guest_dirs_clear(&g);
@@ -62,6 +65,8 @@ void guest_dirs_clear(struct guest_dirs *d) {
         free(d->swtpm_setup_log);
         free(d->migrated_out);
         free(d->incoming);
+        free(d->tpm_stamp);
+        free(d->vars_stamp);
         memset(d, 0, sizeof(*d));
 }
 
@@ -168,22 +173,107 @@ int guest_dirs_lock_stopped(const struct guest_dirs *d, bool missing_ok, int *re
         return 0;
 }
 
-int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, vmsup_error **err) {
+int guest_dirs_stamp(const char *path, const char *what, vmsup_error **err) {
+        char line[160], when[32];
+        time_t now = time(NULL);
+        struct tm tm;
+
+        if (access(path, F_OK) == 0)
+                return 0;
+        if (!gmtime_r(&now, &tm) || strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+                snprintf(when, sizeof(when), "%lld", (long long) now);
+        snprintf(line, sizeof(line), "%s since %s\n", what, when);
+        return write_file_atomic(path, line, strlen(line), 0600, err);
+}
+
+char *guest_dirs_stamp_read(const char *path, vmsup_error **err) {
+        _cleanup_free_ char *dir = strdup(path), *base = strdup(path);
+        _cleanup_close_ int dfd = -1;
+        _cleanup_free_ void *data = NULL;
+        size_t len = 0;
+        char *line;
+        int r;
+
+        if (!dir || !base) {
+                vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read '%s'", path);
+                return NULL;
+        }
+        dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0) {
+                if (errno != ENOENT)
+                        vmsup_fail(err, VMSUP_EX_IOERR, errno, "open '%s'", dir);
+                return NULL;
+        }
+        r = file_read_at(dfd, dir, basename(base), 4096, false, &data, &len, err);
+        if (r == -ENOENT) {
+                *err = vmsup_error_free(*err);
+                return NULL;
+        }
+        if (r < 0)
+                return NULL;
+        line = strndup(data, len);
+        if (!line) {
+                vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read '%s'", path);
+                return NULL;
+        }
+        line[strcspn(line, "\n")] = '\0';
+        return line;
+}
+
+/* A regular file (not a symlink) of the template's size: OVMF reads the whole variable
+ * store at a fixed size, and anything else is a damaged or foreign copy. */
+static int check_vars(const struct guest_dirs *d, const char *template_path, off_t template_size, vmsup_error **err) {
+        _cleanup_close_ int fd = open(d->vars, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        struct stat st;
+
+        if (fd < 0)
+                return vmsup_fail(err, errno == ELOOP ? VMSUP_EX_DATAERR : VMSUP_EX_IOERR, errno,
+                                  "the guest's OVMF VARS '%s'%s", d->vars, errno == ELOOP ? " is a symbolic link" : "");
+        if (fstat(fd, &st) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", d->vars);
+        if (!S_ISREG(st.st_mode))
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the guest's OVMF VARS '%s' is not a regular file", d->vars);
+        if (st.st_size != template_size)
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "the guest's OVMF VARS '%s' is damaged: %lld bytes, where its template '%s' has %lld; "
+                                  "it is left as it is: restore it from a backup, or remove it and start with "
+                                  "--new-vars to begin again from the template (its Secure Boot settings and boot "
+                                  "entries are then lost)",
+                                  d->vars, (long long) st.st_size, template_path, (long long) template_size);
+        return 0;
+}
+
+int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, bool recreate, bool *ret_created,
+                           vmsup_error **err) {
         _cleanup_close_ int in = -1;
-        _cleanup_free_ char *buf = NULL;
+        _cleanup_free_ char *buf = NULL, *stamp = NULL;
         struct stat st;
         size_t done = 0;
+        int r;
 
-        if (access(d->vars, F_OK) == 0)
-                return 0;
+        *ret_created = false;
         in = open(template_path, O_RDONLY | O_CLOEXEC);
         if (in < 0)
                 return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, errno, "open OVMF VARS template '%s' ([qemu] ovmf_vars)",
                                   template_path);
-        if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size > 64 * 1024 * 1024)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "OVMF VARS template '%s' is not a regular file of at most 64 MiB",
-                                  template_path);
-        buf = malloc((size_t) st.st_size ? (size_t) st.st_size : 1);
+        if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0 || st.st_size > 64 * 1024 * 1024)
+                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                                  "OVMF VARS template '%s' is not a regular file of 1 byte to 64 MiB", template_path);
+        if (faccessat(AT_FDCWD, d->vars, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+                return check_vars(d, template_path, st.st_size, err);
+        if (errno != ENOENT)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "the guest's OVMF VARS '%s'", d->vars);
+        stamp = guest_dirs_stamp_read(d->vars_stamp, err);
+        if (!stamp && *err)
+                return -EIO;
+        if (stamp && !recreate)
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "the guest's OVMF VARS '%s' is missing, but the guest has run with its own (%s: %s): "
+                                  "refusing to start it on a fresh copy of the template, which would lose its Secure "
+                                  "Boot settings and boot entries; restore the file from a backup, or start with "
+                                  "--new-vars to begin again from the template",
+                                  d->vars, GUEST_STAMP_VARS, stamp);
+        buf = malloc((size_t) st.st_size);
         if (!buf)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "copy '%s'", template_path);
         while (done < (size_t) st.st_size) {
@@ -195,7 +285,11 @@ int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path
                         return vmsup_fail(err, VMSUP_EX_IOERR, n < 0 ? errno : EIO, "read '%s'", template_path);
                 done += (size_t) n;
         }
-        return write_file_atomic(d->vars, buf, done, 0600, err);
+        r = write_file_atomic(d->vars, buf, done, 0600, err);
+        if (r < 0)
+                return r;
+        *ret_created = true;
+        return 0;
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {

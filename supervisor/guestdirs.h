@@ -24,10 +24,18 @@ struct guest_dirs {
         char *swtpm_setup_log;
         char *migrated_out; /* <state>/migrated-out: handed over to another host (migration) */
         char *incoming;     /* <state>/incoming: being received from another host */
+        char *tpm_stamp;    /* <state>/tpm-manufactured: the guest has a TPM whose state is sealed here */
+        char *vars_stamp;   /* <state>/vars-in-use: the guest has run with its own UEFI variables */
 };
 
 #define GUEST_MIGRATED_OUT "migrated-out"
 #define GUEST_INCOMING "incoming"
+/* Stamps: one line each (what and when), written the first time the guest's TPM state is
+ * sealed or its UEFI variables are used. They let a start tell a guest that never had a
+ * TPM or VARS from one whose TPM state or VARS were lost, which is refused instead of
+ * silently replaced (vmsup run --new-tpm, --new-vars). */
+#define GUEST_STAMP_TPM "tpm-manufactured"
+#define GUEST_STAMP_VARS "vars-in-use"
 
 /* Compute the paths only (no file system access). */
 int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const char *uuid, vmsup_error **err);
@@ -46,8 +54,18 @@ int guest_dirs_lock(const struct guest_dirs *d, vmsup_error **err);
  * gives *ret_fd = -1 and 0 when missing_ok, else exit 66. */
 int guest_dirs_lock_stopped(const struct guest_dirs *d, bool missing_ok, int *ret_fd, vmsup_error **err);
 
-/* Copy the VARS template on first start; keep the guest's copy after that. */
-int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, vmsup_error **err);
+/* Write the stamp at path ("<what> since <UTC time>") unless it is there already. */
+int guest_dirs_stamp(const char *path, const char *what, vmsup_error **err);
+
+/* The stamp's line (a new string) when it exists; NULL with *err unset when it does not. */
+char *guest_dirs_stamp_read(const char *path, vmsup_error **err);
+
+/* The guest's OVMF VARS copy: checked against the template (a regular file of the
+ * template's size; else exit 65, left as it is), or made from the template. A missing
+ * copy of a guest that has used its own VARS (GUEST_STAMP_VARS) is refused (exit 65)
+ * unless recreate is set. *ret_created says whether a copy was made. */
+int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path, bool recreate, bool *ret_created,
+                           vmsup_error **err);
 
 /* Remove dir and everything below it, never following a symlink; a missing dir is fine. */
 int remove_tree(const char *dir, vmsup_error **err);

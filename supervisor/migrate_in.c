@@ -639,6 +639,7 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         g->incoming = false;
         g->state = GUEST_RUNNING;
         g->started_at = time(NULL);
+        guest_record_history(g);
         if (send_json(in, MIG_RUNNING, NULL, err) < 0) {
                 log_warning("%s; the guest runs here, the source cannot know it yet", (*err)->msg);
                 *err = vmsup_error_free(*err);

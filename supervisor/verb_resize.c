@@ -45,7 +45,8 @@ static void describe(const struct vtpm_config *t, char *buf, size_t len) {
 }
 
 /* Remove the sealed TPM state (the manifest last, so a crash leaves it refusing rather
- * than half a TPM). */
+ * than half a TPM), then the stamp that says the guest has a TPM: a crash before that
+ * leaves a start refusing (--new-tpm goes ahead), never a silent new TPM. */
 static int reset_tpm_state(const char *state_dir, vmsup_error **err) {
         static const char *const names[] = { "tpm2-00.permall", "tpm2-00.volatilestate", "tpm2-00.savestate",
                                              "tpm-00.permall", "tpm-00.volatilestate", "tpm-00.savestate",
@@ -61,6 +62,10 @@ static int reset_tpm_state(const char *state_dir, vmsup_error **err) {
                 if (unlinkat(dfd, f, 0) < 0 && errno != ENOENT)
                         return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s/%s'", state_dir, f);
         }
+        if (fsync(dfd) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "sync '%s'", state_dir);
+        if (unlinkat(dfd, GUEST_STAMP_TPM, 0) < 0 && errno != ENOENT)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s/%s'", state_dir, GUEST_STAMP_TPM);
         if (fsync(dfd) < 0)
                 return vmsup_fail(err, VMSUP_EX_IOERR, errno, "sync '%s'", state_dir);
         return 0;

@@ -13,7 +13,7 @@
 #include "supervisor/verbs.h"
 
 static void help(void) {
-        printf("Usage: vmsup run [--token-fd N] GUEST.json\n"
+        printf("Usage: vmsup run [--token-fd N] [--new-tpm] [--new-vars] GUEST.json\n"
                "       vmsup run --incoming [ADDR:]PORT UUID\n"
                "\n"
                "Boot the guest the spec describes, with the vTPM Nova's rules give it, and\n"
@@ -26,6 +26,12 @@ static void help(void) {
                "stdin), never from the command line or the environment. On the first start\n"
                "vmsup creates the secret and prints 'vtpm_secret_uuid=<id>' on stdout for the\n"
                "orchestrator to keep in the guest spec.\n"
+               "\n"
+               "vmsup never replaces a guest's TPM or UEFI variables by itself: a guest that\n"
+               "has had a TPM (or has run with its own OVMF VARS) and whose sealed TPM state\n"
+               "(or VARS file) is gone is refused with exit 65. --new-tpm manufactures a new TPM\n"
+               "for such a guest (a new EK; its NV counters start again), --new-vars gives it a\n"
+               "fresh copy of the VARS template; both are logged.\n"
                "\n"
                "SIGTERM or SIGINT stops the guest gracefully (ACPI power button, then quit\n"
                "after [supervisor] stop_timeout); a second one stops it at once. 'vmsup\n"
@@ -49,6 +55,8 @@ static void help(void) {
 int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
         static const struct option longopts[] = { { "token-fd", required_argument, NULL, 't' },
                                                    { "incoming", required_argument, NULL, 'i' },
+                                                   { "new-tpm", no_argument, NULL, 'T' },
+                                                   { "new-vars", no_argument, NULL, 'N' },
                                                    { "help", no_argument, NULL, 'h' }, {} };
         _cleanup_error_ vmsup_error *err = NULL;
         _cleanup_free_ char *addr = NULL, *port = NULL;
@@ -59,6 +67,10 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
         while ((c = getopt_long(argc, argv, "t:h", longopts, NULL)) != -1) {
                 if (c == 'i') {
                         incoming = optarg;
+                        continue;
+                }
+                if (c == 'T' || c == 'N') {
+                        *(c == 'T' ? &opts.new_tpm : &opts.new_vars) = true;
                         continue;
                 }
                 if (c == 'h') {
@@ -75,6 +87,9 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (argc - optind != 1)
                 return verb_usage_error("run", incoming ? "--incoming expects the UUID of the guest to receive"
                                                         : "expects one guest spec file");
+        if (incoming && (opts.new_tpm || opts.new_vars))
+                return verb_usage_error("run", "--incoming takes no --new-tpm or --new-vars: the guest's TPM state and "
+                                               "VARS come from the source");
         if (incoming && opts.token_fd >= 0)
                 return verb_usage_error("run", "--incoming takes no --token-fd: the source sends the vTPM secret");
         if (incoming && !uuid_is_valid(argv[optind]))

@@ -104,8 +104,11 @@ static void write_spec(const char *version, const char *model, bool uefi, bool h
 /* The owner's credential on fd 3: in Barbican's unauthenticated pipeline, the project. */
 static const char *project = "project-of-the-owner";
 
+/* An option for the next start()s ("--new-tpm", "--new-vars"); NULL: none. */
+static const char *run_option;
+
 static struct sup start_as(const char *credential) {
-        char *argv[] = { VMSUP_BIN, "--config", conf, "run", "--token-fd", "3", spec_path, NULL };
+        char *argv[] = { VMSUP_BIN, "--config", conf, "run", "--token-fd", "3", spec_path, NULL, NULL };
         struct proc_fd_map fds[1];
         struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
         vmsup_error *err = NULL;
@@ -113,6 +116,10 @@ static struct sup start_as(const char *credential) {
         int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
 
         cr_assert_geq(log, 0);
+        if (run_option) {
+                argv[6] = (char *) run_option;
+                argv[7] = spec_path;
+        }
         cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
         cr_assert_eq(write(token[1], credential, strlen(credential)), (ssize_t) strlen(credential));
         close(token[1]);
@@ -569,6 +576,139 @@ Test(run, tpm_state_is_sealed_at_rest_and_refused_when_altered) {
         assert_clean();
 }
 
+/* The names in dir that end in suffix, removed; returns how many. */
+static int remove_suffixed(const char *dir, const char *suffix) {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        int n = 0;
+
+        cr_assert_not_null(d, "opendir %s", dir);
+        while ((e = readdir(d))) {
+                size_t l = strlen(e->d_name), sl = strlen(suffix);
+
+                if (l > sl && streq(e->d_name + l - sl, suffix)) {
+                        cr_assert_eq(unlinkat(dirfd(d), e->d_name, 0), 0, "remove %s/%s", dir, e->d_name);
+                        n++;
+                }
+        }
+        closedir(d);
+        return n;
+}
+
+static int count_suffixed(const char *dir, const char *suffix) {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        int n = 0;
+
+        cr_assert_not_null(d, "opendir %s", dir);
+        while ((e = readdir(d))) {
+                size_t l = strlen(e->d_name), sl = strlen(suffix);
+
+                n += l > sl && streq(e->d_name + l - sl, suffix);
+        }
+        closedir(d);
+        return n;
+}
+
+Test(run, lost_tpm_state_is_refused_and_a_new_tpm_only_on_request) {
+        char statedir[512], *text, *ek1, *ek3;
+        size_t mark;
+        struct sup s;
+
+        snprintf(statedir, sizeof(statedir), "%s/state/" UUID, root);
+        write_spec("2.0", "tpm-crb", false, false);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        text = wait_console("tpmprobe: done", 1, 1000);
+        ek1 = console_word(text, "ek=", 1);
+        free(text);
+
+        /* every sealed file gone; the secret id, spec copy and stamp stay */
+        cr_assert_gt(remove_suffixed(statedir, ".sealed"), 1);
+        mark = strlen(slurp(vmsup_log));
+        s = start();
+        cr_assert_eq(wait_exit(&s, 60000), 65, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "the guest's TPM state is gone"), "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "--new-tpm"), "%s", slurp(vmsup_log));
+        cr_assert_eq(count_suffixed(statedir, ".sealed"), 0, "a refused start sealed something");
+        cr_assert_null(strstr(slurp(vmsup_log) + mark, "manufacturing a"), "%s", slurp(vmsup_log));
+        assert_clean();
+
+        /* the operator asks for a new TPM: it is manufactured, and says so */
+        run_option = "--new-tpm";
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "--new-tpm: the guest's TPM state is gone"), "%s", slurp(vmsup_log));
+        text = wait_console("tpmprobe: done", 2, 1000);
+        ek3 = console_word(text, "ek=", 2);
+        cr_assert_str_neq(ek1, ek3, "a new TPM kept the old EK");
+        cr_assert_eq(console_value(text, "nv-counter=", 2), 1, "%s", text);
+        free(text);
+
+        /* --new-tpm never replaces a TPM that has its state */
+        s = start();
+        cr_assert_eq(wait_exit(&s, 60000), 65, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "--new-tpm: the guest has sealed TPM state"), "%s", slurp(vmsup_log));
+        run_option = NULL;
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        text = wait_console("tpmprobe: done", 3, 1000);
+        cr_assert_eq(console_value(text, "nv-counter=", 3), 2, "%s", text);
+        cr_assert_str_eq(console_word(text, "ek=", 3), ek3);
+        free(text);
+        free(ek1);
+        free(ek3);
+        assert_clean();
+}
+
+Test(run, damaged_or_lost_ovmf_vars_are_refused) {
+        char vars[512], *text;
+        struct stat st;
+        struct sup s;
+        int fd;
+
+        snprintf(vars, sizeof(vars), "%s/state/" UUID "/OVMF_VARS.fd", root);
+        write_spec(NULL, NULL, true, false);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 240000), 0, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "OVMF VARS"), "the VARS copy was made without a log line: %s",
+                  slurp(vmsup_log));
+        cr_assert_eq(stat(vars, &st), 0);
+        cr_assert_gt(st.st_size, 4096);
+
+        /* truncated: refused and left as it is */
+        fd = open(vars, O_WRONLY | O_CLOEXEC);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(ftruncate(fd, 4096), 0);
+        close(fd);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 60000), 65, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "OVMF_VARS.fd' is damaged: 4096 bytes"), "%s", slurp(vmsup_log));
+        cr_assert_eq(stat(vars, &st), 0);
+        cr_assert_eq(st.st_size, 4096, "the refused VARS were changed");
+
+        /* gone: refused too, not recreated behind the operator's back */
+        cr_assert_eq(unlink(vars), 0);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 60000), 65, "%s", slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "OVMF_VARS.fd' is missing, but the guest has run with its own"), "%s",
+                  slurp(vmsup_log));
+        cr_assert_neq(stat(vars, &st), 0, "a refused start recreated the VARS");
+
+        /* on request: a fresh copy of the template, logged */
+        run_option = "--new-vars";
+        s = start();
+        cr_assert_eq(wait_exit(&s, 240000), 0, "%s", slurp(vmsup_log));
+        run_option = NULL;
+        cr_assert(strstr(slurp(vmsup_log), "from the template") && strstr(slurp(vmsup_log), "(--new-vars)"), "%s",
+                  slurp(vmsup_log));
+        cr_assert_eq(stat(vars, &st), 0);
+        cr_assert_gt(st.st_size, 4096);
+        text = wait_console("tpmprobe:", 1, 1000);
+        free(text);
+        assert_clean();
+}
+
 Test(run, wrong_secret_or_no_barbican_is_refused_and_the_state_kept) {
         char path[512], other[40], pass[BARBICAN_PASSPHRASE_LEN + 1], *text;
         struct barbican_options bo = { .auth = BARBICAN_AUTH_NOAUTH, .endpoint = test_barbican_url(), .attempts = 1 };
@@ -773,6 +913,15 @@ Test(run, resize_between_user_and_host_keeps_the_tpm) {
         cr_assert_eq(resize_to("user", "1.2", "tpm-tis", true, &out), 0, "%s", out);
         free(out);
         cr_assert_neq(stat(path, &st), 0, "a confirmed reset kept the old TPM state");
+        /* a confirmed reset is the operator's request: the next start manufactures the new TPM */
+        secret_security = "user";
+        write_spec("1.2", "tpm-tis", false, false);
+        s = start();
+        cr_assert_eq(wait_exit(&s, 180000), 0, "%s", slurp(vmsup_log));
+        text = wait_console("tpmprobe: done", 5, 1000);
+        cr_assert(strstr(text, "tpmprobe: tpm-version=1.2"), "%s", text);
+        cr_assert(strstr(slurp(vmsup_log), "manufacturing a TPM 1.2"), "%s", slurp(vmsup_log));
+        free(text);
         secret_security = NULL;
         assert_clean();
 }
