@@ -145,10 +145,33 @@ int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error
         for (size_t i = 0; i < spec->n_disks; i++) {
                 const struct guest_disk *d = &spec->disks[i];
 
+                /* The bottom layer first: a node's backing= names a node already defined.
+                 * Without backing=, QEMU would open whatever the qcow2 header names. */
+                for (size_t j = d->n_backing; j > 0; j--) {
+                        const struct guest_disk_layer *l = &d->backing[j - 1];
+
+                        add(&b, "-blockdev");
+                        add(&b, "driver=file,node-name=file%zu-backing%zu,filename=%s,read-only=on", i, j, l->path);
+                        add(&b, "-blockdev");
+                        if (streq(l->format, "qcow2") && j < d->n_backing)
+                                add(&b, "driver=qcow2,node-name=disk%zu-backing%zu,file=file%zu-backing%zu,"
+                                        "backing=disk%zu-backing%zu,read-only=on", i, j, i, j, i, j + 1);
+                        else
+                                add(&b, "driver=%s,node-name=disk%zu-backing%zu,file=file%zu-backing%zu%s,read-only=on",
+                                    l->format, i, j, i, j, streq(l->format, "qcow2") ? ",backing=null" : "");
+                }
                 add(&b, "-blockdev");
                 add(&b, "driver=file,node-name=file%zu,filename=%s%s", i, d->path, d->readonly ? ",read-only=on" : "");
                 add(&b, "-blockdev");
-                add(&b, "driver=%s,node-name=disk%zu,file=file%zu%s", d->format, i, i, d->readonly ? ",read-only=on" : "");
+                if (!streq(d->format, "qcow2"))
+                        add(&b, "driver=%s,node-name=disk%zu,file=file%zu%s", d->format, i, i,
+                            d->readonly ? ",read-only=on" : "");
+                else if (d->n_backing)
+                        add(&b, "driver=qcow2,node-name=disk%zu,file=file%zu,backing=disk%zu-backing1%s", i, i, i,
+                            d->readonly ? ",read-only=on" : "");
+                else
+                        add(&b, "driver=qcow2,node-name=disk%zu,file=file%zu,backing=null%s", i, i,
+                            d->readonly ? ",read-only=on" : "");
                 add(&b, "-device");
                 add(&b, "virtio-blk-pci,drive=disk%zu,id=virtio-disk%zu", i, i);
         }

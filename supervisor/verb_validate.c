@@ -3,6 +3,7 @@
 #include <getopt.h>
 #include <stdio.h>
 
+#include "supervisor/diskimages.h"
 #include "supervisor/guestspec.h"
 #include "supervisor/log.h"
 #include "supervisor/tpmrules.h"
@@ -46,6 +47,8 @@ int verb_validate(struct vmsup_ctx *ctx, int argc, char **argv) {
         r = tpm_rules_resolve(&spec, &tpm, &err);
         if (r == 0)
                 r = tpm_rules_check_host(&tpm, &ctx->cfg, &err);
+        if (r == 0)
+                r = disk_images_check(&spec, &err);
         if (r < 0) {
                 guest_spec_clear(&spec);
                 return log_error_exit(err);
