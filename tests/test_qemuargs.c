@@ -75,10 +75,13 @@ Test(qemuargs, bios_guest_tis_and_disks) {
         cr_assert(strstr(s, " -accel kvm "), "%s", s);
         cr_assert_null(strstr(s, "pflash"), "no UEFI firmware for a BIOS guest: %s", s);
         cr_assert(strstr(s, " -device tpm-tis,tpmdev=tpm-tpm0,id=tpm0 "), "%s", s);
-        cr_assert(strstr(s, " -blockdev driver=file,node-name=file0,filename=/d.qcow2 -blockdev "
-                            "driver=qcow2,node-name=disk0,file=file0,backing=null -device virtio-blk-pci,drive=disk0,id=virtio-disk0"),
+        cr_assert(strstr(s, " -blockdev {\"driver\":\"file\",\"node-name\":\"file0\",\"filename\":\"/d.qcow2\"}"
+                            " -blockdev {\"driver\":\"qcow2\",\"node-name\":\"disk0\",\"file\":\"file0\",\"backing\":null}"
+                            " -device virtio-blk-pci,drive=disk0,id=virtio-disk0 "),
                   "without a chain in the spec QEMU must not open what the qcow2 header names: %s", s);
-        cr_assert(strstr(s, "filename=/cd.iso,read-only=on -blockdev driver=raw,node-name=disk1,file=file1,read-only=on"),
+        cr_assert(strstr(s, " -blockdev {\"driver\":\"file\",\"node-name\":\"file1\",\"filename\":\"/cd.iso\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"raw\",\"node-name\":\"disk1\",\"file\":\"file1\",\"read-only\":true}"
+                            " -device virtio-blk-pci,drive=disk1,id=virtio-disk1 "),
                   "%s", s);
         strv_freep(&argv);
 }
@@ -95,21 +98,24 @@ Test(qemuargs, explicit_backing_chain) {
                             &none, "tcg");
         char *s = joined(argv);
 
-        cr_assert(strstr(s, " -blockdev driver=file,node-name=file0,filename=/raw.img"
-                            " -blockdev driver=raw,node-name=disk0,file=file0 -device"),
+        cr_assert(strstr(s, " -blockdev {\"driver\":\"file\",\"node-name\":\"file0\",\"filename\":\"/raw.img\"}"
+                            " -blockdev {\"driver\":\"raw\",\"node-name\":\"disk0\",\"file\":\"file0\"} -device"),
                   "a raw node takes no backing option: %s", s);
-        cr_assert(strstr(s, " -blockdev driver=file,node-name=file1-backing2,filename=/base.raw,read-only=on"
-                            " -blockdev driver=raw,node-name=disk1-backing2,file=file1-backing2,read-only=on"
-                            " -blockdev driver=file,node-name=file1-backing1,filename=/mid.qcow2,read-only=on"
-                            " -blockdev driver=qcow2,node-name=disk1-backing1,file=file1-backing1,backing=disk1-backing2,read-only=on"
-                            " -blockdev driver=file,node-name=file1,filename=/top.qcow2"
-                            " -blockdev driver=qcow2,node-name=disk1,file=file1,backing=disk1-backing1"
+        cr_assert(strstr(s, " -blockdev {\"driver\":\"file\",\"node-name\":\"file1-backing2\",\"filename\":\"/base.raw\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"raw\",\"node-name\":\"disk1-backing2\",\"file\":\"file1-backing2\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"file\",\"node-name\":\"file1-backing1\",\"filename\":\"/mid.qcow2\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"qcow2\",\"node-name\":\"disk1-backing1\",\"file\":\"file1-backing1\","
+                            "\"backing\":\"disk1-backing2\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"file\",\"node-name\":\"file1\",\"filename\":\"/top.qcow2\"}"
+                            " -blockdev {\"driver\":\"qcow2\",\"node-name\":\"disk1\",\"file\":\"file1\",\"backing\":\"disk1-backing1\"}"
                             " -device virtio-blk-pci,drive=disk1,id=virtio-disk1 "),
                   "%s", s);
-        cr_assert(strstr(s, " -blockdev driver=file,node-name=file2-backing1,filename=/c.qcow2,read-only=on"
-                            " -blockdev driver=qcow2,node-name=disk2-backing1,file=file2-backing1,backing=null,read-only=on"
-                            " -blockdev driver=file,node-name=file2,filename=/b.qcow2,read-only=on"
-                            " -blockdev driver=qcow2,node-name=disk2,file=file2,backing=disk2-backing1,read-only=on"
+        cr_assert(strstr(s, " -blockdev {\"driver\":\"file\",\"node-name\":\"file2-backing1\",\"filename\":\"/c.qcow2\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"qcow2\",\"node-name\":\"disk2-backing1\",\"file\":\"file2-backing1\","
+                            "\"backing\":null,\"read-only\":true}"
+                            " -blockdev {\"driver\":\"file\",\"node-name\":\"file2\",\"filename\":\"/b.qcow2\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"qcow2\",\"node-name\":\"disk2\",\"file\":\"file2\",\"backing\":\"disk2-backing1\","
+                            "\"read-only\":true}"
                             " -device virtio-blk-pci,drive=disk2,id=virtio-disk2 "),
                   "%s", s);
         strv_freep(&argv);
