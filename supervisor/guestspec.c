@@ -158,7 +158,7 @@ static int parse_backing(struct walker *w, json_object *top, const char *prefix,
                 struct guest_disk_layer *layer;
                 int r;
 
-                /* at most "disks[15]" and 15 ".backing": base has room */
+                /* at most "disks[15]" and 16 ".backing" (the 16th is refused): base has room */
                 strcat(base, ".backing");
                 snprintf(k, sizeof(k), "%s", base);
                 if (!json_object_is_type(b, json_type_object))
