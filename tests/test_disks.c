@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,4 +262,47 @@ Test(disks, explicit_chain_boots_and_qemu_shows_it) {
         cr_assert_eq(waitpid(pid, &status, 0), pid);
         close(pidfd);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "vmsup run: status %d: %s", status, slurp(vmsup_log));
+}
+
+/* The headers are read again before every QEMU launch: one rewritten while the guest ran
+ * (QEMU's user can write its images) stops a hard reboot. */
+Test(disks, hard_reboot_reads_the_headers_again) {
+        char *argv[] = { VMSUP_BIN, "--config", conf, "run", NULL, NULL };
+        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1 };
+        vmsup_error *err = NULL;
+        struct test_run q;
+        char *disks = NULL;
+        uint8_t incompat;
+        int log, pidfd, status, fd;
+        pid_t pid;
+
+        qemu_img("create -q -f qcow2 lone.qcow2 1M");
+        cr_assert(asprintf(&disks, "[{\"path\": \"%s\", \"format\": \"qcow2\"}]", path("lone.qcow2")) > 0);
+        write_spec(disks, true);
+        free(disks);
+        argv[4] = spec_path;
+        log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        cr_assert_geq(log, 0);
+        o.stdout_fd = o.stderr_fd = log;
+        cr_assert_eq(proc_spawn(&o, &pid, &pidfd, &err), 0, "%s", err ? err->msg : "");
+        close(log);
+        wait_running(pid, pidfd);
+
+        /* incompatible feature bit 2: an external data file */
+        fd = open(path("lone.qcow2"), O_RDWR | O_CLOEXEC);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(pread(fd, &incompat, 1, 79), 1);
+        incompat |= 4;
+        cr_assert_eq(pwrite(fd, &incompat, 1, 79), 1);
+        close(fd);
+
+        test_run_vmsup(&q, NULL, (const char *[]) { "--config", conf, "reboot", "--hard", UUID, NULL });
+        cr_assert_eq(q.exit_code, 65, "exit %d: %s%s", q.exit_code, q.out, q.err);
+        cr_assert(strstr(q.err, "uses an external data file: refused"), "%s", q.err);
+        test_run_clear(&q);
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        close(pidfd);
+        cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "vmsup run: status %d: %s", status, slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "hard reboot failed: disks[0]: qcow2 image"), "%s", slurp(vmsup_log));
+        cr_assert_eq(test_count_processes(root, false), 0);
 }
