@@ -27,6 +27,7 @@
 #include "seccomp/filter.h"
 #include "supervisor/confine.h"
 #include "supervisor/control.h"
+#include "supervisor/diskimages.h"
 #include "supervisor/guest.h"
 #include "supervisor/guestdirs.h"
 #include "supervisor/log.h"
@@ -432,6 +433,9 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
         g->state = GUEST_STARTING;
         g->guest_shutdown = false;
         snprintf(g->qemu_status, sizeof(g->qemu_status), "prelaunch");
+        /* again at every launch (hard reboot): QEMU's user may have rewritten a header */
+        if ((r = disk_images_check(&g->spec, err)) < 0)
+                return r;
         if (g->tpm.present && (r = tpm_prepare_and_launch(g, &tpm_qemu_end, err)) < 0)
                 return r;
         r = qemu_launch(g, tpm_qemu_end, err);
@@ -1188,6 +1192,9 @@ int guest_run(const struct guest_run_opts *opts) {
         } else if ((r = guest_spec_load(opts->spec_path, &g.spec, &err)) < 0)
                 goto fail;
         log_set_guest(g.spec.uuid);
+        /* before anything is made or fetched: an image naming files the spec does not */
+        if ((r = disk_images_check(&g.spec, &err)) < 0)
+                goto fail;
         if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = tpm_rules_check_host(&g.tpm, g.cfg, &err)) < 0 ||
             (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0)
                 goto fail;

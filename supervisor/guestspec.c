@@ -139,8 +139,62 @@ static int get_string_map(struct walker *w, json_object *parent, const char *key
         return 0;
 }
 
+static int check_disk_path(struct walker *w, const char *key, const char *path) {
+        if (path[0] != '/' || strchr(path, ','))
+                return bad(w, key, "must be an absolute path without ','");
+        return 0;
+}
+
+/* "backing": {"path", "format", "backing": {...} or null}, nested as QEMU's own -blockdev
+ * JSON nests it. Absent or null: the layer has no backing file. */
+static int parse_backing(struct walker *w, json_object *top, const char *prefix, struct guest_disk *disk) {
+        static const char *const layer_keys[] = { "path", "format", "backing", NULL };
+        const char *above_format = disk->format;
+        json_object *cur = top, *b;
+        char base[192], k[256];
+
+        snprintf(base, sizeof(base), "%s", prefix);
+        while (json_object_object_get_ex(cur, "backing", &b) && !json_object_is_type(b, json_type_null)) {
+                struct guest_disk_layer *layer;
+                int r;
+
+                /* at most "disks[15]" and 16 ".backing" (the 16th is refused): base has room */
+                strcat(base, ".backing");
+                snprintf(k, sizeof(k), "%s", base);
+                if (!json_object_is_type(b, json_type_object))
+                        return bad(w, k, "must be an object (path, format, backing) or null");
+                if (streq(above_format, "raw"))
+                        return bad(w, k, "a raw image has no backing file");
+                if (disk->n_backing == GUEST_DISK_MAX_BACKING)
+                        return bad(w, k, "a backing chain longer than 15 layers");
+                snprintf(k, sizeof(k), "%s.", base);
+                r = check_keys(w, b, k, layer_keys);
+                if (r < 0)
+                        return r;
+                layer = &disk->backing[disk->n_backing++];
+                snprintf(k, sizeof(k), "%s.path", base);
+                r = get_string(w, b, "path", k, true, false, &layer->path);
+                if (r < 0 || (r = check_disk_path(w, k, layer->path)) < 0)
+                        return r;
+                if (streq(layer->path, disk->path))
+                        return bad(w, k, "names the disk's own image");
+                for (size_t j = 0; j + 1 < disk->n_backing; j++)
+                        if (streq(layer->path, disk->backing[j].path))
+                                return bad(w, k, "names an image already in the chain");
+                snprintf(k, sizeof(k), "%s.format", base);
+                r = get_string(w, b, "format", k, true, false, &layer->format);
+                if (r < 0)
+                        return r;
+                if (!streq(layer->format, "raw") && !streq(layer->format, "qcow2"))
+                        return bad(w, k, "must be raw or qcow2");
+                above_format = layer->format;
+                cur = b;
+        }
+        return 0;
+}
+
 static int parse_disks(struct walker *w, json_object *root, struct guest_spec *spec) {
-        static const char *const disk_keys[] = { "path", "format", "readonly", NULL };
+        static const char *const disk_keys[] = { "path", "format", "readonly", "backing", NULL };
         json_object *arr;
         size_t n;
 
@@ -172,8 +226,8 @@ static int parse_disks(struct walker *w, json_object *root, struct guest_spec *s
                 r = get_string(w, d, "path", k, true, false, &disk->path);
                 if (r < 0)
                         return r;
-                if (disk->path[0] != '/' || strchr(disk->path, ','))
-                        return bad(w, k, "must be an absolute path without ','");
+                if ((r = check_disk_path(w, k, disk->path)) < 0)
+                        return r;
                 snprintf(k, sizeof(k), "disks[%zu].format", i);
                 r = get_string(w, d, "format", k, false, false, &disk->format);
                 if (r < 0)
@@ -188,6 +242,13 @@ static int parse_disks(struct walker *w, json_object *root, struct guest_spec *s
                                 return bad(w, k, "must be true or false");
                         disk->readonly = json_object_get_boolean(ro);
                 }
+                disk->backing = calloc(GUEST_DISK_MAX_BACKING, sizeof(*disk->backing));
+                if (!disk->backing)
+                        return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+                snprintf(k, sizeof(k), "disks[%zu]", i);
+                r = parse_backing(w, d, k, disk);
+                if (r < 0)
+                        return r;
         }
         return 0;
 }
@@ -406,6 +467,11 @@ void guest_spec_clear(struct guest_spec *spec) {
         for (size_t i = 0; i < spec->n_disks; i++) {
                 free(spec->disks[i].path);
                 free(spec->disks[i].format);
+                for (size_t j = 0; j < spec->disks[i].n_backing; j++) {
+                        free(spec->disks[i].backing[j].path);
+                        free(spec->disks[i].backing[j].format);
+                }
+                free(spec->disks[i].backing);
         }
         free(spec->disks);
         memset(spec, 0, sizeof(*spec));

@@ -8,11 +8,23 @@
 
 #include "common/error.h"
 
+/* One backing layer of a disk: QEMU opens it read-only. */
+struct guest_disk_layer {
+        char *path;
+        char *format; /* raw, qcow2 */
+};
+
+/* The spec alone gives the block graph: a qcow2 image's own backing file or data file
+ * name is never followed (QEMU gets backing=null, or the next layer of the spec). */
 struct guest_disk {
         char *path;
         char *format; /* raw, qcow2 */
         bool readonly;
+        struct guest_disk_layer *backing; /* the backing chain, the top's backing first */
+        size_t n_backing;
 };
+
+#define GUEST_DISK_MAX_BACKING 15
 
 struct guest_spec {
         char uuid[37]; /* canonical lower-case 8-4-4-4-12 */

@@ -76,6 +76,54 @@ static void add_escaped(struct argv_builder *b, const char *opt, const char *pre
         add(b, "%s%s%s", prefix, esc, suffix);
 }
 
+static void put(struct argv_builder *b, json_object *o, const char *key, json_object *v) {
+        if (!o || !v || json_object_object_add(o, key, v) < 0) {
+                json_object_put(v);
+                b->oom = true;
+        }
+}
+
+/* Layer depth of disk i (0: the top) as two nodes, file and format, in QEMU's JSON form:
+ * the dotted form cannot say "backing": null. A qcow2 node always gets a backing, the
+ * next layer's node or null: without it QEMU would open what the image's header names. */
+static void add_layer(struct argv_builder *b, size_t i, size_t depth, const char *path, const char *format,
+                      bool has_next, bool readonly) {
+        _cleanup_json_ json_object *file = json_object_new_object(), *fmt = json_object_new_object();
+        char file_node[48], node[48], next[48];
+        const int flags = JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE;
+
+        if (depth) {
+                snprintf(file_node, sizeof(file_node), "file%zu-backing%zu", i, depth);
+                snprintf(node, sizeof(node), "disk%zu-backing%zu", i, depth);
+        } else {
+                snprintf(file_node, sizeof(file_node), "file%zu", i);
+                snprintf(node, sizeof(node), "disk%zu", i);
+        }
+        snprintf(next, sizeof(next), "disk%zu-backing%zu", i, depth + 1);
+        put(b, file, "driver", json_object_new_string("file"));
+        put(b, file, "node-name", json_object_new_string(file_node));
+        put(b, file, "filename", json_object_new_string(path));
+        put(b, fmt, "driver", json_object_new_string(format));
+        put(b, fmt, "node-name", json_object_new_string(node));
+        put(b, fmt, "file", json_object_new_string(file_node));
+        if (streq(format, "qcow2")) {
+                if (has_next)
+                        put(b, fmt, "backing", json_object_new_string(next));
+                else if (fmt && json_object_object_add(fmt, "backing", NULL) < 0)
+                        b->oom = true;
+        }
+        if (readonly) {
+                put(b, file, "read-only", json_object_new_boolean(true));
+                put(b, fmt, "read-only", json_object_new_boolean(true));
+        }
+        if (b->oom)
+                return;
+        add(b, "-blockdev");
+        add(b, "%s", json_object_to_json_string_ext(file, flags));
+        add(b, "-blockdev");
+        add(b, "%s", json_object_to_json_string_ext(fmt, flags));
+}
+
 int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error **err) {
         const struct guest_spec *spec = in->spec;
         const struct host_config *cfg = in->cfg;
@@ -145,10 +193,10 @@ int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error
         for (size_t i = 0; i < spec->n_disks; i++) {
                 const struct guest_disk *d = &spec->disks[i];
 
-                add(&b, "-blockdev");
-                add(&b, "driver=file,node-name=file%zu,filename=%s%s", i, d->path, d->readonly ? ",read-only=on" : "");
-                add(&b, "-blockdev");
-                add(&b, "driver=%s,node-name=disk%zu,file=file%zu%s", d->format, i, i, d->readonly ? ",read-only=on" : "");
+                /* The bottom layer first: a node's backing names a node already defined. */
+                for (size_t j = d->n_backing; j > 0; j--)
+                        add_layer(&b, i, j, d->backing[j - 1].path, d->backing[j - 1].format, j < d->n_backing, true);
+                add_layer(&b, i, 0, d->path, d->format, d->n_backing > 0, d->readonly);
                 add(&b, "-device");
                 add(&b, "virtio-blk-pci,drive=disk%zu,id=virtio-disk%zu", i, i);
         }

@@ -3,6 +3,7 @@
 #include <getopt.h>
 #include <stdio.h>
 
+#include "supervisor/diskimages.h"
 #include "supervisor/guestspec.h"
 #include "supervisor/log.h"
 #include "supervisor/tpmrules.h"
@@ -14,10 +15,13 @@ static void help(void) {
                "Read a guest spec, apply Nova's vTPM rules (flavor extra specs and image\n"
                "properties) and this host's [tpm] settings, and print the result as one JSON\n"
                "object: {\"uuid\": ..., \"tpm\": {\"version\", \"model\", \"secret_security\"}}\n"
-               "or \"tpm\": null when the guest asks for no vTPM.\n"
+               "or \"tpm\": null when the guest asks for no vTPM. The headers of its qcow2\n"
+               "disk images must name no file the spec does not give (vmsup(8), GUEST SPEC).\n"
                "\n"
-               "Exit status: 0 valid; 65 the spec breaks a rule (Nova's message on stderr);\n"
-               "66 no such file; 69 this host does not offer what the guest asks for;\n"
+               "Exit status: 0 valid; 65 the spec breaks a rule (Nova's message on stderr)\n"
+               "or a disk image's header names a file the spec does not give;\n"
+               "66 no such file (the spec or a disk image); 69 this host does not offer\n"
+               "what the guest asks for;\n"
                "78 bad host configuration.\n");
 }
 
@@ -46,6 +50,8 @@ int verb_validate(struct vmsup_ctx *ctx, int argc, char **argv) {
         r = tpm_rules_resolve(&spec, &tpm, &err);
         if (r == 0)
                 r = tpm_rules_check_host(&tpm, &ctx->cfg, &err);
+        if (r == 0)
+                r = disk_images_check(&spec, &err);
         if (r < 0) {
                 guest_spec_clear(&spec);
                 return log_error_exit(err);

@@ -53,6 +53,41 @@ Test(guestspec, full_spec) {
         guest_spec_clear(&spec);
 }
 
+Test(guestspec, backing_chain) {
+        const char *json = "{" MINIMAL ", \"disks\": [{\"path\": \"/srv/top.qcow2\", \"format\": \"qcow2\","
+                           " \"backing\": {\"path\": \"/srv/mid.qcow2\", \"format\": \"qcow2\","
+                           " \"backing\": {\"path\": \"/srv/base.raw\", \"format\": \"raw\", \"backing\": null}}},"
+                           " {\"path\": \"/srv/other.qcow2\", \"format\": \"qcow2\", \"backing\": null}]}";
+        struct guest_spec spec;
+        vmsup_error *err = NULL;
+
+        cr_assert_eq(guest_spec_parse(json, strlen(json), "g.json", &spec, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_eq(spec.n_disks, 2);
+        cr_assert_eq(spec.disks[0].n_backing, 2);
+        cr_assert_str_eq(spec.disks[0].backing[0].path, "/srv/mid.qcow2");
+        cr_assert_str_eq(spec.disks[0].backing[0].format, "qcow2");
+        cr_assert_str_eq(spec.disks[0].backing[1].path, "/srv/base.raw");
+        cr_assert_str_eq(spec.disks[0].backing[1].format, "raw");
+        cr_assert_eq(spec.disks[1].n_backing, 0);
+        guest_spec_clear(&spec);
+}
+
+Test(guestspec, backing_chain_at_most_15_layers) {
+        char json[4096], *p = json;
+        char *msg;
+
+        p += sprintf(p, "{" MINIMAL ", \"disks\": [{\"path\": \"/l0\", \"format\": \"qcow2\"");
+        for (int i = 1; i <= 16; i++)
+                p += sprintf(p, ", \"backing\": {\"path\": \"/l%d\", \"format\": \"qcow2\"", i);
+        for (int i = 1; i <= 16; i++)
+                *p++ = '}';
+        sprintf(p, "}]}");
+        msg = parse_error(json);
+        cr_assert_not_null(msg);
+        cr_assert(strstr(msg, "a backing chain longer than 15 layers"), "%s", msg);
+        free(msg);
+}
+
 Test(guestspec, firmware_defaults_to_bios) {
         const char *json = "{" MINIMAL "}";
         struct guest_spec spec;
@@ -103,6 +138,23 @@ static const struct bad_case bad_specs_cases[] = {
                 { "{" MINIMAL ", \"disks\": [{\"path\": \"rel/path\"}]}", "key 'disks[0].path': must be an absolute path" },
                 { "{" MINIMAL ", \"disks\": [{\"path\": \"/a\", \"format\": \"vmdk\"}]}", "key 'disks[0].format': must be raw or qcow2" },
                 { "{" MINIMAL ", \"disks\": {}}", "key 'disks': must be an array" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/t\", \"format\": \"qcow2\", \"backing\": \"/b\"}]}", "key 'disks[0].backing': must be an object" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/t\", \"format\": \"qcow2\", \"backing\": {\"path\": \"/b\"}}]}", "key 'disks[0].backing.format': missing" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/t\", \"format\": \"qcow2\", \"backing\": {\"format\": \"raw\"}}]}", "key 'disks[0].backing.path': missing" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/t\", \"format\": \"qcow2\", \"backing\": {\"path\": \"b\", \"format\": \"raw\"}}]}",
+                  "key 'disks[0].backing.path': must be an absolute path" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/t\", \"format\": \"qcow2\", \"backing\": {\"path\": \"/b\", \"format\": \"vmdk\"}}]}",
+                  "key 'disks[0].backing.format': must be raw or qcow2" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/t\", \"format\": \"qcow2\", \"backing\": {\"path\": \"/b\", \"format\": \"raw\", \"readonly\": true}}]}",
+                  "key 'disks[0].backing.readonly': unknown key" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/t\", \"format\": \"qcow2\", \"backing\": {\"path\": \"/b\", \"format\": \"raw\", \"backing\": {\"path\": \"/c\", \"format\": \"raw\"}}}]}",
+                  "key 'disks[0].backing.backing': a raw image has no backing file" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/t\", \"backing\": {\"path\": \"/b\", \"format\": \"raw\"}}]}",
+                  "key 'disks[0].backing': a raw image has no backing file" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/t\", \"format\": \"qcow2\", \"backing\": {\"path\": \"/t\", \"format\": \"raw\"}}]}",
+                  "key 'disks[0].backing.path': names the disk's own image" },
+                { "{" MINIMAL ", \"disks\": [{\"path\": \"/t\", \"format\": \"qcow2\", \"backing\": {\"path\": \"/b\", \"format\": \"qcow2\", \"backing\": {\"path\": \"/b\", \"format\": \"raw\"}}}]}",
+                  "key 'disks[0].backing.backing.path': names an image already in the chain" },
                 { "{\"uuid\": \"" UUID "\", \"name\": \"a\\tb\", \"vcpus\": 1, \"memory_mb\": 256, \"flavor\": {\"name\": \"f\"}}",
                   "key 'name': must be printable characters" },
 };

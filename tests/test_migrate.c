@@ -108,8 +108,10 @@ static void write_spec(const char *mode) {
                            " \"hw:tpm_model\": \"tpm-crb\", \"hw:tpm_secret_security\": \"%s\"}},"
                            " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"uefi\"}},"
                            " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
-                           " \"cmdline\": \"console=ttyS0 quiet tpmprobe.hold\"}}",
-                           mode, TEST_GUEST_DIR, TEST_GUEST_DIR) > 0);
+                           " \"cmdline\": \"console=ttyS0 quiet tpmprobe.hold\"},"
+                           " \"disks\": [{\"path\": \"%s/top.qcow2\", \"format\": \"qcow2\","
+                           " \"backing\": {\"path\": \"%s/base.raw\", \"format\": \"raw\"}}]}",
+                           mode, TEST_GUEST_DIR, TEST_GUEST_DIR, root, root) > 0);
         free(test_write_file(root, "guest.json", text, 0644));
         free(text);
 }
@@ -128,6 +130,10 @@ static void setup(void) {
            root, prefix, TEST_SRCDIR, root, (int) getpid(), root);
         snprintf(url, sizeof(url), "%s", slurp(path("%s/url", root)));
         url[strcspn(url, "\n")] = '\0';
+        /* a disk with a backing chain in the spec, on storage both hosts share: the
+         * destination checks its headers and builds the same block graph */
+        sh("cd %s && qemu-img create -q -f raw base.raw 4M && qemu-img create -q -f qcow2 -b base.raw -F raw top.qcow2 4M",
+           root);
         write_conf(0, path("%s/certs/a", root));
         write_conf(1, path("%s/certs/b", root));
         write_spec("host");
@@ -360,6 +366,15 @@ Test(migrate, tpm_survives_and_five_round_trips) {
         assert_gone(0);
         assert_running(1);
 
+        /* the disk came along with the spec's chain */
+        {
+                const char *blk[] = { "qmp", UUID, "query-named-block-nodes", NULL };
+
+                cr_assert_eq(run(1, "blk", blk), 0, "%s", err("blk"));
+                cr_assert(strstr(out("blk"), "\"node-name\": \"disk0-backing1\"") &&
+                                  strstr(out("blk"), "\"backing_file_depth\": 1"),
+                          "%s", out("blk"));
+        }
         /* the TPM came along: the counter goes on, the EK is the same */
         step = "first migration checked";
         cr_assert_eq(run(1, "reboot", reboot), 0, "%s", err("reboot"));

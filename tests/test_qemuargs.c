@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/util.h"
 #include "supervisor/qemuargs.h"
@@ -74,10 +75,48 @@ Test(qemuargs, bios_guest_tis_and_disks) {
         cr_assert(strstr(s, " -accel kvm "), "%s", s);
         cr_assert_null(strstr(s, "pflash"), "no UEFI firmware for a BIOS guest: %s", s);
         cr_assert(strstr(s, " -device tpm-tis,tpmdev=tpm-tpm0,id=tpm0 "), "%s", s);
-        cr_assert(strstr(s, " -blockdev driver=file,node-name=file0,filename=/d.qcow2 -blockdev "
-                            "driver=qcow2,node-name=disk0,file=file0 -device virtio-blk-pci,drive=disk0,id=virtio-disk0"),
+        cr_assert(strstr(s, " -blockdev {\"driver\":\"file\",\"node-name\":\"file0\",\"filename\":\"/d.qcow2\"}"
+                            " -blockdev {\"driver\":\"qcow2\",\"node-name\":\"disk0\",\"file\":\"file0\",\"backing\":null}"
+                            " -device virtio-blk-pci,drive=disk0,id=virtio-disk0 "),
+                  "without a chain in the spec QEMU must not open what the qcow2 header names: %s", s);
+        cr_assert(strstr(s, " -blockdev {\"driver\":\"file\",\"node-name\":\"file1\",\"filename\":\"/cd.iso\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"raw\",\"node-name\":\"disk1\",\"file\":\"file1\",\"read-only\":true}"
+                            " -device virtio-blk-pci,drive=disk1,id=virtio-disk1 "),
                   "%s", s);
-        cr_assert(strstr(s, "filename=/cd.iso,read-only=on -blockdev driver=raw,node-name=disk1,file=file1,read-only=on"),
+        strv_freep(&argv);
+}
+
+/* The spec's chain, bottom first, each node naming the next: nothing left to the headers. */
+Test(qemuargs, explicit_backing_chain) {
+        struct vtpm_config none = { 0 };
+        char **argv = build("{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256,"
+                            " \"flavor\": {\"name\": \"f\"}, \"disks\": [{\"path\": \"/raw.img\"},"
+                            " {\"path\": \"/top.qcow2\", \"format\": \"qcow2\", \"backing\": {\"path\": \"/mid.qcow2\","
+                            " \"format\": \"qcow2\", \"backing\": {\"path\": \"/base.raw\", \"format\": \"raw\"}}},"
+                            " {\"path\": \"/b.qcow2\", \"format\": \"qcow2\", \"readonly\": true,"
+                            " \"backing\": {\"path\": \"/c.qcow2\", \"format\": \"qcow2\", \"backing\": null}}]}",
+                            &none, "tcg");
+        char *s = joined(argv);
+
+        cr_assert(strstr(s, " -blockdev {\"driver\":\"file\",\"node-name\":\"file0\",\"filename\":\"/raw.img\"}"
+                            " -blockdev {\"driver\":\"raw\",\"node-name\":\"disk0\",\"file\":\"file0\"} -device"),
+                  "a raw node takes no backing option: %s", s);
+        cr_assert(strstr(s, " -blockdev {\"driver\":\"file\",\"node-name\":\"file1-backing2\",\"filename\":\"/base.raw\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"raw\",\"node-name\":\"disk1-backing2\",\"file\":\"file1-backing2\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"file\",\"node-name\":\"file1-backing1\",\"filename\":\"/mid.qcow2\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"qcow2\",\"node-name\":\"disk1-backing1\",\"file\":\"file1-backing1\","
+                            "\"backing\":\"disk1-backing2\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"file\",\"node-name\":\"file1\",\"filename\":\"/top.qcow2\"}"
+                            " -blockdev {\"driver\":\"qcow2\",\"node-name\":\"disk1\",\"file\":\"file1\",\"backing\":\"disk1-backing1\"}"
+                            " -device virtio-blk-pci,drive=disk1,id=virtio-disk1 "),
+                  "%s", s);
+        cr_assert(strstr(s, " -blockdev {\"driver\":\"file\",\"node-name\":\"file2-backing1\",\"filename\":\"/c.qcow2\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"qcow2\",\"node-name\":\"disk2-backing1\",\"file\":\"file2-backing1\","
+                            "\"backing\":null,\"read-only\":true}"
+                            " -blockdev {\"driver\":\"file\",\"node-name\":\"file2\",\"filename\":\"/b.qcow2\",\"read-only\":true}"
+                            " -blockdev {\"driver\":\"qcow2\",\"node-name\":\"disk2\",\"file\":\"file2\",\"backing\":\"disk2-backing1\","
+                            "\"read-only\":true}"
+                            " -device virtio-blk-pci,drive=disk2,id=virtio-disk2 "),
                   "%s", s);
         strv_freep(&argv);
 }
