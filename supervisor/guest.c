@@ -155,7 +155,7 @@ static int start_check_cancel(struct guest *g, vmsup_error **err) {
         return vmsup_fail(err, VMSUP_EX_TEMPFAIL, ECANCELED, "a stop was requested");
 }
 
-/* The error of a start that a signal abandoned, or NULL when the failure was another. */
+/* Whether err is a start abandoned on a signal (then signame names it), not another failure. */
 static bool start_abandoned(struct guest *g, const vmsup_error *err, char *signame, size_t size) {
         struct signalfd_siginfo si;
         struct pollfd p = { .fd = g->cancel_fd, .events = POLLIN };
