@@ -49,8 +49,8 @@ static char *slurp(const char *path) {
         return buf;
 }
 
-/* The host config; tpm_extra goes into its [tpm] section. */
-static void write_conf(const char *barbican_url, const char *tpm_extra) {
+/* The host config; tpm_extra goes into its [tpm] section, more_sections at its end. */
+static void write_conf(const char *barbican_url, const char *tpm_extra, const char *more_sections) {
         char *text = NULL;
 
         cr_assert(asprintf(&text,
@@ -58,8 +58,9 @@ static void write_conf(const char *barbican_url, const char *tpm_extra) {
                            "[qemu]\naccelerator = tcg\n"
                            "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
                            "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n"
-                           "[barbican]\nendpoint = %s\nauth = noauth\nretries = 1\n",
-                           tpm_extra ? tpm_extra : "", root, root, root, root, barbican_url) > 0);
+                           "[barbican]\nendpoint = %s\nauth = noauth\nretries = 1\n%s",
+                           tpm_extra ? tpm_extra : "", root, root, root, root, barbican_url,
+                           more_sections ? more_sections : "") > 0);
         free(conf);
         conf = test_write_file(root, "vmsup.conf", text, 0600);
         free(text);
@@ -253,7 +254,7 @@ Test(control, clients_beyond_the_cap_are_refused_and_idle_ones_closed) {
         long ms, deadline;
         struct sup s;
 
-        write_conf(test_barbican_url(), NULL);
+        write_conf(test_barbican_url(), NULL, NULL);
         s = start();
         wait_running(&s);
 
@@ -388,7 +389,7 @@ Test(control, out_of_fds_backs_off_and_still_seals_the_tpm) {
         long deadline, cpu;
         struct sup s;
 
-        write_conf(test_barbican_url(), NULL);
+        write_conf(test_barbican_url(), NULL, NULL);
         s = start();
         wait_running(&s);
         cr_assert_null(strstr(slurp(console), "tpmprobe: done"), "the guest ran its TPM writes before the test could");
@@ -514,7 +515,7 @@ Test(control, sigterm_while_the_secret_is_fetched_abandons_the_start) {
         struct sup s;
         int code;
 
-        write_conf(fakehttp_url(barbican), NULL);
+        write_conf(fakehttp_url(barbican), NULL, NULL);
         s = start();
         while (fakehttp_count(barbican) == 0 && monotonic_ms() < deadline)
                 usleep(20000);
@@ -549,10 +550,10 @@ Test(control, sigterm_while_the_tpm_is_manufactured_abandons_the_start) {
                            "wait\n",
                            marker) > 0);
         path = test_write_file(root, "slow_swtpm_setup", script, 0755);
-        cr_assert(asprintf(&extra, "swtpm_setup = %s\n[security]\nseccomp = log\n[tpm]\n", path) > 0);
-        /* [security] seccomp = log: the shell's job control (vfork, rt_sigsuspend) is not
-         * what vmsup's filter is made for */
-        write_conf(test_barbican_url(), extra);
+        cr_assert(asprintf(&extra, "swtpm_setup = %s\n", path) > 0);
+        /* seccomp = log: the shell's job control (vfork, rt_sigsuspend) is not what vmsup's
+         * filter is made for */
+        write_conf(test_barbican_url(), extra, "[security]\nseccomp = log\n");
         s = start();
         while (stat(marker, &st) != 0 && monotonic_ms() < deadline)
                 usleep(20000);
