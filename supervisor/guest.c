@@ -399,6 +399,32 @@ static int check_tpm_device(struct guest *g, vmsup_error **err) {
         return 0;
 }
 
+/* QEMU greets on its monitor as soon as it is up: wait for that here, where a stop request
+ * during the start is seen too, and leave the handshake and its errors to
+ * qmp_client_handshake() (QEMU gone, no greeting in time). */
+static int wait_qmp_greeting(struct guest *g, vmsup_error **err) {
+        long deadline = monotonic_ms() + QMP_HANDSHAKE_TIMEOUT;
+
+        for (;;) {
+                struct pollfd p[3] = { { qmp_client_fd(g->qmp), POLLIN, 0 }, { g->qemu.pidfd, POLLIN, 0 },
+                                       { g->cancel_fd, POLLIN, 0 } };
+                long left = deadline - monotonic_ms();
+                int n;
+
+                if (left <= 0)
+                        return 0;
+                n = poll(p, 3, (int) left);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for QEMU's monitor");
+                if (p[2].revents)
+                        return start_check_cancel(g, err);
+                if (p[0].revents || p[1].revents)
+                        return 0;
+        }
+}
+
 static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         _cleanup_strv_ char **argv = NULL;
         _cleanup_close_ int log_fd = -1;
@@ -447,6 +473,8 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         if (r < 0)
                 return r;
         qmp_client_set_event_handler(g->qmp, on_qmp_event, g);
+        if ((r = wait_qmp_greeting(g, err)) < 0)
+                return r;
         r = qmp_client_handshake(g->qmp, QMP_HANDSHAKE_TIMEOUT, err);
         if (r < 0) {
                 _cleanup_free_ char *tail = NULL;

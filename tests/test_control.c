@@ -568,3 +568,61 @@ Test(control, sigterm_while_the_tpm_is_manufactured_abandons_the_start) {
         free(marker);
         free(path);
 }
+
+Test(control, sigterm_while_qemu_comes_up_abandons_the_start) {
+        char *script = NULL, *extra = NULL, *marker = NULL, *sleeper = NULL, *path;
+        long deadline = monotonic_ms() + 120000, t0;
+        struct stat st;
+        struct sup s;
+        int code;
+
+        /* a QEMU whose monitor never greets (a copy of sleep, so that it is found if left) */
+        cr_assert(asprintf(&sleeper, "%s/qemu-that-sleeps", root) > 0);
+        {
+                char *argv[] = { "/bin/cp", "/bin/sleep", sleeper, NULL };
+                vmsup_error *err = NULL;
+                struct proc_result res = { 0 };
+
+                cr_assert_eq(proc_run_capture(argv, NULL, 10000, 4096, &res, &err), 0);
+                cr_assert_eq(res.status, 0);
+                proc_result_clear(&res);
+        }
+        cr_assert(asprintf(&marker, "%s/qemu-started", root) > 0);
+        cr_assert(asprintf(&script,
+                           "#!/bin/sh\n"
+                           "case \"$*\" in *id=qmp,fd=3*) : > %s; exec %s 1000;; esac\n"
+                           "exec qemu-system-x86_64 \"$@\"\n",
+                           marker, sleeper) > 0);
+        path = test_write_file(root, "slow_qemu", script, 0755);
+        cr_assert(asprintf(&extra, "[qemu]\nbinary = %s\n", path) > 0);
+        write_conf(test_barbican_url(), NULL, NULL);
+        /* [qemu] accelerator is set already: put binary into that section */
+        {
+                char *text = strdup(slurp(conf)), *p = strstr(text, "[qemu]\n");
+                FILE *f = fopen(conf, "we");
+
+                cr_assert_not_null(p);
+                fwrite(text, 1, (size_t) (p - text), f);
+                fputs(extra, f);
+                fputs(p + strlen("[qemu]\n"), f);
+                fclose(f);
+                free(text);
+        }
+        s = start();
+        while (stat(marker, &st) != 0 && monotonic_ms() < deadline)
+                usleep(20000);
+        cr_assert_eq(stat(marker, &st), 0, "QEMU never started: %s", slurp(vmsup_log));
+        t0 = monotonic_ms();
+        kill(s.pid, SIGTERM);
+        code = wait_exit(&s, 60000);
+        cr_assert_eq(code, 75, "exit %d: %s", code, slurp(vmsup_log));
+        /* not after QEMU's 30 s to greet: at once, then the stop of a QEMU that does not answer */
+        cr_assert_lt(monotonic_ms() - t0, 25000, "%ld ms after SIGTERM", monotonic_ms() - t0);
+        cr_assert(strstr(slurp(vmsup_log), "start abandoned: SIGTERM"), "%s", slurp(vmsup_log));
+        assert_clean();
+        free(script);
+        free(extra);
+        free(marker);
+        free(sleeper);
+        free(path);
+}
