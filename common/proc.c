@@ -99,6 +99,18 @@ static bool reap_including(pid_t pid, int *status) {
 
 int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, size_t max_output,
                      struct proc_result *ret, vmsup_error **err) {
+        return proc_run_capture_cancel(argv, envp, timeout_ms, max_output, -1, ret, err);
+}
+
+/* The child and every process it started that is still in its group (swtpm_setup's swtpm). */
+static void kill_group(pid_t pid) {
+        if (kill(-pid, SIGKILL) < 0)
+                kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+}
+
+int proc_run_capture_cancel(char *const argv[], char *const envp[], int timeout_ms, size_t max_output, int cancel_fd,
+                            struct proc_result *ret, vmsup_error **err) {
         static char *const empty_env[] = { NULL };
         int outp[2] = { -1, -1 }, errp[2] = { -1, -1 };
         _cleanup_close_ int sigfd = orphan_signalfd();
@@ -120,7 +132,10 @@ int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, siz
         if (pid == 0) {
                 int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
-                if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 || dup2(errp[1], 2) < 0)
+                /* a process group of its own (setsid: allowed by vmsup's seccomp filter, setpgid is
+                 * not), so that what it starts can be killed with it */
+                if (setsid() < 0 || devnull < 0 || dup2(devnull, 0) < 0 || dup2(outp[1], 1) < 0 ||
+                    dup2(errp[1], 2) < 0)
                         _exit(127);
                 close_range(3, ~0U, 0);
                 execve(argv[0], argv, envp ? envp : empty_env);
@@ -132,18 +147,23 @@ int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, siz
 
         deadline = monotonic_ms() + timeout_ms;
         while (outp[0] >= 0 || errp[0] >= 0 || (sigfd >= 0 && !reaped)) {
-                struct pollfd pfd[3] = { { outp[0], POLLIN, 0 }, { errp[0], POLLIN, 0 }, { sigfd, POLLIN, 0 } };
+                struct pollfd pfd[4] = { { outp[0], POLLIN, 0 }, { errp[0], POLLIN, 0 }, { sigfd, POLLIN, 0 },
+                                         { cancel_fd > 0 ? cancel_fd : -1, POLLIN, 0 } };
                 long left = deadline - monotonic_ms();
                 int n;
 
                 if (left <= 0) {
-                        kill(pid, SIGKILL);
-                        waitpid(pid, NULL, 0);
+                        kill_group(pid);
                         r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "'%s' did not finish within %d ms",
                                        argv[0], timeout_ms);
                         goto out_close;
                 }
-                n = poll(pfd, sigfd >= 0 ? 3 : 2, (int) left);
+                n = poll(pfd, 4, (int) left);
+                if (n > 0 && pfd[3].revents) {
+                        kill_group(pid);
+                        r = vmsup_fail(err, VMSUP_EX_TEMPFAIL, ECANCELED, "'%s' abandoned", argv[0]);
+                        goto out_close;
+                }
                 if (n < 0 && errno != EINTR) {
                         r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "run '%s': poll", argv[0]);
                         kill(pid, SIGKILL);

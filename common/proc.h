@@ -26,6 +26,12 @@ struct proc_result {
 int proc_run_capture(char *const argv[], char *const envp[], int timeout_ms, size_t max_output,
                      struct proc_result *ret, vmsup_error **err);
 
+/* The same, giving up as soon as cancel_fd (> 0; 0 and -1: none) is readable: the child
+ * and what it started (its process group) are killed, and the error's errnum is ECANCELED.
+ * A timeout kills the process group too. */
+int proc_run_capture_cancel(char *const argv[], char *const envp[], int timeout_ms, size_t max_output, int cancel_fd,
+                            struct proc_result *ret, vmsup_error **err);
+
 void proc_result_clear(struct proc_result *r);
 
 /* One fd the child gets: parent_fd becomes child_fd (no longer close-on-exec). */

@@ -3,16 +3,20 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/util.h"
 #include "supervisor/control.h"
+
+static size_t conns_open; /* control_conn objects alive: what counts against CONTROL_MAX_CLIENTS */
 
 static int make_addr(const char *path, struct sockaddr_un *sa, vmsup_error **err) {
         memset(sa, 0, sizeof(*sa));
@@ -41,7 +45,9 @@ int control_listen(const char *path, vmsup_error **err) {
         umask(old);
         if (r < 0)
                 return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "bind control socket '%s'", path);
-        if (listen(fd, 16) < 0)
+        /* Clients beyond the cap are accepted only to be told so: a deep backlog keeps their
+         * connect from waiting while we do that. */
+        if (listen(fd, SOMAXCONN) < 0)
                 return vmsup_fail(err, VMSUP_EX_OSERR, errno, "listen on '%s'", path);
         return TAKE_FD(fd);
 }
@@ -69,7 +75,41 @@ struct control_conn *control_accept(int listen_fd, vmsup_error **err) {
                 return NULL;
         }
         c->fd = fd;
+        conns_open++;
         return c;
+}
+
+size_t control_conn_count(void) {
+        return conns_open;
+}
+
+/* {"ok": false, "error": msg, "exit_code": N} and a newline, as one text. */
+static char *error_line(int exit_code, const char *msg) {
+        json_object *o = json_object_new_object();
+        char *line = NULL;
+
+        json_object_object_add(o, "ok", json_object_new_boolean(0));
+        json_object_object_add(o, "error", json_object_new_string(msg));
+        json_object_object_add(o, "exit_code", json_object_new_int(exit_code));
+        if (asprintf(&line, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
+                                                                                 JSON_C_TO_STRING_NOSLASHESCAPE)) < 0)
+                line = NULL;
+        json_object_put(o);
+        return line;
+}
+
+int control_accept_refuse(int listen_fd, int exit_code, const char *msg) {
+        _cleanup_free_ char *line = error_line(exit_code, msg);
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+
+        if (fd < 0)
+                return errno == EAGAIN || errno == ECONNABORTED ? 0 : -errno;
+        /* a new connection's send buffer is empty: the line goes out without waiting */
+        if (line)
+                (void) !send(fd, line, strlen(line), MSG_NOSIGNAL | MSG_DONTWAIT);
+        shutdown(fd, SHUT_RDWR);
+        close(fd);
+        return 1;
 }
 
 int control_conn_read(struct control_conn *c, vmsup_error **err) {
@@ -152,6 +192,7 @@ void control_conn_reply_error(struct control_conn *c, int exit_code, const char 
 
 struct control_conn *control_conn_free(struct control_conn *c) {
         if (c) {
+                conns_open--;
                 closep(&c->fd);
                 free(c->buf);
                 json_object_put(c->request);
@@ -195,6 +236,31 @@ int control_request(const char *path, json_object *req, int timeout_ms, json_obj
         return control_request_progress(path, req, timeout_ms, NULL, NULL, ret_return, err);
 }
 
+/* Connect within timeout_ms (-1: no bound). A supervisor that does not accept (stopped,
+ * or its backlog full) would keep a plain connect() on a unix socket waiting for ever:
+ * SO_SNDTIMEO bounds that wait (the kernel's unix_stream_connect honours it). */
+static int connect_bounded(int fd, const struct sockaddr_un *sa, const char *path, int timeout_ms, vmsup_error **err) {
+        if (timeout_ms >= 0) {
+                struct timeval tv = { .tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000 };
+
+                if (tv.tv_sec == 0 && tv.tv_usec == 0)
+                        tv.tv_usec = 1000;
+                if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "control socket timeout");
+        }
+        while (connect(fd, (const struct sockaddr *) sa, sizeof(*sa)) < 0) {
+                if (errno == EINTR)
+                        continue;
+                if (errno == EAGAIN || errno == EINPROGRESS)
+                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
+                                          "the guest's supervisor at '%s' did not take the connection within %d ms",
+                                          path, timeout_ms);
+                return vmsup_fail(err, errno == ENOENT || errno == ECONNREFUSED ? VMSUP_EX_UNAVAILABLE : VMSUP_EX_NOPERM,
+                                  errno, "connect to the guest's supervisor at '%s' (is 'vmsup run' running?)", path);
+        }
+        return 0;
+}
+
 int control_request_progress(const char *path, json_object *req, int timeout_ms, control_progress_fn fn, void *userdata,
                              json_object **ret_return, vmsup_error **err) {
         _cleanup_close_ int fd = -1;
@@ -203,6 +269,7 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
         const char *text;
         json_object *reply, *ok, *v;
         size_t len = 0;
+        int send_errno = 0;
         long deadline = timeout_ms < 0 ? -1 : monotonic_ms() + timeout_ms;
         int r;
 
@@ -211,12 +278,17 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
                 return vmsup_fail(err, VMSUP_EX_OSERR, errno, "socket");
-        if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
-                return vmsup_fail(err, errno == ENOENT || errno == ECONNREFUSED ? VMSUP_EX_UNAVAILABLE : VMSUP_EX_NOPERM,
-                                  errno, "connect to the guest's supervisor at '%s' (is 'vmsup run' running?)", path);
+        if ((r = connect_bounded(fd, &sa, path, timeout_ms, err)) < 0)
+                return r;
         text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
-        if (send(fd, text, strlen(text), MSG_NOSIGNAL) < 0 || send(fd, "\n", 1, MSG_NOSIGNAL) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "send to the supervisor at '%s'", path);
+        if (send(fd, text, strlen(text), MSG_NOSIGNAL) < 0 || send(fd, "\n", 1, MSG_NOSIGNAL) < 0) {
+                /* A supervisor that refuses us (too many clients) answers and closes at once:
+                 * its answer is still there to read. */
+                if (errno != EPIPE && errno != ECONNRESET)
+                        return vmsup_fail(err, errno == EAGAIN ? VMSUP_EX_TEMPFAIL : VMSUP_EX_IOERR, errno,
+                                          "send to the supervisor at '%s'", path);
+                send_errno = errno;
+        }
         buf = malloc(CONTROL_MAX_MESSAGE + 1);
         if (!buf)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control reply");
@@ -237,6 +309,8 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
                 n = read(fd, buf + len, CONTROL_MAX_MESSAGE - len);
                 if (n < 0 && errno == EINTR)
                         continue;
+                if (n < 0 && errno == ECONNRESET && len > 0)
+                        break; /* closed with our request unread: its answer came first */
                 if (n < 0)
                         return vmsup_fail(err, VMSUP_EX_IOERR, errno, "read from the supervisor");
                 if (n == 0)
@@ -247,6 +321,8 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
                         return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the supervisor's reply is too large");
         }
         buf[len] = '\0';
+        if (len == 0 && send_errno)
+                return vmsup_fail(err, VMSUP_EX_IOERR, send_errno, "send to the supervisor at '%s'", path);
         if (len == 0)
                 return vmsup_fail(err, VMSUP_EX_IOERR, 0, "the supervisor closed the connection without an answer");
         reply = json_tokener_parse(buf);

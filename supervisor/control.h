@@ -12,6 +12,11 @@
 #include "common/error.h"
 
 #define CONTROL_MAX_MESSAGE (256 * 1024)
+/* Control connections open at once (reading a request, or waiting for their answer); a
+ * client beyond that is answered with a refusal (exit 75) and closed. */
+#define CONTROL_MAX_CLIENTS 64
+/* A client must have sent its whole request line within this time (ms) of connecting. */
+#define CONTROL_REQUEST_TIMEOUT_MS 5000
 
 /* Bind and listen at path (mode 0600). The caller holds the guest lock, so a socket file
  * already there is a leftover of a dead supervisor and is replaced. */
@@ -23,12 +28,21 @@ struct control_conn {
         char *buf;
         size_t len;
         json_object *request; /* set once a whole line arrived */
+        long deadline;        /* monotonic ms by which the request must be complete (the caller's) */
         struct control_conn *next;
 };
 
 /* Accept one client (non-blocking); only root or our own uid may talk to us. Returns NULL
  * with *err empty when the peer was refused or nothing was pending. */
 struct control_conn *control_accept(int listen_fd, vmsup_error **err);
+
+/* How many accepted connections are open (not yet control_conn_free()d). */
+size_t control_conn_count(void);
+
+/* Accept one waiting client only to send it {"ok": false, "error": msg, "exit_code": N}
+ * and close: for a supervisor that cannot serve it. 1 when one was refused, 0 when none
+ * was waiting, -errno when accept failed (EMFILE: the caller has no fd to spare). */
+int control_accept_refuse(int listen_fd, int exit_code, const char *msg);
 
 /* Read what is there. Returns 1 when conn->request is complete, 0 for more, <0 on error. */
 int control_conn_read(struct control_conn *c, vmsup_error **err);
@@ -41,7 +55,8 @@ struct control_conn *control_conn_free(struct control_conn *c);
 /* An interim line {"progress": ...} (takes ownership); the connection stays open. */
 void control_conn_progress(struct control_conn *c, json_object *progress);
 
-/* Client side: connect to path, send req, wait up to timeout_ms (-1: forever) for the reply.
+/* Client side: connect to path, send req, wait up to timeout_ms (-1: forever) for the reply;
+ * the connect itself is bounded by timeout_ms too (a supervisor that accepts nobody).
  * A reply with "ok": false becomes an error with the supervisor's message and exit code. */
 int control_request(const char *path, json_object *req, int timeout_ms, json_object **ret_return, vmsup_error **err);
 

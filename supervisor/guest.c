@@ -50,6 +50,23 @@ const char *guest_state_name(const struct guest *g) {
         return state_names[g->state];
 }
 
+/* ---- spare fds ---------------------------------------------------------------------- */
+
+/* Held on /dev/null: when control clients (or a low RLIMIT_NOFILE) took every other fd,
+ * letting these go gives sealing the TPM state, and refusing a client, the fds they need. */
+static void fd_reserve_fill(struct guest *g) {
+        for (int i = 0; i < FD_RESERVE; i++)
+                if (g->fd_reserve[i] < 0)
+                        g->fd_reserve[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void fd_reserve_release(struct guest *g) {
+        for (int i = 0; i < FD_RESERVE; i++) {
+                closep(&g->fd_reserve[i]);
+                g->fd_reserve[i] = -1;
+        }
+}
+
 /* ---- children ---------------------------------------------------------------------- */
 
 static void child_forget(struct guest *g, struct child *c) {
@@ -127,6 +144,32 @@ char *guest_log_tail(const char *path, int lines) {
         return strdup(p);
 }
 
+/* ---- abandoning the start ---------------------------------------------------------- */
+
+/* SIGTERM or SIGINT while the guest starts abandons the start: each blocking step
+ * (Barbican, swtpm_setup) watches g->cancel_fd, and the steps are checked between. */
+static int start_check_cancel(struct guest *g, vmsup_error **err) {
+        struct pollfd p = { .fd = g->cancel_fd, .events = POLLIN };
+
+        if (g->cancel_fd < 0 || poll(&p, 1, 0) <= 0)
+                return 0;
+        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, ECANCELED, "a stop was requested");
+}
+
+/* Whether err is a start abandoned on a signal (then signame names it), not another failure. */
+static bool start_abandoned(struct guest *g, const vmsup_error *err, char *signame, size_t size) {
+        struct signalfd_siginfo si;
+        struct pollfd p = { .fd = g->cancel_fd, .events = POLLIN };
+
+        if (g->cancel_fd < 0 || !err || err->errnum != ECANCELED || poll(&p, 1, 0) <= 0)
+                return false;
+        if (read(g->cancel_fd, &si, sizeof(si)) == sizeof(si))
+                snprintf(signame, size, "SIG%s", sigabbrev_np((int) si.ssi_signo) ?: "?");
+        else
+                snprintf(signame, size, "a signal");
+        return true;
+}
+
 /* ---- swtpm ------------------------------------------------------------------------- */
 
 static const char *tpm_stamp_what(const struct guest *g) {
@@ -188,12 +231,23 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
                 so.vmid = vmid;
                 so.version = g->tpm.version;
                 so.timeout_ms = 60000;
+                so.cancel_fd = g->cancel_fd;
                 log_info("manufacturing a TPM %s (swtpm_setup, EK and platform certificates)",
                          tpm_version_to_string(g->tpm.version));
                 r = swtpm_manufacture(&so, err);
                 guest_reap_all(g);
-                if (r < 0)
+                if (r >= 0)
+                        r = start_check_cancel(g, err);
+                if (r < 0) {
+                        /* a TPM half made (stopped, or abandoned) must not be sealed by the next start */
+                        vmsup_error *werr = NULL;
+
+                        if (tpm_sync_wipe_live(g->sync, &werr) < 0) {
+                                log_error("%s", werr->msg);
+                                vmsup_error_free(werr);
+                        }
                         return r;
+                }
                 log_info("TPM manufactured in %ld ms", monotonic_ms() - t0);
                 r = tpm_sync_seal_all(g->sync, err);
                 if (r < 0)
@@ -206,6 +260,8 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
                 return r;
 
 launch:
+        if ((r = start_check_cancel(g, err)) < 0)
+                return r;
         /* swtpm's --migration-key, so that the TPM blobs in QEMU's migration stream are
          * encrypted under a key both ends derive from the guest's passphrase */
         if (g->migration_key) {
@@ -263,6 +319,7 @@ launch:
  * fails the live dir stays as it is, for the next start to seal (tpm_sync_restore). */
 static void tpm_seal_and_wipe(struct guest *g) {
         vmsup_error *err = NULL;
+        int r;
 
         if (!g->sync)
                 return;
@@ -274,7 +331,10 @@ static void tpm_seal_and_wipe(struct guest *g) {
                 }
                 return;
         }
-        if (tpm_sync_seal_all(g->sync, &err) < 0) {
+        fd_reserve_release(g);
+        r = tpm_sync_seal_all(g->sync, &err);
+        fd_reserve_fill(g);
+        if (r < 0) {
                 log_error("sealing the TPM state failed: %s; its live copy stays in %s for the next start", err->msg,
                           g->dirs.live_tpm);
                 vmsup_error_free(err);
@@ -361,6 +421,32 @@ static int check_tpm_device(struct guest *g, vmsup_error **err) {
         return 0;
 }
 
+/* QEMU greets on its monitor as soon as it is up: wait for that here, where a stop request
+ * during the start is seen too, and leave the handshake and its errors to
+ * qmp_client_handshake() (QEMU gone, no greeting in time). */
+static int wait_qmp_greeting(struct guest *g, vmsup_error **err) {
+        long deadline = monotonic_ms() + QMP_HANDSHAKE_TIMEOUT;
+
+        for (;;) {
+                struct pollfd p[3] = { { qmp_client_fd(g->qmp), POLLIN, 0 }, { g->qemu.pidfd, POLLIN, 0 },
+                                       { g->cancel_fd, POLLIN, 0 } };
+                long left = deadline - monotonic_ms();
+                int n;
+
+                if (left <= 0)
+                        return 0;
+                n = poll(p, 3, (int) left);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for QEMU's monitor");
+                if (p[2].revents)
+                        return start_check_cancel(g, err);
+                if (p[0].revents || p[1].revents)
+                        return 0;
+        }
+}
+
 static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         _cleanup_strv_ char **argv = NULL;
         _cleanup_close_ int log_fd = -1;
@@ -409,6 +495,8 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         if (r < 0)
                 return r;
         qmp_client_set_event_handler(g->qmp, on_qmp_event, g);
+        if ((r = wait_qmp_greeting(g, err)) < 0)
+                return r;
         r = qmp_client_handshake(g->qmp, QMP_HANDSHAKE_TIMEOUT, err);
         if (r < 0) {
                 _cleanup_free_ char *tail = NULL;
@@ -438,8 +526,13 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
                 return r;
         if (g->tpm.present && (r = tpm_prepare_and_launch(g, &tpm_qemu_end, err)) < 0)
                 return r;
+        if ((r = start_check_cancel(g, err)) < 0)
+                return r;
         r = qemu_launch(g, tpm_qemu_end, err);
         if (r < 0)
+                return r;
+        /* QEMU is still paused (-S): abandoned here, the guest has not run a single instruction */
+        if ((r = start_check_cancel(g, err)) < 0)
                 return r;
         if (!g->incoming && (r = qmp_client_execute(g->qmp, "cont", NULL, -1, QMP_COMMAND_TIMEOUT, NULL, err)) < 0)
                 return r;
@@ -825,6 +918,11 @@ static int next_timeout(struct guest *g) {
                 t = g->stop_deadline - now;
         if (g->kill_deadline && (t < 0 || g->kill_deadline - now < t))
                 t = g->kill_deadline - now;
+        if (g->accept_resume_at && (t < 0 || g->accept_resume_at - now < t))
+                t = g->accept_resume_at - now;
+        for (struct control_conn *c = g->conns; c; c = c->next)
+                if (t < 0 || c->deadline - now < t)
+                        t = c->deadline - now;
         if (g->qmp) {
                 int q = qmp_client_next_timeout_ms(g->qmp);
 
@@ -856,6 +954,7 @@ static void check_deadlines(struct guest *g) {
         }
         if (g->qmp)
                 qmp_client_expire(g->qmp);
+        guest_control_expire(g);
 }
 
 /* During a migration: reap, and remember a stop request for when it is over. */
@@ -875,9 +974,13 @@ void guest_drain_signals(struct guest *g) {
 
 void guest_dispatch_sync(struct guest *g) {
         vmsup_error *err = NULL;
+        int r;
 
+        fd_reserve_release(g);
+        r = tpm_sync_dispatch(g->sync, &err);
+        fd_reserve_fill(g);
         /* a failure leaves the newest state live; the next write or the stop tries again */
-        if (tpm_sync_dispatch(g->sync, &err) < 0) {
+        if (r < 0) {
                 log_error("sealing the TPM state failed: %s", err->msg);
                 vmsup_error_free(err);
         } else
@@ -909,22 +1012,96 @@ static void handle_signal(struct guest *g) {
         }
 }
 
+/* accept() failed for lack of a free fd. Level-triggered epoll would wake us again at
+ * once for the same waiting client, for ever (a core spinning, a log line each time): an
+ * fd from the reserve takes the waiting clients only to tell them why, then the listen
+ * fd is left out of epoll for CONTROL_ACCEPT_BACKOFF_MS. One log line per episode. */
+static void accept_starved(struct guest *g, const vmsup_error *err) {
+        char msg[160];
+
+        if (!g->accept_starved)
+                log_warning("%s; control clients are refused until file descriptors are free again (%zu control "
+                            "connections open)",
+                            err->msg, control_conn_count());
+        g->accept_starved = true;
+        snprintf(msg, sizeof(msg), "the supervisor is out of file descriptors (%s); try again later",
+                 strerror(err->errnum));
+        closep(&g->fd_reserve[0]);
+        g->fd_reserve[0] = -1;
+        for (int i = 0; i < CONTROL_MAX_CLIENTS && control_accept_refuse(g->listen_fd, VMSUP_EX_TEMPFAIL, msg) > 0; i++)
+                ;
+        fd_reserve_fill(g);
+        if (!g->accept_resume_at)
+                epoll_ctl(g->epfd, EPOLL_CTL_DEL, g->listen_fd, NULL);
+        g->accept_resume_at = monotonic_ms() + CONTROL_ACCEPT_BACKOFF_MS;
+}
+
+bool guest_control_listening(const struct guest *g) {
+        return g->listen_fd >= 0 && !g->accept_resume_at;
+}
+
 void guest_accept_conn(struct guest *g) {
         vmsup_error *err = NULL;
-        struct control_conn *c = control_accept(g->listen_fd, &err);
+        struct control_conn *c;
         struct epoll_event ev;
 
+        if (!guest_control_listening(g))
+                return;
+        c = control_accept(g->listen_fd, &err);
         if (err) {
-                log_warning("%s", err->msg);
+                if (err->errnum == EMFILE || err->errnum == ENFILE)
+                        accept_starved(g, err);
+                else
+                        log_warning("%s", err->msg);
                 vmsup_error_free(err);
         }
         if (!c)
                 return;
+        g->accept_starved = false;
+        if (control_conn_count() > CONTROL_MAX_CLIENTS) {
+                char msg[128];
+
+                snprintf(msg, sizeof(msg), "too many control connections (%d open); try again later",
+                         CONTROL_MAX_CLIENTS);
+                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+                control_conn_free(c);
+                return;
+        }
+        c->deadline = monotonic_ms() + CONTROL_REQUEST_TIMEOUT_MS;
         ev = (struct epoll_event) { .events = EPOLLIN, .data.ptr = c };
         c->next = g->conns;
         g->conns = c;
         if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
                 g->conns = c->next;
+                control_conn_free(c);
+        }
+}
+
+void guest_control_expire(struct guest *g) {
+        long now = monotonic_ms();
+        struct control_conn **pp = &g->conns;
+
+        if (g->accept_resume_at && now >= g->accept_resume_at) {
+                struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
+
+                g->accept_resume_at = 0;
+                if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->listen_fd, &ev) < 0 && errno != EEXIST)
+                        log_error("epoll: the control socket: %s", strerror(errno));
+        }
+        /* a client that connects and says nothing (or half a request) holds an fd: not for long */
+        while (*pp) {
+                struct control_conn *c = *pp;
+                char msg[96];
+
+                if (c->deadline > now) {
+                        pp = &c->next;
+                        continue;
+                }
+                *pp = c->next;
+                c->next = NULL;
+                epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+                snprintf(msg, sizeof(msg), "no whole request within %d s: closed", CONTROL_REQUEST_TIMEOUT_MS / 1000);
+                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
                 control_conn_free(c);
         }
 }
@@ -1066,6 +1243,7 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
         struct vtpm_secret secret = { 0 };
         struct vtpm_secret_request req = {
                 .cfg = g->cfg, .spec = &g->spec, .tpm = &g->tpm, .state_dir = g->dirs.state, .token_fd = token_fd,
+                .cancel_fd = g->cancel_fd,
         };
         int r;
 
@@ -1156,6 +1334,8 @@ static void teardown(struct guest *g) {
         g->seal_key = secmem_free(g->seal_key);
         g->migration_key = secmem_free(g->migration_key);
         migrate_in_free(g);
+        fd_reserve_release(g);
+        closep(&g->cancel_fd);
         closep(&g->sigfd);
         closep(&g->epfd);
         closep(&g->lock_fd);
@@ -1169,10 +1349,14 @@ static void teardown(struct guest *g) {
 int guest_run(const struct guest_run_opts *opts) {
         struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .epfd = -1, .sigfd = -1, .listen_fd = -1,
                            .qemu = { .name = "QEMU", .pidfd = -1 }, .swtpm = { .name = "swtpm", .pidfd = -1 },
-                           .tpm_ctrl_fd = -1, .new_tpm = opts->new_tpm };
+                           .tpm_ctrl_fd = -1, .new_tpm = opts->new_tpm, .cancel_fd = -1 };
         vmsup_error *err = NULL;
-        sigset_t mask;
+        sigset_t mask, stop;
+        char signame[16];
         int r, code;
+
+        for (int i = 0; i < FD_RESERVE; i++)
+                g.fd_reserve[i] = -1;
 
         sigemptyset(&mask);
         sigaddset(&mask, SIGCHLD);
@@ -1181,6 +1365,16 @@ int guest_run(const struct guest_run_opts *opts) {
         sigaddset(&mask, SIGHUP);
         sigaddset(&mask, SIGPIPE);
         sigprocmask(SIG_BLOCK, &mask, NULL);
+        /* From here on a stop request is seen at once, before any network call: the
+         * start's blocking steps watch this fd and give up when it is readable. */
+        sigemptyset(&stop);
+        sigaddset(&stop, SIGTERM);
+        sigaddset(&stop, SIGINT);
+        g.cancel_fd = signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK);
+        if (g.cancel_fd < 0) {
+                r = vmsup_fail(&err, VMSUP_EX_OSERR, errno, "signalfd");
+                goto fail;
+        }
         /* swtpm_setup orphans a swtpm and waits until it is reaped: be the one who reaps. */
         prctl(PR_SET_CHILD_SUBREAPER, 1);
 
@@ -1233,8 +1427,9 @@ int guest_run(const struct guest_run_opts *opts) {
             (r = g.incoming ? migrate_in_secret(&g, &err) : tpm_open_sealed_state(&g, opts->token_fd, &err)) < 0)
                 goto fail;
         migrate_in_mark(&g, "secret kept, files ready");
-        if ((r = setup_loop(&g, &mask, &err)) < 0)
+        if ((r = start_check_cancel(&g, &err)) < 0 || (r = setup_loop(&g, &mask, &err)) < 0)
                 goto fail;
+        fd_reserve_fill(&g);
         /* Confinement (docs/security.md): QEMU's user gets its files; then the seccomp
          * filter, before the first child starts, so that every child runs under it too. */
         if ((r = confine_resolve_ids("[qemu]", g.cfg->qemu.user, g.cfg->qemu.group, &g.qemu_uid, &g.qemu_gid, &err)) < 0 ||
@@ -1250,6 +1445,9 @@ int guest_run(const struct guest_run_opts *opts) {
                         guest_stop_children(&g);
                 goto fail;
         }
+        /* started: from now on SIGTERM stops the guest (handle_signal) */
+        closep(&g.cancel_fd);
+        g.cancel_fd = -1;
         if (g.incoming && (r = migrate_in_complete(&g, &err)) < 0)
                 goto fail;
         code = event_loop(&g);
@@ -1261,7 +1459,12 @@ int guest_run(const struct guest_run_opts *opts) {
 fail:
         if (g.incoming)
                 migrate_in_abort(&g, err); /* stops what runs, removes what it made */
-        code = log_error_exit(err);
+        if (start_abandoned(&g, err, signame, sizeof(signame))) {
+                /* on request: nothing runs, nothing is half written; the start can be tried again */
+                log_info("start abandoned: %s (%s)", signame, err->msg);
+                code = VMSUP_EX_TEMPFAIL;
+        } else
+                code = log_error_exit(err);
         vmsup_error_free(err);
         guest_reap_all(&g);
         teardown(&g);

@@ -26,6 +26,11 @@
 #define TPM_CTRL_TIMEOUT 5000
 #define SWTPM_EXIT_TIMEOUT 10000
 #define QEMU_QUIT_TIMEOUT 10000
+/* accept() found no free fd: the control socket is left alone for this long (ms) */
+#define CONTROL_ACCEPT_BACKOFF_MS 250
+/* fds held on /dev/null and let go when sealing the TPM state or refusing a control
+ * client needs them, so that a full fd table never stops either */
+#define FD_RESERVE 8
 
 /* epoll tags; control connections are tagged with their pointer instead. */
 enum { TAG_SIGNAL = 1, TAG_QEMU, TAG_SWTPM, TAG_QMP, TAG_SYNC, TAG_LISTEN };
@@ -53,6 +58,10 @@ struct guest {
         gid_t qemu_gid;
 
         int lock_fd, epfd, sigfd, listen_fd;
+        int cancel_fd;          /* signalfd for SIGTERM and SIGINT while the guest starts; -1 after */
+        int fd_reserve[FD_RESERVE]; /* -1 where not held */
+        long accept_resume_at;  /* ms: the listen fd is out of epoll until then (no fd to accept); 0 = none */
+        bool accept_starved;    /* in an episode of accept() failing for lack of fds (logged once) */
         struct child qemu, swtpm;
         int tpm_ctrl_fd; /* our copy of the end QEMU talks on, for CMD_SHUTDOWN after QEMU */
         uint8_t *seal_key;     /* secmem: the state-seal key derived from the vTPM passphrase */
@@ -105,9 +114,13 @@ void guest_record_history(struct guest *g);
 int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err);
 int guest_open_sync(struct guest *g, vmsup_error **err);
 /* The control socket outside the event loop (a migration's own wait): accept a client,
- * or read a client's request and answer it. */
+ * or read a client's request and answer it. guest_control_expire() closes clients whose
+ * request is overdue and ends an accept back-off that is over; guest_control_listening()
+ * says whether the listen fd should be polled now. */
 void guest_accept_conn(struct guest *g);
 void guest_handle_conn(struct guest *g, struct control_conn *c);
+void guest_control_expire(struct guest *g);
+bool guest_control_listening(const struct guest *g);
 
 /* migrate_out.c */
 #define MIGRATE_QEMU_TLS_ID "vmsup-migration-tls"

@@ -183,7 +183,8 @@ struct control_poll {
 
 static void control_poll_add(struct guest *g, struct pollfd *p, nfds_t *n, struct control_poll *cp) {
         cp->first = *n;
-        p[(*n)++] = (struct pollfd) { .fd = g->listen_fd, .events = POLLIN };
+        /* not while accept() backs off for lack of fds: it would wake us again at once */
+        p[(*n)++] = (struct pollfd) { .fd = guest_control_listening(g) ? g->listen_fd : -1, .events = POLLIN };
         cp->n = 0;
         for (struct control_conn *c = g->conns; c && cp->n < CONTROL_POLL_MAX; c = c->next) {
                 cp->conns[cp->n++] = c;
@@ -197,6 +198,7 @@ static void control_poll_serve(struct guest *g, const struct pollfd *p, const st
                         guest_handle_conn(g, cp->conns[i]); /* may free it: cp is not used again */
         if (p[cp->first].revents)
                 guest_accept_conn(g);
+        guest_control_expire(g);
 }
 
 /* QEMU's monitor in a migration's poll set: what it waits for, and its due time. */

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -303,6 +304,24 @@ static size_t read_all(int fd, void *buf, size_t len) {
         return got;
 }
 
+/* Until fd has something to read (or its writer is gone): 0, or -ECANCELED when cancel_fd
+ * became readable first. */
+static int wait_readable(int fd, int cancel_fd) {
+        for (;;) {
+                struct pollfd p[2] = { { fd, POLLIN, 0 }, { cancel_fd > 0 ? cancel_fd : -1, POLLIN, 0 } };
+
+                if (poll(p, 2, -1) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                if (p[1].revents)
+                        return -ECANCELED;
+                if (p[0].revents)
+                        return 0;
+        }
+}
+
 static _Noreturn void obtain_child(const struct vtpm_secret_request *req, int fd) {
         struct obtain_reply rep = { 0 };
         struct vtpm_secret s = { 0 };
@@ -361,6 +380,16 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         if (req->token_fd >= 0)
                 close(req->token_fd); /* the child's copy is the one used */
 
+        /* The child answers all at once when it is done: until then, a stop request
+         * (SIGTERM on cancel_fd) ends it, whatever Keystone or Barbican are doing. */
+        if (wait_readable(rd, req->cancel_fd) == -ECANCELED) {
+                kill(pid, SIGKILL);
+                while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                        ;
+                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, ECANCELED, "vTPM secret: the request to %s abandoned",
+                                  req->tpm->secret_security == SECRET_SECURITY_DEPLOYMENT ? "Keystone and Barbican"
+                                                                                          : "Barbican");
+        }
         got = read_all(rd, &rep, sizeof(rep));
         if (got == sizeof(rep) && rep.msg_len > 0 && rep.msg_len <= OBTAIN_MSG_MAX) {
                 msg = calloc(1, rep.msg_len + 1);

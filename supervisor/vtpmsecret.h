@@ -18,6 +18,8 @@ struct vtpm_secret_request {
         const char *state_dir; /* the guest's: the secret's id is recorded there */
         int token_fd;          /* the owner's credential (user mode), -1 when none was given */
         bool first_start;      /* no sealed TPM state yet: a missing secret may be created */
+        int cancel_fd;         /* > 0: readable means give up at once (the asking process is
+                                * killed; error with errnum ECANCELED). 0, -1: none */
 };
 
 struct vtpm_secret {
@@ -30,7 +32,8 @@ struct vtpm_secret {
  * mode); on a first start with no secret id known, create the secret as Nova does and
  * record its id. Never creates a secret for a guest that has sealed state. The exchange
  * runs in a forked child (libcurl is loaded there only); the passphrase comes back into
- * secmem. token_fd is closed in every case. */
+ * secmem. token_fd is closed in every case. Abandoned (cancel_fd), a secret being created
+ * may stay in Barbican unrecorded; nothing half-written stays on this host. */
 int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err);
 
 void vtpm_secret_clear(struct vtpm_secret *s);

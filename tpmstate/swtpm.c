@@ -224,7 +224,8 @@ int swtpm_manufacture(const struct swtpm_setup_opts *o, vmsup_error **err) {
         argv[n] = NULL;
 
         log_start = file_size(o->log_path);
-        r = proc_run_capture(argv, envp, o->timeout_ms > 0 ? o->timeout_ms : 60000, 64 * 1024, &res, err);
+        r = proc_run_capture_cancel(argv, envp, o->timeout_ms > 0 ? o->timeout_ms : 60000, 64 * 1024, o->cancel_fd,
+                                    &res, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "manufacture TPM %s in '%s'", tpm_version_to_string(o->version),
                                           o->state_dir);

@@ -33,6 +33,8 @@ struct swtpm_setup_opts {
         const char *vmid;        /* "name:uuid", written into the certificates */
         enum tpm_version version;
         int timeout_ms;
+        int cancel_fd;           /* > 0: readable means give up at once (swtpm_setup and what it
+                                  * started are killed; error with errnum ECANCELED). 0, -1: none */
 };
 
 /* Manufacture a TPM in state_dir: EK, EK and platform certificates from vmsup's local CA,
