@@ -30,7 +30,6 @@
 #define MAX_READS_PER_DISPATCH 64  /* level-triggered: let the loop breathe under a flood */
 #define HANDSHAKE_DEFAULT_TIMEOUT_MS 30000
 #define CAPABILITIES_ID 0          /* user commands count from 1 */
-#define LATE_IDS 64
 #define EXCERPT 200
 
 enum qmp_state { QMP_GREETING, QMP_NEGOTIATING, QMP_READY, QMP_BROKEN };
@@ -65,9 +64,7 @@ struct qmp_client {
         size_t rstart, rend;
         struct out_msg *out_head, *out_tail;
         struct pending *pending_head, *pending_tail;
-        int64_t late[LATE_IDS]; /* ids of timed-out commands whose reply may still come */
-        size_t n_late, late_next;
-        int64_t next_id;
+        int64_t next_id; /* ids only grow: every id below this one was issued by us */
         qmp_event_fn event_fn;
         void *event_userdata;
         vmsup_error *broken; /* why the connection is unusable */
@@ -112,22 +109,6 @@ static void pending_free(struct pending *p) {
                 free(p->command);
                 free(p);
         }
-}
-
-static void remember_late(struct qmp_client *c, int64_t id) {
-        c->late[c->late_next] = id;
-        c->late_next = (c->late_next + 1) % LATE_IDS;
-        if (c->n_late < LATE_IDS)
-                c->n_late++;
-}
-
-static bool forget_late(struct qmp_client *c, int64_t id) {
-        for (size_t i = 0; i < c->n_late; i++)
-                if (c->late[i] == id) {
-                        c->late[i] = -1;
-                        return true;
-                }
-        return false;
 }
 
 /* The connection cannot go on: keep why, fail every pending command with it. */
@@ -342,8 +323,12 @@ static int handle_reply(struct qmp_client *c, json_object *msg) {
         if (n >= 0)
                 p = take_pending(c, n);
         if (!p) {
-                if (n >= 0 && forget_late(c, n))
-                        return 0; /* the answer to a command that already timed out */
+                /* An id we issued and no longer wait for: the answer to a command that
+                 * timed out. A stalled QEMU (SIGSTOP, a blocked main loop) answers every
+                 * command it was sent once it resumes, however many timed out meanwhile;
+                 * since ids only grow, no list of them is needed. */
+                if (n >= CAPABILITIES_ID && n < c->next_id)
+                        return 0;
                 text = excerpt(msg);
                 return set_broken(c, VMSUP_EX_DATAERR, 0, "QMP reply with an unknown id %s: %s",
                                   json_object_to_json_string_ext(id, JSON_C_TO_STRING_PLAIN), text ? text : "");
@@ -791,8 +776,7 @@ void qmp_client_expire(struct qmp_client *c) {
                 vmsup_error *e = NULL;
 
                 expired = p->next;
-                if (!unqueue(c, p->id))
-                        remember_late(c, p->id);
+                unqueue(c, p->id); /* else its reply, should it come, is dropped */
                 vmsup_fail(&e, VMSUP_EX_UNAVAILABLE, 0, "QMP command '%s' got no reply within %d ms%s", p->command,
                            p->timeout_ms, c->state == QMP_GREETING ? " (no QMP greeting yet)" : "");
                 if (e)

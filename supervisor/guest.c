@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -347,10 +349,24 @@ static void tpm_seal_and_wipe(struct guest *g) {
         }
 }
 
-/* Stop swtpm through its control channel (never SIGKILL: a TPM that never saw a shutdown
- * can count it as an attack). */
+/* Signal a tracked child through its pidfd: the pid may be reused once reaped. */
+static int child_signal(struct child *c, int sig) {
+        if (c->pidfd >= 0)
+                return (int) syscall(SYS_pidfd_send_signal, c->pidfd, sig, NULL, 0);
+        return kill(c->pid, sig);
+}
+
+/* Stop swtpm through its control channel: a TPM that never saw a shutdown can count it as
+ * an attack (dictionary-attack lockout). A swtpm that does not answer (hung, SIGSTOPped)
+ * still ends, within bounds: SIGTERM, then SIGKILL. swtpm writes each state file whole
+ * (TMP2-00.x renamed over tpm2-00.x), so its live dir then holds its last complete state,
+ * and that is what is sealed. Killing it is a failure of the stop: g->tpm_stop_err says
+ * what happened. The live dir is sealed and wiped only once swtpm is gone. */
 static void tpm_stop(struct guest *g) {
         vmsup_error *err = NULL;
+        _cleanup_free_ char *shutdown_err = NULL;
+        const char *how = NULL;
+        int pid = (int) g->swtpm.pid;
         char why[64];
 
         if (!g->swtpm.pid)
@@ -358,21 +374,49 @@ static void tpm_stop(struct guest *g) {
         guest_reap_all(g);
         if (!g->swtpm.exited && g->tpm_ctrl_fd >= 0) {
                 if (swtpm_ctrl_shutdown(g->tpm_ctrl_fd, TPM_CTRL_TIMEOUT, &err) < 0) {
-                        log_warning("%s", err->msg);
+                        shutdown_err = strdup(err->msg);
                         err = vmsup_error_free(err);
                 }
         }
         closep(&g->tpm_ctrl_fd);
         g->tpm_ctrl_fd = -1;
-        if (!guest_child_wait(g, &g->swtpm, SWTPM_EXIT_TIMEOUT)) {
-                log_error("swtpm (pid %d) did not exit %d s after CMD_SHUTDOWN; sending SIGTERM", (int) g->swtpm.pid,
-                          SWTPM_EXIT_TIMEOUT / 1000);
-                kill(g->swtpm.pid, SIGTERM);
-                if (!guest_child_wait(g, &g->swtpm, SWTPM_EXIT_TIMEOUT))
-                        log_error("swtpm (pid %d) is still running", (int) g->swtpm.pid);
+        /* a failed CMD_SHUTDOWN may only mean that swtpm is on its way out already */
+        if (!guest_child_wait(g, &g->swtpm, shutdown_err ? SWTPM_TERM_TIMEOUT : SWTPM_EXIT_TIMEOUT) && !shutdown_err &&
+            asprintf(&shutdown_err, "it did not exit within %d s of CMD_SHUTDOWN", SWTPM_EXIT_TIMEOUT / 1000) < 0)
+                shutdown_err = NULL;
+        if (!g->swtpm.exited) {
+                log_error("swtpm (pid %d) did not shut down: %s; sending it SIGTERM", pid,
+                          shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN");
+                how = "SIGTERM";
+                child_signal(&g->swtpm, SIGTERM);
+                if (!guest_child_wait(g, &g->swtpm, SWTPM_TERM_TIMEOUT)) {
+                        log_error("swtpm (pid %d) ignored SIGTERM for %d s; killing it (SIGKILL)", pid,
+                                  SWTPM_TERM_TIMEOUT / 1000);
+                        how = "SIGKILL";
+                        child_signal(&g->swtpm, SIGKILL);
+                        guest_child_wait(g, &g->swtpm, SWTPM_TERM_TIMEOUT);
+                }
         }
-        if (g->swtpm.exited && !(WIFEXITED(g->swtpm.status) && WEXITSTATUS(g->swtpm.status) == 0))
+        if (!g->swtpm.exited) {
+                /* not even SIGKILL (uninterruptible sleep): leave its files alone */
+                vmsup_fail(&g->tpm_stop_err, VMSUP_EX_FAILURE, 0,
+                           "swtpm (pid %d) did not shut down (%s) and is still running after SIGKILL; its TPM "
+                           "state stays unsealed in %s for the next start to seal",
+                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN", g->dirs.live_tpm);
+                log_error("%s", g->tpm_stop_err->msg);
+                child_forget(g, &g->swtpm);
+                goto out;
+        }
+        if (how) {
+                vmsup_fail(&g->tpm_stop_err, VMSUP_EX_FAILURE, 0,
+                           "swtpm (pid %d) did not shut down (%s) and was ended with %s; the TPM state kept is "
+                           "the last one it wrote whole",
+                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN", how);
+                log_error("%s", g->tpm_stop_err->msg);
+        } else if (!(WIFEXITED(g->swtpm.status) && WEXITSTATUS(g->swtpm.status) == 0))
                 log_warning("swtpm %s", proc_describe_status(g->swtpm.status, why, sizeof(why)));
+        else if (shutdown_err)
+                log_warning("swtpm: %s", shutdown_err);
         child_forget(g, &g->swtpm);
         tpm_seal_and_wipe(g);
 out:
@@ -398,6 +442,27 @@ static void qmp_drop(struct guest *g) {
                 return;
         epoll_ctl(g->epfd, EPOLL_CTL_DEL, qmp_client_fd(g->qmp), NULL);
         g->qmp = qmp_client_free(g->qmp);
+}
+
+static void qemu_stop_by_signal(struct guest *g, bool again);
+
+/* The QMP connection failed for good. QEMU closes it as it exits (its pidfd then tells us
+ * when it is gone); anything else leaves a QEMU we can no longer drive: said loudly, shown
+ * by `status`, and every stop then ends QEMU with signals (qemu_stop_by_signal). */
+static void qmp_lost(struct guest *g, const vmsup_error *err) {
+        struct pollfd p = { .fd = g->qemu.pidfd, .events = POLLIN };
+
+        qmp_drop(g);
+        guest_reap_all(g);
+        if (g->qemu.pid && !g->qemu.exited && g->qemu.pidfd >= 0 && poll(&p, 1, 0) == 1)
+                guest_reap_all(g);
+        if (!g->qemu.pid || g->qemu.exited || p.revents || g->guest_shutdown || g->force_pending) {
+                log_debug("QMP: %s", err->msg);
+                return;
+        }
+        snprintf(g->qmp_lost, sizeof(g->qmp_lost), "%s", err->msg);
+        log_error("lost QMP with QEMU (pid %d): %s; QEMU is no longer driven, a stop ends it with SIGTERM, then "
+                  "SIGKILL", (int) g->qemu.pid, err->msg);
 }
 
 /* query-tpm must show our emulator with the model Nova's rules chose. */
@@ -520,6 +585,8 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
 
         g->state = GUEST_STARTING;
         g->guest_shutdown = false;
+        g->qemu_termed = false;
+        g->qmp_lost[0] = '\0';
         snprintf(g->qemu_status, sizeof(g->qemu_status), "prelaunch");
         /* again at every launch (hard reboot): QEMU's user may have rewritten a header */
         if ((r = disk_images_check(&g->spec, err)) < 0)
@@ -576,11 +643,11 @@ static void qemu_kill(struct guest *g) {
         guest_reap_all(g);
         if (!g->qemu.exited && g->qmp && qmp_client_execute(g->qmp, "quit", NULL, -1, 3000, NULL, &err) < 0)
                 err = vmsup_error_free(err);
-        if (!guest_child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
-                kill(g->qemu.pid, SIGTERM);
+        if (!g->qmp || !guest_child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
+                child_signal(&g->qemu, SIGTERM);
                 if (!guest_child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
                         log_warning("QEMU (pid %d) ignored quit and SIGTERM; killing it", (int) g->qemu.pid);
-                        kill(g->qemu.pid, SIGKILL);
+                        child_signal(&g->qemu, SIGKILL);
                         guest_child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT);
                 }
         }
@@ -623,14 +690,63 @@ static void on_quit_reply(void *userdata, json_object *ret, const vmsup_error *e
                 log_warning("quit: %s", err->msg);
 }
 
+static void stop_note(struct guest *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void stop_note(struct guest *g, const char *fmt, ...) {
+        size_t n = strlen(g->stop_note);
+        va_list ap;
+
+        if (n && n < sizeof(g->stop_note) - 2)
+                n += (size_t) snprintf(g->stop_note + n, sizeof(g->stop_note) - n, "; ");
+        va_start(ap, fmt);
+        vsnprintf(g->stop_note + n, sizeof(g->stop_note) - n, fmt, ap);
+        va_end(ap);
+}
+
+static void qemu_sigkill(struct guest *g, const char *why) {
+        log_warning("%s; killing QEMU (pid %d) with SIGKILL", why, (int) g->qemu.pid);
+        stop_note(g, "%s: QEMU was killed (SIGKILL)", why);
+        g->kill_deadline = 0;
+        child_signal(&g->qemu, SIGKILL);
+}
+
+/* Without QMP, QEMU is ended through its pidfd: SIGTERM (QEMU then shuts its devices
+ * down, the TPM included, as for quit), SIGKILL at kill_deadline, or at once when asked
+ * again. */
+static void qemu_stop_by_signal(struct guest *g, bool again) {
+        if (g->qemu_termed && again) {
+                qemu_sigkill(g, "asked again to stop");
+                return;
+        }
+        if (g->qemu_termed)
+                return;
+        log_warning("no QMP to ask QEMU to stop (%s); sending QEMU (pid %d) SIGTERM, SIGKILL in %d s if it is still there",
+                    g->qmp_lost[0] ? g->qmp_lost : "QMP is not connected", (int) g->qemu.pid, QEMU_QUIT_TIMEOUT / 1000);
+        stop_note(g, "QMP was lost (%s): QEMU was sent SIGTERM", g->qmp_lost[0] ? g->qmp_lost : "not connected");
+        g->qemu_termed = true;
+        g->stop_deadline = 0;
+        g->kill_deadline = monotonic_ms() + QEMU_QUIT_TIMEOUT;
+        g->force_pending = true;
+        child_signal(&g->qemu, SIGTERM);
+}
+
 /* Graceful: ACPI power button, then quit when the grace time is over. */
 void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot) {
+        bool again = g->stop_requested && (force || timeout_s == 0);
         vmsup_error *err = NULL;
 
         g->stop_requested = true;
         g->state = reboot ? GUEST_REBOOTING : GUEST_STOPPING;
-        if (!g->qmp || !g->qemu.pid || g->qemu.exited)
+        if (!g->qemu.pid || g->qemu.exited)
                 return;
+        if (!g->qmp) {
+                qemu_stop_by_signal(g, again);
+                return;
+        }
+        if (again && g->force_pending) {
+                /* quit was sent already and QEMU is still there */
+                qemu_sigkill(g, "asked again to stop after quit");
+                return;
+        }
         if (force || reboot || timeout_s == 0) {
                 if (qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
                         err = vmsup_error_free(err);
@@ -690,7 +806,11 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
         json_object_object_add(o, "uptime_s", json_object_new_int64(g->started_at ? (int64_t) (time(NULL) - g->started_at) : 0));
         tpm = vtpm_config_to_json(&g->tpm);
         json_object_object_add(o, "tpm", tpm);
-        if (ret && json_object_object_get_ex(ret, "status", &st))
+        if (!g->qmp && g->qmp_lost[0] && g->qemu.pid && !g->qemu.exited) {
+                /* QEMU runs, but nothing tells us what it does */
+                json_object_object_add(o, "qemu_status", json_object_new_string("unknown (QMP lost)"));
+                json_object_object_add(o, "qmp_lost", json_object_new_string(g->qmp_lost));
+        } else if (ret && json_object_object_get_ex(ret, "status", &st))
                 json_object_object_add(o, "qemu_status", json_object_get(st));
         else if (err && err->errnum == ETIMEDOUT)
                 /* its main loop is held: a migration on a dead link, a stuck device */
@@ -749,8 +869,12 @@ static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd
         vmsup_error *err = NULL;
 
         if (!p || !g->qmp || g->state != GUEST_RUNNING) {
+                char msg[320];
+
                 free(p);
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, g->qmp ? "the guest is not running" : "QEMU is not reachable");
+                snprintf(msg, sizeof(msg), "%s%s%s", g->qmp ? "the guest is not running" : "QEMU is not reachable",
+                         !g->qmp && g->qmp_lost[0] ? ": QMP lost: " : "", !g->qmp ? g->qmp_lost : "");
+                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
                 control_conn_free(c);
                 return;
         }
@@ -857,9 +981,24 @@ static void on_qemu_exit(struct guest *g) {
         g->force_pending = false;
         tpm_stop(g);
 
+        if (g->tpm_stop_err) {
+                /* swtpm had to be killed: the stop (or reboot) did not go as it should */
+                const vmsup_error *e = g->tpm_stop_err;
+
+                if (expected)
+                        log_info("guest stopped: %s (QEMU %s)%s%s; swtpm did not shut down",
+                                 g->stop_requested ? "on request" : "it powered off", why, g->stop_note[0] ? ": " : "",
+                                 g->stop_note);
+                else
+                        log_error("QEMU %s unexpectedly; the guest is gone", why);
+                answer_waiters(g, false, e->exit_code, e->msg);
+                guest_finish(g, e->exit_code);
+                return;
+        }
         if (g->state == GUEST_REBOOTING) {
                 log_info("QEMU stopped for the hard reboot (%s); starting it again", why);
                 g->stop_requested = false;
+                g->stop_note[0] = '\0';
                 if (guest_start_children(g, &err) < 0) {
                         log_error("hard reboot failed: %s", err->msg);
                         answer_waiters(g, false, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
@@ -872,9 +1011,12 @@ static void on_qemu_exit(struct guest *g) {
                 return;
         }
         if (expected) {
-                log_info("guest stopped: %s (QEMU %s)",
-                         g->stop_requested ? "on request" : "it powered off", why);
-                answer_waiters(g, true, 0, "stopped");
+                char msg[640];
+
+                log_info("guest stopped: %s (QEMU %s)%s%s", g->stop_requested ? "on request" : "it powered off", why,
+                         g->stop_note[0] ? ": " : "", g->stop_note);
+                snprintf(msg, sizeof(msg), "stopped%s%s", g->stop_note[0] ? ": " : "", g->stop_note);
+                answer_waiters(g, true, 0, msg);
                 guest_finish(g, 0);
         } else {
                 log_error("QEMU %s unexpectedly; the guest is gone", why);
@@ -939,18 +1081,24 @@ static void check_deadlines(struct guest *g) {
         vmsup_error *err = NULL;
 
         if (g->stop_deadline && now >= g->stop_deadline) {
-                log_info("the guest did not power off within the stop timeout; telling QEMU to quit");
                 g->stop_deadline = 0;
-                if (g->qmp && qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
-                        err = vmsup_error_free(err);
-                g->kill_deadline = now + QEMU_QUIT_TIMEOUT;
-                if (g->qmp)
+                if (!g->qmp) {
+                        qemu_stop_by_signal(g, false);
+                } else {
+                        log_info("the guest did not power off within the stop timeout; telling QEMU to quit");
+                        stop_note(g, "the guest did not power off within the stop timeout: QEMU was told to quit");
+                        if (qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
+                                err = vmsup_error_free(err);
+                        g->kill_deadline = now + QEMU_QUIT_TIMEOUT;
+                        g->force_pending = true;
                         qmp_watch(g);
+                }
         }
         if (g->kill_deadline && now >= g->kill_deadline && g->qemu.pid && !g->qemu.exited) {
-                log_warning("QEMU did not quit within %d s; killing it", QEMU_QUIT_TIMEOUT / 1000);
-                g->kill_deadline = 0;
-                kill(g->qemu.pid, SIGKILL);
+                char why[64];
+
+                snprintf(why, sizeof(why), "QEMU did not exit within %d s", QEMU_QUIT_TIMEOUT / 1000);
+                qemu_sigkill(g, why);
         }
         if (g->qmp)
                 qmp_client_expire(g->qmp);
@@ -1153,10 +1301,8 @@ static int event_loop(struct guest *g) {
                                 vmsup_error *err = NULL;
 
                                 if (qmp_client_dispatch(g->qmp, &err) < 0) {
-                                        /* EOF: QEMU is going; its pidfd tells us when it is gone */
-                                        log_debug("QMP: %s", err->msg);
+                                        qmp_lost(g, err);
                                         vmsup_error_free(err);
-                                        qmp_drop(g);
                                 } else
                                         qmp_watch(g);
                         } else if (tag == TAG_LISTEN)
@@ -1331,6 +1477,7 @@ static void teardown(struct guest *g) {
         if (g->dirs.pidfile && g->lock_fd >= 0)
                 unlink(g->dirs.pidfile);
         g->sync = tpm_sync_free(g->sync);
+        g->tpm_stop_err = vmsup_error_free(g->tpm_stop_err);
         g->seal_key = secmem_free(g->seal_key);
         g->migration_key = secmem_free(g->migration_key);
         migrate_in_free(g);
@@ -1452,6 +1599,8 @@ int guest_run(const struct guest_run_opts *opts) {
                 goto fail;
         code = event_loop(&g);
         guest_stop_children(&g);
+        if (code == 0 && g.tpm_stop_err)
+                code = g.tpm_stop_err->exit_code; /* logged by tpm_stop */
         guest_reap_all(&g);
         teardown(&g);
         return code;

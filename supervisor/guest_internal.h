@@ -25,6 +25,8 @@
 #define STATUS_QMP_TIMEOUT_MS 5000
 #define TPM_CTRL_TIMEOUT 5000
 #define SWTPM_EXIT_TIMEOUT 10000
+/* a swtpm that did not answer CMD_SHUTDOWN gets this long after SIGTERM, then SIGKILL */
+#define SWTPM_TERM_TIMEOUT 5000
 #define QEMU_QUIT_TIMEOUT 10000
 /* accept() found no free fd: the control socket is left alone for this long (ms) */
 #define CONTROL_ACCEPT_BACKOFF_MS 250
@@ -79,6 +81,10 @@ struct guest {
         bool force_pending;     /* quit sent, SIGKILL due at kill_deadline */
         long stop_deadline;     /* ms: powerdown grace ends, then quit; 0 = none */
         long kill_deadline;     /* ms: quit grace ends, then SIGKILL; 0 = none */
+        bool qemu_termed;       /* QEMU was sent SIGTERM (QMP lost) */
+        char qmp_lost[256];     /* why QMP was lost while QEMU ran; "" while it works */
+        char stop_note[512];    /* how the stop went when not as asked, for the stop reply */
+        vmsup_error *tpm_stop_err; /* swtpm did not shut down and had to be killed */
 
         struct control_conn *conns;  /* reading their request */
         struct control_conn *waiters; /* answered when the guest stopped or rebooted */

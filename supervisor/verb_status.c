@@ -12,7 +12,9 @@ static void help(void) {
                "\n"
                "Show the state of a supervised guest: supervisor state, pids, uptime, TPM\n"
                "version and model, QEMU's run state ('not answering' when QEMU's monitor\n"
-               "does not answer within 5 s), and a live migration's progress while one runs.\n"
+               "does not answer within 5 s; 'unknown (QMP lost)' and why, when the supervisor\n"
+               "lost its QMP connection to a QEMU that still runs), and a live migration's\n"
+               "progress while one runs.\n"
                "\n"
                "Exit status: 0; 69 the guest is not running under vmsup.\n");
 }
@@ -28,7 +30,7 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
                                                    { "help", no_argument, NULL, 'h' }, {} };
         _cleanup_error_ vmsup_error *err = NULL;
         _cleanup_json_ json_object *req = json_object_new_object(), *ret = NULL;
-        json_object *tpm, *mig;
+        json_object *tpm, *mig, *lost;
         bool json = false;
         int c;
 
@@ -53,6 +55,8 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
         printf("guest:        %s (%s)\n", str(ret, "uuid"), str(ret, "name"));
         printf("state:        %s\n", str(ret, "state"));
         printf("qemu status:  %s\n", str(ret, "qemu_status"));
+        if (json_object_object_get_ex(ret, "qmp_lost", &lost) && lost)
+                printf("qmp:          lost: %s\n", json_object_get_string(lost));
         printf("uptime:       %s s\n", str(ret, "uptime_s"));
         if (json_object_object_get_ex(ret, "migration", &mig) && mig)
                 printf("migration:    to %s, %s, %s%% of the memory sent\n", str(mig, "to"), str(mig, "status"),

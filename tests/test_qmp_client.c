@@ -569,6 +569,64 @@ Test(qmp_client, silence_after_a_command_times_out_and_a_late_reply_is_dropped) 
         finish(c, f);
 }
 
+/* QEMU stalled (SIGSTOP, a blocked main loop) while the supervisor kept asking for its
+ * status: every command timed out. When QEMU resumes, all the late replies come, more of
+ * them than any fixed list of late ids holds; each is dropped and the connection goes on.
+ * A reply to an id that was never issued is still a protocol error. */
+Test(qmp_client, any_number_of_late_replies_is_dropped) {
+        enum { LATE = 100 };
+        struct fakeqmp_step script[3 + LATE + 7] = {
+                FQ_HANDSHAKE,
+        };
+        static char replies[LATE * 48];
+        size_t n = 3, len = 0;
+        struct fakeqmp *f;
+        struct qmp_client *c;
+        vmsup_error *err = NULL;
+        int failed = 0;
+        char *r;
+
+        for (int i = 0; i < LATE; i++)
+                script[n++] = (struct fakeqmp_step) { FQ_EXPECT, "query-status" };
+        script[n++] = (struct fakeqmp_step) { FQ_PAUSE };
+        /* newest first, then the oldest: the order QEMU answers in does not matter */
+        for (int id = LATE; id >= 1; id--)
+                len += (size_t) snprintf(replies + len, sizeof(replies) - len,
+                                         "{\"return\": {\"status\": \"running\"}, \"id\": %d}\r\n", id);
+        script[n++] = (struct fakeqmp_step) { FQ_SEND, replies };
+        script[n++] = (struct fakeqmp_step) { FQ_EXPECT, "query-version" };
+        script[n++] = (struct fakeqmp_step) FQ_REPLY("{\"qemu\": {\"major\": 7}}");
+        /* ids 1..LATE+1 were issued; LATE+2 never was */
+        script[n++] = (struct fakeqmp_step) { FQ_PAUSE };
+        script[n++] = (struct fakeqmp_step) { FQ_SEND, "{\"return\": {}, \"id\": 102}\r\n" };
+        script[n++] = (struct fakeqmp_step) { FQ_END };
+        cr_assert_eq(LATE + 2, 102);
+        c = client_on(script, &f);
+
+        handshake(c);
+        for (int i = 0; i < LATE; i++)
+                cr_assert_eq(qmp_client_execute_async(c, "query-status", NULL, -1, 300, on_reply, &failed, &err), 0);
+        pump(c, &failed, LATE);
+        for (int i = 0; i < LATE; i++)
+                cr_assert_eq(strncmp(seen + i * strlen("X:QMP command 'query-status' got no reply within 300 ms;"),
+                                     "X:QMP command 'query-status' got no reply within 300 ms;",
+                                     strlen("X:QMP command 'query-status' got no reply within 300 ms;")),
+                             0, "%s", seen);
+        fakeqmp_wait_paused(f);
+        fakeqmp_resume(f);
+        r = execute_ok(c, "query-version", NULL);
+        cr_assert_str_eq(r, "{\"qemu\":{\"major\":7}}");
+        free(r);
+        cr_assert_eq(qmp_client_epoll_events(c), EPOLLIN);
+
+        /* an id this client never issued */
+        seen[0] = '\0';
+        fakeqmp_resume(f);
+        pump(c, &events, 1);
+        cr_assert_str_eq(seen, "D:QMP reply with an unknown id 102: {\"return\":{},\"id\":102};");
+        finish(c, f);
+}
+
 Test(qmp_client, async_timeouts_and_epoll_events) {
         static const struct fakeqmp_step script[] = {
                 FQ_HANDSHAKE,
