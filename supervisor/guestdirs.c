@@ -14,6 +14,7 @@
 #include "common/util.h"
 #include "crypto/localstore.h"
 #include "supervisor/guestdirs.h"
+#include "supervisor/guestids.h"
 
 int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const char *uuid, vmsup_error **err) {
         struct guest_dirs g = { 0 };
@@ -217,10 +218,17 @@ int remove_tree(const char *dir, vmsup_error **err) {
 int guest_dirs_remove(const struct guest_dirs *d, vmsup_error **err) {
         int r;
 
+        _cleanup_free_ char *copy = strdup(d->state);
+        const char *uuid = strrchr(d->state, '/');
+
+        if (!copy || !uuid)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "remove '%s'", d->state);
         /* the state dir last: while it holds a marker, what is left is recognisable */
-        if ((r = remove_tree(d->run, err)) < 0 || (r = remove_tree(d->logs, err)) < 0)
+        if ((r = remove_tree(d->run, err)) < 0 || (r = remove_tree(d->logs, err)) < 0 ||
+            (r = remove_tree(d->state, err)) < 0)
                 return r;
-        return remove_tree(d->state, err);
+        /* no file of the guest's ids is left: another guest may have them */
+        return guest_ids_release(dirname(copy), uuid + 1, err);
 }
 
 int guest_dirs_remove_all(const struct guest_dirs *d, const char *secrets_dir, const char *uuid, vmsup_error **err) {

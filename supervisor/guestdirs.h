@@ -52,7 +52,8 @@ int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path
 /* Remove dir and everything below it, never following a symlink; a missing dir is fine. */
 int remove_tree(const char *dir, vmsup_error **err);
 
-/* Remove the guest's run, log and state dirs (the state dir last). */
+/* Remove the guest's run, log and state dirs (the state dir last), then release its
+ * ids (guest_ids_release). */
 int guest_dirs_remove(const struct guest_dirs *d, vmsup_error **err);
 
 /* The same, after the host's local copy of the guest's vTPM secret in secrets_dir (host
