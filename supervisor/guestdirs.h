@@ -34,7 +34,9 @@ int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const c
 void guest_dirs_clear(struct guest_dirs *d);
 
 /* Create what is missing with the right modes; refuse existing directories that another
- * user owns or that others can write. The live TPM dir is given to uid:gid. */
+ * user owns or that others can write. The live TPM dir is given to uid:gid; one that
+ * another uid owns (before the guest had its own ids) is taken back when empty, and
+ * refused (exit 65, its files left in place) when not. */
 int guest_dirs_prepare(const struct guest_dirs *d, uid_t tpm_uid, gid_t tpm_gid, vmsup_error **err);
 
 /* Take the guest's lock (flock on its state dir) for the caller's lifetime. Another

@@ -620,6 +620,45 @@ Test(idsrun, a_leftover_of_another_uid_is_refused) {
         cr_assert(st.st_uid == NOBODY && st.st_size == 4096, "the refused file was changed");
 }
 
+/* A host where every swtpm shared one user (guest_ids = none) switches to per-guest ids:
+ * an empty live dir of the shared user is taken back; one holding files is refused. */
+Test(idsrun, a_live_dir_of_the_shared_user_is_taken_back_only_when_empty) {
+        _cleanup_free_ char *shared = write_conf("shared.conf", "[security]\nguest_ids = none\n"),
+                           *conf = write_conf("vmsup.conf", ""), *spec_b = write_spec(UUID_B, false, false),
+                           *dir_b = guest_path("run", UUID_B, "tpm"), *file_b = guest_path("run", UUID_B, "tpm/x");
+        struct sup b;
+        struct stat st;
+        int code, fd;
+
+        b = start(shared, spec_b);
+        code = wait_exit(&b, 240000);
+        cr_assert_eq(code, 0, "vmsup exit %d: %s", code, slurp(vmsup_log));
+        cr_assert_eq(stat(dir_b, &st), 0);
+        cr_assert_eq(st.st_uid, NOBODY);
+
+        /* files in it: refused, left */
+        fd = open(file_b, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(fchown(fd, NOBODY, NOBODY), 0);
+        close(fd);
+        b = start(conf, spec_b);
+        code = wait_exit(&b, 240000);
+        cr_assert_eq(code, 65, "exit %d: %s", code, slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "belongs to uid 65534, not to this guest's swtpm (uid 18790481"), "%s",
+                  slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "holds files ('x' ...)"), "%s", slurp(vmsup_log));
+        cr_assert_eq(stat(file_b, &st), 0, "the refused file was removed");
+
+        /* empty: taken back for the guest's own swtpm */
+        cr_assert_eq(unlink(file_b), 0);
+        b = start(conf, spec_b);
+        code = wait_exit(&b, 240000);
+        cr_assert_eq(code, 0, "vmsup exit %d: %s", code, slurp(vmsup_log));
+        cr_assert_eq(stat(dir_b, &st), 0);
+        cr_assert(st.st_uid >= 1879048192u && st.st_uid <= 1879113727u, "live dir of uid %u", (unsigned) st.st_uid);
+        cr_assert_eq(st.st_mode & 07777, 0700);
+}
+
 /* A crashed run's leftovers, written by the guest's own swtpm, are still taken: the NV
  * counter goes on after the supervisor was killed. */
 Test(idsrun, a_crashed_runs_own_state_is_still_sealed) {
