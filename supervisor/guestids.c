@@ -153,7 +153,7 @@ static int load_registry(int dfd, const char *state_dir, struct registry *ret, v
 bad:
         free(reg.e);
         return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
-                          "'%s/" GUEST_IDS_FILE "' line %d is not 'UUID FIRST-ID' or repeats a guest or an id: "
+                          "'%s/" GUEST_IDS_FILE "' line %d is not 'UUID FIRST' or repeats a guest or an id: "
                           "refusing to hand out ids until it is repaired",
                           state_dir, line);
 }

@@ -150,7 +150,7 @@ Test(ids, a_damaged_registry_is_refused) {
         path = test_write_file(root, GUEST_IDS_FILE, "# comment\n" UUID_A " 1879048192\n" UUID_B " 1879048193\n", 0600);
         cr_assert_lt(guest_ids_acquire(root, 1879048192u, 1879113727u, UUID_C, &a, &err), 0);
         cr_assert_eq(err->exit_code, 65);
-        cr_assert(strstr(err->msg, "line 3 is not 'UUID FIRST-ID' or repeats a guest or an id"), "%s", err->msg);
+        cr_assert(strstr(err->msg, "line 3 is not 'UUID FIRST' or repeats a guest or an id"), "%s", err->msg);
         err = vmsup_error_free(err);
         free(path);
         path = test_write_file(root, GUEST_IDS_FILE, UUID_A " 1879048192", 0600); /* torn: no newline */
