@@ -330,16 +330,17 @@ int proc_spawn(const struct proc_spawn_opts *o, pid_t *ret_pid, int *ret_pidfd, 
                         signal(sig, SIG_DFL);
                 if (o->new_session && setsid() < 0)
                         child_fail(report[1]);
+                /* before PR_SET_PDEATHSIG: a change of credentials clears it */
+                if (o->set_ids) {
+                        if (setgroups(o->n_groups, o->groups) < 0 || setresgid(o->gid, o->gid, o->gid) < 0 ||
+                            setresuid(o->uid, o->uid, o->uid) < 0)
+                                child_fail(report[1]);
+                }
                 if (o->death_signal) {
                         if (prctl(PR_SET_PDEATHSIG, o->death_signal) < 0)
                                 child_fail(report[1]);
                         if (getppid() != parent) /* vmsup died before prctl took effect */
                                 _exit(127);
-                }
-                if (o->set_ids) {
-                        if (setgroups(0, NULL) < 0 || setresgid(o->gid, o->gid, o->gid) < 0 ||
-                            setresuid(o->uid, o->uid, o->uid) < 0)
-                                child_fail(report[1]);
                 }
                 if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
                         child_fail(report[1]);

@@ -49,9 +49,11 @@ struct proc_spawn_opts {
         const struct proc_fd_map *fds; /* further fds, e.g. socketpair ends; all others are closed */
         size_t n_fds;
         int death_signal;    /* PR_SET_PDEATHSIG: sent when vmsup dies; 0 for none */
-        bool set_ids;        /* run as uid/gid, with no supplementary groups */
+        bool set_ids;        /* run as uid/gid, with the supplementary groups below (or none) */
         uid_t uid;
         gid_t gid;
+        const gid_t *groups;
+        size_t n_groups;
         bool new_session;    /* setsid(): keep the terminal's signals (^C) for vmsup to handle */
 };
 

@@ -13,6 +13,7 @@
 
 #include "common/util.h"
 #include "supervisor/confine.h"
+#include "supervisor/guestids.h"
 
 int confine_no_dumps(vmsup_error **err) {
         struct rlimit none = { 0, 0 };
@@ -44,6 +45,47 @@ int confine_resolve_ids(const char *what, const char *user, const char *group, u
                 return vmsup_fail(err, VMSUP_EX_CONFIG, errno, "%s group '%s' does not exist", what, group);
         *ret_uid = pw->pw_uid;
         *ret_gid = gr->gr_gid;
+        return 0;
+}
+
+int confine_guest_ids(const struct host_config *cfg, bool tpm, const char *uuid, struct confine_ids *ret,
+                      vmsup_error **err) {
+        struct confine_ids ids = { 0 };
+        struct guest_ids own = { 0 };
+        gid_t qemu_group;
+        int r;
+
+        if (geteuid() != 0) {
+                ids.swtpm_uid = ids.qemu_uid = geteuid();
+                ids.swtpm_gid = ids.qemu_gid = getegid();
+                *ret = ids;
+                return 0;
+        }
+        if (tpm && (r = confine_resolve_ids("[tpm] swtpm", cfg->tpm.swtpm_user, cfg->tpm.swtpm_group, &ids.swtpm_uid,
+                                            &ids.swtpm_gid, err)) < 0)
+                return r;
+        if ((r = confine_resolve_ids("[qemu]", cfg->qemu.user, cfg->qemu.group, &ids.qemu_uid, &qemu_group, err)) < 0)
+                return r;
+        ids.qemu_gid = qemu_group;
+        /* root stays root (the operator chose no drop); every other child gets its own ids */
+        if (cfg->security.guest_ids[0] && ((tpm && ids.swtpm_uid != 0) || ids.qemu_uid != 0)) {
+                r = guest_ids_acquire(cfg->paths.state_dir, cfg->security.guest_ids[0], cfg->security.guest_ids[1], uuid,
+                                      &own, err);
+                if (r < 0)
+                        return r;
+                if (tpm && ids.swtpm_uid != 0) {
+                        ids.swtpm_uid = own.swtpm;
+                        ids.swtpm_gid = (gid_t) own.swtpm;
+                        ids.swtpm_private = true;
+                }
+                if (ids.qemu_uid != 0) {
+                        ids.qemu_uid = own.qemu;
+                        ids.qemu_gid = (gid_t) own.qemu;
+                        if (qemu_group != 0)
+                                ids.qemu_groups[ids.n_qemu_groups++] = qemu_group;
+                }
+        }
+        *ret = ids;
         return 0;
 }
 

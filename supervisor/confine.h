@@ -19,6 +19,24 @@ int confine_no_dumps(vmsup_error **err);
 int confine_resolve_ids(const char *what, const char *user, const char *group, uid_t *ret_uid, gid_t *ret_gid,
                         vmsup_error **err);
 
+/* Who a guest's swtpm and QEMU run as (docs/security.md, "One uid per guest"). */
+struct confine_ids {
+        uid_t swtpm_uid;
+        gid_t swtpm_gid;
+        bool swtpm_private; /* swtpm_uid is this guest's alone: a file it owns is its swtpm's */
+        uid_t qemu_uid;
+        gid_t qemu_gid;
+        gid_t qemu_groups[1]; /* supplementary: [qemu] group, for disks and /dev/kvm */
+        size_t n_qemu_groups;
+};
+
+/* As root, swtpm (when tpm) runs as [tpm] swtpm_user and QEMU as [qemu] user, except that
+ * a child whose user is not root gets the guest's own uid and gid from [security]
+ * guest_ids instead (guest_ids_acquire), unless that is none; QEMU then keeps [qemu]
+ * group (when not root's) as a supplementary group. Not as root: vmsup's own ids. */
+int confine_guest_ids(const struct host_config *cfg, bool tpm, const char *uuid, struct confine_ids *ret,
+                      vmsup_error **err);
+
 /* Give QEMU running as uid:gid what it opens by path: its VARS copy (uefi) and console log
  * become uid:gid 0600; when uid is not vmsup's, the guest's state and log dirs become
  * root:gid 0710 and their parents traversable (o+x). */

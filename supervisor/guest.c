@@ -549,6 +549,8 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         o.set_ids = geteuid() == 0;
         o.uid = g->qemu_uid;
         o.gid = g->qemu_gid;
+        o.groups = g->qemu_groups;
+        o.n_groups = g->n_qemu_groups;
         r = proc_spawn(&o, &g->qemu.pid, &g->qemu.pidfd, err);
         close(qmp_sv[1]);
         if (r < 0) {
@@ -1345,8 +1347,27 @@ static int resolve_programs(struct guest *g, vmsup_error **err) {
         gr = getgrnam(g->cfg->tpm.swtpm_group);
         if (!gr)
                 return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_group '%s' does not exist", g->cfg->tpm.swtpm_group);
-        g->tpm_uid = geteuid() == 0 ? pw->pw_uid : geteuid();
-        g->tpm_gid = geteuid() == 0 ? gr->gr_gid : getegid();
+        return 0;
+}
+
+/* The guest's own uids and gids for swtpm and QEMU (one guest's children cannot read or
+ * write another guest's live TPM state, VARS or console log). */
+static int resolve_ids(struct guest *g, vmsup_error **err) {
+        struct confine_ids ids;
+        int r = confine_guest_ids(g->cfg, g->tpm.present, g->spec.uuid, &ids, err);
+
+        if (r < 0)
+                return r;
+        g->tpm_uid = ids.swtpm_uid;
+        g->tpm_gid = ids.swtpm_gid;
+        g->tpm_uid_private = ids.swtpm_private;
+        g->qemu_uid = ids.qemu_uid;
+        g->qemu_gid = ids.qemu_gid;
+        memcpy(g->qemu_groups, ids.qemu_groups, sizeof(g->qemu_groups));
+        g->n_qemu_groups = ids.n_qemu_groups;
+        if (geteuid() == 0)
+                log_debug("guest ids: swtpm %u:%u, QEMU %u:%u", (unsigned) ids.swtpm_uid, (unsigned) ids.swtpm_gid,
+                          (unsigned) ids.qemu_uid, (unsigned) ids.qemu_gid);
         return 0;
 }
 
@@ -1438,6 +1459,7 @@ int guest_open_sync(struct guest *g, vmsup_error **err) {
         so.key = g->seal_key;
         so.uid = g->tpm_uid;
         so.gid = g->tpm_gid;
+        so.uid_private = g->tpm_uid_private;
         return tpm_sync_open(&so, &g->sync, err);
 }
 
@@ -1537,7 +1559,8 @@ int guest_run(const struct guest_run_opts *opts) {
         if ((r = disk_images_check(&g.spec, &err)) < 0)
                 goto fail;
         if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = tpm_rules_check_host(&g.tpm, g.cfg, &err)) < 0 ||
-            (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0)
+            (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0 ||
+            (r = resolve_ids(&g, &err)) < 0)
                 goto fail;
         if ((r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0)
                 goto fail;
@@ -1579,8 +1602,7 @@ int guest_run(const struct guest_run_opts *opts) {
         fd_reserve_fill(&g);
         /* Confinement (docs/security.md): QEMU's user gets its files; then the seccomp
          * filter, before the first child starts, so that every child runs under it too. */
-        if ((r = confine_resolve_ids("[qemu]", g.cfg->qemu.user, g.cfg->qemu.group, &g.qemu_uid, &g.qemu_gid, &err)) < 0 ||
-            (r = confine_qemu_files(&g.dirs, streq(g.spec.firmware_type, "uefi"), g.qemu_uid, g.qemu_gid, &err)) < 0 ||
+        if ((r = confine_qemu_files(&g.dirs, streq(g.spec.firmware_type, "uefi"), g.qemu_uid, g.qemu_gid, &err)) < 0 ||
             (r = seccomp_filter_load(g.cfg->security.seccomp, &err)) < 0)
                 goto fail;
         log_debug("seccomp filter: %s", seccomp_filter_mode_to_string(g.cfg->security.seccomp));

@@ -54,10 +54,13 @@ struct guest {
         struct vtpm_config tpm;
         struct guest_dirs dirs;
         char *qemu_path, *swtpm_path, *swtpm_setup_path;
-        uid_t tpm_uid;
+        uid_t tpm_uid;  /* confine_guest_ids() */
         gid_t tpm_gid;
-        uid_t qemu_uid; /* [qemu] user and group */
+        bool tpm_uid_private; /* no other guest's swtpm runs as tpm_uid */
+        uid_t qemu_uid;
         gid_t qemu_gid;
+        gid_t qemu_groups[1];
+        size_t n_qemu_groups;
 
         int lock_fd, epfd, sigfd, listen_fd;
         int cancel_fd;          /* signalfd for SIGTERM and SIGINT while the guest starts; -1 after */

@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -15,6 +16,7 @@
 #include "common/util.h"
 #include "crypto/localstore.h"
 #include "supervisor/guestdirs.h"
+#include "supervisor/guestids.h"
 
 int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const char *uuid, vmsup_error **err) {
         struct guest_dirs g = { 0 };
@@ -116,13 +118,55 @@ static int ensure_dir(const char *path, mode_t mode, uid_t uid, gid_t gid, vmsup
         return 0;
 }
 
+/* A live TPM dir of another uid (swtpm's before the guest had its own ids, or one it
+ * shared with other guests): taken back when empty, else refused with its files left
+ * as they are (nothing shows whose swtpm wrote them). */
+static int reclaim_live_dir(const char *path, uid_t tpm_uid, vmsup_error **err) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        struct dirent *e;
+        struct stat st;
+        char first[256] = "";
+        DIR *dir;
+        int dfd, r;
+
+        if (fd < 0)
+                return 0; /* missing, or not a directory: ensure_dir says so */
+        if (fstat(fd, &st) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", path);
+        if (st.st_uid == geteuid() || st.st_uid == tpm_uid)
+                return 0;
+        dfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (dfd < 0 || !(dir = fdopendir(dfd))) {
+                r = vmsup_fail(err, VMSUP_EX_IOERR, errno, "list '%s'", path);
+                if (dfd >= 0)
+                        close(dfd);
+                return r;
+        }
+        while ((e = readdir(dir)))
+                if (!streq(e->d_name, ".") && !streq(e->d_name, "..")) {
+                        snprintf(first, sizeof(first), "%s", e->d_name);
+                        break;
+                }
+        closedir(dir);
+        if (first[0])
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "live TPM dir '%s' belongs to uid %u, not to this guest's swtpm (uid %u), and holds "
+                                  "files ('%s' ...) that nothing shows this guest's swtpm wrote; they were neither "
+                                  "sealed nor removed: inspect them, then remove the directory to start from the "
+                                  "sealed state",
+                                  path, (unsigned) st.st_uid, (unsigned) tpm_uid, first);
+        if (fchown(fd, geteuid(), getegid()) < 0 || fchmod(fd, 0700) < 0)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "take back '%s'", path);
+        return 0;
+}
+
 int guest_dirs_prepare(const struct guest_dirs *d, uid_t tpm_uid, gid_t tpm_gid, vmsup_error **err) {
         uid_t me = geteuid();
         gid_t mygid = getegid();
         int r;
 
         if ((r = ensure_dir(d->state, 0700, me, mygid, err)) < 0 || (r = ensure_dir(d->run, 0711, me, mygid, err)) < 0 ||
-            (r = ensure_dir(d->logs, 0700, me, mygid, err)) < 0 ||
+            (r = ensure_dir(d->logs, 0700, me, mygid, err)) < 0 || (r = reclaim_live_dir(d->live_tpm, tpm_uid, err)) < 0 ||
             (r = ensure_dir(d->live_tpm, 0700, tpm_uid, tpm_gid, err)) < 0)
                 return r;
         return 0;
@@ -311,10 +355,17 @@ int remove_tree(const char *dir, vmsup_error **err) {
 int guest_dirs_remove(const struct guest_dirs *d, vmsup_error **err) {
         int r;
 
+        _cleanup_free_ char *copy = strdup(d->state);
+        const char *uuid = strrchr(d->state, '/');
+
+        if (!copy || !uuid)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "remove '%s'", d->state);
         /* the state dir last: while it holds a marker, what is left is recognisable */
-        if ((r = remove_tree(d->run, err)) < 0 || (r = remove_tree(d->logs, err)) < 0)
+        if ((r = remove_tree(d->run, err)) < 0 || (r = remove_tree(d->logs, err)) < 0 ||
+            (r = remove_tree(d->state, err)) < 0)
                 return r;
-        return remove_tree(d->state, err);
+        /* no file of the guest's ids is left: another guest may have them */
+        return guest_ids_release(dirname(copy), uuid + 1, err);
 }
 
 int guest_dirs_remove_all(const struct guest_dirs *d, const char *secrets_dir, const char *uuid, vmsup_error **err) {

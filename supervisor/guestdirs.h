@@ -42,7 +42,9 @@ int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const c
 void guest_dirs_clear(struct guest_dirs *d);
 
 /* Create what is missing with the right modes; refuse existing directories that another
- * user owns or that others can write. The live TPM dir is given to uid:gid. */
+ * user owns or that others can write. The live TPM dir is given to uid:gid; one that
+ * another uid owns (before the guest had its own ids) is taken back when empty, and
+ * refused (exit 65, its files left in place) when not. */
 int guest_dirs_prepare(const struct guest_dirs *d, uid_t tpm_uid, gid_t tpm_gid, vmsup_error **err);
 
 /* Take the guest's lock (flock on its state dir) for the caller's lifetime. Another
@@ -70,7 +72,8 @@ int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path
 /* Remove dir and everything below it, never following a symlink; a missing dir is fine. */
 int remove_tree(const char *dir, vmsup_error **err);
 
-/* Remove the guest's run, log and state dirs (the state dir last). */
+/* Remove the guest's run, log and state dirs (the state dir last), then release its
+ * ids (guest_ids_release). */
 int guest_dirs_remove(const struct guest_dirs *d, vmsup_error **err);
 
 /* The same, after the host's local copy of the guest's vTPM secret in secrets_dir (host

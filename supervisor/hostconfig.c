@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "common/util.h"
+#include "supervisor/guestids.h"
 #include "supervisor/hostconfig.h"
 
 static const char *const secret_security_names[] = { "user", "host", "deployment" };
@@ -40,6 +41,7 @@ enum opt_type {
         OPT_COUNT,     /* 0 to 10 */
         OPT_BARBICAN_AUTH,
         OPT_SECCOMP,
+        OPT_ID_RANGE, /* FIRST-LAST or none, into two uint32_t */
 };
 
 struct option_def {
@@ -72,6 +74,7 @@ static const struct option_def options[] = {
         OPT("paths", "log_dir", OPT_PATH, paths.log_dir, "/var/log/vmsup"),
         OPT("supervisor", "stop_timeout", OPT_SECONDS, supervisor.stop_timeout, "60"),
         OPT("security", "seccomp", OPT_SECCOMP, security.seccomp, "kill"),
+        OPT("security", "guest_ids", OPT_ID_RANGE, security.guest_ids, GUEST_IDS_DEFAULT),
         OPT("barbican", "endpoint", OPT_URL, barbican.endpoint, NULL),
         OPT("barbican", "auth", OPT_BARBICAN_AUTH, barbican.auth, "keystone"),
         OPT("barbican", "interface", OPT_INTERFACE, barbican.interface, "public"),
@@ -229,6 +232,15 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
                         return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: '%s' is not kill, log or off",
                                           where, c->line, o->section, o->key, value);
                 return 0;
+        case OPT_ID_RANGE: {
+                uint32_t *range = field;
+
+                if (guest_ids_parse_range(value, &range[0], &range[1]) < 0)
+                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                                          "%s:%d: [%s] %s: '%s' is not FIRST-LAST (1 <= FIRST < LAST <= 4294967294) "
+                                          "or none", where, c->line, o->section, o->key, value);
+                return 0;
+        }
         case OPT_COUNT: {
                 char *end;
                 unsigned long n;

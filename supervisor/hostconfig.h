@@ -3,6 +3,7 @@
 #define VMSUP_SUPERVISOR_HOSTCONFIG_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "common/error.h"
 #include "seccomp/filter.h"
@@ -52,6 +53,10 @@ struct host_config {
         } supervisor;
         struct {
                 enum seccomp_filter_mode seccomp; /* the supervisor's filter, inherited by its children */
+                /* each guest's swtpm and QEMU get their own uid and gid from this range
+                 * (supervisor/guestids.h): first, last; both 0: none (then they run as
+                 * [tpm] swtpm_user and [qemu] user) */
+                uint32_t guest_ids[2];
         } security;
         struct {
                 char *endpoint;           /* key-manager URL; NULL: from Keystone's catalog */

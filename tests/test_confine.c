@@ -378,14 +378,16 @@ Test(confine, children_run_as_their_users_under_seccomp_with_nothing_of_vmsups) 
         assert_status(swtpm, "swtpm", "NoNewPrivs", "1");
         assert_status(qemu, "QEMU", "NoNewPrivs", "1");
 
-        /* users and groups: nobody:nogroup (65534), no supplementary groups, no capabilities */
-        assert_status(swtpm, "swtpm", "Uid", "65534 65534 65534 65534");
-        assert_status(swtpm, "swtpm", "Gid", "65534 65534 65534 65534");
+        /* users and groups: the guest's own ids, the first pair of the default [security]
+         * guest_ids (1879048192: swtpm, 1879048193: QEMU), instead of nobody; QEMU keeps
+         * [qemu] group (nogroup, 65534) as its only supplementary group; no capabilities */
+        assert_status(swtpm, "swtpm", "Uid", "1879048192 1879048192 1879048192 1879048192");
+        assert_status(swtpm, "swtpm", "Gid", "1879048192 1879048192 1879048192 1879048192");
         assert_status(swtpm, "swtpm", "Groups", "");
         assert_status(swtpm, "swtpm", "CapEff", "0000000000000000");
-        assert_status(qemu, "QEMU", "Uid", "65534 65534 65534 65534");
-        assert_status(qemu, "QEMU", "Gid", "65534 65534 65534 65534");
-        assert_status(qemu, "QEMU", "Groups", "");
+        assert_status(qemu, "QEMU", "Uid", "1879048193 1879048193 1879048193 1879048193");
+        assert_status(qemu, "QEMU", "Gid", "1879048193 1879048193 1879048193 1879048193");
+        assert_status(qemu, "QEMU", "Groups", "65534 "); /* /proc ends each group with a space */
         assert_status(qemu, "QEMU", "CapEff", "0000000000000000");
 
         /* no core dumps, for vmsup and (inherited) its children */

@@ -38,6 +38,7 @@ struct tpm_sync {
         enum tpm_version version;
         uid_t uid;
         gid_t gid;
+        bool uid_private;
         struct seal_dir sd;
         struct seal_manifest m;
         struct tracked files[N_FILES];
@@ -71,6 +72,7 @@ int tpm_sync_open(const struct tpm_sync_opts *o, struct tpm_sync **ret, vmsup_er
         s->version = o->version;
         s->uid = o->uid;
         s->gid = o->gid;
+        s->uid_private = o->uid_private;
         for (size_t i = 0; i < N_FILES; i++)
                 snprintf(s->files[i].name, sizeof(s->files[i].name), "%s%s", prefix, suffixes[i]);
         if ((r = s->live_fd = open_dir(o->live_dir, err)) < 0 || (r = s->state_fd = open_dir(o->state_dir, err)) < 0) {
@@ -171,6 +173,70 @@ int tpm_sync_seal_all(struct tpm_sync *s, vmsup_error **err) {
         return 0;
 }
 
+/* Written by root (vmsup, swtpm_setup) or by this guest's own swtpm: nobody else can
+ * make a file owned by either. A uid other guests' swtpm share proves nothing. */
+static bool owner_trusted(const struct tpm_sync *s, uid_t owner) {
+        return owner == geteuid() || (owner == s->uid && s->uid_private);
+}
+
+static int refuse_leftover(const struct tpm_sync *s, const char *name, const char *why, vmsup_error **err) {
+        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                          "refusing TPM state '%s/%s' that an earlier run left: %s, so nothing shows that this "
+                          "guest's own swtpm wrote it; it was neither sealed nor removed: inspect it, then remove "
+                          "it to start from the sealed state",
+                          s->live_path, name, why);
+}
+
+/* Step 0 of restore: every leftover state file provably comes from this guest's swtpm. */
+static int check_leftovers(const struct tpm_sync *s, vmsup_error **err) {
+        struct stat st;
+        char why[160];
+
+        if (fstat(s->live_fd, &st) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", s->live_path);
+        if (!owner_trusted(s, st.st_uid) || (st.st_mode & 022)) {
+                if (st.st_uid == s->uid)
+                        snprintf(why, sizeof(why),
+                                 "its directory belongs to uid %u, which other guests' swtpm share ([security] "
+                                 "guest_ids = none)",
+                                 (unsigned) st.st_uid);
+                else
+                        snprintf(why, sizeof(why), "its directory belongs to uid %u with mode %04o",
+                                 (unsigned) st.st_uid, (unsigned) (st.st_mode & 07777));
+                for (size_t i = 0; i < N_FILES; i++)
+                        if (faccessat(s->live_fd, s->files[i].name, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+                                return refuse_leftover(s, s->files[i].name, why, err);
+        }
+        for (size_t i = 0; i < N_FILES; i++) {
+                const char *name = s->files[i].name;
+                _cleanup_close_ int fd = openat(s->live_fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+
+                if (fd < 0 && errno == ENOENT)
+                        continue;
+                if (fd < 0 && errno == ELOOP)
+                        return refuse_leftover(s, name, "it is a symbolic link", err);
+                if (fd < 0 || fstat(fd, &st) < 0)
+                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open '%s/%s'", s->live_path, name);
+                if (!S_ISREG(st.st_mode))
+                        return refuse_leftover(s, name, "it is not a regular file", err);
+                if (st.st_nlink != 1) {
+                        snprintf(why, sizeof(why), "it has %lu links", (unsigned long) st.st_nlink);
+                        return refuse_leftover(s, name, why, err);
+                }
+                if (owner_trusted(s, st.st_uid))
+                        continue;
+                if (st.st_uid == s->uid)
+                        snprintf(why, sizeof(why),
+                                 "it belongs to uid %u, which other guests' swtpm share ([security] guest_ids = none)",
+                                 (unsigned) st.st_uid);
+                else
+                        snprintf(why, sizeof(why), "it belongs to uid %u, not to this guest's swtpm (uid %u) or root",
+                                 (unsigned) st.st_uid, (unsigned) s->uid);
+                return refuse_leftover(s, name, why, err);
+        }
+        return 0;
+}
+
 int tpm_sync_restore(struct tpm_sync *s, vmsup_error **err) {
         uint8_t *data[N_FILES] = { NULL };
         size_t lens[N_FILES] = { 0 };
@@ -179,6 +245,9 @@ int tpm_sync_restore(struct tpm_sync *s, vmsup_error **err) {
         vmsup_error *verr = NULL;
         int r;
 
+        r = check_leftovers(s, err);
+        if (r < 0)
+                return r;
         /* 1. What a crashed run left in the live dir is newer than the sealed copy (only
          *    swtpm writes there) if libtpms takes it as a whole; else the sealed state
          *    stands and the leftovers are replaced below. */

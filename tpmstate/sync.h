@@ -3,6 +3,7 @@
 #ifndef VMSUP_TPMSTATE_SYNC_H
 #define VMSUP_TPMSTATE_SYNC_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -19,13 +20,16 @@ struct tpm_sync_opts {
         const uint8_t *key;    /* KDF_USE_STATE_SEAL key, borrowed for the sync's lifetime */
         uid_t uid;             /* owner of the live files (swtpm's user) */
         gid_t gid;
+        bool uid_private;      /* no other guest's swtpm runs as uid */
 };
 
 int tpm_sync_open(const struct tpm_sync_opts *o, struct tpm_sync **ret, vmsup_error **err);
 
-/* Before swtpm starts. First, state files a crashed run left in the live dir that are
- * valid and differ from what is sealed are sealed (they are newer: only swtpm writes
- * there). Then every sealed state file is opened, checked by libtpms and written into the
+/* Before swtpm starts. First, the state files a crashed run left in the live dir must
+ * provably come from this guest's own swtpm or from root: regular files with one link,
+ * owned by root (vmsup's euid) or by uid when uid_private. Anything else fails with exit
+ * 65, naming the file, which is neither sealed nor removed. Then those that are valid
+ * and differ from what is sealed are sealed (they are newer: only swtpm writes there). Then every sealed state file is opened, checked by libtpms and written into the
  * live dir. Returns 1 when the guest has a TPM state, 0 when it has none yet (first
  * start: manufacture it, then call tpm_sync_seal_all()). Nothing sealed is changed when
  * a sealed file fails to open: the error says which file and why. */
