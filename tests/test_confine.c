@@ -31,25 +31,6 @@
 
 static char *root, *conf, *spec_path, *console, *vmsup_log, *control_path;
 
-/* Copy a file of the demo guest to dir, readable by everyone. */
-static void copy_guest_file(const char *dir, const char *name) {
-        char src[512], dst[512], buf[65536];
-        FILE *in, *out;
-        size_t n;
-
-        snprintf(src, sizeof(src), "%s/%s", TEST_GUEST_DIR, name);
-        snprintf(dst, sizeof(dst), "%s/%s", dir, name);
-        in = fopen(src, "re");
-        cr_assert_not_null(in, "open %s", src);
-        out = fopen(dst, "we");
-        cr_assert_not_null(out, "create %s", dst);
-        while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-                cr_assert_eq(fwrite(buf, 1, n, out), n);
-        fclose(in);
-        cr_assert_eq(fclose(out), 0);
-        cr_assert_eq(chmod(dst, 0644), 0);
-}
-
 static void setup(void) {
         char *text = NULL, *guest_dir = NULL;
 
@@ -59,8 +40,8 @@ static void setup(void) {
         cr_assert_eq(chmod(root, 0711), 0);
         cr_assert(asprintf(&guest_dir, "%s/guest", root) > 0);
         cr_assert_eq(mkdir(guest_dir, 0755), 0);
-        copy_guest_file(guest_dir, "vmlinuz");
-        copy_guest_file(guest_dir, "initrd.img");
+        test_copy_file(TEST_GUEST_DIR, guest_dir, "vmlinuz");
+        test_copy_file(TEST_GUEST_DIR, guest_dir, "initrd.img");
         cr_assert(asprintf(&text,
                            "[tpm]\nswtpm_enabled = true\nswtpm_user = nobody\nswtpm_group = nogroup\n"
                            "[qemu]\naccelerator = tcg\nuser = nobody\ngroup = nogroup\n"
@@ -92,10 +73,7 @@ static int count_leftovers(bool kill_them) {
 }
 
 static void teardown(void) {
-        if (count_leftovers(false))
-                count_leftovers(true);
-        test_rmtree(root);
-        free(root);
+        test_root_cleanup(root);
         free(conf);
         free(spec_path);
         free(console);

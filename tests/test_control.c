@@ -49,10 +49,7 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-        if (test_count_processes(root, false))
-                test_count_processes(root, true);
-        test_rmtree(root);
-        free(root);
+        test_root_cleanup(root);
         free(conf);
         free(spec_path);
         free(console);

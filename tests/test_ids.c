@@ -200,20 +200,6 @@ Test(ids, guests_starting_at_once_never_share_ids) {
 
 static char *guest_dir, *vmsup_log;
 
-static void copy_guest_file(const char *name) {
-        char src[512], dst[512];
-        char *argv[] = { "/bin/cp", src, dst, NULL };
-        struct proc_result res = { 0 };
-        vmsup_error *err = NULL;
-
-        snprintf(src, sizeof(src), "%s/%s", TEST_GUEST_DIR, name);
-        snprintf(dst, sizeof(dst), "%s/%s", guest_dir, name);
-        cr_assert_eq(proc_run_capture(argv, NULL, 60000, 4096, &res, &err), 0, "%s", err ? err->msg : "");
-        cr_assert(WIFEXITED(res.status) && WEXITSTATUS(res.status) == 0, "cp %s: %s", src, res.errout);
-        proc_result_clear(&res);
-        cr_assert_eq(chmod(dst, 0644), 0);
-}
-
 /* swtpm and QEMU "as nobody" (not root): each guest gets its own ids from the default
  * range. extra goes at the end of the config. */
 static char *write_conf(const char *name, const char *extra) {
@@ -235,16 +221,13 @@ static void run_setup(void) {
         cr_assert_eq(chmod(root, 0711), 0);
         cr_assert(asprintf(&guest_dir, "%s/guest", root) > 0);
         cr_assert_eq(mkdir(guest_dir, 0755), 0);
-        copy_guest_file("vmlinuz");
-        copy_guest_file("initrd.img");
+        test_copy_file(TEST_GUEST_DIR, guest_dir, "vmlinuz");
+        test_copy_file(TEST_GUEST_DIR, guest_dir, "initrd.img");
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
 }
 
 static void run_teardown(void) {
-        if (test_count_processes(root, false))
-                test_count_processes(root, true);
-        test_rmtree(root);
-        free(root);
+        test_root_cleanup(root);
         free(guest_dir);
         free(vmsup_log);
 }

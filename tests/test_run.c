@@ -40,10 +40,7 @@ static int count_leftovers(bool kill_them) {
 }
 
 static void teardown(void) {
-        if (count_leftovers(false))
-                count_leftovers(true);
-        test_rmtree(root);
-        free(root);
+        test_root_cleanup(root);
         free(conf);
         free(spec_path);
         free(console);

@@ -39,10 +39,7 @@ static void setup(void) {
 
 static void teardown(void) {
         /* a stopped child of a failed test: SIGKILL works on it too */
-        if (test_count_processes(root, false))
-                test_count_processes(root, true);
-        test_rmtree(root);
-        free(root);
+        test_root_cleanup(root);
         free(conf);
         free(spec_path);
         free(console);
