@@ -119,6 +119,31 @@ void test_read_line(const char *path, char *buf, size_t size) {
         buf[strcspn(buf, "\n")] = '\0';
 }
 
+void test_copy_file(const char *src_dir, const char *dst_dir, const char *name) {
+        char src[512], dst[512], buf[65536];
+        FILE *in, *out;
+        size_t n;
+
+        snprintf(src, sizeof(src), "%s/%s", src_dir, name);
+        snprintf(dst, sizeof(dst), "%s/%s", dst_dir, name);
+        in = fopen(src, "re");
+        cr_assert_not_null(in, "open %s", src);
+        out = fopen(dst, "we");
+        cr_assert_not_null(out, "create %s", dst);
+        while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
+                cr_assert_eq(fwrite(buf, 1, n, out), n);
+        fclose(in);
+        cr_assert_eq(fclose(out), 0);
+        cr_assert_eq(chmod(dst, 0644), 0);
+}
+
+void test_root_cleanup(char *root) {
+        if (test_count_processes(root, false))
+                test_count_processes(root, true);
+        test_rmtree(root);
+        free(root);
+}
+
 uint8_t *test_read_file(const char *path, size_t *ret_len) {
         FILE *f = fopen(path, "re");
         uint8_t *buf = malloc(1 << 20);

@@ -28,6 +28,13 @@ void test_run_clear(struct test_run *r);
  * kill_them, each gets SIGKILL. Returns how many there were. */
 int test_count_processes(const char *needle, bool kill_them);
 
+/* Copy src_dir/name to dst_dir/name, readable by everyone (0644). */
+void test_copy_file(const char *src_dir, const char *dst_dir, const char *name);
+
+/* The end of a test's root dir: whatever of the test still runs there (after a failed test)
+ * gets SIGKILL, then the tree is removed and root freed. */
+void test_root_cleanup(char *root);
+
 /* All of a file (at most 1 MiB) in a new buffer; fails the test when it cannot be read. */
 uint8_t *test_read_file(const char *path, size_t *ret_len);
 /* The first line of a file, without its newline, into buf; fails the test when the file

@@ -18,6 +18,7 @@
 #include "common/proc.h"
 #include "common/util.h"
 #include "supervisor/control.h"
+#include "tests/guestfix.h"
 #include "tests/helpers.h"
 #include "tests/leakscan.h"
 #include "tests/barbican_fixture.h"
@@ -28,46 +29,7 @@
 #define UUID "8e2b6c1d-3f4a-4b5c-9d7e-1a2b3c4d5e6f"
 #define MARKER "vmsup-leak-marker-3b9d2f7a61c4e058"
 
-static char *root, *conf, *spec_path, *console, *vmsup_log;
-
-static long now_ms(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
-static char *slurp(const char *path) {
-        FILE *f = fopen(path, "r");
-        char *buf = calloc(1, 1 << 20);
-        size_t n = 0;
-
-        if (f) {
-                n = fread(buf, 1, (1 << 20) - 1, f);
-                fclose(f);
-        }
-        buf[n] = '\0';
-        return buf;
-}
-
-/* Copy a file of the demo guest to dir, readable by everyone. */
-static void copy_guest_file(const char *dir, const char *name) {
-        char src[512], dst[512], buf[65536];
-        FILE *in, *out;
-        size_t n;
-
-        snprintf(src, sizeof(src), "%s/%s", TEST_GUEST_DIR, name);
-        snprintf(dst, sizeof(dst), "%s/%s", dir, name);
-        in = fopen(src, "re");
-        cr_assert_not_null(in, "open %s", src);
-        out = fopen(dst, "we");
-        cr_assert_not_null(out, "create %s", dst);
-        while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-                cr_assert_eq(fwrite(buf, 1, n, out), n);
-        fclose(in);
-        cr_assert_eq(fclose(out), 0);
-        cr_assert_eq(chmod(dst, 0644), 0);
-}
+static char *root, *conf, *spec_path, *console, *vmsup_log, *control_path;
 
 static void setup(void) {
         char *text = NULL, *guest_dir = NULL;
@@ -78,8 +40,8 @@ static void setup(void) {
         cr_assert_eq(chmod(root, 0711), 0);
         cr_assert(asprintf(&guest_dir, "%s/guest", root) > 0);
         cr_assert_eq(mkdir(guest_dir, 0755), 0);
-        copy_guest_file(guest_dir, "vmlinuz");
-        copy_guest_file(guest_dir, "initrd.img");
+        test_copy_file(TEST_GUEST_DIR, guest_dir, "vmlinuz");
+        test_copy_file(TEST_GUEST_DIR, guest_dir, "initrd.img");
         cr_assert(asprintf(&text,
                            "[tpm]\nswtpm_enabled = true\nswtpm_user = nobody\nswtpm_group = nogroup\n"
                            "[qemu]\naccelerator = tcg\nuser = nobody\ngroup = nogroup\n"
@@ -102,6 +64,7 @@ static void setup(void) {
         free(guest_dir);
         cr_assert(asprintf(&console, "%s/log/" UUID "/console.log", root) > 0);
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
+        cr_assert(asprintf(&control_path, "%s/run/" UUID "/control.sock", root) > 0);
 }
 
 /* Processes whose command line names the test's root; killed when asked. */
@@ -110,22 +73,15 @@ static int count_leftovers(bool kill_them) {
 }
 
 static void teardown(void) {
-        if (count_leftovers(false))
-                count_leftovers(true);
-        test_rmtree(root);
-        free(root);
+        test_root_cleanup(root);
         free(conf);
         free(spec_path);
         free(console);
         free(vmsup_log);
+        free(control_path);
 }
 
 TestSuite(confine, .init = setup, .fini = teardown, .timeout = 240);
-
-struct sup {
-        pid_t pid;
-        int pidfd;
-};
 
 /* vmsup run with PATH and a marker in its environment. */
 #define OWNER_PROJECT "confined-owner-project-5e1f"
@@ -133,24 +89,12 @@ struct sup {
 static struct sup start(void) {
         char *argv[] = { VMSUP_BIN, "--config", conf, "run", "--token-fd", "3", spec_path, NULL };
         char *pathvar = NULL, *envp[] = { NULL, "VMSUP_TEST_SECRET=" MARKER, NULL };
-        struct proc_fd_map fds[1];
-        struct proc_spawn_opts o = { .argv = argv, .envp = envp, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
-        vmsup_error *err = NULL;
         struct sup s;
-        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
 
-        cr_assert_geq(log, 0);
         /* the owner's credential comes on fd 3: never argv, never the environment */
-        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
-        cr_assert_eq(write(token[1], OWNER_PROJECT, strlen(OWNER_PROJECT)), (ssize_t) strlen(OWNER_PROJECT));
-        close(token[1]);
-        fds[0] = (struct proc_fd_map) { token[0], 3 };
         cr_assert(asprintf(&pathvar, "PATH=%s", getenv("PATH")) > 0);
         envp[0] = pathvar;
-        o.stdout_fd = o.stderr_fd = log;
-        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
-        close(token[0]);
-        close(log);
+        s = test_spawn(argv, envp, vmsup_log, OWNER_PROJECT);
         free(pathvar);
         return s;
 }
@@ -185,68 +129,12 @@ static void assert_no_secret_leaks(const pid_t *pids, size_t n, const char *cons
         secmem_free(key);
 }
 
-static int wait_exit(struct sup *s, int timeout_ms) {
-        struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
-        int status;
-
-        if (poll(&p, 1, timeout_ms) != 1) {
-                kill(s->pid, SIGKILL);
-                waitpid(s->pid, NULL, 0);
-                close(s->pidfd);
-                return -1;
-        }
-        waitpid(s->pid, &status, 0);
-        close(s->pidfd);
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
-static json_object *control(const char *cmd, vmsup_error **err) {
-        json_object *req = json_object_new_object(), *ret = NULL;
-        char path[512];
-
-        snprintf(path, sizeof(path), "%s/run/" UUID "/control.sock", root);
-        json_object_object_add(req, "cmd", json_object_new_string(cmd));
-        if (control_request(path, req, 60000, &ret, err) < 0)
-                ret = NULL;
-        json_object_put(req);
-        return ret;
-}
-
 static json_object *wait_running(struct sup *s) {
-        long deadline = now_ms() + 120000;
-
-        while (now_ms() < deadline) {
-                vmsup_error *err = NULL;
-                json_object *st = control("status", &err), *state;
-                struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
-
-                if (st && json_object_object_get_ex(st, "state", &state) &&
-                    streq(json_object_get_string(state), "running"))
-                        return st;
-                json_object_put(st);
-                vmsup_error_free(err);
-                if (poll(&p, 1, 50) == 1)
-                        cr_assert_fail("vmsup exited before the guest ran: %s", slurp(vmsup_log));
-        }
-        cr_assert_fail("the guest did not reach running: %s", slurp(vmsup_log));
-        return NULL;
+        return test_wait_running(s, control_path, vmsup_log, 120000);
 }
 
 static void wait_console(const char *needle, int timeout_ms) {
-        long deadline = now_ms() + timeout_ms;
-
-        for (;;) {
-                char *text = slurp(console);
-                bool found = strstr(text, needle) != NULL;
-
-                free(text);
-                if (found)
-                        return;
-                if (now_ms() > deadline)
-                        cr_assert_fail("console lacks '%s' after %d ms:\n%s\n--- vmsup:\n%s", needle, timeout_ms,
-                                       slurp(console), slurp(vmsup_log));
-                usleep(50000);
-        }
+        free(test_wait_console(console, vmsup_log, needle, 1, timeout_ms));
 }
 
 static pid_t json_pid(json_object *st, const char *key) {
@@ -262,7 +150,7 @@ static char *proc_status(pid_t pid, const char *key) {
         char path[64], *text, *p, *line;
 
         snprintf(path, sizeof(path), "/proc/%d/status", (int) pid);
-        text = slurp(path);
+        text = strdup(slurp(path));
         p = text;
         while (*p) {
                 line = p;
@@ -395,7 +283,7 @@ Test(confine, children_run_as_their_users_under_seccomp_with_nothing_of_vmsups) 
                 pid_t pid = i == 0 ? vmsup : i == 1 ? swtpm : qemu;
 
                 snprintf(path, sizeof(path), "/proc/%d/limits", (int) pid);
-                limits = slurp(path);
+                limits = strdup(slurp(path));
                 cr_assert(strstr(limits, "Max core file size        0                    0"), "pid %d:\n%s", (int) pid,
                           limits);
                 free(limits);
@@ -436,7 +324,7 @@ Test(confine, children_run_as_their_users_under_seccomp_with_nothing_of_vmsups) 
 }
 
 Test(confine, seccomp_off_leaves_vmsup_unfiltered_and_the_children_sandboxed) {
-        char *text = slurp(conf), *p;
+        char *text = strdup(slurp(conf)), *p;
         struct sup s;
         json_object *st;
         pid_t qemu, swtpm;

@@ -24,6 +24,7 @@
 #include "supervisor/control.h"
 #include "tests/barbican_fixture.h"
 #include "tests/fakehttp.h"
+#include "tests/guestfix.h"
 #include "tests/helpers.h"
 
 #define UUID "7c1e5a3b-2d4f-4e6a-8b0c-1f3e5a7c9d2b"
@@ -31,65 +32,24 @@
 
 static char *root, *conf, *spec_path, *console, *vmsup_log, *control_path;
 
-struct sup {
-        pid_t pid;
-        int pidfd;
-};
-
-static char *slurp(const char *path) {
-        static char buf[1 << 20];
-        FILE *f = fopen(path, "re");
-        size_t n = 0;
-
-        if (f) {
-                n = fread(buf, 1, sizeof(buf) - 1, f);
-                fclose(f);
-        }
-        buf[n] = '\0';
-        return buf;
-}
-
 /* The host config; tpm_extra goes into its [tpm] section, more_sections at its end. */
 static void write_conf(const char *barbican_url, const char *tpm_extra, const char *more_sections) {
-        char *text = NULL;
-
-        cr_assert(asprintf(&text,
-                           "[tpm]\nswtpm_enabled = true\nswtpm_user = root\nswtpm_group = root\n%s"
-                           "[qemu]\naccelerator = tcg\n"
-                           "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
-                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n"
-                           "[barbican]\nendpoint = %s\nauth = noauth\nretries = 1\n%s",
-                           tpm_extra ? tpm_extra : "", root, root, root, root, barbican_url,
-                           more_sections ? more_sections : "") > 0);
         free(conf);
-        conf = test_write_file(root, "vmsup.conf", text, 0600);
-        free(text);
+        conf = test_write_conf(root, "vmsup.conf", false, barbican_url, tpm_extra, more_sections);
 }
 
 static void setup(void) {
-        char *text = NULL;
-
         root = test_mkdtemp();
         cr_assert(asprintf(&console, "%s/log/" UUID "/console.log", root) > 0);
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
         cr_assert(asprintf(&control_path, "%s/run/" UUID "/control.sock", root) > 0);
-        cr_assert(asprintf(&text,
-                           "{\"uuid\": \"" UUID "\", \"name\": \"demo\", \"vcpus\": 1, \"memory_mb\": 256,"
-                           " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {\"hw:tpm_version\": \"2.0\","
-                           " \"hw:tpm_model\": \"tpm-crb\"}},"
-                           " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"bios\"}},"
-                           " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
-                           " \"cmdline\": \"console=ttyS0 quiet tpmprobe.hold\"}}",
-                           TEST_GUEST_DIR, TEST_GUEST_DIR) > 0);
-        spec_path = test_write_file(root, "guest.json", text, 0644);
-        free(text);
+        spec_path = test_write_spec(root, "guest.json",
+                                    &(struct test_spec) { .uuid = UUID, .name = "demo", .guest_dir = TEST_GUEST_DIR,
+                                                          .hold = true });
 }
 
 static void teardown(void) {
-        if (test_count_processes(root, false))
-                test_count_processes(root, true);
-        test_rmtree(root);
-        free(root);
+        test_root_cleanup(root);
         free(conf);
         free(spec_path);
         free(console);
@@ -101,64 +61,13 @@ static void teardown(void) {
 TestSuite(control, .init = setup, .fini = teardown, .timeout = 300);
 
 static struct sup start(void) {
-        static const char project[] = "project-of-the-owner";
         char *argv[] = { VMSUP_BIN, "--config", conf, "run", "--token-fd", "3", spec_path, NULL };
-        struct proc_fd_map fds[1];
-        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
-        vmsup_error *err = NULL;
-        struct sup s;
-        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
 
-        cr_assert_geq(log, 0);
-        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
-        cr_assert_eq(write(token[1], project, strlen(project)), (ssize_t) strlen(project));
-        close(token[1]);
-        fds[0] = (struct proc_fd_map) { token[0], 3 };
-        o.stdout_fd = o.stderr_fd = log;
-        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
-        close(token[0]);
-        close(log);
-        return s;
-}
-
-/* vmsup's exit code, or -1 if it did not exit within timeout_ms (then it is killed). */
-static int wait_exit(struct sup *s, int timeout_ms) {
-        struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
-        int status;
-
-        if (poll(&p, 1, timeout_ms) != 1) {
-                kill(s->pid, SIGKILL);
-                waitpid(s->pid, NULL, 0);
-                close(s->pidfd);
-                return -1;
-        }
-        waitpid(s->pid, &status, 0);
-        close(s->pidfd);
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        return test_spawn(argv, NULL, vmsup_log, "project-of-the-owner");
 }
 
 static void wait_running(struct sup *s) {
-        long deadline = monotonic_ms() + 120000;
-
-        while (monotonic_ms() < deadline) {
-                json_object *req = json_object_new_object(), *ret = NULL, *state;
-                vmsup_error *err = NULL;
-                struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
-                bool running;
-
-                json_object_object_add(req, "cmd", json_object_new_string("status"));
-                running = control_request(control_path, req, 10000, &ret, &err) == 0 &&
-                          json_object_object_get_ex(ret, "state", &state) &&
-                          streq(json_object_get_string(state), "running");
-                json_object_put(req);
-                json_object_put(ret);
-                vmsup_error_free(err);
-                if (running)
-                        return;
-                if (poll(&p, 1, 50) == 1)
-                        cr_assert_fail("vmsup exited before the guest ran: %s", slurp(vmsup_log));
-        }
-        cr_assert_fail("the guest did not reach running: %s", slurp(vmsup_log));
+        json_object_put(test_wait_running(s, control_path, vmsup_log, 120000));
 }
 
 static void assert_clean(void) {

@@ -18,6 +18,7 @@
 #include "common/proc.h"
 #include "common/util.h"
 #include "supervisor/control.h"
+#include "tests/guestfix.h"
 #include "tests/helpers.h"
 
 #define UUID "3e9d7c1a-5b2f-4a6e-8c0d-1f2a3b4c5d6e"
@@ -39,30 +40,13 @@ static void setup(void) {
 }
 
 static void teardown(void) {
-        if (test_count_processes(root, false))
-                test_count_processes(root, true);
-        test_rmtree(root);
-        free(root);
+        test_root_cleanup(root);
         free(conf);
         free(spec_path);
         free(vmsup_log);
 }
 
 TestSuite(disks, .init = setup, .fini = teardown, .timeout = 240);
-
-/* The file's text in a buffer that the next call reuses. */
-static char *slurp(const char *path) {
-        static char buf[1 << 20];
-        FILE *f = fopen(path, "r");
-        size_t n = 0;
-
-        if (f) {
-                n = fread(buf, 1, sizeof(buf) - 1, f);
-                fclose(f);
-        }
-        buf[n] = '\0';
-        return buf;
-}
 
 static void qemu_img(const char *args) {
         char cmd[2048];
@@ -99,35 +83,8 @@ static char *path(const char *name) {
         return buf[i];
 }
 
-static json_object *control(const char *cmd, vmsup_error **err) {
-        json_object *req = json_object_new_object(), *ret = NULL;
-
-        json_object_object_add(req, "cmd", json_object_new_string(cmd));
-        if (control_request(path("run/" UUID "/control.sock"), req, 60000, &ret, err) < 0)
-                ret = NULL;
-        json_object_put(req);
-        return ret;
-}
-
-static void wait_running(pid_t pid, int pidfd) {
-        long deadline = monotonic_ms() + 120000;
-
-        (void) pid;
-        while (monotonic_ms() < deadline) {
-                vmsup_error *err = NULL;
-                json_object *st = control("status", &err), *state;
-                struct pollfd p = { .fd = pidfd, .events = POLLIN };
-                bool running = st && json_object_object_get_ex(st, "state", &state) &&
-                               streq(json_object_get_string(state), "running");
-
-                json_object_put(st);
-                vmsup_error_free(err);
-                if (running)
-                        return;
-                if (poll(&p, 1, 50) == 1)
-                        cr_assert_fail("vmsup exited before the guest ran: %s", slurp(vmsup_log));
-        }
-        cr_assert_fail("the guest did not reach running: %s", slurp(vmsup_log));
+static void wait_running(struct sup *s) {
+        json_object_put(test_wait_running(s, path("run/" UUID "/control.sock"), vmsup_log, 120000));
 }
 
 static json_object *find_node(json_object *nodes, const char *name) {
@@ -192,13 +149,11 @@ Test(disks, image_naming_a_host_file_is_refused_and_qemu_never_starts) {
 /* The chain the spec gives is the chain QEMU has; an image without one gets backing=null. */
 Test(disks, explicit_chain_boots_and_qemu_shows_it) {
         char *argv[] = { VMSUP_BIN, "--config", conf, "run", NULL, NULL };
-        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1 };
-        vmsup_error *err = NULL;
         struct test_run q;
+        struct sup s;
         json_object *nodes, *top, *graph, *b1, *b2;
         char *disks = NULL;
-        int log, pidfd, status;
-        pid_t pid;
+        int status;
 
         qemu_img("create -q -f raw base.raw 4M");
         qemu_img("create -q -f qcow2 -b base.raw -F raw mid.qcow2 4M");
@@ -213,12 +168,8 @@ Test(disks, explicit_chain_boots_and_qemu_shows_it) {
         free(disks);
 
         argv[4] = spec_path;
-        log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        cr_assert_geq(log, 0);
-        o.stdout_fd = o.stderr_fd = log;
-        cr_assert_eq(proc_spawn(&o, &pid, &pidfd, &err), 0, "%s", err ? err->msg : "");
-        close(log);
-        wait_running(pid, pidfd);
+        s = test_spawn(argv, NULL, vmsup_log, NULL);
+        wait_running(&s);
         /* the demo kernel boots with the disks attached, up to its init */
         for (long deadline = monotonic_ms() + 180000; !strstr(slurp(path("log/" UUID "/console.log")), "init: holding");) {
                 cr_assert_lt(monotonic_ms(), deadline, "the guest did not boot: %s", slurp(path("log/" UUID "/console.log")));
@@ -259,8 +210,8 @@ Test(disks, explicit_chain_boots_and_qemu_shows_it) {
         test_run_vmsup(&q, NULL, (const char *[]) { "--config", conf, "stop", UUID, NULL });
         cr_assert_eq(q.exit_code, 0, "%s%s", q.out, q.err);
         test_run_clear(&q);
-        cr_assert_eq(waitpid(pid, &status, 0), pid);
-        close(pidfd);
+        cr_assert_eq(waitpid(s.pid, &status, 0), s.pid);
+        close(s.pidfd);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "vmsup run: status %d: %s", status, slurp(vmsup_log));
 }
 
@@ -268,25 +219,19 @@ Test(disks, explicit_chain_boots_and_qemu_shows_it) {
  * (QEMU's user can write its images) stops a hard reboot. */
 Test(disks, hard_reboot_reads_the_headers_again) {
         char *argv[] = { VMSUP_BIN, "--config", conf, "run", NULL, NULL };
-        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1 };
-        vmsup_error *err = NULL;
         struct test_run q;
+        struct sup s;
         char *disks = NULL;
         uint8_t incompat;
-        int log, pidfd, status, fd;
-        pid_t pid;
+        int status, fd;
 
         qemu_img("create -q -f qcow2 lone.qcow2 1M");
         cr_assert(asprintf(&disks, "[{\"path\": \"%s\", \"format\": \"qcow2\"}]", path("lone.qcow2")) > 0);
         write_spec(disks, true);
         free(disks);
         argv[4] = spec_path;
-        log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        cr_assert_geq(log, 0);
-        o.stdout_fd = o.stderr_fd = log;
-        cr_assert_eq(proc_spawn(&o, &pid, &pidfd, &err), 0, "%s", err ? err->msg : "");
-        close(log);
-        wait_running(pid, pidfd);
+        s = test_spawn(argv, NULL, vmsup_log, NULL);
+        wait_running(&s);
 
         /* incompatible feature bit 2: an external data file */
         fd = open(path("lone.qcow2"), O_RDWR | O_CLOEXEC);
@@ -300,8 +245,8 @@ Test(disks, hard_reboot_reads_the_headers_again) {
         cr_assert_eq(q.exit_code, 65, "exit %d: %s%s", q.exit_code, q.out, q.err);
         cr_assert(strstr(q.err, "uses an external data file: refused"), "%s", q.err);
         test_run_clear(&q);
-        cr_assert_eq(waitpid(pid, &status, 0), pid);
-        close(pidfd);
+        cr_assert_eq(waitpid(s.pid, &status, 0), s.pid);
+        close(s.pidfd);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 1, "vmsup run: status %d: %s", status, slurp(vmsup_log));
         cr_assert(strstr(slurp(vmsup_log), "hard reboot failed: disks[0]: qcow2 image"), "%s", slurp(vmsup_log));
         cr_assert_eq(test_count_processes(root, false), 0);

@@ -24,6 +24,7 @@
 #include "supervisor/guestids.h"
 #include "supervisor/hostconfig.h"
 #include "tests/barbican_fixture.h"
+#include "tests/guestfix.h"
 #include "tests/helpers.h"
 
 #define UUID_A "3a0e6c1d-5b2f-4e7a-9c8d-1f2e3a4b5c6d"
@@ -199,70 +200,19 @@ Test(ids, guests_starting_at_once_never_share_ids) {
 
 static char *guest_dir, *vmsup_log;
 
-struct sup {
-        pid_t pid;
-        int pidfd;
-};
-
-static char *slurp(const char *path) {
-        static char buf[1 << 20];
-        FILE *f = fopen(path, "r");
-        size_t n = 0;
-
-        if (f) {
-                n = fread(buf, 1, sizeof(buf) - 1, f);
-                fclose(f);
-        }
-        buf[n] = '\0';
-        return buf;
-}
-
-static void copy_guest_file(const char *name) {
-        char src[512], dst[512];
-        char *argv[] = { "/bin/cp", src, dst, NULL };
-        struct proc_result res = { 0 };
-        vmsup_error *err = NULL;
-
-        snprintf(src, sizeof(src), "%s/%s", TEST_GUEST_DIR, name);
-        snprintf(dst, sizeof(dst), "%s/%s", guest_dir, name);
-        cr_assert_eq(proc_run_capture(argv, NULL, 60000, 4096, &res, &err), 0, "%s", err ? err->msg : "");
-        cr_assert(WIFEXITED(res.status) && WEXITSTATUS(res.status) == 0, "cp %s: %s", src, res.errout);
-        proc_result_clear(&res);
-        cr_assert_eq(chmod(dst, 0644), 0);
-}
-
 /* swtpm and QEMU "as nobody" (not root): each guest gets its own ids from the default
  * range. extra goes at the end of the config. */
 static char *write_conf(const char *name, const char *extra) {
-        char *text = NULL, *path;
-
-        cr_assert(asprintf(&text,
-                           "[tpm]\nswtpm_enabled = true\nswtpm_user = nobody\nswtpm_group = nogroup\n"
-                           "[qemu]\naccelerator = tcg\nuser = nobody\ngroup = nogroup\n"
-                           "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
-                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n"
-                           "[barbican]\nendpoint = %s\nauth = noauth\nretries = 1\n%s",
-                           root, root, root, root, test_barbican_url(), extra) > 0);
-        path = test_write_file(root, name, text, 0600);
-        free(text);
-        return path;
+        return test_write_conf(root, name, true, test_barbican_url(), NULL, extra);
 }
 
 static char *write_spec(const char *uuid, bool uefi, bool hold) {
-        char *text = NULL, *path, name[64];
+        char name[64];
 
-        cr_assert(asprintf(&text,
-                           "{\"uuid\": \"%s\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256,"
-                           " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {\"hw:tpm_version\": \"2.0\","
-                           " \"hw:tpm_model\": \"tpm-crb\"}},"
-                           " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"%s\"}},"
-                           " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
-                           " \"cmdline\": \"console=ttyS0 quiet%s\"}}",
-                           uuid, uefi ? "uefi" : "bios", guest_dir, guest_dir, hold ? " tpmprobe.hold" : "") > 0);
         snprintf(name, sizeof(name), "%s.json", uuid);
-        path = test_write_file(root, name, text, 0644);
-        free(text);
-        return path;
+        return test_write_spec(root, name,
+                               &(struct test_spec) { .uuid = uuid, .name = "g", .uefi = uefi, .guest_dir = guest_dir,
+                                                     .hold = hold });
 }
 
 static void run_setup(void) {
@@ -271,16 +221,13 @@ static void run_setup(void) {
         cr_assert_eq(chmod(root, 0711), 0);
         cr_assert(asprintf(&guest_dir, "%s/guest", root) > 0);
         cr_assert_eq(mkdir(guest_dir, 0755), 0);
-        copy_guest_file("vmlinuz");
-        copy_guest_file("initrd.img");
+        test_copy_file(TEST_GUEST_DIR, guest_dir, "vmlinuz");
+        test_copy_file(TEST_GUEST_DIR, guest_dir, "initrd.img");
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
 }
 
 static void run_teardown(void) {
-        if (test_count_processes(root, false))
-                test_count_processes(root, true);
-        test_rmtree(root);
-        free(root);
+        test_root_cleanup(root);
         free(guest_dir);
         free(vmsup_log);
 }
@@ -289,102 +236,29 @@ TestSuite(idsrun, .init = run_setup, .fini = run_teardown, .timeout = 400);
 
 static struct sup start(const char *conf, const char *spec) {
         char *argv[] = { VMSUP_BIN, "--config", (char *) conf, "run", "--token-fd", "3", (char *) spec, NULL };
-        static const char project[] = "project-of-the-owner";
-        struct proc_fd_map fds[1];
-        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
-        vmsup_error *err = NULL;
-        struct sup s;
-        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
 
-        cr_assert_geq(log, 0);
-        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
-        cr_assert_eq(write(token[1], project, strlen(project)), (ssize_t) strlen(project));
-        close(token[1]);
-        fds[0] = (struct proc_fd_map) { token[0], 3 };
-        o.stdout_fd = o.stderr_fd = log;
-        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
-        close(token[0]);
-        close(log);
-        return s;
-}
-
-/* vmsup's exit code, or -1 if it did not exit within timeout_ms (then it is killed). */
-static int wait_exit(struct sup *s, int timeout_ms) {
-        struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
-        int status;
-
-        if (poll(&p, 1, timeout_ms) != 1) {
-                kill(s->pid, SIGKILL);
-                waitpid(s->pid, NULL, 0);
-                close(s->pidfd);
-                return -1;
-        }
-        waitpid(s->pid, &status, 0);
-        close(s->pidfd);
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        return test_spawn(argv, NULL, vmsup_log, "project-of-the-owner");
 }
 
 /* Wait until the guest runs; its swtpm and QEMU pids. */
 static void wait_running(struct sup *s, const char *uuid, pid_t *ret_swtpm, pid_t *ret_qemu) {
-        long deadline = monotonic_ms() + 180000;
         char path[512];
+        json_object *st, *v;
 
         snprintf(path, sizeof(path), "%s/run/%s/control.sock", root, uuid);
-        while (monotonic_ms() < deadline) {
-                json_object *req = json_object_new_object(), *st = NULL, *v;
-                struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
-                vmsup_error *err = NULL;
-
-                json_object_object_add(req, "cmd", json_object_new_string("status"));
-                if (control_request(path, req, 60000, &st, &err) == 0 && json_object_object_get_ex(st, "state", &v) &&
-                    streq(json_object_get_string(v), "running")) {
-                        cr_assert(json_object_object_get_ex(st, "swtpm_pid", &v));
-                        *ret_swtpm = json_object_get_int(v);
-                        cr_assert(json_object_object_get_ex(st, "qemu_pid", &v));
-                        *ret_qemu = json_object_get_int(v);
-                        json_object_put(st);
-                        json_object_put(req);
-                        return;
-                }
-                json_object_put(st);
-                json_object_put(req);
-                vmsup_error_free(err);
-                if (poll(&p, 1, 50) == 1)
-                        cr_assert_fail("vmsup exited before the guest ran: %s", slurp(vmsup_log));
-        }
-        cr_assert_fail("the guest did not reach running: %s", slurp(vmsup_log));
+        st = test_wait_running(s, path, vmsup_log, 180000);
+        cr_assert(json_object_object_get_ex(st, "swtpm_pid", &v));
+        *ret_swtpm = json_object_get_int(v);
+        cr_assert(json_object_object_get_ex(st, "qemu_pid", &v));
+        *ret_qemu = json_object_get_int(v);
+        json_object_put(st);
 }
 
 static char *wait_console(const char *uuid, const char *needle, int count, int timeout_ms) {
-        long deadline = monotonic_ms() + timeout_ms;
         char path[512];
 
         snprintf(path, sizeof(path), "%s/log/%s/console.log", root, uuid);
-        for (;;) {
-                char *text = strdup(slurp(path));
-                int n = 0;
-
-                for (char *p = text; (p = strstr(p, needle)); p++)
-                        n++;
-                if (n >= count)
-                        return text;
-                if (monotonic_ms() > deadline)
-                        cr_assert_fail("console of %s lacks %d x '%s':\n%s\n--- vmsup:\n%s", uuid, count, needle, text,
-                                       slurp(vmsup_log));
-                free(text);
-                usleep(50000);
-        }
-}
-
-static long console_value(const char *text, const char *key, int nth) {
-        const char *p = text;
-
-        for (int i = 0; i < nth; i++) {
-                p = strstr(p, key);
-                cr_assert_not_null(p, "no %d. %s in:\n%s", nth, key, text);
-                p += strlen(key);
-        }
-        return strtol(p, NULL, 10);
+        return test_wait_console(path, vmsup_log, needle, count, timeout_ms);
 }
 
 static void stop(struct sup *s) {
@@ -404,21 +278,8 @@ static char *registry_of(const char *top) {
 
 static int run_delete(const char *conf, const char *uuid) {
         char *argv[] = { VMSUP_BIN, "--config", (char *) conf, "delete", "--token-fd", "3", (char *) uuid, NULL };
-        static const char project[] = "project-of-the-owner";
-        struct proc_fd_map fds[1];
-        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
-        vmsup_error *err = NULL;
-        struct sup s;
-        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
+        struct sup s = test_spawn(argv, NULL, vmsup_log, "project-of-the-owner");
 
-        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
-        cr_assert_eq(write(token[1], project, strlen(project)), (ssize_t) strlen(project));
-        close(token[1]);
-        fds[0] = (struct proc_fd_map) { token[0], 3 };
-        o.stdout_fd = o.stderr_fd = log;
-        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
-        close(token[0]);
-        close(log);
         return wait_exit(&s, 60000);
 }
 

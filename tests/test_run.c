@@ -19,46 +19,19 @@
 #include "supervisor/control.h"
 #include "crypto/barbican.h"
 #include "tests/barbican_fixture.h"
+#include "tests/guestfix.h"
 #include "tests/helpers.h"
 
 #define UUID "5f0c3a2e-1b7d-4c8e-9f6a-0d2b4e6a8c1f"
 
-static char *root, *conf, *spec_path, *console, *vmsup_log;
-
-struct sup {
-        pid_t pid;
-        int pidfd;
-};
-
-/* The file's text in a buffer that the next call reuses (for messages and searches). */
-static char *slurp(const char *path) {
-        static char buf[1 << 20];
-        FILE *f = fopen(path, "r");
-        size_t n = 0;
-
-        if (f) {
-                n = fread(buf, 1, (1 << 20) - 1, f);
-                fclose(f);
-        }
-        buf[n] = '\0';
-        return buf;
-}
+static char *root, *conf, *spec_path, *console, *vmsup_log, *control_path;
 
 static void setup(void) {
-        char *text = NULL;
-
         root = test_mkdtemp();
-        cr_assert(asprintf(&text,
-                           "[tpm]\nswtpm_enabled = true\nswtpm_user = root\nswtpm_group = root\n"
-                           "[qemu]\naccelerator = tcg\n"
-                           "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
-                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n"
-                           "[barbican]\nendpoint = %s\nauth = noauth\nretries = 1\n",
-                           root, root, root, root, test_barbican_url()) > 0);
-        conf = test_write_file(root, "vmsup.conf", text, 0600);
-        free(text);
+        conf = test_write_conf(root, "vmsup.conf", false, test_barbican_url(), NULL, NULL);
         cr_assert(asprintf(&console, "%s/log/" UUID "/console.log", root) > 0);
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
+        cr_assert(asprintf(&control_path, "%s/run/" UUID "/control.sock", root) > 0);
 }
 
 /* Whatever of ours is left (killed only after a failed test). */
@@ -67,14 +40,12 @@ static int count_leftovers(bool kill_them) {
 }
 
 static void teardown(void) {
-        if (count_leftovers(false))
-                count_leftovers(true);
-        test_rmtree(root);
-        free(root);
+        test_root_cleanup(root);
         free(conf);
         free(spec_path);
         free(console);
         free(vmsup_log);
+        free(control_path);
 }
 
 TestSuite(run, .init = setup, .fini = teardown, .timeout = 240);
@@ -83,22 +54,16 @@ TestSuite(run, .init = setup, .fini = teardown, .timeout = 240);
 static const char *secret_security;
 
 static void write_spec(const char *version, const char *model, bool uefi, bool hold) {
-        char *text = NULL, extra[256] = "";
+        char extra[256] = "";
 
         if (version)
                 snprintf(extra, sizeof(extra), "\"hw:tpm_version\": \"%s\", \"hw:tpm_model\": \"%s\"%s%s%s", version,
                          model, secret_security ? ", \"hw:tpm_secret_security\": \"" : "",
                          secret_security ? secret_security : "", secret_security ? "\"" : "");
-        cr_assert(asprintf(&text,
-                           "{\"uuid\": \"" UUID "\", \"name\": \"demo\", \"vcpus\": 1, \"memory_mb\": 256,"
-                           " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {%s}},"
-                           " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"%s\"}},"
-                           " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
-                           " \"cmdline\": \"console=ttyS0 quiet%s\"}}",
-                           extra, uefi ? "uefi" : "bios", TEST_GUEST_DIR, TEST_GUEST_DIR, hold ? " tpmprobe.hold" : "") > 0);
         free(spec_path);
-        spec_path = test_write_file(root, "guest.json", text, 0644);
-        free(text);
+        spec_path = test_write_spec(root, "guest.json",
+                                    &(struct test_spec) { .uuid = UUID, .name = "demo", .extra_specs = extra,
+                                                          .uefi = uefi, .guest_dir = TEST_GUEST_DIR, .hold = hold });
 }
 
 /* The owner's credential on fd 3: in Barbican's unauthenticated pipeline, the project. */
@@ -109,66 +74,31 @@ static const char *run_option;
 
 static struct sup start_as(const char *credential) {
         char *argv[] = { VMSUP_BIN, "--config", conf, "run", "--token-fd", "3", spec_path, NULL, NULL };
-        struct proc_fd_map fds[1];
-        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
-        vmsup_error *err = NULL;
-        struct sup s;
-        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
 
-        cr_assert_geq(log, 0);
         if (run_option) {
                 argv[6] = (char *) run_option;
                 argv[7] = spec_path;
         }
-        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
-        cr_assert_eq(write(token[1], credential, strlen(credential)), (ssize_t) strlen(credential));
-        close(token[1]);
-        fds[0] = (struct proc_fd_map) { token[0], 3 };
-        o.stdout_fd = o.stderr_fd = log;
-        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
-        close(token[0]);
-        close(log);
-        return s;
+        return test_spawn(argv, NULL, vmsup_log, credential);
 }
 
 static struct sup start(void) {
         return start_as(project);
 }
 
-static int wait_exit(struct sup *s, int timeout_ms);
-
 /* vmsup delete UUID with the owner's credential on fd 3. */
 static int run_delete(const char *credential) {
         char *argv[] = { VMSUP_BIN, "--config", conf, "delete", "--token-fd", "3", UUID, NULL };
-        struct proc_fd_map fds[1];
-        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1, .fds = fds, .n_fds = 1 };
-        vmsup_error *err = NULL;
-        struct sup s;
-        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600), token[2];
+        struct sup s = test_spawn(argv, NULL, vmsup_log, credential);
 
-        cr_assert_eq(pipe2(token, O_CLOEXEC), 0);
-        cr_assert_eq(write(token[1], credential, strlen(credential)), (ssize_t) strlen(credential));
-        close(token[1]);
-        fds[0] = (struct proc_fd_map) { token[0], 3 };
-        o.stdout_fd = o.stderr_fd = log;
-        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
-        close(token[0]);
-        close(log);
         return wait_exit(&s, 60000);
 }
 
 /* vmsup run without any credential. */
 static struct sup start_without_token(void) {
         char *argv[] = { VMSUP_BIN, "--config", conf, "run", spec_path, NULL };
-        struct proc_spawn_opts o = { .argv = argv, .stdin_fd = -1 };
-        vmsup_error *err = NULL;
-        struct sup s;
-        int log = open(vmsup_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 
-        o.stdout_fd = o.stderr_fd = log;
-        cr_assert_eq(proc_spawn(&o, &s.pid, &s.pidfd, &err), 0, "%s", err ? err->msg : "");
-        close(log);
-        return s;
+        return test_spawn(argv, NULL, vmsup_log, NULL);
 }
 
 /* Point the config's Barbican at a port nobody listens on. */
@@ -183,85 +113,18 @@ static void barbican_goes_away(void) {
         free(text);
 }
 
-/* vmsup's exit code, or -1 if it did not exit within timeout_ms (then it is killed). */
-static int wait_exit(struct sup *s, int timeout_ms) {
-        struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
-        int status;
-
-        if (poll(&p, 1, timeout_ms) != 1) {
-                kill(s->pid, SIGKILL);
-                waitpid(s->pid, NULL, 0);
-                close(s->pidfd);
-                return -1;
-        }
-        waitpid(s->pid, &status, 0);
-        close(s->pidfd);
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 static json_object *control(const char *cmd, json_object *extra_args, vmsup_error **err) {
-        json_object *req = extra_args ? extra_args : json_object_new_object(), *ret = NULL;
-        char path[512];
-
-        snprintf(path, sizeof(path), "%s/run/" UUID "/control.sock", root);
-        json_object_object_add(req, "cmd", json_object_new_string(cmd));
-        if (control_request(path, req, 60000, &ret, err) < 0)
-                ret = NULL;
-        json_object_put(req);
-        return ret;
+        return test_control(control_path, cmd, extra_args, err);
 }
 
 /* Wait until status says running; returns the status object. */
 static json_object *wait_running(struct sup *s) {
-        long deadline = monotonic_ms() + 120000;
-
-        while (monotonic_ms() < deadline) {
-                vmsup_error *err = NULL;
-                json_object *st = control("status", NULL, &err), *state;
-                struct pollfd p = { .fd = s->pidfd, .events = POLLIN };
-
-                if (st && json_object_object_get_ex(st, "state", &state) &&
-                    streq(json_object_get_string(state), "running"))
-                        return st;
-                json_object_put(st);
-                vmsup_error_free(err);
-                if (poll(&p, 1, 50) == 1)
-                        cr_assert_fail("vmsup exited before the guest ran: %s", slurp(vmsup_log));
-        }
-        cr_assert_fail("the guest did not reach running: %s", slurp(vmsup_log));
-        return NULL;
+        return test_wait_running(s, control_path, vmsup_log, 120000);
 }
 
 /* Wait until the console shows `count` lines containing needle; return the console. */
 static char *wait_console(const char *needle, int count, int timeout_ms) {
-        long deadline = monotonic_ms() + timeout_ms;
-
-        for (;;) {
-                char *text = strdup(slurp(console));
-                int n = 0;
-
-                for (char *p = text; (p = strstr(p, needle)); p++)
-                        n++;
-                if (n >= count)
-                        return text;
-                if (monotonic_ms() > deadline)
-                        cr_assert_fail("console lacks %d x '%s' after %d ms:\n%s\n--- vmsup:\n%s", count, needle,
-                                       timeout_ms, text, slurp(vmsup_log));
-                free(text);
-                usleep(50000);
-        }
-}
-
-/* The value after the n-th (1-based) "key=" on the console. */
-static long console_value(const char *text, const char *key, int nth) {
-        const char *p = text;
-
-        for (int i = 0; i < nth; i++) {
-                p = strstr(p, key);
-                cr_assert_not_null(p, "no %d. %s in:\n%s", nth, key, text);
-                p += strlen(key);
-        }
-        return strtol(p, NULL, 10);
+        return test_wait_console(console, vmsup_log, needle, count, timeout_ms);
 }
 
 static char *console_word(const char *text, const char *key, int nth) {
