@@ -34,6 +34,7 @@
 #include "supervisor/guestdirs.h"
 #include "supervisor/log.h"
 #include "supervisor/qemuargs.h"
+#include "supervisor/qmppolicy.h"
 #include "supervisor/tpmrules.h"
 #include "tpmstate/caps.h"
 #include "tpmstate/ctrl.h"
@@ -819,6 +820,14 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
                 json_object_object_add(o, "qemu_status", json_object_new_string("not answering"));
         else
                 json_object_object_add(o, "qemu_status", json_object_new_string(err ? "unknown" : g->qemu_status));
+        {
+                vmsup_error *merr = NULL;
+                _cleanup_free_ char *marker = guest_dirs_stamp_read(g->dirs.migrated_out, &merr);
+
+                if (marker)
+                        json_object_object_add(o, "migrated_out", json_object_new_string(marker));
+                vmsup_error_free(merr);
+        }
         if (g->migrating_to) {
                 json_object *m = json_object_new_object();
 
@@ -892,9 +901,16 @@ static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd
         qmp_watch(g);
 }
 
+/* The guest's migrated-out marker: an undecided hand-over to another host. */
+static bool handed_over(const struct guest *g) {
+        return access(g->dirs.migrated_out, F_OK) == 0;
+}
+
 static void handle_request(struct guest *g, struct control_conn *c) {
         json_object *cmdv, *v;
         const char *cmd = json_object_object_get_ex(c->request, "cmd", &cmdv) ? json_object_get_string(cmdv) : "";
+        enum qmp_policy verdict;
+        char why[512];
 
         if (g->migrating_to && !streq(cmd, "status")) {
                 char msg[320];
@@ -902,6 +918,18 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 snprintf(msg, sizeof(msg), "the guest is being migrated to %s; '%s' must wait until that ends",
                          g->migrating_to, cmd);
                 control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+                control_conn_free(c);
+                return;
+        }
+        if ((streq(cmd, "reboot") || streq(cmd, "migrate")) && handed_over(g)) {
+                /* a hard reboot starts QEMU afresh from the sealed state, a soft one and a
+                 * migration's rollback resume the guest: a second running copy */
+                snprintf(why, sizeof(why),
+                         "'%s' is refused: the guest was handed over to another host by a live migration whose "
+                         "outcome is unknown (%s), and may run there; see vmsup(8), MIGRATION",
+                         cmd, g->dirs.migrated_out);
+                log_warning("%s", why);
+                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, why);
                 control_conn_free(c);
                 return;
         }
@@ -955,10 +983,11 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 json_object_object_get_ex(c->request, "arguments", &args);
                 /* After an undecided hand-over the guest may run on the destination: two
                  * copies of one TPM must never run (docs/migration.md). */
-                if (streq(json_object_get_string(v), "cont") && access(g->dirs.migrated_out, F_OK) == 0) {
-                        control_conn_reply_error(c, VMSUP_EX_TEMPFAIL,
-                                                 "the guest may run on the host it was migrated to: check there, "
-                                                 "then remove the migrated-out marker in its state dir before cont");
+                verdict = qmp_policy_check(json_object_get_string(v), args, handed_over(g), why, sizeof(why));
+                if (verdict != QMP_POLICY_ALLOW) {
+                        log_warning("%s", why);
+                        control_conn_reply_error(
+                                c, verdict == QMP_POLICY_REFUSED ? VMSUP_EX_UNAVAILABLE : VMSUP_EX_TEMPFAIL, why);
                         control_conn_free(c);
                         return;
                 }

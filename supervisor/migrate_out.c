@@ -40,6 +40,7 @@ struct out {
         bool migrating;   /* QEMU's migrate was issued */
         bool committed;   /* COMMIT sent: the destination may run the guest */
         bool marker;      /* our migrated-out marker is on disk */
+        bool was_running; /* QEMU ran the guest when the migration began (a rollback resumes only then) */
         int stream_fd;    /* our copy of QEMU's migration socket, or -1 */
         int64_t total_ms, downtime_ms; /* QEMU's */
         long ready_at, completed_at, running_at; /* monotonic ms */
@@ -661,7 +662,7 @@ static void roll_back(struct out *o, const vmsup_error *why) {
                         }
                 }
         }
-        if (g->qmp && !g->qemu.exited) {
+        if (g->qmp && !g->qemu.exited && o->was_running) {
                 _cleanup_json_ json_object *st = NULL;
                 const char *status;
 
@@ -700,6 +701,15 @@ static int run(struct out *o, vmsup_error **err) {
                                   g->spec.uuid);
         if (g->state != GUEST_RUNNING || !g->qmp)
                 return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the guest is not running (%s)", guest_state_name(g));
+        /* A rollback resumes only a guest that ran: an operator's pause stays a pause. */
+        {
+                _cleanup_json_ json_object *st = NULL;
+
+                r = migrate_qmp(g, "query-status", NULL, &st, err);
+                if (r < 0)
+                        return r;
+                o->was_running = streq(migrate_json_str(st, "status") ?: "", "running");
+        }
 
         r = handover(o, &port, err);
         if (r < 0)

@@ -57,6 +57,9 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
         printf("qemu status:  %s\n", str(ret, "qemu_status"));
         if (json_object_object_get_ex(ret, "qmp_lost", &lost) && lost)
                 printf("qmp:          lost: %s\n", json_object_get_string(lost));
+        if (json_object_object_get_ex(ret, "migrated_out", &lost) && lost)
+                printf("migrated out: %s (outcome unknown: the guest may run there; see vmsup(8), MIGRATION)\n",
+                       json_object_get_string(lost));
         printf("uptime:       %s s\n", str(ret, "uptime_s"));
         if (json_object_object_get_ex(ret, "migration", &mig) && mig)
                 printf("migration:    to %s, %s, %s%% of the memory sent\n", str(mig, "to"), str(mig, "status"),

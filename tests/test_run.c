@@ -911,6 +911,108 @@ Test(run, cli_status_qmp_and_forced_stop) {
 }
 
 /* Whether the process's writable memory holds needle (read through /proc/PID/mem). */
+/* vmsup --config conf ARGS... ; returns the exit code, r filled. */
+static int cli(struct test_run *r, const char *const *args) {
+        const char *argv[16] = { "--config", conf };
+        size_t n = 2;
+
+        for (size_t i = 0; args[i]; i++) {
+                cr_assert_lt(n, ARRAY_SIZE(argv) - 1);
+                argv[n++] = args[i];
+        }
+        argv[n] = NULL;
+        test_run_vmsup(r, NULL, argv);
+        return r->exit_code;
+}
+
+static void assert_qemu_status(const char *want) {
+        struct test_run r;
+
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "query-status", NULL }), 0, "%s", r.err);
+        cr_assert(strstr(r.out, want), "QEMU should be %s: %s", want, r.out);
+        test_run_clear(&r);
+}
+
+/* The passthrough never moves the guest's state elsewhere nor takes its TPM away, and a
+ * guest handed over to another host (its migrated-out marker: the outcome of a migration
+ * was unknown) takes only read-only commands: nothing on this host can resume it. A
+ * failed migration resumes only a guest that ran: an operator's pause stays a pause. */
+Test(run, qmp_passthrough_and_a_handed_over_guest_cannot_make_a_second_copy) {
+        char marker[512];
+        struct test_run r;
+        struct sup s;
+        FILE *f;
+
+        secret_security = "host";
+        write_spec("2.0", "tpm-crb", false, true);
+        s = start();
+        json_object_put(wait_running(&s));
+
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "migrate", "{\"uri\": \"tcp:127.0.0.1:9\"}", NULL }), 69,
+                     "%s", r.err);
+        cr_assert(strstr(r.err, "QMP command 'migrate' is refused") && strstr(r.err, "vmsup migrate"), "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "human-monitor-command",
+                                                "{\"command-line\": \"  migrate -d tcp:127.0.0.1:9\"}", NULL }),
+                     69, "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "device_del", "{\"id\": \"tpm0\"}", NULL }), 69, "%s",
+                     r.err);
+        cr_assert(strstr(r.err, "vTPM cannot be removed"), "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "query-tpm", NULL }), 0, "%s", r.err);
+        cr_assert(strstr(r.out, "tpm0"), "the TPM went away: %s", r.out);
+        test_run_clear(&r);
+
+        /* paused by the operator; a migration that fails leaves it paused */
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "stop", NULL }), 0, "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_neq(cli(&r, (const char *[]) { "migrate", UUID, "--to", "127.0.0.1:9", "--quiet", NULL }), 0);
+        test_run_clear(&r);
+        assert_qemu_status("\"status\": \"paused\"");
+
+        /* an unknown outcome: the marker a committed migration leaves */
+        snprintf(marker, sizeof(marker), "%s/state/" UUID "/migrated-out", root);
+        f = fopen(marker, "we");
+        cr_assert_not_null(f);
+        fputs("to 192.0.2.1:49152 at 2026-12-07T00:00:00Z (outcome unknown)\n", f);
+        fclose(f);
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "cont", NULL }), 75, "%s", r.err);
+        cr_assert(strstr(r.err, "handed over to another host"), "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "human-monitor-command", "{\"command-line\": \"c\"}",
+                                                NULL }),
+                     75, "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "human-monitor-command",
+                                                "{\"command-line\": \"system_reset\"}", NULL }),
+                     75, "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "human-monitor-command",
+                                                "{\"command-line\": \"info status\"}", NULL }),
+                     0, "%s", r.err);
+        cr_assert(strstr(r.out, "paused"), "%s", r.out);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "reboot", UUID, "--hard", NULL }), 75, "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "reboot", UUID, NULL }), 75, "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "migrate", UUID, "--to", "127.0.0.1:9", "--quiet", NULL }), 75,
+                     "%s", r.err);
+        test_run_clear(&r);
+        assert_qemu_status("\"status\": \"paused\"");
+        cr_assert_eq(cli(&r, (const char *[]) { "status", UUID, NULL }), 0, "%s", r.err);
+        cr_assert(strstr(r.out, "migrated out: to 192.0.2.1:49152"), "%s", r.out);
+        test_run_clear(&r);
+
+        /* the recovery for a guest that runs on the other host: stop it here */
+        cr_assert_eq(cli(&r, (const char *[]) { "stop", UUID, "--force", NULL }), 0, "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
+        secret_security = NULL;
+        assert_clean();
+}
+
 static bool memory_holds(pid_t pid, const void *needle, size_t len, char *where, size_t wlen) {
         char path[64], line[512];
         bool found = false;
