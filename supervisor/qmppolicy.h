@@ -1,6 +1,6 @@
 /* What `vmsup qmp UUID ...` may pass to a supervised guest's QEMU. The supervisor owns
- * the guest's TPM and its one running copy: commands that move the guest's state
- * elsewhere or take its TPM away are refused, and a guest that was handed over to another
+ * the guest's TPM and its one running copy: commands that snapshot the guest's state
+ * or take its TPM away are refused, and a guest that was handed over to another
  * host (its migrated-out marker) takes read-only commands only. Decided by what a command
  * can do, HMP's command lines included. No I/O. */
 #ifndef VMSUP_SUPERVISOR_QMPPOLICY_H
