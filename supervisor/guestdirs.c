@@ -383,18 +383,23 @@ int guest_dirs_remove_all(const struct guest_dirs *d, const char *secrets_dir, c
         return guest_dirs_remove(d, err);
 }
 
-/* The first line of a marker file, for messages. */
+/* The first line of a marker file, for messages; NULL when there is none. A marker that
+ * cannot be read still counts as there. */
 static char *marker_text(const char *path) {
-        _cleanup_free_ char *line = NULL;
-        FILE *f = fopen(path, "re");
-        size_t n = 0;
+        vmsup_error *err = NULL;
+        char *line = guest_dirs_stamp_read(path, &err), *r = NULL;
 
-        if (!f)
-                return NULL;
-        if (getline(&line, &n, f) > 0)
-                line[strcspn(line, "\n")] = '\0';
-        fclose(f);
-        return line && line[0] ? TAKE_PTR(line) : strdup("(empty)");
+        if (err) {
+                if (asprintf(&r, "unreadable: %s", err->msg) < 0)
+                        r = NULL;
+                vmsup_error_free(err);
+                return r ? r : strdup("(unreadable)");
+        }
+        if (line && !line[0]) {
+                free(line);
+                return strdup("(empty)");
+        }
+        return line;
 }
 
 int guest_dirs_check_markers(const struct guest_dirs *d, vmsup_error **err) {

@@ -59,7 +59,8 @@ int guest_dirs_lock_stopped(const struct guest_dirs *d, bool missing_ok, int *re
 /* Write the stamp at path ("<what> since <UTC time>") unless it is there already. */
 int guest_dirs_stamp(const char *path, const char *what, vmsup_error **err);
 
-/* The stamp's line (a new string) when it exists; NULL with *err unset when it does not. */
+/* The first line (a new string) of a stamp or marker file when it exists (a regular
+ * file, not a symlink); NULL with *err unset when it does not. */
 char *guest_dirs_stamp_read(const char *path, vmsup_error **err);
 
 /* The guest's OVMF VARS copy: checked against the template (a regular file of the
