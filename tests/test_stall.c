@@ -177,6 +177,17 @@ static void assert_clean(void) {
         cr_assert_neq(stat(path, &st), 0, "the control socket was left behind");
 }
 
+/* The demo guest booted and holding (its probe done), under a supervisor. */
+static struct sup boot(void) {
+        struct sup s;
+
+        write_spec(true);
+        s = start();
+        wait_running(&s);
+        free(wait_console("tpmprobe: done", 1, 120000));
+        return s;
+}
+
 /* QEMU stops answering (SIGSTOP) while more status calls come than the QMP client used to
  * remember late ids for; when it resumes, its late replies must not cost the supervisor
  * its QMP connection. */
@@ -186,10 +197,7 @@ Test(stall, late_replies_after_a_stall_keep_qmp) {
         pid_t qemu;
         int code;
 
-        write_spec(true);
-        s = start();
-        wait_running(&s);
-        free(wait_console("tpmprobe: done", 1, 120000));
+        s = boot();
         qemu = status_pid("qemu_pid");
 
         cr_assert_eq(kill(qemu, SIGSTOP), 0);
@@ -223,10 +231,7 @@ Test(stall, a_forced_stop_ends_a_stopped_qemu_and_says_how) {
         pid_t qemu;
         int code;
 
-        write_spec(true);
-        s = start();
-        wait_running(&s);
-        free(wait_console("tpmprobe: done", 1, 120000));
+        s = boot();
         qemu = status_pid("qemu_pid");
 
         cr_assert_eq(kill(qemu, SIGSTOP), 0);
@@ -276,10 +281,7 @@ Test(stall, without_qmp_a_forced_stop_still_ends_qemu) {
         pid_t qemu;
         int code;
 
-        write_spec(true);
-        s = start();
-        wait_running(&s);
-        free(wait_console("tpmprobe: done", 1, 120000));
+        s = boot();
         qemu = status_pid("qemu_pid");
         lose_qmp();
 
@@ -301,10 +303,7 @@ Test(stall, without_qmp_a_second_sigterm_kills_qemu) {
         pid_t qemu;
         char *log;
 
-        write_spec(true);
-        s = start();
-        wait_running(&s);
-        free(wait_console("tpmprobe: done", 1, 120000));
+        s = boot();
         qemu = status_pid("qemu_pid");
         lose_qmp();
 
@@ -330,10 +329,8 @@ Test(stall, a_hung_swtpm_is_ended_and_its_last_state_kept) {
         long c1, c2;
         int code;
 
-        write_spec(true);
-        s = start();
-        wait_running(&s);
-        text = wait_console("tpmprobe: done", 1, 120000);
+        s = boot();
+        text = wait_console("tpmprobe: done", 1, 1000);
         c1 = console_value(text, "nv-counter=", 1);
         free(text);
         swtpm = status_pid("swtpm_pid");
