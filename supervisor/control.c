@@ -232,6 +232,33 @@ static void consume_progress(char *buf, size_t *len, control_progress_fn fn, voi
         }
 }
 
+/* A supervisor's reply line: its "return" (a new reference), or its error and exit code. */
+static int parse_reply(const char *buf, json_object **ret_return, vmsup_error **err) {
+        json_object *reply, *ok, *v;
+        int r;
+
+        reply = json_tokener_parse(buf);
+        if (!reply || !json_object_object_get_ex(reply, "ok", &ok)) {
+                json_object_put(reply);
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the supervisor's reply is not understood");
+        }
+        if (!json_object_get_boolean(ok)) {
+                json_object *code;
+                int exit_code = VMSUP_EX_FAILURE;
+
+                if (json_object_object_get_ex(reply, "exit_code", &code))
+                        exit_code = json_object_get_int(code);
+                r = vmsup_fail(err, exit_code, 0, "%s",
+                               json_object_object_get_ex(reply, "error", &v) ? json_object_get_string(v) : "failed");
+                json_object_put(reply);
+                return r;
+        }
+        if (ret_return)
+                *ret_return = json_object_object_get_ex(reply, "return", &v) ? json_object_get(v) : NULL;
+        json_object_put(reply);
+        return 0;
+}
+
 int control_request(const char *path, json_object *req, int timeout_ms, json_object **ret_return, vmsup_error **err) {
         return control_request_progress(path, req, timeout_ms, NULL, NULL, ret_return, err);
 }
@@ -267,7 +294,6 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
         _cleanup_free_ char *buf = NULL;
         struct sockaddr_un sa;
         const char *text;
-        json_object *reply, *ok, *v;
         size_t len = 0;
         int send_errno = 0;
         long deadline = timeout_ms < 0 ? -1 : monotonic_ms() + timeout_ms;
@@ -325,24 +351,111 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
                 return vmsup_fail(err, VMSUP_EX_IOERR, send_errno, "send to the supervisor at '%s'", path);
         if (len == 0)
                 return vmsup_fail(err, VMSUP_EX_IOERR, 0, "the supervisor closed the connection without an answer");
-        reply = json_tokener_parse(buf);
-        if (!reply || !json_object_object_get_ex(reply, "ok", &ok)) {
-                json_object_put(reply);
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the supervisor's reply is not understood");
-        }
-        if (!json_object_get_boolean(ok)) {
-                json_object *code;
-                int exit_code = VMSUP_EX_FAILURE;
+        return parse_reply(buf, ret_return, err);
+}
 
-                if (json_object_object_get_ex(reply, "exit_code", &code))
-                        exit_code = json_object_get_int(code);
-                r = vmsup_fail(err, exit_code, 0, "%s",
-                               json_object_object_get_ex(reply, "error", &v) ? json_object_get_string(v) : "failed");
-                json_object_put(reply);
-                return r;
+struct each {
+        int fd;
+        char *buf;
+        size_t len;
+        bool done;
+};
+
+int control_request_each(const char *const *paths, size_t n, json_object *req, int timeout_ms, json_object **rets,
+                         vmsup_error **errs) {
+        _cleanup_free_ struct each *e = calloc(n ? n : 1, sizeof(*e));
+        _cleanup_free_ struct pollfd *p = calloc(n ? n : 1, sizeof(*p));
+        const char *text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+        long deadline = monotonic_ms() + timeout_ms;
+        size_t pending = 0;
+
+        if (!e || !p)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                struct sockaddr_un sa;
+                size_t tl = strlen(text);
+
+                rets[i] = NULL;
+                errs[i] = NULL;
+                e[i].fd = -1;
+                e[i].done = true;
+                if (make_addr(paths[i], &sa, &errs[i]) < 0)
+                        continue;
+                e[i].fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+                if (e[i].fd < 0) {
+                        vmsup_fail(&errs[i], VMSUP_EX_OSERR, errno, "socket");
+                        continue;
+                }
+                /* non-blocking: a supervisor whose backlog is full does not hold the others */
+                if (connect(e[i].fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
+                        vmsup_fail(&errs[i],
+                                   errno == EAGAIN ? VMSUP_EX_TEMPFAIL
+                                   : errno == ENOENT || errno == ECONNREFUSED ? VMSUP_EX_UNAVAILABLE
+                                                                              : VMSUP_EX_NOPERM,
+                                   errno == EAGAIN ? 0 : errno, "connect to the guest's supervisor at '%s'%s", paths[i],
+                                   errno == EAGAIN ? ": it takes no connection" : "");
+                        closep(&e[i].fd);
+                        continue;
+                }
+                /* a request line is far below a socket buffer: it goes in one piece */
+                if (send(e[i].fd, text, tl, MSG_NOSIGNAL) != (ssize_t) tl || send(e[i].fd, "\n", 1, MSG_NOSIGNAL) != 1) {
+                        vmsup_fail(&errs[i], VMSUP_EX_IOERR, errno, "send to the supervisor at '%s'", paths[i]);
+                        closep(&e[i].fd);
+                        continue;
+                }
+                e[i].buf = malloc(CONTROL_MAX_MESSAGE + 1);
+                if (!e[i].buf) {
+                        vmsup_fail(&errs[i], VMSUP_EX_OSERR, ENOMEM, "control reply");
+                        closep(&e[i].fd);
+                        continue;
+                }
+                e[i].done = false;
+                pending++;
         }
-        if (ret_return)
-                *ret_return = json_object_object_get_ex(reply, "return", &v) ? json_object_get(v) : NULL;
-        json_object_put(reply);
+        while (pending > 0) {
+                long left = deadline - monotonic_ms();
+                int k;
+
+                if (left <= 0)
+                        break;
+                for (size_t i = 0; i < n; i++)
+                        p[i] = (struct pollfd) { .fd = e[i].done ? -1 : e[i].fd, .events = POLLIN };
+                k = poll(p, n, (int) left);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        break;
+                for (size_t i = 0; i < n && k > 0; i++) {
+                        ssize_t r;
+
+                        if (e[i].done || !p[i].revents)
+                                continue;
+                        r = read(e[i].fd, e[i].buf + e[i].len, CONTROL_MAX_MESSAGE - e[i].len);
+                        if (r < 0 && (errno == EINTR || errno == EAGAIN))
+                                continue;
+                        if (r > 0)
+                                e[i].len += (size_t) r;
+                        if (r > 0 && e[i].len < CONTROL_MAX_MESSAGE)
+                                continue;
+                        /* the supervisor answers one line and closes */
+                        e[i].done = true;
+                        pending--;
+                        e[i].buf[e[i].len] = '\0';
+                        if (r < 0)
+                                vmsup_fail(&errs[i], VMSUP_EX_IOERR, errno, "read from the supervisor");
+                        else if (e[i].len == 0)
+                                vmsup_fail(&errs[i], VMSUP_EX_IOERR, 0,
+                                           "the supervisor closed the connection without an answer");
+                        else
+                                parse_reply(e[i].buf, &rets[i], &errs[i]);
+                }
+        }
+        for (size_t i = 0; i < n; i++) {
+                if (!e[i].done)
+                        vmsup_fail(&errs[i], VMSUP_EX_TEMPFAIL, 0, "the supervisor did not answer within %d ms",
+                                   timeout_ms);
+                closep(&e[i].fd);
+                free(e[i].buf);
+        }
         return 0;
 }

@@ -65,4 +65,11 @@ typedef void (*control_progress_fn)(void *userdata, json_object *progress);
 int control_request_progress(const char *path, json_object *req, int timeout_ms, control_progress_fn fn, void *userdata,
                              json_object **ret_return, vmsup_error **err);
 
+/* Send req to n supervisors at once and wait up to timeout_ms in all for their answers
+ * (for `vmsup list`: one stuck supervisor does not hold the others). rets[i] gets the
+ * i-th "return" (a new reference, may be NULL) or errs[i] why there is none. 0, or
+ * -ENOMEM before anything was sent. */
+int control_request_each(const char *const *paths, size_t n, json_object *req, int timeout_ms, json_object **rets,
+                         vmsup_error **errs);
+
 #endif

@@ -21,6 +21,7 @@ static const struct verb verbs[] = {
         { "qmp", verb_qmp, "run one QMP command on a supervised guest or a monitor socket" },
         { "run", verb_run, "boot a guest with its vTPM and supervise it until it ends" },
         { "status", verb_status, "show a supervised guest's state" },
+        { "list", verb_list, "list the guests this host knows, with their states" },
         { "stop", verb_stop, "stop a supervised guest (graceful, or --force)" },
         { "reboot", verb_reboot, "reboot a guest (--hard restarts QEMU, keeps the TPM state)" },
         { "seccomp", verb_seccomp, "print the seccomp filter vmsup run loads (--print)" },

@@ -1007,6 +1007,13 @@ Test(run, qmp_passthrough_and_a_handed_over_guest_cannot_make_a_second_copy) {
         cr_assert_eq(cli(&r, (const char *[]) { "status", UUID, NULL }), 0, "%s", r.err);
         cr_assert(strstr(r.out, "migrated out: to 192.0.2.1:49152"), "%s", r.out);
         test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "list", NULL }), 0, "%s", r.err);
+        cr_assert(strstr(r.out, UUID) && strstr(r.out, " migrated-out "), "%s", r.out);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "list", "--json", NULL }), 0, "%s", r.err);
+        cr_assert(strstr(r.out, "\"migrated_out\":\"to 192.0.2.1:49152") && strstr(r.out, "\"state\":\"migrated-out\""), "%s",
+                  r.out);
+        test_run_clear(&r);
 
         /* the recovery for a guest that runs on the other host: stop it here */
         cr_assert_eq(cli(&r, (const char *[]) { "stop", UUID, "--force", NULL }), 0, "%s", r.err);

@@ -1,0 +1,202 @@
+/* `vmsup list`: the guests of a host's state dir and their states, asked of their
+ * supervisors all at once. Here the supervisors are stand-ins on the control socket (one
+ * that answers a status, one that never does); test_run's handed-over guest checks the
+ * list against a real supervisor. */
+#include "config.h"
+
+#include <criterion/criterion.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "tests/guestfix.h"
+#include "tests/helpers.h"
+
+#define GUESTS 50
+
+static char *root, *conf;
+
+static void setup(void) {
+        root = test_mkdtemp();
+        conf = test_write_conf(root, "vmsup.conf", false, "http://127.0.0.1:1", NULL, NULL);
+}
+
+static void teardown(void) {
+        free(conf);
+        test_root_cleanup(root);
+}
+
+TestSuite(list, .init = setup, .fini = teardown, .timeout = 60);
+
+static int mkdir_p_test(const char *dir) {
+        char cmd[1024];
+
+        snprintf(cmd, sizeof(cmd), "mkdir -p '%s'", dir);
+        return system(cmd);
+}
+
+static int count_lines(const char *s) {
+        int n = 0;
+
+        for (; *s; s++)
+                n += *s == '\n';
+        return n;
+}
+
+static void uuid_of(int i, char *buf, size_t size) {
+        snprintf(buf, size, "00000000-0000-4000-8000-%012d", i);
+}
+
+/* A guest's state dir with its spec copy; marker (or NULL) written as a marker file. */
+static void make_guest(int i, const char *marker, const char *text) {
+        char uuid[40], dir[512], *spec;
+        struct test_spec s = { .uuid = uuid, .name = "g", .guest_dir = "/nonexistent" };
+
+        uuid_of(i, uuid, sizeof(uuid));
+        snprintf(dir, sizeof(dir), "%s/state/%s", root, uuid);
+        cr_assert_eq(mkdir_p_test(dir), 0);
+        s.extra_specs = i % 2 ? "\"hw:tpm_version\": \"1.2\", \"hw:tpm_model\": \"tpm-tis\"" : NULL;
+        spec = test_write_spec(dir, "guest.json", &s);
+        free(spec);
+        if (marker)
+                free(test_write_file(dir, marker, text, 0600));
+}
+
+struct fake {
+        int fd;
+        bool answer;
+        char uuid[40];
+};
+
+/* A supervisor stand-in: answers one status (or holds the connection without a word). */
+static void *serve(void *arg) {
+        struct fake *f = arg;
+
+        for (;;) {
+                int c = accept4(f->fd, NULL, NULL, SOCK_CLOEXEC);
+                char buf[4096], reply[512];
+                ssize_t n;
+
+                if (c < 0)
+                        return NULL;
+                n = read(c, buf, sizeof(buf));
+                if (!f->answer || n <= 0)
+                        continue; /* leaks c on purpose: a stuck supervisor keeps it open */
+                snprintf(reply, sizeof(reply),
+                         "{\"ok\": true, \"return\": {\"uuid\": \"%s\", \"state\": \"running\", \"qemu_status\": "
+                         "\"running\", \"pid\": 4242, \"uptime_s\": 3725}}\n",
+                         f->uuid);
+                (void) !write(c, reply, strlen(reply));
+                close(c);
+        }
+}
+
+static void fake_supervisor(int i, bool answer, struct fake *f, pthread_t *t) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char dir[512];
+
+        uuid_of(i, f->uuid, sizeof(f->uuid));
+        f->answer = answer;
+        snprintf(dir, sizeof(dir), "%s/run/%s", root, f->uuid);
+        cr_assert_eq(mkdir_p_test(dir), 0);
+        cr_assert_lt(strlen(dir) + sizeof("/control.sock"), sizeof(sa.sun_path));
+        memcpy(sa.sun_path, dir, strlen(dir));
+        strcat(sa.sun_path, "/control.sock");
+        f->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert(f->fd >= 0);
+        cr_assert_eq(bind(f->fd, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        cr_assert_eq(listen(f->fd, 64), 0);
+        if (answer)
+                cr_assert_eq(pthread_create(t, NULL, serve, f), 0);
+}
+
+static json_object *find(json_object *a, int i) {
+        char uuid[40];
+
+        uuid_of(i, uuid, sizeof(uuid));
+        for (size_t k = 0; k < json_object_array_length(a); k++) {
+                json_object *o = json_object_array_get_idx(a, k), *u;
+
+                if (json_object_object_get_ex(o, "uuid", &u) && streq(json_object_get_string(u), uuid))
+                        return o;
+        }
+        cr_assert_fail("guest %s is not in the list", uuid);
+        return NULL;
+}
+
+static const char *get(json_object *o, const char *key) {
+        json_object *v;
+
+        return json_object_object_get_ex(o, key, &v) && v ? json_object_get_string(v) : "(null)";
+}
+
+Test(list, every_guest_with_its_state_and_a_stuck_supervisor_holds_nobody) {
+        struct fake running, stuck[3];
+        pthread_t t;
+        struct test_run r;
+        json_object *a, *o;
+
+        for (int i = 0; i < GUESTS; i++)
+                make_guest(i, i == 2 ? "migrated-out" : i == 3 ? "incoming" : NULL,
+                           i == 2 ? "to 10.0.0.2:49152 at 2026-12-07 04:00:00 UTC\n" : "from 10.0.0.1\n");
+        /* files in the state dir that are no guest */
+        free(test_write_file(root, "state/guest-ids", "x\n", 0600));
+        {
+                char d[512];
+
+                snprintf(d, sizeof(d), "%s/state/not-a-uuid", root);
+                cr_assert_eq(mkdir_p_test(d), 0);
+        }
+        fake_supervisor(1, true, &running, &t);
+        for (int k = 0; k < 3; k++)
+                fake_supervisor(10 + k, false, &stuck[k], NULL);
+
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "list", "--json", NULL });
+        cr_assert_eq(r.exit_code, 0, "%s", r.err);
+        a = json_tokener_parse(r.out);
+        cr_assert(a && json_object_is_type(a, json_type_array), "%s", r.out);
+        cr_assert_eq(json_object_array_length(a), GUESTS, "%s", r.out);
+        o = find(a, 1);
+        cr_assert(streq(get(o, "state"), "running") && streq(get(o, "pid"), "4242") && streq(get(o, "uptime_s"), "3725"),
+                  "%s", json_object_to_json_string(o));
+        cr_assert(strstr(get(o, "tpm"), "\"1.2\"") && strstr(get(o, "tpm"), "tpm-tis"), "%s", get(o, "tpm"));
+        o = find(a, 2);
+        cr_assert(streq(get(o, "state"), "migrated-out") && strstr(get(o, "migrated_out"), "to 10.0.0.2:49152"), "%s",
+                  json_object_to_json_string(o));
+        cr_assert(streq(get(find(a, 3), "state"), "incoming"));
+        o = find(a, 4);
+        cr_assert(streq(get(o, "state"), "stopped") && streq(get(o, "pid"), "(null)"), "%s", json_object_to_json_string(o));
+        cr_assert(strstr(get(o, "tpm"), "\"2.0\"") && strstr(get(o, "tpm"), "tpm-crb"), "%s", get(o, "tpm"));
+        for (int k = 0; k < 3; k++)
+                cr_assert(streq(get(find(a, 10 + k), "state"), "not-answering"), "%s",
+                          json_object_to_json_string(find(a, 10 + k)));
+        json_object_put(a);
+        test_run_clear(&r);
+
+        /* the table says the same */
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "list", NULL });
+        cr_assert_eq(r.exit_code, 0, "%s", r.err);
+        cr_assert(strstr(r.out, "UUID ") && strstr(r.out, "STATE"), "%s", r.out);
+        cr_assert(strstr(r.out, "00000000-0000-4000-8000-000000000001  g                 running        4242     1.2 tpm-tis"),
+                  "%s", r.out);
+        cr_assert(strstr(r.out, "1h02m"), "%s", r.out);
+        cr_assert(strstr(r.out, "000000000002  g                 migrated-out"), "%s", r.out);
+        cr_assert_eq(count_lines(r.out), GUESTS + 1, "%s", r.out);
+        test_run_clear(&r);
+}
+
+Test(list, a_host_without_guests) {
+        struct test_run r;
+
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "list", "--json", NULL });
+        cr_assert_eq(r.exit_code, 0, "%s", r.err);
+        cr_assert(strstr(r.out, "[") && strstr(r.out, "]") && !strstr(r.out, "uuid"), "%s", r.out);
+        test_run_clear(&r);
+}
