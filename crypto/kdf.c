@@ -8,7 +8,7 @@
 #include "common/util.h"
 #include "crypto/kdf.h"
 #include "crypto/secmem.h"
-#include "supervisor/guestspec.h"
+#include "common/vtpm.h"
 
 const char *kdf_use_label(enum kdf_use use) {
         switch (use) {

@@ -18,7 +18,7 @@
 #include "crypto/barbican.h"
 #include "crypto/localstore.h"
 #include "crypto/secmem.h"
-#include "supervisor/guestspec.h"
+#include "common/vtpm.h"
 
 #define KEY_SECRET_ID "secret_id="
 #define KEY_PASSPHRASE "passphrase="

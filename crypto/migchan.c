@@ -19,7 +19,7 @@
 #include "common/util.h"
 #include "crypto/migchan.h"
 #include "crypto/secmem.h"
-#include "supervisor/guestspec.h"
+#include "common/vtpm.h"
 
 /* TLS 1.3 only: no renegotiation, no static RSA, every cipher suite AEAD with forward
  * secrecy, and the client's certificate travels encrypted. */

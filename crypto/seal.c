@@ -15,7 +15,7 @@
 #include "common/util.h"
 #include "crypto/seal.h"
 #include "crypto/secmem.h"
-#include "supervisor/guestspec.h"
+#include "common/vtpm.h"
 
 #define OFF_VERSION 8
 #define OFF_UUID 10

@@ -14,19 +14,6 @@
 
 #define GUEST_SPEC_MAX_SIZE (1024 * 1024)
 
-bool uuid_is_valid(const char *s) {
-        if (!s || strlen(s) != 36)
-                return false;
-        for (int i = 0; i < 36; i++) {
-                if (i == 8 || i == 13 || i == 18 || i == 23) {
-                        if (s[i] != '-')
-                                return false;
-                } else if (!isxdigit((unsigned char) s[i]) || isupper((unsigned char) s[i]))
-                        return false;
-        }
-        return true;
-}
-
 struct walker {
         const char *source;
         vmsup_error **err;

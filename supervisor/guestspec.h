@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "common/error.h"
+#include "common/vtpm.h" /* uuid_is_valid(): the uuid becomes a path component */
 
 /* One backing layer of a disk: QEMU opens it read-only. */
 struct guest_disk_layer {
@@ -51,9 +52,6 @@ struct guest_spec {
 int guest_spec_parse(const char *text, size_t len, const char *source, struct guest_spec *ret, vmsup_error **err);
 int guest_spec_load(const char *path, struct guest_spec *ret, vmsup_error **err);
 void guest_spec_clear(struct guest_spec *spec);
-
-/* Lower-case canonical UUID check (the uuid becomes a path component). */
-bool uuid_is_valid(const char *s);
 
 /* A flavor extra spec or image property as a string, or NULL when absent. */
 const char *guest_spec_extra_spec(const struct guest_spec *spec, const char *key);

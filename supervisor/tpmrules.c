@@ -6,14 +6,6 @@
 #include "common/util.h"
 #include "supervisor/tpmrules.h"
 
-const char *tpm_version_to_string(enum tpm_version v) {
-        return v == TPM_VERSION_1_2 ? "1.2" : v == TPM_VERSION_2_0 ? "2.0" : NULL;
-}
-
-const char *tpm_model_to_string(enum tpm_model m) {
-        return m == TPM_MODEL_TIS ? "tpm-tis" : m == TPM_MODEL_CRB ? "tpm-crb" : NULL;
-}
-
 /* Python truthiness of an optional string. */
 static bool truthy(const char *s) {
         return s && *s;

@@ -6,11 +6,10 @@
 #include <stdbool.h>
 
 #include "common/error.h"
+#include "common/vtpm.h"
 #include "supervisor/hostconfig.h"
 #include "supervisor/guestspec.h"
 
-enum tpm_version { TPM_VERSION_1_2 = 1, TPM_VERSION_2_0 };
-enum tpm_model { TPM_MODEL_TIS = 1, TPM_MODEL_CRB };
 
 struct vtpm_config {
         bool present; /* false: the guest gets no vTPM */
@@ -19,8 +18,6 @@ struct vtpm_config {
         unsigned secret_security; /* one SECRET_SECURITY_* bit */
 };
 
-const char *tpm_version_to_string(enum tpm_version v); /* "1.2", "2.0" */
-const char *tpm_model_to_string(enum tpm_model m);     /* "tpm-tis", "tpm-crb" */
 
 /* Nova's get_vtpm_constraint() plus the secret-security rule of the scheduler's
  * tpm_secret_security_filter(). Violations exit 65 with Nova's words. */

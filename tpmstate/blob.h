@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 #include "common/error.h"
-#include "supervisor/tpmrules.h"
+#include "common/vtpm.h"
 
 enum tpm_blob_kind {
         TPM_BLOB_PERMANENT = 1, /* <prefix>.permall */

@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 #include "common/error.h"
-#include "supervisor/tpmrules.h"
+#include "common/vtpm.h"
 
 /* Command codes (tpm_ioctl.h). */
 enum swtpm_ctrl_cmd {

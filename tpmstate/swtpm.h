@@ -6,7 +6,7 @@
 #include <sys/types.h>
 
 #include "common/error.h"
-#include "supervisor/tpmrules.h"
+#include "common/vtpm.h"
 
 /* "tpm2-00.permall" or "tpm-00.permall". */
 const char *swtpm_permall_name(enum tpm_version version);

@@ -8,7 +8,7 @@
 #include <sys/types.h>
 
 #include "common/error.h"
-#include "supervisor/tpmrules.h"
+#include "common/vtpm.h"
 
 struct tpm_sync;
 
