@@ -11,15 +11,19 @@
 #define TPM_CHARDEV_ID "chrtpm"
 
 /* QMP and HMP commands that copy the guest's memory and device state (its TPM's
- * included) into an image, or bring an older copy back: the TPM state lives sealed,
- * with generations that only go up, and a snapshot would copy it out in the clear or
- * roll it back. (The migrate commands are still let through: the two-host tests drive a
- * source QEMU with them; see the migration-safety work.) */
+ * included) into an image or to another QEMU, or bring an older copy back: the TPM state
+ * lives sealed, with generations that only go up, and exists once; a snapshot or a
+ * migration behind vmsup's back would copy it out in the clear, roll it back, or run the
+ * guest twice. `vmsup migrate` is the way to move a guest. Tuning a migration
+ * (migrate-set-parameters, migrate-set-capabilities) stays allowed. */
 static const char *const moves_state[] = {
         /* QMP */
-        "snapshot-save", "snapshot-load", "xen-save-devices-state", "xen-load-devices-state",
+        "snapshot-save", "snapshot-load", "xen-save-devices-state", "xen-load-devices-state", "migrate",
+        "migrate-incoming", "migrate-recover", "migrate-start-postcopy", "migrate-continue", "migrate-pause",
+        "x-colo-lost-heartbeat",
         /* HMP */
-        "savevm", "loadvm", NULL,
+        "savevm", "loadvm", "migrate_incoming", "migrate_recover", "migrate_start_postcopy", "migrate_continue",
+        "migrate_pause", NULL,
 };
 
 /* Read-only: what an operator may still ask a guest that was handed over. */
@@ -52,8 +56,9 @@ static enum qmp_policy check(const char *name, const char *arg1, bool hmp, bool 
 
         if (in(moves_state, name)) {
                 snprintf(why, why_len,
-                         "%s '%s' is refused: it would copy the guest's state, its TPM's too, into an image or put "
-                         "an older copy back, outside vmsup's sealed TPM state",
+                         "%s '%s' is refused: it would copy the guest's state, its TPM's too, into an image or to "
+                         "another QEMU, or put an older copy back, outside vmsup's sealed TPM state (to move a guest, "
+                         "use 'vmsup migrate')",
                          how, name);
                 return QMP_POLICY_REFUSED;
         }

@@ -41,6 +41,29 @@ Test(qmppolicy, snapshots_of_the_guests_state_are_always_refused) {
         cr_expect_eq(hmp("info snapshots", false), QMP_POLICY_ALLOW);
 }
 
+Test(qmppolicy, migrations_behind_vmsups_back_are_refused) {
+        static const char *const qmp[] = { "migrate", "migrate-incoming", "migrate-recover", "migrate-start-postcopy",
+                                           "migrate-pause", "migrate-continue", NULL };
+        static const char *const hmp_lines[] = { "migrate tcp:192.0.2.1:4444", "migrate -d exec:cat>/tmp/x",
+                                                 "migrate_incoming tcp:0:4444", "migrate_start_postcopy", NULL };
+        char why[512];
+
+        for (size_t i = 0; qmp[i]; i++) {
+                cr_expect_eq(verdict(qmp[i], "{\"uri\": \"tcp:192.0.2.1:4444\"}", false, why, sizeof(why)),
+                             QMP_POLICY_REFUSED, "%s", qmp[i]);
+                cr_expect(strstr(why, "vmsup migrate"), "%s: %s", qmp[i], why);
+        }
+        for (size_t i = 0; hmp_lines[i]; i++)
+                cr_expect_eq(hmp(hmp_lines[i], false), QMP_POLICY_REFUSED, "%s", hmp_lines[i]);
+        /* tuning and watching a migration is not making one */
+        cr_expect_eq(verdict("migrate-set-parameters", "{\"max-bandwidth\": 1}", false, why, sizeof(why)),
+                     QMP_POLICY_ALLOW);
+        cr_expect_eq(verdict("migrate-set-capabilities", "{\"capabilities\": []}", false, why, sizeof(why)),
+                     QMP_POLICY_ALLOW);
+        cr_expect_eq(verdict("query-migrate", NULL, false, why, sizeof(why)), QMP_POLICY_ALLOW);
+        cr_expect_eq(hmp("info migrate", false), QMP_POLICY_ALLOW);
+}
+
 Test(qmppolicy, the_tpm_cannot_be_removed) {
         char why[512];
 
@@ -89,5 +112,6 @@ Test(qmppolicy, a_handed_over_guest_takes_read_only_commands_only) {
         cr_expect_eq(hmp("  info migrate", true), QMP_POLICY_ALLOW);
         /* still refused for what it is, not for the marker */
         cr_expect_eq(verdict("snapshot-load", "{}", true, why, sizeof(why)), QMP_POLICY_REFUSED);
-        cr_expect_eq(verdict("migrate", "{}", true, why, sizeof(why)), QMP_POLICY_HANDED_OVER);
+        cr_expect_eq(verdict("migrate", "{}", true, why, sizeof(why)), QMP_POLICY_REFUSED);
+        cr_expect_eq(verdict("migrate-set-parameters", "{}", true, why, sizeof(why)), QMP_POLICY_HANDED_OVER);
 }

@@ -963,6 +963,18 @@ Test(run, qmp_passthrough_and_a_handed_over_guest_cannot_make_a_second_copy) {
                      r.err);
         cr_assert(strstr(r.err, "vTPM cannot be removed"), "%s", r.err);
         test_run_clear(&r);
+        /* a migration behind vmsup's back: a second copy anywhere, in the clear */
+        snprintf(marker, sizeof(marker), "{\"uri\": \"exec:cat > %s/copy\"}", root);
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "migrate", marker, NULL }), 69, "%s", r.err);
+        cr_assert(strstr(r.err, "QMP command 'migrate' is refused") && strstr(r.err, "vmsup migrate"), "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "human-monitor-command",
+                                                "{\"command-line\": \"migrate -d tcp:127.0.0.1:9\"}", NULL }),
+                     69, "%s", r.err);
+        test_run_clear(&r);
+        cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "query-migrate", NULL }), 0, "%s", r.err);
+        cr_assert(!strstr(r.out, "\"status\""), "a migration was started: %s", r.out);
+        test_run_clear(&r);
         cr_assert_eq(cli(&r, (const char *[]) { "qmp", UUID, "query-tpm", NULL }), 0, "%s", r.err);
         cr_assert(strstr(r.out, "tpm0"), "the TPM went away: %s", r.out);
         test_run_clear(&r);
