@@ -17,11 +17,14 @@
 static inline void freep(void *p) {
         free(*(void **) p);
 }
+/* Close *fd if open and leave it -1, so that a second closep() of the same variable is
+ * harmless; errno is kept. */
 static inline void closep(int *fd) {
         if (*fd >= 0) {
                 int saved = errno;
                 close(*fd);
                 errno = saved;
+                *fd = -1;
         }
 }
 static inline void fclosep(FILE **f) {
