@@ -14,7 +14,8 @@ static void help(void) {
                "version and model, QEMU's run state ('not answering' when QEMU's monitor\n"
                "does not answer within 5 s; 'unknown (QMP lost)' and why, when the supervisor\n"
                "lost its QMP connection to a QEMU that still runs), and a live migration's\n"
-               "progress while one runs.\n"
+               "progress while one runs, and the marker of a live migration whose outcome is\n"
+               "unknown (migrated out, or incoming and unconfirmed: see vmsup resolve).\n"
                "\n"
                "Exit status: 0; 69 the guest is not running under vmsup.\n");
 }
@@ -60,6 +61,9 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (json_object_object_get_ex(ret, "migrated_out", &lost) && lost)
                 printf("migrated out: %s (outcome unknown: the guest may run there; see vmsup(8), MIGRATION)\n",
                        json_object_get_string(lost));
+        if (json_object_object_get_ex(ret, "incoming", &lost) && lost)
+                printf("incoming:     %s (the source did not confirm the hand-over: it may run there too; see "
+                       "vmsup(8), MIGRATION)\n", json_object_get_string(lost));
         printf("uptime:       %s s\n", str(ret, "uptime_s"));
         if (json_object_object_get_ex(ret, "migration", &mig) && mig)
                 printf("migration:    to %s, %s, %s%% of the memory sent\n", str(mig, "to"), str(mig, "status"),
