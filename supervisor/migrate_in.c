@@ -2,7 +2,9 @@
  * receive the guest from the source's supervisor, let QEMU receive memory and TPM state,
  * seal that state, and run the guest only when the source says so. Until then, whatever
  * goes wrong, nothing of the guest stays on this host; a janitor process removes it
- * even if this supervisor is killed. */
+ * even if this supervisor is killed. From the source's COMMIT on, our copy may be the
+ * only one: it stays, marked "committed", until the source's DONE or an operator's
+ * `vmsup resolve --keep` (vmsup(8), MIGRATION). */
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -677,6 +679,11 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
                           g->dirs.incoming, strerror(errno));
         else
                 log_info("the source confirmed the hand-over: the guest is this host's");
+        if (g->interrupted) {
+                /* a stop asked for while we waited: the event loop's to carry out */
+                g->interrupted = false;
+                raise(SIGTERM);
+        }
         migrate_in_free(g);
         return 0;
 }

@@ -182,6 +182,7 @@ Test(handover, running_lost_the_destination_keeps_it) {
         th_wait_exit(sup_a);
         assert_refused(0, "run-a2", run, 65, "handed over to another host");
         assert_not_running(0);
+        cr_assert(strstr(th_out("status"), "migrated out: to "), "%s", th_out("status"));
         th_assert_running(1);
 
         /* the procedure, outcome "b runs it": discard a's copy, keep b's */
@@ -194,6 +195,8 @@ Test(handover, running_lost_the_destination_keeps_it) {
         th_wait_exit(sup_b);
         assert_refused(1, "run-b", run, 65, "never confirmed");
         assert_not_running(1);
+        /* status shows what it must look at, without a supervisor too */
+        cr_assert(strstr(th_out("status"), "incoming:     committed from "), "%s", th_out("status"));
         th_step = "resolve b";
         cr_assert_eq(th_run(1, "resolve", keep), 0, "%s", th_err("resolve"));
         cr_assert_eq(th_run(1, "resolve", keep), 65, "%s", th_err("resolve"));
@@ -253,6 +256,8 @@ Test(handover, destination_killed_after_cont_the_source_keeps_it) {
         cr_assert_eq(stat(th_path("%s/b/state/secrets/" UUID, th_root), &st), 0, "b's secret is gone\n%s", th_logs());
         assert_refused(1, "run-b", run, 65, "never confirmed");
         assert_not_running(1);
+        /* status shows what it must look at, without a supervisor too */
+        cr_assert(strstr(th_out("status"), "incoming:     committed from "), "%s", th_out("status"));
         cr_assert_eq(test_count_processes(th_path("%s/b/", th_root), false), 0);
         /* a is paused and marked */
         assert_paused(0);
