@@ -13,7 +13,8 @@
  * (a2b: source to destination, b2a: back):
  *   --drop DIR:TYPE          do not forward it; close both channels
  *   --hold DIR:TYPE:FILE     keep it until FILE exists; then forward it if FILE says
- *                            "forward", else (e.g. "drop") do as --drop
+ *                            "forward", else (e.g. "drop") do as --drop; SIGUSR1
+ *                            releases it as "forward", SIGUSR2 as "drop"
  *   --cut DIR:TYPE           forward it, then forward nothing more either way (both
  *                            channels stay open and silent)
  * One session; exits 0 when both channels are closed. Logs each frame on stderr
@@ -126,9 +127,18 @@ static struct action *action_for(int dir, enum mig_msg type) {
         return NULL;
 }
 
-/* "forward" once FILE exists and says so; false for anything else it says. */
+static volatile sig_atomic_t released; /* 1 SIGUSR1 (forward), 2 SIGUSR2 (drop) */
+
+static void on_release(int sig) {
+        released = sig == SIGUSR1 ? 1 : 2;
+}
+
+/* "forward" once FILE exists and says so (or SIGUSR1); false for anything else it says
+ * (or SIGUSR2). */
 static bool wait_file(const char *file) {
         for (;;) {
+                if (released)
+                        return released == 1;
                 char text[64] = "";
                 int fd = open(file, O_RDONLY | O_CLOEXEC);
 
@@ -164,7 +174,7 @@ static int stream_connect(const char *local, const char *host, int port) {
 }
 
 /* One direction of the spliced stream: read when the buffer is empty, write what it
- * holds. false when that direction is done. */
+ * holds. */
 static void half_poll(struct pipe_half *h, struct pollfd *in, struct pollfd *out) {
         *in = (struct pollfd) { .fd = !h->eof && h->len == 0 ? h->from : -1, .events = POLLIN };
         *out = (struct pollfd) { .fd = h->len > h->off ? h->to : -1, .events = POLLOUT };
@@ -214,6 +224,8 @@ int main(int argc, char **argv) {
         vmsup_error *err = NULL;
 
         signal(SIGPIPE, SIG_IGN);
+        signal(SIGUSR1, on_release);
+        signal(SIGUSR2, on_release);
         while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
                 switch (c) {
                 case 'l': split_host_port(optarg, &listen_host, &listen_port); break;
