@@ -50,10 +50,15 @@ struct migchan {
         size_t len, got;
 };
 
+#define PROTOCOL_TEXT_(n) #n
+#define PROTOCOL_TEXT_X(n) PROTOCOL_TEXT_(n)
+#define PROTOCOL_TEXT PROTOCOL_TEXT_X(MIGCHAN_PROTOCOL)
+
 static const char *const msg_names[] = {
         [MIG_HELLO] = "HELLO",       [MIG_PREPARE] = "PREPARE",   [MIG_SECRET] = "SECRET",
         [MIG_READY] = "READY",       [MIG_MIGRATED] = "MIGRATED", [MIG_PREPARED] = "PREPARED",
         [MIG_COMMIT] = "COMMIT",     [MIG_RUNNING] = "RUNNING",   [MIG_ABORT] = "ABORT",
+        [MIG_DONE] = "DONE",
 };
 
 static bool msg_known(unsigned t) {
@@ -248,7 +253,7 @@ static int check_fields(enum mig_msg type, json_object *o, char out[WHY_MAX]) {
 
         switch (type) {
         case MIG_HELLO:
-                REQUIRE("protocol", int_in(v, MIGCHAN_PROTOCOL, MIGCHAN_PROTOCOL), "1");
+                REQUIRE("protocol", int_in(v, MIGCHAN_PROTOCOL, MIGCHAN_PROTOCOL), PROTOCOL_TEXT);
                 REQUIRE("uuid", IS_UUID, "a lower-case uuid");
                 REQUIRE("host", IS_STRING_LEN(1, HELLO_HOST_MAX) &&
                                         printable_ascii(json_object_get_string(v), json_object_get_string_len(v)),
@@ -971,8 +976,8 @@ static int start_payload(struct migchan *c, vmsup_error **err) {
 
         if (h[0] != MIGCHAN_PROTOCOL)
                 return chan_fail(c, err, VMSUP_EX_DATAERR, 0,
-                                 "invalid migration message: wrong protocol version %u (this host speaks %d)", h[0],
-                                 MIGCHAN_PROTOCOL);
+                                 "invalid migration message: wrong protocol version %u (this host speaks %d: "
+                                 "run the same vmsup release on both hosts)", h[0], MIGCHAN_PROTOCOL);
         if (!msg_known(h[1]))
                 return chan_fail(c, err, VMSUP_EX_DATAERR, 0, "invalid migration message: unknown message type %u",
                                  h[1]);

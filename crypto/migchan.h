@@ -26,13 +26,13 @@
 
 #include "common/error.h"
 
-#define MIGCHAN_PROTOCOL 1                 /* the version every frame carries */
+#define MIGCHAN_PROTOCOL 2                 /* the version every frame carries (2: DONE) */
 #define MIGCHAN_MAX_PAYLOAD (1024 * 1024)  /* any frame */
 #define MIGCHAN_SECRET_MAX 4096            /* MIG_SECRET payload */
 #define MIGCHAN_HEADER_LEN 8
 
 enum mig_msg {      /* frame types; payload JSON object unless noted */
-        MIG_HELLO = 1,    /* both ways first: {"protocol":1,"uuid":"<guest uuid>","host":"<sender hostname>"} */
+        MIG_HELLO = 1,    /* both ways first: {"protocol":2,"uuid":"<guest uuid>","host":"<sender hostname>"} */
         MIG_PREPARE = 2,  /* src->dst: {"spec":{...guest spec object...},"secret_uuid":"<uuid>"} */
         MIG_SECRET = 3,   /* src->dst: raw passphrase bytes (1..MIGCHAN_SECRET_MAX, printable ASCII); received into secmem */
         MIG_READY = 4,    /* dst->src: {"port":N}  (1..65535: where the destination QEMU listens for the TLS migration stream) */
@@ -41,6 +41,7 @@ enum mig_msg {      /* frame types; payload JSON object unless noted */
         MIG_COMMIT = 7,   /* src->dst: {} run the guest */
         MIG_RUNNING = 8,  /* dst->src: {} the guest runs on the destination */
         MIG_ABORT = 9,    /* either way: {"error":"<text, 1..1024 bytes>"} */
+        MIG_DONE = 10,    /* src->dst: {} after RUNNING: the source holds its migrated-out marker and deletes its copy */
 };
 /* Field rules on receipt: uuids are canonical lower-case (8-4-4-4-12 hex); HELLO's host
  * is 1..255 printable ASCII; generation is 0..INT64_MAX; extra fields are ignored. In a

@@ -827,6 +827,12 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
                 if (marker)
                         json_object_object_add(o, "migrated_out", json_object_new_string(marker));
                 vmsup_error_free(merr);
+                merr = NULL;
+                free(marker);
+                marker = g->incoming ? NULL : guest_dirs_stamp_read(g->dirs.incoming, &merr);
+                if (marker)
+                        json_object_object_add(o, "incoming", json_object_new_string(marker));
+                vmsup_error_free(merr);
         }
         if (g->migrating_to) {
                 json_object *m = json_object_new_object();
@@ -865,6 +871,60 @@ static void on_reset_reply(void *userdata, json_object *ret, const vmsup_error *
         }
         control_conn_free(p->conn);
         free(p);
+}
+
+static void on_resolve_reply(void *userdata, json_object *ret, const vmsup_error *err) {
+        struct pending_reply *p = userdata;
+
+        (void) ret;
+        if (err) {
+                log_error("the migrated-out marker is removed, but the guest stays paused: cont: %s", err->msg);
+                control_conn_reply_error(p->conn, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+        } else {
+                log_info("an operator resolved the hand-over: this host's copy is the one; the guest runs here again");
+                control_conn_reply_ok(p->conn, json_object_new_string("kept: the guest runs here again"));
+        }
+        control_conn_free(p->conn);
+        free(p);
+}
+
+static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd, json_object *args, int timeout_ms,
+                        qmp_reply_fn fn);
+
+/* `vmsup resolve --keep` (vmsup(8), MIGRATION): an operator says this host's copy is the
+ * one. A source's guest left paused by an undecided hand-over runs again; a destination's
+ * unconfirmed copy becomes a plain guest of this host. */
+static void resolve_keep(struct guest *g, struct control_conn *c) {
+        char msg[600];
+
+        if (access(g->dirs.migrated_out, F_OK) == 0) {
+                if (unlink(g->dirs.migrated_out) < 0) {
+                        snprintf(msg, sizeof(msg), "remove '%s': %s", g->dirs.migrated_out, strerror(errno));
+                        control_conn_reply_error(c, VMSUP_EX_IOERR, msg);
+                        control_conn_free(c);
+                        return;
+                }
+                log_info("an operator resolved the hand-over: this host's copy is the one (removed %s)",
+                         g->dirs.migrated_out);
+                forward_qmp(g, c, "cont", NULL, QMP_COMMAND_TIMEOUT, on_resolve_reply);
+                return;
+        }
+        if (guest_dirs_incoming_committed(&g->dirs)) {
+                if (unlink(g->dirs.incoming) < 0) {
+                        snprintf(msg, sizeof(msg), "remove '%s': %s", g->dirs.incoming, strerror(errno));
+                        control_conn_reply_error(c, VMSUP_EX_IOERR, msg);
+                } else {
+                        log_info("an operator resolved the hand-over: this host's copy is the one (removed %s)",
+                                 g->dirs.incoming);
+                        control_conn_reply_ok(c, json_object_new_string("kept: the guest is this host's"));
+                }
+                control_conn_free(c);
+                return;
+        }
+        snprintf(msg, sizeof(msg), "guest %s has no undecided live migration on this host (no %s, no committed %s): "
+                 "nothing to resolve", g->spec.uuid, GUEST_MIGRATED_OUT, GUEST_INCOMING);
+        control_conn_reply_error(c, VMSUP_EX_DATAERR, msg);
+        control_conn_free(c);
 }
 
 static bool get_bool(json_object *req, const char *key) {
@@ -972,6 +1032,8 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                         forward_qmp(g, c, "system_reset", NULL, QMP_COMMAND_TIMEOUT, on_reset_reply);
         } else if (streq(cmd, "migrate")) {
                 migrate_out(g, c);
+        } else if (streq(cmd, "resolve")) {
+                resolve_keep(g, c);
         } else if (streq(cmd, "qmp")) {
                 json_object *args = NULL;
 

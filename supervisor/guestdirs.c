@@ -408,11 +408,25 @@ int guest_dirs_check_markers(const struct guest_dirs *d, vmsup_error **err) {
         if (out)
                 return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
                                   "this guest was handed over to another host by a live migration (%s) and must not "
-                                  "start here; if it does not run there, see vmsup(8), MIGRATION, to take it back; "
-                                  "else remove what is left here with 'vmsup delete'", out);
+                                  "start here; if it does not run there, see vmsup(8), MIGRATION, to take it back "
+                                  "('vmsup resolve --keep'); else remove what is left here with 'vmsup delete'", out);
+        if (in && strncmp(in, GUEST_INCOMING_COMMITTED " ", strlen(GUEST_INCOMING_COMMITTED " ")) == 0)
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "the source of an incoming live migration ordered this guest to run here, but never "
+                                  "confirmed that it let go of its copy (%s); the guest may run on the source host: "
+                                  "see vmsup(8), MIGRATION: 'vmsup resolve --keep' if this host's copy is the one, "
+                                  "else 'vmsup delete'", in);
         if (in)
                 return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
                                   "an incoming live migration of this guest did not complete (%s); it runs on the "
                                   "source host: remove what is left here with 'vmsup delete'", in);
         return 0;
+}
+
+bool guest_dirs_incoming_committed(const struct guest_dirs *d) {
+        _cleanup_free_ char *in = marker_text(d->incoming);
+
+        /* an unreadable marker counts as committed: it may guard the only copy */
+        return in && (strncmp(in, GUEST_INCOMING_COMMITTED " ", strlen(GUEST_INCOMING_COMMITTED " ")) == 0 ||
+                      strncmp(in, "unreadable", 10) == 0 || streq(in, "(unreadable)"));
 }

@@ -30,6 +30,10 @@ struct guest_dirs {
 
 #define GUEST_MIGRATED_OUT "migrated-out"
 #define GUEST_INCOMING "incoming"
+/* The incoming marker's first word once the source's COMMIT arrived ("committed from
+ * SOURCE at TIME"): from then on this copy may be the only one, and it stays until the
+ * source confirms the hand-over (DONE) or an operator resolves it (vmsup resolve). */
+#define GUEST_INCOMING_COMMITTED "committed"
 /* Stamps: one line each (what and when), written the first time the guest's TPM state is
  * sealed or its UEFI variables are used. They let a start tell a guest that never had a
  * TPM or VARS from one whose TPM state or VARS were lost, which is refused instead of
@@ -84,6 +88,9 @@ int guest_dirs_remove_all(const struct guest_dirs *d, const char *secrets_dir, c
 /* Refuse (exit 65, saying why and what to do) a guest whose state dir holds a migration
  * marker: handed over to another host, or an incomplete incoming migration. */
 int guest_dirs_check_markers(const struct guest_dirs *d, vmsup_error **err);
+
+/* The guest's incoming marker says COMMIT arrived (or cannot be read). */
+bool guest_dirs_incoming_committed(const struct guest_dirs *d);
 
 /* Create each missing component of path with mode (mkdir -p). */
 int mkdir_parents(const char *path, mode_t mode, vmsup_error **err);

@@ -27,6 +27,7 @@ static const struct verb verbs[] = {
         { "seccomp", verb_seccomp, "print the seccomp filter vmsup run loads (--print)" },
         { "secret", verb_secret, "list the local vTPM secret store (host mode): guests and secret ids" },
         { "migrate", verb_migrate, "live-migrate a running guest to another vmsup host (host mode)" },
+        { "resolve", verb_resolve, "settle a live migration of unknown outcome: --keep this host's copy" },
         { "resize", verb_resize, "move a stopped guest to another flavor with Nova's vTPM rules" },
         { "delete", verb_delete, "delete a stopped guest: its vTPM secret, sealed state and files" },
         { "rebuild", verb_refused, "refused for vTPM guests, as Nova does" },

@@ -2,7 +2,9 @@
  * receive the guest from the source's supervisor, let QEMU receive memory and TPM state,
  * seal that state, and run the guest only when the source says so. Until then, whatever
  * goes wrong, nothing of the guest stays on this host; a janitor process removes it
- * even if this supervisor is killed. */
+ * even if this supervisor is killed. From the source's COMMIT on, our copy may be the
+ * only one: it stays, marked "committed", until the source's DONE or an operator's
+ * `vmsup resolve --keep` (vmsup(8), MIGRATION). */
 #include "config.h"
 
 #include <arpa/inet.h>
@@ -253,9 +255,9 @@ static int janitor_main(int fd, struct guest *g) {
                 fprintf(stderr, "vmsup janitor: guest %s: %s; not removing anything\n", g->spec.uuid, err->msg);
                 return VMSUP_EX_TEMPFAIL;
         }
-        if (access(g->dirs.incoming, F_OK) < 0) {
+        if (access(g->dirs.incoming, F_OK) < 0 || guest_dirs_incoming_committed(&g->dirs)) {
                 close(lock);
-                return 0; /* the guest was committed after all, or someone removed it */
+                return 0; /* the source ordered the guest to run here, or someone removed it */
         }
         if (guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, &err) < 0) {
                 fprintf(stderr, "vmsup janitor: guest %s: %s\n", g->spec.uuid, err->msg);
@@ -326,6 +328,9 @@ int migrate_in_claim(struct guest *g, vmsup_error **err) {
         struct tm tm;
         int r;
 
+        /* a copy the source ordered to run here may be the only one: never removed here */
+        if (guest_dirs_incoming_committed(&g->dirs))
+                return guest_dirs_check_markers(&g->dirs, err);
         if (access(g->dirs.incoming, F_OK) == 0) {
                 log_warning("removing what an earlier, incomplete incoming migration of this guest left");
                 r = guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, err);
@@ -394,6 +399,19 @@ int migrate_in_secret(struct guest *g, vmsup_error **err) {
         if (r < 0)
                 return r;
         return guest_open_sync(g, err);
+}
+
+/* COMMIT arrived: the incoming marker says so, durably, before the guest runs. */
+static int mark_committed(struct guest *g, vmsup_error **err) {
+        char marker[512], when[64];
+        time_t now = time(NULL);
+        struct tm tm;
+
+        strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
+        snprintf(marker, sizeof(marker), GUEST_INCOMING_COMMITTED " from %s at %s, unconfirmed\n", g->in->source, when);
+        if (write_file_atomic(g->dirs.incoming, marker, strlen(marker), 0600, err) < 0)
+                return vmsup_error_prefix(err, "record the source's order to run the guest");
+        return 0;
 }
 
 /* ---- receiving memory and TPM state ----------------------------------------------------- */
@@ -619,6 +637,15 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         mig_frame_clear(&f);
         if (r < 0)
                 return r;
+        /* From COMMIT on, the source holds no copy that may run: whatever happens here,
+         * ours stays (sealed state, secret, spec, live dir), and its marker keeps it from
+         * starting again until the source confirms (DONE) or an operator resolves it. A
+         * marker that cannot be written is a plain failure: the source rolls back. */
+        r = mark_committed(g, err);
+        if (r < 0)
+                return r;
+        in->claimed = false;
+        janitor_say(g, "K\n");
         r = migrate_qmp(g, "cont", NULL, NULL, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "run the received guest");
@@ -630,22 +657,33 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         if (!streq(migrate_json_str(st, "status"), "running"))
                 return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "the received guest does not run after cont (QEMU: %s)",
                                   migrate_json_str(st, "status") ?: "?");
-        /* From here the guest is this host's: no janitor, no marker. */
-        if (unlink(g->dirs.incoming) < 0)
-                log_error("remove '%s': %s (remove it by hand: the guest is this host's now)", g->dirs.incoming,
-                          strerror(errno));
-        in->claimed = false;
-        janitor_say(g, "K\n");
         g->incoming = false;
         g->state = GUEST_RUNNING;
         g->started_at = time(NULL);
         guest_record_history(g);
-        if (send_json(in, MIG_RUNNING, NULL, err) < 0) {
-                log_warning("%s; the guest runs here, the source cannot know it yet", (*err)->msg);
-                *err = vmsup_error_free(*err);
-        }
         log_info("guest running here, received from %s: QEMU pid %d, swtpm pid %d", in->source, (int) g->qemu.pid,
                  (int) g->swtpm.pid);
+        /* The marker goes only when the source says it holds its migrated-out marker:
+         * until then the source may not know, and an operator may take it back there. */
+        r = send_json(in, MIG_RUNNING, NULL, err);
+        if (r >= 0)
+                r = wait_source(g, MIG_DONE, monotonic_ms() + in->answer_ms, &f, err);
+        mig_frame_clear(&f);
+        if (r < 0) {
+                log_warning("the hand-over is unconfirmed: %s. The guest runs on here, but its copy stays marked "
+                            "(%s): 'vmsup run' here refuses it until an operator resolves it; see vmsup(8), "
+                            "MIGRATION", (*err)->msg, g->dirs.incoming);
+                *err = vmsup_error_free(*err);
+        } else if (unlink(g->dirs.incoming) < 0)
+                log_error("remove '%s': %s (remove it with 'vmsup resolve --keep': the guest is this host's)",
+                          g->dirs.incoming, strerror(errno));
+        else
+                log_info("the source confirmed the hand-over: the guest is this host's");
+        if (g->interrupted) {
+                /* a stop asked for while we waited: the event loop's to carry out */
+                g->interrupted = false;
+                raise(SIGTERM);
+        }
         migrate_in_free(g);
         return 0;
 }
@@ -667,7 +705,8 @@ void migrate_in_abort(struct guest *g, const vmsup_error *why) {
          * ignore quit and SIGTERM */
         if (in->stream_fd >= 0)
                 shutdown(in->stream_fd, SHUT_RDWR);
-        g->tpm_discard = true;
+        /* a committed copy keeps its last TPM writes */
+        g->tpm_discard = in->claimed;
         guest_stop_children(g);
         if (in->claimed) {
                 if (guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, &err) < 0) {
@@ -676,7 +715,9 @@ void migrate_in_abort(struct guest *g, const vmsup_error *why) {
                         return; /* EOF on its pipe at our exit makes the janitor try */
                 }
                 log_info("removed everything the incoming migration had made here");
-        }
+        } else if (guest_dirs_incoming_committed(&g->dirs))
+                log_warning("the source ordered the guest to run here: its copy stays, marked (%s); see vmsup(8), "
+                            "MIGRATION", g->dirs.incoming);
         janitor_say(g, "K\n");
 }
 

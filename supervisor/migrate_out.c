@@ -742,7 +742,20 @@ static int run(struct out *o, vmsup_error **err) {
         if (r == -ECONNABORTED)
                 o->committed = false; /* an explicit ABORT: the destination did not run it */
         o->running_at = monotonic_ms();
-        return r < 0 ? r : 0;
+        if (r < 0)
+                return r;
+        /* the destination keeps its copy marked until it hears that we hold our marker;
+         * without DONE it runs on, unconfirmed, and our copy goes all the same */
+        {
+                vmsup_error *derr = NULL;
+
+                if (send_json(o, MIG_DONE, NULL, &derr) < 0) {
+                        log_warning("%s; the guest runs there, but its hand-over stays unconfirmed there (see "
+                                    "vmsup(8), MIGRATION)", derr->msg);
+                        vmsup_error_free(derr);
+                }
+        }
+        return 0;
 }
 
 void migrate_out(struct guest *g, struct control_conn *c) {

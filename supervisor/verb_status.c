@@ -2,8 +2,10 @@
 
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "common/util.h"
+#include "supervisor/guestdirs.h"
 #include "supervisor/log.h"
 #include "supervisor/verbs.h"
 
@@ -14,7 +16,10 @@ static void help(void) {
                "version and model, QEMU's run state ('not answering' when QEMU's monitor\n"
                "does not answer within 5 s; 'unknown (QMP lost)' and why, when the supervisor\n"
                "lost its QMP connection to a QEMU that still runs), and a live migration's\n"
-               "progress while one runs.\n"
+               "progress while one runs, and the marker of a live migration whose outcome is\n"
+               "unknown (migrated out, or incoming and unconfirmed: see vmsup resolve).\n"
+               "\n"
+               "Without a supervisor, it still prints those markers of the guest's copy here.\n"
                "\n"
                "Exit status: 0; 69 the guest is not running under vmsup.\n");
 }
@@ -23,6 +28,32 @@ static const char *str(json_object *o, const char *key) {
         json_object *v;
 
         return json_object_object_get_ex(o, key, &v) && v ? json_object_get_string(v) : "-";
+}
+
+/* No supervisor runs the guest: the migration markers of its copy here, if any, for
+ * the recovery procedure (vmsup(8), MIGRATION). */
+static void print_markers(struct vmsup_ctx *ctx, const char *uuid) {
+        struct guest_dirs d = { 0 };
+        vmsup_error *err = NULL;
+        char *out, *in;
+
+        if (!uuid_is_valid(uuid) || vmsup_ctx_config(ctx, &err) < 0 || guest_dirs_init(&d, &ctx->cfg, uuid, &err) < 0) {
+                vmsup_error_free(err);
+                return;
+        }
+        out = guest_dirs_stamp_read(d.migrated_out, &err);
+        err = vmsup_error_free(err);
+        in = guest_dirs_stamp_read(d.incoming, &err);
+        err = vmsup_error_free(err);
+        if (out)
+                printf("migrated out: %s (not running here; outcome unknown: see vmsup(8), MIGRATION)\n", out);
+        if (in)
+                printf("incoming:     %s (not running here%s)\n", in,
+                       guest_dirs_incoming_committed(&d) ? "; unconfirmed: see vmsup(8), MIGRATION"
+                                                         : "; never committed: 'vmsup delete' removes it");
+        free(out);
+        free(in);
+        guest_dirs_clear(&d);
 }
 
 int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
@@ -46,8 +77,11 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (argc - optind != 1)
                 return verb_usage_error("status", "expects a guest UUID");
         json_object_object_add(req, "cmd", json_object_new_string("status"));
-        if (vmsup_ctx_control(ctx, argv[optind], req, 10000, &ret, &err) < 0)
+        if (vmsup_ctx_control(ctx, argv[optind], req, 10000, &ret, &err) < 0) {
+                if (err->exit_code == VMSUP_EX_UNAVAILABLE)
+                        print_markers(ctx, argv[optind]);
                 return log_error_exit(err);
+        }
         if (json) {
                 printf("%s\n", json_object_to_json_string_ext(ret, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
                 return 0;
@@ -60,6 +94,9 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (json_object_object_get_ex(ret, "migrated_out", &lost) && lost)
                 printf("migrated out: %s (outcome unknown: the guest may run there; see vmsup(8), MIGRATION)\n",
                        json_object_get_string(lost));
+        if (json_object_object_get_ex(ret, "incoming", &lost) && lost)
+                printf("incoming:     %s (the source did not confirm the hand-over: it may run there too; see "
+                       "vmsup(8), MIGRATION)\n", json_object_get_string(lost));
         printf("uptime:       %s s\n", str(ret, "uptime_s"));
         if (json_object_object_get_ex(ret, "migration", &mig) && mig)
                 printf("migration:    to %s, %s, %s%% of the memory sent\n", str(mig, "to"), str(mig, "status"),

@@ -44,6 +44,7 @@ int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_secret(struct vmsup_ctx *ctx, int argc, char **argv); /* secret list */
 int verb_seccomp(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_migrate(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_resolve(struct vmsup_ctx *ctx, int argc, char **argv); /* resolve --keep */
 int verb_refused(struct vmsup_ctx *ctx, int argc, char **argv); /* rebuild, rescue, shelve, evacuate */
 
 /* "HOST:PORT", "[V6ADDR]:PORT", "HOST", ":PORT" or "PORT" (a number alone) into a host

@@ -275,7 +275,8 @@ Test(migchan, msg_names) {
         cr_assert_str_eq(mig_msg_name(MIG_PREPARED), "PREPARED");
         cr_assert_str_eq(mig_msg_name(MIG_ABORT), "ABORT");
         cr_assert_str_eq(mig_msg_name(0), "unknown");
-        cr_assert_str_eq(mig_msg_name(10), "unknown");
+        cr_assert_str_eq(mig_msg_name(MIG_DONE), "DONE");
+        cr_assert_str_eq(mig_msg_name(11), "unknown");
         cr_assert_null(migchan_free(NULL));
         mig_frame_clear(NULL);
 }
@@ -329,12 +330,12 @@ Test(migchan, handshake_and_every_message_both_ways) {
         cr_assert(fcntl(migchan_fd(src), F_GETFD) & FD_CLOEXEC);
         cr_assert(fcntl(migchan_fd(dst), F_GETFD) & FD_CLOEXEC);
 
-        send_json_ok(src, MIG_HELLO, "{\"protocol\":1,\"uuid\":\"" GUEST "\",\"host\":\"hostb\"}");
+        send_json_ok(src, MIG_HELLO, "{\"protocol\":2,\"uuid\":\"" GUEST "\",\"host\":\"hostb\"}");
         recv_ok(dst, MIG_HELLO, &f);
         cr_assert_str_eq(str_field(&f, "uuid"), GUEST);
         cr_assert_str_eq(str_field(&f, "host"), "hostb");
         mig_frame_clear(&f);
-        send_json_ok(dst, MIG_HELLO, "{\"protocol\":1,\"uuid\":\"" GUEST "\",\"host\":\"hosta\"}");
+        send_json_ok(dst, MIG_HELLO, "{\"protocol\":2,\"uuid\":\"" GUEST "\",\"host\":\"hosta\"}");
         recv_ok(src, MIG_HELLO, &f);
         cr_assert_str_eq(str_field(&f, "host"), "hosta");
         mig_frame_clear(&f);
@@ -671,29 +672,32 @@ static void expect_invalid(const void *bytes, size_t len, const char *expected) 
 static void expect_invalid_json(enum mig_msg type, const char *json, const char *expected) {
         uint8_t buf[1024];
 
-        expect_invalid(buf, frame(buf, 1, (uint8_t) type, 0, (uint32_t) strlen(json), json, strlen(json)), expected);
+        expect_invalid(buf, frame(buf, MIGCHAN_PROTOCOL, (uint8_t) type, 0, (uint32_t) strlen(json), json, strlen(json)), expected);
 }
 
 Test(migchan, frame_wrong_protocol_version) {
         uint8_t buf[16];
 
-        expect_invalid(buf, frame(buf, 2, MIG_COMMIT, 0, 2, "{}", 2),
-                       "invalid migration message: wrong protocol version 2 (this host speaks 1)");
-        expect_invalid(buf, frame(buf, 0, MIG_COMMIT, 0, 2, "{}", 2),
-                       "invalid migration message: wrong protocol version 0 (this host speaks 1)");
+        /* the first protocol had no DONE: its peers are refused at their first frame */
+        expect_invalid(buf, frame(buf, 1, MIG_COMMIT, 0, 2, "{}", 2),
+                       "invalid migration message: wrong protocol version 1 (this host speaks 2: run the same "
+                       "vmsup release on both hosts)");
+        expect_invalid(buf, frame(buf, 3, MIG_COMMIT, 0, 2, "{}", 2),
+                       "invalid migration message: wrong protocol version 3 (this host speaks 2: run the same "
+                       "vmsup release on both hosts)");
 }
 
 Test(migchan, frame_unknown_type) {
         uint8_t buf[16];
 
-        expect_invalid(buf, frame(buf, 1, 42, 0, 2, "{}", 2), "invalid migration message: unknown message type 42");
-        expect_invalid(buf, frame(buf, 1, 0, 0, 2, "{}", 2), "invalid migration message: unknown message type 0");
+        expect_invalid(buf, frame(buf, MIGCHAN_PROTOCOL, 42, 0, 2, "{}", 2), "invalid migration message: unknown message type 42");
+        expect_invalid(buf, frame(buf, MIGCHAN_PROTOCOL, 0, 0, 2, "{}", 2), "invalid migration message: unknown message type 0");
 }
 
 Test(migchan, frame_flags_set) {
         uint8_t buf[16];
 
-        expect_invalid(buf, frame(buf, 1, MIG_READY, 0x0100, 2, "{}", 2),
+        expect_invalid(buf, frame(buf, MIGCHAN_PROTOCOL, MIG_READY, 0x0100, 2, "{}", 2),
                        "invalid migration message: READY with flags 0x0100 (must be 0)");
 }
 
@@ -701,11 +705,11 @@ Test(migchan, frame_oversized_length_refused_before_the_payload) {
         uint8_t buf[16];
 
         /* only the header is ever sent: the size alone is enough to refuse */
-        expect_invalid(buf, frame(buf, 1, MIG_PREPARE, 0, MIGCHAN_MAX_PAYLOAD + 1, "", 0),
+        expect_invalid(buf, frame(buf, MIGCHAN_PROTOCOL, MIG_PREPARE, 0, MIGCHAN_MAX_PAYLOAD + 1, "", 0),
                        "invalid migration message: PREPARE payload of 1048577 bytes over the limit of 1048576 bytes");
-        expect_invalid(buf, frame(buf, 1, MIG_READY, 0, 0xffffffffu, "", 0),
+        expect_invalid(buf, frame(buf, MIGCHAN_PROTOCOL, MIG_READY, 0, 0xffffffffu, "", 0),
                        "invalid migration message: READY payload of 4294967295 bytes over the limit of 1048576 bytes");
-        expect_invalid(buf, frame(buf, 1, MIG_SECRET, 0, MIGCHAN_SECRET_MAX + 1, "", 0),
+        expect_invalid(buf, frame(buf, MIGCHAN_PROTOCOL, MIG_SECRET, 0, MIGCHAN_SECRET_MAX + 1, "", 0),
                        "invalid migration message: SECRET payload of 4097 bytes over the limit of 4096 bytes");
 }
 
@@ -720,7 +724,7 @@ Test(migchan, frame_json_that_is_not_an_object) {
         expect_invalid_json(MIG_COMMIT, "{\"a\":\"\xc3\"}",
                             "invalid migration message: COMMIT payload is not JSON: invalid utf-8 string");
         expect_invalid(
-                (const uint8_t[]) { 1, MIG_COMMIT, 0, 0, 0, 0, 0, 4, '{', '}', 0, ' ' }, 12,
+                (const uint8_t[]) { MIGCHAN_PROTOCOL, MIG_COMMIT, 0, 0, 0, 0, 0, 4, '{', '}', 0, ' ' }, 12,
                 "invalid migration message: COMMIT payload is not JSON: it contains a NUL byte");
 }
 
@@ -737,21 +741,21 @@ Test(migchan, frame_ready_port) {
 }
 
 Test(migchan, frame_hello_fields) {
-        expect_invalid_json(MIG_HELLO, "{\"protocol\":1,\"uuid\":\"0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0\",\"host\":\"a\"}",
+        expect_invalid_json(MIG_HELLO, "{\"protocol\":2,\"uuid\":\"0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0\",\"host\":\"a\"}",
                             "invalid migration message: bad field \"uuid\" in HELLO: \"0F1E2D3C-4B5A-6978-8796-A5B4C3D2E1F0\" "
                             "(must be a lower-case uuid)");
-        expect_invalid_json(MIG_HELLO, "{\"protocol\":1,\"uuid\":\"0f1e2d3c4b5a69788796a5b4c3d2e1f0\",\"host\":\"a\"}",
+        expect_invalid_json(MIG_HELLO, "{\"protocol\":2,\"uuid\":\"0f1e2d3c4b5a69788796a5b4c3d2e1f0\",\"host\":\"a\"}",
                             "invalid migration message: bad field \"uuid\" in HELLO: \"0f1e2d3c4b5a69788796a5b4c3d2e1f0\" "
                             "(must be a lower-case uuid)");
-        expect_invalid_json(MIG_HELLO, "{\"protocol\":2,\"uuid\":\"" GUEST "\",\"host\":\"a\"}",
-                            "invalid migration message: bad field \"protocol\" in HELLO: 2 (must be 1)");
-        expect_invalid_json(MIG_HELLO, "{\"protocol\":1,\"uuid\":\"" GUEST "\",\"host\":\"\"}",
+        expect_invalid_json(MIG_HELLO, "{\"protocol\":1,\"uuid\":\"" GUEST "\",\"host\":\"a\"}",
+                            "invalid migration message: bad field \"protocol\" in HELLO: 1 (must be 2)");
+        expect_invalid_json(MIG_HELLO, "{\"protocol\":2,\"uuid\":\"" GUEST "\",\"host\":\"\"}",
                             "invalid migration message: bad field \"host\" in HELLO: \"\" (must be a host name of "
                             "1..255 printable ASCII characters)");
-        expect_invalid_json(MIG_HELLO, "{\"protocol\":1,\"uuid\":\"" GUEST "\",\"host\":\"a\\nb\"}",
+        expect_invalid_json(MIG_HELLO, "{\"protocol\":2,\"uuid\":\"" GUEST "\",\"host\":\"a\\nb\"}",
                             "invalid migration message: bad field \"host\" in HELLO: \"a\\nb\" (must be a host name of "
                             "1..255 printable ASCII characters)");
-        expect_invalid_json(MIG_HELLO, "{\"protocol\":1,\"host\":\"a\"}",
+        expect_invalid_json(MIG_HELLO, "{\"protocol\":2,\"host\":\"a\"}",
                             "invalid migration message: missing field \"uuid\" in HELLO");
 }
 
@@ -774,11 +778,11 @@ Test(migchan, frame_other_fields) {
 Test(migchan, frame_secret) {
         uint8_t buf[64];
 
-        expect_invalid(buf, frame(buf, 1, MIG_SECRET, 0, 7, "abc\0def", 7),
+        expect_invalid(buf, frame(buf, MIGCHAN_PROTOCOL, MIG_SECRET, 0, 7, "abc\0def", 7),
                        "invalid migration message: SECRET payload byte at offset 3 is not printable ASCII");
-        expect_invalid(buf, frame(buf, 1, MIG_SECRET, 0, 8, "abcdefg\n", 8),
+        expect_invalid(buf, frame(buf, MIGCHAN_PROTOCOL, MIG_SECRET, 0, 8, "abcdefg\n", 8),
                        "invalid migration message: SECRET payload byte at offset 7 is not printable ASCII");
-        expect_invalid(buf, frame(buf, 1, MIG_SECRET, 0, 0, "", 0), "invalid migration message: empty SECRET payload");
+        expect_invalid(buf, frame(buf, MIGCHAN_PROTOCOL, MIG_SECRET, 0, 0, "", 0), "invalid migration message: empty SECRET payload");
 }
 
 Test(migchan, the_peer_closing_mid_frame) {
@@ -790,7 +794,7 @@ Test(migchan, the_peer_closing_mid_frame) {
         int r;
 
         srv = raw_pair(&raw);
-        raw_send(&raw, buf, frame(buf, 1, MIG_READY, 0, 20, "{\"port\":", 8));
+        raw_send(&raw, buf, frame(buf, MIGCHAN_PROTOCOL, MIG_READY, 0, 20, "{\"port\":", 8));
         raw_close(&raw, true);
         r = migchan_recv_wait(srv, MIG_READY, LONG_MS, &f, &err);
         cr_assert_lt(r, 0);
@@ -934,7 +938,7 @@ Test(migchan, a_frame_split_over_several_writes) {
         struct mig_frame f = { 0 };
         vmsup_error *err = NULL;
         uint8_t buf[64];
-        size_t len = frame(buf, 1, MIG_READY, 0, sizeof(json) - 1, json, sizeof(json) - 1);
+        size_t len = frame(buf, MIGCHAN_PROTOCOL, MIG_READY, 0, sizeof(json) - 1, json, sizeof(json) - 1);
         struct raw raw;
         int r;
 
@@ -961,7 +965,7 @@ Test(migchan, a_frame_split_over_several_writes) {
 }
 
 Test(migchan, several_frames_in_one_write) {
-        static const char hello[] = "{\"protocol\":1,\"uuid\":\"" GUEST "\",\"host\":\"b\"}";
+        static const char hello[] = "{\"protocol\":2,\"uuid\":\"" GUEST "\",\"host\":\"b\"}";
         _cleanup_migchan_ struct migchan *srv = NULL;
         struct mig_frame f = { 0 };
         struct pollfd p;
@@ -972,9 +976,9 @@ Test(migchan, several_frames_in_one_write) {
         int r;
 
         srv = raw_pair(&raw);
-        len += frame(buf + len, 1, MIG_HELLO, 0, (uint32_t) strlen(hello), hello, strlen(hello));
-        len += frame(buf + len, 1, MIG_SECRET, 0, 6, "s3cr3t", 6);
-        len += frame(buf + len, 1, MIG_MIGRATED, 0, 2, "{}", 2);
+        len += frame(buf + len, MIGCHAN_PROTOCOL, MIG_HELLO, 0, (uint32_t) strlen(hello), hello, strlen(hello));
+        len += frame(buf + len, MIGCHAN_PROTOCOL, MIG_SECRET, 0, 6, "s3cr3t", 6);
+        len += frame(buf + len, MIGCHAN_PROTOCOL, MIG_MIGRATED, 0, 2, "{}", 2);
         raw_send(&raw, buf, len); /* one TLS record */
         do {
                 cr_assert(wait_readable(migchan_fd(srv)));

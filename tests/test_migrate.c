@@ -130,7 +130,7 @@ static pid_t fake_destination(const char *how) {
                 lfd = migchan_listen(NULL, "49152", &e);
                 if (lfd < 0 || migchan_accept(lfd, &tls, 30000, &ch, &e) < 0)
                         _exit(11);
-                json_object_object_add(hello, "protocol", json_object_new_int(1));
+                json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
                 json_object_object_add(hello, "uuid", json_object_new_string(UUID));
                 json_object_object_add(hello, "host", json_object_new_string("fake"));
                 if (migchan_recv_wait(ch, MIG_HELLO, 10000, &f, &e) < 0 || migchan_send_json(ch, MIG_HELLO, hello, 5000, &e) < 0)
@@ -364,7 +364,7 @@ Test(migrate, wrong_migration_key_rolls_back) {
                 wrong[512] = '\0';
                 if (ns < 0 || setns(ns, CLONE_NEWNET) < 0 || migchan_connect(th_ip[1], "49152", &tls, 10000, &ch, &e) < 0)
                         _exit(10);
-                json_object_object_add(hello, "protocol", json_object_new_int(1));
+                json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
                 json_object_object_add(hello, "uuid", json_object_new_string(UUID));
                 json_object_object_add(hello, "host", json_object_new_string("fake"));
                 json_object_object_add(prep, "spec", json_object_from_file(th_path("%s/guest.json", th_root)));
