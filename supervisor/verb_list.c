@@ -29,6 +29,8 @@ static void help(void) {
                "live migration whose outcome is unknown here: it must not run on this host\n"
                "until that is resolved, see vmsup(8), MIGRATION); incoming (being received\n"
                "from another host, or left by an incoming migration that did not complete);\n"
+               "unconfirmed (received from another host, which did not confirm the\n"
+               "hand-over: see vmsup(8), MIGRATION);\n"
                "not-answering (its supervisor did not answer within 0.7 s).\n"
                "\n"
                "Exit status: 0; 66 the state dir cannot be read.\n");
@@ -77,7 +79,9 @@ static const char *state_of(const struct row *r) {
         if (r->migrated_out)
                 return "migrated-out";
         if (r->incoming)
-                return "incoming";
+                return strncmp(r->incoming, GUEST_INCOMING_COMMITTED, strlen(GUEST_INCOMING_COMMITTED)) == 0
+                               ? "unconfirmed"
+                               : "incoming";
         if (r->status) {
                 const char *q = jstr(r->status, "qemu_status"), *s = jstr(r->status, "state");
 

@@ -144,8 +144,10 @@ Test(list, every_guest_with_its_state_and_a_stuck_supervisor_holds_nobody) {
         json_object *a, *o;
 
         for (int i = 0; i < GUESTS; i++)
-                make_guest(i, i == 2 ? "migrated-out" : i == 3 ? "incoming" : NULL,
-                           i == 2 ? "to 10.0.0.2:49152 at 2026-12-07 04:00:00 UTC\n" : "from 10.0.0.1\n");
+                make_guest(i, i == 2 ? "migrated-out" : i == 3 || i == 5 ? "incoming" : NULL,
+                           i == 2   ? "to 10.0.0.2:49152 at 2026-12-07 04:00:00 UTC\n"
+                           : i == 5 ? "committed from 10.0.0.1 at 2026-12-07 04:00:00 UTC, unconfirmed\n"
+                                    : "from 10.0.0.1\n");
         /* files in the state dir that are no guest */
         free(test_write_file(root, "state/guest-ids", "x\n", 0600));
         {
@@ -171,6 +173,7 @@ Test(list, every_guest_with_its_state_and_a_stuck_supervisor_holds_nobody) {
         cr_assert(streq(get(o, "state"), "migrated-out") && strstr(get(o, "migrated_out"), "to 10.0.0.2:49152"), "%s",
                   json_object_to_json_string(o));
         cr_assert(streq(get(find(a, 3), "state"), "incoming"));
+        cr_assert(streq(get(find(a, 5), "state"), "unconfirmed"), "%s", json_object_to_json_string(find(a, 5)));
         o = find(a, 4);
         cr_assert(streq(get(o, "state"), "stopped") && streq(get(o, "pid"), "(null)"), "%s", json_object_to_json_string(o));
         cr_assert(strstr(get(o, "tpm"), "\"2.0\"") && strstr(get(o, "tpm"), "tpm-crb"), "%s", get(o, "tpm"));
