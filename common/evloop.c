@@ -28,7 +28,6 @@ struct evloop_source {
         } cb;
         sigset_t signals;     /* signal */
         pid_t pid;            /* child */
-        bool exited;          /* child: its callback ran */
         long deadline;        /* timer: -1 when disarmed */
         uint64_t armed_seq;   /* timer: which arming this is; 0 when disarmed */
         struct evloop_source *tprev, *tnext; /* timer: the armed list, by (deadline, armed_seq) */
@@ -412,7 +411,6 @@ static int dispatch_io(struct evloop_source *s, uint32_t revents) {
         case SOURCE_CHILD:
                 /* a pidfd stays readable after the exit: once is all */
                 unwatch(s);
-                s->exited = true;
                 s->cb.child(s, s->pid, s->userdata);
                 ran++;
                 break;

@@ -8,7 +8,7 @@
  * add a timerfd per clock to the seccomp allow-list. libevent has no pidfd sources (it
  * catches signals with a handler and a socketpair) and carries buffers and DNS we do not
  * need. What we need is small: a handful of sources, pidfds, one signalfd, deadlines in
- * ms; this is about 400 lines on syscalls the filter already allows.
+ * ms; this is 500 lines on syscalls the seccomp filter already allows.
  *
  * Rules:
  * - One loop per process, used from one thread. Callbacks run from evloop_iterate() or

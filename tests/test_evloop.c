@@ -16,6 +16,9 @@
 #include "common/evloop.h"
 #include "common/util.h"
 
+/* Nothing here should take long; a loop that waits forever fails its test instead of hanging. */
+TestSuite(evloop, .timeout = 120);
+
 /* What the callbacks saw, in order: one letter or number per call. */
 static char trail[4096];
 
@@ -147,6 +150,10 @@ static void run_pair(bool mute) {
 
         ready_pipe(a);
         ready_pipe(b);
+        /* hung up too: EPOLLHUP is reported even to a source that asked for nothing */
+        close(a[1]);
+        close(b[1]);
+        a[1] = b[1] = -1;
         cr_assert_eq(evloop_add_io(l, a[0], EPOLLIN, on_pair, &p, &p.src[0], NULL), 0);
         cr_assert_eq(evloop_add_io(l, b[0], EPOLLIN, on_pair, &p, &p.src[1], NULL), 0);
         /* both are ready before the round starts: epoll reports both in one go */
@@ -157,10 +164,8 @@ static void run_pair(bool mute) {
         cr_assert(p.calls[0] == 2 || p.calls[1] == 2, "only the survivor ran again");
         evloop_source_remove(p.src[0]);
         evloop_source_remove(p.src[1]);
-        for (int i = 0; i < 2; i++) {
-                close(a[i]);
-                close(b[i]);
-        }
+        close(a[0]);
+        close(b[0]);
 }
 
 Test(evloop, removing_another_ready_source_in_a_callback_drops_its_pending_event) {
@@ -169,6 +174,48 @@ Test(evloop, removing_another_ready_source_in_a_callback_drops_its_pending_event
 
 Test(evloop, muting_another_ready_source_in_a_callback_drops_its_pending_event) {
         run_pair(true);
+}
+
+/* Both ends of a socketpair are readable and writable; the callback that runs first stops
+ * the other from waiting for EPOLLOUT, which then must not get its pending EPOLLOUT. */
+struct narrow {
+        struct evloop_source *src[2];
+        uint32_t revents[2];
+        int calls[2];
+};
+
+static void on_narrow(struct evloop_source *s, int fd, uint32_t revents, void *userdata) {
+        struct narrow *nw = userdata;
+        int me = s == nw->src[0] ? 0 : 1;
+
+        (void) fd;
+        nw->calls[me]++;
+        nw->revents[me] = revents;
+        if (nw->calls[1 - me] == 0)
+                cr_assert_eq(evloop_io_set_events(nw->src[1 - me], EPOLLIN, NULL), 0);
+}
+
+Test(evloop, narrowing_another_sources_events_in_a_callback_filters_its_pending_event) {
+        _cleanup_evloop_ struct evloop *l = new_loop();
+        struct narrow nw = { 0 };
+        int sp[2];
+
+        cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sp), 0);
+        cr_assert_eq(write(sp[0], "a", 1), 1);
+        cr_assert_eq(write(sp[1], "b", 1), 1);
+        cr_assert_eq(evloop_add_io(l, sp[0], EPOLLIN | EPOLLOUT, on_narrow, &nw, &nw.src[0], NULL), 0);
+        cr_assert_eq(evloop_add_io(l, sp[1], EPOLLIN | EPOLLOUT, on_narrow, &nw, &nw.src[1], NULL), 0);
+        cr_assert_eq(iterate(l, 10000), 2);
+        cr_assert_eq(nw.calls[0], 1);
+        cr_assert_eq(nw.calls[1], 1);
+        /* whichever ran first saw both; the other only what it still waits for */
+        cr_assert((nw.revents[0] == (EPOLLIN | EPOLLOUT) && nw.revents[1] == EPOLLIN) ||
+                          (nw.revents[1] == (EPOLLIN | EPOLLOUT) && nw.revents[0] == EPOLLIN),
+                  "revents 0x%x and 0x%x", nw.revents[0], nw.revents[1]);
+        evloop_source_remove(nw.src[0]);
+        evloop_source_remove(nw.src[1]);
+        close(sp[0]);
+        close(sp[1]);
 }
 
 static void on_io_remove_self(struct evloop_source *s, int fd, uint32_t revents, void *userdata) {
@@ -433,6 +480,44 @@ Test(evloop, a_child_reaped_elsewhere_before_its_round_still_gets_its_callback) 
         cr_assert_eq(iterate(l, 30000), 1);
         cr_assert_eq(seen.calls, 1);
         cr_assert_eq(seen.pid, pid);
+}
+
+/* Two children exited; the callback that runs first removes the other's source. */
+struct twins {
+        struct evloop_source *src[2];
+        int calls[2];
+};
+
+static void on_twin(struct evloop_source *s, pid_t pid, void *userdata) {
+        struct twins *t = userdata;
+        int me = s == t->src[0] ? 0 : 1;
+
+        (void) pid;
+        t->calls[me]++;
+        t->src[1 - me] = evloop_source_remove(t->src[1 - me]);
+}
+
+Test(evloop, removing_another_exited_child_in_a_callback_drops_its_pending_event) {
+        _cleanup_evloop_ struct evloop *l = new_loop();
+        struct twins t = { 0 };
+        pid_t pid[2];
+        int hold[2];
+
+        cr_assert_eq(pipe2(hold, O_CLOEXEC), 0);
+        for (int i = 0; i < 2; i++) {
+                pid[i] = fork_exit(0, hold);
+                cr_assert_eq(evloop_add_child(l, pid[i], on_twin, &t, &t.src[i], NULL), 0);
+        }
+        close(hold[0]);
+        close(hold[1]); /* both exit now */
+        for (int i = 0; i < 2; i++)
+                cr_assert_eq(waitpid(pid[i], NULL, 0), pid[i]);
+        /* both pidfds are readable before the round */
+        cr_assert_eq(iterate(l, 10000), 1);
+        cr_assert_eq(t.calls[0] + t.calls[1], 1, "a=%d b=%d", t.calls[0], t.calls[1]);
+        cr_assert_eq(iterate(l, 50), 0);
+        evloop_source_remove(t.src[0]);
+        evloop_source_remove(t.src[1]);
 }
 
 Test(evloop, a_pid_that_is_no_child_is_refused) {
