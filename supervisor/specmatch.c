@@ -27,7 +27,9 @@ static int resolve_at_depth(const char *path, int depth, char **ret) {
                 *ret = r;
                 return 0;
         }
-        if (errno != ENOENT && errno != ENOTDIR)
+        /* EACCES: an unprivileged `vmsup validate` cannot look into vmsup's 0700 dirs;
+         * the rest of the path is taken as written */
+        if (errno != ENOENT && errno != ENOTDIR && errno != EACCES)
                 return -errno;
         if (depth > 40)
                 return -ELOOP;

@@ -116,6 +116,30 @@ Test(specmatch, every_key_the_guest_sees_is_named) {
         assert_refused(&t, "key 'firmware.kernel': '/var/lib/vmsup/k' from the source, '/srv/k' here");
 }
 
+static void parse_text(struct guest_spec *ret, const char *text) {
+        vmsup_error *err = NULL;
+
+        cr_assert_eq(guest_spec_parse(text, strlen(text), "t.json", ret, &err), 0, "%s\n%s", err ? err->msg : "", text);
+}
+
+Test(specmatch, vcpus_and_firmware_type) {
+        struct guest_spec t;
+
+        parse_text(&t, "{\"uuid\": \"" UUID "\", \"name\": \"web-1\", \"vcpus\": 4, \"memory_mb\": 512, " TPM_FLAVOR
+                       ", \"image\": {\"properties\": {\"hw_firmware_type\": \"uefi\"}}, \"firmware\": " FW
+                       ", \"disks\": " DISKS "}");
+        assert_refused(&t, "key 'vcpus': 4 from the source, 2 here");
+        parse_text(&t, "{\"uuid\": \"" UUID "\", \"name\": \"web-1\", \"vcpus\": 2, \"memory_mb\": 512, " TPM_FLAVOR
+                       ", \"image\": {\"properties\": {\"hw_firmware_type\": \"bios\"}}, \"firmware\": " FW
+                       ", \"disks\": " DISKS "}");
+        assert_refused(&t, "key 'image.properties.hw_firmware_type': 'bios' from the source, 'uefi' here");
+        /* the same firmware by another key: still refused, as written */
+        parse_text(&t, "{\"uuid\": \"" UUID "\", \"name\": \"web-1\", \"vcpus\": 2, \"memory_mb\": 512, " TPM_FLAVOR
+                       ", \"firmware\": {\"type\": \"uefi\", \"kernel\": \"/srv/k\", \"initrd\": \"/srv/i\", "
+                       "\"cmdline\": \"console=ttyS0\"}, \"disks\": " DISKS "}");
+        assert_refused(&t, "key 'image.properties.hw_firmware_type': none from the source, 'uefi' here");
+}
+
 Test(specmatch, disks_in_number_order_path_format_and_chain) {
         struct guest_spec t;
 
