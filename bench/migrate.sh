@@ -91,7 +91,7 @@ totals=() downs=() qtotals=() adds=() preps=() switches=() cleanups=()
 field() { sed -E "s/.*\"$1\":([0-9]+).*/\\1/" <<<"$2"; }
 printf '%-4s %-6s %8s %11s %9s %10s %10s %13s %10s\n' run dir wall_ms downtime_ms qemu_ms prepare_ms switch_ms vmsup_adds_ms cleanup_ms
 for i in $(seq "$runs"); do
-  vm $dst run --incoming 49152 $uuid >"$w/in-$i.out" 2>"$w/in-$i.err" &
+  vm $dst run --incoming 49152 --spec "$w/guest.json" $uuid >"$w/in-$i.out" 2>"$w/in-$i.err" &
   for _ in $(seq 200); do grep -q 'waiting up to' "$w/in-$i.err" && break; sleep 0.05; done
   t0=$(now_ms)
   out=$(vm $src migrate --quiet --json $uuid --to "${IP[$dst]}" | tail -n 1) || { cat "$w/in-$i.err" >&2; exit 1; }

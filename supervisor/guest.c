@@ -35,6 +35,7 @@
 #include "supervisor/log.h"
 #include "supervisor/qemuargs.h"
 #include "supervisor/qmppolicy.h"
+#include "supervisor/specmatch.h"
 #include "supervisor/tpmrules.h"
 #include "tpmstate/caps.h"
 #include "tpmstate/ctrl.h"
@@ -1638,14 +1639,14 @@ int guest_run(const struct guest_run_opts *opts) {
         /* swtpm_setup orphans a swtpm and waits until it is reaped: be the one who reaps. */
         prctl(PR_SET_CHILD_SUBREAPER, 1);
 
-        if (opts->incoming_port) {
-                g.incoming = true;
-                log_set_guest(opts->incoming_uuid);
-                if ((r = migrate_in_receive(&g, opts, &err)) < 0)
-                        goto fail;
-        } else if ((r = guest_spec_load(opts->spec_path, &g.spec, &err)) < 0)
+        /* an incoming guest runs from this host's spec too; the source's must match it */
+        g.incoming = opts->incoming_port != NULL;
+        if ((r = guest_spec_load(opts->spec_path, &g.spec, &err)) < 0 ||
+            (r = spec_match_host_dirs(&g.spec, g.cfg, opts->spec_path, &err)) < 0)
                 goto fail;
         log_set_guest(g.spec.uuid);
+        if (g.incoming && (r = migrate_in_receive(&g, opts, &err)) < 0)
+                goto fail;
         /* before anything is made or fetched: an image naming files the spec does not */
         if ((r = disk_images_check(&g.spec, &err)) < 0)
                 goto fail;
@@ -1667,7 +1668,7 @@ int guest_run(const struct guest_run_opts *opts) {
         migrate_in_mark(&g, "claimed");
         {
                 const char *text = NULL;
-                json_object *copy = g.incoming ? migrate_in_spec_json(&g) : json_object_from_file(opts->spec_path);
+                json_object *copy = json_object_from_file(opts->spec_path);
 
                 text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
                 r = text ? write_file_atomic(g.dirs.spec_copy, text, strlen(text), 0600, &err) : 0;

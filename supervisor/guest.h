@@ -13,8 +13,8 @@ struct guest_run_opts {
         int token_fd; /* the owner's credential for Barbican (user mode); -1: none */
         bool new_tpm;  /* a guest whose TPM state is gone gets a new TPM (else refused) */
         bool new_vars; /* a guest whose OVMF VARS are gone gets the template's (else refused) */
-        /* `run --incoming`: the destination of a live migration. spec_path is NULL: the
-         * source sends the spec. */
+        /* `run --incoming`: the destination of a live migration. spec_path is this host's
+         * view of the guest (--spec); the spec the source sends must match it. */
         const char *incoming_addr; /* address to listen on; NULL or "": any */
         const char *incoming_port;
         const char *incoming_uuid; /* the guest expected */

@@ -156,15 +156,13 @@ void migrate_out(struct guest *g, struct control_conn *c);
 
 /* migrate_in.c: `vmsup run --incoming`. */
 struct migrate_in;
-/* Listen, take one authenticated connection and receive the guest: its spec (parsed
- * into g->spec) and secret. */
+/* Listen, take one authenticated connection and receive the guest: its spec, which
+ * must match g->spec (this host's, spec_match_incoming), and its secret. */
 int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup_error **err);
 /* With the guest's lock held: the guest must not exist here yet (what an incomplete
  * incoming migration left is cleared first); then mark its dirs as incoming and start
  * the janitor that removes them if this supervisor dies before the guest runs here. */
 int migrate_in_claim(struct guest *g, vmsup_error **err);
-/* The received spec (a new reference). */
-json_object *migrate_in_spec_json(struct guest *g);
 /* Keep the received secret (local store), derive the keys, open the sealed state. */
 int migrate_in_secret(struct guest *g, vmsup_error **err);
 /* QEMU is up with -incoming defer: receive the guest and run it. */

@@ -33,6 +33,7 @@
 #include "seccomp/filter.h"
 #include "supervisor/guest_internal.h"
 #include "supervisor/log.h"
+#include "supervisor/specmatch.h"
 #include "supervisor/vtpmsecret.h"
 #include "tpmstate/swtpm.h"
 
@@ -41,7 +42,6 @@
 struct migrate_in {
         struct migchan *ch;
         char source[320];    /* the peer, for messages */
-        json_object *spec;   /* as the source sent it */
         char secret_id[37];
         char *secret;        /* secmem */
         bool claimed;        /* our incoming marker is on disk: what is here is ours to remove */
@@ -97,6 +97,8 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
         struct migchan_tls tls;
         struct migrate_in *in;
         struct mig_frame f = { 0 };
+        __attribute__((cleanup(guest_spec_clear))) struct guest_spec theirs = { 0 };
+        json_object *spec = NULL;
         char hostname[256] = "";
         const char *text;
         sigset_t stop;
@@ -174,18 +176,16 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
                 return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the source sent %s instead of PREPARE",
                                   mig_msg_name(f.type));
         }
-        json_object_object_get_ex(f.json, "spec", &in->spec);
-        json_object_get(in->spec);
+        json_object_object_get_ex(f.json, "spec", &spec);
+        text = json_object_to_json_string_ext(spec, JSON_C_TO_STRING_PLAIN);
+        r = guest_spec_parse(text, strlen(text), "the source's guest spec", &theirs, err);
         snprintf(in->secret_id, sizeof(in->secret_id), "%s", migrate_json_str(f.json, "secret_uuid") ?: "");
         mig_frame_clear(&f);
-        text = json_object_to_json_string_ext(in->spec, JSON_C_TO_STRING_PLAIN);
-        r = guest_spec_parse(text, strlen(text), "the source's guest spec", &g->spec, err);
         if (r < 0)
                 return r;
-        if (!streq(g->spec.uuid, opts->incoming_uuid))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the source's guest spec is for guest %s, not %s",
-                                  g->spec.uuid, opts->incoming_uuid);
 
+        /* the secret first, then judge: a source told off with its SECRET unread could
+         * lose our ABORT to the reset of the connection */
         r = expect(in, MIG_SECRET, &f, err);
         if (r < 0)
                 return r;
@@ -196,12 +196,18 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
         }
         in->secret = (char *) TAKE_PTR(f.secret);
         mig_frame_clear(&f);
+
+        /* The source decides nothing about this host: its spec must be the one this
+         * host's orchestrator declared (--spec), which the guest runs from. */
+        r = spec_match_incoming(&g->spec, &theirs, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "the source's guest spec differs from this host's '%s'", opts->spec_path);
+        if (g->spec.vtpm_secret_uuid && !streq(in->secret_id, g->spec.vtpm_secret_uuid))
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "the source's vTPM secret is %s; this host's '%s' has key 'vtpm_secret_uuid' %s",
+                                  in->secret_id, opts->spec_path, g->spec.vtpm_secret_uuid);
         sigprocmask(SIG_BLOCK, &stop, NULL);
         return 0;
-}
-
-json_object *migrate_in_spec_json(struct guest *g) {
-        return json_object_get(g->in->spec);
 }
 
 /* ---- the janitor --------------------------------------------------------------------- */
@@ -727,7 +733,6 @@ void migrate_in_free(struct guest *g) {
         if (!in)
                 return;
         in->ch = migchan_free(in->ch);
-        json_object_put(in->spec);
         secmem_free(in->secret);
         closep(&in->janitor_fd);
         closep(&in->stream_listen_fd);

@@ -6,6 +6,7 @@
 #include "supervisor/diskimages.h"
 #include "supervisor/guestspec.h"
 #include "supervisor/log.h"
+#include "supervisor/specmatch.h"
 #include "supervisor/tpmrules.h"
 #include "supervisor/verbs.h"
 
@@ -16,10 +17,13 @@ static void help(void) {
                "properties) and this host's [tpm] settings, and print the result as one JSON\n"
                "object: {\"uuid\": ..., \"tpm\": {\"version\", \"model\", \"secret_security\"}}\n"
                "or \"tpm\": null when the guest asks for no vTPM. The headers of its qcow2\n"
-               "disk images must name no file the spec does not give (vmsup(8), GUEST SPEC).\n"
+               "disk images must name no file the spec does not give (vmsup(8), GUEST SPEC),\n"
+               "and no disk, backing file, kernel or initrd may lie in vmsup's own state,\n"
+               "run, log or secrets dir (after resolving symbolic links).\n"
                "\n"
                "Exit status: 0 valid; 65 the spec breaks a rule (Nova's message on stderr)\n"
-               "or a disk image's header names a file the spec does not give;\n"
+               "or a disk image's header names a file the spec does not give, or a path\n"
+               "lies in vmsup's own dirs;\n"
                "66 no such file (the spec or a disk image); 69 this host does not offer\n"
                "what the guest asks for;\n"
                "78 bad host configuration.\n");
@@ -47,7 +51,9 @@ int verb_validate(struct vmsup_ctx *ctx, int argc, char **argv) {
                 return log_error_exit(err);
         if (guest_spec_load(argv[optind], &spec, &err) < 0)
                 return log_error_exit(err);
-        r = tpm_rules_resolve(&spec, &tpm, &err);
+        r = spec_match_host_dirs(&spec, &ctx->cfg, argv[optind], &err);
+        if (r == 0)
+                r = tpm_rules_resolve(&spec, &tpm, &err);
         if (r == 0)
                 r = tpm_rules_check_host(&tpm, &ctx->cfg, &err);
         if (r == 0)

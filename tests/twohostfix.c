@@ -298,7 +298,8 @@ pid_t th_boot_on_a(void) {
 }
 
 pid_t th_incoming(int h, const char *name) {
-        const char *args[] = { "run", "--incoming", "49152", UUID, NULL };
+        const char *args[] = { "run", "--incoming", "49152", "--spec", strdup(th_path("%s/guest.json", th_root)), UUID,
+                               NULL };
         pid_t pid = th_start(h, name, NULL, args);
 
         th_wait_text(th_path("%s/%s.err", th_root, name), "waiting up to", 1, 10000);

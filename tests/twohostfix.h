@@ -58,7 +58,8 @@ void th_assert_gone(int h);
 
 /* boot the guest on host a (run-a) until its TPM probe is done */
 pid_t th_boot_on_a(void);
-/* `run --incoming 49152 UUID` on host h, waiting until it listens */
+/* `run --incoming 49152 --spec ROOT/guest.json UUID` on host h (both hosts share the
+ * test's storage: the same spec is right for both), waiting until it listens */
 pid_t th_incoming(int h, const char *name);
 int th_migrate(int from, const char *name);
 pid_t th_start_migrate(int from, const char *name);
