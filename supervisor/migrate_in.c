@@ -35,6 +35,8 @@
 #include "tpmstate/swtpm.h"
 
 #define JANITOR_WAIT_MS 30000
+/* connections in their TLS handshake at once while --incoming waits for the source */
+#define MIGRATE_IN_PENDING_MAX 8
 
 struct migrate_in {
         struct migchan *ch;
@@ -88,6 +90,115 @@ static int send_json(struct migrate_in *in, enum mig_msg type, json_object *obj,
 
 /* ---- receiving the guest ------------------------------------------------------------ */
 
+/* A connection in its TLS handshake, and when it must have completed it. */
+struct pending {
+        struct migchan *c;
+        long deadline;
+};
+
+static void pending_drop(struct pending *p, size_t *n, size_t i) {
+        migchan_free(p[i].c);
+        memmove(p + i, p + i + 1, (*n - i - 1) * sizeof(*p));
+        (*n)--;
+}
+
+/* Take every connection waiting on listen_fd and start its handshake; beyond
+ * MIGRATE_IN_PENDING_MAX the oldest is turned away (a host that keeps that many silent
+ * connections open must not keep the source out). */
+static int take_connections(struct guest *g, int listen_fd, const struct migchan_tls *tls, struct pending *p,
+                            size_t *n, vmsup_error **err) {
+        unsigned hs = g->cfg->migration.handshake_timeout;
+
+        for (;;) {
+                struct migchan *c = NULL;
+                int r = migchan_accept_start(listen_fd, tls, &c, err);
+
+                if (r <= 0)
+                        return r;
+                if (*n == MIGRATE_IN_PENDING_MAX) {
+                        log_warning("turned a connection away: %s: %d connections are in their TLS handshake, "
+                                    "the most this host waits for at once; the oldest makes room",
+                                    migchan_peer(p[0].c), MIGRATE_IN_PENDING_MAX);
+                        pending_drop(p, n, 0);
+                }
+                p[(*n)++] = (struct pending) { .c = c, .deadline = monotonic_ms() + (long) hs * 1000 };
+        }
+}
+
+/* Wait for the source supervisor: the first connection that completes its TLS handshake
+ * with a host certificate of the migration CA. Up to MIGRATE_IN_PENDING_MAX handshakes
+ * run at once, each within [migration] handshake_timeout; one that fails (wrong CA, no
+ * certificate, not TLS at all) or takes too long is logged and turned away, and the wait
+ * goes on until [migration] timeout. */
+static int wait_for_source(struct guest *g, int listen_fd, const struct migchan_tls *tls, struct migchan **ret,
+                           vmsup_error **err) {
+        struct migrate_in *in = g->in;
+        struct pending p[MIGRATE_IN_PENDING_MAX];
+        size_t n = 0;
+        int r;
+
+        r = migchan_tls_check(tls, true, err);
+        if (r < 0)
+                return r;
+        for (;;) {
+                struct pollfd pfd[MIGRATE_IN_PENDING_MAX + 1];
+                long now = monotonic_ms(), wake = in->deadline;
+
+                for (size_t i = 0; i < n;) {
+                        if (p[i].deadline > now) {
+                                wake = p[i].deadline < wake ? p[i].deadline : wake;
+                                i++;
+                                continue;
+                        }
+                        log_warning("turned a connection away: TLS handshake with %s: no answer within %u s "
+                                    "([migration] handshake_timeout)",
+                                    migchan_peer(p[i].c), g->cfg->migration.handshake_timeout);
+                        pending_drop(p, &n, i);
+                }
+                if (now >= in->deadline) {
+                        r = vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
+                                       "wait for the source: no source supervisor came within %u s",
+                                       g->cfg->migration.timeout);
+                        goto out;
+                }
+                pfd[0] = (struct pollfd) { .fd = listen_fd, .events = POLLIN };
+                for (size_t i = 0; i < n; i++)
+                        pfd[i + 1] = (struct pollfd) { .fd = migchan_fd(p[i].c),
+                                                       .events = migchan_handshake_events(p[i].c) };
+                if (poll(pfd, n + 1, (int) (wake - now)) < 0 && errno != EINTR) {
+                        r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for the source");
+                        goto out;
+                }
+                if (pfd[0].revents) {
+                        r = take_connections(g, listen_fd, tls, p, &n, err);
+                        if (r < 0)
+                                goto out;
+                }
+                /* a step on each: a new one's hello may be there already, and a step
+                 * without data to read costs one recv() */
+                for (size_t i = 0; i < n;) {
+                        r = migchan_handshake_step(p[i].c, err);
+                        if (r > 0) {
+                                *ret = TAKE_PTR(p[i].c);
+                                pending_drop(p, &n, i);
+                                r = 0;
+                                goto out;
+                        }
+                        if (r < 0) {
+                                log_warning("turned a connection away: %s", (*err)->msg);
+                                *err = vmsup_error_free(*err);
+                                pending_drop(p, &n, i);
+                                continue;
+                        }
+                        i++;
+                }
+        }
+out:
+        while (n > 0)
+                pending_drop(p, &n, n - 1);
+        return r;
+}
+
 int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup_error **err) {
         _cleanup_free_ char *ca = NULL, *cert = NULL, *key = NULL;
         _cleanup_json_ json_object *hello = json_object_new_object();
@@ -125,22 +236,9 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
                  opts->incoming_addr && strchr(opts->incoming_addr, ':') ? "[" : "",
                  opts->incoming_addr && opts->incoming_addr[0] ? opts->incoming_addr : "*",
                  opts->incoming_addr && strchr(opts->incoming_addr, ':') ? "]" : "", opts->incoming_port);
-        /* A peer that fails TLS (wrong CA, no certificate, not TLS at all) is turned away;
-         * the real source may still come. */
-        for (;;) {
-                long left = in->deadline - monotonic_ms();
-
-                if (left <= 0)
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "no source supervisor came within %u s",
-                                          g->cfg->migration.timeout);
-                r = migchan_accept(listen_fd, &tls, (int) left, &in->ch, err);
-                if (r >= 0)
-                        break;
-                if ((*err)->exit_code == VMSUP_EX_TEMPFAIL)
-                        return vmsup_error_prefix(err, "wait for the source");
-                log_warning("turned a connection away: %s", (*err)->msg);
-                *err = vmsup_error_free(*err);
-        }
+        r = wait_for_source(g, listen_fd, &tls, &in->ch, err);
+        if (r < 0)
+                return r;
         snprintf(in->source, sizeof(in->source), "%s", migchan_peer(in->ch));
         in->t0 = monotonic_ms();
 
