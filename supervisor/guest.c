@@ -1551,6 +1551,7 @@ int guest_run(const struct guest_run_opts *opts) {
         vmsup_error *err = NULL;
         sigset_t mask, stop;
         char signame[16];
+        bool state_dir_made = false;
         int r, code;
 
         for (int i = 0; i < FD_RESERVE; i++)
@@ -1588,12 +1589,12 @@ int guest_run(const struct guest_run_opts *opts) {
         if ((r = disk_images_check(&g.spec, &err)) < 0)
                 goto fail;
         if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = tpm_rules_check_host(&g.tpm, g.cfg, &err)) < 0 ||
-            (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0 ||
-            (r = resolve_ids(&g, &err)) < 0)
+            (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0)
                 goto fail;
-        if ((r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0)
-                goto fail;
-        g.lock_fd = guest_dirs_lock(&g.dirs, &err);
+        /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is
+         * made or changed before it is ours, so that a refused start or incoming
+         * migration leaves a guest that runs here as it was. */
+        g.lock_fd = guest_dirs_lock(&g.dirs, true, &state_dir_made, &err);
         if (g.lock_fd < 0) {
                 r = g.lock_fd;
                 goto fail;
@@ -1603,6 +1604,9 @@ int guest_run(const struct guest_run_opts *opts) {
         if ((r = g.incoming ? migrate_in_claim(&g, &err) : guest_dirs_check_markers(&g.dirs, &err)) < 0)
                 goto fail;
         migrate_in_mark(&g, "claimed");
+        if ((r = resolve_ids(&g, &err)) < 0 || (r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0 ||
+            (r = guest_dirs_write_pid(&g.dirs, &err)) < 0)
+                goto fail;
         {
                 const char *text = NULL;
                 json_object *copy = g.incoming ? migrate_in_spec_json(&g) : json_object_from_file(opts->spec_path);
@@ -1659,6 +1663,10 @@ int guest_run(const struct guest_run_opts *opts) {
 fail:
         if (g.incoming)
                 migrate_in_abort(&g, err); /* stops what runs, removes what it made */
+        /* a state dir made only to take the lock (the start was refused before anything
+         * went into it) goes again; one with files in it stays */
+        if (state_dir_made && g.lock_fd >= 0)
+                (void) rmdir(g.dirs.state);
         if (start_abandoned(&g, err, signame, sizeof(signame))) {
                 /* on request: nothing runs, nothing is half written; the start can be tried again */
                 log_info("start abandoned: %s (%s)", signame, err->msg);

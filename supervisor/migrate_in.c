@@ -346,7 +346,7 @@ static int janitor_main(int fd, struct guest *g) {
                 if (left > 0)
                         poll(&p, 1, (int) left);
         }
-        lock = guest_dirs_lock(&g->dirs, &err);
+        lock = guest_dirs_lock(&g->dirs, false, NULL, &err);
         if (lock < 0) {
                 fprintf(stderr, "vmsup janitor: guest %s: %s; not removing anything\n", g->spec.uuid, err->msg);
                 return VMSUP_EX_TEMPFAIL;
@@ -426,12 +426,17 @@ int migrate_in_claim(struct guest *g, vmsup_error **err) {
 
         if (access(g->dirs.incoming, F_OK) == 0) {
                 log_warning("removing what an earlier, incomplete incoming migration of this guest left");
+                int fd;
+
                 r = guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, err);
                 if (r < 0)
                         return r;
-                r = guest_dirs_prepare(&g->dirs, g->tpm_uid, g->tpm_gid, err);
-                if (r < 0)
-                        return r;
+                /* that took the locked state dir too: lock its successor */
+                fd = guest_dirs_lock(&g->dirs, true, NULL, err);
+                if (fd < 0)
+                        return fd;
+                close(g->lock_fd);
+                g->lock_fd = fd;
         }
         if (access(g->dirs.migrated_out, F_OK) == 0)
                 return vmsup_fail(err, VMSUP_EX_CANTCREAT, 0,
