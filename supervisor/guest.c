@@ -401,18 +401,20 @@ static void tpm_stop(struct guest *g) {
         if (!g->swtpm.exited) {
                 /* not even SIGKILL (uninterruptible sleep): leave its files alone */
                 vmsup_fail(&g->tpm_stop_err, VMSUP_EX_FAILURE, 0,
-                           "swtpm (pid %d) did not shut down (%s) and is still running after SIGKILL; its TPM "
-                           "state stays unsealed in %s for the next start to seal",
-                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN", g->dirs.live_tpm);
+                           "swtpm (pid %d) did not shut down (%s) and is still running after SIGKILL; %s %s%s",
+                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN",
+                           g->tpm_discard ? "its live dir" : "its TPM state stays unsealed in", g->dirs.live_tpm,
+                           g->tpm_discard ? " is left as it is" : " for the next start to seal");
                 log_error("%s", g->tpm_stop_err->msg);
                 child_forget(g, &g->swtpm);
                 goto out;
         }
         if (how) {
                 vmsup_fail(&g->tpm_stop_err, VMSUP_EX_FAILURE, 0,
-                           "swtpm (pid %d) did not shut down (%s) and was ended with %s; the TPM state kept is "
-                           "the last one it wrote whole",
-                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN", how);
+                           "swtpm (pid %d) did not shut down (%s) and was ended with %s; %s",
+                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN", how,
+                           g->tpm_discard ? "its TPM state here is discarded (it lives on another host)"
+                                          : "the TPM state kept is the last one it wrote whole");
                 log_error("%s", g->tpm_stop_err->msg);
         } else if (!(WIFEXITED(g->swtpm.status) && WEXITSTATUS(g->swtpm.status) == 0))
                 log_warning("swtpm %s", proc_describe_status(g->swtpm.status, why, sizeof(why)));

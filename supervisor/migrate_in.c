@@ -337,14 +337,30 @@ static int janitor_main(int fd, struct guest *g) {
                         memmove(buf, nl + 1, len + 1);
                 }
         }
-        /* The supervisor is gone; its children get SIGTERM (PR_SET_PDEATHSIG). */
-        deadline = monotonic_ms() + JANITOR_WAIT_MS;
-        for (int i = 0; i < n; i++) {
-                struct pollfd p = { .fd = pidfds[i], .events = POLLIN };
-                long left = deadline - monotonic_ms();
+        /* The supervisor is gone; its children get SIGTERM (PR_SET_PDEATHSIG). One that
+         * does not end by then (stopped, hung) gets SIGKILL; one that outlives that keeps
+         * its files. */
+        for (int round = 0; round < 2; round++) {
+                deadline = monotonic_ms() + JANITOR_WAIT_MS;
+                for (int i = 0; i < n; i++) {
+                        struct pollfd p = { .fd = pidfds[i], .events = POLLIN };
+                        long left = deadline - monotonic_ms();
 
-                if (left > 0)
-                        poll(&p, 1, (int) left);
+                        if (left > 0)
+                                poll(&p, 1, (int) left);
+                }
+                for (int i = 0; i < n; i++) {
+                        struct pollfd p = { .fd = pidfds[i], .events = POLLIN };
+
+                        if (poll(&p, 1, 0) != 0)
+                                continue;
+                        if (round == 1) {
+                                fprintf(stderr, "vmsup janitor: guest %s: a process of the incoming migration is "
+                                                "still running after SIGKILL; not removing anything\n", g->spec.uuid);
+                                return VMSUP_EX_TEMPFAIL;
+                        }
+                        (void) syscall(SYS_pidfd_send_signal, pidfds[i], SIGKILL, NULL, 0);
+                }
         }
         lock = guest_dirs_lock(&g->dirs, false, NULL, &err);
         if (lock < 0) {
@@ -753,9 +769,23 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         return 0;
 }
 
+/* A process (by a pidfd) that has not ended. */
+static bool still_running(int pidfd) {
+        struct pollfd p = { .fd = pidfd, .events = POLLIN };
+        bool alive;
+
+        if (pidfd < 0)
+                return false;
+        alive = poll(&p, 1, 0) == 0;
+        return alive;
+}
+
 void migrate_in_abort(struct guest *g, const vmsup_error *why) {
         struct migrate_in *in = g->in;
         vmsup_error *err = NULL;
+        _cleanup_close_ int qemu = -1, tpm = -1;
+        pid_t qemu_pid, tpm_pid;
+        const char *still;
 
         if (!in)
                 return;
@@ -771,14 +801,31 @@ void migrate_in_abort(struct guest *g, const vmsup_error *why) {
         if (in->stream_fd >= 0)
                 shutdown(in->stream_fd, SHUT_RDWR);
         g->tpm_discard = true;
+        /* our own handles on them: guest_stop_children() forgets even a child that
+         * outlived SIGKILL (tpm_stop: CMD_SHUTDOWN, then SIGTERM, then SIGKILL) */
+        qemu = g->qemu.pidfd >= 0 && !g->qemu.exited ? fcntl(g->qemu.pidfd, F_DUPFD_CLOEXEC, 3) : -1;
+        tpm = g->swtpm.pidfd >= 0 && !g->swtpm.exited ? fcntl(g->swtpm.pidfd, F_DUPFD_CLOEXEC, 3) : -1;
+        qemu_pid = g->qemu.pid;
+        tpm_pid = g->swtpm.pid;
         guest_stop_children(g);
+        still = still_running(qemu) ? "QEMU" : still_running(tpm) ? "swtpm" : NULL;
+        if (still) {
+                /* its files stay while it runs; the janitor, at our exit, waits for it */
+                log_error("%s (pid %d) is still running after SIGKILL: the incoming migration's files stay here "
+                          "for the janitor to remove once it has ended", still,
+                          (int) (streq(still, "QEMU") ? qemu_pid : tpm_pid));
+                return;
+        }
         if (in->claimed) {
                 if (guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, &err) < 0) {
                         log_error("%s; the janitor tries again", err->msg);
                         err = vmsup_error_free(err);
                         return; /* EOF on its pipe at our exit makes the janitor try */
                 }
-                log_info("removed everything the incoming migration had made here");
+                log_info("%s removed everything the incoming migration had made here",
+                         !qemu_pid && !tpm_pid ? "nothing was started;"
+                         : g->tpm_stop_err     ? "QEMU and swtpm ended (swtpm had to be killed, see above);"
+                                               : "QEMU and swtpm ended;");
         }
         janitor_say(g, "K\n");
 }
