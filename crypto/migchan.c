@@ -598,35 +598,9 @@ static int handshake_failed(struct migchan *c, int r, vmsup_error **err) {
         return ret;
 }
 
-static int chan_handshake(struct migchan *c, long deadline, int timeout_ms, vmsup_error **err) {
+/* The handshake went through: check what it agreed on, name the peer. */
+static int handshake_done(struct migchan *c, vmsup_error **err) {
         char cn[65];
-        int r;
-
-        for (;;) {
-                r = gnutls_handshake(c->session);
-                if (r == 0)
-                        break;
-                if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED) {
-                        struct pollfd p = { .fd = c->fd,
-                                            .events = gnutls_record_get_direction(c->session) ? POLLOUT : POLLIN };
-                        int left = left_ms(deadline), n;
-
-                        if (left == 0 || (n = poll(&p, 1, left)) == 0) {
-                                c->broken = true;
-                                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
-                                                  "TLS handshake with %s: no answer within %g s", c->addr,
-                                                  seconds(timeout_ms));
-                        }
-                        if (n < 0 && errno != EINTR) {
-                                c->broken = true;
-                                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "TLS handshake with %s: poll", c->addr);
-                        }
-                        continue;
-                }
-                if (!gnutls_error_is_fatal(r))
-                        continue;
-                return handshake_failed(c, r, err);
-        }
 
         /* The priority string allows nothing else; this is the check that it did. */
         if (gnutls_protocol_get_version(c->session) != GNUTLS_TLS1_3) {
@@ -645,6 +619,51 @@ static int chan_handshake(struct migchan *c, long deadline, int timeout_ms, vmsu
         if (cn[0])
                 snprintf(c->peer, sizeof(c->peer), "%s (CN=%s)", c->addr, cn);
         return 0;
+}
+
+int migchan_handshake_step(struct migchan *c, vmsup_error **err) {
+        int r;
+
+        if (c->handshake_done)
+                return 1;
+        if (c->broken)
+                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "TLS handshake with %s: the channel failed earlier",
+                                  c->addr);
+        for (;;) {
+                r = gnutls_handshake(c->session);
+                if (r == 0)
+                        return handshake_done(c, err) < 0 ? -EPROTO : 1;
+                if (r == GNUTLS_E_AGAIN)
+                        return 0;
+                if (r == GNUTLS_E_INTERRUPTED || !gnutls_error_is_fatal(r))
+                        continue;
+                return handshake_failed(c, r, err);
+        }
+}
+
+short migchan_handshake_events(const struct migchan *c) {
+        return gnutls_record_get_direction(c->session) ? POLLOUT : POLLIN;
+}
+
+static int chan_handshake(struct migchan *c, long deadline, int timeout_ms, vmsup_error **err) {
+        for (;;) {
+                struct pollfd p;
+                int left, n, r = migchan_handshake_step(c, err);
+
+                if (r != 0)
+                        return r < 0 ? r : 0;
+                p = (struct pollfd) { .fd = c->fd, .events = migchan_handshake_events(c) };
+                left = left_ms(deadline);
+                if (left == 0 || (n = poll(&p, 1, left)) == 0) {
+                        c->broken = true;
+                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "TLS handshake with %s: no answer within %g s",
+                                          c->addr, seconds(timeout_ms));
+                }
+                if (n < 0 && errno != EINTR) {
+                        c->broken = true;
+                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "TLS handshake with %s: poll", c->addr);
+                }
+        }
 }
 
 static int tcp_connect(const char *host, const char *port, long deadline, int timeout_ms, int *ret_fd,
@@ -790,15 +809,40 @@ int migchan_listen(const char *addr, const char *port, vmsup_error **err) {
         return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, -r, "listen for migration connections on %s", where);
 }
 
-int migchan_accept(int listen_fd, const struct migchan_tls *tls, int timeout_ms, struct migchan **ret,
-                   vmsup_error **err) {
+int migchan_tls_check(const struct migchan_tls *tls, bool server, vmsup_error **err) {
         _cleanup_migchan_ struct migchan *c = NULL;
-        long deadline = deadline_of(timeout_ms);
+
+        return chan_new(tls, server, &c, err);
+}
+
+int migchan_accept_start(int listen_fd, const struct migchan_tls *tls, struct migchan **ret, vmsup_error **err) {
+        _cleanup_migchan_ struct migchan *c = NULL;
         int fd, r;
 
         r = chan_new(tls, true, &c, err);
         if (r < 0)
                 return r;
+        for (;;) {
+                fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+                if (fd >= 0)
+                        break;
+                if (errno == EINTR || errno == ECONNABORTED)
+                        continue; /* gone before we took it: the next one */
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                        return 0; /* none pending, or another process took it */
+                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "accept a migration connection");
+        }
+        chan_attach(c, fd);
+        *ret = TAKE_PTR(c);
+        return 1;
+}
+
+int migchan_accept(int listen_fd, const struct migchan_tls *tls, int timeout_ms, struct migchan **ret,
+                   vmsup_error **err) {
+        _cleanup_migchan_ struct migchan *c = NULL;
+        long deadline = deadline_of(timeout_ms);
+        int r;
+
         for (;;) {
                 struct pollfd p = { .fd = listen_fd, .events = POLLIN };
                 int n = poll(&p, 1, left_ms(deadline));
@@ -811,14 +855,12 @@ int migchan_accept(int listen_fd, const struct migchan_tls *tls, int timeout_ms,
                                 continue;
                         return vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for a migration connection");
                 }
-                fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-                if (fd >= 0)
+                r = migchan_accept_start(listen_fd, tls, &c, err);
+                if (r < 0)
+                        return r;
+                if (r > 0)
                         break;
-                /* gone before we took it, or another process took it */
-                if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ECONNABORTED && errno != EINTR)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "accept a migration connection");
         }
-        chan_attach(c, fd);
         /* a fresh budget: a source that connects late still gets a whole handshake */
         r = chan_handshake(c, deadline_of(timeout_ms), timeout_ms, err);
         if (r < 0)

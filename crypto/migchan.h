@@ -21,6 +21,7 @@
 #define VMSUP_CRYPTO_MIGCHAN_H
 
 #include <json-c/json.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -79,6 +80,21 @@ int migchan_listen(const char *addr, const char *port, vmsup_error **err);
  * wait for the next connection. */
 int migchan_accept(int listen_fd, const struct migchan_tls *tls, int timeout_ms, struct migchan **ret,
                    vmsup_error **err);
+
+/* The same, one step at a time, for a server that waits on several connections at once
+ * (a silent one must not hold a real peer up):
+ * migchan_tls_check() loads the CA, certificate and key as a connection would (78 when
+ * they cannot be), to fail before any wait. migchan_accept_start() takes one pending
+ * connection from listen_fd without waiting and sets up its server session (the same
+ * certificate rules as migchan_accept): 1 with *ret, 0 when none is pending, negative on
+ * error. migchan_handshake_step() advances the handshake without blocking: 1 when it is
+ * complete (the channel carries frames), 0 when it waits for the peer (poll migchan_fd()
+ * for migchan_handshake_events()), negative when it failed (69, as migchan_accept; the
+ * channel is then only good for migchan_free()). Deadlines are the caller's. */
+int migchan_tls_check(const struct migchan_tls *tls, bool server, vmsup_error **err);
+int migchan_accept_start(int listen_fd, const struct migchan_tls *tls, struct migchan **ret, vmsup_error **err);
+int migchan_handshake_step(struct migchan *c, vmsup_error **err);
+short migchan_handshake_events(const struct migchan *c); /* POLLIN or POLLOUT */
 
 int migchan_fd(const struct migchan *c);                 /* for epoll (EPOLLIN); the fd is non-blocking */
 const char *migchan_peer(const struct migchan *c);       /* "ADDR:PORT (CN=...)" for logs */

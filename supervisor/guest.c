@@ -402,18 +402,20 @@ static void tpm_stop(struct guest *g) {
         if (!g->swtpm.exited) {
                 /* not even SIGKILL (uninterruptible sleep): leave its files alone */
                 vmsup_fail(&g->tpm_stop_err, VMSUP_EX_FAILURE, 0,
-                           "swtpm (pid %d) did not shut down (%s) and is still running after SIGKILL; its TPM "
-                           "state stays unsealed in %s for the next start to seal",
-                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN", g->dirs.live_tpm);
+                           "swtpm (pid %d) did not shut down (%s) and is still running after SIGKILL; %s %s%s",
+                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN",
+                           g->tpm_discard ? "its live dir" : "its TPM state stays unsealed in", g->dirs.live_tpm,
+                           g->tpm_discard ? " is left as it is" : " for the next start to seal");
                 log_error("%s", g->tpm_stop_err->msg);
                 child_forget(g, &g->swtpm);
                 goto out;
         }
         if (how) {
                 vmsup_fail(&g->tpm_stop_err, VMSUP_EX_FAILURE, 0,
-                           "swtpm (pid %d) did not shut down (%s) and was ended with %s; the TPM state kept is "
-                           "the last one it wrote whole",
-                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN", how);
+                           "swtpm (pid %d) did not shut down (%s) and was ended with %s; %s",
+                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN", how,
+                           g->tpm_discard ? "its TPM state here is discarded (it lives on another host)"
+                                          : "the TPM state kept is the last one it wrote whole");
                 log_error("%s", g->tpm_stop_err->msg);
         } else if (!(WIFEXITED(g->swtpm.status) && WEXITSTATUS(g->swtpm.status) == 0))
                 log_warning("swtpm %s", proc_describe_status(g->swtpm.status, why, sizeof(why)));
@@ -1614,6 +1616,7 @@ int guest_run(const struct guest_run_opts *opts) {
         vmsup_error *err = NULL;
         sigset_t mask, stop;
         char signame[16];
+        bool state_dir_made = false;
         int r, code;
 
         for (int i = 0; i < FD_RESERVE; i++)
@@ -1651,12 +1654,12 @@ int guest_run(const struct guest_run_opts *opts) {
         if ((r = disk_images_check(&g.spec, &err)) < 0)
                 goto fail;
         if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = tpm_rules_check_host(&g.tpm, g.cfg, &err)) < 0 ||
-            (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0 ||
-            (r = resolve_ids(&g, &err)) < 0)
+            (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0)
                 goto fail;
-        if ((r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0)
-                goto fail;
-        g.lock_fd = guest_dirs_lock(&g.dirs, &err);
+        /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is
+         * made or changed before it is ours, so that a refused start or incoming
+         * migration leaves a guest that runs here as it was. */
+        g.lock_fd = guest_dirs_lock(&g.dirs, true, &state_dir_made, &err);
         if (g.lock_fd < 0) {
                 r = g.lock_fd;
                 goto fail;
@@ -1666,6 +1669,9 @@ int guest_run(const struct guest_run_opts *opts) {
         if ((r = g.incoming ? migrate_in_claim(&g, &err) : guest_dirs_check_markers(&g.dirs, &err)) < 0)
                 goto fail;
         migrate_in_mark(&g, "claimed");
+        if ((r = resolve_ids(&g, &err)) < 0 || (r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0 ||
+            (r = guest_dirs_write_pid(&g.dirs, &err)) < 0)
+                goto fail;
         {
                 const char *text = NULL;
                 json_object *copy = json_object_from_file(opts->spec_path);
@@ -1722,6 +1728,10 @@ int guest_run(const struct guest_run_opts *opts) {
 fail:
         if (g.incoming)
                 migrate_in_abort(&g, err); /* stops what runs, removes what it made */
+        /* a state dir made only to take the lock (the start was refused before anything
+         * went into it) goes again; one with files in it stays */
+        if (state_dir_made && g.lock_fd >= 0)
+                (void) rmdir(g.dirs.state);
         if (start_abandoned(&g, err, signame, sizeof(signame))) {
                 /* on request: nothing runs, nothing is half written; the start can be tried again */
                 log_info("start abandoned: %s (%s)", signame, err->msg);

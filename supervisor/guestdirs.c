@@ -172,32 +172,86 @@ int guest_dirs_prepare(const struct guest_dirs *d, uid_t tpm_uid, gid_t tpm_gid,
         return 0;
 }
 
-int guest_dirs_lock(const struct guest_dirs *d, vmsup_error **err) {
-        _cleanup_close_ int fd = open(d->state, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+/* "guest is already supervised by another vmsup (pid N)" */
+static int lock_busy(const struct guest_dirs *d, vmsup_error **err) {
+        _cleanup_close_ int pfd = open(d->pidfile, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         char pidbuf[32] = "";
-        char pidtext[64];
-        int pfd;
 
-        if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open '%s'", d->state);
-        if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-                if (errno != EWOULDBLOCK)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "lock '%s'", d->state);
-                pfd = open(d->pidfile, O_RDONLY | O_CLOEXEC);
-                if (pfd >= 0) {
-                        ssize_t n = read(pfd, pidbuf, sizeof(pidbuf) - 1);
+        if (pfd >= 0) {
+                ssize_t n = read(pfd, pidbuf, sizeof(pidbuf) - 1);
 
-                        pidbuf[n > 0 ? n : 0] = '\0';
-                        pidbuf[strcspn(pidbuf, "\n")] = '\0';
-                        close(pfd);
-                }
-                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "guest is already supervised by another vmsup%s%s%s",
-                                  pidbuf[0] ? " (pid " : "", pidbuf, pidbuf[0] ? ")" : "");
+                pidbuf[n > 0 ? n : 0] = '\0';
+                pidbuf[strcspn(pidbuf, "\n")] = '\0';
         }
+        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "guest is already supervised by another vmsup%s%s%s",
+                          pidbuf[0] ? " (pid " : "", pidbuf, pidbuf[0] ? ")" : "");
+}
+
+int guest_dirs_lock(const struct guest_dirs *d, bool create, bool *ret_created, vmsup_error **err) {
+        _cleanup_free_ char *parent = strdup(d->state);
+        bool made = false;
+        int r;
+
+        if (!parent)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "lock '%s'", d->state);
+        if (create && (r = mkdir_parents(dirname(parent), 0700, err)) < 0)
+                return r;
+        /* the lock is the directory's inode: one removed (vmsup delete, the janitor) or
+         * replaced between our open and our flock is not the guest's any more */
+        for (int tries = 0; tries < 8; tries++) {
+                _cleanup_close_ int fd = -1;
+                struct stat st, now;
+
+                if (create) {
+                        if (mkdir(d->state, 0700) == 0)
+                                made = true;
+                        else if (errno != EEXIST)
+                                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create directory '%s'", d->state);
+                }
+                fd = open(d->state, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (fd < 0) {
+                        if (errno == ENOENT && create)
+                                continue;
+                        return vmsup_fail(err,
+                                          errno == ENOENT  ? VMSUP_EX_NOINPUT
+                                          : errno == ELOOP || errno == ENOTDIR ? VMSUP_EX_CANTCREAT
+                                                                              : VMSUP_EX_IOERR,
+                                          errno, "open directory '%s'", d->state);
+                }
+                if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                        if (errno != EWOULDBLOCK)
+                                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "lock '%s'", d->state);
+                        return lock_busy(d, err);
+                }
+                if (fstat(fd, &st) < 0)
+                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", d->state);
+                /* as guest_dirs_prepare() would: nothing in it is read (markers) or removed
+                 * (leftovers) before it is known to be ours */
+                if (st.st_uid != geteuid())
+                        return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                                          "directory '%s' is owned by uid %u, not by uid %u: refusing to use it",
+                                          d->state, (unsigned) st.st_uid, (unsigned) geteuid());
+                if (st.st_mode & S_IWOTH)
+                        return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                                          "directory '%s' is writable by others (mode %04o): refusing to use it",
+                                          d->state, (unsigned) (st.st_mode & 07777));
+                if (lstat(d->state, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino) {
+                        if (ret_created)
+                                *ret_created = made;
+                        return TAKE_FD(fd);
+                }
+                if (!create)
+                        return vmsup_fail(err, VMSUP_EX_NOINPUT, 0, "guest state '%s': removed while it was locked",
+                                          d->state);
+        }
+        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "lock '%s': it was removed and made again each time", d->state);
+}
+
+int guest_dirs_write_pid(const struct guest_dirs *d, vmsup_error **err) {
+        char pidtext[64];
+
         snprintf(pidtext, sizeof(pidtext), "%d\n", (int) getpid());
-        if (write_file_atomic(d->pidfile, pidtext, strlen(pidtext), 0644, err) < 0)
-                return -EIO;
-        return TAKE_FD(fd);
+        return write_file_atomic(d->pidfile, pidtext, strlen(pidtext), 0644, err);
 }
 
 int guest_dirs_lock_stopped(const struct guest_dirs *d, bool missing_ok, int *ret_fd, vmsup_error **err) {

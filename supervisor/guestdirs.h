@@ -51,9 +51,17 @@ void guest_dirs_clear(struct guest_dirs *d);
  * refused (exit 65, its files left in place) when not. */
 int guest_dirs_prepare(const struct guest_dirs *d, uid_t tpm_uid, gid_t tpm_gid, vmsup_error **err);
 
-/* Take the guest's lock (flock on its state dir) for the caller's lifetime. Another
- * supervisor holding it gives exit 75 and names its pid. Returns the fd to keep. */
-int guest_dirs_lock(const struct guest_dirs *d, vmsup_error **err);
+/* Take the guest's lock (flock on its state dir) for the caller's lifetime, before
+ * anything of the guest is made or changed. create: a missing state dir is made (0700,
+ * and nothing else: guest_dirs_prepare() follows once the guest is ours), and
+ * *ret_created (when not NULL) says whether it was; else a missing one is exit 66.
+ * Another supervisor holding it gives exit 75 and names its pid; a symbolic link or
+ * not a directory, 73. Returns the fd to keep. */
+int guest_dirs_lock(const struct guest_dirs *d, bool create, bool *ret_created, vmsup_error **err);
+
+/* Our pid in <run>/vmsup.pid (after guest_dirs_prepare(): the run dir exists), named
+ * by the message of a second supervisor's guest_dirs_lock(). */
+int guest_dirs_write_pid(const struct guest_dirs *d, vmsup_error **err);
 
 /* For verbs on a stopped guest (delete, resize): take the guest's lock without waiting.
  * A supervisor holding it gives exit 75 ("stop it first"). A guest with no state dir

@@ -89,6 +89,7 @@ static const struct option_def options[] = {
         OPT("migration", "port", OPT_STRING, migration.port, "49152"),
         OPT("migration", "timeout", OPT_SECONDS, migration.timeout, "600"),
         OPT("migration", "answer_timeout", OPT_SECONDS, migration.answer_timeout, "30"),
+        OPT("migration", "handshake_timeout", OPT_SECONDS, migration.handshake_timeout, "10"),
 };
 #undef OPT
 
@@ -341,6 +342,11 @@ int host_config_load(const char *path, bool missing_ok, struct host_config *ret,
         if (cfg.barbican.connect_timeout == 0 || cfg.barbican.timeout == 0) {
                 r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s: [barbican] %s: must be at least 1 second", path,
                                cfg.barbican.timeout == 0 ? "timeout" : "connect_timeout");
+                goto fail;
+        }
+        if (cfg.migration.handshake_timeout == 0) {
+                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s: [migration] handshake_timeout: must be at least 1 second",
+                               path);
                 goto fail;
         }
         cfg.path = strdup(path);

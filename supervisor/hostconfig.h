@@ -78,6 +78,7 @@ struct host_config {
                 char *port;             /* default port of `vmsup run --incoming` and `migrate --to` */
                 unsigned timeout;       /* seconds: a whole migration; how long --incoming waits for the source */
                 unsigned answer_timeout; /* seconds the other supervisor has for each answer */
+                unsigned handshake_timeout; /* seconds each connection to --incoming has for its TLS handshake */
         } migration;
 };
 

@@ -38,6 +38,8 @@
 #include "tpmstate/swtpm.h"
 
 #define JANITOR_WAIT_MS 30000
+/* connections in their TLS handshake at once while --incoming waits for the source */
+#define MIGRATE_IN_PENDING_MAX 8
 
 struct migrate_in {
         struct migchan *ch;
@@ -90,6 +92,115 @@ static int send_json(struct migrate_in *in, enum mig_msg type, json_object *obj,
 
 /* ---- receiving the guest ------------------------------------------------------------ */
 
+/* A connection in its TLS handshake, and when it must have completed it. */
+struct pending {
+        struct migchan *c;
+        long deadline;
+};
+
+static void pending_drop(struct pending *p, size_t *n, size_t i) {
+        migchan_free(p[i].c);
+        memmove(p + i, p + i + 1, (*n - i - 1) * sizeof(*p));
+        (*n)--;
+}
+
+/* Take every connection waiting on listen_fd and start its handshake; beyond
+ * MIGRATE_IN_PENDING_MAX the oldest is turned away (a host that keeps that many silent
+ * connections open must not keep the source out). */
+static int take_connections(struct guest *g, int listen_fd, const struct migchan_tls *tls, struct pending *p,
+                            size_t *n, vmsup_error **err) {
+        unsigned hs = g->cfg->migration.handshake_timeout;
+
+        for (;;) {
+                struct migchan *c = NULL;
+                int r = migchan_accept_start(listen_fd, tls, &c, err);
+
+                if (r <= 0)
+                        return r;
+                if (*n == MIGRATE_IN_PENDING_MAX) {
+                        log_warning("turned a connection away: %s: %d connections are in their TLS handshake, "
+                                    "the most this host waits for at once; the oldest makes room",
+                                    migchan_peer(p[0].c), MIGRATE_IN_PENDING_MAX);
+                        pending_drop(p, n, 0);
+                }
+                p[(*n)++] = (struct pending) { .c = c, .deadline = monotonic_ms() + (long) hs * 1000 };
+        }
+}
+
+/* Wait for the source supervisor: the first connection that completes its TLS handshake
+ * with a host certificate of the migration CA. Up to MIGRATE_IN_PENDING_MAX handshakes
+ * run at once, each within [migration] handshake_timeout; one that fails (wrong CA, no
+ * certificate, not TLS at all) or takes too long is logged and turned away, and the wait
+ * goes on until [migration] timeout. */
+static int wait_for_source(struct guest *g, int listen_fd, const struct migchan_tls *tls, struct migchan **ret,
+                           vmsup_error **err) {
+        struct migrate_in *in = g->in;
+        struct pending p[MIGRATE_IN_PENDING_MAX];
+        size_t n = 0;
+        int r;
+
+        r = migchan_tls_check(tls, true, err);
+        if (r < 0)
+                return r;
+        for (;;) {
+                struct pollfd pfd[MIGRATE_IN_PENDING_MAX + 1];
+                long now = monotonic_ms(), wake = in->deadline;
+
+                for (size_t i = 0; i < n;) {
+                        if (p[i].deadline > now) {
+                                wake = p[i].deadline < wake ? p[i].deadline : wake;
+                                i++;
+                                continue;
+                        }
+                        log_warning("turned a connection away: TLS handshake with %s: no answer within %u s "
+                                    "([migration] handshake_timeout)",
+                                    migchan_peer(p[i].c), g->cfg->migration.handshake_timeout);
+                        pending_drop(p, &n, i);
+                }
+                if (now >= in->deadline) {
+                        r = vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
+                                       "wait for the source: no source supervisor came within %u s",
+                                       g->cfg->migration.timeout);
+                        goto out;
+                }
+                pfd[0] = (struct pollfd) { .fd = listen_fd, .events = POLLIN };
+                for (size_t i = 0; i < n; i++)
+                        pfd[i + 1] = (struct pollfd) { .fd = migchan_fd(p[i].c),
+                                                       .events = migchan_handshake_events(p[i].c) };
+                if (poll(pfd, n + 1, (int) (wake - now)) < 0 && errno != EINTR) {
+                        r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for the source");
+                        goto out;
+                }
+                if (pfd[0].revents) {
+                        r = take_connections(g, listen_fd, tls, p, &n, err);
+                        if (r < 0)
+                                goto out;
+                }
+                /* a step on each: a new one's hello may be there already, and a step
+                 * without data to read costs one recv() */
+                for (size_t i = 0; i < n;) {
+                        r = migchan_handshake_step(p[i].c, err);
+                        if (r > 0) {
+                                *ret = TAKE_PTR(p[i].c);
+                                pending_drop(p, &n, i);
+                                r = 0;
+                                goto out;
+                        }
+                        if (r < 0) {
+                                log_warning("turned a connection away: %s", (*err)->msg);
+                                *err = vmsup_error_free(*err);
+                                pending_drop(p, &n, i);
+                                continue;
+                        }
+                        i++;
+                }
+        }
+out:
+        while (n > 0)
+                pending_drop(p, &n, n - 1);
+        return r;
+}
+
 int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup_error **err) {
         _cleanup_free_ char *ca = NULL, *cert = NULL, *key = NULL;
         _cleanup_json_ json_object *hello = json_object_new_object();
@@ -129,22 +240,9 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
                  opts->incoming_addr && strchr(opts->incoming_addr, ':') ? "[" : "",
                  opts->incoming_addr && opts->incoming_addr[0] ? opts->incoming_addr : "*",
                  opts->incoming_addr && strchr(opts->incoming_addr, ':') ? "]" : "", opts->incoming_port);
-        /* A peer that fails TLS (wrong CA, no certificate, not TLS at all) is turned away;
-         * the real source may still come. */
-        for (;;) {
-                long left = in->deadline - monotonic_ms();
-
-                if (left <= 0)
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "no source supervisor came within %u s",
-                                          g->cfg->migration.timeout);
-                r = migchan_accept(listen_fd, &tls, (int) left, &in->ch, err);
-                if (r >= 0)
-                        break;
-                if ((*err)->exit_code == VMSUP_EX_TEMPFAIL)
-                        return vmsup_error_prefix(err, "wait for the source");
-                log_warning("turned a connection away: %s", (*err)->msg);
-                *err = vmsup_error_free(*err);
-        }
+        r = wait_for_source(g, listen_fd, &tls, &in->ch, err);
+        if (r < 0)
+                return r;
         snprintf(in->source, sizeof(in->source), "%s", migchan_peer(in->ch));
         in->t0 = monotonic_ms();
 
@@ -247,16 +345,32 @@ static int janitor_main(int fd, struct guest *g) {
                         memmove(buf, nl + 1, len + 1);
                 }
         }
-        /* The supervisor is gone; its children get SIGTERM (PR_SET_PDEATHSIG). */
-        deadline = monotonic_ms() + JANITOR_WAIT_MS;
-        for (int i = 0; i < n; i++) {
-                struct pollfd p = { .fd = pidfds[i], .events = POLLIN };
-                long left = deadline - monotonic_ms();
+        /* The supervisor is gone; its children get SIGTERM (PR_SET_PDEATHSIG). One that
+         * does not end by then (stopped, hung) gets SIGKILL; one that outlives that keeps
+         * its files. */
+        for (int round = 0; round < 2; round++) {
+                deadline = monotonic_ms() + JANITOR_WAIT_MS;
+                for (int i = 0; i < n; i++) {
+                        struct pollfd p = { .fd = pidfds[i], .events = POLLIN };
+                        long left = deadline - monotonic_ms();
 
-                if (left > 0)
-                        poll(&p, 1, (int) left);
+                        if (left > 0)
+                                poll(&p, 1, (int) left);
+                }
+                for (int i = 0; i < n; i++) {
+                        struct pollfd p = { .fd = pidfds[i], .events = POLLIN };
+
+                        if (poll(&p, 1, 0) != 0)
+                                continue;
+                        if (round == 1) {
+                                fprintf(stderr, "vmsup janitor: guest %s: a process of the incoming migration is "
+                                                "still running after SIGKILL; not removing anything\n", g->spec.uuid);
+                                return VMSUP_EX_TEMPFAIL;
+                        }
+                        (void) syscall(SYS_pidfd_send_signal, pidfds[i], SIGKILL, NULL, 0);
+                }
         }
-        lock = guest_dirs_lock(&g->dirs, &err);
+        lock = guest_dirs_lock(&g->dirs, false, NULL, &err);
         if (lock < 0) {
                 fprintf(stderr, "vmsup janitor: guest %s: %s; not removing anything\n", g->spec.uuid, err->msg);
                 return VMSUP_EX_TEMPFAIL;
@@ -339,12 +453,17 @@ int migrate_in_claim(struct guest *g, vmsup_error **err) {
                 return guest_dirs_check_markers(&g->dirs, err);
         if (access(g->dirs.incoming, F_OK) == 0) {
                 log_warning("removing what an earlier, incomplete incoming migration of this guest left");
+                int fd;
+
                 r = guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, err);
                 if (r < 0)
                         return r;
-                r = guest_dirs_prepare(&g->dirs, g->tpm_uid, g->tpm_gid, err);
-                if (r < 0)
-                        return r;
+                /* that took the locked state dir too: lock its successor */
+                fd = guest_dirs_lock(&g->dirs, true, NULL, err);
+                if (fd < 0)
+                        return fd;
+                close(g->lock_fd);
+                g->lock_fd = fd;
         }
         if (access(g->dirs.migrated_out, F_OK) == 0)
                 return vmsup_fail(err, VMSUP_EX_CANTCREAT, 0,
@@ -694,9 +813,23 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         return 0;
 }
 
+/* A process (by a pidfd) that has not ended. */
+static bool still_running(int pidfd) {
+        struct pollfd p = { .fd = pidfd, .events = POLLIN };
+        bool alive;
+
+        if (pidfd < 0)
+                return false;
+        alive = poll(&p, 1, 0) == 0;
+        return alive;
+}
+
 void migrate_in_abort(struct guest *g, const vmsup_error *why) {
         struct migrate_in *in = g->in;
         vmsup_error *err = NULL;
+        _cleanup_close_ int qemu = -1, tpm = -1;
+        pid_t qemu_pid, tpm_pid;
+        const char *still;
 
         if (!in)
                 return;
@@ -713,14 +846,31 @@ void migrate_in_abort(struct guest *g, const vmsup_error *why) {
                 shutdown(in->stream_fd, SHUT_RDWR);
         /* a committed copy keeps its last TPM writes */
         g->tpm_discard = in->claimed;
+        /* our own handles on them: guest_stop_children() forgets even a child that
+         * outlived SIGKILL (tpm_stop: CMD_SHUTDOWN, then SIGTERM, then SIGKILL) */
+        qemu = g->qemu.pidfd >= 0 && !g->qemu.exited ? fcntl(g->qemu.pidfd, F_DUPFD_CLOEXEC, 3) : -1;
+        tpm = g->swtpm.pidfd >= 0 && !g->swtpm.exited ? fcntl(g->swtpm.pidfd, F_DUPFD_CLOEXEC, 3) : -1;
+        qemu_pid = g->qemu.pid;
+        tpm_pid = g->swtpm.pid;
         guest_stop_children(g);
+        still = still_running(qemu) ? "QEMU" : still_running(tpm) ? "swtpm" : NULL;
+        if (still) {
+                /* its files stay while it runs; the janitor, at our exit, waits for it */
+                log_error("%s (pid %d) is still running after SIGKILL: the incoming migration's files stay here "
+                          "for the janitor to remove once it has ended", still,
+                          (int) (streq(still, "QEMU") ? qemu_pid : tpm_pid));
+                return;
+        }
         if (in->claimed) {
                 if (guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, &err) < 0) {
                         log_error("%s; the janitor tries again", err->msg);
                         err = vmsup_error_free(err);
                         return; /* EOF on its pipe at our exit makes the janitor try */
                 }
-                log_info("removed everything the incoming migration had made here");
+                log_info("%s removed everything the incoming migration had made here",
+                         !qemu_pid && !tpm_pid ? "nothing was started;"
+                         : g->tpm_stop_err     ? "QEMU and swtpm ended (swtpm had to be killed, see above);"
+                                               : "QEMU and swtpm ended;");
         } else if (guest_dirs_incoming_committed(&g->dirs))
                 log_warning("the source ordered the guest to run here: its copy stays, marked (%s); see vmsup(8), "
                             "MIGRATION", g->dirs.incoming);

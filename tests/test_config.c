@@ -50,8 +50,19 @@ Test(config, missing_default_file_means_defaults) {
         cr_assert_str_eq(cfg.paths.state_dir, "/var/lib/vmsup");
         cr_assert_str_eq(cfg.paths.run_dir, "/run/vmsup");
         cr_assert_str_eq(cfg.paths.secrets_dir, "/var/lib/vmsup/secrets");
+        cr_assert_eq(cfg.migration.handshake_timeout, 10);
         host_config_clear(&cfg);
         free(path);
+}
+
+Test(config, migration_handshake_timeout) {
+        struct host_config cfg;
+        char *msg = load("[migration]\ntimeout = 60\nhandshake_timeout = 3\n", &cfg, NULL);
+
+        cr_assert_null(msg, "%s", msg);
+        cr_assert_eq(cfg.migration.timeout, 60);
+        cr_assert_eq(cfg.migration.handshake_timeout, 3);
+        host_config_clear(&cfg);
 }
 
 Test(config, explicit_missing_file_is_an_error) {
@@ -166,6 +177,9 @@ static const struct bad_case bad_input_cases[] = {
                 { "[barbican]\nretries = 11\n", ":2: [barbican] retries: '11' is not a number from 0 to 10" },
                 { "[barbican]\nca_file = ca.pem\n", ":2: [barbican] ca_file: 'ca.pem' is not an absolute path" },
                 { "[barbican]\ntimeout = 0\n", ": [barbican] timeout: must be at least 1 second" },
+                { "[migration]\nhandshake_timeout = 0\n", ": [migration] handshake_timeout: must be at least 1 second" },
+                { "[migration]\nhandshake_timeout = 5s\n",
+                  ":2: [migration] handshake_timeout: '5s' is not a number of seconds" },
                 { "[keystone]\nauth_url = keystone:5000\n",
                   ":2: [keystone] auth_url: 'keystone:5000' is not an http:// or https:// URL" },
                 { "[keystone]\ncredentials_file = creds\n",

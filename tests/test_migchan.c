@@ -625,6 +625,139 @@ Test(migchan, a_silent_client_is_a_handshake_timeout) {
         expect_error(r, err, 75, ": no answer within 0.3 s");
 }
 
+/* migchan_connect() in a thread: the real client of the step-by-step server. */
+struct connector {
+        pthread_t thread;
+        char port[8];
+        int r;
+        struct migchan *c;
+        vmsup_error *err;
+};
+
+static void *connect_main(void *p) {
+        struct connector *k = p;
+
+        k->r = migchan_connect("127.0.0.1", k->port, ptr(client_tls("b", "a")), LONG_MS, &k->c, &k->err);
+        return NULL;
+}
+
+static int tcp_to(const char *port) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        sa.sin_port = htons((uint16_t) atoi(port));
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), 0, "connect: %s", strerror(errno));
+        return fd;
+}
+
+/* The server's step-by-step handshake (what `vmsup run --incoming` waits with): two
+ * silent connections and one that sends garbage come first; the real client still gets
+ * through, the garbage fails on its own, and the silent ones just wait. */
+Test(migchan, step_by_step_handshakes_a_real_client_passes_silent_ones) {
+        static const char junk[] = "GET / HTTP/1.1\r\nHost: migration\r\n\r\n";
+        const struct migchan_tls *tls = ptr(server_tls("a"));
+        struct migchan *pend[8] = { 0 }, *done = NULL;
+        int result[8] = { 0 }, silent[2], garbage, lfd;
+        struct connector k = { 0 };
+        struct mig_frame f = { 0 };
+        vmsup_error *err = NULL;
+        char port[8];
+        size_t n = 0;
+        long deadline;
+        int r;
+
+        lfd = listen_local(port);
+        cr_assert_eq(migchan_tls_check(tls, true, &err), 0, "%s", msg_of(err));
+        /* nothing pending: no wait, no error */
+        cr_assert_eq(migchan_accept_start(lfd, tls, &pend[0], &err), 0, "%s", msg_of(err));
+        silent[0] = tcp_to(port);
+        silent[1] = tcp_to(port);
+        garbage = tcp_to(port);
+        cr_assert_eq(write(garbage, junk, sizeof(junk) - 1), (ssize_t) sizeof(junk) - 1);
+        snprintf(k.port, sizeof(k.port), "%s", port);
+        cr_assert_eq(pthread_create(&k.thread, NULL, connect_main, &k), 0);
+
+        deadline = monotonic_ms() + LONG_MS;
+        while (!done) {
+                struct pollfd p[9] = { { .fd = lfd, .events = POLLIN } };
+
+                cr_assert_lt(monotonic_ms(), deadline, "the real client did not get through");
+                for (size_t i = 0; i < n; i++)
+                        p[i + 1] = (struct pollfd) { .fd = result[i] == 0 ? migchan_fd(pend[i]) : -1,
+                                                     .events = result[i] == 0 ? migchan_handshake_events(pend[i]) : 0 };
+                cr_assert_geq(poll(p, n + 1, 1000), 0);
+                while (n < ARRAY_SIZE(pend) && (r = migchan_accept_start(lfd, tls, &pend[n], &err)) != 0) {
+                        cr_assert_eq(r, 1, "%s", msg_of(err));
+                        cr_assert(fcntl(migchan_fd(pend[n]), F_GETFD) & FD_CLOEXEC);
+                        cr_assert(fcntl(migchan_fd(pend[n]), F_GETFL) & O_NONBLOCK);
+                        n++;
+                }
+                for (size_t i = 0; i < n && !done; i++) {
+                        if (result[i] != 0)
+                                continue;
+                        r = migchan_handshake_step(pend[i], &err);
+                        if (r > 0) {
+                                result[i] = 1;
+                                done = pend[i];
+                        } else if (r < 0) {
+                                result[i] = -1;
+                                /* the garbage, third in the queue: fails on its own */
+                                cr_assert_eq(i, 2, "connection %zu failed: %s", i, msg_of(err));
+                                expect_error(r, err, 69, "TLS handshake with 127.0.0.1:");
+                                expect_error(r, err, 69, " failed: ");
+                                vmsup_error_free(err);
+                                err = NULL;
+                        }
+                }
+        }
+        cr_assert_eq(pthread_join(k.thread, NULL), 0);
+        cr_assert_eq(k.r, 0, "client: %s", msg_of(k.err));
+        cr_assert_eq(n, 4, "%zu connections taken", n);
+        cr_assert_eq(result[3], 1, "the real client was not the one that got through");
+        cr_assert(strstr(migchan_peer(done), " (CN=b)"), "%s", migchan_peer(done));
+        /* the silent ones are still in their handshake, waiting for their hello */
+        cr_assert_eq(result[0], 0);
+        cr_assert_eq(result[1], 0);
+        cr_assert_eq(migchan_handshake_step(pend[0], &err), 0, "%s", msg_of(err));
+        cr_assert_eq(migchan_handshake_events(pend[0]), POLLIN);
+        /* the channel carries frames both ways, and a step on it says it is done */
+        cr_assert_eq(migchan_handshake_step(done, &err), 1, "%s", msg_of(err));
+        send_json_ok(k.c, MIG_HELLO, "{\"protocol\":1,\"uuid\":\"" GUEST "\",\"host\":\"hostb\"}");
+        recv_ok(done, MIG_HELLO, &f);
+        mig_frame_clear(&f);
+        send_json_ok(done, MIG_HELLO, "{\"protocol\":1,\"uuid\":\"" GUEST "\",\"host\":\"hosta\"}");
+        recv_ok(k.c, MIG_HELLO, &f);
+        mig_frame_clear(&f);
+        for (size_t i = 0; i < n; i++)
+                migchan_free(pend[i]);
+        migchan_free(k.c);
+        close(silent[0]);
+        close(silent[1]);
+        close(garbage);
+        close(lfd);
+}
+
+/* A server whose own files cannot be loaded fails before it takes a connection. */
+Test(migchan, step_by_step_server_checks_its_files_first) {
+        struct migchan_tls t = server_tls("a");
+        struct migchan *c = NULL;
+        vmsup_error *err = NULL;
+        char port[8];
+        int lfd = listen_local(port), fd = tcp_to(port), r;
+
+        t.cert_file = path("%s/nonexistent.pem", certs);
+        r = migchan_tls_check(&t, true, &err);
+        expect_error(r, err, 78, "load the migration server certificate '");
+        vmsup_error_free(err);
+        err = NULL;
+        r = migchan_accept_start(lfd, &t, &c, &err);
+        expect_error(r, err, 78, "load the migration server certificate '");
+        cr_assert_null(c);
+        close(fd);
+        close(lfd);
+}
+
 Test(migchan, our_own_files_missing_is_a_configuration_error) {
         struct migchan *c = NULL;
         struct migchan_tls t = client_tls("b", "a");
