@@ -723,10 +723,10 @@ Test(migchan, step_by_step_handshakes_a_real_client_passes_silent_ones) {
         cr_assert_eq(migchan_handshake_events(pend[0]), POLLIN);
         /* the channel carries frames both ways, and a step on it says it is done */
         cr_assert_eq(migchan_handshake_step(done, &err), 1, "%s", msg_of(err));
-        send_json_ok(k.c, MIG_HELLO, "{\"protocol\":1,\"uuid\":\"" GUEST "\",\"host\":\"hostb\"}");
+        send_json_ok(k.c, MIG_HELLO, "{\"protocol\":2,\"uuid\":\"" GUEST "\",\"host\":\"hostb\"}");
         recv_ok(done, MIG_HELLO, &f);
         mig_frame_clear(&f);
-        send_json_ok(done, MIG_HELLO, "{\"protocol\":1,\"uuid\":\"" GUEST "\",\"host\":\"hosta\"}");
+        send_json_ok(done, MIG_HELLO, "{\"protocol\":2,\"uuid\":\"" GUEST "\",\"host\":\"hosta\"}");
         recv_ok(k.c, MIG_HELLO, &f);
         mig_frame_clear(&f);
         for (size_t i = 0; i < n; i++)

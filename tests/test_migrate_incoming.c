@@ -127,7 +127,7 @@ static pid_t scripted_source(const char *name) {
                 pass[512] = '\0';
                 if (ns < 0 || setns(ns, CLONE_NEWNET) < 0 || migchan_connect(th_ip[1], "49152", &tls, 10000, &ch, &e) < 0)
                         _exit(10);
-                json_object_object_add(hello, "protocol", json_object_new_int(1));
+                json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
                 json_object_object_add(hello, "uuid", json_object_new_string(UUID));
                 json_object_object_add(hello, "host", json_object_new_string("scripted"));
                 json_object_object_add(prep, "spec", json_object_from_file(th_path("%s/guest.json", th_root)));

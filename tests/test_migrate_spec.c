@@ -53,7 +53,7 @@ static pid_t malicious_source(json_object *spec) {
                 pass[512] = '\0';
                 if (ns < 0 || setns(ns, CLONE_NEWNET) < 0 || migchan_connect(th_ip[1], "49152", &tls, 10000, &ch, &e) < 0)
                         _exit(10);
-                json_object_object_add(hello, "protocol", json_object_new_int(1));
+                json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
                 json_object_object_add(hello, "uuid", json_object_new_string(UUID));
                 json_object_object_add(hello, "host", json_object_new_string("a"));
                 json_object_object_add(prep, "spec", json_object_get(spec));
