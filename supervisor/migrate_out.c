@@ -643,10 +643,51 @@ static void finish_source(struct out *o) {
         }
 }
 
+/* After a completed QEMU migration the destination's QEMU has the guest's disks open and
+ * locked (shared storage): `cont` here fails ("Failed to get "write" lock") until it is
+ * gone. The destination hangs up once it has removed it, on our ABORT: wait for that,
+ * within answer_timeout, or until another signal. */
+static void wait_destination_gone(struct out *o) {
+        long deadline = monotonic_ms() + o->answer_ms;
+
+        for (;;) {
+                struct pollfd p[2] = { { .fd = migchan_fd(o->ch), .events = POLLIN },
+                                       { .fd = o->g->sigfd, .events = POLLIN } };
+                struct mig_frame f = { 0 };
+                vmsup_error *err = NULL;
+                long left;
+                int r = migchan_recv(o->ch, &f, &err);
+
+                mig_frame_clear(&f);
+                if (r < 0) {
+                        vmsup_error_free(err);
+                        return;
+                }
+                if (r > 0)
+                        continue;
+                left = deadline - monotonic_ms();
+                if (left <= 0) {
+                        log_warning("the destination did not hang up within %d s of the ABORT; its QEMU may still "
+                                    "hold the guest's disks", o->answer_ms / 1000);
+                        return;
+                }
+                if (poll(p, 2, (int) left) < 0 && errno != EINTR)
+                        return;
+                if (p[1].revents) {
+                        bool before = o->g->interrupted;
+
+                        guest_drain_signals(o->g);
+                        if (before)
+                                return; /* a second signal: no more waiting */
+                }
+        }
+}
+
 /* Undo: cancel QEMU's migration if it runs, and let the guest run here again. */
 static void roll_back(struct out *o, const vmsup_error *why) {
         struct guest *g = o->g;
         vmsup_error *err = NULL;
+        bool completed = false;
 
         if (o->ch) {
                 _cleanup_json_ json_object *a = json_object_new_object();
@@ -664,6 +705,7 @@ static void roll_back(struct out *o, const vmsup_error *why) {
                 if (migrate_qmp(g, "query-migrate", NULL, &info, &err) < 0)
                         err = vmsup_error_free(err);
                 snprintf(g->migration_status, sizeof(g->migration_status), "%s", migrate_json_str(info, "status") ?: "");
+                completed = streq(g->migration_status, "completed");
                 if (migrate_wait_status(g, ended, 0, NULL) < 0) { /* still going */
                         if (migrate_qmp(g, "migrate_cancel", NULL, NULL, &err) < 0)
                                 err = vmsup_error_free(err);
@@ -673,6 +715,8 @@ static void roll_back(struct out *o, const vmsup_error *why) {
                         }
                 }
         }
+        if (completed && o->ch && o->was_running)
+                wait_destination_gone(o);
         if (g->qmp && !g->qemu.exited && o->was_running) {
                 _cleanup_json_ json_object *st = NULL;
                 const char *status;
