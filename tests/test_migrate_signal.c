@@ -1,4 +1,4 @@
-/* SIGTERM to the source's supervisor during a live migration (the fixture:
+/* SIGTERM (or SIGINT) to the source's supervisor during a live migration (the fixture:
  * tests/twohostfix.c). Before COMMIT it cancels at once: ABORT to the destination, which
  * keeps nothing, and the guest stays on the source, which then stops it as SIGTERM asks
  * (its TPM state sealed: it starts again with its NV counter and EK). After COMMIT the
@@ -194,17 +194,21 @@ static pid_t restart_on_a(const char *name, int n) {
         return pid;
 }
 
-/* SIGTERM to a's supervisor once `ready` shows in file; then: the migration cancelled
- * (not timed out), b rolled back and empty, a's guest stopped normally with its state. */
-static void sigterm_cancels(pid_t sup, pid_t in, pid_t mig, struct relay *rl, const char *file, const char *ready) {
+/* sig (SIGTERM or SIGINT) to a's supervisor once `ready` shows in file; then: the
+ * migration cancelled (not timed out), b rolled back and empty, a's guest stopped
+ * normally with its state. */
+static void signal_cancels(int sig, pid_t sup, pid_t in, pid_t mig, struct relay *rl, const char *file,
+                           const char *ready) {
+        char want[128];
         int rc;
 
         th_wait_text(file, ready, 1, 60000);
-        cr_assert_eq(kill(sup, SIGTERM), 0);
+        cr_assert_eq(kill(sup, sig), 0);
         rc = th_wait_exit(mig);
         cr_assert_eq(rc, 75, "[%s] vmsup migrate: %d: %s\n%s", th_step, rc, th_err("mig"), th_logs());
-        cr_assert(strstr(th_err("mig"), "cancelled: the source's supervisor got SIGTERM; the guest stays on the source"),
-                  "[%s] %s\n%s", th_step, th_err("mig"), th_logs());
+        snprintf(want, sizeof(want), "cancelled: the source's supervisor got SIG%s; the guest stays on the source",
+                 sigabbrev_np(sig));
+        cr_assert(strstr(th_err("mig"), want), "[%s] %s\n%s", th_step, th_err("mig"), th_logs());
         cr_assert(!strstr(th_err("mig"), "no answer"), "[%s] %s", th_step, th_err("mig"));
         /* the source stops the guest as SIGTERM asks: normally, its TPM state sealed */
         rc = th_wait_exit(sup);
@@ -233,13 +237,13 @@ Test(migrate_signal, sigterm_before_commit_cancels_and_the_guest_stays) {
         in = th_incoming(1, "in-b");
         rl = relay_start(MIG_READY);
         mig = migrate_via_relay("mig");
-        sigterm_cancels(sup, in, mig, &rl, th_path("%s/relay.log", th_root), "held READY");
+        signal_cancels(SIGTERM, sup, in, mig, &rl, th_path("%s/relay.log", th_root), "held READY");
         sup = restart_on_a("run-a2", 2);
         cr_assert_eq(atol(th_console_last(0, "nv-counter=")), c1 + 1);
         cr_assert_str_eq(th_console_last(0, "ek="), ek);
 
-        /* while QEMU streams (slowed down: the signal comes mid-way) */
-        th_step = "SIGTERM while QEMU streams";
+        /* while QEMU streams (slowed down: the signal comes mid-way); SIGINT as SIGTERM */
+        th_step = "SIGINT while QEMU streams";
         {
                 const char *bw[] = { "qmp", UUID, "migrate-set-parameters", "{\"max-bandwidth\": 8388608}", NULL };
 
@@ -248,7 +252,7 @@ Test(migrate_signal, sigterm_before_commit_cancels_and_the_guest_stays) {
         in = th_incoming(1, "in-b");
         rl = relay_start(0);
         mig = migrate_via_relay("mig");
-        sigterm_cancels(sup, in, mig, &rl, th_path("%s/mig.err", th_root), "% ");
+        signal_cancels(SIGINT, sup, in, mig, &rl, th_path("%s/mig.err", th_root), "% ");
         sup = restart_on_a("run-a3", 3);
         cr_assert_eq(atol(th_console_last(0, "nv-counter=")), c1 + 2);
         cr_assert_str_eq(th_console_last(0, "ek="), ek);
@@ -259,7 +263,7 @@ Test(migrate_signal, sigterm_before_commit_cancels_and_the_guest_stays) {
         in = th_incoming(1, "in-b");
         rl = relay_start(MIG_PREPARED);
         mig = migrate_via_relay("mig");
-        sigterm_cancels(sup, in, mig, &rl, th_path("%s/relay.log", th_root), "held PREPARED");
+        signal_cancels(SIGTERM, sup, in, mig, &rl, th_path("%s/relay.log", th_root), "held PREPARED");
         cr_assert(strstr(th_slurp(th_path("%s/run-a3.err", th_root)), "the guest runs here again"), "%s",
                   th_slurp(th_path("%s/run-a3.err", th_root)));
         sup = restart_on_a("run-a4", 4);
