@@ -1209,8 +1209,15 @@ void guest_drain_signals(struct guest *g) {
                 if (si.ssi_signo == SIGCHLD)
                         guest_reap_all(g);
                 else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-                        log_info("SIG%s during the migration: it is cancelled, then the guest stops",
-                                 sigabbrev_np((int) si.ssi_signo));
+                        if (g->migration_committed)
+                                log_info("SIG%s during the migration, after the destination was told to run the "
+                                         "guest: the migration finishes first",
+                                         sigabbrev_np((int) si.ssi_signo));
+                        else
+                                log_info("SIG%s during the migration: it is cancelled, then the guest stops",
+                                         sigabbrev_np((int) si.ssi_signo));
+                        if (!g->interrupted)
+                                g->interrupt_signo = (int) si.ssi_signo;
                         g->interrupted = true;
                 }
         }

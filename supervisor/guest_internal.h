@@ -100,6 +100,8 @@ struct guest {
         bool tpm_discard;       /* stopping swtpm wipes its state instead of sealing it (it lives elsewhere now) */
         bool migrate_tls_added; /* QEMU has our tls-creds-x509 object */
         bool interrupted;       /* SIGTERM or SIGINT arrived during a migration */
+        int interrupt_signo;    /* which one, first */
+        bool migration_committed; /* the source sent COMMIT: a signal no longer cancels the migration */
         char migration_status[24]; /* from QEMU's MIGRATION events */
         const char *migrating_to;  /* "HOST:PORT" while migrate_out() runs; other requests are then refused */
         int migration_percent;     /* of the guest's memory sent, for `vmsup status` */
@@ -117,6 +119,7 @@ void guest_stop_children(struct guest *g);
 void guest_finish(struct guest *g, int exit_code);
 void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot);
 void guest_dispatch_sync(struct guest *g);
+/* During a migration: read the signal fd (reap; SIGTERM and SIGINT set g->interrupted). */
 void guest_drain_signals(struct guest *g);
 /* The guest runs: stamp that it has a TPM and uses its VARS (guestdirs.h). */
 void guest_record_history(struct guest *g);

@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,6 +175,14 @@ static int unexpected(struct out *o, struct mig_frame *f, vmsup_error **err) {
                           mig_msg_name(f->type));
 }
 
+/* A SIGTERM or SIGINT before COMMIT cancels the migration (its supervisor then stops the
+ * guest here, as a signal asks: migrate_out()). */
+static int cancelled(struct out *o, vmsup_error **err) {
+        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
+                          "cancelled: the source's supervisor got SIG%s; the guest stays on the source, which stops it",
+                          sigabbrev_np(o->g->interrupt_signo ?: SIGTERM));
+}
+
 /* The control socket while the migration waits: its listener and clients are added to a
  * poll set, then served (guest.c answers status and refuses the rest while
  * g->migrating_to is set). */
@@ -227,17 +236,21 @@ static int qmp_poll_serve(struct guest *g, const struct pollfd *p, vmsup_error *
 }
 
 /* The destination's next message, which must be of type (or its ABORT), within
- * answer_timeout; control clients are served meanwhile. */
+ * answer_timeout; control clients are served meanwhile. A signal cancels the wait before
+ * COMMIT; after it, the wait goes on (the destination may run the guest already). */
 static int expect(struct out *o, enum mig_msg type, struct mig_frame *f, vmsup_error **err) {
         long deadline = monotonic_ms() + o->answer_ms;
 
         for (;;) {
-                struct pollfd p[2 + 1 + CONTROL_POLL_MAX];
+                struct pollfd p[3 + 1 + CONTROL_POLL_MAX];
                 struct control_poll cp;
-                nfds_t n = 2;
+                nfds_t n = 3;
                 long left;
-                int r = migchan_recv(o->ch, f, err);
+                int r;
 
+                if (o->g->interrupted && !o->committed)
+                        return cancelled(o, err);
+                r = migchan_recv(o->ch, f, err);
                 if (r < 0)
                         return vmsup_error_prefix(err, "the destination");
                 if (r > 0)
@@ -250,9 +263,12 @@ static int expect(struct out *o, enum mig_msg type, struct mig_frame *f, vmsup_e
                                           migchan_peer(o->ch), o->answer_ms / 1000, mig_msg_name(type));
                 p[0] = (struct pollfd) { .fd = migchan_fd(o->ch), .events = POLLIN };
                 qmp_poll_add(o->g, &p[1], &left);
+                p[2] = (struct pollfd) { .fd = o->g->sigfd, .events = POLLIN };
                 control_poll_add(o->g, p, &n, &cp);
                 if (poll(p, n, left > 1 ? (int) left : 1) < 0 && errno != EINTR)
                         return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
+                if (p[2].revents)
+                        guest_drain_signals(o->g);
                 if (qmp_poll_serve(o->g, &p[1], err) < 0)
                         return -1;
                 control_poll_serve(o->g, p, &cp);
@@ -444,20 +460,11 @@ static void query_free(struct query *q) {
                 free(q);
 }
 
-/* QEMU says it completed: its figures (which it computes a moment after it says so). */
-static int completed(struct out *o, json_object *info, vmsup_error **err) {
-        _cleanup_json_ json_object *again = NULL;
-
-        for (int i = 0; i < 100 && !get_int(again ?: info, "total-time"); i++) {
-                json_object_put(again);
-                again = NULL;
-                poll(NULL, 0, 2);
-                if (migrate_qmp(o->g, "query-migrate", NULL, &again, err) < 0)
-                        return -1;
-        }
-        o->total_ms = get_int(again ?: info, "total-time");
-        o->downtime_ms = get_int(again ?: info, "downtime");
-        return 0;
+/* QEMU's figures, which it computes a moment after it says it completed: 0 until then
+ * (run() asks again once the destination has answered). */
+static void figures(struct out *o, json_object *info) {
+        o->total_ms = get_int(info, "total-time");
+        o->downtime_ms = get_int(info, "downtime");
 }
 
 /* QEMU's migrate, watched until it completes: the destination's supervisor, QEMU and
@@ -485,6 +492,8 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                 bool ended = streq(g->migration_status, "completed") || streq(g->migration_status, "failed") ||
                              streq(g->migration_status, "cancelled");
 
+                if (g->interrupted)
+                        return cancelled(o, err);
                 if (!g->qmp)
                         return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
                 if (q->info) {
@@ -492,8 +501,10 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                         const char *status = migrate_json_str(info, "status") ?: "";
 
                         q->info = NULL;
-                        if (streq(status, "completed"))
-                                return completed(o, info, err);
+                        if (streq(status, "completed")) {
+                                figures(o, info);
+                                return 0;
+                        }
                         if (streq(status, "failed") || streq(status, "cancelled"))
                                 return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "QEMU's migration %s: %s", status,
                                                   migrate_json_str(info, "error-desc") ?: "no reason given");
@@ -540,7 +551,7 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                 if (p[1].revents) {
                         guest_drain_signals(g);
                         if (g->interrupted)
-                                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "interrupted by a signal");
+                                return cancelled(o, err);
                 }
                 if (p[2].revents) {
                         guest_reap_all(g);
@@ -632,10 +643,51 @@ static void finish_source(struct out *o) {
         }
 }
 
+/* After a completed QEMU migration the destination's QEMU has the guest's disks open and
+ * locked (shared storage): `cont` here fails ("Failed to get "write" lock") until it is
+ * gone. The destination hangs up once it has removed it, on our ABORT: wait for that,
+ * within answer_timeout, or until another signal. */
+static void wait_destination_gone(struct out *o) {
+        long deadline = monotonic_ms() + o->answer_ms;
+
+        for (;;) {
+                struct pollfd p[2] = { { .fd = migchan_fd(o->ch), .events = POLLIN },
+                                       { .fd = o->g->sigfd, .events = POLLIN } };
+                struct mig_frame f = { 0 };
+                vmsup_error *err = NULL;
+                long left;
+                int r = migchan_recv(o->ch, &f, &err);
+
+                mig_frame_clear(&f);
+                if (r < 0) {
+                        vmsup_error_free(err);
+                        return;
+                }
+                if (r > 0)
+                        continue;
+                left = deadline - monotonic_ms();
+                if (left <= 0) {
+                        log_warning("the destination did not hang up within %d s of the ABORT; its QEMU may still "
+                                    "hold the guest's disks", o->answer_ms / 1000);
+                        return;
+                }
+                if (poll(p, 2, (int) left) < 0 && errno != EINTR)
+                        return;
+                if (p[1].revents) {
+                        bool before = o->g->interrupted;
+
+                        guest_drain_signals(o->g);
+                        if (before)
+                                return; /* a second signal: no more waiting */
+                }
+        }
+}
+
 /* Undo: cancel QEMU's migration if it runs, and let the guest run here again. */
 static void roll_back(struct out *o, const vmsup_error *why) {
         struct guest *g = o->g;
         vmsup_error *err = NULL;
+        bool completed = false;
 
         if (o->ch) {
                 _cleanup_json_ json_object *a = json_object_new_object();
@@ -653,6 +705,7 @@ static void roll_back(struct out *o, const vmsup_error *why) {
                 if (migrate_qmp(g, "query-migrate", NULL, &info, &err) < 0)
                         err = vmsup_error_free(err);
                 snprintf(g->migration_status, sizeof(g->migration_status), "%s", migrate_json_str(info, "status") ?: "");
+                completed = streq(g->migration_status, "completed");
                 if (migrate_wait_status(g, ended, 0, NULL) < 0) { /* still going */
                         if (migrate_qmp(g, "migrate_cancel", NULL, NULL, &err) < 0)
                                 err = vmsup_error_free(err);
@@ -662,6 +715,8 @@ static void roll_back(struct out *o, const vmsup_error *why) {
                         }
                 }
         }
+        if (completed && o->ch && o->was_running)
+                wait_destination_gone(o);
         if (g->qmp && !g->qemu.exited && o->was_running) {
                 _cleanup_json_ json_object *st = NULL;
                 const char *status;
@@ -719,14 +774,28 @@ static int run(struct out *o, vmsup_error **err) {
         if (r < 0)
                 return r;
         o->completed_at = monotonic_ms();
-        progress(o, "switchover", "QEMU completed in %" PRId64 " ms (downtime %" PRId64
-                 " ms); the destination checks the guest and seals its TPM state", o->total_ms, o->downtime_ms);
+        progress(o, "switchover", "QEMU completed; the destination checks the guest and seals its TPM state");
         r = send_json(o, MIG_MIGRATED, NULL, err);
         if (r >= 0)
                 r = expect(o, MIG_PREPARED, &f, err);
         mig_frame_clear(&f);
         if (r < 0)
                 return r;
+        if (!o->total_ms) {
+                _cleanup_json_ json_object *info = NULL;
+                vmsup_error *ignored = NULL;
+
+                if (migrate_qmp(g, "query-migrate", NULL, &info, &ignored) < 0)
+                        vmsup_error_free(ignored);
+                figures(o, info);
+        }
+        log_info("migration: QEMU took %" PRId64 " ms (downtime %" PRId64 " ms); the destination has the guest paused",
+                 o->total_ms, o->downtime_ms);
+        /* The last moment a signal cancels: one that came while we did not wait (a QMP
+         * command, a send) is still on the signal fd. */
+        guest_drain_signals(g);
+        if (g->interrupted)
+                return cancelled(o, err);
         /* The point of no return for the destination: once it has COMMIT it may run the
          * guest. From here a lost answer leaves the outcome unknown, and the guest must
          * not run here too: the marker keeps it from starting here again. */
@@ -736,11 +805,11 @@ static int run(struct out *o, vmsup_error **err) {
         r = send_json(o, MIG_COMMIT, NULL, err);
         if (r < 0)
                 return r;
-        o->committed = true;
+        o->committed = g->migration_committed = true;
         r = expect(o, MIG_RUNNING, &f, err);
         mig_frame_clear(&f);
         if (r == -ECONNABORTED)
-                o->committed = false; /* an explicit ABORT: the destination did not run it */
+                o->committed = g->migration_committed = false; /* an explicit ABORT: the destination did not run it */
         o->running_at = monotonic_ms();
         if (r < 0)
                 return r;
@@ -819,6 +888,7 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         if (o.stream_fd >= 0)
                 close(o.stream_fd);
         g->migrating_to = NULL;
+        g->migration_committed = false;
         if (g->interrupted && !g->done)
                 guest_begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
 }
