@@ -1652,7 +1652,8 @@ int guest_run(const struct guest_run_opts *opts) {
         /* an incoming guest runs from this host's spec too; the source's must match it */
         g.incoming = opts->incoming_port != NULL;
         if ((r = guest_spec_load(opts->spec_path, &g.spec, &err)) < 0 ||
-            (r = spec_match_host_dirs(&g.spec, g.cfg, opts->spec_path, &err)) < 0)
+            (r = spec_match_host_dirs(&g.spec, g.cfg, opts->spec_path, &err)) < 0 ||
+            (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0) /* its paths only */
                 goto fail;
         log_set_guest(g.spec.uuid);
         if (g.incoming && (r = migrate_in_receive(&g, opts, &err)) < 0)
@@ -1661,7 +1662,7 @@ int guest_run(const struct guest_run_opts *opts) {
         if ((r = disk_images_check(&g.spec, &err)) < 0)
                 goto fail;
         if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = tpm_rules_check_host(&g.tpm, g.cfg, &err)) < 0 ||
-            (r = resolve_programs(&g, &err)) < 0 || (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0)
+            (r = resolve_programs(&g, &err)) < 0)
                 goto fail;
         /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is
          * made or changed before it is ours, so that a refused start or incoming

@@ -478,7 +478,7 @@ int guest_dirs_check_markers(const struct guest_dirs *d, vmsup_error **err) {
 }
 
 bool guest_dirs_incoming_committed(const struct guest_dirs *d) {
-        _cleanup_free_ char *in = marker_text(d->incoming);
+        _cleanup_free_ char *in = d->incoming ? marker_text(d->incoming) : NULL; /* NULL: paths not made yet */
 
         /* an unreadable marker counts as committed: it may guard the only copy */
         return in && (strncmp(in, GUEST_INCOMING_COMMITTED " ", strlen(GUEST_INCOMING_COMMITTED " ")) == 0 ||
