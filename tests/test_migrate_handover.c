@@ -20,50 +20,7 @@
 #include "tests/helpers.h"
 #include "tests/twohostfix.h"
 
-#define RELAY TEST_BUILDDIR "/tests/migrelay"
-
 TestSuite(handover, .init = th_setup, .fini = th_teardown, .timeout = 900);
-
-/* The relay in host b: the source reaches it on ip_b:49153; actions as migrelay takes
- * them. Its log is ROOT/relay.err. */
-static pid_t relay_start(const char *const *actions) {
-        pid_t pid;
-
-        unlink(th_path("%s/relay.err", th_root));
-        pid = fork();
-        cr_assert_geq(pid, 0);
-        if (pid == 0) {
-                const char *argv[40] = { "ip", "netns", "exec", NULL, RELAY, "--listen", NULL, "--to", NULL, "--ca", NULL,
-                                         "--server-cert", NULL, "--server-key", NULL, "--client-cert", NULL,
-                                         "--client-key", NULL };
-                char ns[40];
-                int n = 19, e = open(th_path("%s/relay.err", th_root), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-
-                snprintf(ns, sizeof(ns), "%s-b", th_prefix);
-                argv[3] = ns;
-                argv[6] = strdup(th_path("%s:49153", th_ip[1]));
-                argv[8] = strdup(th_path("%s:49152", th_ip[1]));
-                argv[10] = strdup(th_path("%s/certs/b/ca-cert.pem", th_root));
-                argv[12] = strdup(th_path("%s/certs/b/server-cert.pem", th_root));
-                argv[14] = strdup(th_path("%s/certs/b/server-key.pem", th_root));
-                argv[16] = strdup(th_path("%s/certs/a/client-cert.pem", th_root));
-                argv[18] = strdup(th_path("%s/certs/a/client-key.pem", th_root));
-                for (int i = 0; actions[i]; i++)
-                        argv[n++] = actions[i];
-                argv[n] = NULL;
-                dup2(e, 2);
-                execvp("ip", (char **) argv);
-                _exit(127);
-        }
-        th_wait_text(th_path("%s/relay.err", th_root), "listening on", 1, 10000);
-        return pid;
-}
-
-static pid_t start_migrate_via_relay(const char *name) {
-        const char *args[] = { "migrate", UUID, "--to", strdup(th_path("%s:49153", th_ip[1])), NULL };
-
-        return th_start(0, name, NULL, args);
-}
 
 /* Host h's QEMU holds the guest paused (status answers, and not "running"). */
 static void assert_paused(int h) {
@@ -89,8 +46,8 @@ static pid_t lose_running(void) {
         pid_t relay, mig, in;
 
         in = th_incoming(1, "in-b");
-        relay = relay_start(drop);
-        mig = start_migrate_via_relay("mig");
+        relay = th_relay_start(drop);
+        mig = th_migrate_via_relay("mig");
         cr_assert_eq(th_wait_exit(mig), 75, "%s\n%s", th_err("mig"), th_slurp(th_path("%s/relay.err", th_root)));
         cr_assert(strstr(th_err("mig"), "outcome unknown"), "%s", th_err("mig"));
         cr_assert(strstr(th_slurp(th_path("%s/relay.err", th_root)), "dropped b2a RUNNING"), "%s",
@@ -159,8 +116,8 @@ Test(handover, running_lost_the_destination_keeps_it) {
         {
                 const char *none[] = { NULL };
 
-                relay = relay_start(none);
-                cr_assert_eq(th_wait_exit(start_migrate_via_relay("mig")), 75, "%s", th_err("mig"));
+                relay = th_relay_start(none);
+                cr_assert_eq(th_wait_exit(th_migrate_via_relay("mig")), 75, "%s", th_err("mig"));
                 kill(relay, SIGTERM);
                 th_wait_exit(relay);
         }
@@ -233,8 +190,8 @@ Test(handover, destination_killed_after_cont_the_source_keeps_it) {
 
         th_step = "b killed after cont";
         in = th_incoming(1, "in-b");
-        relay = relay_start(hold);
-        mig = start_migrate_via_relay("mig");
+        relay = th_relay_start(hold);
+        mig = th_migrate_via_relay("mig");
         th_wait_text(th_path("%s/relay.err", th_root), "holding b2a RUNNING", 1, 120000);
         kill(in, SIGKILL);
         th_wait_exit(in);

@@ -362,3 +362,44 @@ int th_wait_exit(pid_t pid) {
         cr_assert_eq(waitpid(pid, &status, 0), pid);
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
+
+/* The relay in host b: the source reaches it on ip_b:49153; actions as migrelay takes
+ * them. Its log is ROOT/relay.err. */
+pid_t th_relay_start(const char *const *actions) {
+        pid_t pid;
+
+        unlink(th_path("%s/relay.err", th_root));
+        pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                const char *argv[40] = { "ip", "netns", "exec", NULL, TEST_BUILDDIR "/tests/migrelay", "--listen", NULL, "--to", NULL, "--ca", NULL,
+                                         "--server-cert", NULL, "--server-key", NULL, "--client-cert", NULL,
+                                         "--client-key", NULL };
+                char ns[40];
+                int n = 19, e = open(th_path("%s/relay.err", th_root), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+                snprintf(ns, sizeof(ns), "%s-b", th_prefix);
+                argv[3] = ns;
+                argv[6] = strdup(th_path("%s:49153", th_ip[1]));
+                argv[8] = strdup(th_path("%s:49152", th_ip[1]));
+                argv[10] = strdup(th_path("%s/certs/b/ca-cert.pem", th_root));
+                argv[12] = strdup(th_path("%s/certs/b/server-cert.pem", th_root));
+                argv[14] = strdup(th_path("%s/certs/b/server-key.pem", th_root));
+                argv[16] = strdup(th_path("%s/certs/a/client-cert.pem", th_root));
+                argv[18] = strdup(th_path("%s/certs/a/client-key.pem", th_root));
+                for (int i = 0; actions[i]; i++)
+                        argv[n++] = actions[i];
+                argv[n] = NULL;
+                dup2(e, 2);
+                execvp("ip", (char **) argv);
+                _exit(127);
+        }
+        th_wait_text(th_path("%s/relay.err", th_root), "listening on", 1, 10000);
+        return pid;
+}
+
+pid_t th_migrate_via_relay(const char *name) {
+        const char *args[] = { "migrate", UUID, "--to", strdup(th_path("%s:49153", th_ip[1])), NULL };
+
+        return th_start(0, name, NULL, args);
+}

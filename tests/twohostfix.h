@@ -66,4 +66,13 @@ pid_t th_start_migrate(int from, const char *name);
 /* until the source QEMU's stream reaches host h's QEMU (in-b's announced port) */
 void th_wait_stream(int h);
 
+/* tests/migrelay, the man in the middle of the supervisors' channel, in host b: the
+ * source reaches it on ip_b:49153 (th_migrate_via_relay), it reaches the destination on
+ * ip_b:49152; actions (NULL-terminated) as migrelay takes them (--drop, --hold, --cut;
+ * SIGUSR1 releases a hold). Its log, one line per frame, is ROOT/relay.err; returns its
+ * pid once it listens. The test program must depend on tests/migrelay. */
+pid_t th_relay_start(const char *const *actions);
+/* `vmsup migrate UUID --to ip_b:49153` on host a, in the background */
+pid_t th_migrate_via_relay(const char *name);
+
 #endif
