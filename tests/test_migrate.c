@@ -407,7 +407,7 @@ Test(migrate, wrong_migration_key_rolls_back) {
         /* the real source QEMU sends the guest, with TLS and return-path, through vmsup qmp */
         {
                 const char *add[] = { "qmp", UUID, "object-add", strdup(th_path("{\"qom-type\": \"tls-creds-x509\", \"id\": \"t\", "
-                                      "\"dir\": \"%s/certs/a\", \"endpoint\": \"client\", \"verify-peer\": true}", th_root)), NULL };
+                                      "\"dir\": \"%s/certs/qemu-ca/a\", \"endpoint\": \"client\", \"verify-peer\": true}", th_root)), NULL };
                 const char *caps[] = { "qmp", UUID, "migrate-set-capabilities", "{\"capabilities\": [{\"capability\": "
                                        "\"return-path\", \"state\": true}]}", NULL };
                 const char *params[] = { "qmp", UUID, "migrate-set-parameters", strdup(th_path("{\"tls-creds\": \"t\", "
