@@ -382,9 +382,9 @@ void host_config_barbican_options(const struct host_config *cfg, struct barbican
 /* ---- the migration's TLS files -------------------------------------------------------- */
 
 /* Owned by vmsup's user (root), not writable by anyone else; for a key (secret) not
- * readable either. */
+ * readable either. O_NONBLOCK: a FIFO put in a file's place must not hang us. */
 static int check_channel_file(const char *path, bool dir, bool secret, vmsup_error **err) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | (dir ? O_DIRECTORY : 0));
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (dir ? O_DIRECTORY : 0));
         uid_t euid = geteuid();
         struct stat st;
         unsigned mode, bad;

@@ -254,6 +254,12 @@ Test(migtls, channel_files_owned_by_another_user_are_refused) {
         refused(cdir("a"), cdir("qemu-ca/a"), false, 77,
                        (const char *[]) { "is owned by uid 65534, not root", NULL });
         cr_assert_eq(chown(cdir("a"), 0, 0), 0);
+        /* a FIFO in the key's place is refused, not waited on */
+        cr_assert_eq(rename(cdir("a/client-key.pem"), cdir("a/client-key.real")), 0);
+        cr_assert_eq(mkfifo(cdir("a/client-key.pem"), 0600), 0);
+        refused(cdir("a"), cdir("qemu-ca/a"), false, 77, (const char *[]) { "client-key.pem' is not a regular file", NULL });
+        cr_assert_eq(unlink(cdir("a/client-key.pem")), 0);
+        cr_assert_eq(rename(cdir("a/client-key.real"), cdir("a/client-key.pem")), 0);
         /* a missing key is a configuration error that names it */
         cr_assert_eq(unlink(cdir("a/client-key.pem")), 0);
         refused(cdir("a"), cdir("qemu-ca/a"), false, 78,
