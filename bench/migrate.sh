@@ -70,6 +70,7 @@ endpoint = $url
 auth = noauth
 [migration]
 tls_dir = $w/certs/$h
+qemu_tls_dir = $w/certs/qemu-ca/$h
 CONF
 done
 cat >"$w/guest.json" <<SPEC

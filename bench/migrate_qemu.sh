@@ -101,7 +101,7 @@ fi
 
 work=$(mktemp -d /tmp/vmsup-migq.XXXXXX)
 prefix=mq$$
-declare -A NS IP CERTS QPID SPID QIN QOUT DIR RPID
+declare -A NS IP CERTS QCERTS QPID SPID QIN QOUT DIR RPID
 slot_live=()
 
 # ---- QMP over a pipe chardev: QEMU reads DIR/qmp.in and writes DIR/qmp.out -------------
@@ -185,7 +185,7 @@ start_vm() {
 	if [ $tls -eq 1 ]; then
 		local ep=client
 		[ "$incoming" -eq 0 ] || ep=server
-		qmp "$s" '{"execute":"object-add","arguments":{"qom-type":"tls-creds-x509","id":"tls-'$ep'","endpoint":"'$ep'","dir":"'"${CERTS[$s]}"'","verify-peer":true}}'
+		qmp "$s" '{"execute":"object-add","arguments":{"qom-type":"tls-creds-x509","id":"tls-'$ep'","endpoint":"'$ep'","dir":"'"${QCERTS[$s]}"'","verify-peer":true}}'
 	fi
 }
 
@@ -226,7 +226,7 @@ trap 'exit 143' TERM
 
 # ---- set up ------------------------------------------------------------------------
 eval "$("$top/tests/twohosts.sh" up "$prefix" "$work")"
-NS[a]=$ns_a NS[b]=$ns_b IP[a]=$ip_a IP[b]=$ip_b CERTS[a]=$certs_a CERTS[b]=$certs_b
+NS[a]=$ns_a NS[b]=$ns_b IP[a]=$ip_a IP[b]=$ip_b CERTS[a]=$certs_a CERTS[b]=$certs_b QCERTS[a]=$qemu_certs_a QCERTS[b]=$qemu_certs_b
 head -c 32 /dev/urandom >"$work/mkey"
 mkdir -p "$work/mfg"
 swtpm_setup --tpm2 --tpm-state "$work/mfg" --createek >"$work/mfg.log" 2>&1 ||
@@ -305,7 +305,7 @@ for run in $(seq "$runs"); do
 	if [ $tls -eq 1 ]; then
 		qmp "$dst" '{"execute":"migrate-set-parameters","arguments":{"tls-creds":"tls-server"}}'
 		# A VM that arrived by migration holds the server creds: give it client ones once.
-		qmp_try "$src" '{"execute":"object-add","arguments":{"qom-type":"tls-creds-x509","id":"tls-client","endpoint":"client","dir":"'"${CERTS[$src]}"'","verify-peer":true}}' ||
+		qmp_try "$src" '{"execute":"object-add","arguments":{"qom-type":"tls-creds-x509","id":"tls-client","endpoint":"client","dir":"'"${QCERTS[$src]}"'","verify-peer":true}}' ||
 			case $R in *duplicate*) ;; *) die "$src: object-add tls-client -> $R" ;; esac
 		qmp "$src" '{"execute":"migrate-set-parameters","arguments":{"tls-creds":"tls-client","tls-hostname":"'"${IP[$dst]}"'"}}'
 	else

@@ -1132,3 +1132,137 @@ void mig_frame_clear(struct mig_frame *f) {
         json_object_put(f->json);
         *f = (struct mig_frame) { 0 };
 }
+
+/* ---- keeping another CA apart from the channel's ---------------------------------- */
+
+struct crt_list {
+        gnutls_x509_crt_t *crts;
+        unsigned n;
+};
+
+static void crt_list_clear(struct crt_list *l) {
+        for (unsigned i = 0; i < l->n; i++)
+                gnutls_x509_crt_deinit(l->crts[i]);
+        gnutls_free(l->crts);
+        *l = (struct crt_list) { 0 };
+}
+
+/* Every certificate of a PEM file; none is an error. */
+static int crt_list_load(const char *file, struct crt_list *ret, vmsup_error **err) {
+        gnutls_datum_t data = { 0 };
+        int r = gnutls_load_file(file, &data);
+
+        if (r < 0)
+                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load '%s': %s", file, gnutls_strerror(r));
+        r = gnutls_x509_crt_list_import2(&ret->crts, &ret->n, &data, GNUTLS_X509_FMT_PEM, 0);
+        gnutls_free(data.data);
+        if (r < 0 || ret->n == 0) {
+                *ret = (struct crt_list) { 0 };
+                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load '%s': %s", file,
+                                  r < 0 ? gnutls_strerror(r) : "no certificate in it");
+        }
+        return 0;
+}
+
+/* "CN=..." of a certificate, for messages (its whole DN when it has no CN). */
+static void crt_name(gnutls_x509_crt_t crt, char *out, size_t n) {
+        char buf[256];
+        size_t len = sizeof(buf);
+
+        if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, buf, &len) == 0)
+                snprintf(out, n, "CN=%.64s", buf);
+        else if (len = sizeof(buf), gnutls_x509_crt_get_dn(crt, buf, &len) == 0)
+                snprintf(out, n, "%.128s", buf);
+        else
+                snprintf(out, n, "(no name)");
+        for (char *p = out; *p; p++)
+                if ((unsigned char) *p < 0x20 || (unsigned char) *p > 0x7e)
+                        *p = '?';
+}
+
+/* Whether chain[0], with the rest of chain as the certificates that may lead to a trust
+ * anchor, verifies against tl. Times are not checked: a certificate that expired or is
+ * not valid yet is one an operator may renew, and the channel would then accept it. */
+static bool trusted(gnutls_x509_trust_list_t tl, gnutls_x509_crt_t *chain, unsigned n) {
+        unsigned status = 1;
+        int r = gnutls_x509_trust_list_verify_crt2(tl, chain, n, NULL, 0,
+                                                   GNUTLS_VERIFY_DISABLE_TIME_CHECKS |
+                                                           GNUTLS_VERIFY_DISABLE_TRUSTED_TIME_CHECKS,
+                                                   &status, NULL);
+
+        return r == 0 && status == 0;
+}
+
+int migchan_tls_check_apart(const char *ca_file, const char *other_ca_file, const char *const *certs,
+                            vmsup_error **err) {
+        struct crt_list ours = { 0 }, theirs = { 0 }, leaf = { 0 };
+        gnutls_x509_trust_list_t tl = NULL;
+        gnutls_x509_crt_t *chain = NULL;
+        char name[160];
+        int r;
+
+        if ((r = crt_list_load(ca_file, &ours, err)) < 0 || (r = crt_list_load(other_ca_file, &theirs, err)) < 0)
+                goto out;
+        for (unsigned i = 0; i < theirs.n; i++)
+                for (unsigned j = 0; j < ours.n; j++)
+                        if (gnutls_x509_crt_equals(theirs.crts[i], ours.crts[j])) {
+                                crt_name(theirs.crts[i], name, sizeof(name));
+                                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the CA certificate %s is in both '%s' and '%s'",
+                                               name, ca_file, other_ca_file);
+                                goto out;
+                        }
+        r = gnutls_x509_trust_list_init(&tl, 0);
+        if (r < 0) {
+                r = vmsup_fail(err, VMSUP_EX_OSERR, 0, "trust list: %s", gnutls_strerror(r));
+                goto out;
+        }
+        /* the list owns the certificates from here (deinit with all = 1 frees them) */
+        r = gnutls_x509_trust_list_add_cas(tl, ours.crts, ours.n, 0);
+        gnutls_free(ours.crts);
+        ours = (struct crt_list) { 0 };
+        if (r < 0) {
+                r = vmsup_fail(err, VMSUP_EX_OSERR, 0, "trust list of '%s': %s", ca_file, gnutls_strerror(r));
+                goto out;
+        }
+        for (unsigned i = 0; i < theirs.n; i++)
+                if (trusted(tl, &theirs.crts[i], 1)) {
+                        crt_name(theirs.crts[i], name, sizeof(name));
+                        r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the CA certificate %s of '%s' is issued by a CA of '%s'",
+                                       name, other_ca_file, ca_file);
+                        goto out;
+                }
+        for (size_t k = 0; certs && certs[k]; k++) {
+                unsigned n;
+
+                if (access(certs[k], F_OK) < 0 && errno == ENOENT)
+                        continue;
+                if ((r = crt_list_load(certs[k], &leaf, err)) < 0)
+                        goto out;
+                n = leaf.n + theirs.n;
+                chain = calloc(n, sizeof(*chain));
+                if (!chain) {
+                        r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "certificate chain");
+                        goto out;
+                }
+                memcpy(chain, leaf.crts, leaf.n * sizeof(*chain));
+                memcpy(chain + leaf.n, theirs.crts, theirs.n * sizeof(*chain));
+                if (trusted(tl, chain, n)) {
+                        crt_name(leaf.crts[0], name, sizeof(name));
+                        r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the certificate %s in '%s' is accepted by the CAs of '%s'",
+                                       name, certs[k], ca_file);
+                        goto out;
+                }
+                free(chain);
+                chain = NULL;
+                crt_list_clear(&leaf);
+        }
+        r = 0;
+out:
+        free(chain);
+        crt_list_clear(&leaf);
+        crt_list_clear(&theirs);
+        crt_list_clear(&ours);
+        if (tl)
+                gnutls_x509_trust_list_deinit(tl, 1);
+        return r;
+}

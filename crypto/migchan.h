@@ -96,6 +96,14 @@ int migchan_accept_start(int listen_fd, const struct migchan_tls *tls, struct mi
 int migchan_handshake_step(struct migchan *c, vmsup_error **err);
 short migchan_handshake_events(const struct migchan *c); /* POLLIN or POLLOUT */
 
+/* Refuse (exit 78) another TLS identity the channel must not accept: when other_ca_file
+ * and ca_file (the channel's trust) share a CA certificate, when a CA of other_ca_file
+ * chains to ca_file, or when a certificate file of certs (NULL-terminated; missing ones
+ * are skipped), with other_ca_file's CAs as its chain, does. Validity times are ignored.
+ * The message names the certificate and the files. */
+int migchan_tls_check_apart(const char *ca_file, const char *other_ca_file, const char *const *certs,
+                            vmsup_error **err);
+
 int migchan_fd(const struct migchan *c);                 /* for epoll (EPOLLIN); the fd is non-blocking */
 const char *migchan_peer(const struct migchan *c);       /* "ADDR:PORT (CN=...)" for logs */
 const char *migchan_local_addr(const struct migchan *c); /* numeric address of our end, e.g. "10.77.0.2" */

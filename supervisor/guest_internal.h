@@ -136,7 +136,7 @@ bool guest_control_listening(const struct guest *g);
 
 /* migrate_out.c */
 #define MIGRATE_QEMU_TLS_ID "vmsup-migration-tls"
-/* QEMU's tls-creds-x509 from [migration] tls_dir (server or client end), and the
+/* QEMU's tls-creds-x509 from [migration] qemu_tls_dir (server or client end), and the
  * return-path capability and TLS parameters for the next migration. */
 int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, vmsup_error **err);
 /* Dispatch QMP until QEMU's MIGRATION events show one of the NULL-terminated states. */

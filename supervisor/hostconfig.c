@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <limits.h>
 #include <stddef.h>
@@ -9,8 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/util.h"
+#include "crypto/migchan.h"
 #include "supervisor/guestids.h"
 #include "supervisor/hostconfig.h"
 
@@ -86,6 +90,7 @@ static const struct option_def options[] = {
         OPT("keystone", "auth_url", OPT_URL, keystone.auth_url, NULL),
         OPT("keystone", "credentials_file", OPT_PATH, keystone.credentials_file, NULL),
         OPT("migration", "tls_dir", OPT_PATH, migration.tls_dir, "/etc/pki/vmsup"),
+        OPT("migration", "qemu_tls_dir", OPT_PATH, migration.qemu_tls_dir, "/etc/pki/vmsup-qemu"),
         OPT("migration", "port", OPT_STRING, migration.port, "49152"),
         OPT("migration", "timeout", OPT_SECONDS, migration.timeout, "600"),
         OPT("migration", "answer_timeout", OPT_SECONDS, migration.answer_timeout, "30"),
@@ -378,4 +383,102 @@ void host_config_barbican_options(const struct host_config *cfg, struct barbican
                 .timeout_ms = cfg->barbican.timeout * 1000,
                 .attempts = cfg->barbican.retries + 1,
         };
+}
+
+/* ---- the migration's TLS files -------------------------------------------------------- */
+
+/* Owned by vmsup's user (root), not writable by anyone else; for a key (secret) not
+ * readable either. O_NONBLOCK: a FIFO put in a file's place must not hang us. */
+static int check_channel_file(const char *path, bool dir, bool secret, vmsup_error **err) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (dir ? O_DIRECTORY : 0));
+        uid_t euid = geteuid();
+        struct stat st;
+        unsigned mode, bad;
+
+        if (fd < 0 || fstat(fd, &st) < 0)
+                return vmsup_fail(err, errno == ENOENT || errno == ENOTDIR ? VMSUP_EX_CONFIG : VMSUP_EX_NOPERM, errno,
+                                  "[migration] tls_dir: '%s'", path);
+        if (!dir && !S_ISREG(st.st_mode))
+                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "[migration] tls_dir: '%s' is not a regular file", path);
+        if (st.st_uid != euid)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                                  "[migration] tls_dir: '%s' is owned by uid %u, not %s%.0u: the supervisors' "
+                                  "channel trusts only files no one else can change",
+                                  path, (unsigned) st.st_uid, euid == 0 ? "root" : "uid ", (unsigned) euid);
+        mode = st.st_mode & 07777;
+        bad = mode & (secret ? 077 : 022);
+        if (bad)
+                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                                  "[migration] tls_dir: '%s' has mode %04o: %s %s it%s", path, mode,
+                                  (bad & 070) && (bad & 07) ? "its group and other users" : (bad & 070) ? "its group"
+                                                                                                      : "other users",
+                                  secret && (bad & 044) ? "can read" : "can change",
+                                  secret ? " (the supervisors' key must be root's alone: QEMU's user would "
+                                           "authenticate as a vmsup host with it; chmod 0600)"
+                                         : "");
+        return 0;
+}
+
+void migration_tls_files_clear(struct migration_tls_files *f) {
+        free(f->ca);
+        free(f->cert);
+        free(f->key);
+        *f = (struct migration_tls_files) { 0 };
+}
+
+int host_config_migration_tls(const struct host_config *cfg, bool server, struct migration_tls_files *ret,
+                              vmsup_error **err) {
+        const char *dir = cfg->migration.tls_dir, *qdir = cfg->migration.qemu_tls_dir, *end = server ? "server" : "client";
+        _cleanup_free_ char *real = NULL, *qreal = NULL, *qca = NULL, *qcert = NULL, *qother = NULL;
+        struct migration_tls_files f = { 0 };
+        struct stat st;
+        int r;
+
+        if (asprintf(&f.ca, "%s/ca-cert.pem", dir) < 0 || asprintf(&f.cert, "%s/%s-cert.pem", dir, end) < 0 ||
+            asprintf(&f.key, "%s/%s-key.pem", dir, end) < 0 || asprintf(&qca, "%s/ca-cert.pem", qdir) < 0 ||
+            asprintf(&qcert, "%s/%s-cert.pem", qdir, end) < 0 ||
+            asprintf(&qother, "%s/%s-cert.pem", qdir, server ? "client" : "server") < 0) {
+                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "TLS file names");
+                goto fail;
+        }
+        if ((r = check_channel_file(dir, true, false, err)) < 0 || (r = check_channel_file(f.ca, false, false, err)) < 0 ||
+            (r = check_channel_file(f.cert, false, false, err)) < 0 || (r = check_channel_file(f.key, false, true, err)) < 0)
+                goto fail;
+
+        /* QEMU's stream needs credentials QEMU's user can read. Issued by the channel's CA
+         * (or the same files), they would let that user authenticate as a vmsup host. */
+        real = realpath(dir, NULL);
+        qreal = realpath(qdir, NULL);
+        if (real && qreal && streq(real, qreal)) {
+                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                               "[migration] qemu_tls_dir is tls_dir ('%s'): QEMU's migration stream needs "
+                               "credentials of its own, under a CA of its own (vmsup.conf(5))",
+                               dir);
+                goto fail;
+        }
+        for (const char *const *p = (const char *const[]) { qca, qcert, NULL }; *p; p++)
+                if (stat(*p, &st) < 0) {
+                        r = vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                                       "[migration] qemu_tls_dir: '%s': %s. QEMU's migration stream needs "
+                                       "credentials of its own, readable by QEMU, under a CA that tls_dir's "
+                                       "ca-cert.pem does not trust: put ca-cert.pem, server-cert.pem, server-key.pem, "
+                                       "client-cert.pem, client-key.pem and dh-params.pem in '%s' or set "
+                                       "[migration] qemu_tls_dir (vmsup.conf(5))",
+                                       *p, strerror(errno), qdir);
+                        goto fail;
+                }
+        r = migchan_tls_check_apart(f.ca, qca, (const char *const[]) { qcert, qother, NULL }, err);
+        if (r < 0) {
+                vmsup_error_prefix(err,
+                                   "[migration] qemu_tls_dir '%s' must hold QEMU's credentials under a CA of its own, "
+                                   "which the supervisors' channel ([migration] tls_dir '%s') does not trust, or "
+                                   "QEMU's user could authenticate as a vmsup host",
+                                   qdir, dir);
+                goto fail;
+        }
+        *ret = f;
+        return 0;
+fail:
+        migration_tls_files_clear(&f);
+        return r;
 }

@@ -73,8 +73,10 @@ struct host_config {
                 char *credentials_file; /* the service's credentials (deployment mode); NULL: none */
         } keystone;
         struct {
-                char *tls_dir;          /* ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem,
-                                         * client-key.pem: the supervisors' TLS and QEMU's tls-creds-x509 */
+                char *tls_dir;          /* the supervisors' channel: ca-cert.pem, server-cert.pem,
+                                         * server-key.pem, client-cert.pem, client-key.pem; root only */
+                char *qemu_tls_dir;     /* QEMU's tls-creds-x509 (the same names, dh-params.pem), readable
+                                         * by QEMU, under a CA of its own that tls_dir does not trust */
                 char *port;             /* default port of `vmsup run --incoming` and `migrate --to` */
                 unsigned timeout;       /* seconds: a whole migration; how long --incoming waits for the source */
                 unsigned answer_timeout; /* seconds the other supervisor has for each answer */
@@ -87,6 +89,22 @@ struct host_config {
 int host_config_load(const char *path, bool missing_ok, struct host_config *ret, vmsup_error **err);
 
 void host_config_clear(struct host_config *cfg);
+
+/* The supervisors' channel's TLS files for one end (server: the destination), from
+ * [migration] tls_dir, once checked: tls_dir and the files owned by root (vmsup's user)
+ * and not writable by others, the key readable by no one else (exit 77 otherwise); and
+ * [migration] qemu_tls_dir, which QEMU's user can read, holding a CA certificate and
+ * this end's certificate that the channel does not accept (exit 78 otherwise). */
+struct migration_tls_files {
+        char *ca, *cert, *key;
+};
+int host_config_migration_tls(const struct host_config *cfg, bool server, struct migration_tls_files *ret,
+                              vmsup_error **err);
+void migration_tls_files_clear(struct migration_tls_files *f);
+static inline void migration_tls_files_clearp(struct migration_tls_files *f) {
+        migration_tls_files_clear(f);
+}
+#define _cleanup_migration_tls_files_ __attribute__((cleanup(migration_tls_files_clearp)))
 
 /* The Barbican client options the config gives (pointers into cfg). */
 void host_config_barbican_options(const struct host_config *cfg, struct barbican_options *ret);

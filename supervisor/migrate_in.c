@@ -61,14 +61,6 @@ void migrate_in_mark(struct guest *g, const char *what) {
                 log_debug("incoming: %s at +%ld ms", what, monotonic_ms() - g->in->t0);
 }
 
-static int tls_files(const struct host_config *cfg, char **ca, char **cert, char **key, vmsup_error **err) {
-        if (asprintf(ca, "%s/ca-cert.pem", cfg->migration.tls_dir) < 0 ||
-            asprintf(cert, "%s/server-cert.pem", cfg->migration.tls_dir) < 0 ||
-            asprintf(key, "%s/server-key.pem", cfg->migration.tls_dir) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "TLS file names");
-        return 0;
-}
-
 /* Wait for one frame of type from the source (or its ABORT, which becomes the error). */
 static int expect(struct migrate_in *in, enum mig_msg type, struct mig_frame *f, vmsup_error **err) {
         int r = migchan_recv_wait(in->ch, type, in->answer_ms, f, err);
@@ -202,7 +194,7 @@ out:
 }
 
 int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup_error **err) {
-        _cleanup_free_ char *ca = NULL, *cert = NULL, *key = NULL;
+        _cleanup_migration_tls_files_ struct migration_tls_files files = { 0 };
         _cleanup_json_ json_object *hello = json_object_new_object();
         _cleanup_close_ int listen_fd = -1;
         struct migchan_tls tls;
@@ -228,10 +220,10 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
         in->answer_ms = (int) g->cfg->migration.answer_timeout * 1000;
         in->deadline = monotonic_ms() + (long) g->cfg->migration.timeout * 1000;
         g->in = in;
-        r = tls_files(g->cfg, &ca, &cert, &key, err);
+        r = host_config_migration_tls(g->cfg, true, &files, err);
         if (r < 0)
                 return r;
-        tls = (struct migchan_tls) { .ca_file = ca, .cert_file = cert, .key_file = key };
+        tls = (struct migchan_tls) { .ca_file = files.ca, .cert_file = files.cert, .key_file = files.key };
         listen_fd = migchan_listen(opts->incoming_addr, opts->incoming_port, err);
         if (listen_fd < 0)
                 return listen_fd;

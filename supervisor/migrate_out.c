@@ -82,7 +82,7 @@ const char *migrate_json_str(json_object *o, const char *key) {
                        : NULL;
 }
 
-/* QEMU's tls-creds-x509 from [migration] tls_dir, then return-path and TLS on. */
+/* QEMU's tls-creds-x509 from [migration] qemu_tls_dir, then return-path and TLS on. */
 int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, vmsup_error **err) {
         _cleanup_json_ json_object *creds = json_object_new_object(), *caps = json_object_new_object(),
                                    *params = json_object_new_object();
@@ -101,7 +101,7 @@ int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, v
         }
         json_object_object_add(creds, "qom-type", json_object_new_string("tls-creds-x509"));
         json_object_object_add(creds, "id", json_object_new_string(MIGRATE_QEMU_TLS_ID));
-        json_object_object_add(creds, "dir", json_object_new_string(g->cfg->migration.tls_dir));
+        json_object_object_add(creds, "dir", json_object_new_string(g->cfg->migration.qemu_tls_dir));
         json_object_object_add(creds, "endpoint", json_object_new_string(server ? "server" : "client"));
         json_object_object_add(creds, "verify-peer", json_object_new_boolean(1));
         {
@@ -111,7 +111,7 @@ int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, v
                 log_debug("migration: QEMU loaded the TLS credentials in %ld ms", monotonic_ms() - t);
         }
         if (r < 0)
-                return vmsup_error_prefix(err, "QEMU's TLS credentials from '%s'", g->cfg->migration.tls_dir);
+                return vmsup_error_prefix(err, "QEMU's TLS credentials from '%s'", g->cfg->migration.qemu_tls_dir);
         g->migrate_tls_added = true;
         /* Without return-path on both sides the source reports success even when the
          * destination failed to load the guest (platform.md). */
@@ -291,13 +291,16 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
         struct guest *g = o->g;
         _cleanup_json_ json_object *hello = json_object_new_object(), *prepare = json_object_new_object();
         struct migchan_tls tls = { 0 };
-        _cleanup_free_ char *ca = NULL, *cert = NULL, *key = NULL;
+        _cleanup_migration_tls_files_ struct migration_tls_files files = { 0 };
         struct localstore *store = NULL;
         char *pass = NULL, secret_id[LOCALSTORE_UUID_LEN + 1], hostname[256] = "";
         struct mig_frame f = { 0 };
         json_object *spec;
         int r;
 
+        r = host_config_migration_tls(g->cfg, false, &files, err);
+        if (r < 0)
+                return r;
         r = localstore_open(g->cfg->paths.secrets_dir, false, &store, err);
         if (r >= 0)
                 r = localstore_get(store, g->spec.uuid, &pass, secret_id, err);
@@ -318,13 +321,8 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
         json_object_object_add(prepare, "spec", spec);
         json_object_object_add(prepare, "secret_uuid", json_object_new_string(secret_id));
 
-        if (asprintf(&ca, "%s/ca-cert.pem", g->cfg->migration.tls_dir) < 0 ||
-            asprintf(&cert, "%s/client-cert.pem", g->cfg->migration.tls_dir) < 0 ||
-            asprintf(&key, "%s/client-key.pem", g->cfg->migration.tls_dir) < 0) {
-                secmem_free(pass);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "TLS file names");
-        }
-        tls = (struct migchan_tls) { .ca_file = ca, .cert_file = cert, .key_file = key, .peer_name = o->host };
+        tls = (struct migchan_tls) { .ca_file = files.ca, .cert_file = files.cert, .key_file = files.key,
+                                     .peer_name = o->host };
         progress(o, "connect", "connecting to %s:%s", o->host, o->port);
         r = migchan_connect(o->host, o->port, &tls, o->answer_ms, &o->ch, err);
         if (r < 0) {

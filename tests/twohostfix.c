@@ -78,6 +78,10 @@ int th_count(const char *text, const char *needle) {
 }
 
 void th_write_conf(int h, const char *tls_dir) {
+        th_write_conf_tls(h, tls_dir, th_path("%s/certs/qemu-ca/%c", th_root, 'a' + h));
+}
+
+void th_write_conf_tls(int h, const char *tls_dir, const char *qemu_tls_dir) {
         char *text = NULL;
 
         cr_assert(asprintf(&text,
@@ -86,8 +90,9 @@ void th_write_conf(int h, const char *tls_dir) {
                            "[paths]\nstate_dir = %s/%c/state\nrun_dir = %s/%c/run\nsecrets_dir = %s/%c/state/secrets\n"
                            "log_dir = %s/%c/log\n"
                            "[barbican]\nendpoint = %s\nauth = noauth\n"
-                           "[migration]\ntls_dir = %s\ntimeout = 20\nanswer_timeout = 12\n",
-                           th_root, 'a' + h, th_root, 'a' + h, th_root, 'a' + h, th_root, 'a' + h, th_url, tls_dir) > 0);
+                           "[migration]\ntls_dir = %s\nqemu_tls_dir = %s\ntimeout = 20\nanswer_timeout = 12\n",
+                           th_root, 'a' + h, th_root, 'a' + h, th_root, 'a' + h, th_root, 'a' + h, th_url, tls_dir,
+                           qemu_tls_dir) > 0);
         free(test_write_file(th_root, h ? "b.conf" : "a.conf", text, 0644));
         free(text);
 }

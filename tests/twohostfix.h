@@ -16,11 +16,13 @@ extern char *th_root, th_prefix[24], th_ip[2][32], th_url[128];
 extern const char *th_step;
 
 /* TestSuite .init and .fini: both hosts up with configs (a.conf, b.conf: [migration]
- * tls_dir = ROOT/certs/a or b), Barbican, the shared disk, ROOT/guest.json (host mode). */
+ * tls_dir = ROOT/certs/a or b, qemu_tls_dir = ROOT/certs/qemu-ca/a or b), Barbican, the shared disk, ROOT/guest.json (host mode). */
 void th_setup(void);
 void th_teardown(void);
 /* host h's config with another tls_dir; the spec with another secret security */
 void th_write_conf(int h, const char *tls_dir);
+/* the same with another qemu_tls_dir too */
+void th_write_conf_tls(int h, const char *tls_dir, const char *qemu_tls_dir);
 void th_write_spec(const char *mode);
 
 /* a shell command that must succeed */

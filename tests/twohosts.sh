@@ -8,7 +8,8 @@
 #       runs tests/migcerts.sh BASEDIR/certs a:IP_A b:IP_B. Prints on stdout only
 #       shell-parsable lines (eval "$(tests/twohosts.sh up ...)"):
 #         ns_a=PREFIX-a ns_b=PREFIX-b ip_a=10.X.Y.1 ip_b=10.X.Y.2 dev=mig0
-#         certs_a=BASEDIR/certs/a certs_b=BASEDIR/certs/b   (one variable a line)
+#         certs_a=BASEDIR/certs/a certs_b=BASEDIR/certs/b   (the supervisors' channel)
+#         qemu_certs_a=BASEDIR/certs/qemu-ca/a qemu_certs_b=...  (QEMU's; one variable a line)
 #       Refuses (exit 1) when either namespace already exists: run down first.
 #   tests/twohosts.sh down PREFIX
 #       kills every process still in either namespace (ip netns pids: SIGTERM, then
@@ -150,8 +151,9 @@ up() {
 	case $base in *[!A-Za-z0-9_./-]*) die "BASEDIR must be a path of [A-Za-z0-9_./-] (printed unquoted)" 64 ;; esac
 	"$here/migcerts.sh" "$base/certs" "a:$ip_a" "b:$ip_b" >&2
 	trap - EXIT
-	printf 'ns_a=%s\nns_b=%s\nip_a=%s\nip_b=%s\ndev=%s\ncerts_a=%s\ncerts_b=%s\n' \
-		"$ns_a" "$ns_b" "$ip_a" "$ip_b" "$dev" "$base/certs/a" "$base/certs/b"
+	printf 'ns_a=%s\nns_b=%s\nip_a=%s\nip_b=%s\ndev=%s\ncerts_a=%s\ncerts_b=%s\nqemu_certs_a=%s\nqemu_certs_b=%s\n' \
+		"$ns_a" "$ns_b" "$ip_a" "$ip_b" "$dev" "$base/certs/a" "$base/certs/b" \
+		"$base/certs/qemu-ca/a" "$base/certs/qemu-ca/b"
 }
 
 case $cmd in
