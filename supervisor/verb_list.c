@@ -15,12 +15,12 @@
 #include "supervisor/tpmrules.h"
 #include "supervisor/verbs.h"
 
-/* How long `list` waits for all the supervisors together: a stuck one is shown as not
- * answering instead of holding the list. */
+/* How long `list` waits for all the supervisors together by default: a stuck one is
+ * shown as not answering instead of holding the list. */
 #define LIST_STATUS_TIMEOUT_MS 700
 
 static void help(void) {
-        printf("Usage: vmsup list [--json]\n"
+        printf("Usage: vmsup list [--json] [--timeout SECONDS]\n"
                "\n"
                "List every guest this host knows (each directory of [paths] state_dir): its\n"
                "state, supervisor pid, TPM version and model, secret security and uptime.\n"
@@ -31,7 +31,8 @@ static void help(void) {
                "from another host, or left by an incoming migration that did not complete);\n"
                "unconfirmed (received from another host, which did not confirm the\n"
                "hand-over: see vmsup(8), MIGRATION);\n"
-               "not-answering (its supervisor did not answer within 0.7 s).\n"
+               "not-answering (its supervisor did not answer in time: all are asked at once\n"
+               "and waited for --timeout seconds in all, 0.7 by default).\n"
                "\n"
                "Exit status: 0; 66 the state dir cannot be read.\n");
 }
@@ -149,9 +150,11 @@ static void print_row(const struct row *r) {
 
 int verb_list(struct vmsup_ctx *ctx, int argc, char **argv) {
         static const struct option longopts[] = { { "json", no_argument, NULL, 'j' },
+                                                   { "timeout", required_argument, NULL, 't' },
                                                    { "help", no_argument, NULL, 'h' }, {} };
         _cleanup_error_ vmsup_error *err = NULL;
         _cleanup_json_ json_object *req = json_object_new_object();
+        int timeout_ms = LIST_STATUS_TIMEOUT_MS;
         struct row *rows = NULL;
         const char **paths = NULL;
         json_object **rets = NULL;
@@ -162,10 +165,20 @@ int verb_list(struct vmsup_ctx *ctx, int argc, char **argv) {
         struct dirent *de;
         int c;
 
-        while ((c = getopt_long(argc, argv, "jh", longopts, NULL)) != -1) {
+        while ((c = getopt_long(argc, argv, "jt:h", longopts, NULL)) != -1) {
                 if (c == 'j')
                         json = true;
-                else if (c == 'h') {
+                else if (c == 't') {
+                        char *end = NULL;
+                        double s = strtod(optarg, &end);
+
+                        if (!end || *end || end == optarg || !(s > 0 && s <= 600))
+                                return verb_usage_error("list", "--timeout takes seconds (0.001 to 600), not '%s'",
+                                                        optarg);
+                        timeout_ms = (int) (s * 1000 + 0.5);
+                        if (timeout_ms < 1)
+                                timeout_ms = 1;
+                } else if (c == 'h') {
                         help();
                         return 0;
                 } else
@@ -219,7 +232,7 @@ int verb_list(struct vmsup_ctx *ctx, int argc, char **argv) {
         }
         /* every supervisor at once, within one bound */
         json_object_object_add(req, "cmd", json_object_new_string("status"));
-        if (control_request_each(paths, n, req, LIST_STATUS_TIMEOUT_MS, rets, errs) < 0) {
+        if (control_request_each(paths, n, req, timeout_ms, rets, errs) < 0) {
                 vmsup_fail(&err, VMSUP_EX_OSERR, ENOMEM, "list");
                 goto out;
         }

@@ -160,7 +160,8 @@ Test(list, every_guest_with_its_state_and_a_stuck_supervisor_holds_nobody) {
         for (int k = 0; k < 3; k++)
                 fake_supervisor(10 + k, false, &stuck[k], NULL);
 
-        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "list", "--json", NULL });
+        /* the supervisor that answers is given time to, on a loaded machine too */
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "list", "--json", "--timeout", "3", NULL });
         cr_assert_eq(r.exit_code, 0, "%s", r.err);
         a = json_tokener_parse(r.out);
         cr_assert(a && json_object_is_type(a, json_type_array), "%s", r.out);
@@ -184,7 +185,7 @@ Test(list, every_guest_with_its_state_and_a_stuck_supervisor_holds_nobody) {
         test_run_clear(&r);
 
         /* the table says the same */
-        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "list", NULL });
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "list", "--timeout", "3", NULL });
         cr_assert_eq(r.exit_code, 0, "%s", r.err);
         cr_assert(strstr(r.out, "UUID ") && strstr(r.out, "STATE"), "%s", r.out);
         cr_assert(strstr(r.out, "00000000-0000-4000-8000-000000000001  g                 running        4242     1.2 tpm-tis"),
@@ -192,6 +193,15 @@ Test(list, every_guest_with_its_state_and_a_stuck_supervisor_holds_nobody) {
         cr_assert(strstr(r.out, "1h02m"), "%s", r.out);
         cr_assert(strstr(r.out, "000000000002  g                 migrated-out"), "%s", r.out);
         cr_assert_eq(count_lines(r.out), GUESTS + 1, "%s", r.out);
+        test_run_clear(&r);
+}
+
+Test(list, a_bad_timeout_is_a_usage_error) {
+        struct test_run r;
+
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "list", "--timeout", "0", NULL });
+        cr_assert_eq(r.exit_code, 64, "%s", r.err);
+        cr_assert(strstr(r.err, "--timeout takes seconds"), "%s", r.err);
         test_run_clear(&r);
 }
 
