@@ -11,9 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/secmem.h"
 #include "crypto/kdf.h"
 #include "crypto/seal.h"
-#include "crypto/secmem.h"
 #include "tpmstate/sync.h"
 #include <poll.h>
 

@@ -12,8 +12,8 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/secmem.h"
 
 static int write_all(int fd, const void *data, size_t len) {
         const uint8_t *p = data;

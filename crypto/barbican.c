@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/secmem.h"
 #include "crypto/barbican.h"
 #include "crypto/http.h"
 #include "crypto/secretbuf.h"

@@ -11,8 +11,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/secmem.h"
 #include "crypto/http.h"
 
 /* libcurl is loaded on first use (dlopen), not linked. A supervisor asks Barbican from

@@ -5,10 +5,10 @@
 #include <gnutls/gnutls.h>
 #include <string.h>
 
+#include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/kdf.h"
-#include "crypto/secmem.h"
 #include "common/vtpm.h"
+#include "crypto/kdf.h"
 
 const char *kdf_use_label(enum kdf_use use) {
         switch (use) {

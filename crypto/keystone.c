@@ -11,8 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/secmem.h"
 #include "crypto/keystone.h"
 #include "crypto/secretbuf.h"
 

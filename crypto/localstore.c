@@ -14,11 +14,11 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "common/secmem.h"
 #include "common/util.h"
+#include "common/vtpm.h"
 #include "crypto/barbican.h"
 #include "crypto/localstore.h"
-#include "crypto/secmem.h"
-#include "common/vtpm.h"
 
 #define KEY_SECRET_ID "secret_id="
 #define KEY_PASSPHRASE "passphrase="

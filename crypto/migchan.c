@@ -16,10 +16,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/migchan.h"
-#include "crypto/secmem.h"
 #include "common/vtpm.h"
+#include "crypto/migchan.h"
 
 /* TLS 1.3 only: no renegotiation, no static RSA, every cipher suite AEAD with forward
  * secrecy, and the client's certificate travels encrypted. */

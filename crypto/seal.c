@@ -12,10 +12,10 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/seal.h"
-#include "crypto/secmem.h"
 #include "common/vtpm.h"
+#include "crypto/seal.h"
 
 #define OFF_VERSION 8
 #define OFF_UUID 10

@@ -21,10 +21,10 @@
 #include <unistd.h>
 
 #include "common/proc.h"
+#include "common/secmem.h"
+#include "common/util.h"
 #include "crypto/kdf.h"
 #include "crypto/seal.h"
-#include "crypto/secmem.h"
-#include "common/util.h"
 #include "qmp/client.h"
 #include "seccomp/filter.h"
 #include "supervisor/confine.h"
@@ -37,11 +37,11 @@
 #include "supervisor/qmppolicy.h"
 #include "supervisor/specmatch.h"
 #include "supervisor/tpmrules.h"
+#include "supervisor/vtpmsecret.h"
 #include "tpmstate/caps.h"
 #include "tpmstate/ctrl.h"
 #include "tpmstate/swtpm.h"
 #include "tpmstate/sync.h"
-#include "supervisor/vtpmsecret.h"
 
 #include "supervisor/guest_internal.h"
 

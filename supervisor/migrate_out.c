@@ -20,10 +20,10 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "common/secmem.h"
 #include "common/util.h"
 #include "crypto/localstore.h"
 #include "crypto/migchan.h"
-#include "crypto/secmem.h"
 #include "supervisor/guest_internal.h"
 #include "supervisor/log.h"
 

@@ -13,13 +13,13 @@
 
 #include "common/fileio.h"
 #include "common/proc.h"
+#include "common/secmem.h"
 #include "common/util.h"
 #include "crypto/barbican.h"
 #include "crypto/http.h"
 #include "crypto/kdf.h"
 #include "crypto/keystone.h"
 #include "crypto/localstore.h"
-#include "crypto/secmem.h"
 #include "supervisor/vtpmsecret.h"
 
 #define TOKEN_MAX (64 * 1024)

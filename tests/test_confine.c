@@ -16,15 +16,15 @@
 #include <unistd.h>
 
 #include "common/proc.h"
+#include "common/secmem.h"
 #include "common/util.h"
+#include "crypto/barbican.h"
+#include "crypto/kdf.h"
 #include "supervisor/control.h"
+#include "tests/barbican_fixture.h"
 #include "tests/guestfix.h"
 #include "tests/helpers.h"
 #include "tests/leakscan.h"
-#include "tests/barbican_fixture.h"
-#include "crypto/barbican.h"
-#include "crypto/kdf.h"
-#include "crypto/secmem.h"
 
 #define UUID "8e2b6c1d-3f4a-4b5c-9d7e-1a2b3c4d5e6f"
 #define MARKER "vmsup-leak-marker-3b9d2f7a61c4e058"

@@ -24,12 +24,12 @@
 
 #include "common/fileio.h"
 #include "common/proc.h"
+#include "common/secmem.h"
 #include "common/util.h"
 #include "crypto/seal.h"
-#include "crypto/secmem.h"
+#include "tests/helpers.h"
 #include "tpmstate/blob.h"
 #include "tpmstate/sync.h"
-#include "tests/helpers.h"
 
 #define UUID "0c5e1f2a-7b3d-4e9f-8a6c-2d4b6f8e0a1c"
 #define N_STATES 8

@@ -22,10 +22,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/secmem.h"
 #include "common/util.h"
 #include "crypto/localstore.h"
 #include "crypto/migchan.h"
-#include "crypto/secmem.h"
 #include "tests/helpers.h"
 #include "tests/twohostfix.h"
 

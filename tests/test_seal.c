@@ -15,9 +15,9 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "common/secmem.h"
 #include "crypto/kdf.h"
 #include "crypto/seal.h"
-#include "crypto/secmem.h"
 #include "tests/helpers.h"
 
 #define UUID_A "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"

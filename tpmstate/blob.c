@@ -15,8 +15,8 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/secmem.h"
 #include "tpmstate/blob.h"
 #include "tpmstate/swtpm.h"
 

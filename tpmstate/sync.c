@@ -12,9 +12,9 @@
 #include <unistd.h>
 
 #include "common/fileio.h"
+#include "common/secmem.h"
 #include "common/util.h"
 #include "crypto/seal.h"
-#include "crypto/secmem.h"
 #include "tpmstate/blob.h"
 #include "tpmstate/sync.h"
 

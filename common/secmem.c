@@ -9,7 +9,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "crypto/secmem.h"
+#include "common/secmem.h"
 
 /* Each buffer is its own anonymous mapping: a page-aligned region that mlock() and
  * madvise() can act on without touching the neighbours of a malloc chunk. The header
