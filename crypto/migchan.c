@@ -38,6 +38,7 @@ struct migchan {
         char *peer_name;
         bool handshake_done, broken;
         int io_errno;             /* errno of the last failed recv/send under gnutls */
+        int cancel_fd;            /* readable: every wait ends with ECANCELED; -1 none */
         char addr[ADDR_MAX];      /* the peer: "ADDR:PORT", "[ADDR]:PORT" */
         char peer[ADDR_MAX + 80]; /* addr and " (CN=...)" once the handshake is done */
         char local_addr[NI_MAXHOST];
@@ -83,6 +84,19 @@ static int left_ms(long deadline) {
                 return -1;
         left = deadline - monotonic_ms();
         return left <= 0 ? 0 : left > INT_MAX ? INT_MAX : (int) left;
+}
+
+/* poll() on fd for events and on cancel_fd (-1: none) for input: > 0 fd is ready, 0 the
+ * time is up, -ECANCELED cancel_fd is readable, -errno on failure (-EINTR: try again). */
+static int poll_cancel(int fd, short events, int cancel_fd, int ms) {
+        struct pollfd p[2] = { { .fd = fd, .events = events }, { .fd = cancel_fd, .events = POLLIN } };
+        int n = poll(p, cancel_fd >= 0 ? 2 : 1, ms);
+
+        if (n < 0)
+                return -errno;
+        if (n > 0 && cancel_fd >= 0 && p[1].revents)
+                return -ECANCELED;
+        return n;
 }
 
 static double seconds(int timeout_ms) {
@@ -467,6 +481,7 @@ static int chan_new(const struct migchan_tls *tls, bool server, struct migchan *
         if (!c)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration channel");
         c->fd = -1;
+        c->cancel_fd = -1;
         if (!server && !(c->peer_name = strdup(tls->peer_name)))
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration channel");
 
@@ -647,27 +662,31 @@ short migchan_handshake_events(const struct migchan *c) {
 
 static int chan_handshake(struct migchan *c, long deadline, int timeout_ms, vmsup_error **err) {
         for (;;) {
-                struct pollfd p;
-                int left, n, r = migchan_handshake_step(c, err);
+                int left, n = 0, r = migchan_handshake_step(c, err);
 
                 if (r != 0)
                         return r < 0 ? r : 0;
-                p = (struct pollfd) { .fd = c->fd, .events = migchan_handshake_events(c) };
                 left = left_ms(deadline);
-                if (left == 0 || (n = poll(&p, 1, left)) == 0) {
+                if (left > 0 && (n = poll_cancel(c->fd, migchan_handshake_events(c), c->cancel_fd, left)) == -EINTR)
+                        continue;
+                if (left == 0 || n == 0) {
                         c->broken = true;
                         return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "TLS handshake with %s: no answer within %g s",
                                           c->addr, seconds(timeout_ms));
                 }
-                if (n < 0 && errno != EINTR) {
+                if (n == -ECANCELED) {
                         c->broken = true;
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "TLS handshake with %s: poll", c->addr);
+                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, ECANCELED, "TLS handshake with %s", c->addr);
+                }
+                if (n < 0) {
+                        c->broken = true;
+                        return vmsup_fail(err, VMSUP_EX_OSERR, -n, "TLS handshake with %s: poll", c->addr);
                 }
         }
 }
 
-static int tcp_connect(const char *host, const char *port, long deadline, int timeout_ms, int *ret_fd,
-                       vmsup_error **err) {
+static int tcp_connect(const char *host, const char *port, long deadline, int timeout_ms, int cancel_fd,
+                       int *ret_fd, vmsup_error **err) {
         struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res = NULL;
         char where[NI_MAXHOST + NI_MAXSERV + 4];
         int r, last = ECONNREFUSED;
@@ -695,21 +714,19 @@ static int tcp_connect(const char *host, const char *port, long deadline, int ti
                                 continue;
                         }
                         for (;;) {
-                                struct pollfd p = { .fd = fd, .events = POLLOUT };
-                                int n = poll(&p, 1, left_ms(deadline));
+                                int left = left_ms(deadline), n = left == 0 ? 0 : poll_cancel(fd, POLLOUT, cancel_fd, left);
 
+                                if (n == -EINTR)
+                                        continue;
                                 if (n > 0)
                                         break;
-                                if (n == 0) {
-                                        freeaddrinfo(res);
+                                freeaddrinfo(res);
+                                if (n == 0)
                                         return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
                                                           "connect to %s: no answer within %g s", where,
                                                           seconds(timeout_ms));
-                                }
-                                if (errno != EINTR) {
-                                        freeaddrinfo(res);
-                                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "connect to %s: poll", where);
-                                }
+                                return vmsup_fail(err, n == -ECANCELED ? VMSUP_EX_TEMPFAIL : VMSUP_EX_OSERR, -n,
+                                                  "connect to %s", where);
                         }
                         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
                                 soerr = errno;
@@ -726,14 +743,24 @@ static int tcp_connect(const char *host, const char *port, long deadline, int ti
         return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, last, "connect to %s", where);
 }
 
-int migchan_tcp_connect(const char *host, const char *port, int timeout_ms, int *ret_fd, vmsup_error **err) {
+int migchan_tcp_connect_cancel(const char *host, const char *port, int timeout_ms, int cancel_fd, int *ret_fd,
+                               vmsup_error **err) {
         if (!host || !*host || !port || !*port)
                 return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "connect: no host or port");
-        return tcp_connect(host, port, deadline_of(timeout_ms), timeout_ms, ret_fd, err);
+        return tcp_connect(host, port, deadline_of(timeout_ms), timeout_ms, cancel_fd, ret_fd, err);
+}
+
+int migchan_tcp_connect(const char *host, const char *port, int timeout_ms, int *ret_fd, vmsup_error **err) {
+        return migchan_tcp_connect_cancel(host, port, timeout_ms, -1, ret_fd, err);
 }
 
 int migchan_connect(const char *host, const char *port, const struct migchan_tls *tls, int timeout_ms,
                     struct migchan **ret, vmsup_error **err) {
+        return migchan_connect_cancel(host, port, tls, timeout_ms, -1, ret, err);
+}
+
+int migchan_connect_cancel(const char *host, const char *port, const struct migchan_tls *tls, int timeout_ms,
+                           int cancel_fd, struct migchan **ret, vmsup_error **err) {
         _cleanup_migchan_ struct migchan *c = NULL;
         long deadline = deadline_of(timeout_ms);
         int fd = -1, r;
@@ -743,7 +770,8 @@ int migchan_connect(const char *host, const char *port, const struct migchan_tls
         r = chan_new(tls, false, &c, err);
         if (r < 0)
                 return r;
-        r = tcp_connect(host, port, deadline, timeout_ms, &fd, err);
+        c->cancel_fd = cancel_fd;
+        r = tcp_connect(host, port, deadline, timeout_ms, cancel_fd, &fd, err);
         if (r < 0)
                 return r;
         chan_attach(c, fd);
@@ -869,6 +897,10 @@ int migchan_accept(int listen_fd, const struct migchan_tls *tls, int timeout_ms,
         return 0;
 }
 
+void migchan_set_cancel_fd(struct migchan *c, int cancel_fd) {
+        c->cancel_fd = cancel_fd;
+}
+
 int migchan_fd(const struct migchan *c) {
         return c->fd;
 }
@@ -881,16 +913,15 @@ const char *migchan_local_addr(const struct migchan *c) {
         return c->local_addr;
 }
 
+/* > 0 try again (ready, or EINTR: the deadline still holds), 0 the time is up, -errno
+ * (-ECANCELED: the channel's cancel fd is readable). */
 static int wait_io(struct migchan *c, long deadline) {
-        struct pollfd p = { .fd = c->fd, .events = gnutls_record_get_direction(c->session) ? POLLOUT : POLLIN };
         int left = left_ms(deadline), n;
 
         if (left == 0)
                 return 0;
-        n = poll(&p, 1, left);
-        if (n < 0 && errno == EINTR)
-                return 1; /* try again; the deadline still holds */
-        return n < 0 ? -errno : n;
+        n = poll_cancel(c->fd, gnutls_record_get_direction(c->session) ? POLLOUT : POLLIN, c->cancel_fd, left);
+        return n == -EINTR ? 1 : n;
 }
 
 int migchan_send(struct migchan *c, enum mig_msg type, const void *payload, size_t len, int timeout_ms,
@@ -946,7 +977,8 @@ int migchan_send(struct migchan *c, enum mig_msg type, const void *payload, size
                                 break;
                         }
                         if (w < 0) {
-                                r = chan_fail(c, err, VMSUP_EX_OSERR, -w, "send %s: poll", mig_msg_name(type));
+                                r = chan_fail(c, err, w == -ECANCELED ? VMSUP_EX_TEMPFAIL : VMSUP_EX_OSERR, -w, "send %s",
+                                              mig_msg_name(type));
                                 break;
                         }
                         continue;
@@ -1113,7 +1145,7 @@ int migchan_recv_wait(struct migchan *c, enum mig_msg expect, int timeout_ms, st
                                           "%s: no answer from the migration peer within %g s (waiting for %s)", c->peer,
                                           seconds(timeout_ms), expect ? mig_msg_name(expect) : "a message");
                 if (r < 0)
-                        return chan_fail(c, err, VMSUP_EX_OSERR, -r, "receive: poll");
+                        return chan_fail(c, err, r == -ECANCELED ? VMSUP_EX_TEMPFAIL : VMSUP_EX_OSERR, -r, "receive");
         }
         if (expect && f.type != expect && f.type != MIG_ABORT) {
                 r = chan_fail(c, err, VMSUP_EX_DATAERR, 0, "unexpected %s message (expected %s)", mig_msg_name(f.type),

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,6 +44,7 @@ struct out {
         bool marker;      /* our migrated-out marker is on disk */
         bool was_running; /* QEMU ran the guest when the migration began (a rollback resumes only then) */
         int stream_fd;    /* our copy of QEMU's migration socket, or -1 */
+        int cancel_fd;    /* a signalfd for SIGTERM and SIGINT: readable ends a connect or a send before COMMIT */
         int64_t total_ms, downtime_ms; /* QEMU's */
         long ready_at, completed_at, running_at; /* monotonic ms */
 };
@@ -183,6 +185,18 @@ static int cancelled(struct out *o, vmsup_error **err) {
                           sigabbrev_np(o->g->interrupt_signo ?: SIGTERM));
 }
 
+/* A wait inside the channel that a signal ended (errno ECANCELED: o->cancel_fd) is the
+ * signal's cancel; other errors pass as they are. Returns the error's code, -ECANCELED for
+ * a cancel. */
+static int signal_cancelled(struct out *o, vmsup_error **err) {
+        if (!*err || (*err)->errnum != ECANCELED)
+                return *err ? -((*err)->errnum ? (*err)->errnum : EINVAL) : -EINVAL;
+        *err = vmsup_error_free(*err);
+        guest_drain_signals(o->g);
+        cancelled(o, err);
+        return -ECANCELED;
+}
+
 /* The control socket while the migration waits: its listener and clients are added to a
  * poll set, then served (guest.c answers status and refuses the rest while
  * g->migrating_to is set). */
@@ -282,6 +296,8 @@ static int send_json(struct out *o, enum mig_msg type, json_object *obj, vmsup_e
         _cleanup_json_ json_object *empty = obj ? NULL : json_object_new_object();
         int r = migchan_send_json(o->ch, type, obj ? obj : empty, o->answer_ms, err);
 
+        if (r < 0 && (*err)->errnum == ECANCELED)
+                return signal_cancelled(o, err);
         return r < 0 ? vmsup_error_prefix(err, "send %s to the destination", mig_msg_name(type)) : 0;
 }
 
@@ -324,10 +340,10 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
         tls = (struct migchan_tls) { .ca_file = files.ca, .cert_file = files.cert, .key_file = files.key,
                                      .peer_name = o->host };
         progress(o, "connect", "connecting to %s:%s", o->host, o->port);
-        r = migchan_connect(o->host, o->port, &tls, o->answer_ms, &o->ch, err);
+        r = migchan_connect_cancel(o->host, o->port, &tls, o->answer_ms, o->cancel_fd, &o->ch, err);
         if (r < 0) {
                 secmem_free(pass);
-                return r;
+                return signal_cancelled(o, err);
         }
         gethostname(hostname, sizeof(hostname) - 1);
         json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
@@ -346,7 +362,7 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
                 vmsup_error_prefix(err, "send the vTPM secret to the destination");
         pass = secmem_free(pass);
         if (r < 0)
-                return r;
+                return signal_cancelled(o, err);
         progress(o, "prepare", "%s prepares swtpm and QEMU (connected in %ld ms)", migchan_peer(o->ch),
                  monotonic_ms() - o->t0);
         r = expect(o, MIG_READY, &f, err);
@@ -579,9 +595,10 @@ static int transfer(struct out *o, int dest_port, vmsup_error **err) {
                 return r;
         /* QEMU's stream on a socket of ours (see stream_shutdown()); QEMU checks the
          * destination's certificate against tls-hostname, our host */
-        r = migchan_tcp_connect(o->host, port, o->answer_ms, &o->stream_fd, err);
+        r = migchan_tcp_connect_cancel(o->host, port, o->answer_ms, o->cancel_fd, &o->stream_fd, err);
         if (r < 0)
-                return vmsup_error_prefix(err, "QEMU's migration stream");
+                return signal_cancelled(o, err) == -ECANCELED ? -ECANCELED
+                                                              : vmsup_error_prefix(err, "QEMU's migration stream");
         r = migrate_stream_give(g, o->stream_fd, o->answer_ms, err);
         if (r < 0)
                 return r;
@@ -691,6 +708,7 @@ static void roll_back(struct out *o, const vmsup_error *why) {
                 _cleanup_json_ json_object *a = json_object_new_object();
 
                 json_object_object_add(a, "error", json_object_new_string(why ? why->msg : "cancelled"));
+                migchan_set_cancel_fd(o->ch, -1); /* a second signal must not cut the ABORT */
                 if (migchan_send_json(o->ch, MIG_ABORT, a, 2000, &err) < 0)
                         err = vmsup_error_free(err);
         }
@@ -800,6 +818,9 @@ static int run(struct out *o, vmsup_error **err) {
         r = write_marker(o, err);
         if (r < 0)
                 return r;
+        /* from COMMIT on a signal is logged and the migration finishes: it must not cut a
+         * send in half */
+        migchan_set_cancel_fd(o->ch, -1);
         r = send_json(o, MIG_COMMIT, NULL, err);
         if (r < 0)
                 return r;
@@ -826,7 +847,7 @@ static int run(struct out *o, vmsup_error **err) {
 }
 
 void migrate_out(struct guest *g, struct control_conn *c) {
-        struct out o = { .g = g, .conn = c, .stream_fd = -1 };
+        struct out o = { .g = g, .conn = c, .stream_fd = -1, .cancel_fd = -1 };
         char to[300];
         vmsup_error *err = NULL;
         json_object *v;
@@ -847,6 +868,18 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         o.deadline = o.t0 + (long) g->cfg->migration.timeout * 1000;
         o.answer_ms = (int) g->cfg->migration.answer_timeout * 1000;
         log_info("live migration to %s:%s requested", o.host, o.port);
+        {
+                sigset_t stop;
+
+                /* readable while SIGTERM or SIGINT is pending: the waits inside the channel
+                 * (connect, handshake, sends) end at once; guest.c's signalfd still reads it */
+                sigemptyset(&stop);
+                sigaddset(&stop, SIGTERM);
+                sigaddset(&stop, SIGINT);
+                o.cancel_fd = signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK);
+                if (o.cancel_fd < 0)
+                        log_warning("signalfd: %s; a signal is seen at the migration's next wait only", strerror(errno));
+        }
         r = run(&o, &err);
         if (r >= 0) {
                 json_object *ret = json_object_new_object();
@@ -883,6 +916,7 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         vmsup_error_free(err);
         control_conn_free(c);
         o.ch = migchan_free(o.ch);
+        closep(&o.cancel_fd);
         if (o.stream_fd >= 0)
                 close(o.stream_fd);
         g->migrating_to = NULL;

@@ -1162,3 +1162,32 @@ Test(migchan, we_never_send_what_the_peer_would_refuse) {
                 mig_frame_clear(&f);
         }
 }
+
+/* A server that takes the connection and never speaks: the client's handshake waits,
+ * until its cancel fd (a signalfd in the supervisor; a pipe here) is readable. */
+Test(migchan, a_readable_cancel_fd_ends_the_handshake) {
+        char port[8];
+        int lfd = listen_local(port), p[2];
+        struct migchan *c = NULL;
+        vmsup_error *err = NULL;
+        int r;
+
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+        cr_assert_eq(write(p[1], "x", 1), 1);
+        /* 60 s of handshake: ended by the cancel (ECANCELED), not by its deadline */
+        r = migchan_connect_cancel("127.0.0.1", port, ptr(client_tls("b", "a")), 60000, p[0], &c, &err);
+        cr_assert_lt(r, 0);
+        cr_assert_null(c);
+        cr_assert(err && err->errnum == ECANCELED && err->exit_code == VMSUP_EX_TEMPFAIL, "%s", msg_of(err));
+        vmsup_error_free(err);
+        err = NULL;
+
+        /* without one the same connection waits for its deadline */
+        r = migchan_connect("127.0.0.1", port, ptr(client_tls("b", "a")), 300, &c, &err);
+        cr_assert_lt(r, 0);
+        cr_assert(err && err->errnum != ECANCELED && strstr(err->msg, "no answer within"), "%s", msg_of(err));
+        vmsup_error_free(err);
+        close(p[0]);
+        close(p[1]);
+        close(lfd);
+}

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -168,4 +169,80 @@ Test(migrate_signal, sigterm_after_commit_lets_the_migration_finish) {
         cr_assert_str_eq(th_console_last(1, "ek="), ek);
         kill(in, SIGTERM);
         cr_assert_eq(th_wait_exit(in), 0);
+}
+
+/* A destination that takes the TCP connection and never starts TLS: the source's
+ * supervisor waits in its handshake. A signal there cancels at once too, not after
+ * answer_timeout. */
+Test(migrate_signal, sigterm_while_the_destination_is_silent_cancels) {
+        char ek[256];
+        long c1;
+        pid_t sup, mig, silent;
+        int rc, ready[2];
+
+        sup = th_boot_on_a();
+        c1 = atol(th_console_last(0, "nv-counter="));
+        snprintf(ek, sizeof(ek), "%s", th_console_last(0, "ek="));
+
+        th_step = "SIGTERM in the TLS handshake";
+        cr_assert_eq(pipe(ready), 0);
+        silent = fork();
+        cr_assert_geq(silent, 0);
+        if (silent == 0) {
+                vmsup_error *e = NULL;
+                int ns = open(th_path("/run/netns/%s-b", th_prefix), O_RDONLY | O_CLOEXEC), lfd, c;
+
+                close(ready[0]);
+                if (ns < 0 || setns(ns, CLONE_NEWNET) < 0 || (lfd = migchan_listen(NULL, "49152", &e)) < 0)
+                        _exit(10);
+                (void) !write(ready[1], "x", 1);
+                for (;;) {
+                        c = accept(lfd, NULL, NULL);
+                        if (c >= 0)
+                                pause(); /* holds it, silent */
+                }
+        }
+        close(ready[1]);
+        {
+                char x;
+
+                cr_assert_eq(read(ready[0], &x, 1), 1, "the silent destination did not listen");
+                close(ready[0]);
+        }
+        mig = th_start_migrate(0, "mig");
+        th_wait_text(th_path("%s/mig.err", th_root), "connecting to", 1, 30000);
+        /* the connection is up; the handshake waits for the silent side */
+        {
+                char cmd[256];
+                long deadline = monotonic_ms() + 10000;
+
+                snprintf(cmd, sizeof(cmd), "ip netns exec %s-b ss -Htn state established '( sport = :49152 )' | grep -q .",
+                         th_prefix);
+                while (system(cmd) != 0) {
+                        cr_assert_lt(monotonic_ms(), deadline, "no connection to the silent destination\n%s", th_logs());
+                        poll(NULL, 0, 20);
+                }
+        }
+        cr_assert_eq(kill(sup, SIGTERM), 0);
+        rc = th_wait_exit(mig);
+        cr_assert_eq(rc, 75, "vmsup migrate: %d: %s\n%s", rc, th_err("mig"), th_logs());
+        cr_assert(strstr(th_err("mig"), "cancelled: the source's supervisor got SIGTERM"), "%s", th_err("mig"));
+        cr_assert(!strstr(th_err("mig"), "no answer"), "%s", th_err("mig"));
+        rc = th_wait_exit(sup);
+        cr_assert_eq(rc, 0, "a's supervisor: %d\n%s", rc, th_logs());
+        kill(silent, SIGKILL);
+        th_wait_exit(silent);
+        th_assert_gone(1);
+
+        /* the guest's TPM state was sealed on the way down: it goes on */
+        {
+                const char *args[] = { "run", strdup(th_path("%s/guest.json", th_root)), NULL };
+
+                sup = th_start(0, "run-a2", NULL, args);
+                th_wait_text(th_console(0), "tpmprobe: done", 2, GUEST_BOOT_MS);
+        }
+        cr_assert_eq(atol(th_console_last(0, "nv-counter=")), c1 + 1);
+        cr_assert_str_eq(th_console_last(0, "ek="), ek);
+        kill(sup, SIGTERM);
+        cr_assert_eq(th_wait_exit(sup), 0);
 }
