@@ -309,7 +309,8 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
         struct migchan_tls tls = { 0 };
         _cleanup_migration_tls_files_ struct migration_tls_files files = { 0 };
         struct localstore *store = NULL;
-        char *pass = NULL, secret_id[LOCALSTORE_UUID_LEN + 1], hostname[256] = "";
+        _cleanup_secmem_ char *pass = NULL; /* the vTPM passphrase, wiped however we leave */
+        char secret_id[LOCALSTORE_UUID_LEN + 1], hostname[256] = "";
         struct mig_frame f = { 0 };
         json_object *spec;
         int r;
@@ -330,10 +331,8 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
         if (r < 0)
                 return r;
         spec = json_object_from_file(g->dirs.spec_copy);
-        if (!spec) {
-                secmem_free(pass);
+        if (!spec)
                 return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "read the guest spec '%s'", g->dirs.spec_copy);
-        }
         json_object_object_add(prepare, "spec", spec);
         json_object_object_add(prepare, "secret_uuid", json_object_new_string(secret_id));
 
@@ -341,10 +340,8 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
                                      .peer_name = o->host };
         progress(o, "connect", "connecting to %s:%s", o->host, o->port);
         r = migchan_connect_cancel(o->host, o->port, &tls, o->answer_ms, o->cancel_fd, &o->ch, err);
-        if (r < 0) {
-                secmem_free(pass);
+        if (r < 0)
                 return signal_cancelled(o, err);
-        }
         gethostname(hostname, sizeof(hostname) - 1);
         json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
         json_object_object_add(hello, "uuid", json_object_new_string(g->spec.uuid));
@@ -360,7 +357,7 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
                 r = send_json(o, MIG_PREPARE, prepare, err);
         if (r >= 0 && (r = migchan_send(o->ch, MIG_SECRET, pass, strlen(pass), o->answer_ms, err)) < 0)
                 vmsup_error_prefix(err, "send the vTPM secret to the destination");
-        pass = secmem_free(pass);
+        pass = secmem_free(pass); /* not needed any more: gone before the long wait */
         if (r < 0)
                 return signal_cancelled(o, err);
         progress(o, "prepare", "%s prepares swtpm and QEMU (connected in %ld ms)", migchan_peer(o->ch),
