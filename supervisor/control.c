@@ -366,14 +366,17 @@ int control_request_each(const char *const *paths, size_t n, json_object *req, i
         _cleanup_free_ struct each *e = calloc(n ? n : 1, sizeof(*e));
         _cleanup_free_ struct pollfd *p = calloc(n ? n : 1, sizeof(*p));
         const char *text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+        size_t tl = strlen(text);
+        _cleanup_free_ char *line = malloc(tl + 2);
         long deadline = monotonic_ms() + timeout_ms;
         size_t pending = 0;
 
-        if (!e || !p)
+        if (!e || !p || !line)
                 return -ENOMEM;
+        memcpy(line, text, tl);
+        memcpy(line + tl, "\n", 2);
         for (size_t i = 0; i < n; i++) {
                 struct sockaddr_un sa;
-                size_t tl = strlen(text);
 
                 rets[i] = NULL;
                 errs[i] = NULL;
@@ -397,8 +400,11 @@ int control_request_each(const char *const *paths, size_t n, json_object *req, i
                         closep(&e[i].fd);
                         continue;
                 }
-                /* a request line is far below a socket buffer: it goes in one piece */
-                if (send(e[i].fd, text, tl, MSG_NOSIGNAL) != (ssize_t) tl || send(e[i].fd, "\n", 1, MSG_NOSIGNAL) != 1) {
+                /* the line in one send (far below a socket buffer). A supervisor that
+                 * refuses us (too many clients) answers and closes without reading: its
+                 * answer is still there to read after EPIPE. */
+                if (send(e[i].fd, line, tl + 1, MSG_NOSIGNAL) != (ssize_t) (tl + 1) && errno != EPIPE &&
+                    errno != ECONNRESET) {
                         vmsup_fail(&errs[i], VMSUP_EX_IOERR, errno, "send to the supervisor at '%s'", paths[i]);
                         closep(&e[i].fd);
                         continue;
@@ -433,6 +439,8 @@ int control_request_each(const char *const *paths, size_t n, json_object *req, i
                         r = read(e[i].fd, e[i].buf + e[i].len, CONTROL_MAX_MESSAGE - e[i].len);
                         if (r < 0 && (errno == EINTR || errno == EAGAIN))
                                 continue;
+                        if (r < 0 && errno == ECONNRESET && e[i].len > 0)
+                                r = 0; /* closed with our request unread: its answer came first */
                         if (r > 0)
                                 e[i].len += (size_t) r;
                         if (r > 0 && e[i].len < CONTROL_MAX_MESSAGE)

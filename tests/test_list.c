@@ -72,6 +72,7 @@ static void make_guest(int i, const char *marker, const char *text) {
 struct fake {
         int fd;
         bool answer;
+        bool refuse; /* answers a refusal at once, unread, and closes (as a supervisor with too many clients) */
         char uuid[40];
 };
 
@@ -86,6 +87,14 @@ static void *serve(void *arg) {
 
                 if (c < 0)
                         return NULL;
+                if (f->refuse) {
+                        static const char no[] = "{\"ok\": false, \"error\": \"too many control connections\", "
+                                                 "\"exit_code\": 75}\n";
+
+                        (void) !write(c, no, strlen(no));
+                        close(c);
+                        continue;
+                }
                 n = read(c, buf, sizeof(buf));
                 if (!f->answer || n <= 0)
                         continue; /* leaks c on purpose: a stuck supervisor keeps it open */
@@ -104,6 +113,7 @@ static void fake_supervisor(int i, bool answer, struct fake *f, pthread_t *t) {
 
         uuid_of(i, f->uuid, sizeof(f->uuid));
         f->answer = answer;
+        f->refuse = i == 6;
         snprintf(dir, sizeof(dir), "%s/run/%s", root, f->uuid);
         cr_assert_eq(mkdir_p_test(dir), 0);
         cr_assert_lt(strlen(dir) + sizeof("/control.sock"), sizeof(sa.sun_path));
@@ -138,8 +148,8 @@ static const char *get(json_object *o, const char *key) {
 }
 
 Test(list, every_guest_with_its_state_and_a_stuck_supervisor_holds_nobody) {
-        struct fake running, stuck[3];
-        pthread_t t;
+        struct fake running, stuck[3], refusing;
+        pthread_t t, t2;
         struct test_run r;
         json_object *a, *o;
 
@@ -157,6 +167,7 @@ Test(list, every_guest_with_its_state_and_a_stuck_supervisor_holds_nobody) {
                 cr_assert_eq(mkdir_p_test(d), 0);
         }
         fake_supervisor(1, true, &running, &t);
+        fake_supervisor(6, true, &refusing, &t2);
         for (int k = 0; k < 3; k++)
                 fake_supervisor(10 + k, false, &stuck[k], NULL);
 
@@ -181,6 +192,10 @@ Test(list, every_guest_with_its_state_and_a_stuck_supervisor_holds_nobody) {
         for (int k = 0; k < 3; k++)
                 cr_assert(streq(get(find(a, 10 + k), "state"), "not-answering"), "%s",
                           json_object_to_json_string(find(a, 10 + k)));
+        /* its refusal is read even though it did not read our request */
+        o = find(a, 6);
+        cr_assert(streq(get(o, "state"), "not-answering") && strstr(get(o, "error"), "too many control connections"),
+                  "%s", json_object_to_json_string(o));
         json_object_put(a);
         test_run_clear(&r);
 
