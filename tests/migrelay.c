@@ -14,7 +14,9 @@
  *   --drop DIR:TYPE          do not forward it; close both channels
  *   --hold DIR:TYPE:FILE     keep it until FILE exists; then forward it if FILE says
  *                            "forward", else (e.g. "drop") do as --drop; SIGUSR1
- *                            releases it as "forward", SIGUSR2 as "drop"
+ *                            releases it as "forward", SIGUSR2 as "drop". Meanwhile
+ *                            the rest of its direction waits behind it; the other
+ *                            direction and QEMU's stream flow on.
  *   --cut DIR:TYPE           forward it, then forward nothing more either way (both
  *                            channels stay open and silent)
  * One session; exits 0 when both channels are closed. Logs each frame on stderr
@@ -133,32 +135,60 @@ static void on_release(int sig) {
         released = sig == SIGUSR1 ? 1 : 2;
 }
 
-/* "forward" once FILE exists and says so (or SIGUSR1); false for anything else it says
- * (or SIGUSR2). */
-static bool wait_file(const char *file) {
-        for (;;) {
-                if (released)
-                        return released == 1;
-                char text[64] = "";
-                int fd = open(file, O_RDONLY | O_CLOEXEC);
+/* A held frame's fate: 1 "forward" (FILE says so, or SIGUSR1), -1 drop (FILE says
+ * anything else, or SIGUSR2), 0 not yet. */
+static int hold_decided(const char *file) {
+        char text[64] = "";
+        int fd;
 
-                if (fd >= 0) {
-                        ssize_t n = read(fd, text, sizeof(text) - 1);
+        if (released)
+                return released == 1 ? 1 : -1;
+        fd = open(file, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+                ssize_t n = read(fd, text, sizeof(text) - 1);
 
-                        close(fd);
-                        if (n > 0) {
-                                text[n] = '\0';
-                                return strncmp(text, "forward", 7) == 0;
-                        }
+                close(fd);
+                if (n > 0) {
+                        text[n] = '\0';
+                        return strncmp(text, "forward", 7) == 0 ? 1 : -1;
                 }
-                poll(NULL, 0, 50);
         }
+        return 0;
 }
 
 static int forward(struct migchan *to, struct mig_frame *f, vmsup_error **err) {
         if (f->type == MIG_SECRET)
                 return migchan_send(to, MIG_SECRET, f->secret, f->len, 5000, err);
         return migchan_send_json(to, f->type, f->json, 5000, err);
+}
+
+/* Pass frame f on from side i to the other (READY's port rewritten to a listener of our
+ * own for QEMU's stream); it is cleared. -1 when the other side is gone. */
+static int deliver(struct migchan **ch, int i, struct mig_frame *f, int *stream_lfd, int *dest_stream_port,
+                   const char *listen_host) {
+        vmsup_error *err = NULL;
+
+        if (f->type == MIG_READY) {
+                struct sockaddr_in sa;
+                socklen_t len = sizeof(sa);
+                int port;
+
+                *dest_stream_port = json_object_get_int(json_object_object_get(f->json, "port"));
+                *stream_lfd = migchan_listen(listen_host, "0", &err);
+                if (*stream_lfd < 0 || getsockname(*stream_lfd, (struct sockaddr *) &sa, &len) < 0)
+                        die("listen for QEMU's stream: %s", err ? err->msg : strerror(errno));
+                port = ntohs(sa.sin_port);
+                json_object_object_add(f->json, "port", json_object_new_int(port));
+                say("b2a READY port %d -> %d", *dest_stream_port, port);
+        }
+        if (forward(ch[!i], f, &err) < 0) {
+                say("forward %s: %s; closed", mig_msg_name(f->type), err->msg);
+                vmsup_error_free(err);
+                mig_frame_clear(f);
+                return -1;
+        }
+        mig_frame_clear(f);
+        return 0;
 }
 
 static int stream_connect(const char *local, const char *host, int port) {
@@ -219,8 +249,10 @@ int main(int argc, char **argv) {
         const char *ca = NULL, *scert = NULL, *skey = NULL, *ccert = NULL, *ckey = NULL, *peer_name = NULL;
         struct migchan *ch[2] = { NULL, NULL }; /* [0] the source's side, [1] the destination's */
         struct pipe_half half[2] = { { .from = -1, .to = -1 }, { .from = -1, .to = -1 } };
-        int lfd, stream_lfd = -1, dest_stream_port = 0, c;
+        int lfd, stream_lfd = -1, dest_stream_port = 0, c, held_dir = 0;
         bool cut = false;
+        struct mig_frame held = { 0 }; /* a frame --hold keeps */
+        struct action *held_a = NULL;  /* its action while it is kept */
         vmsup_error *err = NULL;
 
         signal(SIGPIPE, SIG_IGN);
@@ -267,20 +299,39 @@ int main(int argc, char **argv) {
                 struct pollfd p[7];
                 bool stop = false;
 
+                /* a held frame: the rest of its direction waits behind it, the other
+                 * direction and QEMU's stream flow on; its fate is looked at every 50 ms */
                 for (int i = 0; i < 2; i++)
-                        p[i] = (struct pollfd) { .fd = ch[i] ? migchan_fd(ch[i]) : -1, .events = POLLIN };
+                        p[i] = (struct pollfd) { .fd = ch[i] && !(held_a && held_dir == i) ? migchan_fd(ch[i]) : -1,
+                                                 .events = POLLIN };
                 p[2] = (struct pollfd) { .fd = stream_lfd, .events = POLLIN };
                 half_poll(&half[0], &p[3], &p[4]);
                 half_poll(&half[1], &p[5], &p[6]);
-                if (poll(p, 7, -1) < 0 && errno != EINTR)
+                if (poll(p, 7, held_a ? 50 : -1) < 0 && errno != EINTR)
                         die("poll: %s", strerror(errno));
+                if (held_a) {
+                        int fate = hold_decided(held_a->file);
+
+                        if (fate < 0) {
+                                say("dropped %s %s", dir_name[held_dir], mig_msg_name(held.type));
+                                mig_frame_clear(&held);
+                                held_a = NULL;
+                                stop = true;
+                        } else if (fate > 0) {
+                                say("released %s %s", dir_name[held_dir], mig_msg_name(held.type));
+                                held_a = NULL;
+                                if (deliver(ch, held_dir, &held, &stream_lfd, &dest_stream_port, listen_host) < 0)
+                                        stop = true;
+                        }
+                }
                 for (int i = 0; i < 2 && !stop; i++) {
                         for (;;) {
                                 struct mig_frame f = { 0 };
                                 struct action *a;
+                                enum mig_msg type;
                                 int r;
 
-                                if (!ch[i])
+                                if (!ch[i] || (held_a && held_dir == i))
                                         break;
                                 r = migchan_recv(ch[i], &f, &err);
                                 if (r < 0) {
@@ -301,13 +352,10 @@ int main(int argc, char **argv) {
                                         a->done = true;
                                 if (a && a->kind == ACT_HOLD) {
                                         say("holding %s %s until %s", dir_name[i], mig_msg_name(f.type), a->file);
-                                        if (!wait_file(a->file)) {
-                                                say("dropped %s %s", dir_name[i], mig_msg_name(f.type));
-                                                mig_frame_clear(&f);
-                                                stop = true;
-                                                break;
-                                        }
-                                        say("released %s %s", dir_name[i], mig_msg_name(f.type));
+                                        held = f;
+                                        held_dir = i;
+                                        held_a = a;
+                                        break;
                                 }
                                 if (a && a->kind == ACT_DROP) {
                                         say("dropped %s %s", dir_name[i], mig_msg_name(f.type));
@@ -315,31 +363,15 @@ int main(int argc, char **argv) {
                                         stop = true;
                                         break;
                                 }
-                                if (f.type == MIG_READY) {
-                                        struct sockaddr_in sa;
-                                        socklen_t len = sizeof(sa);
-                                        int port;
-
-                                        dest_stream_port = json_object_get_int(json_object_object_get(f.json, "port"));
-                                        stream_lfd = migchan_listen(listen_host, "0", &err);
-                                        if (stream_lfd < 0 || getsockname(stream_lfd, (struct sockaddr *) &sa, &len) < 0)
-                                                die("listen for QEMU's stream: %s", err ? err->msg : strerror(errno));
-                                        port = ntohs(sa.sin_port);
-                                        json_object_object_add(f.json, "port", json_object_new_int(port));
-                                        say("b2a READY port %d -> %d", dest_stream_port, port);
-                                }
-                                if (forward(ch[!i], &f, &err) < 0) {
-                                        say("forward %s: %s; closed", mig_msg_name(f.type), err->msg);
-                                        err = vmsup_error_free(err);
-                                        mig_frame_clear(&f);
+                                type = f.type;
+                                if (deliver(ch, i, &f, &stream_lfd, &dest_stream_port, listen_host) < 0) {
                                         stop = true;
                                         break;
                                 }
                                 if (a && a->kind == ACT_CUT) {
-                                        say("cut after %s %s", dir_name[i], mig_msg_name(f.type));
+                                        say("cut after %s %s", dir_name[i], mig_msg_name(type));
                                         cut = true;
                                 }
-                                mig_frame_clear(&f);
                         }
                 }
                 if (stop) {

@@ -348,7 +348,9 @@ static pid_t qemu_user_as_a_supervisor(const char *qemu_dir, const char *why_fil
 }
 
 Test(migrate_tls, qemus_credentials_do_not_open_the_supervisors_channel) {
-        const char *reboot[] = { "reboot", UUID, NULL }, *incoming[] = { "run", "--incoming", "49152", UUID, NULL };
+        const char *reboot[] = { "reboot", UUID, NULL },
+                   *incoming[] = { "run", "--incoming", "49152", "--spec", strdup(th_path("%s/guest.json", th_root)), UUID,
+                                   NULL };
         char ek[256], qemu_dir[1024], why[1024];
         pid_t sup, in, attacker;
         long c1;
