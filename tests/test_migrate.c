@@ -348,37 +348,19 @@ Test(migrate, wrong_migration_key_rolls_back) {
         fake = fork();
         cr_assert_geq(fake, 0);
         if (fake == 0) {
-                struct migchan_tls tls = { .ca_file = th_path("%s/certs/a/ca-cert.pem", th_root),
-                                           .cert_file = th_path("%s/certs/a/client-cert.pem", th_root),
-                                           .key_file = th_path("%s/certs/a/client-key.pem", th_root),
-                                           .peer_name = th_ip[1] };
-                struct migchan *ch = NULL;
+                /* a SECRET that is not the guest's: b's swtpm gets another key */
+                struct migchan *ch = th_source_prepare(NULL);
                 struct mig_frame f = { 0 };
                 vmsup_error *e = NULL;
-                json_object *hello = json_object_new_object(), *prep = json_object_new_object();
-                char wrong[513];
-                int ns = open(th_path("/run/netns/%s-a", th_prefix), O_RDONLY | O_CLOEXEC);
+                char c;
 
                 close(done_pipe[1]);
-                memset(wrong, 'A', 512);
-                wrong[512] = '\0';
-                if (ns < 0 || setns(ns, CLONE_NEWNET) < 0 || migchan_connect(th_ip[1], "49152", &tls, 10000, &ch, &e) < 0)
-                        _exit(10);
-                json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
-                json_object_object_add(hello, "uuid", json_object_new_string(UUID));
-                json_object_object_add(hello, "host", json_object_new_string("fake"));
-                json_object_object_add(prep, "spec", json_object_from_file(th_path("%s/guest.json", th_root)));
-                json_object_object_add(prep, "secret_uuid", json_object_new_string("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"));
-                if (migchan_send_json(ch, MIG_HELLO, hello, 5000, &e) < 0 ||
-                    migchan_recv_wait(ch, MIG_HELLO, 10000, &f, &e) < 0 ||
-                    migchan_send_json(ch, MIG_PREPARE, prep, 5000, &e) < 0 ||
-                    migchan_send(ch, MIG_SECRET, wrong, 512, 5000, &e) < 0 ||
-                    migchan_recv_wait(ch, MIG_READY, 20000, &f, &e) < 0 || f.type != MIG_READY)
+                if (!ch || migchan_recv_wait(ch, MIG_READY, 20000, &f, &e) < 0 || f.type != MIG_READY)
                         _exit(11);
                 dprintf(port_pipe[1], "%d\n", json_object_get_int(json_object_object_get(f.json, "port")));
                 /* until the test has tried the stream from elsewhere; then it hangs up */
                 mig_frame_clear(&f);
-                (void) !read(done_pipe[0], wrong, 1);
+                (void) !read(done_pipe[0], &c, 1);
                 _exit(0);
         }
         close(port_pipe[1]);

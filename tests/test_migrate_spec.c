@@ -37,34 +37,14 @@ static pid_t malicious_source(json_object *spec) {
 
         cr_assert_geq(pid, 0);
         if (pid == 0) {
-                struct migchan_tls tls = { .ca_file = th_path("%s/certs/a/ca-cert.pem", th_root),
-                                           .cert_file = th_path("%s/certs/a/client-cert.pem", th_root),
-                                           .key_file = th_path("%s/certs/a/client-key.pem", th_root),
-                                           .peer_name = th_ip[1] };
-                struct migchan *ch = NULL;
+                struct migchan *ch = th_source_prepare(json_object_get(spec));
                 struct mig_frame f = { 0 };
                 vmsup_error *e = NULL;
-                json_object *hello = json_object_new_object(), *prep = json_object_new_object();
-                char pass[513];
-                int ns = open(th_path("/run/netns/%s-a", th_prefix), O_RDONLY | O_CLOEXEC), out;
+                int out;
                 FILE *o;
 
-                memset(pass, 'A', 512);
-                pass[512] = '\0';
-                if (ns < 0 || setns(ns, CLONE_NEWNET) < 0 || migchan_connect(th_ip[1], "49152", &tls, 10000, &ch, &e) < 0)
-                        _exit(10);
-                json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
-                json_object_object_add(hello, "uuid", json_object_new_string(UUID));
-                json_object_object_add(hello, "host", json_object_new_string("a"));
-                json_object_object_add(prep, "spec", json_object_get(spec));
-                json_object_object_add(prep, "secret_uuid", json_object_new_string("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"));
-                if (migchan_send_json(ch, MIG_HELLO, hello, 5000, &e) < 0 ||
-                    migchan_recv_wait(ch, MIG_HELLO, 10000, &f, &e) < 0)
+                if (!ch)
                         _exit(11);
-                mig_frame_clear(&f);
-                if (migchan_send_json(ch, MIG_PREPARE, prep, 5000, &e) < 0 ||
-                    migchan_send(ch, MIG_SECRET, pass, 512, 5000, &e) < 0)
-                        _exit(12);
                 out = open(th_path("%s/fake.out", th_root), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
                 o = fdopen(out, "w");
                 if (!o)

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "crypto/migchan.h"
 #include "tests/helpers.h"
 #include "tests/twohostfix.h"
 
@@ -407,4 +408,34 @@ pid_t th_migrate_via_relay(const char *name) {
         const char *args[] = { "migrate", UUID, "--to", strdup(th_path("%s:49153", th_ip[1])), NULL };
 
         return th_start(0, name, NULL, args);
+}
+
+struct migchan *th_source_prepare(json_object *spec) {
+        struct migchan_tls tls = { .ca_file = th_path("%s/certs/a/ca-cert.pem", th_root),
+                                   .cert_file = th_path("%s/certs/a/client-cert.pem", th_root),
+                                   .key_file = th_path("%s/certs/a/client-key.pem", th_root),
+                                   .peer_name = th_ip[1] };
+        _cleanup_json_ json_object *hello = json_object_new_object(), *prep = json_object_new_object();
+        struct migchan *ch = NULL;
+        struct mig_frame f = { 0 };
+        vmsup_error *e = NULL;
+        char pass[513];
+        int ns = open(th_path("/run/netns/%s-a", th_prefix), O_RDONLY | O_CLOEXEC);
+
+        memset(pass, 'A', 512);
+        pass[512] = '\0';
+        json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
+        json_object_object_add(hello, "uuid", json_object_new_string(UUID));
+        json_object_object_add(hello, "host", json_object_new_string("scripted"));
+        json_object_object_add(prep, "spec", spec ? spec : json_object_from_file(th_path("%s/guest.json", th_root)));
+        json_object_object_add(prep, "secret_uuid", json_object_new_string("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"));
+        if (ns < 0 || setns(ns, CLONE_NEWNET) < 0 || migchan_connect(th_ip[1], "49152", &tls, 10000, &ch, &e) < 0 ||
+            migchan_send_json(ch, MIG_HELLO, hello, 5000, &e) < 0 || migchan_recv_wait(ch, MIG_HELLO, 10000, &f, &e) < 0 ||
+            migchan_send_json(ch, MIG_PREPARE, prep, 5000, &e) < 0 || migchan_send(ch, MIG_SECRET, pass, 512, 5000, &e) < 0)
+                ch = migchan_free(ch);
+        mig_frame_clear(&f);
+        vmsup_error_free(e);
+        if (ns >= 0)
+                close(ns);
+        return ch;
 }

@@ -77,4 +77,12 @@ pid_t th_relay_start(const char *const *actions);
 /* `vmsup migrate UUID --to ip_b:49153` on host a, in the background */
 pid_t th_migrate_via_relay(const char *name);
 
+/* In a forked child: a source supervisor played by the test, in host a's namespace with
+ * a's client credentials: HELLO to ip_b:49152, PREPARE with spec (taken; NULL: the
+ * fixture's guest.json), then a SECRET that is not the guest's (512 x 'A'). The channel,
+ * or NULL when any of that failed (the child then _exits with a code of its own). */
+struct json_object;
+struct migchan;
+struct migchan *th_source_prepare(struct json_object *spec);
+
 #endif
