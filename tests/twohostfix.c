@@ -111,7 +111,7 @@ void th_write_spec(const char *mode) {
                            " \"cmdline\": \"console=ttyS0 quiet tpmprobe.hold\"},"
                            " \"disks\": [{\"path\": \"%s/top.qcow2\", \"format\": \"qcow2\","
                            " \"backing\": {\"path\": \"%s/base.raw\", \"format\": \"raw\"}}]}",
-                           mode, TEST_GUEST_DIR, TEST_GUEST_DIR, th_root, th_root) > 0);
+                           mode, th_root, th_root, th_root, th_root) > 0);
         free(test_write_file(th_root, "guest.json", text, 0644));
         free(text);
 }
@@ -134,6 +134,11 @@ void th_setup(void) {
          * destination checks its headers and builds the same block graph */
         th_sh("cd %s && qemu-img create -q -f raw base.raw 4M && qemu-img create -q -f qcow2 -b base.raw -F raw top.qcow2 4M",
            th_root);
+        /* the demo guest's kernel and initrd on that storage too, readable by everyone: a
+         * test may run QEMU as its own user, which cannot reach a build tree under a 0700
+         * dir (a fresh clone in mktemp -d's) */
+        test_copy_file(TEST_GUEST_DIR, th_root, "vmlinuz");
+        test_copy_file(TEST_GUEST_DIR, th_root, "initrd.img");
         th_write_conf(0, th_path("%s/certs/a", th_root));
         th_write_conf(1, th_path("%s/certs/b", th_root));
         th_write_spec("host");
