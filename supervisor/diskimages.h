@@ -3,7 +3,7 @@
 #define VMSUP_SUPERVISOR_DISKIMAGES_H
 
 #include "common/error.h"
-#include "supervisor/guestspec.h"
+#include "nova/guestspec.h"
 
 /* Read the header of every qcow2 layer of every disk and refuse (65) an image that names
  * a backing file other than the spec's next layer (or any, at the end of the chain), a

@@ -32,11 +32,11 @@
 #include "supervisor/diskimages.h"
 #include "supervisor/guest.h"
 #include "supervisor/guestdirs.h"
-#include "supervisor/log.h"
+#include "common/log.h"
 #include "supervisor/qemuargs.h"
 #include "supervisor/qmppolicy.h"
 #include "supervisor/specmatch.h"
-#include "supervisor/tpmrules.h"
+#include "nova/tpmrules.h"
 #include "supervisor/vtpmsecret.h"
 #include "tpmstate/caps.h"
 #include "tpmstate/ctrl.h"
@@ -1427,6 +1427,13 @@ static int event_loop(struct guest *g) {
 
 /* ---- set-up and tear-down ---------------------------------------------------------- */
 
+static int check_host_offers(struct guest *g, vmsup_error **err) {
+        struct tpm_host_offer offer;
+
+        host_config_tpm_offer(g->cfg, &offer);
+        return tpm_rules_check_host(&g->tpm, &offer, err);
+}
+
 static int resolve_programs(struct guest *g, vmsup_error **err) {
         struct passwd *pw;
         struct group *gr;
@@ -1661,7 +1668,7 @@ int guest_run(const struct guest_run_opts *opts) {
         /* before anything is made or fetched: an image naming files the spec does not */
         if ((r = disk_images_check(&g.spec, &err)) < 0)
                 goto fail;
-        if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = tpm_rules_check_host(&g.tpm, g.cfg, &err)) < 0 ||
+        if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = check_host_offers(&g, &err)) < 0 ||
             (r = resolve_programs(&g, &err)) < 0)
                 goto fail;
         /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is

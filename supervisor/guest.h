@@ -4,7 +4,7 @@
 #define VMSUP_SUPERVISOR_GUEST_H
 
 #include "common/error.h"
-#include "supervisor/guestspec.h"
+#include "nova/guestspec.h"
 #include "supervisor/hostconfig.h"
 
 struct guest_run_opts {

@@ -13,9 +13,9 @@
 #include "supervisor/control.h"
 #include "supervisor/guest.h"
 #include "supervisor/guestdirs.h"
-#include "supervisor/guestspec.h"
+#include "nova/guestspec.h"
 #include "supervisor/hostconfig.h"
-#include "supervisor/tpmrules.h"
+#include "nova/tpmrules.h"
 #include "tpmstate/sync.h"
 
 /* Timeouts (ms) for steps that should take a fraction of that on any host. */

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "crypto/localstore.h"
+#include "secrets/localstore.h"
 #include "supervisor/guestdirs.h"
 #include "supervisor/guestids.h"
 

@@ -7,7 +7,7 @@
 
 #include "common/error.h"
 #include "common/fileio.h" /* write_file_atomic() */
-#include "supervisor/guestspec.h"
+#include "nova/guestspec.h"
 #include "supervisor/hostconfig.h"
 
 struct guest_dirs {

@@ -16,7 +16,7 @@
 #include "common/util.h"
 #include "supervisor/guestdirs.h"
 #include "supervisor/guestids.h"
-#include "supervisor/guestspec.h"
+#include "nova/guestspec.h"
 
 #define REGISTRY_MAX (4u * 1024 * 1024)
 

@@ -14,25 +14,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "crypto/migchan.h"
+#include "migrate/migchan.h"
 #include "supervisor/guestids.h"
 #include "supervisor/hostconfig.h"
-
-static const char *const secret_security_names[] = { "user", "host", "deployment" };
-
-unsigned secret_security_from_string(const char *s) {
-        for (size_t i = 0; i < ARRAY_SIZE(secret_security_names); i++)
-                if (streq(s, secret_security_names[i]))
-                        return 1u << i;
-        return 0;
-}
-
-const char *secret_security_to_string(unsigned mode) {
-        for (size_t i = 0; i < ARRAY_SIZE(secret_security_names); i++)
-                if (mode == 1u << i)
-                        return secret_security_names[i];
-        return NULL;
-}
 
 enum opt_type {
         OPT_BOOL,
@@ -481,4 +465,10 @@ int host_config_migration_tls(const struct host_config *cfg, bool server, struct
 fail:
         migration_tls_files_clear(&f);
         return r;
+}
+
+void host_config_tpm_offer(const struct host_config *cfg, struct tpm_host_offer *ret) {
+        *ret = (struct tpm_host_offer) { .swtpm_enabled = cfg->tpm.swtpm_enabled,
+                                         .supported_secret_security = cfg->tpm.supported_secret_security,
+                                         .where = cfg->path };
 }

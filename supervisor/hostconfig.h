@@ -7,21 +7,11 @@
 
 #include "common/error.h"
 #include "seccomp/filter.h"
-#include "crypto/barbican.h"
+#include "nova/tpmrules.h"
+#include "secrets/barbican.h"
 
 #define VMSUP_DEFAULT_CONFIG "/etc/vmsup/vmsup.conf"
 
-/* Nova's TPM secret-security modes, as a bit set. */
-enum secret_security {
-        SECRET_SECURITY_USER = 1 << 0,
-        SECRET_SECURITY_HOST = 1 << 1,
-        SECRET_SECURITY_DEPLOYMENT = 1 << 2,
-};
-#define SECRET_SECURITY_ALL (SECRET_SECURITY_USER | SECRET_SECURITY_HOST | SECRET_SECURITY_DEPLOYMENT)
-
-/* "user" -> SECRET_SECURITY_USER ...; 0 for anything else. */
-unsigned secret_security_from_string(const char *s);
-const char *secret_security_to_string(unsigned mode);
 
 struct host_config {
         char *path; /* the file that was read; NULL when the defaults apply */
@@ -105,6 +95,9 @@ static inline void migration_tls_files_clearp(struct migration_tls_files *f) {
         migration_tls_files_clear(f);
 }
 #define _cleanup_migration_tls_files_ __attribute__((cleanup(migration_tls_files_clearp)))
+
+/* What the host offers guests' vTPMs, for tpm_rules_check_host() (pointers into cfg). */
+void host_config_tpm_offer(const struct host_config *cfg, struct tpm_host_offer *ret);
 
 /* The Barbican client options the config gives (pointers into cfg). */
 void host_config_barbican_options(const struct host_config *cfg, struct barbican_options *ret);

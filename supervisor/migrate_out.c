@@ -23,10 +23,10 @@
 #include "common/fileio.h"
 #include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/localstore.h"
-#include "crypto/migchan.h"
+#include "secrets/localstore.h"
+#include "migrate/migchan.h"
 #include "supervisor/guest_internal.h"
-#include "supervisor/log.h"
+#include "common/log.h"
 
 #define PROGRESS_INTERVAL_MS 500
 #define CANCEL_TIMEOUT_MS 10000

@@ -3,9 +3,9 @@
 #define VMSUP_SUPERVISOR_QEMUARGS_H
 
 #include "common/error.h"
-#include "supervisor/guestspec.h"
+#include "nova/guestspec.h"
 #include "supervisor/hostconfig.h"
-#include "supervisor/tpmrules.h"
+#include "nova/tpmrules.h"
 
 struct qemu_args_in {
         const char *qemu;          /* absolute path of the binary */

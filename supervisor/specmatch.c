@@ -9,7 +9,7 @@
 
 #include "common/util.h"
 #include "supervisor/specmatch.h"
-#include "supervisor/tpmrules.h"
+#include "nova/tpmrules.h"
 
 /* ---- vmsup's own dirs ------------------------------------------------------------------ */
 

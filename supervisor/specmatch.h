@@ -5,7 +5,7 @@
 #define VMSUP_SUPERVISOR_SPECMATCH_H
 
 #include "common/error.h"
-#include "supervisor/guestspec.h"
+#include "nova/guestspec.h"
 #include "supervisor/hostconfig.h"
 
 /* Refuse (65) a disk, backing layer, kernel or initrd that lies, after resolving symbolic

@@ -15,11 +15,11 @@
 #include "common/proc.h"
 #include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/barbican.h"
-#include "crypto/http.h"
+#include "secrets/barbican.h"
+#include "secrets/http.h"
 #include "crypto/kdf.h"
-#include "crypto/keystone.h"
-#include "crypto/localstore.h"
+#include "secrets/keystone.h"
+#include "secrets/localstore.h"
 #include "supervisor/vtpmsecret.h"
 
 #define TOKEN_MAX (64 * 1024)
@@ -253,7 +253,7 @@ static int obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret
 /* ---- the exchange in a child ----
  *
  * Keystone and Barbican are asked from a forked child, which sends back only the result:
- * the passphrase, or the error. libcurl is loaded in the child only (crypto/http.c), so
+ * the passphrase, or the error. libcurl is loaded in the child only (secrets/http.c), so
  * its TLS library, the CA bundle it parses, the owner's or the service's token and the
  * HTTP buffers that held the passphrase all end with the child, and the supervisor that
  * then runs for months holds none of it (nor the memory: issue #9). What the child

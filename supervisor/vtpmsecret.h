@@ -5,9 +5,9 @@
 #include <stdbool.h>
 
 #include "common/error.h"
-#include "supervisor/guestspec.h"
+#include "nova/guestspec.h"
 #include "supervisor/hostconfig.h"
-#include "supervisor/tpmrules.h"
+#include "nova/tpmrules.h"
 
 #define VTPM_SECRET_ID_FILE "vtpm_secret_uuid" /* in the guest's state dir: the id, not the secret */
 

@@ -40,7 +40,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "crypto/migchan.h"
+#include "migrate/migchan.h"
 
 enum action_kind { ACT_DROP, ACT_HOLD, ACT_CUT };
 

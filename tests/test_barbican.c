@@ -20,9 +20,9 @@
 
 #include "common/proc.h"
 #include "common/util.h"
-#include "crypto/barbican.h"
-#include "crypto/http.h"
-#include "crypto/keystone.h"
+#include "secrets/barbican.h"
+#include "secrets/http.h"
+#include "secrets/keystone.h"
 #include "tests/fakehttp.h"
 #include "tests/barbican_fixture.h"
 #include "tests/helpers.h"

@@ -18,7 +18,7 @@
 #include "common/proc.h"
 #include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/barbican.h"
+#include "secrets/barbican.h"
 #include "crypto/kdf.h"
 #include "supervisor/control.h"
 #include "tests/barbican_fixture.h"

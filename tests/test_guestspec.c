@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "supervisor/guestspec.h"
+#include "nova/guestspec.h"
 
 #define UUID "0b7c6e4a-3f0e-4d5c-9a1b-2c3d4e5f6a7b"
 #define MINIMAL "\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256, \"flavor\": {\"name\": \"f\"}"

@@ -12,7 +12,7 @@
 
 #include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/localstore.h"
+#include "secrets/localstore.h"
 #include "tests/helpers.h"
 
 #define GUEST "0b7c6e4a-3f0e-4d5c-9a1b-2c3d4e5f6a7b"

@@ -18,7 +18,7 @@
 
 #include "common/secmem.h"
 #include "common/util.h"
-#include "crypto/migchan.h"
+#include "migrate/migchan.h"
 #include "tests/helpers.h"
 
 #define GUEST "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"

@@ -21,7 +21,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "crypto/migchan.h"
+#include "migrate/migchan.h"
 #include "tests/helpers.h"
 #include "tests/twohostfix.h"
 

@@ -20,8 +20,8 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "crypto/localstore.h"
-#include "crypto/migchan.h"
+#include "secrets/localstore.h"
+#include "migrate/migchan.h"
 #include "tests/helpers.h"
 #include "tests/twohostfix.h"
 

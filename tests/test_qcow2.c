@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "supervisor/diskimages.h"
-#include "supervisor/guestspec.h"
+#include "nova/guestspec.h"
 #include "supervisor/qcow2.h"
 #include "tests/helpers.h"
 

@@ -17,7 +17,7 @@
 #include "common/proc.h"
 #include "common/util.h"
 #include "supervisor/control.h"
-#include "crypto/barbican.h"
+#include "secrets/barbican.h"
 #include "tests/barbican_fixture.h"
 #include "tests/guestfix.h"
 #include "tests/helpers.h"

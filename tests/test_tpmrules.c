@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "supervisor/tpmrules.h"
+#include "nova/tpmrules.h"
 
 #define UUID "0b7c6e4a-3f0e-4d5c-9a1b-2c3d4e5f6a7b"
 
@@ -184,19 +184,15 @@ Test(tpmrules, whole_table) {
         cr_assert_gt(vtpms, 50);
 }
 
-static struct host_config host(bool enabled, unsigned modes) {
-        struct host_config cfg = { 0 };
-
-        cfg.tpm.swtpm_enabled = enabled;
-        cfg.tpm.supported_secret_security = modes;
-        return cfg;
+static struct tpm_host_offer host(bool enabled, unsigned modes) {
+        return (struct tpm_host_offer) { .swtpm_enabled = enabled, .supported_secret_security = modes };
 }
 
 Test(tpmrules, host_restrictions) {
         struct vtpm_config tpm = { .present = true, .version = TPM_VERSION_2_0, .model = TPM_MODEL_CRB,
                                    .secret_security = SECRET_SECURITY_HOST };
         struct vtpm_config none = { 0 };
-        struct host_config cfg;
+        struct tpm_host_offer cfg;
         vmsup_error *err = NULL;
 
         cfg = host(false, SECRET_SECURITY_ALL);

@@ -1,0 +1,60 @@
+/* The CLI verbs: one function each, in supervisor/verb_<name>.c. */
+#ifndef VMSUP_CLI_VERBS_H
+#define VMSUP_CLI_VERBS_H
+
+#include <json-c/json.h>
+#include <stdbool.h>
+
+#include "supervisor/control.h"
+#include "supervisor/hostconfig.h"
+
+struct vmsup_ctx {
+        const char *config_path; /* from --config, NULL for the default */
+        struct host_config cfg;
+        bool cfg_loaded;
+};
+
+/* Load the host config once (the default path may be missing; an explicit one may not). */
+int vmsup_ctx_config(struct vmsup_ctx *ctx, vmsup_error **err);
+
+/* Send a request to the supervisor of guest uuid over its control socket. */
+int vmsup_ctx_control(struct vmsup_ctx *ctx, const char *uuid, json_object *req, int timeout_ms, json_object **ret,
+                      vmsup_error **err);
+
+/* The same, passing the progress lines of a long request (migrate) to fn. */
+int vmsup_ctx_control_progress(struct vmsup_ctx *ctx, const char *uuid, json_object *req, int timeout_ms,
+                               control_progress_fn fn, void *userdata, json_object **ret, vmsup_error **err);
+
+struct verb {
+        const char *name;
+        int (*run)(struct vmsup_ctx *ctx, int argc, char **argv); /* returns the exit code */
+        const char *summary;
+};
+
+int verb_validate(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_traits(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_qmp(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_run(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_resize(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_status(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_list(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_stop(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_secret(struct vmsup_ctx *ctx, int argc, char **argv); /* secret list */
+int verb_seccomp(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_migrate(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_resolve(struct vmsup_ctx *ctx, int argc, char **argv); /* resolve --keep */
+int verb_refused(struct vmsup_ctx *ctx, int argc, char **argv); /* rebuild, rescue, shelve, evacuate */
+
+/* "HOST:PORT", "[V6ADDR]:PORT", "HOST", ":PORT" or "PORT" (a number alone) into a host
+ * ("" when none) and a port (default_port when none). 0, or the usage error's 64. */
+int verb_parse_host_port(const char *verb, const char *arg, const char *default_port, char **ret_host, char **ret_port);
+
+/* Parse --token-fd's argument: an open file descriptor. 0, or the usage error's 64. */
+int verb_parse_token_fd(const char *verb, const char *arg, int *ret_fd);
+
+/* Print "Try 'vmsup VERB --help'." and return 64. */
+int verb_usage_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

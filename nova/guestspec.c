@@ -1,0 +1,481 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "nova/guestspec.h"
+
+#define GUEST_SPEC_MAX_SIZE (1024 * 1024)
+
+struct walker {
+        const char *source;
+        vmsup_error **err;
+};
+
+static int bad(struct walker *w, const char *key, const char *why) {
+        return vmsup_fail(w->err, VMSUP_EX_DATAERR, 0, "guest spec '%s': key '%s': %s", w->source, key, why);
+}
+
+/* Refuse keys we do not know: a misspelt key would otherwise be silently ignored. */
+static int check_keys(struct walker *w, json_object *obj, const char *prefix, const char *const *allowed) {
+        json_object_object_foreach(obj, key, val) {
+                bool ok = false;
+
+                (void) val;
+                for (const char *const *a = allowed; *a; a++)
+                        if (streq(*a, key))
+                                ok = true;
+                if (!ok) {
+                        char full[256];
+
+                        snprintf(full, sizeof(full), "%s%s", prefix, key);
+                        return bad(w, full, "unknown key");
+                }
+        }
+        return 0;
+}
+
+static int get_string(struct walker *w, json_object *obj, const char *key, const char *full, bool required,
+                      bool nullable, char **ret) {
+        json_object *v;
+        const char *s;
+
+        if (!json_object_object_get_ex(obj, key, &v) || (nullable && json_object_is_type(v, json_type_null))) {
+                if (required)
+                        return bad(w, full, "missing");
+                *ret = NULL;
+                return 0;
+        }
+        if (!json_object_is_type(v, json_type_string))
+                return bad(w, full, "must be a string");
+        s = json_object_get_string(v);
+        if (required && !*s)
+                return bad(w, full, "must not be empty");
+        if (strlen(s) != (size_t) json_object_get_string_len(v))
+                return bad(w, full, "contains a NUL byte");
+        *ret = strdup(s);
+        if (!*ret)
+                return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec '%s'", w->source);
+        return 0;
+}
+
+static int get_uint(struct walker *w, json_object *obj, const char *key, unsigned min, unsigned max, unsigned *ret) {
+        json_object *v;
+        int64_t n;
+
+        if (!json_object_object_get_ex(obj, key, &v))
+                return bad(w, key, "missing");
+        if (!json_object_is_type(v, json_type_int))
+                return bad(w, key, "must be an integer");
+        n = json_object_get_int64(v);
+        if (n < min || n > max) {
+                char why[96];
+
+                snprintf(why, sizeof(why), "%lld is out of range (%u to %u)", (long long) n, min, max);
+                return bad(w, key, why);
+        }
+        *ret = (unsigned) n;
+        return 0;
+}
+
+static int get_object(struct walker *w, json_object *obj, const char *key, bool required, json_object **ret) {
+        json_object *v;
+
+        if (!json_object_object_get_ex(obj, key, &v) || json_object_is_type(v, json_type_null)) {
+                if (required)
+                        return bad(w, key, "missing");
+                *ret = NULL;
+                return 0;
+        }
+        if (!json_object_is_type(v, json_type_object))
+                return bad(w, key, "must be an object");
+        *ret = v;
+        return 0;
+}
+
+/* extra_specs and properties: any key (Nova has many), but the values we read must be
+ * strings; a non-string hw_tpm_* value is refused here. */
+static int get_string_map(struct walker *w, json_object *parent, const char *key, const char *full,
+                          const char *const *string_keys, json_object **ret) {
+        json_object *m;
+
+        if (!json_object_object_get_ex(parent, key, &m) || json_object_is_type(m, json_type_null)) {
+                *ret = json_object_new_object();
+                return *ret ? 0 : vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+        }
+        if (!json_object_is_type(m, json_type_object))
+                return bad(w, full, "must be an object");
+        for (const char *const *k = string_keys; *k; k++) {
+                json_object *v;
+
+                if (json_object_object_get_ex(m, *k, &v) && !json_object_is_type(v, json_type_string)) {
+                        char f[256];
+
+                        snprintf(f, sizeof(f), "%s.%s", full, *k);
+                        return bad(w, f, "must be a string");
+                }
+        }
+        *ret = json_object_get(m);
+        return 0;
+}
+
+static int check_disk_path(struct walker *w, const char *key, const char *path) {
+        if (path[0] != '/' || strchr(path, ','))
+                return bad(w, key, "must be an absolute path without ','");
+        return 0;
+}
+
+/* "backing": {"path", "format", "backing": {...} or null}, nested as QEMU's own -blockdev
+ * JSON nests it. Absent or null: the layer has no backing file. */
+static int parse_backing(struct walker *w, json_object *top, const char *prefix, struct guest_disk *disk) {
+        static const char *const layer_keys[] = { "path", "format", "backing", NULL };
+        const char *above_format = disk->format;
+        json_object *cur = top, *b;
+        char base[192], k[256];
+
+        snprintf(base, sizeof(base), "%s", prefix);
+        while (json_object_object_get_ex(cur, "backing", &b) && !json_object_is_type(b, json_type_null)) {
+                struct guest_disk_layer *layer;
+                int r;
+
+                /* at most "disks[15]" and 16 ".backing" (the 16th is refused): base has room */
+                strcat(base, ".backing");
+                snprintf(k, sizeof(k), "%s", base);
+                if (!json_object_is_type(b, json_type_object))
+                        return bad(w, k, "must be an object (path, format, backing) or null");
+                if (streq(above_format, "raw"))
+                        return bad(w, k, "a raw image has no backing file");
+                if (disk->n_backing == GUEST_DISK_MAX_BACKING)
+                        return bad(w, k, "a backing chain longer than 15 layers");
+                snprintf(k, sizeof(k), "%s.", base);
+                r = check_keys(w, b, k, layer_keys);
+                if (r < 0)
+                        return r;
+                layer = &disk->backing[disk->n_backing++];
+                snprintf(k, sizeof(k), "%s.path", base);
+                r = get_string(w, b, "path", k, true, false, &layer->path);
+                if (r < 0 || (r = check_disk_path(w, k, layer->path)) < 0)
+                        return r;
+                if (streq(layer->path, disk->path))
+                        return bad(w, k, "names the disk's own image");
+                for (size_t j = 0; j + 1 < disk->n_backing; j++)
+                        if (streq(layer->path, disk->backing[j].path))
+                                return bad(w, k, "names an image already in the chain");
+                snprintf(k, sizeof(k), "%s.format", base);
+                r = get_string(w, b, "format", k, true, false, &layer->format);
+                if (r < 0)
+                        return r;
+                if (!streq(layer->format, "raw") && !streq(layer->format, "qcow2"))
+                        return bad(w, k, "must be raw or qcow2");
+                above_format = layer->format;
+                cur = b;
+        }
+        return 0;
+}
+
+static int parse_disks(struct walker *w, json_object *root, struct guest_spec *spec) {
+        static const char *const disk_keys[] = { "path", "format", "readonly", "backing", NULL };
+        json_object *arr;
+        size_t n;
+
+        if (!json_object_object_get_ex(root, "disks", &arr) || json_object_is_type(arr, json_type_null))
+                return 0;
+        if (!json_object_is_type(arr, json_type_array))
+                return bad(w, "disks", "must be an array");
+        n = json_object_array_length(arr);
+        if (n > 16)
+                return bad(w, "disks", "more than 16 disks");
+        spec->disks = calloc(n ? n : 1, sizeof(*spec->disks));
+        if (!spec->disks)
+                return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+        for (size_t i = 0; i < n; i++) {
+                json_object *d = json_object_array_get_idx(arr, i), *ro;
+                struct guest_disk *disk = &spec->disks[i];
+                char k[64];
+                int r;
+
+                spec->n_disks = i + 1;
+                snprintf(k, sizeof(k), "disks[%zu]", i);
+                if (!json_object_is_type(d, json_type_object))
+                        return bad(w, k, "must be an object");
+                snprintf(k, sizeof(k), "disks[%zu].", i);
+                r = check_keys(w, d, k, disk_keys);
+                if (r < 0)
+                        return r;
+                snprintf(k, sizeof(k), "disks[%zu].path", i);
+                r = get_string(w, d, "path", k, true, false, &disk->path);
+                if (r < 0)
+                        return r;
+                if ((r = check_disk_path(w, k, disk->path)) < 0)
+                        return r;
+                snprintf(k, sizeof(k), "disks[%zu].format", i);
+                r = get_string(w, d, "format", k, false, false, &disk->format);
+                if (r < 0)
+                        return r;
+                if (!disk->format && !(disk->format = strdup("raw")))
+                        return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+                if (!streq(disk->format, "raw") && !streq(disk->format, "qcow2"))
+                        return bad(w, k, "must be raw or qcow2");
+                if (json_object_object_get_ex(d, "readonly", &ro)) {
+                        snprintf(k, sizeof(k), "disks[%zu].readonly", i);
+                        if (!json_object_is_type(ro, json_type_boolean))
+                                return bad(w, k, "must be true or false");
+                        disk->readonly = json_object_get_boolean(ro);
+                }
+                disk->backing = calloc(GUEST_DISK_MAX_BACKING, sizeof(*disk->backing));
+                if (!disk->backing)
+                        return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+                snprintf(k, sizeof(k), "disks[%zu]", i);
+                r = parse_backing(w, d, k, disk);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int parse_firmware(struct walker *w, json_object *root, struct guest_spec *spec) {
+        static const char *const fw_keys[] = { "type", "kernel", "initrd", "cmdline", NULL };
+        const char *image_fw = guest_spec_image_property(spec, "hw_firmware_type");
+        json_object *fw;
+        int r;
+
+        r = get_object(w, root, "firmware", false, &fw);
+        if (r < 0)
+                return r;
+        if (fw) {
+                r = check_keys(w, fw, "firmware.", fw_keys);
+                if (r < 0)
+                        return r;
+                r = get_string(w, fw, "type", "firmware.type", false, false, &spec->firmware_type);
+                if (r < 0)
+                        return r;
+                r = get_string(w, fw, "kernel", "firmware.kernel", false, false, &spec->kernel);
+                if (r < 0)
+                        return r;
+                r = get_string(w, fw, "initrd", "firmware.initrd", false, false, &spec->initrd);
+                if (r < 0)
+                        return r;
+                r = get_string(w, fw, "cmdline", "firmware.cmdline", false, false, &spec->cmdline);
+                if (r < 0)
+                        return r;
+                if (spec->kernel && spec->kernel[0] != '/')
+                        return bad(w, "firmware.kernel", "must be an absolute path");
+                if (spec->initrd && spec->initrd[0] != '/')
+                        return bad(w, "firmware.initrd", "must be an absolute path");
+                if ((spec->initrd || spec->cmdline) && !spec->kernel)
+                        return bad(w, "firmware.kernel", "missing (initrd and cmdline need a kernel)");
+        }
+        if (image_fw && !streq(image_fw, "uefi") && !streq(image_fw, "bios"))
+                return bad(w, "image.properties.hw_firmware_type", "must be uefi or bios");
+        if (spec->firmware_type) {
+                if (!streq(spec->firmware_type, "uefi") && !streq(spec->firmware_type, "bios"))
+                        return bad(w, "firmware.type", "must be uefi or bios");
+                if (image_fw && !streq(image_fw, spec->firmware_type))
+                        return bad(w, "firmware.type", "conflicts with image property hw_firmware_type");
+        } else {
+                spec->firmware_type = strdup(image_fw ? image_fw : "bios");
+                if (!spec->firmware_type)
+                        return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+        }
+        return 0;
+}
+
+int guest_spec_parse(const char *text, size_t len, const char *source, struct guest_spec *ret, vmsup_error **err) {
+        static const char *const top_keys[] = { "uuid", "name", "vcpus", "memory_mb", "owner", "flavor", "image",
+                                                "vtpm_secret_uuid", "firmware", "disks", NULL };
+        static const char *const owner_keys[] = { "user_id", "project_id", NULL };
+        static const char *const flavor_keys[] = { "name", "extra_specs", NULL };
+        static const char *const image_keys[] = { "id", "name", "properties", NULL };
+        static const char *const flavor_strings[] = { "hw:tpm_version", "hw:tpm_model", "hw:tpm_secret_security",
+                                                      NULL };
+        static const char *const image_strings[] = { "hw_tpm_version", "hw_tpm_model", "hw_firmware_type", NULL };
+        struct walker w = { .source = source, .err = err };
+        struct guest_spec spec = { 0 };
+        _cleanup_free_ char *uuid = NULL;
+        json_tokener *tok;
+        json_object *root, *owner, *flavor, *image;
+        enum json_tokener_error jerr;
+        int r;
+
+        if (len > GUEST_SPEC_MAX_SIZE)
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "guest spec '%s': larger than %d bytes", source,
+                                  GUEST_SPEC_MAX_SIZE);
+        tok = json_tokener_new();
+        if (!tok)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "guest spec '%s'", source);
+        json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+        root = json_tokener_parse_ex(tok, text, (int) len);
+        jerr = json_tokener_get_error(tok);
+        if (root && (size_t) json_tokener_get_parse_end(tok) < len) {
+                /* trailing bytes after the object: only white space is fine */
+                for (size_t i = json_tokener_get_parse_end(tok); i < len; i++)
+                        if (!isspace((unsigned char) text[i])) {
+                                json_object_put(root);
+                                root = NULL;
+                                jerr = json_tokener_error_parse_unexpected;
+                                break;
+                        }
+        }
+        if (!root) {
+                if (jerr == json_tokener_continue)
+                        jerr = json_tokener_error_parse_eof;
+                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "guest spec '%s': not valid JSON: %s (at byte %zu)",
+                               source, json_tokener_error_desc(jerr), json_tokener_get_parse_end(tok));
+                json_tokener_free(tok);
+                return r;
+        }
+        json_tokener_free(tok);
+
+        if (!json_object_is_type(root, json_type_object)) {
+                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "guest spec '%s': must be a JSON object", source);
+                goto out;
+        }
+        if ((r = check_keys(&w, root, "", top_keys)) < 0 ||
+            (r = get_string(&w, root, "uuid", "uuid", true, false, &uuid)) < 0)
+                goto out;
+        if (!uuid_is_valid(uuid)) {
+                r = bad(&w, "uuid", "not a lower-case UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
+                goto out;
+        }
+        memcpy(spec.uuid, uuid, sizeof(spec.uuid));
+        if ((r = get_string(&w, root, "name", "name", true, false, &spec.name)) < 0 ||
+            (r = get_uint(&w, root, "vcpus", 1, 255, &spec.vcpus)) < 0 ||
+            (r = get_uint(&w, root, "memory_mb", 16, 16 * 1024 * 1024, &spec.memory_mb)) < 0)
+                goto out;
+        for (const char *p = spec.name; *p; p++)
+                if (!isprint((unsigned char) *p)) {
+                        r = bad(&w, "name", "must be printable characters");
+                        goto out;
+                }
+
+        if ((r = get_object(&w, root, "owner", false, &owner)) < 0)
+                goto out;
+        if (owner && ((r = check_keys(&w, owner, "owner.", owner_keys)) < 0 ||
+                      (r = get_string(&w, owner, "user_id", "owner.user_id", false, false, &spec.owner_user_id)) < 0 ||
+                      (r = get_string(&w, owner, "project_id", "owner.project_id", false, false,
+                                      &spec.owner_project_id)) < 0))
+                goto out;
+
+        if ((r = get_object(&w, root, "flavor", true, &flavor)) < 0 ||
+            (r = check_keys(&w, flavor, "flavor.", flavor_keys)) < 0 ||
+            (r = get_string(&w, flavor, "name", "flavor.name", true, false, &spec.flavor_name)) < 0 ||
+            (r = get_string_map(&w, flavor, "extra_specs", "flavor.extra_specs", flavor_strings,
+                                &spec.extra_specs)) < 0)
+                goto out;
+
+        if ((r = get_object(&w, root, "image", false, &image)) < 0)
+                goto out;
+        if (image) {
+                if ((r = check_keys(&w, image, "image.", image_keys)) < 0 ||
+                    (r = get_string(&w, image, "id", "image.id", false, false, &spec.image_id)) < 0 ||
+                    (r = get_string(&w, image, "name", "image.name", false, false, &spec.image_name)) < 0 ||
+                    (r = get_string_map(&w, image, "properties", "image.properties", image_strings,
+                                        &spec.image_properties)) < 0)
+                        goto out;
+        } else if (!(spec.image_properties = json_object_new_object())) {
+                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+                goto out;
+        }
+
+        if ((r = get_string(&w, root, "vtpm_secret_uuid", "vtpm_secret_uuid", false, true, &spec.vtpm_secret_uuid)) < 0)
+                goto out;
+        if (spec.vtpm_secret_uuid && !uuid_is_valid(spec.vtpm_secret_uuid)) {
+                r = bad(&w, "vtpm_secret_uuid", "not a lower-case UUID");
+                goto out;
+        }
+        if ((r = parse_firmware(&w, root, &spec)) < 0 || (r = parse_disks(&w, root, &spec)) < 0)
+                goto out;
+
+        *ret = spec;
+        memset(&spec, 0, sizeof(spec));
+        r = 0;
+out:
+        guest_spec_clear(&spec);
+        json_object_put(root);
+        return r;
+}
+
+int guest_spec_load(const char *path, struct guest_spec *ret, vmsup_error **err) {
+        _cleanup_close_ int fd = -1;
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        struct stat st;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return vmsup_fail(err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_DATAERR, errno,
+                                  "open guest spec '%s'", path);
+        if (fstat(fd, &st) < 0)
+                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat guest spec '%s'", path);
+        if (!S_ISREG(st.st_mode))
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "guest spec '%s': not a regular file", path);
+        if (st.st_size > GUEST_SPEC_MAX_SIZE)
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "guest spec '%s': larger than %d bytes", path,
+                                  GUEST_SPEC_MAX_SIZE);
+        buf = malloc((size_t) st.st_size + 1);
+        if (!buf)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read guest spec '%s'", path);
+        while (len < (size_t) st.st_size) {
+                ssize_t n = read(fd, buf + len, (size_t) st.st_size - len);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "read guest spec '%s'", path);
+                if (n == 0)
+                        break;
+                len += (size_t) n;
+        }
+        buf[len] = '\0';
+        return guest_spec_parse(buf, len, path, ret, err);
+}
+
+void guest_spec_clear(struct guest_spec *spec) {
+        free(spec->name);
+        free(spec->owner_user_id);
+        free(spec->owner_project_id);
+        free(spec->flavor_name);
+        json_object_put(spec->extra_specs);
+        free(spec->image_id);
+        free(spec->image_name);
+        json_object_put(spec->image_properties);
+        free(spec->vtpm_secret_uuid);
+        free(spec->firmware_type);
+        free(spec->kernel);
+        free(spec->initrd);
+        free(spec->cmdline);
+        for (size_t i = 0; i < spec->n_disks; i++) {
+                free(spec->disks[i].path);
+                free(spec->disks[i].format);
+                for (size_t j = 0; j < spec->disks[i].n_backing; j++) {
+                        free(spec->disks[i].backing[j].path);
+                        free(spec->disks[i].backing[j].format);
+                }
+                free(spec->disks[i].backing);
+        }
+        free(spec->disks);
+        memset(spec, 0, sizeof(*spec));
+}
+
+static const char *map_string(json_object *map, const char *key) {
+        json_object *v;
+
+        if (!map || !json_object_object_get_ex(map, key, &v) || !json_object_is_type(v, json_type_string))
+                return NULL;
+        return json_object_get_string(v);
+}
+
+const char *guest_spec_extra_spec(const struct guest_spec *spec, const char *key) {
+        return map_string(spec->extra_specs, key);
+}
+
+const char *guest_spec_image_property(const struct guest_spec *spec, const char *key) {
+        return map_string(spec->image_properties, key);
+}
