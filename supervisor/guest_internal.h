@@ -143,8 +143,6 @@ int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, v
 int migrate_wait_status(struct guest *g, const char *const *states, int timeout_ms, vmsup_error **err);
 /* One QMP command, blocking (QMP_COMMAND_TIMEOUT); an error when QEMU's monitor is gone. */
 int migrate_qmp(struct guest *g, const char *cmd, json_object *args, json_object **ret, vmsup_error **err);
-/* The string at key of a JSON object; NULL when missing or not a string. */
-const char *migrate_json_str(json_object *o, const char *key);
 /* QEMU's migration stream runs on a TCP connection the supervisor makes (source) or
  * accepts (destination) and hands QEMU under this name (getfd), keeping a copy: shutting
  * that down frees a QEMU held by a dead link (docs/migration.md, "A dead link"). The

@@ -30,6 +30,7 @@
 #include "common/util.h"
 #include "secrets/localstore.h"
 #include "migrate/migchan.h"
+#include "migrate/proto.h"
 #include "seccomp/filter.h"
 #include "supervisor/guest_internal.h"
 #include "common/log.h"
@@ -67,12 +68,10 @@ static int expect(struct migrate_in *in, enum mig_msg type, struct mig_frame *f,
 
         if (r < 0)
                 return vmsup_error_prefix(err, "the source");
-        if (f->type == MIG_ABORT) {
-                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the source gave up: %s", migrate_json_str(f->json, "error"));
+        r = mig_frame_expect(f, type, MIG_PEER_SOURCE, err);
+        if (r < 0)
                 mig_frame_clear(f);
-                return r;
-        }
-        return 0;
+        return r;
 }
 
 static int send_json(struct migrate_in *in, enum mig_msg type, json_object *obj, vmsup_error **err) {
@@ -195,14 +194,13 @@ out:
 
 int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup_error **err) {
         _cleanup_migration_tls_files_ struct migration_tls_files files = { 0 };
-        _cleanup_json_ json_object *hello = json_object_new_object();
+        _cleanup_json_ json_object *hello = NULL;
         _cleanup_close_ int listen_fd = -1;
         struct migchan_tls tls;
         struct migrate_in *in;
         struct mig_frame f = { 0 };
         __attribute__((cleanup(guest_spec_clear))) struct guest_spec theirs = { 0 };
         json_object *spec = NULL;
-        char hostname[256] = "";
         const char *text;
         sigset_t stop;
         int r;
@@ -241,20 +239,17 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
         r = expect(in, MIG_HELLO, &f, err);
         if (r < 0)
                 return r;
-        if (!streq(migrate_json_str(f.json, "uuid"), opts->incoming_uuid)) {
+        if (!streq(mig_json_str(f.json, "uuid"), opts->incoming_uuid)) {
                 r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "%s offers guest %s; this host expects %s", in->source,
-                               migrate_json_str(f.json, "uuid"), opts->incoming_uuid);
+                               mig_json_str(f.json, "uuid"), opts->incoming_uuid);
                 mig_frame_clear(&f);
                 return r;
         }
-        log_info("source %s (host %s) sends guest %s", in->source, migrate_json_str(f.json, "host") ?: "?",
+        log_info("source %s (host %s) sends guest %s", in->source, mig_json_str(f.json, "host") ?: "?",
                  opts->incoming_uuid);
         mig_frame_clear(&f);
-        gethostname(hostname, sizeof(hostname) - 1);
-        json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
-        json_object_object_add(hello, "uuid", json_object_new_string(opts->incoming_uuid));
-        json_object_object_add(hello, "host", json_object_new_string(hostname[0] ? hostname : "unknown"));
-        r = send_json(in, MIG_HELLO, hello, err);
+        hello = mig_hello_new(opts->incoming_uuid);
+        r = hello ? send_json(in, MIG_HELLO, hello, err) : vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "HELLO");
         if (r < 0)
                 return r;
 
@@ -269,7 +264,7 @@ int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup
         json_object_object_get_ex(f.json, "spec", &spec);
         text = json_object_to_json_string_ext(spec, JSON_C_TO_STRING_PLAIN);
         r = guest_spec_parse(text, strlen(text), "the source's guest spec", &theirs, err);
-        snprintf(in->secret_id, sizeof(in->secret_id), "%s", migrate_json_str(f.json, "secret_uuid") ?: "");
+        snprintf(in->secret_id, sizeof(in->secret_id), "%s", mig_json_str(f.json, "secret_uuid") ?: "");
         mig_frame_clear(&f);
         if (r < 0)
                 return r;
@@ -568,7 +563,7 @@ static int wait_source(struct guest *g, enum mig_msg type, long deadline, struct
                 if (r > 0) {
                         if (f->type == MIG_ABORT) {
                                 r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the source gave up: %s",
-                                               migrate_json_str(f->json, "error"));
+                                               mig_json_str(f->json, "error"));
                                 mig_frame_clear(f);
                                 return r;
                         }
@@ -732,7 +727,7 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         r = migrate_qmp(g, "query-status", NULL, &st, err);
         if (r < 0)
                 return r;
-        if (streq(migrate_json_str(st, "status"), "running"))
+        if (streq(mig_json_str(st, "status"), "running"))
                 return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "QEMU runs the guest before the source said so");
         /* The TPM state must be here, and sealed, before the source lets go. */
         r = swtpm_state_exists(g->dirs.live_tpm, g->tpm.version, err);
@@ -771,9 +766,9 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         r = migrate_qmp(g, "query-status", NULL, &st, err);
         if (r < 0)
                 return r;
-        if (!streq(migrate_json_str(st, "status"), "running"))
+        if (!streq(mig_json_str(st, "status"), "running"))
                 return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "the received guest does not run after cont (QEMU: %s)",
-                                  migrate_json_str(st, "status") ?: "?");
+                                  mig_json_str(st, "status") ?: "?");
         g->incoming = false;
         g->state = GUEST_RUNNING;
         g->started_at = time(NULL);

@@ -25,6 +25,7 @@
 #include "common/util.h"
 #include "secrets/localstore.h"
 #include "migrate/migchan.h"
+#include "migrate/proto.h"
 #include "supervisor/guest_internal.h"
 #include "common/log.h"
 
@@ -64,24 +65,10 @@ static void progress(struct out *o, const char *phase, const char *fmt, ...) {
         control_conn_progress(o->conn, p);
 }
 
-static int64_t get_int(json_object *o, const char *key) {
-        json_object *v;
-
-        return o && json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
-}
-
 int migrate_qmp(struct guest *g, const char *cmd, json_object *args, json_object **ret, vmsup_error **err) {
         if (!g->qmp)
                 return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
         return qmp_client_execute(g->qmp, cmd, args, -1, QMP_COMMAND_TIMEOUT, ret, err);
-}
-
-const char *migrate_json_str(json_object *o, const char *key) {
-        json_object *v;
-
-        return o && json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string)
-                       ? json_object_get_string(v)
-                       : NULL;
 }
 
 /* QEMU's tls-creds-x509 from [migration] qemu_tls_dir, then return-path and TLS on. */
@@ -164,17 +151,6 @@ char *migrate_tcp_uri(const char *host, const char *port) {
         if (asprintf(&uri, strchr(host, ':') ? "tcp:[%s]:%s" : "tcp:%s:%s", host, port) < 0)
                 return NULL;
         return uri;
-}
-
-/* A frame from the destination where none is expected: its ABORT, or a protocol error. */
-static int unexpected(struct out *o, struct mig_frame *f, vmsup_error **err) {
-        (void) o;
-        if (f->type == MIG_ABORT) {
-                vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the destination gave up: %s", migrate_json_str(f->json, "error"));
-                return -ECONNABORTED;
-        }
-        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the destination sent an unexpected %s message",
-                          mig_msg_name(f->type));
 }
 
 /* A SIGTERM or SIGINT before COMMIT cancels the migration (its supervisor then stops the
@@ -287,9 +263,7 @@ static int expect(struct out *o, enum mig_msg type, struct mig_frame *f, vmsup_e
                         return -1;
                 control_poll_serve(o->g, p, &cp);
         }
-        if (f->type != type)
-                return unexpected(o, f, err);
-        return 0;
+        return mig_frame_expect(f, type, MIG_PEER_DESTINATION, err);
 }
 
 static int send_json(struct out *o, enum mig_msg type, json_object *obj, vmsup_error **err) {
@@ -305,12 +279,12 @@ static int send_json(struct out *o, enum mig_msg type, json_object *obj, vmsup_e
  * _add_vtpm_secret_to_live_migrate_data), then the destination's READY. */
 static int handover(struct out *o, int *ret_port, vmsup_error **err) {
         struct guest *g = o->g;
-        _cleanup_json_ json_object *hello = json_object_new_object(), *prepare = json_object_new_object();
+        _cleanup_json_ json_object *hello = NULL, *prepare = json_object_new_object();
         struct migchan_tls tls = { 0 };
         _cleanup_migration_tls_files_ struct migration_tls_files files = { 0 };
         struct localstore *store = NULL;
         _cleanup_secmem_ char *pass = NULL; /* the vTPM passphrase, wiped however we leave */
-        char secret_id[LOCALSTORE_UUID_LEN + 1], hostname[256] = "";
+        char secret_id[LOCALSTORE_UUID_LEN + 1];
         struct mig_frame f = { 0 };
         json_object *spec;
         int r;
@@ -342,16 +316,12 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
         r = migchan_connect_cancel(o->host, o->port, &tls, o->answer_ms, o->cancel_fd, &o->ch, err);
         if (r < 0)
                 return signal_cancelled(o, err);
-        gethostname(hostname, sizeof(hostname) - 1);
-        json_object_object_add(hello, "protocol", json_object_new_int(MIGCHAN_PROTOCOL));
-        json_object_object_add(hello, "uuid", json_object_new_string(g->spec.uuid));
-        json_object_object_add(hello, "host", json_object_new_string(hostname[0] ? hostname : "unknown"));
-        r = send_json(o, MIG_HELLO, hello, err);
+        hello = mig_hello_new(g->spec.uuid);
+        r = hello ? send_json(o, MIG_HELLO, hello, err) : vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "HELLO");
         if (r >= 0)
                 r = expect(o, MIG_HELLO, &f, err);
-        if (r >= 0 && !streq(migrate_json_str(f.json, "uuid"), g->spec.uuid))
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the destination answered for guest %s, not %s",
-                               migrate_json_str(f.json, "uuid"), g->spec.uuid);
+        if (r >= 0)
+                r = mig_hello_check(&f, g->spec.uuid, MIG_PEER_DESTINATION, err);
         mig_frame_clear(&f);
         if (r >= 0)
                 r = send_json(o, MIG_PREPARE, prepare, err);
@@ -364,7 +334,7 @@ static int handover(struct out *o, int *ret_port, vmsup_error **err) {
                  monotonic_ms() - o->t0);
         r = expect(o, MIG_READY, &f, err);
         if (r >= 0)
-                *ret_port = (int) get_int(f.json, "port");
+                *ret_port = (int) mig_json_int(f.json, "port");
         mig_frame_clear(&f);
         return r;
 }
@@ -374,18 +344,18 @@ static void send_transfer_progress(struct out *o, json_object *info) {
         int64_t total, transferred, remaining;
 
         json_object_object_get_ex(info, "ram", &ram);
-        total = get_int(ram, "total");
-        transferred = get_int(ram, "transferred");
-        remaining = get_int(ram, "remaining");
+        total = mig_json_int(ram, "total");
+        transferred = mig_json_int(ram, "transferred");
+        remaining = mig_json_int(ram, "remaining");
         p = json_object_new_object();
         json_object_object_add(p, "phase", json_object_new_string("transfer"));
-        json_object_object_add(p, "status", json_object_new_string(migrate_json_str(info, "status") ?: "?"));
+        json_object_object_add(p, "status", json_object_new_string(mig_json_str(info, "status") ?: "?"));
         o->g->migration_percent = total > 0 ? (int) ((total - remaining) * 100 / total) : 0;
         json_object_object_add(p, "percent", json_object_new_int64(o->g->migration_percent));
         json_object_object_add(p, "transferred", json_object_new_int64(transferred));
         json_object_object_add(p, "total", json_object_new_int64(total));
         json_object_object_add(p, "remaining", json_object_new_int64(remaining));
-        json_object_object_add(p, "expected_downtime_ms", json_object_new_int64(get_int(info, "expected-downtime")));
+        json_object_object_add(p, "expected_downtime_ms", json_object_new_int64(mig_json_int(info, "expected-downtime")));
         json_object_object_add(p, "elapsed_ms", json_object_new_int64(monotonic_ms() - o->t0));
         control_conn_progress(o->conn, p);
 }
@@ -474,8 +444,8 @@ static void query_free(struct query *q) {
 /* QEMU's figures, which it computes a moment after it says it completed: 0 until then
  * (run() asks again once the destination has answered). */
 static void figures(struct out *o, json_object *info) {
-        o->total_ms = get_int(info, "total-time");
-        o->downtime_ms = get_int(info, "downtime");
+        o->total_ms = mig_json_int(info, "total-time");
+        o->downtime_ms = mig_json_int(info, "downtime");
 }
 
 /* QEMU's migrate, watched until it completes: the destination's supervisor, QEMU and
@@ -509,7 +479,7 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                         return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
                 if (q->info) {
                         _cleanup_json_ json_object *info = q->info;
-                        const char *status = migrate_json_str(info, "status") ?: "";
+                        const char *status = mig_json_str(info, "status") ?: "";
 
                         q->info = NULL;
                         if (streq(status, "completed")) {
@@ -518,7 +488,7 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                         }
                         if (streq(status, "failed") || streq(status, "cancelled"))
                                 return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "QEMU's migration %s: %s", status,
-                                                  migrate_json_str(info, "error-desc") ?: "no reason given");
+                                                  mig_json_str(info, "error-desc") ?: "no reason given");
                         send_transfer_progress(o, info);
                 }
                 if (q->err) {
@@ -554,7 +524,7 @@ static int watch(struct out *o, struct query *q, vmsup_error **err) {
                         if (r < 0)
                                 return vmsup_error_prefix(err, "the destination");
                         if (r > 0) {
-                                r = unexpected(o, &f, err);
+                                r = mig_frame_unexpected(&f, MIG_PEER_DESTINATION, err);
                                 mig_frame_clear(&f);
                                 return r;
                         }
@@ -717,7 +687,7 @@ static void roll_back(struct out *o, const vmsup_error *why) {
 
                 if (migrate_qmp(g, "query-migrate", NULL, &info, &err) < 0)
                         err = vmsup_error_free(err);
-                snprintf(g->migration_status, sizeof(g->migration_status), "%s", migrate_json_str(info, "status") ?: "");
+                snprintf(g->migration_status, sizeof(g->migration_status), "%s", mig_json_str(info, "status") ?: "");
                 completed = streq(g->migration_status, "completed");
                 if (migrate_wait_status(g, ended, 0, NULL) < 0) { /* still going */
                         if (migrate_qmp(g, "migrate_cancel", NULL, NULL, &err) < 0)
@@ -736,7 +706,7 @@ static void roll_back(struct out *o, const vmsup_error *why) {
 
                 if (migrate_qmp(g, "query-status", NULL, &st, &err) < 0)
                         err = vmsup_error_free(err);
-                status = migrate_json_str(st, "status");
+                status = mig_json_str(st, "status");
                 if (status && !streq(status, "running")) {
                         if (migrate_qmp(g, "cont", NULL, NULL, &err) < 0) {
                                 log_error("the guest stays %s here: cont failed: %s", status, err->msg);
@@ -776,7 +746,7 @@ static int run(struct out *o, vmsup_error **err) {
                 r = migrate_qmp(g, "query-status", NULL, &st, err);
                 if (r < 0)
                         return r;
-                o->was_running = streq(migrate_json_str(st, "status") ?: "", "running");
+                o->was_running = streq(mig_json_str(st, "status") ?: "", "running");
         }
 
         r = handover(o, &port, err);
