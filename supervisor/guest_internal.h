@@ -1,10 +1,12 @@
-/* What supervisor/guest.c shares with the live-migration code (migrate_out.c and
- * migrate_in.c): the supervised guest and the steps both need. Not an API. */
+/* What the supervisor's files share (guest.c, children.c, requests.c, run.c) and share
+ * with the live-migration code (migrate_out.c and migrate_in.c): the supervised guest
+ * and the steps they need. Not an API. */
 #ifndef VMSUP_SUPERVISOR_GUEST_INTERNAL_H
 #define VMSUP_SUPERVISOR_GUEST_INTERNAL_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <signal.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -112,22 +114,54 @@ struct guest {
 };
 
 
-/* guest.c */
+/* guest.c: the guest's life on the loop */
 const char *guest_state_name(const struct guest *g);
-void guest_reap_all(struct guest *g);
-bool guest_child_wait(struct guest *g, struct child *c, int timeout_ms);
-char *guest_log_tail(const char *path, int lines);
-int guest_start_children(struct guest *g, vmsup_error **err);
-void guest_stop_children(struct guest *g);
+/* The loop, its signal source, and the QMP, stop and kill timers (disarmed). */
+int guest_loop_open(struct guest *g, const sigset_t *mask, vmsup_error **err);
+/* fds held on /dev/null (FD_RESERVE), let go while sealing or refusing a client needs them */
+void guest_fd_reserve_fill(struct guest *g);
+void guest_fd_reserve_release(struct guest *g);
+/* Answer the clients waiting for the guest to stop or reboot. */
+void guest_answer_waiters(struct guest *g, bool ok, int exit_code, const char *msg);
 void guest_finish(struct guest *g, int exit_code);
 void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot);
+void guest_on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp);
+/* After a reap: a QEMU or swtpm that is gone ends (or, a hard reboot, restarts) the guest. */
+void guest_check_children(struct guest *g);
 void guest_dispatch_sync(struct guest *g);
 /* During a migration: read the signal fd (reap; SIGTERM and SIGINT set g->interrupted). */
 void guest_drain_signals(struct guest *g);
+
+/* children.c: swtpm and QEMU */
+void guest_reap_all(struct guest *g);
+bool guest_child_wait(struct guest *g, struct child *c, int timeout_ms);
+/* Signal a tracked child through its pidfd. */
+int guest_child_signal(struct child *c, int sig);
+/* Stop tracking a child: its loop source and pidfd go. */
+void guest_child_forget(struct child *c);
+char *guest_log_tail(const char *path, int lines);
+/* SIGTERM or SIGINT while the guest starts (g->cancel_fd): ECANCELED. */
+int guest_start_check_cancel(struct guest *g, vmsup_error **err);
+int guest_start_children(struct guest *g, vmsup_error **err);
+void guest_stop_children(struct guest *g);
+/* QEMU gone: quit, then SIGTERM, then SIGKILL (blocking). */
+void guest_qemu_kill(struct guest *g);
+/* swtpm: CMD_SHUTDOWN (then SIGTERM, SIGKILL), then seal and wipe its live dir. */
+void guest_tpm_stop(struct guest *g);
+void guest_tpm_seal_and_wipe(struct guest *g);
+/* The QMP source and timer follow the client's needs (after anything that queued or read). */
+void guest_qmp_watch(struct guest *g);
+void guest_qmp_drop(struct guest *g);
 /* The guest runs: stamp that it has a TPM and uses its VARS (guestdirs.h). */
 void guest_record_history(struct guest *g);
+
+/* run.c: set-up */
 int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err);
 int guest_open_sync(struct guest *g, vmsup_error **err);
+
+/* requests.c: the control socket and its requests */
+/* Listen on the control socket: its source and the accept back-off's timer. */
+int guest_control_open(struct guest *g, vmsup_error **err);
 /* The control socket outside the event loop (a migration's own wait): accept a client,
  * or read a client's request and answer it. guest_control_expire() closes clients whose
  * request is overdue and ends an accept back-off that is over; guest_control_listening()
