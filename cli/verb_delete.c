@@ -46,7 +46,7 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
                 }
                 if (c == 't') {
                         if (verb_parse_token_fd("delete", optarg, &token_fd) != 0)
-                                return VMSUP_EX_USAGE;
+                                return VMSUP_ERR_USAGE;
                         continue;
                 }
                 return verb_usage_error("delete", "bad option");
@@ -57,7 +57,7 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (!uuid_is_valid(uuid))
                 return verb_usage_error("delete", "'%s' is not a guest UUID", uuid);
         if (vmsup_ctx_config(ctx, &err) < 0 || guest_dirs_init(&d, &ctx->cfg, uuid, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         log_set_guest(uuid);
 
         if (guest_dirs_lock_stopped(&d, true, &lock, &err) < 0)
@@ -90,5 +90,5 @@ fail:
                 close(token_fd);
         guest_spec_clear(&spec);
         guest_dirs_clear(&d);
-        return log_error_exit(err);
+        return log_error_kind(err);
 }

@@ -20,9 +20,9 @@ struct guest_run_opts {
         const char *incoming_uuid; /* the guest expected */
 };
 
-/* Run the guest until it ends. Returns the process exit code: 0 when the guest powered
- * off or was stopped on request, 1 when QEMU or swtpm died, others when it cannot start
- * (the error is logged). */
+/* Run the guest until it ends. Returns VMSUP_ERR_OK when the guest powered off or was
+ * stopped on request, VMSUP_ERR_FAILED when QEMU or swtpm died, the error's kind when it
+ * cannot start (the error is logged); the command line maps it to the exit status. */
 int guest_run(const struct guest_run_opts *opts);
 
 #endif

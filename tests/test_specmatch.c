@@ -58,7 +58,7 @@ static char *mismatch(struct guest_spec *theirs) {
         int r = spec_match_incoming(&ours, theirs, &err);
 
         if (r < 0) {
-                cr_assert_eq(err->exit_code, 65, "%s", err->msg);
+                cr_assert_eq(err->kind, VMSUP_ERR_DATA, "%s", err->msg);
                 msg = strdup(err->msg);
                 vmsup_error_free(err);
         }
@@ -259,7 +259,7 @@ static char *dirs_error(const char *kernel, const char *initrd, const char *disk
         cr_assert_eq(guest_spec_parse(text, strlen(text), "g.json", &spec, &err), 0, "%s\n%s", err ? err->msg : "", text);
         free(text);
         if (spec_match_host_dirs(&spec, &cfg, "g.json", &err) < 0) {
-                cr_assert_eq(err->exit_code, 65, "%s", err->msg);
+                cr_assert_eq(err->kind, VMSUP_ERR_DATA, "%s", err->msg);
                 msg = strdup(err->msg);
                 vmsup_error_free(err);
         }
