@@ -10,7 +10,8 @@
 struct guest_run_opts {
         const struct host_config *cfg;
         const char *spec_path;
-        int token_fd; /* the owner's credential for Barbican (user mode); -1: none */
+        int token_fd; /* the owner's credential for Barbican (user mode); -1: none. guest_run
+                       * takes it: closed once the vTPM secret is read */
         bool new_tpm;  /* a guest whose TPM state is gone gets a new TPM (else refused) */
         bool new_vars; /* a guest whose OVMF VARS are gone gets the template's (else refused) */
         /* `run --incoming`: the destination of a live migration. spec_path is this host's

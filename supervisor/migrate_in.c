@@ -35,7 +35,7 @@
 #include "supervisor/guest_internal.h"
 #include "common/log.h"
 #include "supervisor/specmatch.h"
-#include "supervisor/vtpmsecret.h"
+#include "secrets/vtpmsecret.h"
 #include "tpmstate/swtpm.h"
 
 #define JANITOR_WAIT_MS 30000
