@@ -34,7 +34,7 @@
 #include "seccomp/filter.h"
 #include "supervisor/guest_internal.h"
 #include "common/log.h"
-#include "supervisor/specmatch.h"
+#include "nova/specmatch.h"
 #include "secrets/vtpmsecret.h"
 #include "tpmstate/swtpm.h"
 

@@ -1,4 +1,4 @@
-/* supervisor/specmatch: the host files a spec may name (never vmsup's own dirs), and the
+/* supervisor/specmatch: the host files a spec may name (never vmsup's own dirs); nova/specmatch: the
  * spec a migration source sends against the destination's own (`run --incoming --spec`). */
 #include "config.h"
 
@@ -11,6 +11,7 @@
 
 #include "nova/guestspec.h"
 #include "supervisor/hostconfig.h"
+#include "nova/specmatch.h"
 #include "supervisor/specmatch.h"
 #include "tests/helpers.h"
 
