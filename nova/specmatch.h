@@ -11,7 +11,7 @@
  * memory, vTPM and firmware keys, kernel, initrd and cmdline, and the same disks (count,
  * order, paths, formats, readonly, backing chains); ours' vtpm_secret_uuid when it has
  * one. Anything else (name, owner, flavor and image names, other extra specs and
- * properties) is ours alone. 65 naming the first key that differs, with both values. */
+ * properties) is ours alone. VMSUP_ERR_DATA naming the first key that differs, with both values. */
 int spec_match_incoming(const struct guest_spec *ours, const struct guest_spec *theirs, vmsup_error **err);
 
 #endif

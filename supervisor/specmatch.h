@@ -7,7 +7,7 @@
 #include "nova/guestspec.h"
 #include "supervisor/hostconfig.h"
 
-/* Refuse (65) a disk, backing layer, kernel or initrd that lies, after resolving symbolic
+/* Refuse (VMSUP_ERR_DATA) a disk, backing layer, kernel or initrd that lies, after resolving symbolic
  * links, in [paths] secrets_dir, state_dir, run_dir or log_dir: vmsup's own files (local
  * secrets, sealed and live TPM state, sockets, logs) are never a guest's. The message
  * names source, the key and the path. */
