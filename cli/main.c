@@ -13,6 +13,7 @@
 #include "supervisor/control.h"
 #include "nova/guestspec.h"
 #include "common/log.h"
+#include "cli/exitstatus.h"
 #include "cli/verbs.h"
 
 static const struct verb verbs[] = {
@@ -64,7 +65,7 @@ int verb_usage_error(const char *verb, const char *fmt, ...) {
         vfprintf(stderr, fmt, ap);
         va_end(ap);
         fprintf(stderr, "\nTry 'vmsup%s%s --help'.\n", verb ? " " : "", verb ? verb : "");
-        return VMSUP_EX_USAGE;
+        return VMSUP_ERR_USAGE;
 }
 
 int verb_parse_token_fd(const char *verb, const char *arg, int *ret_fd) {
@@ -110,12 +111,12 @@ int verb_parse_host_port(const char *verb, const char *arg, const char *default_
                 port = strdup("");
         }
         if (!host || !port)
-                return VMSUP_EX_OSERR;
+                return VMSUP_ERR_SYSTEM;
         if (!port[0]) {
                 free(port);
                 port = strdup(default_port);
                 if (!port)
-                        return VMSUP_EX_OSERR;
+                        return VMSUP_ERR_SYSTEM;
         }
         if (!valid_port(port))
                 return verb_usage_error(verb, "'%s' is not a TCP port (1 to 65535)", port);
@@ -149,14 +150,14 @@ int vmsup_ctx_control_progress(struct vmsup_ctx *ctx, const char *uuid, json_obj
         int r;
 
         if (!uuid_is_valid(uuid))
-                return vmsup_fail(err, VMSUP_EX_USAGE, 0, "'%s' is not a guest UUID", uuid);
+                return vmsup_fail(err, VMSUP_ERR_USAGE, 0, "'%s' is not a guest UUID", uuid);
         r = vmsup_ctx_config(ctx, err);
         if (r < 0)
                 return r;
         if (asprintf(&path, "%s/%s/control.sock", ctx->cfg.paths.run_dir, uuid) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control path");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "control path");
         r = control_request_progress(path, req, timeout_ms, fn, userdata, ret, err);
-        if (r < 0 && (*err)->exit_code == VMSUP_EX_UNAVAILABLE && strstr((*err)->msg, "is 'vmsup run' running?"))
+        if (r < 0 && (*err)->kind == VMSUP_ERR_NO_SUPERVISOR)
                 return vmsup_error_prefix(err, "guest %s is not running under vmsup", uuid);
         return r;
 }
@@ -189,12 +190,12 @@ int main(int argc, char **argv) {
                         return 0;
                 default:
                         fprintf(stderr, "Try 'vmsup --help'.\n");
-                        return VMSUP_EX_USAGE;
+                        return cli_exit_status(VMSUP_ERR_USAGE);
                 }
         }
         if (optind >= argc) {
                 usage(stderr);
-                return VMSUP_EX_USAGE;
+                return cli_exit_status(VMSUP_ERR_USAGE);
         }
         for (size_t i = 0; i < ARRAY_SIZE(verbs); i++) {
                 if (streq(argv[optind], verbs[i].name)) {
@@ -205,8 +206,8 @@ int main(int argc, char **argv) {
                         r = verbs[i].run(&ctx, vargc, vargv);
                         if (ctx.cfg_loaded)
                                 host_config_clear(&ctx.cfg);
-                        return r;
+                        return cli_exit_status(r);
                 }
         }
-        return verb_usage_error(NULL, "unknown verb '%s'", argv[optind]);
+        return cli_exit_status(verb_usage_error(NULL, "unknown verb '%s'", argv[optind]));
 }

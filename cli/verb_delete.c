@@ -11,7 +11,7 @@
 #include "supervisor/guestdirs.h"
 #include "common/log.h"
 #include "cli/verbs.h"
-#include "supervisor/vtpmsecret.h"
+#include "secrets/vtpmsecret.h"
 
 static void help(void) {
         printf("Usage: vmsup delete UUID [--token-fd N]\n"
@@ -37,7 +37,9 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
         struct guest_dirs d = { 0 };
         const char *uuid;
         bool deleted = false, have_spec, elsewhere = false;
-        int token_fd = -1, c, r;
+        _cleanup_close_ int token_fd = -1; /* ours; vtpm_secret_delete() borrows it */
+        struct vtpm_secret_opts sopts;
+        int c, r;
 
         while ((c = getopt_long(argc, argv, "t:h", longopts, NULL)) != -1) {
                 if (c == 'h') {
@@ -46,7 +48,7 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
                 }
                 if (c == 't') {
                         if (verb_parse_token_fd("delete", optarg, &token_fd) != 0)
-                                return VMSUP_EX_USAGE;
+                                return VMSUP_ERR_USAGE;
                         continue;
                 }
                 return verb_usage_error("delete", "bad option");
@@ -57,7 +59,7 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (!uuid_is_valid(uuid))
                 return verb_usage_error("delete", "'%s' is not a guest UUID", uuid);
         if (vmsup_ctx_config(ctx, &err) < 0 || guest_dirs_init(&d, &ctx->cfg, uuid, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         log_set_guest(uuid);
 
         if (guest_dirs_lock_stopped(&d, true, &lock, &err) < 0)
@@ -69,8 +71,8 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (lock >= 0)
                 elsewhere = access(d.migrated_out, F_OK) == 0 || access(d.incoming, F_OK) == 0;
         if (lock >= 0 && !elsewhere) {
-                r = vtpm_secret_delete(&ctx->cfg, d.state, have_spec ? spec.owner_user_id : NULL, token_fd, &deleted, &err);
-                token_fd = -1;
+                host_config_vtpm_secret_opts(&ctx->cfg, &sopts);
+                r = vtpm_secret_delete(&sopts, d.state, have_spec ? spec.owner_user_id : NULL, token_fd, &deleted, &err);
                 if (r < 0)
                         goto fail;
         }
@@ -86,9 +88,7 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv) {
         guest_dirs_clear(&d);
         return 0;
 fail:
-        if (token_fd >= 0)
-                close(token_fd);
         guest_spec_clear(&spec);
         guest_dirs_clear(&d);
-        return log_error_exit(err);
+        return log_error_kind(err);
 }

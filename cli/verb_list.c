@@ -89,7 +89,7 @@ static const char *state_of(const struct row *r) {
                 /* an operator's pause shows as such */
                 return s && streq(s, "running") && q && streq(q, "paused") ? "paused" : s ? s : "running";
         }
-        return r->why && r->why->exit_code == VMSUP_EX_UNAVAILABLE ? "stopped" : "not-answering";
+        return r->why && r->why->kind == VMSUP_ERR_NO_SUPERVISOR ? "stopped" : "not-answering";
 }
 
 /* The supervisor's pid from its answer, or its pid file when it did not answer. */
@@ -100,7 +100,7 @@ static long pid_of(const struct row *r) {
 
         if (r->status && json_object_object_get_ex(r->status, "pid", &v))
                 return json_object_get_int64(v);
-        if (r->why && r->why->exit_code == VMSUP_EX_UNAVAILABLE)
+        if (r->why && r->why->kind == VMSUP_ERR_NO_SUPERVISOR)
                 return 0;
         text = guest_dirs_stamp_read(r->dirs.pidfile, &err); /* its first line */
         return text ? strtol(text, NULL, 10) : 0;
@@ -121,7 +121,7 @@ static json_object *row_json(const struct row *r) {
                                jstr(r->status, "qemu_status") ? json_object_new_string(jstr(r->status, "qemu_status")) : NULL);
         json_object_object_add(o, "migrated_out", r->migrated_out ? json_object_new_string(r->migrated_out) : NULL);
         json_object_object_add(o, "incoming", r->incoming ? json_object_new_string(r->incoming) : NULL);
-        if (!r->status && r->why && r->why->exit_code != VMSUP_EX_UNAVAILABLE)
+        if (!r->status && r->why && r->why->kind != VMSUP_ERR_NO_SUPERVISOR)
                 json_object_object_add(o, "error", json_object_new_string(r->why->msg));
         return o;
 }
@@ -187,11 +187,11 @@ int verb_list(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (argc != optind)
                 return verb_usage_error("list", "takes no arguments");
         if (vmsup_ctx_config(ctx, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         dir = opendir(ctx->cfg.paths.state_dir);
         if (!dir && errno != ENOENT) {
-                vmsup_fail(&err, VMSUP_EX_NOINPUT, errno, "read the state dir '%s'", ctx->cfg.paths.state_dir);
-                return log_error_exit(err);
+                vmsup_fail(&err, VMSUP_ERR_NOT_FOUND, errno, "read the state dir '%s'", ctx->cfg.paths.state_dir);
+                return log_error_kind(err);
         }
         while (dir && (de = readdir(dir))) {
                 struct stat st;
@@ -206,8 +206,8 @@ int verb_list(struct vmsup_ctx *ctx, int argc, char **argv) {
                         if (!more) {
                                 closedir(dir);
                                 free(rows);
-                                vmsup_fail(&err, VMSUP_EX_OSERR, ENOMEM, "list");
-                                return log_error_exit(err);
+                                vmsup_fail(&err, VMSUP_ERR_SYSTEM, ENOMEM, "list");
+                                return log_error_kind(err);
                         }
                         rows = more;
                 }
@@ -223,7 +223,7 @@ int verb_list(struct vmsup_ctx *ctx, int argc, char **argv) {
         rets = calloc(n + 1, sizeof(*rets));
         errs = calloc(n + 1, sizeof(*errs));
         if (!paths || !rets || !errs) {
-                vmsup_fail(&err, VMSUP_EX_OSERR, ENOMEM, "list");
+                vmsup_fail(&err, VMSUP_ERR_SYSTEM, ENOMEM, "list");
                 goto out;
         }
         for (size_t i = 0; i < n; i++) {
@@ -233,7 +233,7 @@ int verb_list(struct vmsup_ctx *ctx, int argc, char **argv) {
         /* every supervisor at once, within one bound */
         json_object_object_add(req, "cmd", json_object_new_string("status"));
         if (control_request_each(paths, n, req, timeout_ms, rets, errs) < 0) {
-                vmsup_fail(&err, VMSUP_EX_OSERR, ENOMEM, "list");
+                vmsup_fail(&err, VMSUP_ERR_SYSTEM, ENOMEM, "list");
                 goto out;
         }
         for (size_t i = 0; i < n; i++) {
@@ -265,5 +265,5 @@ out:
         free(paths);
         free(rets);
         free(errs);
-        return err ? log_error_exit(err) : 0;
+        return err ? log_error_kind(err) : 0;
 }

@@ -102,7 +102,7 @@ int verb_migrate(struct vmsup_ctx *ctx, int argc, char **argv) {
                 return verb_usage_error("migrate", "--to HOST[:PORT] is needed");
         uuid = argv[optind];
         if (vmsup_ctx_config(ctx, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         r = verb_parse_host_port("migrate", to, ctx->cfg.migration.port, &host, &port);
         if (r != 0)
                 return r;
@@ -116,7 +116,7 @@ int verb_migrate(struct vmsup_ctx *ctx, int argc, char **argv) {
         /* the supervisor bounds the migration ([migration] timeout) */
         r = vmsup_ctx_control_progress(ctx, uuid, req, -1, on_progress, &pc, &ret, &err);
         if (r < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         printf("migrated to %s:%s", host, port);
         if (json_object_object_get_ex(ret, "total_ms", &v))
                 printf(" in %" PRId64 " ms", json_object_get_int64(v));

@@ -126,10 +126,10 @@ int verb_qmp(struct vmsup_ctx *ctx, int argc, char **argv) {
                         json_object_object_add(req, "arguments", args);
                 r = vmsup_ctx_control(ctx, uuid, req, timeout_ms + 5000, &ret, &err);
                 if (r < 0)
-                        return log_error_exit(err);
+                        return log_error_kind(err);
                 printf("%s\n", json_object_to_json_string_ext(ret, flags | JSON_C_TO_STRING_NOSLASHESCAPE));
                 json_object_put(ret);
-                return fflush(stdout) != 0 ? VMSUP_EX_IOERR : 0;
+                return fflush(stdout) != 0 ? VMSUP_ERR_IO : 0;
         }
         r = qmp_client_connect(socket_path, &c, &err);
         if (r >= 0)
@@ -138,10 +138,10 @@ int verb_qmp(struct vmsup_ctx *ctx, int argc, char **argv) {
                 r = qmp_client_execute(c, command, args, -1, timeout_ms, &ret, &err);
         json_object_put(args);
         if (r < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         printf("%s\n", json_object_to_json_string_ext(ret, flags | JSON_C_TO_STRING_NOSLASHESCAPE));
         json_object_put(ret);
         if (fflush(stdout) != 0)
-                return VMSUP_EX_IOERR;
+                return VMSUP_ERR_IO;
         return 0;
 }

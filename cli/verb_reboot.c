@@ -40,6 +40,6 @@ int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv) {
         json_object_object_add(req, "cmd", json_object_new_string("reboot"));
         json_object_object_add(req, "hard", json_object_new_boolean(hard));
         if (vmsup_ctx_control(ctx, argv[optind], req, -1, &ret, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         return 0;
 }

@@ -35,24 +35,24 @@ int verb_refused(struct vmsup_ctx *ctx, int argc, char **argv) {
         arg = argv[1];
         if (uuid_is_valid(arg)) {
                 if (vmsup_ctx_config(ctx, &err) < 0)
-                        return log_error_exit(err);
+                        return log_error_kind(err);
                 if (asprintf(&path, "%s/%s/guest.json", ctx->cfg.paths.state_dir, arg) < 0)
-                        return VMSUP_EX_OSERR;
+                        return VMSUP_ERR_SYSTEM;
                 arg = path;
         }
         if (guest_spec_load(arg, &spec, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         r = tpm_rules_resolve(&spec, &tpm, &err);
         if (r < 0) {
                 guest_spec_clear(&spec);
-                return log_error_exit(err);
+                return log_error_kind(err);
         }
         if (tpm.present)
-                vmsup_fail(&err, VMSUP_EX_UNAVAILABLE, 0, "Operation '%s' not supported for vTPM-enabled instance (%s).", op,
+                vmsup_fail(&err, VMSUP_ERR_UNAVAILABLE, 0, "Operation '%s' not supported for vTPM-enabled instance (%s).", op,
                            spec.uuid);
         else
-                vmsup_fail(&err, VMSUP_EX_UNAVAILABLE, 0, "vmsup does not offer '%s' (guest %s has no vTPM: use your "
+                vmsup_fail(&err, VMSUP_ERR_UNAVAILABLE, 0, "vmsup does not offer '%s' (guest %s has no vTPM: use your "
                                                           "orchestrator's own %s)", op, spec.uuid, op);
         guest_spec_clear(&spec);
-        return log_error_exit(err);
+        return log_error_kind(err);
 }

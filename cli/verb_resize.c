@@ -54,20 +54,20 @@ static int reset_tpm_state(const char *state_dir, vmsup_error **err) {
         _cleanup_close_ int dfd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
         if (dfd < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open '%s'", state_dir);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "open '%s'", state_dir);
         for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
                 char f[64];
 
                 snprintf(f, sizeof(f), "%s" SEAL_SUFFIX, names[i]);
                 if (unlinkat(dfd, f, 0) < 0 && errno != ENOENT)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s/%s'", state_dir, f);
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "remove '%s/%s'", state_dir, f);
         }
         if (fsync(dfd) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "sync '%s'", state_dir);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "sync '%s'", state_dir);
         if (unlinkat(dfd, GUEST_STAMP_TPM, 0) < 0 && errno != ENOENT)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s/%s'", state_dir, GUEST_STAMP_TPM);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "remove '%s/%s'", state_dir, GUEST_STAMP_TPM);
         if (fsync(dfd) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "sync '%s'", state_dir);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "sync '%s'", state_dir);
         return 0;
 }
 
@@ -108,7 +108,7 @@ int verb_resize(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (!uuid_is_valid(uuid))
                 return verb_usage_error("resize", "'%s' is not a guest UUID", uuid);
         if (vmsup_ctx_config(ctx, &err) < 0 || guest_dirs_init(&d, &ctx->cfg, uuid, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         log_set_guest(uuid);
 
         if (guest_dirs_lock_stopped(&d, false, &lock, &err) < 0)
@@ -120,7 +120,7 @@ int verb_resize(struct vmsup_ctx *ctx, int argc, char **argv) {
         old_json = json_object_from_file(d.spec_copy);
         flavor = json_object_from_file(flavor_path);
         if (!old_json || !flavor || !json_object_is_type(flavor, json_type_object)) {
-                vmsup_fail(&err, VMSUP_EX_DATAERR, 0, "flavor '%s': not a JSON object", flavor_path);
+                vmsup_fail(&err, VMSUP_ERR_DATA, 0, "flavor '%s': not a JSON object", flavor_path);
                 goto out;
         }
         json_object_object_add(old_json, "flavor", json_object_get(flavor));
@@ -134,7 +134,7 @@ int verb_resize(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (old_tpm.present && new_tpm.present && old_tpm.secret_security != new_tpm.secret_security &&
             (old_tpm.secret_security == SECRET_SECURITY_DEPLOYMENT ||
              new_tpm.secret_security == SECRET_SECURITY_DEPLOYMENT)) {
-                vmsup_fail(&err, VMSUP_EX_DATAERR, 0,
+                vmsup_fail(&err, VMSUP_ERR_DATA, 0,
                            "Resize between 'deployment' TPM secret security and other TPM secret security modes is "
                            "not supported.");
                 goto out;
@@ -144,7 +144,7 @@ int verb_resize(struct vmsup_ctx *ctx, int argc, char **argv) {
         /* Nova's _finish_migration_vtpm: the state stays only for the same version and model */
         if (!same_tpm(&old_tpm, &new_tpm) && old_tpm.present) {
                 if (!confirm) {
-                        vmsup_fail(&err, VMSUP_EX_DATAERR, 0,
+                        vmsup_fail(&err, VMSUP_ERR_DATA, 0,
                                    "resizing from %s to %s replaces the guest's TPM: its keys and NV data would be "
                                    "lost; pass --confirm-reset to go ahead",
                                    from, to);
@@ -180,5 +180,5 @@ out:
         guest_spec_clear(&old_spec);
         guest_spec_clear(&new_spec);
         guest_dirs_clear(&d);
-        return err ? log_error_exit(err) : 0;
+        return err ? log_error_kind(err) : 0;
 }

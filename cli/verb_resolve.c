@@ -34,10 +34,10 @@ static int remove_marker(const struct guest_dirs *d, const char *path, vmsup_err
         _cleanup_close_ int dfd = -1;
 
         if (unlink(path) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "remove '%s'", path);
         dfd = open(d->state, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0 || fsync(dfd) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "sync '%s'", d->state);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "sync '%s'", d->state);
         return 0;
 }
 
@@ -71,11 +71,11 @@ int verb_resolve(struct vmsup_ctx *ctx, int argc, char **argv) {
                 return verb_usage_error("resolve", "says which copy survives: --keep keeps this host's (to discard "
                                         "this host's copy instead: 'vmsup stop --force' and 'vmsup delete')");
         if (vmsup_ctx_config(ctx, &err) < 0 || guest_dirs_init(&d, &ctx->cfg, uuid, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         log_set_guest(uuid);
 
         r = guest_dirs_lock_stopped(&d, false, &lock, &err);
-        if (r < 0 && err->exit_code == VMSUP_EX_TEMPFAIL) {
+        if (r < 0 && err->kind == VMSUP_ERR_BUSY) {
                 /* a supervisor runs the guest: it removes the marker (and resumes a paused source) */
                 _cleanup_json_ json_object *req = json_object_new_object(), *ret = NULL;
 
@@ -100,12 +100,12 @@ int verb_resolve(struct vmsup_ctx *ctx, int argc, char **argv) {
                 log_info("an operator resolved the hand-over: this host's copy is the one (removed %s)", d.incoming);
                 printf("kept: 'vmsup run' may start the guest here again\n");
         } else if (access(d.incoming, F_OK) == 0) {
-                vmsup_fail(&err, VMSUP_EX_DATAERR, 0,
+                vmsup_fail(&err, VMSUP_ERR_DATA, 0,
                            "the incoming live migration of guest %s was never committed (%s): this copy is not the "
                            "guest's; remove it with 'vmsup delete %s'", uuid, d.incoming, uuid);
                 goto fail;
         } else {
-                vmsup_fail(&err, VMSUP_EX_DATAERR, 0,
+                vmsup_fail(&err, VMSUP_ERR_DATA, 0,
                            "guest %s has no undecided live migration on this host (no %s, no committed %s marker in "
                            "%s): nothing to resolve", uuid, GUEST_MIGRATED_OUT, GUEST_INCOMING, d.state);
                 goto fail;
@@ -114,5 +114,5 @@ int verb_resolve(struct vmsup_ctx *ctx, int argc, char **argv) {
         return 0;
 fail:
         guest_dirs_clear(&d);
-        return log_error_exit(err);
+        return log_error_kind(err);
 }

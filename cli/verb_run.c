@@ -78,18 +78,18 @@ static int incoming_spec_check(const char *path, const char *uuid, char ret_uuid
                 return r;
         }
         if (!tpm.present)
-                vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                            "guest spec '%s': guest %s has no vTPM (flavor.extra_specs.hw:tpm_version and "
                            "image.properties.hw_tpm_version ask for none): only guests with a vTPM migrate",
                            path, spec.uuid);
         else if (tpm.secret_security != SECRET_SECURITY_HOST)
-                vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                            "Operation 'live-migration' not supported for vTPM-enabled instance (%s).", spec.uuid);
         else
                 memcpy(ret_uuid, spec.uuid, 37);
 out:
         guest_spec_clear(&spec);
-        return *err ? log_error_exit(*err) : 0;
+        return *err ? log_error_kind(*err) : 0;
 }
 
 int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
@@ -125,7 +125,7 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
                 }
                 if (c == 't') {
                         if (verb_parse_token_fd("run", optarg, &opts.token_fd) != 0)
-                                return VMSUP_EX_USAGE;
+                                return VMSUP_ERR_USAGE;
                         continue;
                 }
                 return verb_usage_error("run", "bad option");
@@ -151,7 +151,7 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
         }
         /* before anything could hold a secret */
         if (confine_no_dumps(&err) < 0 || vmsup_ctx_config(ctx, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         opts.cfg = &ctx->cfg;
         if (incoming) {
                 r = verb_parse_host_port("run", incoming, ctx->cfg.migration.port, &addr, &port);

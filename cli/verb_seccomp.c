@@ -40,10 +40,10 @@ int verb_seccomp(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (!print || optind != argc)
                 return verb_usage_error("seccomp", "expects --print and nothing else");
         if (vmsup_ctx_config(ctx, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         mode = ctx->cfg.security.seccomp == SECCOMP_FILTER_OFF ? SECCOMP_FILTER_KILL : ctx->cfg.security.seccomp;
         fflush(stdout);
         if (seccomp_filter_export(mode, STDOUT_FILENO, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         return 0;
 }

@@ -29,17 +29,17 @@ static int secret_list(struct vmsup_ctx *ctx, bool json) {
         int r;
 
         if (vmsup_ctx_config(ctx, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         r = localstore_open(ctx->cfg.paths.secrets_dir, false, &s, &err);
         if (r == -ENOENT)
                 n = 0; /* no host-mode guest yet: an empty store */
         else if (r < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         else {
                 r = localstore_list(s, &v, &n, &err);
                 localstore_free(s);
                 if (r < 0)
-                        return log_error_exit(err);
+                        return log_error_kind(err);
         }
         if (json) {
                 _cleanup_json_ json_object *a = json_object_new_array();

@@ -78,9 +78,9 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
                 return verb_usage_error("status", "expects a guest UUID");
         json_object_object_add(req, "cmd", json_object_new_string("status"));
         if (vmsup_ctx_control(ctx, argv[optind], req, 10000, &ret, &err) < 0) {
-                if (err->exit_code == VMSUP_EX_UNAVAILABLE)
+                if (err->kind == VMSUP_ERR_NO_SUPERVISOR)
                         print_markers(ctx, argv[optind]);
-                return log_error_exit(err);
+                return log_error_kind(err);
         }
         if (json) {
                 printf("%s\n", json_object_to_json_string_ext(ret, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));

@@ -70,15 +70,15 @@ int verb_stop(struct vmsup_ctx *ctx, int argc, char **argv) {
                 json_object_object_add(req, "timeout", json_object_new_int((int) timeout));
         if (timeout < 0 && !force) {
                 if (vmsup_ctx_config(ctx, &err) < 0)
-                        return log_error_exit(err);
+                        return log_error_kind(err);
                 timeout = ctx->cfg.supervisor.stop_timeout;
         }
         wait_s = (force ? 0 : timeout) + STOP_MARGIN_S;
         if (vmsup_ctx_control(ctx, argv[optind], req, (int) wait_s * 1000, &ret, &err) < 0) {
-                if (err->exit_code == VMSUP_EX_TEMPFAIL && strstr(err->msg, "did not answer within"))
+                if (err->kind == VMSUP_ERR_TIMEOUT)
                         vmsup_error_prefix(&err, "guest %s did not stop within %ld s (it may still be stopping: see "
                                            "its supervisor's log)", argv[optind], wait_s);
-                return log_error_exit(err);
+                return log_error_kind(err);
         }
         printf("%s\n", ret && json_object_is_type(ret, json_type_string) ? json_object_get_string(ret) : "stopped");
         return 0;

@@ -49,7 +49,7 @@ int verb_traits(struct vmsup_ctx *ctx, int argc, char **argv) {
         if (optind != argc)
                 return verb_usage_error("traits", "takes no arguments");
         if (vmsup_ctx_config(ctx, &err) < 0 || host_traits_probe(&ctx->cfg, &traits, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         host_traits_names(&traits, names);
         if (json) {
                 json_object *arr = json_object_new_array();

@@ -49,9 +49,9 @@ int verb_validate(struct vmsup_ctx *ctx, int argc, char **argv) {
                 return verb_usage_error("validate", "expects one guest spec file");
 
         if (vmsup_ctx_config(ctx, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         if (guest_spec_load(argv[optind], &spec, &err) < 0)
-                return log_error_exit(err);
+                return log_error_kind(err);
         r = spec_match_host_dirs(&spec, &ctx->cfg, argv[optind], &err);
         if (r == 0)
                 r = tpm_rules_resolve(&spec, &tpm, &err);
@@ -63,7 +63,7 @@ int verb_validate(struct vmsup_ctx *ctx, int argc, char **argv) {
                 r = disk_images_check(&spec, &err);
         if (r < 0) {
                 guest_spec_clear(&spec);
-                return log_error_exit(err);
+                return log_error_kind(err);
         }
         out = json_object_new_object();
         json_object_object_add(out, "uuid", json_object_new_string(spec.uuid));

@@ -1,4 +1,5 @@
-/* The CLI verbs: one function each, in supervisor/verb_<name>.c. */
+/* The CLI verbs: one function each, in cli/verb_<name>.c. main() turns what they return
+ * (a kind, common/error.h) into the exit status (cli/exitstatus.h). */
 #ifndef VMSUP_CLI_VERBS_H
 #define VMSUP_CLI_VERBS_H
 
@@ -27,7 +28,7 @@ int vmsup_ctx_control_progress(struct vmsup_ctx *ctx, const char *uuid, json_obj
 
 struct verb {
         const char *name;
-        int (*run)(struct vmsup_ctx *ctx, int argc, char **argv); /* returns the exit code */
+        int (*run)(struct vmsup_ctx *ctx, int argc, char **argv); /* VMSUP_ERR_OK or its failure's kind */
         const char *summary;
 };
 
@@ -48,13 +49,13 @@ int verb_resolve(struct vmsup_ctx *ctx, int argc, char **argv); /* resolve --kee
 int verb_refused(struct vmsup_ctx *ctx, int argc, char **argv); /* rebuild, rescue, shelve, evacuate */
 
 /* "HOST:PORT", "[V6ADDR]:PORT", "HOST", ":PORT" or "PORT" (a number alone) into a host
- * ("" when none) and a port (default_port when none). 0, or the usage error's 64. */
+ * ("" when none) and a port (default_port when none). 0, or the kind of its failure. */
 int verb_parse_host_port(const char *verb, const char *arg, const char *default_port, char **ret_host, char **ret_port);
 
-/* Parse --token-fd's argument: an open file descriptor. 0, or the usage error's 64. */
+/* Parse --token-fd's argument: an open file descriptor. 0, or VMSUP_ERR_USAGE. */
 int verb_parse_token_fd(const char *verb, const char *arg, int *ret_fd);
 
-/* Print "Try 'vmsup VERB --help'." and return 64. */
+/* Print "Try 'vmsup VERB --help'." and return VMSUP_ERR_USAGE. */
 int verb_usage_error(const char *verb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

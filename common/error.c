@@ -7,7 +7,36 @@
 
 #include "common/error.h"
 
-int vmsup_vfail(vmsup_error **err, int exit_code, int errnum, const char *fmt, va_list ap) {
+static const char *const kind_names[VMSUP_ERR_KIND_MAX] = {
+        [VMSUP_ERR_OK] = "ok",
+        [VMSUP_ERR_FAILED] = "failed",
+        [VMSUP_ERR_USAGE] = "usage",
+        [VMSUP_ERR_DATA] = "bad-data",
+        [VMSUP_ERR_NOT_FOUND] = "not-found",
+        [VMSUP_ERR_UNAVAILABLE] = "unavailable",
+        [VMSUP_ERR_NO_SUPERVISOR] = "no-supervisor",
+        [VMSUP_ERR_INTERNAL] = "internal",
+        [VMSUP_ERR_SYSTEM] = "system",
+        [VMSUP_ERR_CANT_CREATE] = "cannot-create",
+        [VMSUP_ERR_IO] = "io",
+        [VMSUP_ERR_BUSY] = "busy",
+        [VMSUP_ERR_TIMEOUT] = "timeout",
+        [VMSUP_ERR_DENIED] = "denied",
+        [VMSUP_ERR_CONFIG] = "config",
+};
+
+const char *vmsup_err_kind_to_string(enum vmsup_err_kind kind) {
+        return (unsigned) kind < VMSUP_ERR_KIND_MAX && kind_names[kind] ? kind_names[kind] : "failed";
+}
+
+enum vmsup_err_kind vmsup_err_kind_from_string(const char *name) {
+        for (unsigned k = VMSUP_ERR_OK + 1; name && k < VMSUP_ERR_KIND_MAX; k++)
+                if (kind_names[k] && strcmp(kind_names[k], name) == 0)
+                        return (enum vmsup_err_kind) k;
+        return VMSUP_ERR_FAILED;
+}
+
+int vmsup_vfail(vmsup_error **err, enum vmsup_err_kind kind, int errnum, const char *fmt, va_list ap) {
         int ret = errnum > 0 ? -errnum : -EINVAL;
         char *base = NULL, *msg = NULL;
         vmsup_error *e;
@@ -30,18 +59,18 @@ int vmsup_vfail(vmsup_error **err, int exit_code, int errnum, const char *fmt, v
                 return ret;
         }
         e->errnum = errnum > 0 ? errnum : 0;
-        e->exit_code = exit_code;
+        e->kind = kind;
         e->msg = msg ? msg : strdup("out of memory while describing an error");
         *err = e;
         return ret;
 }
 
-int vmsup_fail(vmsup_error **err, int exit_code, int errnum, const char *fmt, ...) {
+int vmsup_fail(vmsup_error **err, enum vmsup_err_kind kind, int errnum, const char *fmt, ...) {
         va_list ap;
         int r;
 
         va_start(ap, fmt);
-        r = vmsup_vfail(err, exit_code, errnum, fmt, ap);
+        r = vmsup_vfail(err, kind, errnum, fmt, ap);
         va_end(ap);
         return r;
 }
@@ -64,9 +93,9 @@ int vmsup_error_prefix(vmsup_error **err, const char *fmt, ...) {
         return (*err)->errnum > 0 ? -(*err)->errnum : -EINVAL;
 }
 
-void vmsup_error_set_exit(vmsup_error **err, int exit_code) {
+void vmsup_error_set_kind(vmsup_error **err, enum vmsup_err_kind kind) {
         if (err && *err)
-                (*err)->exit_code = exit_code;
+                (*err)->kind = kind;
 }
 
 vmsup_error *vmsup_error_free(vmsup_error *err) {

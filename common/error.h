@@ -4,43 +4,73 @@
 
 #include <stdarg.h>
 
-/* Exit codes (sysexits.h values) that the CLI documents in vmsup(8). */
-enum {
-        VMSUP_EX_OK = 0,
-        VMSUP_EX_FAILURE = 1,      /* the guest or an operation failed */
-        VMSUP_EX_USAGE = 64,       /* bad command line */
-        VMSUP_EX_DATAERR = 65,     /* bad guest spec, sealed file, message */
-        VMSUP_EX_NOINPUT = 66,     /* a file or guest that does not exist */
-        VMSUP_EX_UNAVAILABLE = 69, /* a service or host feature is not there */
-        VMSUP_EX_SOFTWARE = 70,    /* internal error */
-        VMSUP_EX_OSERR = 71,       /* the system refused (fork, exec, memory) */
-        VMSUP_EX_CANTCREAT = 73,   /* cannot create an output file */
-        VMSUP_EX_IOERR = 74,       /* read or write failed */
-        VMSUP_EX_TEMPFAIL = 75,    /* try again later (busy, locked) */
-        VMSUP_EX_NOPERM = 77,      /* permission denied */
-        VMSUP_EX_CONFIG = 78,      /* bad host configuration */
+/* What kind of failure an error is: its cause, for the caller to act on and for the
+ * command line to turn into an exit status (cli/exitstatus.c, the only place that knows
+ * exit numbers). Nothing tells errors apart by their message text. */
+enum vmsup_err_kind {
+        VMSUP_ERR_OK = 0,         /* no failure */
+        VMSUP_ERR_FAILED,         /* the guest or an operation failed */
+        VMSUP_ERR_USAGE,          /* bad command line */
+        VMSUP_ERR_DATA,           /* bad input: guest spec, sealed file, message */
+        VMSUP_ERR_NOT_FOUND,      /* a file or guest that does not exist */
+        VMSUP_ERR_UNAVAILABLE,    /* a service or host feature is not there */
+        VMSUP_ERR_NO_SUPERVISOR,  /* no supervisor listens on the guest's control socket */
+        VMSUP_ERR_INTERNAL,       /* a bug of ours */
+        VMSUP_ERR_SYSTEM,         /* the system refused (fork, exec, memory) */
+        VMSUP_ERR_CANT_CREATE,    /* cannot create an output file */
+        VMSUP_ERR_IO,             /* read or write failed */
+        VMSUP_ERR_BUSY,           /* try again later (busy, locked) */
+        VMSUP_ERR_TIMEOUT,        /* an answer did not come within its deadline */
+        VMSUP_ERR_DENIED,         /* permission denied */
+        VMSUP_ERR_CONFIG,         /* bad host configuration */
+        VMSUP_ERR_KIND_MAX,
 };
 
+/* TEMPORARY aliases, for the call sites not converted yet (issue 15): each old exit-code
+ * name is its kind. They go once `sed` renamed the remaining uses; use the kinds. */
+#define VMSUP_EX_OK VMSUP_ERR_OK
+#define VMSUP_EX_FAILURE VMSUP_ERR_FAILED
+#define VMSUP_EX_USAGE VMSUP_ERR_USAGE
+#define VMSUP_EX_DATAERR VMSUP_ERR_DATA
+#define VMSUP_EX_NOINPUT VMSUP_ERR_NOT_FOUND
+#define VMSUP_EX_UNAVAILABLE VMSUP_ERR_UNAVAILABLE
+#define VMSUP_EX_SOFTWARE VMSUP_ERR_INTERNAL
+#define VMSUP_EX_OSERR VMSUP_ERR_SYSTEM
+#define VMSUP_EX_CANTCREAT VMSUP_ERR_CANT_CREATE
+#define VMSUP_EX_IOERR VMSUP_ERR_IO
+#define VMSUP_EX_TEMPFAIL VMSUP_ERR_BUSY
+#define VMSUP_EX_NOPERM VMSUP_ERR_DENIED
+#define VMSUP_EX_CONFIG VMSUP_ERR_CONFIG
+/* end of the TEMPORARY aliases */
+
 typedef struct vmsup_error {
-        int errnum;    /* errno-style cause, 0 when none */
-        int exit_code; /* one of VMSUP_EX_* */
+        int errnum; /* errno-style cause, 0 when none */
+        union {
+                enum vmsup_err_kind kind;
+                int exit_code; /* TEMPORARY alias of kind (issue 15), for unconverted code */
+        };
         char *msg;
 } vmsup_error;
 
+/* The kind's name on the wire and in messages ("busy", "no-supervisor"), and back:
+ * VMSUP_ERR_FAILED for a name nobody knows, or "ok" (an error is never a success). */
+const char *vmsup_err_kind_to_string(enum vmsup_err_kind kind);
+enum vmsup_err_kind vmsup_err_kind_from_string(const char *name);
+
 /* Fill *err (if err is not NULL and *err is empty) and return -errnum, or -EINVAL when
  * errnum is 0. When errnum is not 0 the message ends with ": strerror(errnum)". */
-int vmsup_fail(vmsup_error **err, int exit_code, int errnum, const char *fmt, ...)
+int vmsup_fail(vmsup_error **err, enum vmsup_err_kind kind, int errnum, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
 
 /* Same, from a va_list. */
-int vmsup_vfail(vmsup_error **err, int exit_code, int errnum, const char *fmt, va_list ap)
+int vmsup_vfail(vmsup_error **err, enum vmsup_err_kind kind, int errnum, const char *fmt, va_list ap)
         __attribute__((format(printf, 4, 0)));
 
 /* Put "context: " in front of the message already in *err; returns -(*err)->errnum or -EINVAL. */
 int vmsup_error_prefix(vmsup_error **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Change the exit code of the error already in *err. */
-void vmsup_error_set_exit(vmsup_error **err, int exit_code);
+/* Change the kind of the error already in *err. */
+void vmsup_error_set_kind(vmsup_error **err, enum vmsup_err_kind kind);
 
 vmsup_error *vmsup_error_free(vmsup_error *err);
 

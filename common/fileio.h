@@ -20,7 +20,7 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 
 /* Read all of dirfd/name (a regular file, not a symlink, at most max bytes) into a new
  * buffer: secmem_alloc()'d when secret (free it with secmem_free), malloc'd otherwise.
- * A missing file fails with errno ENOENT (exit 66). */
+ * A missing file fails with errno ENOENT (VMSUP_ERR_NOT_FOUND). */
 int file_read_at(int dirfd, const char *dir, const char *name, size_t max, bool secret, void **ret_data,
                  size_t *ret_len, vmsup_error **err);
 

@@ -36,11 +36,11 @@ void log_msg(enum log_level level, const char *fmt, ...) {
         fprintf(stderr, "%s\n", line);
 }
 
-int log_error_exit(vmsup_error *err) {
+enum vmsup_err_kind log_error_kind(const vmsup_error *err) {
         if (!err) {
                 log_error("internal error: a failure without an explanation");
-                return VMSUP_EX_SOFTWARE;
+                return VMSUP_ERR_INTERNAL;
         }
         log_error("%s", err->msg);
-        return err->exit_code ? err->exit_code : VMSUP_EX_SOFTWARE;
+        return err->kind != VMSUP_ERR_OK ? err->kind : VMSUP_ERR_INTERNAL;
 }

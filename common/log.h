@@ -16,7 +16,9 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 #define log_info(...) log_msg(LOG_LEVEL_INFO, __VA_ARGS__)
 #define log_debug(...) log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__)
 
-/* Log the error where it ends and return its exit code (70 when it has none). */
-int log_error_exit(vmsup_error *err);
+/* Log the error where it ends and return its kind (VMSUP_ERR_INTERNAL when it has none),
+ * which the command line turns into the exit status. */
+enum vmsup_err_kind log_error_kind(const vmsup_error *err);
+#define log_error_exit log_error_kind /* TEMPORARY alias (issue 15): use log_error_kind */
 
 #endif

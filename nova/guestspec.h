@@ -48,7 +48,7 @@ struct guest_spec {
         size_t n_disks;
 };
 
-/* Parse and check a guest spec. Errors exit 65 and name the key. */
+/* Parse and check a guest spec. Errors are VMSUP_ERR_DATA and name the key. */
 int guest_spec_parse(const char *text, size_t len, const char *source, struct guest_spec *ret, vmsup_error **err);
 int guest_spec_load(const char *path, struct guest_spec *ret, vmsup_error **err);
 void guest_spec_clear(struct guest_spec *spec);

@@ -19,7 +19,7 @@ struct vtpm_config {
 
 
 /* Nova's get_vtpm_constraint() plus the secret-security rule of the scheduler's
- * tpm_secret_security_filter(). Violations exit 65 with Nova's words. */
+ * tpm_secret_security_filter(). Violations are VMSUP_ERR_DATA, in Nova's words. */
 int tpm_rules_resolve(const struct guest_spec *spec, struct vtpm_config *ret, vmsup_error **err);
 
 /* What a host offers (its [tpm] section, as Nova's scheduler sees it). */
@@ -29,7 +29,7 @@ struct tpm_host_offer {
         const char *where;                  /* the config file it comes from, for messages */
 };
 
-/* What Nova checks by scheduling: the host must enable swtpm and the mode. Exit 69. */
+/* What Nova checks by scheduling: the host must enable swtpm and the mode (else VMSUP_ERR_UNAVAILABLE). */
 int tpm_rules_check_host(const struct vtpm_config *tpm, const struct tpm_host_offer *host, vmsup_error **err);
 
 /* {"version": "2.0", "model": "tpm-crb", "secret_security": "user"}, or JSON null. */

@@ -16,7 +16,7 @@
 #include "secrets/http.h"
 
 /* libcurl is loaded on first use (dlopen), not linked. A supervisor asks Barbican from
- * a short-lived child (supervisor/vtpmsecret.c) and vmsup's other verbs at most once, so
+ * a short-lived child (secrets/vtpmsecret.c) and vmsup's other verbs at most once, so
  * no long-lived process maps libcurl, its TLS library and the thirty-odd libraries they
  * pull in (Kerberos, LDAP, SSH, OpenSSL ...), nor keeps the state they set up. */
 #define CURL_FUNCTIONS(X)                                                                         \

@@ -22,7 +22,7 @@ static int make_addr(const char *path, struct sockaddr_un *sa, vmsup_error **err
         memset(sa, 0, sizeof(*sa));
         sa->sun_family = AF_UNIX;
         if (strlen(path) >= sizeof(sa->sun_path))
-                return vmsup_fail(err, VMSUP_EX_CONFIG, ENAMETOOLONG, "control socket '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, ENAMETOOLONG, "control socket '%s'", path);
         strcpy(sa->sun_path, path);
         return 0;
 }
@@ -37,18 +37,18 @@ int control_listen(const char *path, vmsup_error **err) {
                 return r;
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "control socket");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "control socket");
         if (unlink(path) < 0 && errno != ENOENT)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove stale control socket '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "remove stale control socket '%s'", path);
         old = umask(0177); /* the socket is born 0600: no window with wider access */
         r = bind(fd, (struct sockaddr *) &sa, sizeof(sa));
         umask(old);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "bind control socket '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "bind control socket '%s'", path);
         /* Clients beyond the cap are accepted only to be told so: a deep backlog keeps their
          * connect from waiting while we do that. */
         if (listen(fd, SOMAXCONN) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "listen on '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "listen on '%s'", path);
         return TAKE_FD(fd);
 }
 
@@ -61,7 +61,7 @@ struct control_conn *control_accept(int listen_fd, vmsup_error **err) {
         fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) {
                 if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-                        vmsup_fail(err, VMSUP_EX_OSERR, errno, "accept on the control socket");
+                        vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "accept on the control socket");
                 return NULL;
         }
         if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || (cred.uid != 0 && cred.uid != geteuid())) {
@@ -71,7 +71,7 @@ struct control_conn *control_accept(int listen_fd, vmsup_error **err) {
         c = calloc(1, sizeof(*c));
         if (!c) {
                 close(fd);
-                vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control connection");
+                vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "control connection");
                 return NULL;
         }
         c->fd = fd;
@@ -83,14 +83,14 @@ size_t control_conn_count(void) {
         return conns_open;
 }
 
-/* {"ok": false, "error": msg, "exit_code": N} and a newline, as one text. */
-static char *error_line(int exit_code, const char *msg) {
+/* {"ok": false, "error": msg, "kind": "<name>"} and a newline, as one text. */
+static char *error_line(enum vmsup_err_kind kind, const char *msg) {
         json_object *o = json_object_new_object();
         char *line = NULL;
 
         json_object_object_add(o, "ok", json_object_new_boolean(0));
         json_object_object_add(o, "error", json_object_new_string(msg));
-        json_object_object_add(o, "exit_code", json_object_new_int(exit_code));
+        json_object_object_add(o, "kind", json_object_new_string(vmsup_err_kind_to_string(kind)));
         if (asprintf(&line, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
                                                                                  JSON_C_TO_STRING_NOSLASHESCAPE)) < 0)
                 line = NULL;
@@ -98,8 +98,8 @@ static char *error_line(int exit_code, const char *msg) {
         return line;
 }
 
-int control_accept_refuse(int listen_fd, int exit_code, const char *msg) {
-        _cleanup_free_ char *line = error_line(exit_code, msg);
+int control_accept_refuse(int listen_fd, enum vmsup_err_kind kind, const char *msg) {
+        _cleanup_free_ char *line = error_line(kind, msg);
         int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
         if (fd < 0)
@@ -122,14 +122,14 @@ int control_conn_read(struct control_conn *c, vmsup_error **err) {
                 if (n < 0 && errno == EAGAIN)
                         return 0;
                 if (n < 0)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "read a control request");
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "read a control request");
                 if (n == 0)
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "control client hung up before a whole request");
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "control client hung up before a whole request");
                 if (c->len + (size_t) n > CONTROL_MAX_MESSAGE)
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "control request larger than %d bytes", CONTROL_MAX_MESSAGE);
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "control request larger than %d bytes", CONTROL_MAX_MESSAGE);
                 nbuf = realloc(c->buf, c->len + (size_t) n + 1);
                 if (!nbuf)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control request");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "control request");
                 c->buf = nbuf;
                 memcpy(c->buf + c->len, chunk, (size_t) n);
                 c->len += (size_t) n;
@@ -139,7 +139,7 @@ int control_conn_read(struct control_conn *c, vmsup_error **err) {
                         *nl = '\0';
                         c->request = json_tokener_parse(c->buf);
                         if (!c->request || !json_object_is_type(c->request, json_type_object))
-                                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "control request is not a JSON object");
+                                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "control request is not a JSON object");
                         return 1;
                 }
         }
@@ -179,12 +179,12 @@ void control_conn_reply_ok(struct control_conn *c, json_object *ret) {
         shutdown(c->fd, SHUT_RDWR);
 }
 
-void control_conn_reply_error(struct control_conn *c, int exit_code, const char *msg) {
+void control_conn_reply_error(struct control_conn *c, enum vmsup_err_kind kind, const char *msg) {
         json_object *o = json_object_new_object();
 
         json_object_object_add(o, "ok", json_object_new_boolean(0));
         json_object_object_add(o, "error", json_object_new_string(msg));
-        json_object_object_add(o, "exit_code", json_object_new_int(exit_code));
+        json_object_object_add(o, "kind", json_object_new_string(vmsup_err_kind_to_string(kind)));
         send_line(c, o);
         json_object_put(o);
         shutdown(c->fd, SHUT_RDWR);
@@ -242,15 +242,16 @@ static int parse_reply(const char *buf, json_object **ret_return, vmsup_error **
         reply = json_tokener_parse(buf);
         if (!reply || !json_object_object_get_ex(reply, "ok", &ok)) {
                 json_object_put(reply);
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the supervisor's reply is not understood");
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "the supervisor's reply is not understood");
         }
         if (!json_object_get_boolean(ok)) {
-                json_object *code;
-                int exit_code = VMSUP_EX_FAILURE;
+                json_object *kind;
 
-                if (json_object_object_get_ex(reply, "exit_code", &code))
-                        exit_code = json_object_get_int(code);
-                r = vmsup_fail(err, exit_code, 0, "%s",
+                r = vmsup_fail(err,
+                               json_object_object_get_ex(reply, "kind", &kind)
+                                       ? vmsup_err_kind_from_string(json_object_get_string(kind))
+                                       : VMSUP_ERR_FAILED,
+                               0, "%s",
                                json_object_object_get_ex(reply, "error", &v) ? json_object_get_string(v) : "failed");
                 json_object_put(reply);
                 return r;
@@ -275,16 +276,16 @@ static int connect_bounded(int fd, const struct sockaddr_un *sa, const char *pat
                 if (tv.tv_sec == 0 && tv.tv_usec == 0)
                         tv.tv_usec = 1000;
                 if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "control socket timeout");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "control socket timeout");
         }
         while (connect(fd, (const struct sockaddr *) sa, sizeof(*sa)) < 0) {
                 if (errno == EINTR)
                         continue;
                 if (errno == EAGAIN || errno == EINPROGRESS)
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
+                        return vmsup_fail(err, VMSUP_ERR_BUSY, 0,
                                           "the guest's supervisor at '%s' did not take the connection within %d ms",
                                           path, timeout_ms);
-                return vmsup_fail(err, errno == ENOENT || errno == ECONNREFUSED ? VMSUP_EX_UNAVAILABLE : VMSUP_EX_NOPERM,
+                return vmsup_fail(err, errno == ENOENT || errno == ECONNREFUSED ? VMSUP_ERR_NO_SUPERVISOR : VMSUP_ERR_DENIED,
                                   errno, "connect to the guest's supervisor at '%s' (is 'vmsup run' running?)", path);
         }
         return 0;
@@ -305,7 +306,7 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
                 return r;
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "socket");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "socket");
         if ((r = connect_bounded(fd, &sa, path, timeout_ms, err)) < 0)
                 return r;
         text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
@@ -313,24 +314,24 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
                 /* A supervisor that refuses us (too many clients) answers and closes at once:
                  * its answer is still there to read. */
                 if (errno != EPIPE && errno != ECONNRESET)
-                        return vmsup_fail(err, errno == EAGAIN ? VMSUP_EX_TEMPFAIL : VMSUP_EX_IOERR, errno,
+                        return vmsup_fail(err, errno == EAGAIN ? VMSUP_ERR_BUSY : VMSUP_ERR_IO, errno,
                                           "send to the supervisor at '%s'", path);
                 send_errno = errno;
         }
         buf = malloc(CONTROL_MAX_MESSAGE + 1);
         if (!buf)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "control reply");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "control reply");
         for (;;) {
                 struct pollfd p = { .fd = fd, .events = POLLIN };
                 long left = deadline < 0 ? -1 : deadline - monotonic_ms();
                 ssize_t n;
 
                 if (deadline >= 0 && left <= 0)
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the supervisor did not answer within %d ms", timeout_ms);
+                        return vmsup_fail(err, VMSUP_ERR_TIMEOUT, 0, "the supervisor did not answer within %d ms", timeout_ms);
                 if (poll(&p, 1, (int) left) < 0) {
                         if (errno == EINTR)
                                 continue;
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "wait for the supervisor");
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "wait for the supervisor");
                 }
                 if (!p.revents)
                         continue;
@@ -340,19 +341,19 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
                 if (n < 0 && errno == ECONNRESET && len > 0)
                         break; /* closed with our request unread: its answer came first */
                 if (n < 0)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "read from the supervisor");
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "read from the supervisor");
                 if (n == 0)
                         break;
                 len += (size_t) n;
                 consume_progress(buf, &len, fn, userdata);
                 if (len == CONTROL_MAX_MESSAGE)
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the supervisor's reply is too large");
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "the supervisor's reply is too large");
         }
         buf[len] = '\0';
         if (len == 0 && send_errno)
-                return vmsup_fail(err, VMSUP_EX_IOERR, send_errno, "send to the supervisor at '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_IO, send_errno, "send to the supervisor at '%s'", path);
         if (len == 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, 0, "the supervisor closed the connection without an answer");
+                return vmsup_fail(err, VMSUP_ERR_IO, 0, "the supervisor closed the connection without an answer");
         return parse_reply(buf, ret_return, err);
 }
 
@@ -388,15 +389,15 @@ int control_request_each(const char *const *paths, size_t n, json_object *req, i
                         continue;
                 e[i].fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
                 if (e[i].fd < 0) {
-                        vmsup_fail(&errs[i], VMSUP_EX_OSERR, errno, "socket");
+                        vmsup_fail(&errs[i], VMSUP_ERR_SYSTEM, errno, "socket");
                         continue;
                 }
                 /* non-blocking: a supervisor whose backlog is full does not hold the others */
                 if (connect(e[i].fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
                         vmsup_fail(&errs[i],
-                                   errno == EAGAIN ? VMSUP_EX_TEMPFAIL
-                                   : errno == ENOENT || errno == ECONNREFUSED ? VMSUP_EX_UNAVAILABLE
-                                                                              : VMSUP_EX_NOPERM,
+                                   errno == EAGAIN ? VMSUP_ERR_BUSY
+                                   : errno == ENOENT || errno == ECONNREFUSED ? VMSUP_ERR_NO_SUPERVISOR
+                                                                              : VMSUP_ERR_DENIED,
                                    errno == EAGAIN ? 0 : errno, "connect to the guest's supervisor at '%s'%s", paths[i],
                                    errno == EAGAIN ? ": it takes no connection" : "");
                         closep(&e[i].fd);
@@ -407,13 +408,13 @@ int control_request_each(const char *const *paths, size_t n, json_object *req, i
                  * answer is still there to read after EPIPE. */
                 if (send(e[i].fd, line, tl + 1, MSG_NOSIGNAL) != (ssize_t) (tl + 1) && errno != EPIPE &&
                     errno != ECONNRESET) {
-                        vmsup_fail(&errs[i], VMSUP_EX_IOERR, errno, "send to the supervisor at '%s'", paths[i]);
+                        vmsup_fail(&errs[i], VMSUP_ERR_IO, errno, "send to the supervisor at '%s'", paths[i]);
                         closep(&e[i].fd);
                         continue;
                 }
                 e[i].buf = malloc(CONTROL_MAX_MESSAGE + 1);
                 if (!e[i].buf) {
-                        vmsup_fail(&errs[i], VMSUP_EX_OSERR, ENOMEM, "control reply");
+                        vmsup_fail(&errs[i], VMSUP_ERR_SYSTEM, ENOMEM, "control reply");
                         closep(&e[i].fd);
                         continue;
                 }
@@ -452,9 +453,9 @@ int control_request_each(const char *const *paths, size_t n, json_object *req, i
                         pending--;
                         e[i].buf[e[i].len] = '\0';
                         if (r < 0)
-                                vmsup_fail(&errs[i], VMSUP_EX_IOERR, errno, "read from the supervisor");
+                                vmsup_fail(&errs[i], VMSUP_ERR_IO, errno, "read from the supervisor");
                         else if (e[i].len == 0)
-                                vmsup_fail(&errs[i], VMSUP_EX_IOERR, 0,
+                                vmsup_fail(&errs[i], VMSUP_ERR_IO, 0,
                                            "the supervisor closed the connection without an answer");
                         else
                                 parse_reply(e[i].buf, &rets[i], &errs[i]);
@@ -462,7 +463,7 @@ int control_request_each(const char *const *paths, size_t n, json_object *req, i
         }
         for (size_t i = 0; i < n; i++) {
                 if (!e[i].done)
-                        vmsup_fail(&errs[i], VMSUP_EX_TEMPFAIL, 0, "the supervisor did not answer within %d ms",
+                        vmsup_fail(&errs[i], VMSUP_ERR_TIMEOUT, 0, "the supervisor did not answer within %d ms",
                                    timeout_ms);
                 closep(&e[i].fd);
                 free(e[i].buf);

@@ -1,6 +1,7 @@
 /* The supervisor's root-only control socket: one JSON request line, one JSON reply line.
  * Request: {"cmd": "status" | "stop" | "reboot" | "qmp", ...}
- * Reply:   {"ok": true, "return": ...} or {"ok": false, "error": "...", "exit_code": N}
+ * Reply:   {"ok": true, "return": ...} or {"ok": false, "error": "...", "kind": "<name>"}
+ *          (the error's kind by name, vmsup_err_kind_to_string(); the CLI picks the exit status)
  * A long request (migrate) sends lines {"progress": {...}} before its reply. */
 #ifndef VMSUP_SUPERVISOR_CONTROL_H
 #define VMSUP_SUPERVISOR_CONTROL_H
@@ -14,7 +15,7 @@
 
 #define CONTROL_MAX_MESSAGE (256 * 1024)
 /* Control connections open at once (reading a request, or waiting for their answer); a
- * client beyond that is answered with a refusal (exit 75) and closed. */
+ * client beyond that is answered with a refusal (kind busy) and closed. */
 #define CONTROL_MAX_CLIENTS 64
 /* A client must have sent its whole request line within this time (ms) of connecting. */
 #define CONTROL_REQUEST_TIMEOUT_MS 5000
@@ -43,17 +44,17 @@ struct control_conn *control_accept(int listen_fd, vmsup_error **err);
 /* How many accepted connections are open (not yet control_conn_free()d). */
 size_t control_conn_count(void);
 
-/* Accept one waiting client only to send it {"ok": false, "error": msg, "exit_code": N}
+/* Accept one waiting client only to send it {"ok": false, "error": msg, "kind": name}
  * and close: for a supervisor that cannot serve it. 1 when one was refused, 0 when none
  * was waiting, -errno when accept failed (EMFILE: the caller has no fd to spare). */
-int control_accept_refuse(int listen_fd, int exit_code, const char *msg);
+int control_accept_refuse(int listen_fd, enum vmsup_err_kind kind, const char *msg);
 
 /* Read what is there. Returns 1 when conn->request is complete, 0 for more, <0 on error. */
 int control_conn_read(struct control_conn *c, vmsup_error **err);
 
 /* Send a reply (takes ownership of ret, may be NULL) and close the connection. */
 void control_conn_reply_ok(struct control_conn *c, json_object *ret);
-void control_conn_reply_error(struct control_conn *c, int exit_code, const char *msg);
+void control_conn_reply_error(struct control_conn *c, enum vmsup_err_kind kind, const char *msg);
 struct control_conn *control_conn_free(struct control_conn *c);
 
 /* An interim line {"progress": ...} (takes ownership); the connection stays open. */
@@ -61,7 +62,8 @@ void control_conn_progress(struct control_conn *c, json_object *progress);
 
 /* Client side: connect to path, send req, wait up to timeout_ms (-1: forever) for the reply;
  * the connect itself is bounded by timeout_ms too (a supervisor that accepts nobody).
- * A reply with "ok": false becomes an error with the supervisor's message and exit code. */
+ * A reply with "ok": false becomes an error with the supervisor's message and kind; no
+ * supervisor listening is VMSUP_ERR_NO_SUPERVISOR, no answer in time VMSUP_ERR_TIMEOUT. */
 int control_request(const char *path, json_object *req, int timeout_ms, json_object **ret_return, vmsup_error **err);
 
 /* The same, passing each {"progress": ...} line that comes before the reply to fn. */

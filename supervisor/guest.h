@@ -10,7 +10,8 @@
 struct guest_run_opts {
         const struct host_config *cfg;
         const char *spec_path;
-        int token_fd; /* the owner's credential for Barbican (user mode); -1: none */
+        int token_fd; /* the owner's credential for Barbican (user mode); -1: none. guest_run
+                       * takes it: closed once the vTPM secret is read */
         bool new_tpm;  /* a guest whose TPM state is gone gets a new TPM (else refused) */
         bool new_vars; /* a guest whose OVMF VARS are gone gets the template's (else refused) */
         /* `run --incoming`: the destination of a live migration. spec_path is this host's
@@ -20,9 +21,9 @@ struct guest_run_opts {
         const char *incoming_uuid; /* the guest expected */
 };
 
-/* Run the guest until it ends. Returns the process exit code: 0 when the guest powered
- * off or was stopped on request, 1 when QEMU or swtpm died, others when it cannot start
- * (the error is logged). */
+/* Run the guest until it ends. Returns VMSUP_ERR_OK when the guest powered off or was
+ * stopped on request, VMSUP_ERR_FAILED when QEMU or swtpm died, the error's kind when it
+ * cannot start (the error is logged); the command line maps it to the exit status. */
 int guest_run(const struct guest_run_opts *opts);
 
 #endif

@@ -369,6 +369,15 @@ void host_config_barbican_options(const struct host_config *cfg, struct barbican
         };
 }
 
+void host_config_vtpm_secret_opts(const struct host_config *cfg, struct vtpm_secret_opts *ret) {
+        *ret = (struct vtpm_secret_opts) {
+                .keystone_auth_url = cfg->keystone.auth_url,
+                .keystone_credentials_file = cfg->keystone.credentials_file,
+                .secrets_dir = cfg->paths.secrets_dir,
+        };
+        host_config_barbican_options(cfg, &ret->barbican);
+}
+
 /* ---- the migration's TLS files -------------------------------------------------------- */
 
 /* Owned by vmsup's user (root), not writable by anyone else; for a key (secret) not

@@ -9,6 +9,7 @@
 #include "seccomp/filter.h"
 #include "nova/tpmrules.h"
 #include "secrets/barbican.h"
+#include "secrets/vtpmsecret.h"
 
 #define VMSUP_DEFAULT_CONFIG "/etc/vmsup/vmsup.conf"
 
@@ -101,5 +102,9 @@ void host_config_tpm_offer(const struct host_config *cfg, struct tpm_host_offer 
 
 /* The Barbican client options the config gives (pointers into cfg). */
 void host_config_barbican_options(const struct host_config *cfg, struct barbican_options *ret);
+
+/* Where vTPM secrets come from (Barbican, Keystone, the local store), for
+ * vtpm_secret_obtain() and vtpm_secret_delete() (pointers into cfg). */
+void host_config_vtpm_secret_opts(const struct host_config *cfg, struct vtpm_secret_opts *ret);
 
 #endif

@@ -34,8 +34,8 @@
 #include "seccomp/filter.h"
 #include "supervisor/guest_internal.h"
 #include "common/log.h"
-#include "supervisor/specmatch.h"
-#include "supervisor/vtpmsecret.h"
+#include "nova/specmatch.h"
+#include "secrets/vtpmsecret.h"
 #include "tpmstate/swtpm.h"
 
 #define JANITOR_WAIT_MS 30000

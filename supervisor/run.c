@@ -31,7 +31,7 @@
 #include "supervisor/guest.h"
 #include "supervisor/guestdirs.h"
 #include "supervisor/specmatch.h"
-#include "supervisor/vtpmsecret.h"
+#include "secrets/vtpmsecret.h"
 #include "tpmstate/sync.h"
 
 #include "supervisor/guest_internal.h"
@@ -154,12 +154,14 @@ static int tpm_check_state_present(struct guest *g, bool no_sealed_state, vmsup_
 static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **err) {
         _cleanup_free_ char *manifest = NULL;
         struct vtpm_secret secret = { 0 };
+        struct vtpm_secret_opts opts;
         struct vtpm_secret_request req = {
-                .cfg = g->cfg, .spec = &g->spec, .tpm = &g->tpm, .state_dir = g->dirs.state, .token_fd = token_fd,
+                .opts = &opts, .spec = &g->spec, .tpm = &g->tpm, .state_dir = g->dirs.state, .token_fd = token_fd,
                 .cancel_fd = g->cancel_fd,
         };
         int r;
 
+        host_config_vtpm_secret_opts(g->cfg, &opts);
         if (asprintf(&manifest, "%s/%s%s", g->dirs.state, SEAL_MANIFEST_NAME, SEAL_SUFFIX) < 0)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "sealed state");
         req.first_start = access(manifest, F_OK) < 0 && errno == ENOENT;
@@ -261,6 +263,7 @@ int guest_run(const struct guest_run_opts *opts) {
         sigset_t mask, stop;
         char signame[16];
         bool state_dir_made = false;
+        _cleanup_close_ int token_fd = opts->token_fd; /* ours: closed once the secret is read */
         int r, code;
 
         for (int i = 0; i < FD_RESERVE; i++)
@@ -337,8 +340,9 @@ int guest_run(const struct guest_run_opts *opts) {
                                  opts->new_vars ? " (--new-vars)" : "");
         }
         if (g.tpm.present &&
-            (r = g.incoming ? migrate_in_secret(&g, &err) : tpm_open_sealed_state(&g, opts->token_fd, &err)) < 0)
+            (r = g.incoming ? migrate_in_secret(&g, &err) : tpm_open_sealed_state(&g, token_fd, &err)) < 0)
                 goto fail;
+        closep(&token_fd);
         migrate_in_mark(&g, "secret kept, files ready");
         if ((r = guest_start_check_cancel(&g, &err)) < 0 || (r = setup_loop(&g, &mask, &err)) < 0)
                 goto fail;

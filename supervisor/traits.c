@@ -52,15 +52,15 @@ static int qemu_help_lists(const char *qemu, const char *opt, const char *name, 
         return 0;
 }
 
-int host_traits_probe(const struct host_config *cfg, struct host_traits *ret, vmsup_error **err) {
-        struct host_traits t = { 0 };
+int host_traits_probe_facts(const struct host_config *cfg, struct host_tpm_facts *ret, vmsup_error **err) {
+        struct host_tpm_facts f = { .swtpm_enabled = cfg->tpm.swtpm_enabled };
         struct swtpm_caps swtpm = { 0 }, setup = { 0 };
         _cleanup_free_ char *qemu = NULL;
         bool emulator = false;
         int r;
 
-        if (!cfg->tpm.swtpm_enabled) {
-                *ret = t;
+        if (!f.swtpm_enabled) {
+                *ret = f;
                 return 0;
         }
         if (!getpwnam(cfg->tpm.swtpm_user))
@@ -79,8 +79,8 @@ int host_traits_probe(const struct host_config *cfg, struct host_traits *ret, vm
         if (!emulator)
                 return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
                                   "[tpm] swtpm_enabled is true but QEMU '%s' has no TPM emulator backend", qemu);
-        if ((r = qemu_help_lists(qemu, "-device", "tpm-tis", &t.tpm_tis, err)) < 0 ||
-            (r = qemu_help_lists(qemu, "-device", "tpm-crb", &t.tpm_crb, err)) < 0)
+        if ((r = qemu_help_lists(qemu, "-device", "tpm-tis", &f.qemu_tpm_tis, err)) < 0 ||
+            (r = qemu_help_lists(qemu, "-device", "tpm-crb", &f.qemu_tpm_crb, err)) < 0)
                 return r;
 
         r = swtpm_caps_probe(cfg->tpm.swtpm, false, &swtpm, err);
@@ -91,37 +91,24 @@ int host_traits_probe(const struct host_config *cfg, struct host_traits *ret, vm
                 swtpm_caps_clear(&swtpm);
                 return vmsup_error_prefix(err, "[tpm] swtpm_enabled is true but swtpm_setup cannot be used");
         }
-        /* libvirt reports a TPM version when both programs support it; Nova falls back to
-         * both versions when nothing is reported at all (old swtpm without the features). */
-        t.tpm_1_2 = swtpm_caps_has(&swtpm, "tpm-1.2") && swtpm_caps_has(&setup, "tpm-1.2");
-        t.tpm_2_0 = swtpm_caps_has(&swtpm, "tpm-2.0") && swtpm_caps_has(&setup, "tpm-2.0");
-        if (!swtpm_caps_has(&swtpm, "tpm-1.2") && !swtpm_caps_has(&swtpm, "tpm-2.0") &&
-            !swtpm_caps_has(&setup, "tpm-1.2") && !swtpm_caps_has(&setup, "tpm-2.0"))
-                t.tpm_1_2 = t.tpm_2_0 = true;
+        f.swtpm_tpm_1_2 = swtpm_caps_has(&swtpm, "tpm-1.2");
+        f.swtpm_tpm_2_0 = swtpm_caps_has(&swtpm, "tpm-2.0");
+        f.setup_tpm_1_2 = swtpm_caps_has(&setup, "tpm-1.2");
+        f.setup_tpm_2_0 = swtpm_caps_has(&setup, "tpm-2.0");
         swtpm_caps_clear(&swtpm);
         swtpm_caps_clear(&setup);
 
-        t.secret_security = cfg->tpm.supported_secret_security;
-        *ret = t;
+        f.secret_security = cfg->tpm.supported_secret_security;
+        *ret = f;
         return 0;
 }
 
-void host_traits_names(const struct host_traits *t, const char *ret_names[8]) {
-        size_t n = 0;
+int host_traits_probe(const struct host_config *cfg, struct host_traits *ret, vmsup_error **err) {
+        struct host_tpm_facts f;
+        int r = host_traits_probe_facts(cfg, &f, err);
 
-        if (t->tpm_1_2)
-                ret_names[n++] = "COMPUTE_SECURITY_TPM_1_2";
-        if (t->tpm_2_0)
-                ret_names[n++] = "COMPUTE_SECURITY_TPM_2_0";
-        if (t->tpm_crb)
-                ret_names[n++] = "COMPUTE_SECURITY_TPM_CRB";
-        if (t->tpm_tis)
-                ret_names[n++] = "COMPUTE_SECURITY_TPM_TIS";
-        if (t->secret_security & SECRET_SECURITY_DEPLOYMENT)
-                ret_names[n++] = "COMPUTE_SECURITY_TPM_SECRET_SECURITY_DEPLOYMENT";
-        if (t->secret_security & SECRET_SECURITY_HOST)
-                ret_names[n++] = "COMPUTE_SECURITY_TPM_SECRET_SECURITY_HOST";
-        if (t->secret_security & SECRET_SECURITY_USER)
-                ret_names[n++] = "COMPUTE_SECURITY_TPM_SECRET_SECURITY_USER";
-        ret_names[n] = NULL;
+        if (r < 0)
+                return r;
+        host_traits_decide(&f, ret);
+        return 0;
 }

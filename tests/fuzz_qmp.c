@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 size_t n = size < chunk ? size : chunk;
 
                 if (qmp_client_feed(c, data, n, &err) < 0) {
-                        if (!err || !err->msg || err->exit_code == 0)
+                        if (!err || !err->msg || err->kind == VMSUP_ERR_OK)
                                 abort(); /* every failure explains itself */
                         break;
                 }

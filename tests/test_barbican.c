@@ -97,7 +97,7 @@ Test(barbican, create_fetch_delete_fetch_delete, .timeout = 120) {
         cr_assert_lt(barbican_secret_fetch(c, id, got, &err), 0);
         cr_assert(asprintf(&expected, "vTPM secret %s not found in Barbican: the TPM state cannot be decrypted", id) > 0);
         cr_assert_str_eq(err->msg, expected);
-        cr_assert_eq(err->exit_code, VMSUP_EX_DATAERR);
+        cr_assert_eq(err->kind, VMSUP_ERR_DATA);
         cr_assert_null(strstr(err->msg, "reset"), "never suggest resetting the TPM");
         err = vmsup_error_free(err);
 
@@ -162,7 +162,7 @@ Test(barbican, another_project_is_refused, .timeout = 120) {
                            id) > 0);
         cr_assert_lt(barbican_secret_fetch(other, id, got, &err), 0);
         cr_assert_str_eq(err->msg, expected);
-        cr_assert_eq(err->exit_code, VMSUP_EX_NOPERM);
+        cr_assert_eq(err->kind, VMSUP_ERR_DENIED);
         err = vmsup_error_free(err);
         cr_assert_lt(barbican_secret_delete(other, id, &err), 0);
         cr_assert_str_eq(err->msg, expected);
@@ -199,7 +199,7 @@ Test(barbican, bad_ids_are_refused_before_any_request) {
 
         cr_assert_lt(barbican_secret_fetch(c, "../../v1/secrets", got, &err), 0);
         cr_assert_str_eq(err->msg, "vTPM secret id '../../v1/secrets' is not a UUID");
-        cr_assert_eq(err->exit_code, VMSUP_EX_DATAERR);
+        cr_assert_eq(err->kind, VMSUP_ERR_DATA);
         err = vmsup_error_free(err);
         cr_assert_lt(barbican_secret_create(c, "not-a-uuid", got, id, &err), 0);
         cr_assert_str_eq(err->msg, "instance UUID 'not-a-uuid' is not a UUID");
@@ -242,7 +242,7 @@ Test(barbican, stopped_barbican_is_unreachable_after_bounded_retries) {
                            endpoint) > 0);
         cr_assert_eq(strncmp(err->msg, prefix, strlen(prefix)), 0, "got: %s", err->msg);
         cr_assert_not_null(strstr(err->msg, "onnect"), "curl's reason: %s", err->msg);
-        cr_assert_eq(err->exit_code, VMSUP_EX_UNAVAILABLE);
+        cr_assert_eq(err->kind, VMSUP_ERR_UNAVAILABLE);
         /* backoff 200 + 400 ms between three refused connections */
         cr_assert(took >= 0.55 && took < 5, "retries took %.2f s", took);
         vmsup_error_free(err);
@@ -262,15 +262,15 @@ static struct barbican_client *fake_client(struct fakehttp *f, unsigned attempts
         return client_for(&o, "p");
 }
 
-static char *fetch_error(struct barbican_client *c, int *exit_code) {
+static char *fetch_error(struct barbican_client *c, enum vmsup_err_kind *ret_kind) {
         char got[BARBICAN_PASSPHRASE_LEN + 1];
         vmsup_error *err = NULL;
         char *msg;
 
         cr_assert_lt(barbican_secret_fetch(c, "0b8e3e5c-2d7a-4a43-9d3b-6a1f0e2c4b5d", got, &err), 0);
         msg = strdup(err->msg);
-        if (exit_code)
-                *exit_code = err->exit_code;
+        if (ret_kind)
+                *ret_kind = err->kind;
         vmsup_error_free(err);
         return msg;
 }
@@ -328,7 +328,7 @@ Test(fake, persistent_5xx_reports_barbican_words) {
         struct fakehttp *f = fakehttp_start(script, 1);
         struct barbican_client *c = fake_client(f, 3, 5000);
         char *msg, *expected = NULL;
-        int code;
+        enum vmsup_err_kind code;
 
         msg = fetch_error(c, &code);
         cr_assert(asprintf(&expected,
@@ -336,7 +336,7 @@ Test(fake, persistent_5xx_reports_barbican_words) {
                            "database down)",
                            fakehttp_url(f)) > 0);
         cr_assert_str_eq(msg, expected);
-        cr_assert_eq(code, VMSUP_EX_UNAVAILABLE);
+        cr_assert_eq(code, VMSUP_ERR_UNAVAILABLE);
         cr_assert_eq(fakehttp_count(f), 3, "three attempts");
         free(msg);
         free(expected);
@@ -484,7 +484,7 @@ Test(fake, silent_server_times_out_after_bounded_retries) {
         struct fakehttp *f = fakehttp_start(script, 1);
         struct barbican_client *c = fake_client(f, 2, 300);
         double t0 = now_s(), took;
-        int code;
+        enum vmsup_err_kind code;
         char *msg = fetch_error(c, &code), *prefix = NULL;
 
         took = now_s() - t0;
@@ -493,7 +493,7 @@ Test(fake, silent_server_times_out_after_bounded_retries) {
                            fakehttp_url(f)) > 0);
         cr_assert_eq(strncmp(msg, prefix, strlen(prefix)), 0, "%s", msg);
         cr_assert_not_null(strstr(msg, "timed out"), "%s", msg);
-        cr_assert_eq(code, VMSUP_EX_UNAVAILABLE);
+        cr_assert_eq(code, VMSUP_ERR_UNAVAILABLE);
         cr_assert(took >= 0.6 && took < 3, "2 x 300 ms + 50 ms backoff, took %.2f s", took);
         cr_assert_eq(fakehttp_count(f), 2);
         free(msg);
@@ -506,12 +506,12 @@ Test(fake, wrong_payload_is_not_a_passphrase) {
         struct fakehttp_reply script[] = { FAKEHTTP_BYTES("200 OK", "c2hvcnQ=") };
         struct fakehttp *f = fakehttp_start(script, 1);
         struct barbican_client *c = fake_client(f, 1, 5000);
-        int code;
+        enum vmsup_err_kind code;
         char *msg = fetch_error(c, &code);
 
         cr_assert_str_eq(msg, "vTPM secret 0b8e3e5c-2d7a-4a43-9d3b-6a1f0e2c4b5d in Barbican is not a vTPM passphrase "
                               "(8 bytes; expected 512 base64 characters)");
-        cr_assert_eq(code, VMSUP_EX_DATAERR);
+        cr_assert_eq(code, VMSUP_ERR_DATA);
         free(msg);
         barbican_client_free(c);
         fakehttp_stop(f);
@@ -521,12 +521,12 @@ Test(fake, unauthorized_asks_for_owner_credentials) {
         struct fakehttp_reply script[] = { FAKEHTTP_JSON("401 Unauthorized", "{\"code\": 401}") };
         struct fakehttp *f = fakehttp_start(script, 1);
         struct barbican_client *c = fake_client(f, 3, 5000);
-        int code;
+        enum vmsup_err_kind code;
         char *msg = fetch_error(c, &code);
 
         cr_assert_str_eq(msg, "Barbican refused access to vTPM secret 0b8e3e5c-2d7a-4a43-9d3b-6a1f0e2c4b5d (HTTP 401): "
                               "the guest owner's credentials are required");
-        cr_assert_eq(code, VMSUP_EX_NOPERM);
+        cr_assert_eq(code, VMSUP_ERR_DENIED);
         cr_assert_eq(fakehttp_count(f), 1);
         free(msg);
         barbican_client_free(c);
@@ -709,7 +709,7 @@ Test(keystone, refused_credentials) {
                            "requires authentication.",
                            fakehttp_url(f)) > 0);
         cr_assert_str_eq(err->msg, expected);
-        cr_assert_eq(err->exit_code, VMSUP_EX_NOPERM);
+        cr_assert_eq(err->kind, VMSUP_ERR_DENIED);
         cr_assert_null(strstr(err->msg, "nope"));
         vmsup_error_free(err);
         free(expected);
@@ -742,7 +742,7 @@ Test(keystone, token_without_header_or_catalog_entry) {
                            "set [barbican] endpoint, or check [barbican] interface and region_name",
                            fakehttp_url(f)) > 0);
         cr_assert_str_eq(err->msg, expected);
-        cr_assert_eq(err->exit_code, VMSUP_EX_CONFIG);
+        cr_assert_eq(err->kind, VMSUP_ERR_CONFIG);
         vmsup_error_free(err);
         free(expected);
         fakehttp_stop(f);
@@ -793,7 +793,7 @@ static char *credentials_error(const char *text, unsigned mode, int uid) {
         if (uid >= 0)
                 cr_assert_eq(chown(path, (uid_t) uid, (gid_t) -1), 0);
         if (keystone_credentials_load(path, &cred, &err) < 0) {
-                cr_assert_eq(err->exit_code, VMSUP_EX_CONFIG, "%s", err->msg);
+                cr_assert_eq(err->kind, VMSUP_ERR_CONFIG, "%s", err->msg);
                 msg = strdup(err->msg);
                 /* the message says which file, never what is in it */
                 cr_assert_null(strstr(msg, "hunter2"), "%s", msg);
@@ -895,6 +895,6 @@ Test(parts, only_http_urls) {
 
         cr_assert_lt(barbican_client_new(&o, &(struct barbican_identity) { .project_id = "p" }, &c, &err), 0);
         cr_assert_str_eq(err->msg, "the Barbican endpoint is not an http:// or https:// URL");
-        cr_assert_eq(err->exit_code, VMSUP_EX_CONFIG);
+        cr_assert_eq(err->kind, VMSUP_ERR_CONFIG);
         vmsup_error_free(err);
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "supervisor/hostconfig.h"
+#include "cli/exitstatus.h"
 #include "tests/helpers.h"
 
 static char *dir;
@@ -28,7 +29,7 @@ static char *load(const char *text, struct host_config *cfg, int *exit_code) {
         if (host_config_load(path, false, cfg, &err) < 0) {
                 msg = strdup(err->msg);
                 if (exit_code)
-                        *exit_code = err->exit_code;
+                        *exit_code = cli_exit_status(err->kind);
                 vmsup_error_free(err);
         }
         free(path);
@@ -72,7 +73,7 @@ Test(config, explicit_missing_file_is_an_error) {
 
         cr_assert(asprintf(&path, "%s/absent.conf", dir) > 0);
         cr_assert_lt(host_config_load(path, false, &cfg, &err), 0);
-        cr_assert_eq(err->exit_code, 66);
+        cr_assert_eq(err->kind, VMSUP_ERR_NOT_FOUND);
         cr_assert(strstr(err->msg, path), "%s", err->msg);
         vmsup_error_free(err);
         free(path);

@@ -118,7 +118,7 @@ Test(evloop, a_bad_fd_is_refused_with_its_number) {
         cr_assert_lt(evloop_add_io(l, fd, EPOLLIN, on_io, &seen, NULL, &err), 0);
         snprintf(want, sizeof(want), "watch fd %d: epoll_ctl: Bad file descriptor", fd);
         cr_assert_str_eq(err->msg, want);
-        cr_assert_eq(err->exit_code, VMSUP_EX_OSERR);
+        cr_assert_eq(err->kind, VMSUP_ERR_SYSTEM);
         vmsup_error_free(err);
 }
 
@@ -825,7 +825,7 @@ Test(evloop, waiting_forever_on_nothing_is_an_error) {
         cr_assert_str_eq(err->msg,
                          "event loop: nothing to wait for (no fd, signal or child source, no armed timer): "
                          "Resource deadlock avoided");
-        cr_assert_eq(err->exit_code, VMSUP_EX_SOFTWARE);
+        cr_assert_eq(err->kind, VMSUP_ERR_INTERNAL);
         vmsup_error_free(err);
         cr_assert_eq(iterate(l, 0), 0, "not waiting at all is fine");
 }

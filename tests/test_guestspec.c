@@ -18,7 +18,7 @@ static char *parse_error(const char *json) {
                 guest_spec_clear(&spec);
                 return NULL;
         }
-        cr_assert_eq(err->exit_code, 65, "bad spec must exit 65, got %d (%s)", err->exit_code, err->msg);
+        cr_assert_eq(err->kind, VMSUP_ERR_DATA, "bad spec must be bad data, got %s (%s)", vmsup_err_kind_to_string(err->kind), err->msg);
         msg = strdup(err->msg);
         vmsup_error_free(err);
         return msg;
@@ -173,7 +173,7 @@ Test(guestspec, missing_file_exits_66) {
         vmsup_error *err = NULL;
 
         cr_assert_lt(guest_spec_load("/nonexistent/guest.json", &spec, &err), 0);
-        cr_assert_eq(err->exit_code, 66);
+        cr_assert_eq(err->kind, VMSUP_ERR_NOT_FOUND);
         cr_assert(strstr(err->msg, "/nonexistent/guest.json"));
         vmsup_error_free(err);
 }

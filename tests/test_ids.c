@@ -88,7 +88,7 @@ Test(ids, ranges_parse_and_bad_ones_are_refused) {
         conf = test_write_file(root, "bad.conf", "[security]\nguest_ids = 20-10\n", 0600);
         cr_assert_lt(host_config_load(conf, false, &cfg, &err), 0);
         cr_assert(strstr(err->msg, ":2: [security] guest_ids: '20-10' is not FIRST-LAST"), "%s", err->msg);
-        cr_assert_eq(err->exit_code, 78);
+        cr_assert_eq(err->kind, VMSUP_ERR_CONFIG);
         vmsup_error_free(err);
         free(conf);
 }
@@ -133,7 +133,7 @@ Test(ids, a_full_range_is_refused_and_a_release_makes_room) {
         cr_assert_eq(guest_ids_acquire(root, 1879048192u, 1879048194u, UUID_A, &a, &err), 0);
         /* 3 ids: room for one pair only */
         cr_assert_lt(guest_ids_acquire(root, 1879048192u, 1879048194u, UUID_B, &b, &err), 0);
-        cr_assert_eq(err->exit_code, 75);
+        cr_assert_eq(err->kind, VMSUP_ERR_BUSY);
         cr_assert(strstr(err->msg, "no free ids left in [security] guest_ids 1879048192-1879048194"), "%s", err->msg);
         err = vmsup_error_free(err);
         cr_assert_eq(guest_ids_release(root, UUID_A, &err), 0, "%s", err ? err->msg : "");
@@ -150,7 +150,7 @@ Test(ids, a_damaged_registry_is_refused) {
 
         path = test_write_file(root, GUEST_IDS_FILE, "# comment\n" UUID_A " 1879048192\n" UUID_B " 1879048193\n", 0600);
         cr_assert_lt(guest_ids_acquire(root, 1879048192u, 1879113727u, UUID_C, &a, &err), 0);
-        cr_assert_eq(err->exit_code, 65);
+        cr_assert_eq(err->kind, VMSUP_ERR_DATA);
         cr_assert(strstr(err->msg, "line 3 is not 'UUID FIRST' or repeats a guest or an id"), "%s", err->msg);
         err = vmsup_error_free(err);
         free(path);

@@ -91,7 +91,7 @@ static void *serve(void *arg) {
                         return NULL;
                 if (f->refuse) {
                         static const char no[] = "{\"ok\": false, \"error\": \"too many control connections\", "
-                                                 "\"exit_code\": 75}\n";
+                                                 "\"kind\": \"busy\"}\n";
 
                         (void) !write(c, no, strlen(no));
                         close(c);

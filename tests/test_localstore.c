@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cli/exitstatus.h"
 #include "common/secmem.h"
 #include "common/util.h"
 #include "secrets/localstore.h"
@@ -125,7 +126,7 @@ static void get_refused(struct localstore *s, int ex, const char *want) {
         cr_assert_lt(localstore_get(s, GUEST, &p, id, &err), 0);
         cr_assert_not_null(err);
         cr_assert(strstr(err->msg, want), "expected '%s' in: %s", want, err->msg);
-        cr_assert_eq(err->exit_code, ex, "exit %d: %s", err->exit_code, err->msg);
+        cr_assert_eq(cli_exit_status(err->kind), ex, "exit %d: %s", cli_exit_status(err->kind), err->msg);
         cr_assert(!strstr(err->msg, "ABCD") && !strstr(err->msg, "passphrase="), "%s", err->msg);
         cr_assert_null(p);
         cr_assert_str_eq(id, "");
@@ -139,7 +140,7 @@ static void open_refused(bool create, int ex, const char *want) {
         cr_assert_lt(localstore_open(store, create, &s, &err), 0);
         cr_assert_null(s);
         cr_assert(strstr(err->msg, want), "expected '%s' in: %s", want, err->msg);
-        cr_assert_eq(err->exit_code, ex, "exit %d: %s", err->exit_code, err->msg);
+        cr_assert_eq(cli_exit_status(err->kind), ex, "exit %d: %s", cli_exit_status(err->kind), err->msg);
         vmsup_error_free(err);
 }
 
@@ -234,7 +235,7 @@ Test(localstore, missing_store_without_create) {
         vmsup_error *err = NULL;
 
         cr_assert_eq(localstore_open(store, false, &s, &err), -ENOENT);
-        cr_assert_eq(err->exit_code, 66);
+        cr_assert_eq(err->kind, VMSUP_ERR_NOT_FOUND);
         cr_assert_eq(access(store, F_OK), -1, "not created");
         vmsup_error_free(err);
 }
@@ -359,7 +360,7 @@ static void swapped(bool with_symlink) {
                 snap(&sn_old, moved, old_f);
                 get_refused(s, 77, with_symlink ? "is a symbolic link" : "replaced by another directory since it was opened");
                 cr_assert_lt(localstore_put(s, GUEST2, pass, SECRET_ID, &err), 0);
-                cr_assert_eq(err->exit_code, 77);
+                cr_assert_eq(err->kind, VMSUP_ERR_DENIED);
                 vmsup_error_free(err);
                 err = NULL;
                 cr_assert_lt(localstore_delete(s, GUEST, &err), 0);

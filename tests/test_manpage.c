@@ -1,5 +1,6 @@
-/* vmsup(8) against the source: every exit status the code can return is documented in
- * EXIT STATUS, and the section lists no code the source never uses. */
+/* vmsup(8) against the source: every error kind has one exit status (cli/exitstatus.c),
+ * every status a kind the source uses maps to is documented in EXIT STATUS, and the
+ * section lists no status that no used kind maps to. */
 #include "config.h"
 
 #include <criterion/criterion.h>
@@ -11,17 +12,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/exitstatus.h"
 #include "common/error.h"
 
 #define MAX_CODE 256
+#define MAX_NAMES 4
 
-struct code_names {
-        char *name[MAX_CODE]; /* VMSUP_EX_* name of each value, from common/error.h */
-        bool used[MAX_CODE];
-        char *where[MAX_CODE]; /* first file that uses it */
+struct kind_names {
+        char *name[VMSUP_ERR_KIND_MAX][MAX_NAMES]; /* VMSUP_ERR_* and its VMSUP_EX_* aliases */
+        bool used[VMSUP_ERR_KIND_MAX];
+        char *where[VMSUP_ERR_KIND_MAX]; /* first file that uses it */
 };
 
-static struct code_names codes;
+static struct kind_names kinds;
 
 static char *slurp(const char *path) {
         FILE *f = fopen(path, "re");
@@ -34,26 +37,49 @@ static char *slurp(const char *path) {
         return buf ? buf : strdup("");
 }
 
-/* "VMSUP_EX_NAME = N," lines of the enum in common/error.h */
+static void add_name(int k, const char *p, regoff_t so, regoff_t eo) {
+        for (int i = 0; i < MAX_NAMES; i++)
+                if (!kinds.name[k][i]) {
+                        kinds.name[k][i] = strndup(p + so, (size_t) (eo - so));
+                        return;
+                }
+        cr_assert_fail("more than %d names for kind %d", MAX_NAMES, k);
+}
+
+static int kind_of_name(const char *name, size_t len) {
+        for (int k = 0; k < VMSUP_ERR_KIND_MAX; k++)
+                if (kinds.name[k][0] && strlen(kinds.name[k][0]) == len && strncmp(kinds.name[k][0], name, len) == 0)
+                        return k;
+        return -1;
+}
+
+/* The kinds in the order of the enum in common/error.h, and the aliases' names. */
 static void read_enum(void) {
         char *text = slurp(TEST_SRCDIR "/common/error.h");
-        regex_t re;
+        regex_t re, alias;
         regmatch_t m[3];
         const char *p = text;
         int n = 0;
 
-        cr_assert_eq(regcomp(&re, "(VMSUP_EX_[A-Z]+)[ \t]*=[ \t]*([0-9]+)", REG_EXTENDED), 0);
+        cr_assert_eq(regcomp(&re, "\n[ \t]+(VMSUP_ERR_[A-Z_]+)( = 0)?,", REG_EXTENDED), 0);
         while (regexec(&re, p, 3, m, 0) == 0) {
-                int v = atoi(p + m[2].rm_so);
-
-                cr_assert(v >= 0 && v < MAX_CODE);
-                codes.name[v] = strndup(p + m[1].rm_so, (size_t) (m[1].rm_eo - m[1].rm_so));
+                if (strncmp(p + m[1].rm_so, "VMSUP_ERR_KIND_MAX", strlen("VMSUP_ERR_KIND_MAX")) != 0) {
+                        cr_assert_lt(n, VMSUP_ERR_KIND_MAX, "common/error.h: more kinds than VMSUP_ERR_KIND_MAX");
+                        add_name(n++, p, m[1].rm_so, m[1].rm_eo);
+                }
                 p += m[0].rm_eo;
-                n++;
         }
         regfree(&re);
+        cr_assert_eq(n, VMSUP_ERR_KIND_MAX, "common/error.h: found %d of the %d kinds", n, VMSUP_ERR_KIND_MAX);
+        cr_assert_eq(regcomp(&alias, "#define (VMSUP_EX_[A-Z]+) (VMSUP_ERR_[A-Z_]+)", REG_EXTENDED), 0);
+        for (p = text; regexec(&alias, p, 3, m, 0) == 0; p += m[0].rm_eo) {
+                int k = kind_of_name(p + m[2].rm_so, (size_t) (m[2].rm_eo - m[2].rm_so));
+
+                cr_assert_geq(k, 0, "common/error.h: an alias of an unknown kind");
+                add_name(k, p, m[1].rm_so, m[1].rm_eo);
+        }
+        regfree(&alias);
         free(text);
-        cr_assert_gt(n, 10, "common/error.h: found only %d VMSUP_EX_ values", n);
 }
 
 /* Folders that hold no product code: the tests, benchmarks, docs and build leftovers. */
@@ -77,24 +103,23 @@ static int scan_file(const char *path, const struct stat *st, int flag, struct F
                 return FTW_SKIP_SUBTREE;
         if (flag != FTW_F || len < 3 || (strcmp(path + len - 2, ".c") != 0 && strcmp(path + len - 2, ".h") != 0))
                 return FTW_CONTINUE;
-        if (strcmp(path + len - strlen("common/error.h"), "common/error.h") == 0)
-                return FTW_CONTINUE; /* the definitions, not uses */
+        if (strcmp(path + len - strlen("common/error.h"), "common/error.h") == 0 ||
+            strcmp(path + len - strlen("common/error.c"), "common/error.c") == 0 ||
+            strcmp(path + len - strlen("cli/exitstatus.c"), "cli/exitstatus.c") == 0)
+                return FTW_CONTINUE; /* the definitions and the mapping, not uses */
         text = slurp(path);
-        for (int v = 0; v < MAX_CODE; v++) {
-                const char *p;
-                size_t nl;
+        for (int k = 0; k < VMSUP_ERR_KIND_MAX; k++)
+                for (int i = 0; i < MAX_NAMES && kinds.name[k][i] && !kinds.used[k]; i++) {
+                        const char *name = kinds.name[k][i], *p;
+                        size_t nl = strlen(name);
 
-                if (!codes.name[v])
-                        continue;
-                nl = strlen(codes.name[v]);
-                for (p = strstr(text, codes.name[v]); p; p = strstr(p + 1, codes.name[v]))
-                        if (!isalnum((unsigned char) p[nl]) && p[nl] != '_') {
-                                if (!codes.used[v])
-                                        codes.where[v] = strdup(path + strlen(TEST_SRCDIR) + 1);
-                                codes.used[v] = true;
-                                break;
-                        }
-        }
+                        for (p = strstr(text, name); p; p = strstr(p + 1, name))
+                                if (!isalnum((unsigned char) p[nl]) && p[nl] != '_') {
+                                        kinds.where[k] = strdup(path + strlen(TEST_SRCDIR) + 1);
+                                        kinds.used[k] = true;
+                                        break;
+                                }
+                }
         free(text);
         return FTW_CONTINUE;
 }
@@ -125,22 +150,60 @@ static void read_manpage(bool documented[MAX_CODE]) {
         free(text);
 }
 
+Test(manpage, every_kind_has_one_exit_status) {
+        for (int k = 0; k < VMSUP_ERR_KIND_MAX; k++) {
+                int v = cli_exit_status((enum vmsup_err_kind) k);
+
+                cr_assert(v >= 0 && v < MAX_CODE, "kind %d: exit status %d", k, v);
+                if (k == VMSUP_ERR_OK)
+                        cr_assert_eq(v, 0, "success must exit 0, not %d", v);
+                else
+                        cr_assert_neq(v, 0, "kind %s has no exit status (a line missing in cli/exitstatus.c)",
+                                      vmsup_err_kind_to_string((enum vmsup_err_kind) k));
+        }
+        cr_assert_eq(cli_exit_status(VMSUP_ERR_KIND_MAX), 70, "a kind out of range is an internal error");
+        cr_assert_eq(cli_exit_status((enum vmsup_err_kind) -1), 70, "a kind out of range is an internal error");
+        /* what the text-matched errors of old exited with, now told apart by kind */
+        cr_assert_eq(cli_exit_status(VMSUP_ERR_NO_SUPERVISOR), cli_exit_status(VMSUP_ERR_UNAVAILABLE));
+        cr_assert_eq(cli_exit_status(VMSUP_ERR_TIMEOUT), cli_exit_status(VMSUP_ERR_BUSY));
+}
+
+Test(manpage, every_kind_has_a_name_on_the_wire) {
+        for (int k = 0; k < VMSUP_ERR_KIND_MAX; k++) {
+                const char *name = vmsup_err_kind_to_string((enum vmsup_err_kind) k);
+
+                for (int j = 0; j < k; j++)
+                        cr_assert_str_neq(name, vmsup_err_kind_to_string((enum vmsup_err_kind) j),
+                                          "kinds %d and %d share the name '%s'", j, k, name);
+                if (k != VMSUP_ERR_OK)
+                        cr_assert_eq(vmsup_err_kind_from_string(name), k, "'%s' does not read back", name);
+        }
+        /* an error is never a success, and a name we do not know is still a failure */
+        cr_assert_eq(vmsup_err_kind_from_string("ok"), VMSUP_ERR_FAILED);
+        cr_assert_eq(vmsup_err_kind_from_string("no-such-kind"), VMSUP_ERR_FAILED);
+        cr_assert_eq(vmsup_err_kind_from_string(NULL), VMSUP_ERR_FAILED);
+}
+
 Test(manpage, every_exit_status_is_documented) {
-        bool documented[MAX_CODE] = { false };
+        bool documented[MAX_CODE] = { false }, mapped[MAX_CODE] = { false };
         int used = 0;
 
         read_enum();
         cr_assert_eq(nftw(TEST_SRCDIR, scan_file, 16, FTW_PHYS | FTW_ACTIONRETVAL), 0, "walk %s", TEST_SRCDIR);
         read_manpage(documented);
         cr_assert(documented[0], "docs/vmsup.8: EXIT STATUS does not list 0");
-        for (int v = 1; v < MAX_CODE; v++) {
-                if (codes.used[v]) {
-                        used++;
-                        cr_expect(documented[v], "exit status %d (%s, used in %s) is not in vmsup(8) EXIT STATUS", v,
-                                  codes.name[v], codes.where[v]);
-                } else if (documented[v])
-                        cr_expect(false, "vmsup(8) EXIT STATUS lists %d, which no code returns%s%s", v,
-                                  codes.name[v] ? ": " : "", codes.name[v] ? codes.name[v] : "");
+        for (int k = 1; k < VMSUP_ERR_KIND_MAX; k++) {
+                int v = cli_exit_status((enum vmsup_err_kind) k);
+
+                if (!kinds.used[k])
+                        continue;
+                used++;
+                mapped[v] = true;
+                cr_expect(documented[v], "exit status %d (%s, used in %s) is not in vmsup(8) EXIT STATUS", v,
+                          kinds.name[k][0], kinds.where[k]);
         }
-        cr_assert_gt(used, 8, "found only %d exit statuses in the source: is TEST_SRCDIR right (%s)?", used, TEST_SRCDIR);
+        for (int v = 1; v < MAX_CODE; v++)
+                if (documented[v])
+                        cr_expect(mapped[v], "vmsup(8) EXIT STATUS lists %d, which no kind the source uses maps to", v);
+        cr_assert_gt(used, 8, "found only %d kinds in the source: is TEST_SRCDIR right (%s)?", used, TEST_SRCDIR);
 }

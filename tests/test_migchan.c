@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli/exitstatus.h"
 #include "common/secmem.h"
 #include "common/util.h"
 #include "migrate/migchan.h"
@@ -108,7 +109,8 @@ static void expect_error(int r, const vmsup_error *err, int exit_code, const cha
         cr_assert_lt(r, 0, "expected a failure mentioning '%s'", needle);
         cr_assert_not_null(err);
         cr_assert_not_null(strstr(err->msg, needle), "'%s' not in: %s", needle, err->msg);
-        cr_assert_eq(err->exit_code, exit_code, "exit %d, not %d, for: %s", err->exit_code, exit_code, err->msg);
+        cr_assert_eq(cli_exit_status(err->kind), exit_code, "exit %d, not %d, for: %s", cli_exit_status(err->kind), exit_code,
+                     err->msg);
 }
 
 static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
@@ -592,7 +594,7 @@ Test(migchan, nothing_listening_is_connection_refused) {
         r = migchan_connect("127.0.0.1", port, ptr(client_tls("b", "a")), LONG_MS, &c, &err);
         cr_assert_lt(r, 0);
         cr_assert_str_eq(msg_of(err), fmt("connect to 127.0.0.1:%s: Connection refused", port));
-        cr_assert_eq(err->exit_code, 69);
+        cr_assert_eq(err->kind, VMSUP_ERR_UNAVAILABLE);
 }
 
 Test(migchan, no_connection_in_time_is_a_timeout) {
@@ -605,7 +607,7 @@ Test(migchan, no_connection_in_time_is_a_timeout) {
         close(lfd);
         cr_assert_lt(r, 0);
         cr_assert_str_eq(msg_of(err), "no migration connection within 0.2 s");
-        cr_assert_eq(err->exit_code, 75);
+        cr_assert_eq(err->kind, VMSUP_ERR_BUSY);
 }
 
 Test(migchan, a_silent_client_is_a_handshake_timeout) {
@@ -794,7 +796,7 @@ static void expect_invalid(const void *bytes, size_t len, const char *expected) 
         full = fmt("%s: %s", migchan_peer(srv), expected);
         cr_assert_lt(r, 0, "accepted a frame that should fail with: %s", expected);
         cr_assert_str_eq(msg_of(err), full);
-        cr_assert_eq(err->exit_code, 65, "exit %d for: %s", err->exit_code, err->msg);
+        cr_assert_eq(err->kind, VMSUP_ERR_DATA, "kind %s for: %s", vmsup_err_kind_to_string(err->kind), err->msg);
         /* and the channel stays failed */
         vmsup_error_free(err);
         err = NULL;
@@ -934,7 +936,7 @@ Test(migchan, the_peer_closing_mid_frame) {
         cr_assert_str_eq(msg_of(err),
                          fmt("%s: the migration peer closed the connection in the middle of a READY message",
                              migchan_peer(srv)));
-        cr_assert_eq(err->exit_code, 69);
+        cr_assert_eq(err->kind, VMSUP_ERR_UNAVAILABLE);
         vmsup_error_free(err);
         err = NULL;
 
@@ -973,7 +975,7 @@ Test(migchan, recv_wait_timeout_leaves_the_channel_usable) {
         cr_assert_lt(r, 0);
         cr_assert_str_eq(msg_of(err), fmt("%s: no answer from the migration peer within 0.2 s (waiting for READY)",
                                           migchan_peer(src)));
-        cr_assert_eq(err->exit_code, 75);
+        cr_assert_eq(err->kind, VMSUP_ERR_BUSY);
         send_json_ok(dst, MIG_READY, "{\"port\":5555}");
         recv_ok(src, MIG_READY, &f);
         mig_frame_clear(&f);
@@ -998,7 +1000,7 @@ Test(migchan, an_unexpected_type_is_an_error_but_abort_is_returned) {
         r = migchan_recv_wait(src2, MIG_READY, LONG_MS, &f, &err);
         cr_assert_lt(r, 0);
         cr_assert_str_eq(msg_of(err), fmt("%s: unexpected RUNNING message (expected READY)", migchan_peer(src2)));
-        cr_assert_eq(err->exit_code, 65);
+        cr_assert_eq(err->kind, VMSUP_ERR_DATA);
 }
 
 /* migchan_recv_wait() in a thread, for frames larger than the socket buffers. */
@@ -1178,7 +1180,7 @@ Test(migchan, a_readable_cancel_fd_ends_the_handshake) {
         r = migchan_connect_cancel("127.0.0.1", port, ptr(client_tls("b", "a")), 60000, p[0], &c, &err);
         cr_assert_lt(r, 0);
         cr_assert_null(c);
-        cr_assert(err && err->errnum == ECANCELED && err->exit_code == VMSUP_EX_TEMPFAIL, "%s", msg_of(err));
+        cr_assert(err && err->errnum == ECANCELED && err->kind == VMSUP_ERR_BUSY, "%s", msg_of(err));
         vmsup_error_free(err);
         err = NULL;
 

@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cli/exitstatus.h"
 #include "common/util.h"
 #include "migrate/migchan.h"
 #include "supervisor/hostconfig.h"
@@ -78,7 +79,7 @@ static int check(const char *tls_dir, const char *qemu_dir, bool server, char **
         if (r < 0) {
                 cr_assert_not_null(err);
                 *ret_msg = strdup(err->msg);
-                r = err->exit_code;
+                r = cli_exit_status(err->kind);
                 vmsup_error_free(err);
         } else {
                 char want[3][1024];

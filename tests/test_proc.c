@@ -75,7 +75,7 @@ Test(proc, exec_failure_is_reported_with_errno) {
 
         cr_assert_lt(proc_spawn(&o, &pid, NULL, &err), 0);
         cr_assert_str_eq(err->msg, "start '/nonexistent/program': No such file or directory");
-        cr_assert_eq(err->exit_code, 69);
+        cr_assert_eq(err->kind, VMSUP_ERR_UNAVAILABLE);
         vmsup_error_free(err);
 }
 

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cli/exitstatus.h"
 #include "supervisor/diskimages.h"
 #include "nova/guestspec.h"
 #include "supervisor/qcow2.h"
@@ -71,7 +72,7 @@ static char *load_refused(const char *name) {
         char *msg;
 
         cr_assert_lt(load(name, &h, &err), 0, "%s was accepted", name);
-        cr_assert_eq(err->exit_code, 65, "%s: exit %d (%s)", name, err->exit_code, err->msg);
+        cr_assert_eq(err->kind, VMSUP_ERR_DATA, "%s: kind %s (%s)", name, vmsup_err_kind_to_string(err->kind), err->msg);
         cr_assert(strstr(err->msg, name), "the error names the image: %s", err->msg);
         msg = strdup(err->msg);
         vmsup_error_free(err);
@@ -302,7 +303,8 @@ static char *check_spec(const char *disks_json, int want_exit) {
                 cr_assert_eq(r, 0, "%s: %s", disks_json, err ? err->msg : "");
         else {
                 cr_assert_lt(r, 0, "accepted: %s", disks_json);
-                cr_assert_eq(err->exit_code, want_exit, "%s: exit %d (%s)", disks_json, err->exit_code, err->msg);
+                cr_assert_eq(cli_exit_status(err->kind), want_exit, "%s: exit %d (%s)", disks_json, cli_exit_status(err->kind),
+                             err->msg);
                 msg = strdup(err->msg);
                 vmsup_error_free(err);
         }

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cli/exitstatus.h"
 #include "common/util.h"
 #include "qmp/client.h"
 #include "tests/fakeqmp.h"
@@ -115,7 +116,7 @@ static const char *execute_error(struct qmp_client *c, const char *command, cons
         cr_assert_not_null(err);
         snprintf(msg, sizeof(msg), "%s", err->msg);
         if (ret_exit)
-                *ret_exit = err->exit_code;
+                *ret_exit = cli_exit_status(err->kind);
         vmsup_error_free(err);
         return msg;
 }
@@ -193,7 +194,7 @@ Test(qmp_client, qemu_errors_carry_class_and_desc_with_exit_1) {
         handshake(c);
         cr_assert_str_eq(execute_error(c, "cont", NULL, 5000, &code),
                          "QMP command 'cont' failed: GenericError: Resetting the Virtual Machine is required");
-        cr_assert_eq(code, VMSUP_EX_FAILURE);
+        cr_assert_eq(code, 1);
         /* a failed command leaves the connection usable */
         r = execute_ok(c, "query-status", NULL);
         cr_assert_str_eq(r, "{\"status\":\"paused\"}");
@@ -475,7 +476,7 @@ Test(qmp_client, a_peer_that_is_not_qmp_is_refused) {
         cr_assert_str_eq(err->msg, "the peer is not a QMP server: expected a greeting {\"QMP\": {\"version\": "
                                    "{\"qemu\": {...}}, \"capabilities\": [...]}}, got {\"QMP\":{\"version\":\"7.2\","
                                    "\"capabilities\":[]}}");
-        cr_assert_eq(err->exit_code, 65);
+        cr_assert_eq(err->kind, VMSUP_ERR_DATA);
         cr_assert_null(qmp_client_qemu_version(c));
         vmsup_error_free(err);
         finish(c, f);
@@ -504,7 +505,7 @@ Test(qmp_client, a_hang_up_before_the_greeting_is_an_error) {
 
         cr_assert_lt(qmp_client_handshake(c, 5000, &err), 0);
         cr_assert_str_eq(err->msg, "QEMU closed the QMP connection before its greeting");
-        cr_assert_eq(err->exit_code, 69);
+        cr_assert_eq(err->kind, VMSUP_ERR_UNAVAILABLE);
         vmsup_error_free(err);
         finish(c, f);
 }
@@ -536,7 +537,7 @@ Test(qmp_client, silence_before_the_greeting_times_out) {
 
         cr_assert_lt(qmp_client_handshake(c, 200, &err), 0);
         cr_assert_str_eq(err->msg, "no QMP greeting within 200 ms (is another client connected to this QEMU?)");
-        cr_assert_eq(err->exit_code, 69);
+        cr_assert_eq(err->kind, VMSUP_ERR_UNAVAILABLE);
         vmsup_error_free(err);
         finish(c, f);
 }
@@ -811,7 +812,7 @@ Test(qmp_client, connect_failures_name_the_socket) {
         cr_assert_lt(qmp_client_connect(path, &c, &err), 0);
         cr_assert(strstr(err->msg, "connect to QMP socket '") && strstr(err->msg, "none.sock': No such file or directory"),
                   "%s", err->msg);
-        cr_assert_eq(err->exit_code, 69);
+        cr_assert_eq(err->kind, VMSUP_ERR_UNAVAILABLE);
         err = vmsup_error_free(err);
 
         memset(longpath, 'x', sizeof(longpath) - 1);

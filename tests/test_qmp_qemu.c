@@ -106,7 +106,7 @@ static char *run_error(struct qmp_client *c, const char *command, const char *ar
 
         cr_assert_lt(qmp_client_execute(c, command, args, -1, 10000, NULL, &err), 0, "%s succeeded", command);
         json_object_put(args);
-        cr_assert_eq(err->exit_code, 1);
+        cr_assert_eq(err->kind, VMSUP_ERR_FAILED);
         msg = strdup(err->msg);
         vmsup_error_free(err);
         return msg;

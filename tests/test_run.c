@@ -1075,6 +1075,32 @@ static bool memory_holds(pid_t pid, const void *needle, size_t len, char *where,
  * (the Barbican exchange and libtpms' check run in children that load them; gnutls, its
  * crypto and migration TLS library, stays), and neither the owner's credential nor the
  * vTPM passphrase is anywhere in its memory. */
+/* The credential came on a pipe (fd 3, test_spawn()): guest_run took that fd and closes it
+ * once the secret is read. The supervisor has no pipe of its own while the guest runs. */
+static void assert_no_pipe_held(pid_t pid) {
+        char dirpath[64], link[384], target[256];
+        struct dirent *de;
+        DIR *d;
+
+        snprintf(dirpath, sizeof(dirpath), "/proc/%d/fd", (int) pid);
+        d = opendir(dirpath);
+        cr_assert_not_null(d, "open %s", dirpath);
+        while ((de = readdir(d))) {
+                ssize_t n;
+
+                if (de->d_name[0] == '.')
+                        continue;
+                snprintf(link, sizeof(link), "%s/%s", dirpath, de->d_name);
+                n = readlink(link, target, sizeof(target) - 1);
+                if (n < 0)
+                        continue;
+                target[n] = '\0';
+                cr_assert(strncmp(target, "pipe:", 5) != 0, "the supervisor still holds fd %s: %s (the token's?)",
+                          de->d_name, target);
+        }
+        closedir(d);
+}
+
 Test(run, the_supervisor_maps_no_http_or_libtpms_and_holds_no_credential_or_passphrase) {
         static const char credential[] = "owner-credential-5d2c61e0a9b84f3e";
         static const char *const libs[] = { "libcurl", "libtpms", "libcrypto.so", "libssl.so" };
@@ -1103,6 +1129,7 @@ Test(run, the_supervisor_maps_no_http_or_libtpms_and_holds_no_credential_or_pass
         barbican_client_free(c);
         cr_assert_not(memory_holds(s.pid, credential, strlen(credential), where, sizeof(where)),
                       "the credential is in the supervisor's memory at %s", where);
+        assert_no_pipe_held(s.pid);
         cr_assert_not(memory_holds(s.pid, pass, BARBICAN_PASSPHRASE_LEN, where, sizeof(where)),
                       "the passphrase is in the supervisor's memory at %s", where);
         explicit_bzero(pass, sizeof(pass));

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/exitstatus.h"
 #include "common/fileio.h"
 #include "common/secmem.h"
 #include "crypto/kdf.h"
@@ -53,7 +54,7 @@ static void expect_fail_(int r, vmsup_error **errp, int exit_code, const char *n
 
         cr_assert_lt(r, 0, "expected a failure mentioning '%s'", needle);
         cr_assert_not_null(err);
-        cr_assert_eq(err->exit_code, exit_code, "exit %d for: %s", err->exit_code, err->msg);
+        cr_assert_eq(cli_exit_status(err->kind), exit_code, "exit %d for: %s", cli_exit_status(err->kind), err->msg);
         cr_assert_not_null(strstr(err->msg, needle), "'%s' not in: %s", needle, err->msg);
 }
 
@@ -247,7 +248,7 @@ Test(seal, every_flipped_bit_position_fails) {
                         out[i] ^= (uint8_t) (1 << bit);
                         r = seal_open_buffer(key, UUID_A, "tpm2-00.permall", out, len, &plain, &plen, &gen, &err);
                         cr_assert_lt(r, 0, "flipping bit %d of byte %zu went unnoticed", bit, i);
-                        cr_assert_eq(err->exit_code, 65, "byte %zu: %s", i, err->msg);
+                        cr_assert_eq(err->kind, VMSUP_ERR_DATA, "byte %zu: %s", i, err->msg);
                         cr_assert_null(plain);
                         vmsup_error_free(err);
                         out[i] ^= (uint8_t) (1 << bit);
@@ -273,7 +274,7 @@ Test(seal, truncated_at_every_length) {
 
                 r = seal_open_buffer(key, UUID_A, "tpm2-00.permall", out, cut, &plain, &plen, &gen, &err);
                 cr_assert_lt(r, 0, "a file cut to %zu of %zu bytes opened", cut, len);
-                cr_assert_eq(err->exit_code, 65);
+                cr_assert_eq(err->kind, VMSUP_ERR_DATA);
                 if (cut < seal_overhead("tpm2-00.permall")) {
                         snprintf(want, sizeof(want), "truncated (%zu bytes)", cut);
                         cr_assert_not_null(strstr(err->msg, want), "%s", err->msg);
@@ -388,7 +389,7 @@ Test(seal_file, write_read_mode_and_errors_name_the_path) {
 
         /* a missing file: ENOENT, exit 66 */
         cr_assert_eq(seal_file_read(&f.d, "tpm2-00.volatilestate", 0, &plain, &plen, &gen, &err), -ENOENT);
-        cr_assert_eq(err->exit_code, 66);
+        cr_assert_eq(err->kind, VMSUP_ERR_NOT_FOUND);
         err = vmsup_error_free(err);
 
         /* altered on disk */

@@ -1,4 +1,4 @@
-/* supervisor/specmatch: the host files a spec may name (never vmsup's own dirs), and the
+/* supervisor/specmatch: the host files a spec may name (never vmsup's own dirs); nova/specmatch: the
  * spec a migration source sends against the destination's own (`run --incoming --spec`). */
 #include "config.h"
 
@@ -11,6 +11,7 @@
 
 #include "nova/guestspec.h"
 #include "supervisor/hostconfig.h"
+#include "nova/specmatch.h"
 #include "supervisor/specmatch.h"
 #include "tests/helpers.h"
 
@@ -58,7 +59,7 @@ static char *mismatch(struct guest_spec *theirs) {
         int r = spec_match_incoming(&ours, theirs, &err);
 
         if (r < 0) {
-                cr_assert_eq(err->exit_code, 65, "%s", err->msg);
+                cr_assert_eq(err->kind, VMSUP_ERR_DATA, "%s", err->msg);
                 msg = strdup(err->msg);
                 vmsup_error_free(err);
         }
@@ -259,7 +260,7 @@ static char *dirs_error(const char *kernel, const char *initrd, const char *disk
         cr_assert_eq(guest_spec_parse(text, strlen(text), "g.json", &spec, &err), 0, "%s\n%s", err ? err->msg : "", text);
         free(text);
         if (spec_match_host_dirs(&spec, &cfg, "g.json", &err) < 0) {
-                cr_assert_eq(err->exit_code, 65, "%s", err->msg);
+                cr_assert_eq(err->kind, VMSUP_ERR_DATA, "%s", err->msg);
                 msg = strdup(err->msg);
                 vmsup_error_free(err);
         }

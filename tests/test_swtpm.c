@@ -228,7 +228,7 @@ Test(swtpm, local_ca_dir_must_be_private) {
         cr_assert_eq(chmod(ca, 0755), 0);
         cr_assert_lt(swtpm_localca_prepare(ca, SWTPM_LOCALCA, &conf, &err), 0);
         cr_assert(strstr(err->msg, "with no access for group or others (it has uid 0, mode 0755)"), "%s", err->msg);
-        cr_assert_eq(err->exit_code, 77);
+        cr_assert_eq(err->kind, VMSUP_ERR_DENIED);
         vmsup_error_free(err);
         free(ca);
 }
@@ -334,7 +334,7 @@ Test(swtpm, launch_of_a_missing_binary_says_so) {
 
         cr_assert_lt(swtpm_launch(&o, &tpm, &err), 0);
         cr_assert_str_eq(err->msg, "start '/nonexistent/swtpm': No such file or directory");
-        cr_assert_eq(err->exit_code, 69);
+        cr_assert_eq(err->kind, VMSUP_ERR_UNAVAILABLE);
         vmsup_error_free(err);
         free(state);
 }

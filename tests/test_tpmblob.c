@@ -15,7 +15,7 @@
 static void expect_msg(int r, vmsup_error **err, const char *needle, const char *also) {
         cr_assert_lt(r, 0, "expected a refusal mentioning '%s'", needle);
         cr_assert_not_null(*err);
-        cr_assert_eq((*err)->exit_code, 65, "exit %d: %s", (*err)->exit_code, (*err)->msg);
+        cr_assert_eq((*err)->kind, VMSUP_ERR_DATA, "kind %s: %s", vmsup_err_kind_to_string((*err)->kind), (*err)->msg);
         cr_assert_not_null(strstr((*err)->msg, needle), "'%s' not in: %s", needle, (*err)->msg);
         if (also)
                 cr_assert_not_null(strstr((*err)->msg, also), "'%s' not in: %s", also, (*err)->msg);
@@ -166,7 +166,7 @@ static void real_state(enum tpm_version v, const char *perm, const char *vol) {
                 cr_assert(asprintf(&pp, "%s/%s", dir, perm) > 0);
                 cr_assert_eq(unlink(pp), 0);
                 cr_assert_lt(tpm_blob_validate_dir(dfd, dir, v, &err), 0);
-                cr_assert_eq(err->exit_code, 66, "%s", err->msg);
+                cr_assert_eq(err->kind, VMSUP_ERR_NOT_FOUND, "%s", err->msg);
                 err = vmsup_error_free(err);
                 free(pp);
         }

@@ -51,7 +51,7 @@ static char *resolve(const char *fv, const char *fm, const char *fs, const char 
         char *msg = NULL;
 
         if (tpm_rules_resolve(&spec, tpm, &err) < 0) {
-                cr_assert_eq(err->exit_code, 65);
+                cr_assert_eq(err->kind, VMSUP_ERR_DATA);
                 msg = strdup(err->msg);
                 vmsup_error_free(err);
         }
@@ -198,7 +198,7 @@ Test(tpmrules, host_restrictions) {
         cfg = host(false, SECRET_SECURITY_ALL);
         cr_assert_eq(tpm_rules_check_host(&none, &cfg, &err), 0, "no vTPM needs nothing of the host");
         cr_assert_lt(tpm_rules_check_host(&tpm, &cfg, &err), 0);
-        cr_assert_eq(err->exit_code, 69);
+        cr_assert_eq(err->kind, VMSUP_ERR_UNAVAILABLE);
         cr_assert(strstr(err->msg, "swtpm_enabled is false"), "%s", err->msg);
         err = vmsup_error_free(err);
 

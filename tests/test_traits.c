@@ -170,3 +170,59 @@ Test(traits, real_swtpm_and_qemu) {
         free(got);
         host_config_clear(&cfg);
 }
+
+/* ---- the decision alone (nova/traits.c): facts in, traits out, no program run ---- */
+
+static char *decided(const struct host_tpm_facts *f) {
+        struct host_traits t;
+
+        host_traits_decide(f, &t);
+        return names(&t);
+}
+
+Test(traits_facts, nothing_when_swtpm_is_disabled_whatever_the_host_has) {
+        struct host_tpm_facts f = { .swtpm_enabled = false, .qemu_tpm_tis = true, .qemu_tpm_crb = true,
+                                    .swtpm_tpm_1_2 = true, .swtpm_tpm_2_0 = true, .setup_tpm_1_2 = true,
+                                    .setup_tpm_2_0 = true, .secret_security = SECRET_SECURITY_ALL };
+
+        cr_assert_str_eq(decided(&f), "");
+}
+
+Test(traits_facts, everything_in_nova_order) {
+        struct host_tpm_facts f = { .swtpm_enabled = true, .qemu_tpm_tis = true, .qemu_tpm_crb = true,
+                                    .swtpm_tpm_1_2 = true, .swtpm_tpm_2_0 = true, .setup_tpm_1_2 = true,
+                                    .setup_tpm_2_0 = true, .secret_security = SECRET_SECURITY_ALL };
+
+        cr_assert_str_eq(decided(&f), "1_2 2_0 CRB TIS SECRET_SECURITY_DEPLOYMENT SECRET_SECURITY_HOST "
+                                      "SECRET_SECURITY_USER ");
+}
+
+Test(traits_facts, a_version_needs_both_programs) {
+        struct host_tpm_facts f = { .swtpm_enabled = true, .qemu_tpm_crb = true, .swtpm_tpm_1_2 = true,
+                                    .swtpm_tpm_2_0 = true, .setup_tpm_2_0 = true,
+                                    .secret_security = SECRET_SECURITY_USER };
+
+        cr_assert_str_eq(decided(&f), "2_0 CRB SECRET_SECURITY_USER ");
+        f.setup_tpm_2_0 = false;
+        f.setup_tpm_1_2 = true;
+        cr_assert_str_eq(decided(&f), "1_2 CRB SECRET_SECURITY_USER ");
+}
+
+Test(traits_facts, no_features_reported_at_all_means_both_versions) {
+        struct host_tpm_facts f = { .swtpm_enabled = true, .qemu_tpm_tis = true,
+                                    .secret_security = SECRET_SECURITY_HOST };
+
+        cr_assert_str_eq(decided(&f), "1_2 2_0 TIS SECRET_SECURITY_HOST ");
+        /* one program reporting its versions is no old swtpm: no version both support */
+        f.swtpm_tpm_2_0 = true;
+        cr_assert_str_eq(decided(&f), "TIS SECRET_SECURITY_HOST ");
+}
+
+Test(traits_facts, models_come_from_qemus_devices_only) {
+        struct host_tpm_facts f = { .swtpm_enabled = true, .swtpm_tpm_2_0 = true, .setup_tpm_2_0 = true,
+                                    .secret_security = SECRET_SECURITY_USER | SECRET_SECURITY_HOST };
+
+        cr_assert_str_eq(decided(&f), "2_0 SECRET_SECURITY_HOST SECRET_SECURITY_USER ");
+        f.qemu_tpm_crb = true;
+        cr_assert_str_eq(decided(&f), "2_0 CRB SECRET_SECURITY_HOST SECRET_SECURITY_USER ");
+}

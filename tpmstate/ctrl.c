@@ -124,6 +124,10 @@ static int xfail(const struct exchange *x, int errnum, const char *fmt, ...) {
         return r;
 }
 
+/* swtpm closed the channel under us: the error, and -EPIPE whatever errno said, so that a
+ * caller tells a gone swtpm from one that refused (swtpm_stop_via_ctrl()). */
+#define xfail_closed(x, errnum, ...) (xfail((x), (errnum), __VA_ARGS__), -EPIPE)
+
 /* Wait until fd is ready for events or the deadline passes. */
 static int wait_ready(const struct exchange *x, short events) {
         for (;;) {
@@ -156,7 +160,7 @@ static int send_all(const struct exchange *x, const void *buf, size_t len) {
                 if (n < 0 && (errno == EINTR || errno == EAGAIN))
                         continue;
                 if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
-                        return xfail(x, errno == EPIPE ? 0 : errno, "swtpm closed its control channel");
+                        return xfail_closed(x, errno == EPIPE ? 0 : errno, "swtpm closed its control channel");
                 if (n < 0)
                         return xfail(x, errno, "send");
                 p += n;
@@ -184,8 +188,8 @@ static int recv_all(const struct exchange *x, void *buf, size_t len, size_t done
                         return xfail(x, errno, "recv");
                 if (n == 0) {
                         if (done_before + got == 0)
-                                return xfail(x, 0, "swtpm closed its control channel");
-                        return xfail(x, 0, "swtpm closed its control channel after %zu of %zu reply bytes",
+                                return xfail_closed(x, 0, "swtpm closed its control channel");
+                        return xfail_closed(x, 0, "swtpm closed its control channel after %zu of %zu reply bytes",
                                      done_before + got, total);
                 }
                 got += (size_t) n;

@@ -71,7 +71,8 @@ int swtpm_ctrl_caps_check(uint32_t caps, enum tpm_version version, vmsup_error *
  * runs: never while QEMU holds the same connection and is alive. Bytes already waiting
  * on fd before the request (a reply a killed QEMU never read) are discarded first.
  * Errors: "swtpm control: CMD_X: TPM result 0x9 (TPM_FAIL)", "...: swtpm closed its
- * control channel", "...: no reply within N ms", "...: reply longer than expected". */
+ * control channel" (that one returns -EPIPE), "...: no reply within N ms", "...: reply
+ * longer than expected". */
 
 int swtpm_ctrl_get_capability(int fd, int timeout_ms, uint32_t *ret_caps, vmsup_error **err);
 

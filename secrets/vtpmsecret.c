@@ -20,7 +20,7 @@
 #include "crypto/kdf.h"
 #include "secrets/keystone.h"
 #include "secrets/localstore.h"
-#include "supervisor/vtpmsecret.h"
+#include "secrets/vtpmsecret.h"
 
 #define TOKEN_MAX (64 * 1024)
 
@@ -28,31 +28,22 @@ int vtpm_read_token(int fd, char **ret_token, size_t *ret_len, vmsup_error **err
         _cleanup_secmem_ char *buf = secmem_alloc(TOKEN_MAX + 1);
         size_t len = 0;
 
-        if (!buf) {
-                close(fd);
+        if (!buf)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read the credential");
-        }
         for (;;) {
                 ssize_t n = read(fd, buf + len, TOKEN_MAX + 1 - len);
 
                 if (n < 0 && errno == EINTR)
                         continue;
-                if (n < 0) {
-                        int e = errno;
-
-                        close(fd);
-                        return vmsup_fail(err, VMSUP_EX_NOINPUT, e, "read the credential from fd %d", fd);
-                }
+                if (n < 0)
+                        return vmsup_fail(err, VMSUP_EX_NOINPUT, errno, "read the credential from fd %d", fd);
                 if (n == 0)
                         break;
                 len += (size_t) n;
-                if (len > TOKEN_MAX) {
-                        close(fd);
+                if (len > TOKEN_MAX)
                         return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the credential on fd %d is longer than %d bytes", fd,
                                           TOKEN_MAX);
-                }
         }
-        close(fd);
         while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
                 buf[--len] = '\0';
         if (len == 0)
@@ -101,13 +92,11 @@ static int record_id(const char *state_dir, const char *id, vmsup_error **err) {
 }
 
 /* A Barbican client acting for the owner whose credential is token. */
-static int owner_client(const struct host_config *cfg, const char *owner_user_id, const char *token, size_t token_len,
-                        struct barbican_client **ret, vmsup_error **err) {
-        struct barbican_options bo;
+static int owner_client(const struct vtpm_secret_opts *opts, const char *owner_user_id, const char *token,
+                        size_t token_len, struct barbican_client **ret, vmsup_error **err) {
         struct barbican_identity ident = { 0 };
 
-        host_config_barbican_options(cfg, &bo);
-        if (bo.auth == BARBICAN_AUTH_NOAUTH) {
+        if (opts->barbican.auth == BARBICAN_AUTH_NOAUTH) {
                 /* Barbican's unauthenticated pipeline (tests, demo): the credential is the
                  * project the owner acts in. */
                 ident.project_id = token;
@@ -116,11 +105,11 @@ static int owner_client(const struct host_config *cfg, const char *owner_user_id
                 ident.token = token;
                 ident.token_len = token_len;
         }
-        return barbican_client_new(&bo, &ident, ret, err);
+        return barbican_client_new(&opts->barbican, &ident, ret, err);
 }
 
-int vtpm_secret_delete(const struct host_config *cfg, const char *state_dir, const char *owner_user_id, int token_fd,
-                       bool *ret_deleted, vmsup_error **err) {
+int vtpm_secret_delete(const struct vtpm_secret_opts *opts, const char *state_dir, const char *owner_user_id,
+                       int token_fd, bool *ret_deleted, vmsup_error **err) {
         _cleanup_secmem_ char *token = NULL;
         struct barbican_client *client = NULL;
         char id[37];
@@ -131,11 +120,8 @@ int vtpm_secret_delete(const struct host_config *cfg, const char *state_dir, con
         r = read_recorded_id(state_dir, id, err);
         if (r < 0)
                 return r;
-        if (!id[0]) {
-                if (token_fd >= 0)
-                        close(token_fd);
+        if (!id[0])
                 return 0;
-        }
         if (token_fd < 0)
                 return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
                                   "the guest owner's credentials are required to delete its vTPM secret %s from "
@@ -144,7 +130,7 @@ int vtpm_secret_delete(const struct host_config *cfg, const char *state_dir, con
         r = vtpm_read_token(token_fd, &token, &token_len, err);
         if (r < 0)
                 return r;
-        r = owner_client(cfg, owner_user_id, token, token_len, &client, err);
+        r = owner_client(opts, owner_user_id, token, token_len, &client, err);
         if (r < 0)
                 return r;
         r = barbican_secret_delete(client, id, err);
@@ -160,39 +146,38 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
 /* Nova's deployment mode (vtpm.py get_request_context): a Barbican client acting as the
  * service, from the root-only [keystone] credentials_file. With [barbican] auth = noauth
  * (tests) the service acts in the credentials' project_id. */
-static int service_client(const struct host_config *cfg, struct barbican_client **ret, vmsup_error **err) {
+static int service_client(const struct vtpm_secret_opts *opts, struct barbican_client **ret, vmsup_error **err) {
+        const struct barbican_options *bo = &opts->barbican;
         struct keystone_credentials creds = { 0 };
         struct keystone_token tok = { 0 };
-        struct barbican_options bo;
         int r;
 
-        if (!cfg->keystone.credentials_file)
+        if (!opts->keystone_credentials_file)
                 return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
                                   "TPM secret security 'deployment' needs the service's credentials: set [keystone] "
                                   "credentials_file");
-        r = keystone_credentials_load(cfg->keystone.credentials_file, &creds, err);
+        r = keystone_credentials_load(opts->keystone_credentials_file, &creds, err);
         if (r < 0)
                 return r;
-        host_config_barbican_options(cfg, &bo);
-        if (bo.auth == BARBICAN_AUTH_NOAUTH) {
+        if (bo->auth == BARBICAN_AUTH_NOAUTH) {
                 struct barbican_identity ident = { .project_id = creds.project_id, .user_id = creds.user_id };
 
-                r = creds.project_id ? barbican_client_new(&bo, &ident, ret, err)
+                r = creds.project_id ? barbican_client_new(bo, &ident, ret, err)
                                      : vmsup_fail(err, VMSUP_EX_CONFIG, 0, "'%s': noauth needs a project_id",
-                                                  cfg->keystone.credentials_file);
+                                                  opts->keystone_credentials_file);
         } else {
-                struct http_options ho = { .service = "Keystone", .ca_file = bo.ca_file,
-                                           .connect_timeout_ms = bo.connect_timeout_ms, .timeout_ms = bo.timeout_ms,
-                                           .attempts = bo.attempts };
+                struct http_options ho = { .service = "Keystone", .ca_file = bo->ca_file,
+                                           .connect_timeout_ms = bo->connect_timeout_ms, .timeout_ms = bo->timeout_ms,
+                                           .attempts = bo->attempts };
                 struct keystone_service_filter f = { .type = "key-manager",
-                                                     .interface = bo.interface ? bo.interface : "public",
-                                                     .region = bo.region };
+                                                     .interface = bo->interface ? bo->interface : "public",
+                                                     .region = bo->region };
 
-                r = cfg->keystone.auth_url
-                            ? keystone_token_issue(&ho, cfg->keystone.auth_url, &creds, &f, &tok, err)
+                r = opts->keystone_auth_url
+                            ? keystone_token_issue(&ho, opts->keystone_auth_url, &creds, &f, &tok, err)
                             : vmsup_fail(err, VMSUP_EX_CONFIG, 0, "deployment mode needs [keystone] auth_url");
                 if (r >= 0)
-                        r = barbican_client_new_from_token(&bo, &tok, ret, err);
+                        r = barbican_client_new_from_token(bo, &tok, ret, err);
                 keystone_token_clear(&tok);
         }
         keystone_credentials_clear(&creds);
@@ -208,7 +193,7 @@ static int host_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         char *pass = NULL;
         int r;
 
-        r = localstore_open(req->cfg->paths.secrets_dir, true, &store, err);
+        r = localstore_open(req->opts->secrets_dir, true, &store, err);
         if (r < 0)
                 return r;
         r = localstore_get(store, req->spec->uuid, &pass, s.id, err);
@@ -222,9 +207,7 @@ static int host_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                                        req->spec->vtpm_secret_uuid, s.id);
                         goto out;
                 }
-                if (req->token_fd >= 0)
-                        close(req->token_fd); /* not needed: the host has the secret */
-                s.passphrase = pass;
+                s.passphrase = pass; /* the host has it: the owner's credential is not needed */
                 *ret = s;
                 r = 0;
                 goto out;
@@ -262,7 +245,7 @@ static int obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret
 
 struct obtain_reply {
         int32_t r;         /* 0, or the failure's negative errno-style value */
-        int32_t exit_code; /* of the failure */
+        int32_t kind;      /* of the failure */
         int32_t errnum;
         uint32_t msg_len;  /* the failure's message follows */
         uint32_t pass_len; /* the passphrase follows */
@@ -330,7 +313,7 @@ static _Noreturn void obtain_child(const struct vtpm_secret_request *req, int fd
 
         rep.r = obtain(req, &s, &e);
         if (rep.r < 0) {
-                rep.exit_code = e && e->exit_code ? e->exit_code : VMSUP_EX_SOFTWARE;
+                rep.kind = e && e->kind != VMSUP_ERR_OK ? e->kind : VMSUP_ERR_INTERNAL;
                 rep.errnum = e ? e->errnum : 0;
                 rep.msg_len = e && e->msg ? (uint32_t) strnlen(e->msg, OBTAIN_MSG_MAX) : 0;
         } else {
@@ -354,19 +337,14 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         size_t got;
         char why[64];
 
-        if (pipe2(fds, O_CLOEXEC) < 0) {
-                if (req->token_fd >= 0)
-                        close(req->token_fd);
+        if (pipe2(fds, O_CLOEXEC) < 0)
                 return vmsup_fail(err, VMSUP_EX_OSERR, errno, "vTPM secret: pipe");
-        }
         rd = fds[0];
         pid = fork();
         if (pid < 0) {
                 int e = errno;
 
                 close(fds[1]);
-                if (req->token_fd >= 0)
-                        close(req->token_fd);
                 return vmsup_fail(err, VMSUP_EX_OSERR, e, "vTPM secret: fork");
         }
         if (pid == 0) {
@@ -376,9 +354,7 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                         _exit(1);
                 obtain_child(req, fds[1]);
         }
-        close(fds[1]);
-        if (req->token_fd >= 0)
-                close(req->token_fd); /* the child's copy is the one used */
+        close(fds[1]); /* the child reads token_fd through its own copy; ours stays the caller's */
 
         /* The child answers all at once when it is done: until then, a stop request
          * (SIGTERM on cancel_fd) ends it, whatever Keystone or Barbican are doing. */
@@ -410,7 +386,7 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                 return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "vTPM secret: the process asking Barbican %s",
                                   proc_describe_status(status, why, sizeof(why)));
         if (rep.r < 0) {
-                vmsup_fail(err, rep.exit_code, 0, "%s", msg ? msg : "vTPM secret: failed (no message)");
+                vmsup_fail(err, (enum vmsup_err_kind) rep.kind, 0, "%s", msg ? msg : "vTPM secret: failed (no message)");
                 if (err && *err)
                         (*err)->errnum = rep.errnum;
                 return rep.r;
@@ -435,11 +411,8 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
 
         bool service = req->tpm->secret_security == SECRET_SECURITY_DEPLOYMENT;
 
-        if (service) {
-                /* deployment mode: the service's own credentials; a caller's token is not used */
-                if (req->token_fd >= 0)
-                        close(req->token_fd);
-        } else {
+        /* deployment mode: the service's own credentials; a caller's token is not used */
+        if (!service) {
                 if (req->token_fd < 0)
                         return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
                                           "the guest owner's credentials are required to open its vTPM secret (%s): "
@@ -461,8 +434,8 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
                                   req->spec->vtpm_secret_uuid, recorded);
         snprintf(s.id, sizeof(s.id), "%s", req->spec->vtpm_secret_uuid ? req->spec->vtpm_secret_uuid : recorded);
 
-        r = service ? service_client(req->cfg, &client, err)
-                    : owner_client(req->cfg, req->spec->owner_user_id, token, token_len, &client, err);
+        r = service ? service_client(req->opts, &client, err)
+                    : owner_client(req->opts, req->spec->owner_user_id, token, token_len, &client, err);
         if (r < 0)
                 return r;
         pass = secmem_alloc(BARBICAN_PASSPHRASE_LEN + 1);

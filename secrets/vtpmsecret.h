@@ -1,0 +1,63 @@
+/* A guest's vTPM passphrase: where it comes from, per Nova's secret-security mode. */
+#ifndef VMSUP_SECRETS_VTPMSECRET_H
+#define VMSUP_SECRETS_VTPMSECRET_H
+
+#include <stdbool.h>
+
+#include "common/error.h"
+#include "nova/guestspec.h"
+#include "nova/tpmrules.h"
+#include "secrets/barbican.h"
+
+#define VTPM_SECRET_ID_FILE "vtpm_secret_uuid" /* in the guest's state dir: the id, not the secret */
+
+/* Where the secrets are, filled from the host config by the caller
+ * (host_config_vtpm_secret_opts()); the pointers are borrowed. */
+struct vtpm_secret_opts {
+        struct barbican_options barbican;
+        const char *keystone_auth_url;         /* deployment mode: Keystone, for the service's token */
+        const char *keystone_credentials_file; /* deployment mode: the service's root-only credentials */
+        const char *secrets_dir;               /* host mode: the root-only local store */
+};
+
+struct vtpm_secret_request {
+        const struct vtpm_secret_opts *opts;
+        const struct guest_spec *spec;
+        const struct vtpm_config *tpm;
+        const char *state_dir; /* the guest's: the secret's id is recorded there */
+        int token_fd;          /* the owner's credential (user mode), -1 when none was given;
+                                * borrowed: read, never closed */
+        bool first_start;      /* no sealed TPM state yet: a missing secret may be created */
+        int cancel_fd;         /* > 0: readable means give up at once (the asking process is
+                                * killed; error with errnum ECANCELED). 0, -1: none */
+};
+
+struct vtpm_secret {
+        char *passphrase; /* secmem, NUL-terminated */
+        char id[37];      /* the Barbican secret's UUID */
+        bool created;     /* made on this start: the orchestrator must keep id */
+};
+
+/* Get the passphrase: from Barbican with the owner's credential read from token_fd (user
+ * mode); on a first start with no secret id known, create the secret as Nova does and
+ * record its id. Never creates a secret for a guest that has sealed state. The exchange
+ * runs in a forked child (libcurl is loaded there only); the passphrase comes back into
+ * secmem. token_fd stays the caller's: it is read (in the child), never closed.
+ * Abandoned (cancel_fd), a secret being created may stay in Barbican unrecorded; nothing
+ * half-written stays on this host. */
+int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err);
+
+void vtpm_secret_clear(struct vtpm_secret *s);
+
+/* Delete the guest's recorded vTPM secret from Barbican as the owner (credential read
+ * from token_fd, which stays the caller's), as Nova's delete_vtpm_secret: a secret
+ * already gone is fine. Nothing recorded: nothing to do. *ret_deleted says whether
+ * Barbican had it. */
+int vtpm_secret_delete(const struct vtpm_secret_opts *opts, const char *state_dir, const char *owner_user_id,
+                       int token_fd, bool *ret_deleted, vmsup_error **err);
+
+/* Read a credential from fd (at most 64 KiB; a trailing newline is dropped) into secmem.
+ * fd stays the caller's (not closed). */
+int vtpm_read_token(int fd, char **ret_token, size_t *ret_len, vmsup_error **err);
+
+#endif
