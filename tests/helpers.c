@@ -63,8 +63,8 @@ char *test_write_conf(const char *dir, const char *name, const struct test_conf 
         else if (c->root)
                 cr_assert(asprintf(&secrets, "secrets_dir = %s/state/secrets\n", c->root) > 0);
         if (c->root)
-                cr_assert(asprintf(&paths, "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\n%slog_dir = %s/log\n", c->root,
-                                   c->root, secrets, c->root) > 0);
+                cr_assert(asprintf(&paths, "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\n%slog_dir = %s/log\n",
+                                   c->root, c->root, secrets, c->root) > 0);
         else if (secrets)
                 cr_assert(asprintf(&paths, "[paths]\n%s", secrets) > 0);
         if (c->supervisor)
@@ -85,6 +85,8 @@ char *test_write_conf(const char *dir, const char *name, const struct test_conf 
         free(text);
         return path;
 }
+
+#define TEST_SPEC_TPM "\"hw:tpm_version\": \"2.0\", \"hw:tpm_model\": \"tpm-crb\""
 
 char *test_write_spec(const char *dir, const char *file, const struct test_spec *s) {
         char *owner = NULL, *firmware = NULL, *disks = NULL, *props = NULL, *text = NULL, *path;
@@ -111,7 +113,7 @@ char *test_write_spec(const char *dir, const char *file, const struct test_spec 
                            " \"flavor\": {\"name\": \"%s\", \"extra_specs\": {%s}},"
                            " \"image\": {\"name\": \"%s\", \"properties\": {%s}}%s%s}",
                            s->uuid, s->name ? s->name : "g", owner ? owner : "", s->flavor ? s->flavor : "m1.tpm",
-                           s->extra_specs ? s->extra_specs : "\"hw:tpm_version\": \"2.0\", \"hw:tpm_model\": \"tpm-crb\"",
+                           s->extra_specs ? s->extra_specs : TEST_SPEC_TPM,
                            s->image ? s->image : "demo", props, firmware ? firmware : "", disks ? disks : "") > 0);
         path = test_write_file(dir, file, text, s->mode ? s->mode : 0644);
         free(owner);

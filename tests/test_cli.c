@@ -16,7 +16,8 @@ static void setup(void) {
         conf_on = test_write_conf(dir, "on.conf",
                                   &(struct test_conf) { .root = dir, .tpm = "supported_tpm_secret_security = user, host\n",
                                                         .mode = 0644 });
-        conf_off = test_write_conf(dir, "off.conf", &(struct test_conf) { .root = dir, .swtpm_off = true, .mode = 0644 });
+        conf_off = test_write_conf(dir, "off.conf",
+                                   &(struct test_conf) { .root = dir, .swtpm_off = true, .mode = 0644 });
 }
 static void teardown(void) {
         test_rmtree(dir);

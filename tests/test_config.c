@@ -203,3 +203,58 @@ Test(config, bad_input) {
         for (size_t i = 0; i < sizeof(bad_input_cases) / sizeof(bad_input_cases[0]); i++)
                 check_bad_input(&bad_input_cases[i]);
 }
+
+/* The tests' own config writer (tests/helpers.c): every option lands where vmsup reads it. */
+Test(config, the_tests_config_writer_writes_what_vmsup_reads) {
+        struct host_config cfg;
+        vmsup_error *err = NULL;
+        char *path, want[512];
+
+        path = test_write_conf(dir, "all.conf",
+                               &(struct test_conf) { .root = dir, .as_nobody = true,
+                                                     .tpm = "supported_tpm_secret_security = host\n",
+                                                     .qemu = "binary = /opt/qemu\n", .supervisor = "stop_timeout = 3\n",
+                                                     .barbican_url = "http://127.0.0.1:9311", .barbican = "retries = 1\n",
+                                                     .more = "[security]\nseccomp = log\n" });
+        cr_assert_eq(host_config_load(path, false, &cfg, &err), 0, "%s", err ? err->msg : "");
+        cr_assert(cfg.tpm.swtpm_enabled);
+        cr_assert_str_eq(cfg.tpm.swtpm_user, "nobody");
+        cr_assert_str_eq(cfg.tpm.swtpm_group, "nogroup");
+        cr_assert_eq(cfg.tpm.supported_secret_security, SECRET_SECURITY_HOST);
+        cr_assert_str_eq(cfg.qemu.accelerator, "tcg");
+        cr_assert_str_eq(cfg.qemu.binary, "/opt/qemu");
+        cr_assert_str_eq(cfg.qemu.user, "nobody");
+        cr_assert_str_eq(cfg.qemu.group, "nogroup");
+        snprintf(want, sizeof(want), "%s/state", dir);
+        cr_assert_str_eq(cfg.paths.state_dir, want);
+        snprintf(want, sizeof(want), "%s/run", dir);
+        cr_assert_str_eq(cfg.paths.run_dir, want);
+        snprintf(want, sizeof(want), "%s/state/secrets", dir);
+        cr_assert_str_eq(cfg.paths.secrets_dir, want);
+        snprintf(want, sizeof(want), "%s/log", dir);
+        cr_assert_str_eq(cfg.paths.log_dir, want);
+        cr_assert_eq(cfg.supervisor.stop_timeout, 3);
+        cr_assert_str_eq(cfg.barbican.endpoint, "http://127.0.0.1:9311");
+        cr_assert_eq(cfg.barbican.auth, BARBICAN_AUTH_NOAUTH);
+        cr_assert_eq(cfg.barbican.retries, 1);
+        cr_assert_eq(cfg.security.seccomp, SECCOMP_FILTER_LOG);
+        host_config_clear(&cfg);
+        free(path);
+
+        /* the least: swtpm off, a secrets dir alone, no Barbican; swtpm as root otherwise */
+        path = test_write_conf(dir, "least.conf", &(struct test_conf) { .secrets_dir = "/srv/secrets", .swtpm_off = true });
+        cr_assert_eq(host_config_load(path, false, &cfg, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_not(cfg.tpm.swtpm_enabled);
+        cr_assert_str_eq(cfg.paths.secrets_dir, "/srv/secrets");
+        cr_assert_str_eq(cfg.paths.state_dir, "/var/lib/vmsup");
+        cr_assert_null(cfg.barbican.endpoint);
+        host_config_clear(&cfg);
+        free(path);
+        path = test_write_conf(dir, "root.conf", &(struct test_conf) { .root = dir });
+        cr_assert_eq(host_config_load(path, false, &cfg, &err), 0, "%s", err ? err->msg : "");
+        cr_assert(cfg.tpm.swtpm_enabled);
+        cr_assert_str_eq(cfg.tpm.swtpm_user, "root");
+        cr_assert_str_eq(cfg.tpm.swtpm_group, "root");
+        host_config_clear(&cfg);
+        free(path);
+}

@@ -31,8 +31,20 @@
 
 static char *root, *conf, *spec_path, *console, *vmsup_log, *control_path;
 
+/* The host config: swtpm and QEMU as nobody, vmsup's own filter in mode seccomp. */
+static void write_conf(const char *seccomp) {
+        char *security = NULL;
+
+        cr_assert(asprintf(&security, "[security]\nseccomp = %s\n", seccomp) > 0);
+        free(conf);
+        conf = test_write_conf(root, "vmsup.conf",
+                               &(struct test_conf) { .root = root, .as_nobody = true, .supervisor = "stop_timeout = 3\n",
+                                                     .barbican_url = test_barbican_url(), .more = security });
+        free(security);
+}
+
 static void setup(void) {
-        char *text = NULL, *guest_dir = NULL;
+        char *guest_dir = NULL;
 
         root = test_mkdtemp();
         /* swtpm and QEMU run as nobody: they must be able to pass through the test's root
@@ -42,25 +54,10 @@ static void setup(void) {
         cr_assert_eq(mkdir(guest_dir, 0755), 0);
         test_copy_file(TEST_GUEST_DIR, guest_dir, "vmlinuz");
         test_copy_file(TEST_GUEST_DIR, guest_dir, "initrd.img");
-        cr_assert(asprintf(&text,
-                           "[tpm]\nswtpm_enabled = true\nswtpm_user = nobody\nswtpm_group = nogroup\n"
-                           "[qemu]\naccelerator = tcg\nuser = nobody\ngroup = nogroup\n"
-                           "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
-                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n[security]\nseccomp = kill\n"
-                           "[barbican]\nendpoint = %s\nauth = noauth\n",
-                           root, root, root, root, test_barbican_url()) > 0);
-        conf = test_write_file(root, "vmsup.conf", text, 0600);
-        free(text);
-        cr_assert(asprintf(&text,
-                           "{\"uuid\": \"" UUID "\", \"name\": \"confined\", \"vcpus\": 1, \"memory_mb\": 256,"
-                           " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {\"hw:tpm_version\": \"2.0\","
-                           " \"hw:tpm_model\": \"tpm-crb\"}},"
-                           " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"uefi\"}},"
-                           " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
-                           " \"cmdline\": \"console=ttyS0 quiet tpmprobe.hold\"}}",
-                           guest_dir, guest_dir) > 0);
-        spec_path = test_write_file(root, "guest.json", text, 0644);
-        free(text);
+        write_conf("kill");
+        spec_path = test_write_spec(root, "guest.json",
+                                    &(struct test_spec) { .uuid = UUID, .name = "confined", .uefi = true,
+                                                          .guest_dir = guest_dir, .hold = true });
         free(guest_dir);
         cr_assert(asprintf(&console, "%s/log/" UUID "/console.log", root) > 0);
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
@@ -324,19 +321,11 @@ Test(confine, children_run_as_their_users_under_seccomp_with_nothing_of_vmsups) 
 }
 
 Test(confine, seccomp_off_leaves_vmsup_unfiltered_and_the_children_sandboxed) {
-        char *text = strdup(slurp(conf)), *p;
         struct sup s;
         json_object *st;
         pid_t qemu, swtpm;
-        FILE *f;
 
-        p = strstr(text, "seccomp = kill");
-        cr_assert_not_null(p);
-        memcpy(p, "seccomp = off ", 14);
-        f = fopen(conf, "w");
-        fputs(text, f);
-        fclose(f);
-        free(text);
+        write_conf("off");
 
         s = start();
         st = wait_running(&s);

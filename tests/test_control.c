@@ -32,13 +32,15 @@
 
 static char *root, *conf, *spec_path, *console, *vmsup_log, *control_path;
 
-/* The host config; tpm_extra goes into its [tpm] section, more_sections at its end. */
-static void write_conf(const char *barbican_url, const char *tpm_extra, const char *more_sections) {
+/* The host config; tpm_extra goes into its [tpm] section, qemu_extra into [qemu],
+ * more_sections at its end. */
+static void write_conf(const char *barbican_url, const char *tpm_extra, const char *qemu_extra,
+                       const char *more_sections) {
         free(conf);
         conf = test_write_conf(root, "vmsup.conf",
-                               &(struct test_conf) { .root = root, .tpm = tpm_extra, .supervisor = "stop_timeout = 3\n",
-                                                     .barbican_url = barbican_url, .barbican = "retries = 1\n",
-                                                     .more = more_sections });
+                               &(struct test_conf) { .root = root, .tpm = tpm_extra, .qemu = qemu_extra,
+                                                     .supervisor = "stop_timeout = 3\n", .barbican_url = barbican_url,
+                                                     .barbican = "retries = 1\n", .more = more_sections });
 }
 
 static void setup(void) {
@@ -166,7 +168,7 @@ Test(control, clients_beyond_the_cap_are_refused_and_idle_ones_closed) {
         long ms, deadline;
         struct sup s;
 
-        write_conf(test_barbican_url(), NULL, NULL);
+        write_conf(test_barbican_url(), NULL, NULL, NULL);
         s = start();
         wait_running(&s);
 
@@ -301,7 +303,7 @@ Test(control, out_of_fds_backs_off_and_still_seals_the_tpm) {
         long deadline, cpu;
         struct sup s;
 
-        write_conf(test_barbican_url(), NULL, NULL);
+        write_conf(test_barbican_url(), NULL, NULL, NULL);
         s = start();
         wait_running(&s);
         cr_assert_null(strstr(slurp(console), "tpmprobe: done"), "the guest ran its TPM writes before the test could");
@@ -496,7 +498,7 @@ Test(control, sigterm_while_the_secret_is_fetched_abandons_the_start) {
         struct sup s;
         int code;
 
-        write_conf(fakehttp_url(barbican), NULL, NULL);
+        write_conf(fakehttp_url(barbican), NULL, NULL, NULL);
         s = start();
         while (fakehttp_count(barbican) == 0 && monotonic_ms() < deadline)
                 usleep(20000);
@@ -534,7 +536,7 @@ Test(control, sigterm_while_the_tpm_is_manufactured_abandons_the_start) {
         cr_assert(asprintf(&extra, "swtpm_setup = %s\n", path) > 0);
         /* seccomp = log: the shell's job control (vfork, rt_sigsuspend) is not what vmsup's
          * filter is made for */
-        write_conf(test_barbican_url(), extra, "[security]\nseccomp = log\n");
+        write_conf(test_barbican_url(), extra, NULL, "[security]\nseccomp = log\n");
         s = start();
         while (stat(marker, &st) != 0 && monotonic_ms() < deadline)
                 usleep(20000);
@@ -575,20 +577,8 @@ Test(control, sigterm_while_qemu_comes_up_abandons_the_start) {
                            "exec qemu-system-x86_64 \"$@\"\n",
                            marker, sleeper) > 0);
         path = test_write_file(root, "slow_qemu", script, 0755);
-        cr_assert(asprintf(&extra, "[qemu]\nbinary = %s\n", path) > 0);
-        write_conf(test_barbican_url(), NULL, NULL);
-        /* [qemu] accelerator is set already: put binary into that section */
-        {
-                char *text = strdup(slurp(conf)), *p = strstr(text, "[qemu]\n");
-                FILE *f = fopen(conf, "we");
-
-                cr_assert_not_null(p);
-                fwrite(text, 1, (size_t) (p - text), f);
-                fputs(extra, f);
-                fputs(p + strlen("[qemu]\n"), f);
-                fclose(f);
-                free(text);
-        }
+        cr_assert(asprintf(&extra, "binary = %s\n", path) > 0);
+        write_conf(test_barbican_url(), NULL, extra, NULL);
         s = start();
         while (stat(marker, &st) != 0 && monotonic_ms() < deadline)
                 usleep(20000);

@@ -26,16 +26,9 @@
 static char *root, *conf, *spec_path, *vmsup_log;
 
 static void setup(void) {
-        char *text = NULL;
-
         root = test_mkdtemp();
-        cr_assert(asprintf(&text,
-                           "[qemu]\naccelerator = tcg\n"
-                           "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
-                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n",
-                           root, root, root, root) > 0);
-        conf = test_write_file(root, "vmsup.conf", text, 0600);
-        free(text);
+        conf = test_write_conf(root, "vmsup.conf",
+                               &(struct test_conf) { .root = root, .swtpm_off = true, .supervisor = "stop_timeout = 3\n" });
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
 }
 
@@ -61,17 +54,11 @@ static void qemu_img(const char *args) {
 /* A guest without a vTPM: the demo guest's tpmprobe finds no TPM; with hold, it stays up
  * until the power button, else it powers off. */
 static void write_spec(const char *disks_json, bool hold) {
-        char *text = NULL;
-
-        cr_assert(asprintf(&text,
-                           "{\"uuid\": \"" UUID "\", \"name\": \"disks\", \"vcpus\": 1, \"memory_mb\": 256,"
-                           " \"flavor\": {\"name\": \"m1.small\"},"
-                           " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
-                           " \"cmdline\": \"console=ttyS0 quiet%s\"}, \"disks\": %s}",
-                           TEST_GUEST_DIR, TEST_GUEST_DIR, hold ? " tpmprobe.hold" : "", disks_json) > 0);
         free(spec_path);
-        spec_path = test_write_file(root, "guest.json", text, 0644);
-        free(text);
+        spec_path = test_write_spec(root, "guest.json",
+                                    &(struct test_spec) { .uuid = UUID, .name = "disks", .flavor = "m1.small",
+                                                          .extra_specs = "", .guest_dir = TEST_GUEST_DIR, .hold = hold,
+                                                          .disks = disks_json });
 }
 
 static char *path(const char *name) {

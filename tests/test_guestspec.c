@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "nova/guestspec.h"
+#include "tests/helpers.h"
 
 #define UUID "0b7c6e4a-3f0e-4d5c-9a1b-2c3d4e5f6a7b"
 #define MINIMAL "\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256, \"flavor\": {\"name\": \"f\"}"
@@ -181,4 +182,63 @@ Test(guestspec, missing_file_exits_66) {
 Test(guestspec, bad_specs) {
         for (size_t i = 0; i < sizeof(bad_specs_cases) / sizeof(bad_specs_cases[0]); i++)
                 check_bad_specs(&bad_specs_cases[i]);
+}
+
+/* The tests' own spec writer (tests/helpers.c): every key lands where vmsup reads it. */
+Test(guestspec, the_tests_spec_writer_writes_what_vmsup_reads) {
+        char *dir = test_mkdtemp(), *path;
+        struct guest_spec spec;
+        vmsup_error *err = NULL;
+
+        path = test_write_spec(dir, "all.json",
+                               &(struct test_spec) { .uuid = UUID, .name = "web-1", .user_id = "u", .project_id = "p",
+                                                     .extra_specs = "\"hw:tpm_version\": \"1.2\", \"hw:tpm_model\": \"tpm-tis\"",
+                                                     .uefi = true, .guest_dir = "/srv/guest", .hold = true,
+                                                     .disks = "[{\"path\": \"/srv/d.qcow2\", \"format\": \"qcow2\"}]" });
+        cr_assert_eq(guest_spec_load(path, &spec, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_str_eq(spec.uuid, UUID);
+        cr_assert_str_eq(spec.name, "web-1");
+        cr_assert_eq(spec.vcpus, 1);
+        cr_assert_eq(spec.memory_mb, 256);
+        cr_assert_str_eq(spec.owner_user_id, "u");
+        cr_assert_str_eq(spec.owner_project_id, "p");
+        cr_assert_str_eq(spec.flavor_name, "m1.tpm");
+        cr_assert_str_eq(guest_spec_extra_spec(&spec, "hw:tpm_version"), "1.2");
+        cr_assert_str_eq(guest_spec_extra_spec(&spec, "hw:tpm_model"), "tpm-tis");
+        cr_assert_str_eq(spec.image_name, "demo");
+        cr_assert_str_eq(spec.firmware_type, "uefi");
+        cr_assert_str_eq(spec.kernel, "/srv/guest/vmlinuz");
+        cr_assert_str_eq(spec.initrd, "/srv/guest/initrd.img");
+        cr_assert_str_eq(spec.cmdline, "console=ttyS0 quiet tpmprobe.hold");
+        cr_assert_eq(spec.n_disks, 1);
+        cr_assert_str_eq(spec.disks[0].path, "/srv/d.qcow2");
+        guest_spec_clear(&spec);
+        free(path);
+
+        /* the defaults: TPM 2.0 CRB, bios, no owner, firmware or disks; and the overrides */
+        path = test_write_spec(dir, "least.json", &(struct test_spec) { .uuid = UUID });
+        cr_assert_eq(guest_spec_load(path, &spec, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_str_eq(spec.name, "g");
+        cr_assert_str_eq(guest_spec_extra_spec(&spec, "hw:tpm_version"), "2.0");
+        cr_assert_str_eq(guest_spec_extra_spec(&spec, "hw:tpm_model"), "tpm-crb");
+        cr_assert_str_eq(spec.firmware_type, "bios");
+        cr_assert_null(spec.owner_user_id);
+        cr_assert_null(spec.kernel);
+        cr_assert_eq(spec.n_disks, 0);
+        guest_spec_clear(&spec);
+        free(path);
+        path = test_write_spec(dir, "other.json",
+                               &(struct test_spec) { .uuid = UUID, .flavor = "m1.small", .extra_specs = "", .image = "img",
+                                                     .image_properties = "\"hw_tpm_version\": \"2.0\"",
+                                                     .firmware = "{\"kernel\": \"/k\"}" });
+        cr_assert_eq(guest_spec_load(path, &spec, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_str_eq(spec.flavor_name, "m1.small");
+        cr_assert_null(guest_spec_extra_spec(&spec, "hw:tpm_version"));
+        cr_assert_str_eq(spec.image_name, "img");
+        cr_assert_str_eq(guest_spec_image_property(&spec, "hw_tpm_version"), "2.0");
+        cr_assert_str_eq(spec.kernel, "/k");
+        guest_spec_clear(&spec);
+        free(path);
+        test_rmtree(dir);
+        free(dir);
 }

@@ -83,37 +83,32 @@ void th_write_conf(int h, const char *tls_dir) {
 }
 
 void th_write_conf_tls(int h, const char *tls_dir, const char *qemu_tls_dir) {
-        char *text = NULL;
+        char *migration = NULL;
 
-        cr_assert(asprintf(&text,
-                           "[tpm]\nswtpm_enabled = true\nswtpm_user = root\nswtpm_group = root\n"
-                           "[qemu]\naccelerator = tcg\n"
-                           "[paths]\nstate_dir = %s/%c/state\nrun_dir = %s/%c/run\nsecrets_dir = %s/%c/state/secrets\n"
-                           "log_dir = %s/%c/log\n"
-                           "[barbican]\nendpoint = %s\nauth = noauth\n"
-                           "[migration]\ntls_dir = %s\nqemu_tls_dir = %s\ntimeout = 20\nanswer_timeout = 12\n",
-                           th_root, 'a' + h, th_root, 'a' + h, th_root, 'a' + h, th_root, 'a' + h, th_url, tls_dir,
-                           qemu_tls_dir) > 0);
-        free(test_write_file(th_root, h ? "b.conf" : "a.conf", text, 0644));
-        free(text);
+        cr_assert(asprintf(&migration, "[migration]\ntls_dir = %s\nqemu_tls_dir = %s\ntimeout = 20\nanswer_timeout = 12\n",
+                           tls_dir, qemu_tls_dir) > 0);
+        free(test_write_conf(th_root, h ? "b.conf" : "a.conf",
+                             &(struct test_conf) { .root = th_path("%s/%c", th_root, 'a' + h), .barbican_url = th_url,
+                                                   .more = migration, .mode = 0644 }));
+        free(migration);
 }
 
 void th_write_spec(const char *mode) {
-        char *text = NULL;
+        char *extra_specs = NULL, *disks = NULL;
 
-        cr_assert(asprintf(&text,
-                           "{\"uuid\": \"" UUID "\", \"name\": \"demo\", \"vcpus\": 1, \"memory_mb\": 256,"
-                           " \"owner\": {\"user_id\": \"u\", \"project_id\": \"p\"},"
-                           " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {\"hw:tpm_version\": \"2.0\","
-                           " \"hw:tpm_model\": \"tpm-crb\", \"hw:tpm_secret_security\": \"%s\"}},"
-                           " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"uefi\"}},"
-                           " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
-                           " \"cmdline\": \"console=ttyS0 quiet tpmprobe.hold\"},"
-                           " \"disks\": [{\"path\": \"%s/top.qcow2\", \"format\": \"qcow2\","
-                           " \"backing\": {\"path\": \"%s/base.raw\", \"format\": \"raw\"}}]}",
-                           mode, th_root, th_root, th_root, th_root) > 0);
-        free(test_write_file(th_root, "guest.json", text, 0644));
-        free(text);
+        cr_assert(asprintf(&extra_specs,
+                           "\"hw:tpm_version\": \"2.0\", \"hw:tpm_model\": \"tpm-crb\", \"hw:tpm_secret_security\": \"%s\"",
+                           mode) > 0);
+        cr_assert(asprintf(&disks,
+                           "[{\"path\": \"%s/top.qcow2\", \"format\": \"qcow2\","
+                           " \"backing\": {\"path\": \"%s/base.raw\", \"format\": \"raw\"}}]",
+                           th_root, th_root) > 0);
+        free(test_write_spec(th_root, "guest.json",
+                             &(struct test_spec) { .uuid = UUID, .name = "demo", .user_id = "u", .project_id = "p",
+                                                   .extra_specs = extra_specs, .uefi = true, .guest_dir = th_root,
+                                                   .hold = true, .disks = disks }));
+        free(extra_specs);
+        free(disks);
 }
 
 void th_setup(void) {
