@@ -371,7 +371,7 @@ Test(control, the_accept_back_off_ends_and_the_next_client_is_served) {
         long ms, deadline;
         struct sup s;
 
-        write_conf(test_barbican_url(), NULL, NULL);
+        write_conf(test_barbican_url(), NULL, NULL, NULL);
         s = start();
         wait_running(&s);
 
