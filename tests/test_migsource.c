@@ -478,6 +478,7 @@ static void start(const struct fakeqmp_step *qemu, const struct peer_step *peer,
 /* Run the loop until finished(), then check QEMU's script and the destination's. */
 static void run(void) {
         long deadline = monotonic_ms() + 60000;
+        bool drains = false;
         char *qemu_fail;
 
         while (!T.finished && monotonic_ms() < deadline) {
@@ -491,12 +492,17 @@ static void run(void) {
         T.percent = migrate_source_percent(T.s);
         snprintf(T.qemu_status, sizeof(T.qemu_status), "%s", migrate_source_qemu_status(T.s));
         T.committed = migrate_source_committed(T.s);
-        /* its channel goes with it: a destination that reads on sees the end */
-        T.s = migrate_source_free(T.s);
+        /* a destination that reads on (PE_DRAIN) sees the end when the source goes; the
+         * others must have seen everything while it is still there (PE_STREAM_EOF) */
+        for (const struct peer_step *p = T.peer; p && p->op != PE_END; p++)
+                drains |= p->op == PE_DRAIN;
+        if (drains)
+                T.s = migrate_source_free(T.s);
         if (T.thread_started) {
                 pthread_join(T.thread, NULL);
                 T.thread_started = false;
         }
+        T.s = migrate_source_free(T.s);
         cr_assert_str_empty(T.peer_fail, "the destination: %s (the source: %s)", T.peer_fail, T.why);
         /* QEMU's script must have ended: the source hangs up on it */
         T.qmp_src = evloop_source_remove(T.qmp_src);
