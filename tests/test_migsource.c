@@ -955,3 +955,27 @@ Test(migsource, done_send_failure_is_still_done) {
         cr_assert_not_null(strstr(T.notes, "its hand-over stays unconfirmed there"), "%s", T.notes);
         cr_assert_eq(T.markers_removed, 0);
 }
+
+/* a signal while the destination checks the guest cancels; QEMU completed, so the
+ * rollback waits for the destination to hang up; a second signal ends that wait */
+static void two_signals(struct t *t) {
+        if (t->step == 0 && streq(migrate_source_state_name(t->s), "completed")) {
+                t->step = 1;
+                cr_assert(migrate_source_interrupt(t->s, SIGTERM));
+        } else if (t->step == 1 && migrate_source_interrupt(t->s, SIGTERM))
+                t->step = 2;
+}
+
+Test(migsource, second_signal_ends_the_wait_for_the_hangup) {
+        static const struct fakeqmp_step qemu[] = { FQ_HANDSHAKE, Q_STATUS("running"), Q_SETUP, Q_STREAM_COMPLETES,
+                                                    Q_RB_COMPLETED, Q_RESUME, { FQ_END } };
+        static const struct peer_step peer[] = { P_HANDOVER, { PE_READY }, { PE_EXPECT, MIG_MIGRATED },
+                                                 { PE_EXPECT, MIG_ABORT }, { PE_DRAIN }, { PE_END } };
+
+        T.between = two_signals;
+        start(qemu, peer, LONG_MS);
+        run();
+        cr_assert_eq(T.step, 2);
+        expect_outcome(MIGRATE_ROLLED_BACK, 75, "cancelled: the source's supervisor got SIGTERM");
+        cr_assert_null(strstr(T.notes, "did not hang up"), "%s", T.notes);
+}
