@@ -1,46 +1,23 @@
 #include "config.h"
 
+/* The guest's life on the event loop: its state, stop and reboot, QEMU's events, the
+ * end of QEMU or swtpm, signals, and the loop's own sources. */
+
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
-#include <poll.h>
-#include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/prctl.h>
 #include <sys/signalfd.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "common/proc.h"
-#include "common/secmem.h"
-#include "common/util.h"
-#include "crypto/kdf.h"
-#include "crypto/seal.h"
-#include "qmp/client.h"
-#include "seccomp/filter.h"
-#include "supervisor/confine.h"
-#include "supervisor/control.h"
-#include "supervisor/diskimages.h"
-#include "supervisor/guest.h"
-#include "supervisor/guestdirs.h"
 #include "common/log.h"
-#include "supervisor/qemuargs.h"
-#include "supervisor/qmppolicy.h"
-#include "supervisor/specmatch.h"
-#include "nova/tpmrules.h"
-#include "supervisor/vtpmsecret.h"
-#include "tpmstate/caps.h"
-#include "tpmstate/ctrl.h"
-#include "tpmstate/swtpm.h"
+#include "common/proc.h"
+#include "common/util.h"
+#include "qmp/client.h"
 #include "tpmstate/sync.h"
 
 #include "supervisor/guest_internal.h"
@@ -54,622 +31,32 @@ const char *guest_state_name(const struct guest *g) {
         return state_names[g->state];
 }
 
-/* ---- spare fds ---------------------------------------------------------------------- */
-
 /* Held on /dev/null: when control clients (or a low RLIMIT_NOFILE) took every other fd,
  * letting these go gives sealing the TPM state, and refusing a client, the fds they need. */
-static void fd_reserve_fill(struct guest *g) {
+void guest_fd_reserve_fill(struct guest *g) {
         for (int i = 0; i < FD_RESERVE; i++)
                 if (g->fd_reserve[i] < 0)
                         g->fd_reserve[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
 }
 
-static void fd_reserve_release(struct guest *g) {
+void guest_fd_reserve_release(struct guest *g) {
         for (int i = 0; i < FD_RESERVE; i++) {
                 closep(&g->fd_reserve[i]);
                 g->fd_reserve[i] = -1;
         }
 }
 
-/* ---- children ---------------------------------------------------------------------- */
+/* A QMP command's deadline: its callback gets the timeout. */
+static void on_qmp_timer(struct evloop_source *s, void *userdata) {
+        struct guest *g = userdata;
 
-static void child_forget(struct guest *g, struct child *c) {
-        if (c->pidfd >= 0) {
-                epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->pidfd, NULL);
-                close(c->pidfd);
-        }
-        c->pidfd = -1;
-        c->pid = 0;
+        (void) s;
+        if (g->qmp)
+                qmp_client_expire(g->qmp);
+        guest_qmp_watch(g);
 }
 
-/* Reap every exited descendant at once (we are a child subreaper: swtpm_setup orphans a
- * swtpm of its own), recording the status of the children we track. */
-void guest_reap_all(struct guest *g) {
-        for (;;) {
-                int status;
-                pid_t pid = waitpid(-1, &status, WNOHANG);
-
-                if (pid <= 0)
-                        return;
-                if (pid == g->qemu.pid && !g->qemu.exited) {
-                        g->qemu.exited = true;
-                        g->qemu.status = status;
-                } else if (pid == g->swtpm.pid && !g->swtpm.exited) {
-                        g->swtpm.exited = true;
-                        g->swtpm.status = status;
-                }
-        }
-}
-
-/* Wait up to timeout_ms for a tracked child to exit (poll on its pidfd). */
-bool guest_child_wait(struct guest *g, struct child *c, int timeout_ms) {
-        long deadline = monotonic_ms() + timeout_ms;
-
-        guest_reap_all(g);
-        while (c->pid && !c->exited) {
-                struct pollfd p = { .fd = c->pidfd, .events = POLLIN };
-                long left = deadline - monotonic_ms();
-
-                if (left <= 0)
-                        return false;
-                if (poll(&p, 1, (int) left) < 0 && errno != EINTR)
-                        return false;
-                guest_reap_all(g);
-        }
-        return true;
-}
-
-/* The last lines of a log file, for error messages. */
-char *guest_log_tail(const char *path, int lines) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-        char buf[2048];
-        off_t size;
-        ssize_t n;
-        char *p;
-        int seen = 0;
-
-        if (fd < 0)
-                return strdup("(no log)");
-        size = lseek(fd, 0, SEEK_END);
-        if (size < 0 || lseek(fd, size > (off_t) sizeof(buf) - 1 ? size - (off_t) sizeof(buf) + 1 : 0, SEEK_SET) < 0)
-                return strdup("(unreadable log)");
-        n = read(fd, buf, sizeof(buf) - 1);
-        if (n <= 0)
-                return strdup("(empty log)");
-        buf[n] = '\0';
-        while (n > 0 && buf[n - 1] == '\n')
-                buf[--n] = '\0';
-        for (p = buf + n; p > buf; p--)
-                if (p[-1] == '\n' && ++seen == lines)
-                        break;
-        for (char *q = p; *q; q++)
-                if (*q == '\n')
-                        *q = '|';
-        return strdup(p);
-}
-
-/* ---- abandoning the start ---------------------------------------------------------- */
-
-/* SIGTERM or SIGINT while the guest starts abandons the start: each blocking step
- * (Barbican, swtpm_setup) watches g->cancel_fd, and the steps are checked between. */
-static int start_check_cancel(struct guest *g, vmsup_error **err) {
-        struct pollfd p = { .fd = g->cancel_fd, .events = POLLIN };
-
-        if (g->cancel_fd < 0 || poll(&p, 1, 0) <= 0)
-                return 0;
-        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, ECANCELED, "a stop was requested");
-}
-
-/* Whether err is a start abandoned on a signal (then signame names it), not another failure. */
-static bool start_abandoned(struct guest *g, const vmsup_error *err, char *signame, size_t size) {
-        struct signalfd_siginfo si;
-        struct pollfd p = { .fd = g->cancel_fd, .events = POLLIN };
-
-        if (g->cancel_fd < 0 || !err || err->errnum != ECANCELED || poll(&p, 1, 0) <= 0)
-                return false;
-        if (read(g->cancel_fd, &si, sizeof(si)) == sizeof(si))
-                snprintf(signame, size, "SIG%s", sigabbrev_np((int) si.ssi_signo) ?: "?");
-        else
-                snprintf(signame, size, "a signal");
-        return true;
-}
-
-/* ---- swtpm ------------------------------------------------------------------------- */
-
-static const char *tpm_stamp_what(const struct guest *g) {
-        return g->tpm.version == TPM_VERSION_1_2 ? "TPM 1.2" : "TPM 2.0";
-}
-
-/* The stamps that make a later start refuse lost TPM state or VARS (guestdirs.h); a
- * failure to write one is logged: the guest runs, and the next start tries again. */
-void guest_record_history(struct guest *g) {
-        vmsup_error *err = NULL;
-
-        if ((g->tpm.present && g->sync &&
-             guest_dirs_stamp(g->dirs.tpm_stamp, tpm_stamp_what(g), &err) < 0) ||
-            (streq(g->spec.firmware_type, "uefi") && guest_dirs_stamp(g->dirs.vars_stamp, "OVMF VARS", &err) < 0)) {
-                log_warning("%s", err->msg);
-                vmsup_error_free(err);
-        }
-}
-
-static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_error **err) {
-        struct swtpm_caps caps = { 0 };
-        struct swtpm_launch_opts lo = { 0 };
-        struct swtpm_proc proc = { 0 };
-        _cleanup_close_ int mkey_fd = -1;
-        int r;
-
-        if (g->incoming)
-                goto launch; /* an empty live dir: the state arrives in QEMU's migration stream */
-        /* The live dir gets the sealed state (libtpms checks it first); what a crashed
-         * run left there is sealed before, when it is newer and valid. */
-        r = tpm_sync_restore(g->sync, err);
-        if (r < 0)
-                return r;
-        if (tpm_sync_recovered_count(g->sync))
-                log_warning("sealed %u TPM state file(s) that an earlier run left unsealed in %s",
-                            tpm_sync_recovered_count(g->sync), g->dirs.live_tpm);
-        if (r == 0) {
-                _cleanup_free_ char *ca_dir = NULL, *setup_conf = NULL, *localca = NULL, *vmid = NULL;
-                struct swtpm_setup_opts so = { 0 };
-                long t0 = monotonic_ms();
-
-                /* EK and platform certificates come from vmsup's own local CA, not from
-                 * swtpm-localca's defaults under /var/lib. */
-                localca = proc_find_executable("swtpm_localca", err);
-                if (!localca)
-                        return vmsup_error_prefix(err, "manufacture the TPM (package swtpm-tools)");
-                if (asprintf(&ca_dir, "%s/swtpm-localca", g->cfg->paths.state_dir) < 0 ||
-                    asprintf(&vmid, "%s:%s", g->spec.name, g->spec.uuid) < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "manufacture the TPM");
-                r = swtpm_localca_prepare(ca_dir, localca, &setup_conf, err);
-                if (r < 0)
-                        return r;
-                so.swtpm_setup = g->swtpm_setup_path;
-                so.swtpm = g->swtpm_path;
-                so.config = setup_conf;
-                so.state_dir = g->dirs.live_tpm;
-                so.log_path = g->dirs.swtpm_setup_log;
-                so.tmp_dir = g->dirs.run;
-                so.vmid = vmid;
-                so.version = g->tpm.version;
-                so.timeout_ms = 60000;
-                so.cancel_fd = g->cancel_fd;
-                log_info("manufacturing a TPM %s (swtpm_setup, EK and platform certificates)",
-                         tpm_version_to_string(g->tpm.version));
-                r = swtpm_manufacture(&so, err);
-                guest_reap_all(g);
-                if (r >= 0)
-                        r = start_check_cancel(g, err);
-                if (r < 0) {
-                        /* a TPM half made (stopped, or abandoned) must not be sealed by the next start */
-                        vmsup_error *werr = NULL;
-
-                        if (tpm_sync_wipe_live(g->sync, &werr) < 0) {
-                                log_error("%s", werr->msg);
-                                vmsup_error_free(werr);
-                        }
-                        return r;
-                }
-                log_info("TPM manufactured in %ld ms", monotonic_ms() - t0);
-                r = tpm_sync_seal_all(g->sync, err);
-                if (r < 0)
-                        return vmsup_error_prefix(err, "seal the new TPM state");
-                log_info("TPM state sealed in %s", g->dirs.state);
-        }
-        /* from here on a start that finds no sealed state refuses instead of manufacturing */
-        r = guest_dirs_stamp(g->dirs.tpm_stamp, tpm_stamp_what(g), err);
-        if (r < 0)
-                return r;
-
-launch:
-        if ((r = start_check_cancel(g, err)) < 0)
-                return r;
-        /* swtpm's --migration-key, so that the TPM blobs in QEMU's migration stream are
-         * encrypted under a key both ends derive from the guest's passphrase */
-        if (g->migration_key) {
-                int p[2];
-
-                if (pipe2(p, O_CLOEXEC) < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "pipe for swtpm's migration key");
-                mkey_fd = p[0];
-                if (write(p[1], g->migration_key, KDF_KEY_LEN) != KDF_KEY_LEN) {
-                        close(p[1]);
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "write swtpm's migration key");
-                }
-                close(p[1]);
-        }
-        r = swtpm_caps_probe(g->swtpm_path, false, &caps, err);
-        if (r < 0)
-                return r;
-        lo.swtpm = g->swtpm_path;
-        lo.state_dir = g->dirs.live_tpm;
-        lo.log_path = g->dirs.swtpm_log;
-        lo.version = g->tpm.version;
-        lo.seccomp = swtpm_caps_has(&caps, "cmdarg-seccomp");
-        lo.key_fd = -1;
-        lo.migration_key_fd = mkey_fd;
-        lo.death_signal = SIGTERM;
-        lo.set_ids = geteuid() == 0;
-        lo.uid = g->tpm_uid;
-        lo.gid = g->tpm_gid;
-        lo.timeout_ms = TPM_CTRL_TIMEOUT;
-        swtpm_caps_clear(&caps);
-        /* swtpm_launch checks, on our end of the channel and before QEMU takes it over,
-         * that swtpm has every control-channel capability QEMU needs. */
-        r = swtpm_launch(&lo, &proc, err);
-        if (r < 0)
-                return r;
-        g->swtpm.pid = proc.pid;
-        g->swtpm.pidfd = proc.pidfd;
-        g->swtpm.exited = false;
-        g->tpm_ctrl_fd = proc.ctrl_fd;
-        *ret_qemu_end = g->tpm_ctrl_fd;
-        if (!g->sync_watched) {
-                struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_SYNC };
-
-                r = tpm_sync_watch(g->sync, err);
-                if (r < 0)
-                        return r;
-                if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, tpm_sync_fd(g->sync), &ev) < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
-                g->sync_watched = true;
-        }
-        return 0;
-}
-
-/* swtpm is gone: seal its last writes, then leave no plaintext behind. If sealing
- * fails the live dir stays as it is, for the next start to seal (tpm_sync_restore). */
-static void tpm_seal_and_wipe(struct guest *g) {
-        vmsup_error *err = NULL;
-        int r;
-
-        if (!g->sync)
-                return;
-        if (g->tpm_discard) {
-                g->sync_watched = false;
-                if (tpm_sync_wipe_live(g->sync, &err) < 0) {
-                        log_error("%s", err->msg);
-                        vmsup_error_free(err);
-                }
-                return;
-        }
-        fd_reserve_release(g);
-        r = tpm_sync_seal_all(g->sync, &err);
-        fd_reserve_fill(g);
-        if (r < 0) {
-                log_error("sealing the TPM state failed: %s; its live copy stays in %s for the next start", err->msg,
-                          g->dirs.live_tpm);
-                vmsup_error_free(err);
-                return;
-        }
-        g->sync_watched = false; /* wiping ends the watch */
-        if (tpm_sync_wipe_live(g->sync, &err) < 0) {
-                log_error("%s", err->msg);
-                vmsup_error_free(err);
-        }
-}
-
-/* Signal a tracked child through its pidfd: the pid may be reused once reaped. */
-static int child_signal(struct child *c, int sig) {
-        if (c->pidfd >= 0)
-                return (int) syscall(SYS_pidfd_send_signal, c->pidfd, sig, NULL, 0);
-        return kill(c->pid, sig);
-}
-
-/* Stop swtpm through its control channel: a TPM that never saw a shutdown can count it as
- * an attack (dictionary-attack lockout). A swtpm that does not answer (hung, SIGSTOPped)
- * still ends, within bounds: SIGTERM, then SIGKILL. swtpm writes each state file whole
- * (TMP2-00.x renamed over tpm2-00.x), so its live dir then holds its last complete state,
- * and that is what is sealed. Killing it is a failure of the stop: g->tpm_stop_err says
- * what happened. The live dir is sealed and wiped only once swtpm is gone. */
-static void tpm_stop(struct guest *g) {
-        vmsup_error *err = NULL;
-        _cleanup_free_ char *shutdown_err = NULL;
-        const char *how = NULL;
-        int pid = (int) g->swtpm.pid;
-        char why[64];
-
-        if (!g->swtpm.pid)
-                goto out;
-        guest_reap_all(g);
-        if (!g->swtpm.exited && g->tpm_ctrl_fd >= 0) {
-                if (swtpm_ctrl_shutdown(g->tpm_ctrl_fd, TPM_CTRL_TIMEOUT, &err) < 0) {
-                        shutdown_err = strdup(err->msg);
-                        err = vmsup_error_free(err);
-                }
-        }
-        closep(&g->tpm_ctrl_fd);
-        g->tpm_ctrl_fd = -1;
-        /* a failed CMD_SHUTDOWN may only mean that swtpm is on its way out already */
-        if (!guest_child_wait(g, &g->swtpm, shutdown_err ? SWTPM_TERM_TIMEOUT : SWTPM_EXIT_TIMEOUT) && !shutdown_err &&
-            asprintf(&shutdown_err, "it did not exit within %d s of CMD_SHUTDOWN", SWTPM_EXIT_TIMEOUT / 1000) < 0)
-                shutdown_err = NULL;
-        if (!g->swtpm.exited) {
-                log_error("swtpm (pid %d) did not shut down: %s; sending it SIGTERM", pid,
-                          shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN");
-                how = "SIGTERM";
-                child_signal(&g->swtpm, SIGTERM);
-                if (!guest_child_wait(g, &g->swtpm, SWTPM_TERM_TIMEOUT)) {
-                        log_error("swtpm (pid %d) ignored SIGTERM for %d s; killing it (SIGKILL)", pid,
-                                  SWTPM_TERM_TIMEOUT / 1000);
-                        how = "SIGKILL";
-                        child_signal(&g->swtpm, SIGKILL);
-                        guest_child_wait(g, &g->swtpm, SWTPM_TERM_TIMEOUT);
-                }
-        }
-        if (!g->swtpm.exited) {
-                /* not even SIGKILL (uninterruptible sleep): leave its files alone */
-                vmsup_fail(&g->tpm_stop_err, VMSUP_EX_FAILURE, 0,
-                           "swtpm (pid %d) did not shut down (%s) and is still running after SIGKILL; %s %s%s",
-                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN",
-                           g->tpm_discard ? "its live dir" : "its TPM state stays unsealed in", g->dirs.live_tpm,
-                           g->tpm_discard ? " is left as it is" : " for the next start to seal");
-                log_error("%s", g->tpm_stop_err->msg);
-                child_forget(g, &g->swtpm);
-                goto out;
-        }
-        if (how) {
-                vmsup_fail(&g->tpm_stop_err, VMSUP_EX_FAILURE, 0,
-                           "swtpm (pid %d) did not shut down (%s) and was ended with %s; %s",
-                           pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN", how,
-                           g->tpm_discard ? "its TPM state here is discarded (it lives on another host)"
-                                          : "the TPM state kept is the last one it wrote whole");
-                log_error("%s", g->tpm_stop_err->msg);
-        } else if (!(WIFEXITED(g->swtpm.status) && WEXITSTATUS(g->swtpm.status) == 0))
-                log_warning("swtpm %s", proc_describe_status(g->swtpm.status, why, sizeof(why)));
-        else if (shutdown_err)
-                log_warning("swtpm: %s", shutdown_err);
-        child_forget(g, &g->swtpm);
-        tpm_seal_and_wipe(g);
-out:
-        closep(&g->tpm_ctrl_fd);
-        g->tpm_ctrl_fd = -1;
-}
-
-/* ---- QEMU -------------------------------------------------------------------------- */
-
-static void on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp);
-
-static int qmp_watch(struct guest *g) {
-        struct epoll_event ev = { .events = qmp_client_epoll_events(g->qmp), .data.u64 = TAG_QMP };
-
-        if (ev.events == g->qmp_events)
-                return 0;
-        g->qmp_events = ev.events;
-        return epoll_ctl(g->epfd, EPOLL_CTL_MOD, qmp_client_fd(g->qmp), &ev);
-}
-
-static void qmp_drop(struct guest *g) {
-        if (!g->qmp)
-                return;
-        epoll_ctl(g->epfd, EPOLL_CTL_DEL, qmp_client_fd(g->qmp), NULL);
-        g->qmp = qmp_client_free(g->qmp);
-}
-
-static void qemu_stop_by_signal(struct guest *g, bool again);
-
-/* The QMP connection failed for good. QEMU closes it as it exits (its pidfd then tells us
- * when it is gone); anything else leaves a QEMU we can no longer drive: said loudly, shown
- * by `status`, and every stop then ends QEMU with signals (qemu_stop_by_signal). */
-static void qmp_lost(struct guest *g, const vmsup_error *err) {
-        struct pollfd p = { .fd = g->qemu.pidfd, .events = POLLIN };
-
-        qmp_drop(g);
-        guest_reap_all(g);
-        if (g->qemu.pid && !g->qemu.exited && g->qemu.pidfd >= 0 && poll(&p, 1, 0) == 1)
-                guest_reap_all(g);
-        if (!g->qemu.pid || g->qemu.exited || p.revents || g->guest_shutdown || g->force_pending) {
-                log_debug("QMP: %s", err->msg);
-                return;
-        }
-        snprintf(g->qmp_lost, sizeof(g->qmp_lost), "%s", err->msg);
-        log_error("lost QMP with QEMU (pid %d): %s; QEMU is no longer driven, a stop ends it with SIGTERM, then "
-                  "SIGKILL", (int) g->qemu.pid, err->msg);
-}
-
-/* query-tpm must show our emulator with the model Nova's rules chose. */
-static int check_tpm_device(struct guest *g, vmsup_error **err) {
-        _cleanup_json_ json_object *ret = NULL;
-        json_object *dev, *model, *options, *type;
-        const char *want = tpm_model_to_string(g->tpm.model);
-        int r;
-
-        r = qmp_client_execute(g->qmp, "query-tpm", NULL, -1, QMP_COMMAND_TIMEOUT, &ret, err);
-        if (r < 0)
-                return r;
-        if (!json_object_is_type(ret, json_type_array) || json_object_array_length(ret) != 1)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "query-tpm: QEMU does not show exactly one TPM");
-        dev = json_object_array_get_idx(ret, 0);
-        if (!json_object_object_get_ex(dev, "model", &model) || !streq(json_object_get_string(model), want) ||
-            !json_object_object_get_ex(dev, "options", &options) ||
-            !json_object_object_get_ex(options, "type", &type) || !streq(json_object_get_string(type), "emulator"))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "query-tpm: expected an emulator TPM of model %s, QEMU shows %s",
-                                  want, json_object_to_json_string(dev));
-        return 0;
-}
-
-/* QEMU greets on its monitor as soon as it is up: wait for that here, where a stop request
- * during the start is seen too, and leave the handshake and its errors to
- * qmp_client_handshake() (QEMU gone, no greeting in time). */
-static int wait_qmp_greeting(struct guest *g, vmsup_error **err) {
-        long deadline = monotonic_ms() + QMP_HANDSHAKE_TIMEOUT;
-
-        for (;;) {
-                struct pollfd p[3] = { { qmp_client_fd(g->qmp), POLLIN, 0 }, { g->qemu.pidfd, POLLIN, 0 },
-                                       { g->cancel_fd, POLLIN, 0 } };
-                long left = deadline - monotonic_ms();
-                int n;
-
-                if (left <= 0)
-                        return 0;
-                n = poll(p, 3, (int) left);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for QEMU's monitor");
-                if (p[2].revents)
-                        return start_check_cancel(g, err);
-                if (p[0].revents || p[1].revents)
-                        return 0;
-        }
-}
-
-static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
-        _cleanup_strv_ char **argv = NULL;
-        _cleanup_close_ int log_fd = -1;
-        _cleanup_free_ char *qemu_log = NULL;
-        int qmp_sv[2] = { -1, -1 };
-        struct proc_fd_map fds[2];
-        struct qemu_args_in in = {
-                .qemu = g->qemu_path, .spec = &g->spec, .tpm = &g->tpm, .cfg = g->cfg, .vars_path = g->dirs.vars,
-                .console_log = g->dirs.console_log, .qmp_fd = 3, .tpm_ctrl_fd = g->tpm.present ? 4 : -1, .paused = true,
-                .incoming = g->incoming ? "defer" : NULL,
-        };
-        struct proc_spawn_opts o = { 0 };
-        int r;
-
-        r = qemu_args_build(&in, &argv, err);
-        if (r < 0)
-                return r;
-        if (asprintf(&qemu_log, "%s/qemu.log", g->dirs.logs) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "QEMU log path");
-        log_fd = open(qemu_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (log_fd < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "open '%s'", qemu_log);
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, qmp_sv) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "QMP socketpair");
-        fds[0] = (struct proc_fd_map) { qmp_sv[1], 3 };
-        fds[1] = (struct proc_fd_map) { tpm_qemu_end, 4 };
-        o.argv = argv;
-        o.stdin_fd = -1;
-        o.stdout_fd = log_fd;
-        o.stderr_fd = log_fd;
-        o.fds = fds;
-        o.n_fds = g->tpm.present ? 2 : 1;
-        o.death_signal = SIGTERM;
-        o.new_session = true;
-        o.set_ids = geteuid() == 0;
-        o.uid = g->qemu_uid;
-        o.gid = g->qemu_gid;
-        o.groups = g->qemu_groups;
-        o.n_groups = g->n_qemu_groups;
-        r = proc_spawn(&o, &g->qemu.pid, &g->qemu.pidfd, err);
-        close(qmp_sv[1]);
-        if (r < 0) {
-                close(qmp_sv[0]);
-                return r;
-        }
-        g->qemu.exited = false;
-        r = qmp_client_new_fd(qmp_sv[0], &g->qmp, err);
-        if (r < 0)
-                return r;
-        qmp_client_set_event_handler(g->qmp, on_qmp_event, g);
-        if ((r = wait_qmp_greeting(g, err)) < 0)
-                return r;
-        r = qmp_client_handshake(g->qmp, QMP_HANDSHAKE_TIMEOUT, err);
-        if (r < 0) {
-                _cleanup_free_ char *tail = NULL;
-
-                guest_child_wait(g, &g->qemu, 2000);
-                tail = guest_log_tail(qemu_log, 3);
-                vmsup_error_prefix(err, "QEMU did not come up (its log: %s)", tail);
-                return r;
-        }
-        log_debug("QMP ready: QEMU %s", qmp_client_qemu_version(g->qmp));
-        if (g->tpm.present && (r = check_tpm_device(g, err)) < 0)
-                return r;
-        return 0;
-}
-
-/* Bring up swtpm and QEMU, check them, and let the guest run. */
-int guest_start_children(struct guest *g, vmsup_error **err) {
-        struct epoll_event ev;
-        int tpm_qemu_end = -1, r;
-        long t0 = monotonic_ms();
-
-        g->state = GUEST_STARTING;
-        g->guest_shutdown = false;
-        g->qemu_termed = false;
-        g->qmp_lost[0] = '\0';
-        snprintf(g->qemu_status, sizeof(g->qemu_status), "prelaunch");
-        /* again at every launch (hard reboot): QEMU's user may have rewritten a header */
-        if ((r = disk_images_check(&g->spec, err)) < 0)
-                return r;
-        if (g->tpm.present && (r = tpm_prepare_and_launch(g, &tpm_qemu_end, err)) < 0)
-                return r;
-        if ((r = start_check_cancel(g, err)) < 0)
-                return r;
-        r = qemu_launch(g, tpm_qemu_end, err);
-        if (r < 0)
-                return r;
-        /* QEMU is still paused (-S): abandoned here, the guest has not run a single instruction */
-        if ((r = start_check_cancel(g, err)) < 0)
-                return r;
-        if (!g->incoming && (r = qmp_client_execute(g->qmp, "cont", NULL, -1, QMP_COMMAND_TIMEOUT, NULL, err)) < 0)
-                return r;
-
-        ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_QEMU };
-        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->qemu.pidfd, &ev) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
-        if (g->swtpm.pid) {
-                ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_SWTPM };
-                if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->swtpm.pidfd, &ev) < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
-        }
-        g->qmp_events = qmp_client_epoll_events(g->qmp);
-        ev = (struct epoll_event) { .events = g->qmp_events, .data.u64 = TAG_QMP };
-        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, qmp_client_fd(g->qmp), &ev) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
-        if (g->incoming) {
-                log_info("QEMU (pid %d) and swtpm (pid %d) wait for the incoming migration (started in %ld ms)",
-                         (int) g->qemu.pid, (int) g->swtpm.pid, monotonic_ms() - t0);
-                return 0;
-        }
-        g->state = GUEST_RUNNING;
-        g->started_at = time(NULL);
-        guest_record_history(g);
-        if (g->tpm.present)
-                log_info("guest running: QEMU pid %d, swtpm pid %d, TPM %s %s (started in %ld ms)", (int) g->qemu.pid,
-                         (int) g->swtpm.pid, tpm_version_to_string(g->tpm.version), tpm_model_to_string(g->tpm.model),
-                         monotonic_ms() - t0);
-        else
-                log_info("guest running: QEMU pid %d, no vTPM (started in %ld ms)", (int) g->qemu.pid, monotonic_ms() - t0);
-        return 0;
-}
-
-/* Make QEMU go away: quit over QMP, then SIGTERM, then SIGKILL. Blocking; for failure
- * paths and the end of a forced stop. */
-static void qemu_kill(struct guest *g) {
-        vmsup_error *err = NULL;
-
-        if (!g->qemu.pid)
-                return;
-        guest_reap_all(g);
-        if (!g->qemu.exited && g->qmp && qmp_client_execute(g->qmp, "quit", NULL, -1, 3000, NULL, &err) < 0)
-                err = vmsup_error_free(err);
-        if (!g->qmp || !guest_child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
-                child_signal(&g->qemu, SIGTERM);
-                if (!guest_child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT)) {
-                        log_warning("QEMU (pid %d) ignored quit and SIGTERM; killing it", (int) g->qemu.pid);
-                        child_signal(&g->qemu, SIGKILL);
-                        guest_child_wait(g, &g->qemu, QEMU_QUIT_TIMEOUT);
-                }
-        }
-}
-
-/* Undo a start that failed half-way, leaving no process behind. */
-void guest_stop_children(struct guest *g) {
-        qemu_kill(g);
-        qmp_drop(g);
-        child_forget(g, &g->qemu);
-        tpm_stop(g);
-}
-
-/* ---- requests and events ----------------------------------------------------------- */
-
-static void answer_waiters(struct guest *g, bool ok, int exit_code, const char *msg) {
+void guest_answer_waiters(struct guest *g, bool ok, int exit_code, const char *msg) {
         while (g->waiters) {
                 struct control_conn *c = g->waiters;
 
@@ -686,6 +73,8 @@ void guest_finish(struct guest *g, int exit_code) {
         g->state = GUEST_STOPPED;
         g->exit_code = exit_code;
         g->done = true;
+        if (g->loop)
+                evloop_exit(g->loop, exit_code);
 }
 
 static void on_quit_reply(void *userdata, json_object *ret, const vmsup_error *err) {
@@ -711,8 +100,8 @@ static void stop_note(struct guest *g, const char *fmt, ...) {
 static void qemu_sigkill(struct guest *g, const char *why) {
         log_warning("%s; killing QEMU (pid %d) with SIGKILL", why, (int) g->qemu.pid);
         stop_note(g, "%s: QEMU was killed (SIGKILL)", why);
-        g->kill_deadline = 0;
-        child_signal(&g->qemu, SIGKILL);
+        evloop_timer_set(g->kill_timer, -1);
+        guest_child_signal(&g->qemu, SIGKILL);
 }
 
 /* Without QMP, QEMU is ended through its pidfd: SIGTERM (QEMU then shuts its devices
@@ -729,10 +118,10 @@ static void qemu_stop_by_signal(struct guest *g, bool again) {
                     g->qmp_lost[0] ? g->qmp_lost : "QMP is not connected", (int) g->qemu.pid, QEMU_QUIT_TIMEOUT / 1000);
         stop_note(g, "QMP was lost (%s): QEMU was sent SIGTERM", g->qmp_lost[0] ? g->qmp_lost : "not connected");
         g->qemu_termed = true;
-        g->stop_deadline = 0;
-        g->kill_deadline = monotonic_ms() + QEMU_QUIT_TIMEOUT;
+        evloop_timer_set(g->stop_timer, -1);
+        evloop_timer_set(g->kill_timer, monotonic_ms() + QEMU_QUIT_TIMEOUT);
         g->force_pending = true;
-        child_signal(&g->qemu, SIGTERM);
+        guest_child_signal(&g->qemu, SIGTERM);
 }
 
 /* Graceful: ACPI power button, then quit when the grace time is over. */
@@ -756,17 +145,17 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
         if (force || reboot || timeout_s == 0) {
                 if (qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
                         err = vmsup_error_free(err);
-                g->kill_deadline = monotonic_ms() + QEMU_QUIT_TIMEOUT;
+                evloop_timer_set(g->kill_timer, monotonic_ms() + QEMU_QUIT_TIMEOUT);
                 g->force_pending = true;
         } else {
                 if (qmp_client_execute_async(g->qmp, "system_powerdown", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
                         err = vmsup_error_free(err);
-                g->stop_deadline = monotonic_ms() + (long) timeout_s * 1000;
+                evloop_timer_set(g->stop_timer, monotonic_ms() + (long) timeout_s * 1000);
         }
-        qmp_watch(g);
+        guest_qmp_watch(g);
 }
 
-static void on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp) {
+void guest_on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp) {
         struct guest *g = userdata;
         json_object *reason;
         const char *why = data && json_object_object_get_ex(data, "reason", &reason) ? json_object_get_string(reason)
@@ -793,289 +182,18 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
                 log_debug("QEMU: event %s", event);
 }
 
-struct pending_reply {
-        struct guest *g;
-        struct control_conn *conn;
-};
-
-static void on_status_reply(void *userdata, json_object *ret, const vmsup_error *err) {
-        struct pending_reply *p = userdata;
-        struct guest *g = p->g;
-        json_object *o = json_object_new_object(), *tpm, *st;
-
-        json_object_object_add(o, "uuid", json_object_new_string(g->spec.uuid));
-        json_object_object_add(o, "name", json_object_new_string(g->spec.name));
-        json_object_object_add(o, "state", json_object_new_string(state_names[g->state]));
-        json_object_object_add(o, "pid", json_object_new_int(getpid()));
-        json_object_object_add(o, "qemu_pid", g->qemu.pid ? json_object_new_int(g->qemu.pid) : NULL);
-        json_object_object_add(o, "swtpm_pid", g->swtpm.pid ? json_object_new_int(g->swtpm.pid) : NULL);
-        json_object_object_add(o, "uptime_s", json_object_new_int64(g->started_at ? (int64_t) (time(NULL) - g->started_at) : 0));
-        tpm = vtpm_config_to_json(&g->tpm);
-        json_object_object_add(o, "tpm", tpm);
-        if (!g->qmp && g->qmp_lost[0] && g->qemu.pid && !g->qemu.exited) {
-                /* QEMU runs, but nothing tells us what it does */
-                json_object_object_add(o, "qemu_status", json_object_new_string("unknown (QMP lost)"));
-                json_object_object_add(o, "qmp_lost", json_object_new_string(g->qmp_lost));
-        } else if (ret && json_object_object_get_ex(ret, "status", &st))
-                json_object_object_add(o, "qemu_status", json_object_get(st));
-        else if (err && err->errnum == ETIMEDOUT)
-                /* its main loop is held: a migration on a dead link, a stuck device */
-                json_object_object_add(o, "qemu_status", json_object_new_string("not answering"));
-        else
-                json_object_object_add(o, "qemu_status", json_object_new_string(err ? "unknown" : g->qemu_status));
-        {
-                vmsup_error *merr = NULL;
-                _cleanup_free_ char *marker = guest_dirs_stamp_read(g->dirs.migrated_out, &merr);
-
-                if (marker)
-                        json_object_object_add(o, "migrated_out", json_object_new_string(marker));
-                vmsup_error_free(merr);
-                merr = NULL;
-                free(marker);
-                marker = g->incoming ? NULL : guest_dirs_stamp_read(g->dirs.incoming, &merr);
-                if (marker)
-                        json_object_object_add(o, "incoming", json_object_new_string(marker));
-                vmsup_error_free(merr);
-        }
-        if (g->migrating_to) {
-                json_object *m = json_object_new_object();
-
-                json_object_object_add(m, "to", json_object_new_string(g->migrating_to));
-                json_object_object_add(m, "status", json_object_new_string(g->migration_status[0] ? g->migration_status
-                                                                                                   : "preparing"));
-                json_object_object_add(m, "percent", json_object_new_int(g->migration_percent));
-                json_object_object_add(o, "migration", m);
-        }
-        control_conn_reply_ok(p->conn, o);
-        control_conn_free(p->conn);
-        free(p);
-}
-
-static void on_qmp_passthrough_reply(void *userdata, json_object *ret, const vmsup_error *err) {
-        struct pending_reply *p = userdata;
-
-        if (err)
-                control_conn_reply_error(p->conn, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
-        else
-                control_conn_reply_ok(p->conn, json_object_get(ret));
-        control_conn_free(p->conn);
-        free(p);
-}
-
-static void on_reset_reply(void *userdata, json_object *ret, const vmsup_error *err) {
-        struct pending_reply *p = userdata;
-
-        (void) ret;
-        if (err)
-                control_conn_reply_error(p->conn, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
-        else {
-                log_info("guest rebooted (system_reset)");
-                control_conn_reply_ok(p->conn, json_object_new_string("rebooted"));
-        }
-        control_conn_free(p->conn);
-        free(p);
-}
-
-static void on_resolve_reply(void *userdata, json_object *ret, const vmsup_error *err) {
-        struct pending_reply *p = userdata;
-
-        (void) ret;
-        if (err) {
-                log_error("the migrated-out marker is removed, but the guest stays paused: cont: %s", err->msg);
-                control_conn_reply_error(p->conn, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
-        } else {
-                log_info("an operator resolved the hand-over: this host's copy is the one; the guest runs here again");
-                control_conn_reply_ok(p->conn, json_object_new_string("kept: the guest runs here again"));
-        }
-        control_conn_free(p->conn);
-        free(p);
-}
-
-static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd, json_object *args, int timeout_ms,
-                        qmp_reply_fn fn);
-
-/* `vmsup resolve --keep` (vmsup(8), MIGRATION): an operator says this host's copy is the
- * one. A source's guest left paused by an undecided hand-over runs again; a destination's
- * unconfirmed copy becomes a plain guest of this host. */
-static void resolve_keep(struct guest *g, struct control_conn *c) {
-        char msg[600];
-
-        if (access(g->dirs.migrated_out, F_OK) == 0) {
-                if (unlink(g->dirs.migrated_out) < 0) {
-                        snprintf(msg, sizeof(msg), "remove '%s': %s", g->dirs.migrated_out, strerror(errno));
-                        control_conn_reply_error(c, VMSUP_EX_IOERR, msg);
-                        control_conn_free(c);
-                        return;
-                }
-                log_info("an operator resolved the hand-over: this host's copy is the one (removed %s)",
-                         g->dirs.migrated_out);
-                forward_qmp(g, c, "cont", NULL, QMP_COMMAND_TIMEOUT, on_resolve_reply);
-                return;
-        }
-        if (guest_dirs_incoming_committed(&g->dirs)) {
-                if (unlink(g->dirs.incoming) < 0) {
-                        snprintf(msg, sizeof(msg), "remove '%s': %s", g->dirs.incoming, strerror(errno));
-                        control_conn_reply_error(c, VMSUP_EX_IOERR, msg);
-                } else {
-                        log_info("an operator resolved the hand-over: this host's copy is the one (removed %s)",
-                                 g->dirs.incoming);
-                        control_conn_reply_ok(c, json_object_new_string("kept: the guest is this host's"));
-                }
-                control_conn_free(c);
-                return;
-        }
-        snprintf(msg, sizeof(msg), "guest %s has no undecided live migration on this host (no %s, no committed %s): "
-                 "nothing to resolve", g->spec.uuid, GUEST_MIGRATED_OUT, GUEST_INCOMING);
-        control_conn_reply_error(c, VMSUP_EX_DATAERR, msg);
-        control_conn_free(c);
-}
-
-static bool get_bool(json_object *req, const char *key) {
-        json_object *v;
-
-        return json_object_object_get_ex(req, key, &v) && json_object_get_boolean(v);
-}
-
-/* Queue a QMP command whose reply answers the control client; takes the connection. */
-static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd, json_object *args, int timeout_ms,
-                        qmp_reply_fn fn) {
-        struct pending_reply *p = calloc(1, sizeof(*p));
-        vmsup_error *err = NULL;
-
-        if (!p || !g->qmp || g->state != GUEST_RUNNING) {
-                char msg[320];
-
-                free(p);
-                snprintf(msg, sizeof(msg), "%s%s%s", g->qmp ? "the guest is not running" : "QEMU is not reachable",
-                         !g->qmp && g->qmp_lost[0] ? ": QMP lost: " : "", !g->qmp ? g->qmp_lost : "");
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
-                control_conn_free(c);
-                return;
-        }
-        p->g = g;
-        p->conn = c;
-        if (qmp_client_execute_async(g->qmp, cmd, args, -1, timeout_ms, fn, p, &err) < 0) {
-                control_conn_reply_error(c, err->exit_code, err->msg);
-                control_conn_free(c);
-                free(p);
-                vmsup_error_free(err);
-                return;
-        }
-        qmp_watch(g);
-}
-
-/* The guest's migrated-out marker: an undecided hand-over to another host. */
-static bool handed_over(const struct guest *g) {
-        return access(g->dirs.migrated_out, F_OK) == 0;
-}
-
-static void handle_request(struct guest *g, struct control_conn *c) {
-        json_object *cmdv, *v;
-        const char *cmd = json_object_object_get_ex(c->request, "cmd", &cmdv) ? json_object_get_string(cmdv) : "";
-        enum qmp_policy verdict;
-        char why[512];
-
-        if (g->migrating_to && !streq(cmd, "status")) {
-                char msg[320];
-
-                snprintf(msg, sizeof(msg), "the guest is being migrated to %s; '%s' must wait until that ends",
-                         g->migrating_to, cmd);
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
-                control_conn_free(c);
-                return;
-        }
-        if ((streq(cmd, "reboot") || streq(cmd, "migrate")) && handed_over(g)) {
-                /* a hard reboot starts QEMU afresh from the sealed state, a soft one and a
-                 * migration's rollback resume the guest: a second running copy */
-                snprintf(why, sizeof(why),
-                         "'%s' is refused: the guest was handed over to another host by a live migration whose "
-                         "outcome is unknown (%s), and may run there; see vmsup(8), MIGRATION",
-                         cmd, g->dirs.migrated_out);
-                log_warning("%s", why);
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, why);
-                control_conn_free(c);
-                return;
-        }
-        if (streq(cmd, "status")) {
-                if (g->qmp && g->state == GUEST_RUNNING)
-                        forward_qmp(g, c, "query-status", NULL, STATUS_QMP_TIMEOUT_MS, on_status_reply);
-                else {
-                        struct pending_reply *p = calloc(1, sizeof(*p));
-
-                        if (!p) {
-                                control_conn_free(c);
-                                return;
-                        }
-                        *p = (struct pending_reply) { g, c };
-                        on_status_reply(p, NULL, NULL);
-                }
-        } else if (streq(cmd, "stop")) {
-                unsigned timeout = g->cfg->supervisor.stop_timeout;
-
-                if (json_object_object_get_ex(c->request, "timeout", &v) && json_object_is_type(v, json_type_int) &&
-                    json_object_get_int(v) >= 0)
-                        timeout = (unsigned) json_object_get_int(v);
-                log_info("stop requested (%s)", get_bool(c->request, "force") ? "forced" : "graceful");
-                c->next = g->waiters;
-                g->waiters = c;
-                if (g->state == GUEST_RUNNING)
-                        guest_begin_stop(g, timeout, get_bool(c->request, "force"), false);
-                else if (get_bool(c->request, "force") && g->qemu.pid)
-                        guest_begin_stop(g, 0, true, g->state == GUEST_REBOOTING && false);
-        } else if (streq(cmd, "reboot")) {
-                if (g->state != GUEST_RUNNING) {
-                        control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, "the guest is not running");
-                        control_conn_free(c);
-                } else if (get_bool(c->request, "hard")) {
-                        log_info("hard reboot requested: QEMU is restarted, the TPM state is kept");
-                        c->next = g->waiters;
-                        g->waiters = c;
-                        guest_begin_stop(g, 0, true, true);
-                } else
-                        forward_qmp(g, c, "system_reset", NULL, QMP_COMMAND_TIMEOUT, on_reset_reply);
-        } else if (streq(cmd, "migrate")) {
-                migrate_out(g, c);
-        } else if (streq(cmd, "resolve")) {
-                resolve_keep(g, c);
-        } else if (streq(cmd, "qmp")) {
-                json_object *args = NULL;
-
-                if (!json_object_object_get_ex(c->request, "command", &v) || !json_object_is_type(v, json_type_string)) {
-                        control_conn_reply_error(c, VMSUP_EX_USAGE, "qmp request without a command");
-                        control_conn_free(c);
-                        return;
-                }
-                json_object_object_get_ex(c->request, "arguments", &args);
-                /* After an undecided hand-over the guest may run on the destination: two
-                 * copies of one TPM must never run (docs/migration.md). */
-                verdict = qmp_policy_check(json_object_get_string(v), args, handed_over(g), why, sizeof(why));
-                if (verdict != QMP_POLICY_ALLOW) {
-                        log_warning("%s", why);
-                        control_conn_reply_error(
-                                c, verdict == QMP_POLICY_REFUSED ? VMSUP_EX_UNAVAILABLE : VMSUP_EX_TEMPFAIL, why);
-                        control_conn_free(c);
-                        return;
-                }
-                forward_qmp(g, c, json_object_get_string(v), args, QMP_COMMAND_TIMEOUT, on_qmp_passthrough_reply);
-        } else {
-                control_conn_reply_error(c, VMSUP_EX_USAGE, "unknown control request");
-                control_conn_free(c);
-        }
-}
-
-/* ---- the end of QEMU or swtpm ------------------------------------------------------ */
-
 static void on_qemu_exit(struct guest *g) {
         vmsup_error *err = NULL;
         char why[64];
         bool expected = g->stop_requested || g->guest_shutdown;
 
         proc_describe_status(g->qemu.status, why, sizeof(why));
-        qmp_drop(g);
-        child_forget(g, &g->qemu);
-        g->stop_deadline = g->kill_deadline = 0;
+        guest_qmp_drop(g);
+        guest_child_forget(&g->qemu);
+        evloop_timer_set(g->stop_timer, -1);
+        evloop_timer_set(g->kill_timer, -1);
         g->force_pending = false;
-        tpm_stop(g);
+        guest_tpm_stop(g);
 
         if (g->tpm_stop_err) {
                 /* swtpm had to be killed: the stop (or reboot) did not go as it should */
@@ -1087,7 +205,7 @@ static void on_qemu_exit(struct guest *g) {
                                  g->stop_note);
                 else
                         log_error("QEMU %s unexpectedly; the guest is gone", why);
-                answer_waiters(g, false, e->exit_code, e->msg);
+                guest_answer_waiters(g, false, e->exit_code, e->msg);
                 guest_finish(g, e->exit_code);
                 return;
         }
@@ -1097,13 +215,13 @@ static void on_qemu_exit(struct guest *g) {
                 g->stop_note[0] = '\0';
                 if (guest_start_children(g, &err) < 0) {
                         log_error("hard reboot failed: %s", err->msg);
-                        answer_waiters(g, false, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+                        guest_answer_waiters(g, false, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
                         vmsup_error_free(err);
                         guest_stop_children(g);
                         guest_finish(g, VMSUP_EX_FAILURE);
                         return;
                 }
-                answer_waiters(g, true, 0, "rebooted");
+                guest_answer_waiters(g, true, 0, "rebooted");
                 return;
         }
         if (expected) {
@@ -1112,11 +230,11 @@ static void on_qemu_exit(struct guest *g) {
                 log_info("guest stopped: %s (QEMU %s)%s%s", g->stop_requested ? "on request" : "it powered off", why,
                          g->stop_note[0] ? ": " : "", g->stop_note);
                 snprintf(msg, sizeof(msg), "stopped%s%s", g->stop_note[0] ? ": " : "", g->stop_note);
-                answer_waiters(g, true, 0, msg);
+                guest_answer_waiters(g, true, 0, msg);
                 guest_finish(g, 0);
         } else {
                 log_error("QEMU %s unexpectedly; the guest is gone", why);
-                answer_waiters(g, false, VMSUP_EX_FAILURE, "QEMU ended unexpectedly");
+                guest_answer_waiters(g, false, VMSUP_EX_FAILURE, "QEMU ended unexpectedly");
                 guest_finish(g, VMSUP_EX_FAILURE);
         }
 }
@@ -1126,10 +244,10 @@ static void on_swtpm_exit(struct guest *g) {
         char why[64];
 
         proc_describe_status(g->swtpm.status, why, sizeof(why));
-        child_forget(g, &g->swtpm);
+        guest_child_forget(&g->swtpm);
         closep(&g->tpm_ctrl_fd);
         g->tpm_ctrl_fd = -1;
-        tpm_seal_and_wipe(g);
+        guest_tpm_seal_and_wipe(g);
         /* QEMU shuts the TPM down (CMD_SHUTDOWN) as it exits: swtpm may go first. */
         if (g->guest_shutdown || g->stop_requested) {
                 log_debug("swtpm %s as QEMU shut it down", why);
@@ -1138,67 +256,58 @@ static void on_swtpm_exit(struct guest *g) {
         if (g->qemu.pid && !g->qemu.exited) {
                 log_error("swtpm %s while the guest was running; stopping QEMU. swtpm's last log lines: %s", why, tail);
                 g->stop_requested = true; /* ours, not the guest's */
-                qemu_kill(g);
+                guest_qemu_kill(g);
                 guest_reap_all(g);
-                qmp_drop(g);
-                child_forget(g, &g->qemu);
-                answer_waiters(g, false, VMSUP_EX_FAILURE, "swtpm ended unexpectedly");
+                guest_qmp_drop(g);
+                guest_child_forget(&g->qemu);
+                guest_answer_waiters(g, false, VMSUP_EX_FAILURE, "swtpm ended unexpectedly");
                 guest_finish(g, VMSUP_EX_FAILURE);
         }
 }
 
-/* ---- the loop ---------------------------------------------------------------------- */
-
-static int next_timeout(struct guest *g) {
-        long now = monotonic_ms(), t = -1;
-
-        if (g->stop_deadline)
-                t = g->stop_deadline - now;
-        if (g->kill_deadline && (t < 0 || g->kill_deadline - now < t))
-                t = g->kill_deadline - now;
-        if (g->accept_resume_at && (t < 0 || g->accept_resume_at - now < t))
-                t = g->accept_resume_at - now;
-        for (struct control_conn *c = g->conns; c; c = c->next)
-                if (t < 0 || c->deadline - now < t)
-                        t = c->deadline - now;
-        if (g->qmp) {
-                int q = qmp_client_next_timeout_ms(g->qmp);
-
-                if (q >= 0 && (t < 0 || q < t))
-                        t = q;
-        }
-        if (t < -1)
-                t = 0;
-        return t > 1000000 ? 1000000 : (int) t;
+/* After any reap: a QEMU that is gone ends the guest's run (or restarts it, for a hard
+ * reboot), and takes swtpm with it; a swtpm that is gone alone stops QEMU. */
+void guest_check_children(struct guest *g) {
+        if (g->done)
+                return;
+        if (g->qemu.pid && g->qemu.exited)
+                on_qemu_exit(g);
+        else if (g->swtpm.pid && g->swtpm.exited)
+                on_swtpm_exit(g);
+        guest_qmp_watch(g);
 }
 
-static void check_deadlines(struct guest *g) {
-        long now = monotonic_ms();
+/* The guest did not power off within the stop timeout: quit. */
+static void on_stop_timer(struct evloop_source *s, void *userdata) {
+        struct guest *g = userdata;
         vmsup_error *err = NULL;
 
-        if (g->stop_deadline && now >= g->stop_deadline) {
-                g->stop_deadline = 0;
-                if (!g->qmp) {
-                        qemu_stop_by_signal(g, false);
-                } else {
-                        log_info("the guest did not power off within the stop timeout; telling QEMU to quit");
-                        stop_note(g, "the guest did not power off within the stop timeout: QEMU was told to quit");
-                        if (qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
-                                err = vmsup_error_free(err);
-                        g->kill_deadline = now + QEMU_QUIT_TIMEOUT;
-                        g->force_pending = true;
-                        qmp_watch(g);
-                }
+        (void) s;
+        if (!g->qemu.pid || g->qemu.exited)
+                return;
+        if (!g->qmp) {
+                qemu_stop_by_signal(g, false);
+                return;
         }
-        if (g->kill_deadline && now >= g->kill_deadline && g->qemu.pid && !g->qemu.exited) {
-                char why[64];
+        log_info("the guest did not power off within the stop timeout; telling QEMU to quit");
+        stop_note(g, "the guest did not power off within the stop timeout: QEMU was told to quit");
+        if (qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
+                err = vmsup_error_free(err);
+        evloop_timer_set(g->kill_timer, monotonic_ms() + QEMU_QUIT_TIMEOUT);
+        g->force_pending = true;
+        guest_qmp_watch(g);
+}
 
-                snprintf(why, sizeof(why), "QEMU did not exit within %d s", QEMU_QUIT_TIMEOUT / 1000);
-                qemu_sigkill(g, why);
-        }
-        if (g->qmp)
-                qmp_client_expire(g->qmp);
-        guest_control_expire(g);
+/* QEMU did not exit within the quit (or SIGTERM) grace: SIGKILL. */
+static void on_kill_timer(struct evloop_source *s, void *userdata) {
+        struct guest *g = userdata;
+        char why[64];
+
+        (void) s;
+        if (!g->qemu.pid || g->qemu.exited)
+                return;
+        snprintf(why, sizeof(why), "QEMU did not exit within %d s", QEMU_QUIT_TIMEOUT / 1000);
+        qemu_sigkill(g, why);
 }
 
 /* During a migration: reap, and remember a stop request for when it is over. */
@@ -1227,9 +336,9 @@ void guest_dispatch_sync(struct guest *g) {
         vmsup_error *err = NULL;
         int r;
 
-        fd_reserve_release(g);
+        guest_fd_reserve_release(g);
         r = tpm_sync_dispatch(g->sync, &err);
-        fd_reserve_fill(g);
+        guest_fd_reserve_fill(g);
         /* a failure leaves the newest state live; the next write or the stop tries again */
         if (r < 0) {
                 log_error("sealing the TPM state failed: %s", err->msg);
@@ -1238,523 +347,41 @@ void guest_dispatch_sync(struct guest *g) {
                 log_debug("TPM state sealed (%u writes so far)", tpm_sync_sealed_count(g->sync));
 }
 
-static void handle_signal(struct guest *g) {
-        struct signalfd_siginfo si;
+static void on_signal(struct evloop_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        struct guest *g = userdata;
 
-        while (read(g->sigfd, &si, sizeof(si)) == sizeof(si)) {
-                switch (si.ssi_signo) {
-                case SIGCHLD:
-                        guest_reap_all(g);
-                        break;
-                case SIGTERM:
-                case SIGINT:
-                        if (g->state == GUEST_STOPPING) {
-                                log_info("%s again: stopping at once", sigabbrev_np((int) si.ssi_signo));
-                                guest_begin_stop(g, 0, true, false);
-                        } else if (g->state == GUEST_RUNNING) {
-                                log_info("SIG%s: stopping the guest (up to %u s for it to power off)",
-                                         sigabbrev_np((int) si.ssi_signo), g->cfg->supervisor.stop_timeout);
-                                guest_begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
-                        }
-                        break;
-                default:
-                        break;
+        (void) s;
+        switch (si->ssi_signo) {
+        case SIGCHLD:
+                /* QEMU's and swtpm's exits come on their pidfds; this reaps the rest */
+                guest_reap_all(g);
+                break;
+        case SIGTERM:
+        case SIGINT:
+                if (g->state == GUEST_STOPPING) {
+                        log_info("%s again: stopping at once", sigabbrev_np((int) si->ssi_signo));
+                        guest_begin_stop(g, 0, true, false);
+                } else if (g->state == GUEST_RUNNING) {
+                        log_info("SIG%s: stopping the guest (up to %u s for it to power off)",
+                                 sigabbrev_np((int) si->ssi_signo), g->cfg->supervisor.stop_timeout);
+                        guest_begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
                 }
+                break;
+        default:
+                break;
         }
 }
 
-/* accept() failed for lack of a free fd. Level-triggered epoll would wake us again at
- * once for the same waiting client, for ever (a core spinning, a log line each time): an
- * fd from the reserve takes the waiting clients only to tell them why, then the listen
- * fd is left out of epoll for CONTROL_ACCEPT_BACKOFF_MS. One log line per episode. */
-static void accept_starved(struct guest *g, const vmsup_error *err) {
-        char msg[160];
-
-        if (!g->accept_starved)
-                log_warning("%s; control clients are refused until file descriptors are free again (%zu control "
-                            "connections open)",
-                            err->msg, control_conn_count());
-        g->accept_starved = true;
-        snprintf(msg, sizeof(msg), "the supervisor is out of file descriptors (%s); try again later",
-                 strerror(err->errnum));
-        closep(&g->fd_reserve[0]);
-        g->fd_reserve[0] = -1;
-        for (int i = 0; i < CONTROL_MAX_CLIENTS && control_accept_refuse(g->listen_fd, VMSUP_EX_TEMPFAIL, msg) > 0; i++)
-                ;
-        fd_reserve_fill(g);
-        if (!g->accept_resume_at)
-                epoll_ctl(g->epfd, EPOLL_CTL_DEL, g->listen_fd, NULL);
-        g->accept_resume_at = monotonic_ms() + CONTROL_ACCEPT_BACKOFF_MS;
-}
-
-bool guest_control_listening(const struct guest *g) {
-        return g->listen_fd >= 0 && !g->accept_resume_at;
-}
-
-void guest_accept_conn(struct guest *g) {
-        vmsup_error *err = NULL;
-        struct control_conn *c;
-        struct epoll_event ev;
-
-        if (!guest_control_listening(g))
-                return;
-        c = control_accept(g->listen_fd, &err);
-        if (err) {
-                if (err->errnum == EMFILE || err->errnum == ENFILE)
-                        accept_starved(g, err);
-                else
-                        log_warning("%s", err->msg);
-                vmsup_error_free(err);
-        }
-        if (!c)
-                return;
-        g->accept_starved = false;
-        if (control_conn_count() > CONTROL_MAX_CLIENTS) {
-                char msg[128];
-
-                snprintf(msg, sizeof(msg), "too many control connections (%d open); try again later",
-                         CONTROL_MAX_CLIENTS);
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
-                control_conn_free(c);
-                return;
-        }
-        c->deadline = monotonic_ms() + CONTROL_REQUEST_TIMEOUT_MS;
-        ev = (struct epoll_event) { .events = EPOLLIN, .data.ptr = c };
-        c->next = g->conns;
-        g->conns = c;
-        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
-                g->conns = c->next;
-                control_conn_free(c);
-        }
-}
-
-void guest_control_expire(struct guest *g) {
-        long now = monotonic_ms();
-        struct control_conn **pp = &g->conns;
-
-        if (g->accept_resume_at && now >= g->accept_resume_at) {
-                struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
-
-                g->accept_resume_at = 0;
-                if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->listen_fd, &ev) < 0 && errno != EEXIST)
-                        log_error("epoll: the control socket: %s", strerror(errno));
-        }
-        /* a client that connects and says nothing (or half a request) holds an fd: not for long */
-        while (*pp) {
-                struct control_conn *c = *pp;
-                char msg[96];
-
-                if (c->deadline > now) {
-                        pp = &c->next;
-                        continue;
-                }
-                *pp = c->next;
-                c->next = NULL;
-                epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-                snprintf(msg, sizeof(msg), "no whole request within %d s: closed", CONTROL_REQUEST_TIMEOUT_MS / 1000);
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
-                control_conn_free(c);
-        }
-}
-
-void guest_handle_conn(struct guest *g, struct control_conn *c) {
-        vmsup_error *err = NULL;
-        int r = control_conn_read(c, &err);
-        struct control_conn **pp;
-
-        if (r == 0)
-                return;
-        for (pp = &g->conns; *pp; pp = &(*pp)->next)
-                if (*pp == c) {
-                        *pp = c->next;
-                        break;
-                }
-        c->next = NULL;
-        epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-        if (r < 0) {
-                control_conn_reply_error(c, err->exit_code, err->msg);
-                control_conn_free(c);
-                vmsup_error_free(err);
-                return;
-        }
-        handle_request(g, c);
-}
-
-static int event_loop(struct guest *g) {
-        while (!g->done) {
-                struct epoll_event evs[16];
-                int n = epoll_wait(g->epfd, evs, 16, next_timeout(g));
-
-                if (n < 0 && errno != EINTR) {
-                        log_error("epoll_wait: %s", strerror(errno));
-                        guest_stop_children(g);
-                        guest_finish(g, VMSUP_EX_OSERR);
-                        break;
-                }
-                for (int i = 0; i < n && !g->done; i++) {
-                        uint64_t tag = evs[i].data.u64;
-
-                        if (tag == TAG_SIGNAL)
-                                handle_signal(g);
-                        else if (tag == TAG_QEMU || tag == TAG_SWTPM)
-                                guest_reap_all(g);
-                        else if (tag == TAG_SYNC)
-                                guest_dispatch_sync(g);
-                        else if (tag == TAG_QMP && g->qmp) {
-                                vmsup_error *err = NULL;
-
-                                if (qmp_client_dispatch(g->qmp, &err) < 0) {
-                                        qmp_lost(g, err);
-                                        vmsup_error_free(err);
-                                } else
-                                        qmp_watch(g);
-                        } else if (tag == TAG_LISTEN)
-                                guest_accept_conn(g);
-                        else if (tag > TAG_LISTEN)
-                                guest_handle_conn(g, evs[i].data.ptr);
-                }
-                if (g->done)
-                        break;
-                if (g->qemu.pid && g->qemu.exited)
-                        on_qemu_exit(g);
-                else if (g->swtpm.pid && g->swtpm.exited)
-                        on_swtpm_exit(g);
-                if (!g->done)
-                        check_deadlines(g);
-        }
-        return g->exit_code;
-}
-
-/* ---- set-up and tear-down ---------------------------------------------------------- */
-
-static int check_host_offers(struct guest *g, vmsup_error **err) {
-        struct tpm_host_offer offer;
-
-        host_config_tpm_offer(g->cfg, &offer);
-        return tpm_rules_check_host(&g->tpm, &offer, err);
-}
-
-static int resolve_programs(struct guest *g, vmsup_error **err) {
-        struct passwd *pw;
-        struct group *gr;
-
-        g->qemu_path = proc_find_executable(g->cfg->qemu.binary, err);
-        if (!g->qemu_path)
-                return -ENOENT;
-        if (!g->tpm.present)
-                return 0;
-        g->swtpm_path = proc_find_executable(g->cfg->tpm.swtpm, err);
-        if (!g->swtpm_path)
-                return -ENOENT;
-        g->swtpm_setup_path = proc_find_executable(g->cfg->tpm.swtpm_setup, err);
-        if (!g->swtpm_setup_path)
-                return -ENOENT;
-        pw = getpwnam(g->cfg->tpm.swtpm_user);
-        if (!pw)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_user '%s' does not exist", g->cfg->tpm.swtpm_user);
-        gr = getgrnam(g->cfg->tpm.swtpm_group);
-        if (!gr)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_group '%s' does not exist", g->cfg->tpm.swtpm_group);
-        return 0;
-}
-
-/* The guest's own uids and gids for swtpm and QEMU (one guest's children cannot read or
- * write another guest's live TPM state, VARS or console log). */
-static int resolve_ids(struct guest *g, vmsup_error **err) {
-        struct confine_ids ids;
-        int r = confine_guest_ids(g->cfg, g->tpm.present, g->spec.uuid, &ids, err);
-
-        if (r < 0)
-                return r;
-        g->tpm_uid = ids.swtpm_uid;
-        g->tpm_gid = ids.swtpm_gid;
-        g->tpm_uid_private = ids.swtpm_private;
-        g->qemu_uid = ids.qemu_uid;
-        g->qemu_gid = ids.qemu_gid;
-        memcpy(g->qemu_groups, ids.qemu_groups, sizeof(g->qemu_groups));
-        g->n_qemu_groups = ids.n_qemu_groups;
-        if (geteuid() == 0)
-                log_debug("guest ids: swtpm %u:%u, QEMU %u:%u", (unsigned) ids.swtpm_uid, (unsigned) ids.swtpm_gid,
-                          (unsigned) ids.qemu_uid, (unsigned) ids.qemu_gid);
-        return 0;
-}
-
-/* vmsup never resets a TPM by itself: no sealed state for a guest whose TPM was
- * manufactured (its stamp) is lost state, refused unless the operator asked for a new
- * TPM; --new-tpm for a guest that has its state is refused too. Before any secret is
- * fetched: nothing is contacted or changed for a start that cannot go on. */
-static int tpm_check_state_present(struct guest *g, bool no_sealed_state, vmsup_error **err) {
-        _cleanup_free_ char *stamp = guest_dirs_stamp_read(g->dirs.tpm_stamp, err);
-
-        if (!stamp && *err)
-                return -EIO;
-        if (!no_sealed_state) {
-                if (g->new_tpm)
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
-                                          "--new-tpm: the guest has sealed TPM state in '%s', which vmsup does not "
-                                          "replace (to drop a TPM on purpose: 'vmsup delete', or 'vmsup resize "
-                                          "--confirm-reset' to another TPM version or model)",
-                                          g->dirs.state);
-                return 0;
-        }
-        if (!stamp)
-                return 0; /* a new guest: its TPM is manufactured */
-        if (!g->new_tpm)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
-                                  "the guest's TPM state is gone: '%s' holds no sealed TPM state, but the guest has a "
-                                  "TPM (%s: %s); refusing to manufacture a new one, which would change its EK and "
-                                  "start its NV counters again; restore the sealed state from a backup, or start with "
-                                  "--new-tpm to give the guest a new TPM on purpose",
-                                  g->dirs.state, GUEST_STAMP_TPM, stamp);
-        log_warning("--new-tpm: the guest's TPM state is gone from %s (it had a %s); manufacturing a new TPM: its EK "
-                    "changes and its NV counters start again", g->dirs.state, stamp);
-        return 0;
-}
-
-/* The vTPM passphrase (Barbican), the key the state is sealed under, and the sync of
- * the live dir with the sealed files. Before the seccomp filter and before any child. */
-static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **err) {
-        _cleanup_free_ char *manifest = NULL;
-        struct vtpm_secret secret = { 0 };
-        struct vtpm_secret_request req = {
-                .cfg = g->cfg, .spec = &g->spec, .tpm = &g->tpm, .state_dir = g->dirs.state, .token_fd = token_fd,
-                .cancel_fd = g->cancel_fd,
-        };
+int guest_loop_open(struct guest *g, const sigset_t *mask, vmsup_error **err) {
         int r;
 
-        if (asprintf(&manifest, "%s/%s%s", g->dirs.state, SEAL_MANIFEST_NAME, SEAL_SUFFIX) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "sealed state");
-        req.first_start = access(manifest, F_OK) < 0 && errno == ENOENT;
-        r = tpm_check_state_present(g, req.first_start, err);
-        if (r < 0)
+        if ((r = evloop_new(&g->loop, err)) < 0 ||
+            (r = evloop_add_signal(g->loop, mask, on_signal, g, &g->sig_src, err)) < 0)
                 return r;
-        r = vtpm_secret_obtain(&req, &secret, err);
-        if (r < 0)
+        g->sigfd = evloop_source_fd(g->sig_src);
+        if ((r = evloop_add_timer(g->loop, -1, on_qmp_timer, g, &g->qmp_timer, err)) < 0 ||
+            (r = evloop_add_timer(g->loop, -1, on_stop_timer, g, &g->stop_timer, err)) < 0 ||
+            (r = evloop_add_timer(g->loop, -1, on_kill_timer, g, &g->kill_timer, err)) < 0)
                 return r;
-        if (secret.created) {
-                log_info("created vTPM secret %s in Barbican; the orchestrator must keep it as the guest's "
-                         "vtpm_secret_uuid", secret.id);
-                printf("vtpm_secret_uuid=%s\n", secret.id);
-                fflush(stdout);
-        }
-        r = guest_derive_keys(g, secret.passphrase, err);
-        vtpm_secret_clear(&secret);
-        if (r < 0)
-                return r;
-        return guest_open_sync(g, err);
-}
-
-/* The state-seal key and swtpm's migration key, from the vTPM passphrase. */
-int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err) {
-        size_t len = strlen(passphrase);
-        int r;
-
-        r = kdf_check_passphrase(passphrase, len, err);
-        if (r >= 0)
-                r = kdf_derive_key(passphrase, len, g->spec.uuid, KDF_USE_STATE_SEAL, &g->seal_key, err);
-        if (r >= 0)
-                r = kdf_derive_key(passphrase, len, g->spec.uuid, KDF_USE_SWTPM_MIGRATION, &g->migration_key, err);
-        return r < 0 ? vmsup_error_prefix(err, "vTPM secret") : 0;
-}
-
-int guest_open_sync(struct guest *g, vmsup_error **err) {
-        struct tpm_sync_opts so = { 0 };
-
-        so.live_dir = g->dirs.live_tpm;
-        so.state_dir = g->dirs.state;
-        so.uuid = g->spec.uuid;
-        so.version = g->tpm.version;
-        so.key = g->seal_key;
-        so.uid = g->tpm_uid;
-        so.gid = g->tpm_gid;
-        so.uid_private = g->tpm_uid_private;
-        return tpm_sync_open(&so, &g->sync, err);
-}
-
-static int setup_loop(struct guest *g, sigset_t *mask, vmsup_error **err) {
-        struct epoll_event ev;
-
-        g->epfd = epoll_create1(EPOLL_CLOEXEC);
-        if (g->epfd < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll_create1");
-        g->sigfd = signalfd(-1, mask, SFD_CLOEXEC | SFD_NONBLOCK);
-        if (g->sigfd < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "signalfd");
-        ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_SIGNAL };
-        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->sigfd, &ev) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
-        g->listen_fd = control_listen(g->dirs.control, err);
-        if (g->listen_fd < 0)
-                return g->listen_fd;
-        ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
-        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->listen_fd, &ev) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
         return 0;
-}
-
-static void teardown(struct guest *g) {
-        while (g->conns) {
-                struct control_conn *c = g->conns;
-
-                g->conns = c->next;
-                control_conn_free(c);
-        }
-        answer_waiters(g, g->exit_code == 0, g->exit_code, g->exit_code == 0 ? "stopped" : "the supervisor is exiting");
-        if (g->listen_fd >= 0) {
-                close(g->listen_fd);
-                unlink(g->dirs.control);
-        }
-        if (g->dirs.pidfile && g->lock_fd >= 0)
-                unlink(g->dirs.pidfile);
-        g->sync = tpm_sync_free(g->sync);
-        g->tpm_stop_err = vmsup_error_free(g->tpm_stop_err);
-        g->seal_key = secmem_free(g->seal_key);
-        g->migration_key = secmem_free(g->migration_key);
-        migrate_in_free(g);
-        fd_reserve_release(g);
-        closep(&g->cancel_fd);
-        closep(&g->sigfd);
-        closep(&g->epfd);
-        closep(&g->lock_fd);
-        free(g->qemu_path);
-        free(g->swtpm_path);
-        free(g->swtpm_setup_path);
-        guest_dirs_clear(&g->dirs);
-        guest_spec_clear(&g->spec);
-}
-
-int guest_run(const struct guest_run_opts *opts) {
-        struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .epfd = -1, .sigfd = -1, .listen_fd = -1,
-                           .qemu = { .name = "QEMU", .pidfd = -1 }, .swtpm = { .name = "swtpm", .pidfd = -1 },
-                           .tpm_ctrl_fd = -1, .new_tpm = opts->new_tpm, .cancel_fd = -1 };
-        vmsup_error *err = NULL;
-        sigset_t mask, stop;
-        char signame[16];
-        bool state_dir_made = false;
-        int r, code;
-
-        for (int i = 0; i < FD_RESERVE; i++)
-                g.fd_reserve[i] = -1;
-
-        sigemptyset(&mask);
-        sigaddset(&mask, SIGCHLD);
-        sigaddset(&mask, SIGTERM);
-        sigaddset(&mask, SIGINT);
-        sigaddset(&mask, SIGHUP);
-        sigaddset(&mask, SIGPIPE);
-        sigprocmask(SIG_BLOCK, &mask, NULL);
-        /* From here on a stop request is seen at once, before any network call: the
-         * start's blocking steps watch this fd and give up when it is readable. */
-        sigemptyset(&stop);
-        sigaddset(&stop, SIGTERM);
-        sigaddset(&stop, SIGINT);
-        g.cancel_fd = signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK);
-        if (g.cancel_fd < 0) {
-                r = vmsup_fail(&err, VMSUP_EX_OSERR, errno, "signalfd");
-                goto fail;
-        }
-        /* swtpm_setup orphans a swtpm and waits until it is reaped: be the one who reaps. */
-        prctl(PR_SET_CHILD_SUBREAPER, 1);
-
-        /* an incoming guest runs from this host's spec too; the source's must match it */
-        g.incoming = opts->incoming_port != NULL;
-        if ((r = guest_spec_load(opts->spec_path, &g.spec, &err)) < 0 ||
-            (r = spec_match_host_dirs(&g.spec, g.cfg, opts->spec_path, &err)) < 0 ||
-            (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0) /* its paths only */
-                goto fail;
-        log_set_guest(g.spec.uuid);
-        if (g.incoming && (r = migrate_in_receive(&g, opts, &err)) < 0)
-                goto fail;
-        /* before anything is made or fetched: an image naming files the spec does not */
-        if ((r = disk_images_check(&g.spec, &err)) < 0)
-                goto fail;
-        if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = check_host_offers(&g, &err)) < 0 ||
-            (r = resolve_programs(&g, &err)) < 0)
-                goto fail;
-        /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is
-         * made or changed before it is ours, so that a refused start or incoming
-         * migration leaves a guest that runs here as it was. */
-        g.lock_fd = guest_dirs_lock(&g.dirs, true, &state_dir_made, &err);
-        if (g.lock_fd < 0) {
-                r = g.lock_fd;
-                goto fail;
-        }
-        /* an incoming guest must be new here; a guest handed over to another host, or half
-         * received from one, must not start here */
-        if ((r = g.incoming ? migrate_in_claim(&g, &err) : guest_dirs_check_markers(&g.dirs, &err)) < 0)
-                goto fail;
-        migrate_in_mark(&g, "claimed");
-        if ((r = resolve_ids(&g, &err)) < 0 || (r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0 ||
-            (r = guest_dirs_write_pid(&g.dirs, &err)) < 0)
-                goto fail;
-        {
-                const char *text = NULL;
-                json_object *copy = json_object_from_file(opts->spec_path);
-
-                text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
-                r = text ? write_file_atomic(g.dirs.spec_copy, text, strlen(text), 0600, &err) : 0;
-                json_object_put(copy);
-                if (r < 0)
-                        goto fail;
-        }
-        if (streq(g.spec.firmware_type, "uefi")) {
-                bool created;
-
-                if ((r = guest_dirs_ensure_vars(&g.dirs, g.cfg->qemu.ovmf_vars, opts->new_vars, &created, &err)) < 0)
-                        goto fail;
-                if (created && !g.incoming)
-                        log_info("OVMF VARS %s from the template %s%s", g.dirs.vars, g.cfg->qemu.ovmf_vars,
-                                 opts->new_vars ? " (--new-vars)" : "");
-        }
-        if (g.tpm.present &&
-            (r = g.incoming ? migrate_in_secret(&g, &err) : tpm_open_sealed_state(&g, opts->token_fd, &err)) < 0)
-                goto fail;
-        migrate_in_mark(&g, "secret kept, files ready");
-        if ((r = start_check_cancel(&g, &err)) < 0 || (r = setup_loop(&g, &mask, &err)) < 0)
-                goto fail;
-        fd_reserve_fill(&g);
-        /* Confinement (docs/security.md): QEMU's user gets its files; then the seccomp
-         * filter, before the first child starts, so that every child runs under it too. */
-        if ((r = confine_qemu_files(&g.dirs, streq(g.spec.firmware_type, "uefi"), g.qemu_uid, g.qemu_gid, &err)) < 0 ||
-            (r = seccomp_filter_load(g.cfg->security.seccomp, &err)) < 0)
-                goto fail;
-        log_debug("seccomp filter: %s", seccomp_filter_mode_to_string(g.cfg->security.seccomp));
-        migrate_in_mark(&g, "confined");
-        log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g.spec.name, g.spec.vcpus, g.spec.memory_mb,
-                 g.spec.firmware_type, g.tpm.present ? "vTPM" : "no vTPM");
-        if ((r = guest_start_children(&g, &err)) < 0) {
-                if (!g.incoming)
-                        guest_stop_children(&g);
-                goto fail;
-        }
-        /* started: from now on SIGTERM stops the guest (handle_signal) */
-        closep(&g.cancel_fd);
-        g.cancel_fd = -1;
-        if (g.incoming && (r = migrate_in_complete(&g, &err)) < 0)
-                goto fail;
-        code = event_loop(&g);
-        guest_stop_children(&g);
-        if (code == 0 && g.tpm_stop_err)
-                code = g.tpm_stop_err->exit_code; /* logged by tpm_stop */
-        guest_reap_all(&g);
-        teardown(&g);
-        return code;
-
-fail:
-        if (g.incoming)
-                migrate_in_abort(&g, err); /* stops what runs, removes what it made */
-        /* a state dir made only to take the lock (the start was refused before anything
-         * went into it) goes again; one with files in it stays */
-        if (state_dir_made && g.lock_fd >= 0)
-                (void) rmdir(g.dirs.state);
-        if (start_abandoned(&g, err, signame, sizeof(signame))) {
-                /* on request: nothing runs, nothing is half written; the start can be tried again */
-                log_info("start abandoned: %s (%s)", signame, err->msg);
-                code = VMSUP_EX_TEMPFAIL;
-        } else
-                code = log_error_exit(err);
-        vmsup_error_free(err);
-        guest_reap_all(&g);
-        teardown(&g);
-        return code;
 }

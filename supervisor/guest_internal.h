@@ -1,14 +1,17 @@
-/* What supervisor/guest.c shares with the live-migration code (migrate_out.c and
- * migrate_in.c): the supervised guest and the steps both need. Not an API. */
+/* What the supervisor's files share (guest.c, children.c, requests.c, run.c) and share
+ * with the live-migration code (migrate_out.c and migrate_in.c): the supervised guest
+ * and the steps they need. Not an API. */
 #ifndef VMSUP_SUPERVISOR_GUEST_INTERNAL_H
 #define VMSUP_SUPERVISOR_GUEST_INTERNAL_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <signal.h>
 #include <sys/types.h>
 #include <time.h>
 
 #include "common/error.h"
+#include "common/evloop.h"
 #include "qmp/client.h"
 #include "supervisor/control.h"
 #include "supervisor/guest.h"
@@ -34,9 +37,6 @@
  * client needs them, so that a full fd table never stops either */
 #define FD_RESERVE 8
 
-/* epoll tags; control connections are tagged with their pointer instead. */
-enum { TAG_SIGNAL = 1, TAG_QEMU, TAG_SWTPM, TAG_QMP, TAG_SYNC, TAG_LISTEN };
-
 enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED };
 
 
@@ -44,6 +44,7 @@ struct child {
         const char *name;
         pid_t pid; /* 0 when not running */
         int pidfd;
+        struct evloop_source *src; /* its exit, on the loop (a pidfd of the loop's own) */
         bool exited;
         int status;
 };
@@ -62,10 +63,17 @@ struct guest {
         gid_t qemu_groups[1];
         size_t n_qemu_groups;
 
-        int lock_fd, epfd, sigfd, listen_fd;
+        /* The one event loop (common/evloop.h) and the guest's sources on it. sigfd and
+         * listen_fd are the signal and listen sources' fds, for a migration's own wait. */
+        struct evloop *loop;
+        struct evloop_source *sig_src, *listen_src, *qmp_src, *sync_src;
+        struct evloop_source *accept_timer; /* armed: the listen fd is not watched until then (no fd to accept) */
+        struct evloop_source *qmp_timer;    /* the QMP client's next command deadline */
+        struct evloop_source *stop_timer;   /* powerdown grace ends, then quit */
+        struct evloop_source *kill_timer;   /* quit grace ends, then SIGKILL */
+        int lock_fd, sigfd, listen_fd;
         int cancel_fd;          /* signalfd for SIGTERM and SIGINT while the guest starts; -1 after */
         int fd_reserve[FD_RESERVE]; /* -1 where not held */
-        long accept_resume_at;  /* ms: the listen fd is out of epoll until then (no fd to accept); 0 = none */
         bool accept_starved;    /* in an episode of accept() failing for lack of fds (logged once) */
         struct child qemu, swtpm;
         int tpm_ctrl_fd; /* our copy of the end QEMU talks on, for CMD_SHUTDOWN after QEMU */
@@ -74,16 +82,13 @@ struct guest {
         struct tpm_sync *sync; /* live dir <-> sealed state */
         bool sync_watched;
         struct qmp_client *qmp;
-        uint32_t qmp_events;
 
         enum guest_state state;
         time_t started_at;
         char qemu_status[32];
         bool guest_shutdown;    /* QEMU reported SHUTDOWN */
         bool stop_requested;    /* stop, SIGTERM or SIGINT */
-        bool force_pending;     /* quit sent, SIGKILL due at kill_deadline */
-        long stop_deadline;     /* ms: powerdown grace ends, then quit; 0 = none */
-        long kill_deadline;     /* ms: quit grace ends, then SIGKILL; 0 = none */
+        bool force_pending;     /* quit sent, SIGKILL due at kill_timer */
         bool qemu_termed;       /* QEMU was sent SIGTERM (QMP lost) */
         char qmp_lost[256];     /* why QMP was lost while QEMU ran; "" while it works */
         char stop_note[512];    /* how the stop went when not as asked, for the stop reply */
@@ -109,22 +114,54 @@ struct guest {
 };
 
 
-/* guest.c */
+/* guest.c: the guest's life on the loop */
 const char *guest_state_name(const struct guest *g);
-void guest_reap_all(struct guest *g);
-bool guest_child_wait(struct guest *g, struct child *c, int timeout_ms);
-char *guest_log_tail(const char *path, int lines);
-int guest_start_children(struct guest *g, vmsup_error **err);
-void guest_stop_children(struct guest *g);
+/* The loop, its signal source, and the QMP, stop and kill timers (disarmed). */
+int guest_loop_open(struct guest *g, const sigset_t *mask, vmsup_error **err);
+/* fds held on /dev/null (FD_RESERVE), let go while sealing or refusing a client needs them */
+void guest_fd_reserve_fill(struct guest *g);
+void guest_fd_reserve_release(struct guest *g);
+/* Answer the clients waiting for the guest to stop or reboot. */
+void guest_answer_waiters(struct guest *g, bool ok, int exit_code, const char *msg);
 void guest_finish(struct guest *g, int exit_code);
 void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot);
+void guest_on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp);
+/* After a reap: a QEMU or swtpm that is gone ends (or, a hard reboot, restarts) the guest. */
+void guest_check_children(struct guest *g);
 void guest_dispatch_sync(struct guest *g);
 /* During a migration: read the signal fd (reap; SIGTERM and SIGINT set g->interrupted). */
 void guest_drain_signals(struct guest *g);
+
+/* children.c: swtpm and QEMU */
+void guest_reap_all(struct guest *g);
+bool guest_child_wait(struct guest *g, struct child *c, int timeout_ms);
+/* Signal a tracked child through its pidfd. */
+int guest_child_signal(struct child *c, int sig);
+/* Stop tracking a child: its loop source and pidfd go. */
+void guest_child_forget(struct child *c);
+char *guest_log_tail(const char *path, int lines);
+/* SIGTERM or SIGINT while the guest starts (g->cancel_fd): ECANCELED. */
+int guest_start_check_cancel(struct guest *g, vmsup_error **err);
+int guest_start_children(struct guest *g, vmsup_error **err);
+void guest_stop_children(struct guest *g);
+/* QEMU gone: quit, then SIGTERM, then SIGKILL (blocking). */
+void guest_qemu_kill(struct guest *g);
+/* swtpm: CMD_SHUTDOWN (then SIGTERM, SIGKILL), then seal and wipe its live dir. */
+void guest_tpm_stop(struct guest *g);
+void guest_tpm_seal_and_wipe(struct guest *g);
+/* The QMP source and timer follow the client's needs (after anything that queued or read). */
+void guest_qmp_watch(struct guest *g);
+void guest_qmp_drop(struct guest *g);
 /* The guest runs: stamp that it has a TPM and uses its VARS (guestdirs.h). */
 void guest_record_history(struct guest *g);
+
+/* run.c: set-up */
 int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err);
 int guest_open_sync(struct guest *g, vmsup_error **err);
+
+/* requests.c: the control socket and its requests */
+/* Listen on the control socket: its source and the accept back-off's timer. */
+int guest_control_open(struct guest *g, vmsup_error **err);
 /* The control socket outside the event loop (a migration's own wait): accept a client,
  * or read a client's request and answer it. guest_control_expire() closes clients whose
  * request is overdue and ends an accept back-off that is over; guest_control_listening()

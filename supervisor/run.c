@@ -1,0 +1,390 @@
+#include "config.h"
+
+/* guest_run(): set a guest up (spec, host checks, lock, ids, dirs, secret, loop,
+ * confinement), start it, run the event loop, and tear everything down. */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/proc.h"
+#include "common/secmem.h"
+#include "common/util.h"
+#include "crypto/kdf.h"
+#include "crypto/seal.h"
+#include "nova/tpmrules.h"
+#include "seccomp/filter.h"
+#include "supervisor/confine.h"
+#include "supervisor/control.h"
+#include "supervisor/diskimages.h"
+#include "supervisor/guest.h"
+#include "supervisor/guestdirs.h"
+#include "supervisor/specmatch.h"
+#include "supervisor/vtpmsecret.h"
+#include "tpmstate/sync.h"
+
+#include "supervisor/guest_internal.h"
+
+/* Whether err is a start abandoned on a signal (then signame names it), not another failure. */
+static bool start_abandoned(struct guest *g, const vmsup_error *err, char *signame, size_t size) {
+        struct signalfd_siginfo si;
+        struct pollfd p = { .fd = g->cancel_fd, .events = POLLIN };
+
+        if (g->cancel_fd < 0 || !err || err->errnum != ECANCELED || poll(&p, 1, 0) <= 0)
+                return false;
+        if (read(g->cancel_fd, &si, sizeof(si)) == sizeof(si))
+                snprintf(signame, size, "SIG%s", sigabbrev_np((int) si.ssi_signo) ?: "?");
+        else
+                snprintf(signame, size, "a signal");
+        return true;
+}
+
+static int event_loop(struct guest *g) {
+        vmsup_error *err = NULL;
+        int code;
+
+        if (g->done)
+                return g->exit_code;
+        if (evloop_run(g->loop, &code, &err) < 0) {
+                log_error("%s", err->msg);
+                vmsup_error_free(err);
+                guest_stop_children(g);
+                guest_finish(g, VMSUP_EX_OSERR);
+        }
+        return g->exit_code;
+}
+
+static int check_host_offers(struct guest *g, vmsup_error **err) {
+        struct tpm_host_offer offer;
+
+        host_config_tpm_offer(g->cfg, &offer);
+        return tpm_rules_check_host(&g->tpm, &offer, err);
+}
+
+static int resolve_programs(struct guest *g, vmsup_error **err) {
+        struct passwd *pw;
+        struct group *gr;
+
+        g->qemu_path = proc_find_executable(g->cfg->qemu.binary, err);
+        if (!g->qemu_path)
+                return -ENOENT;
+        if (!g->tpm.present)
+                return 0;
+        g->swtpm_path = proc_find_executable(g->cfg->tpm.swtpm, err);
+        if (!g->swtpm_path)
+                return -ENOENT;
+        g->swtpm_setup_path = proc_find_executable(g->cfg->tpm.swtpm_setup, err);
+        if (!g->swtpm_setup_path)
+                return -ENOENT;
+        pw = getpwnam(g->cfg->tpm.swtpm_user);
+        if (!pw)
+                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_user '%s' does not exist", g->cfg->tpm.swtpm_user);
+        gr = getgrnam(g->cfg->tpm.swtpm_group);
+        if (!gr)
+                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_group '%s' does not exist", g->cfg->tpm.swtpm_group);
+        return 0;
+}
+
+/* The guest's own uids and gids for swtpm and QEMU (one guest's children cannot read or
+ * write another guest's live TPM state, VARS or console log). */
+static int resolve_ids(struct guest *g, vmsup_error **err) {
+        struct confine_ids ids;
+        int r = confine_guest_ids(g->cfg, g->tpm.present, g->spec.uuid, &ids, err);
+
+        if (r < 0)
+                return r;
+        g->tpm_uid = ids.swtpm_uid;
+        g->tpm_gid = ids.swtpm_gid;
+        g->tpm_uid_private = ids.swtpm_private;
+        g->qemu_uid = ids.qemu_uid;
+        g->qemu_gid = ids.qemu_gid;
+        memcpy(g->qemu_groups, ids.qemu_groups, sizeof(g->qemu_groups));
+        g->n_qemu_groups = ids.n_qemu_groups;
+        if (geteuid() == 0)
+                log_debug("guest ids: swtpm %u:%u, QEMU %u:%u", (unsigned) ids.swtpm_uid, (unsigned) ids.swtpm_gid,
+                          (unsigned) ids.qemu_uid, (unsigned) ids.qemu_gid);
+        return 0;
+}
+
+/* vmsup never resets a TPM by itself: no sealed state for a guest whose TPM was
+ * manufactured (its stamp) is lost state, refused unless the operator asked for a new
+ * TPM; --new-tpm for a guest that has its state is refused too. Before any secret is
+ * fetched: nothing is contacted or changed for a start that cannot go on. */
+static int tpm_check_state_present(struct guest *g, bool no_sealed_state, vmsup_error **err) {
+        _cleanup_free_ char *stamp = guest_dirs_stamp_read(g->dirs.tpm_stamp, err);
+
+        if (!stamp && *err)
+                return -EIO;
+        if (!no_sealed_state) {
+                if (g->new_tpm)
+                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                          "--new-tpm: the guest has sealed TPM state in '%s', which vmsup does not "
+                                          "replace (to drop a TPM on purpose: 'vmsup delete', or 'vmsup resize "
+                                          "--confirm-reset' to another TPM version or model)",
+                                          g->dirs.state);
+                return 0;
+        }
+        if (!stamp)
+                return 0; /* a new guest: its TPM is manufactured */
+        if (!g->new_tpm)
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "the guest's TPM state is gone: '%s' holds no sealed TPM state, but the guest has a "
+                                  "TPM (%s: %s); refusing to manufacture a new one, which would change its EK and "
+                                  "start its NV counters again; restore the sealed state from a backup, or start with "
+                                  "--new-tpm to give the guest a new TPM on purpose",
+                                  g->dirs.state, GUEST_STAMP_TPM, stamp);
+        log_warning("--new-tpm: the guest's TPM state is gone from %s (it had a %s); manufacturing a new TPM: its EK "
+                    "changes and its NV counters start again", g->dirs.state, stamp);
+        return 0;
+}
+
+/* The vTPM passphrase (Barbican), the key the state is sealed under, and the sync of
+ * the live dir with the sealed files. Before the seccomp filter and before any child. */
+static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **err) {
+        _cleanup_free_ char *manifest = NULL;
+        struct vtpm_secret secret = { 0 };
+        struct vtpm_secret_request req = {
+                .cfg = g->cfg, .spec = &g->spec, .tpm = &g->tpm, .state_dir = g->dirs.state, .token_fd = token_fd,
+                .cancel_fd = g->cancel_fd,
+        };
+        int r;
+
+        if (asprintf(&manifest, "%s/%s%s", g->dirs.state, SEAL_MANIFEST_NAME, SEAL_SUFFIX) < 0)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "sealed state");
+        req.first_start = access(manifest, F_OK) < 0 && errno == ENOENT;
+        r = tpm_check_state_present(g, req.first_start, err);
+        if (r < 0)
+                return r;
+        r = vtpm_secret_obtain(&req, &secret, err);
+        if (r < 0)
+                return r;
+        if (secret.created) {
+                log_info("created vTPM secret %s in Barbican; the orchestrator must keep it as the guest's "
+                         "vtpm_secret_uuid", secret.id);
+                printf("vtpm_secret_uuid=%s\n", secret.id);
+                fflush(stdout);
+        }
+        r = guest_derive_keys(g, secret.passphrase, err);
+        vtpm_secret_clear(&secret);
+        if (r < 0)
+                return r;
+        return guest_open_sync(g, err);
+}
+
+/* The state-seal key and swtpm's migration key, from the vTPM passphrase. */
+int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err) {
+        size_t len = strlen(passphrase);
+        int r;
+
+        r = kdf_check_passphrase(passphrase, len, err);
+        if (r >= 0)
+                r = kdf_derive_key(passphrase, len, g->spec.uuid, KDF_USE_STATE_SEAL, &g->seal_key, err);
+        if (r >= 0)
+                r = kdf_derive_key(passphrase, len, g->spec.uuid, KDF_USE_SWTPM_MIGRATION, &g->migration_key, err);
+        return r < 0 ? vmsup_error_prefix(err, "vTPM secret") : 0;
+}
+
+int guest_open_sync(struct guest *g, vmsup_error **err) {
+        struct tpm_sync_opts so = { 0 };
+
+        so.live_dir = g->dirs.live_tpm;
+        so.state_dir = g->dirs.state;
+        so.uuid = g->spec.uuid;
+        so.version = g->tpm.version;
+        so.key = g->seal_key;
+        so.uid = g->tpm_uid;
+        so.gid = g->tpm_gid;
+        so.uid_private = g->tpm_uid_private;
+        return tpm_sync_open(&so, &g->sync, err);
+}
+
+/* The loop, and what it watches from the start: signals, the control socket, the
+ * timers the guest re-arms as it goes (none armed yet). */
+static int setup_loop(struct guest *g, const sigset_t *mask, vmsup_error **err) {
+        int r = guest_loop_open(g, mask, err);
+
+        return r < 0 ? r : guest_control_open(g, err);
+}
+
+static void teardown(struct guest *g) {
+        while (g->conns) {
+                struct control_conn *c = g->conns;
+
+                g->conns = c->next;
+                control_conn_free(c);
+        }
+        guest_answer_waiters(g, g->exit_code == 0, g->exit_code, g->exit_code == 0 ? "stopped" : "the supervisor is exiting");
+        if (g->listen_fd >= 0) {
+                g->listen_src = evloop_source_remove(g->listen_src);
+                close(g->listen_fd);
+                unlink(g->dirs.control);
+        }
+        if (g->dirs.pidfile && g->lock_fd >= 0)
+                unlink(g->dirs.pidfile);
+        /* every source goes before the fds it watches: the sync's, the children's */
+        g->sync_src = evloop_source_remove(g->sync_src);
+        guest_child_forget(&g->qemu);
+        guest_child_forget(&g->swtpm);
+        g->loop = evloop_free(g->loop); /* with the signalfd */
+        g->sigfd = -1;
+        g->sync = tpm_sync_free(g->sync);
+        g->tpm_stop_err = vmsup_error_free(g->tpm_stop_err);
+        g->seal_key = secmem_free(g->seal_key);
+        g->migration_key = secmem_free(g->migration_key);
+        migrate_in_free(g);
+        guest_fd_reserve_release(g);
+        closep(&g->cancel_fd);
+        closep(&g->lock_fd);
+        free(g->qemu_path);
+        free(g->swtpm_path);
+        free(g->swtpm_setup_path);
+        guest_dirs_clear(&g->dirs);
+        guest_spec_clear(&g->spec);
+}
+
+int guest_run(const struct guest_run_opts *opts) {
+        struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .sigfd = -1, .listen_fd = -1,
+                           .qemu = { .name = "QEMU", .pidfd = -1 }, .swtpm = { .name = "swtpm", .pidfd = -1 },
+                           .tpm_ctrl_fd = -1, .new_tpm = opts->new_tpm, .cancel_fd = -1 };
+        vmsup_error *err = NULL;
+        sigset_t mask, stop;
+        char signame[16];
+        bool state_dir_made = false;
+        int r, code;
+
+        for (int i = 0; i < FD_RESERVE; i++)
+                g.fd_reserve[i] = -1;
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGCHLD);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        sigaddset(&mask, SIGHUP);
+        sigaddset(&mask, SIGPIPE);
+        sigprocmask(SIG_BLOCK, &mask, NULL);
+        /* From here on a stop request is seen at once, before any network call: the
+         * start's blocking steps watch this fd and give up when it is readable. */
+        sigemptyset(&stop);
+        sigaddset(&stop, SIGTERM);
+        sigaddset(&stop, SIGINT);
+        g.cancel_fd = signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK);
+        if (g.cancel_fd < 0) {
+                r = vmsup_fail(&err, VMSUP_EX_OSERR, errno, "signalfd");
+                goto fail;
+        }
+        /* swtpm_setup orphans a swtpm and waits until it is reaped: be the one who reaps. */
+        prctl(PR_SET_CHILD_SUBREAPER, 1);
+
+        /* an incoming guest runs from this host's spec too; the source's must match it */
+        g.incoming = opts->incoming_port != NULL;
+        if ((r = guest_spec_load(opts->spec_path, &g.spec, &err)) < 0 ||
+            (r = spec_match_host_dirs(&g.spec, g.cfg, opts->spec_path, &err)) < 0 ||
+            (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0) /* its paths only */
+                goto fail;
+        log_set_guest(g.spec.uuid);
+        if (g.incoming && (r = migrate_in_receive(&g, opts, &err)) < 0)
+                goto fail;
+        /* before anything is made or fetched: an image naming files the spec does not */
+        if ((r = disk_images_check(&g.spec, &err)) < 0)
+                goto fail;
+        if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = check_host_offers(&g, &err)) < 0 ||
+            (r = resolve_programs(&g, &err)) < 0)
+                goto fail;
+        /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is
+         * made or changed before it is ours, so that a refused start or incoming
+         * migration leaves a guest that runs here as it was. */
+        g.lock_fd = guest_dirs_lock(&g.dirs, true, &state_dir_made, &err);
+        if (g.lock_fd < 0) {
+                r = g.lock_fd;
+                goto fail;
+        }
+        /* an incoming guest must be new here; a guest handed over to another host, or half
+         * received from one, must not start here */
+        if ((r = g.incoming ? migrate_in_claim(&g, &err) : guest_dirs_check_markers(&g.dirs, &err)) < 0)
+                goto fail;
+        migrate_in_mark(&g, "claimed");
+        if ((r = resolve_ids(&g, &err)) < 0 || (r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0 ||
+            (r = guest_dirs_write_pid(&g.dirs, &err)) < 0)
+                goto fail;
+        {
+                const char *text = NULL;
+                json_object *copy = json_object_from_file(opts->spec_path);
+
+                text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
+                r = text ? write_file_atomic(g.dirs.spec_copy, text, strlen(text), 0600, &err) : 0;
+                json_object_put(copy);
+                if (r < 0)
+                        goto fail;
+        }
+        if (streq(g.spec.firmware_type, "uefi")) {
+                bool created;
+
+                if ((r = guest_dirs_ensure_vars(&g.dirs, g.cfg->qemu.ovmf_vars, opts->new_vars, &created, &err)) < 0)
+                        goto fail;
+                if (created && !g.incoming)
+                        log_info("OVMF VARS %s from the template %s%s", g.dirs.vars, g.cfg->qemu.ovmf_vars,
+                                 opts->new_vars ? " (--new-vars)" : "");
+        }
+        if (g.tpm.present &&
+            (r = g.incoming ? migrate_in_secret(&g, &err) : tpm_open_sealed_state(&g, opts->token_fd, &err)) < 0)
+                goto fail;
+        migrate_in_mark(&g, "secret kept, files ready");
+        if ((r = guest_start_check_cancel(&g, &err)) < 0 || (r = setup_loop(&g, &mask, &err)) < 0)
+                goto fail;
+        guest_fd_reserve_fill(&g);
+        /* Confinement (docs/security.md): QEMU's user gets its files; then the seccomp
+         * filter, before the first child starts, so that every child runs under it too. */
+        if ((r = confine_qemu_files(&g.dirs, streq(g.spec.firmware_type, "uefi"), g.qemu_uid, g.qemu_gid, &err)) < 0 ||
+            (r = seccomp_filter_load(g.cfg->security.seccomp, &err)) < 0)
+                goto fail;
+        log_debug("seccomp filter: %s", seccomp_filter_mode_to_string(g.cfg->security.seccomp));
+        migrate_in_mark(&g, "confined");
+        log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g.spec.name, g.spec.vcpus, g.spec.memory_mb,
+                 g.spec.firmware_type, g.tpm.present ? "vTPM" : "no vTPM");
+        if ((r = guest_start_children(&g, &err)) < 0) {
+                if (!g.incoming)
+                        guest_stop_children(&g);
+                goto fail;
+        }
+        /* started: from now on SIGTERM stops the guest (handle_signal) */
+        closep(&g.cancel_fd);
+        g.cancel_fd = -1;
+        if (g.incoming && (r = migrate_in_complete(&g, &err)) < 0)
+                goto fail;
+        code = event_loop(&g);
+        guest_stop_children(&g);
+        if (code == 0 && g.tpm_stop_err)
+                code = g.tpm_stop_err->exit_code; /* logged by guest_tpm_stop */
+        guest_reap_all(&g);
+        teardown(&g);
+        return code;
+
+fail:
+        if (g.incoming)
+                migrate_in_abort(&g, err); /* stops what runs, removes what it made */
+        /* a state dir made only to take the lock (the start was refused before anything
+         * went into it) goes again; one with files in it stays */
+        if (state_dir_made && g.lock_fd >= 0)
+                (void) rmdir(g.dirs.state);
+        if (start_abandoned(&g, err, signame, sizeof(signame))) {
+                /* on request: nothing runs, nothing is half written; the start can be tried again */
+                log_info("start abandoned: %s (%s)", signame, err->msg);
+                code = VMSUP_EX_TEMPFAIL;
+        } else
+                code = log_error_exit(err);
+        vmsup_error_free(err);
+        guest_reap_all(&g);
+        teardown(&g);
+        return code;
+}
