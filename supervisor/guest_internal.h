@@ -163,13 +163,10 @@ int guest_open_sync(struct guest *g, vmsup_error **err);
 /* requests.c: the control socket and its requests */
 /* Listen on the control socket: its source and the accept back-off's timer. */
 int guest_control_open(struct guest *g, vmsup_error **err);
-/* The control socket outside the event loop (a migration's own wait): accept a client,
- * or read a client's request and answer it. guest_control_expire() closes clients whose
- * request is overdue and ends an accept back-off that is over; guest_control_listening()
- * says whether the listen fd should be polled now. */
+/* Accept a client; read a client's request and answer it; whether the listen fd is
+ * watched now (not during an accept back-off). */
 void guest_accept_conn(struct guest *g);
 void guest_handle_conn(struct guest *g, struct control_conn *c);
-void guest_control_expire(struct guest *g);
 bool guest_control_listening(const struct guest *g);
 
 /* migrate_qemu.c: QEMU's side of an incoming migration, blocking (migrate_in.c) */
