@@ -25,6 +25,7 @@
 
 struct migchan {
         int fd;
+        struct migchan_tcp *tcp;  /* migchan_connect_start(): the TCP connect still under way */
         struct tls_session *tls;
         bool handshake_done, broken;
         int cancel_fd;            /* readable: every wait ends with ECANCELED; -1 none */
@@ -162,6 +163,7 @@ struct migchan *migchan_free(struct migchan *c) {
         }
         if (c->fd >= 0)
                 close(c->fd);
+        migchan_tcp_free(c->tcp);
         frame_reset(c);
         free(c);
         return NULL;
@@ -351,6 +353,151 @@ int migchan_connect_cancel(const char *host, const char *port, const struct migc
         return 0;
 }
 
+/* ---- the client side one step at a time (a caller on an event loop) ---- */
+
+struct migchan_tcp {
+        struct addrinfo *res, *next; /* the addresses, and the next one to try */
+        int fd;                      /* connecting, or -1 */
+        int last;                    /* errno of the last address that failed */
+        char where[NI_MAXHOST + NI_MAXSERV + 4];
+};
+
+struct migchan_tcp *migchan_tcp_free(struct migchan_tcp *t) {
+        if (!t)
+                return NULL;
+        if (t->fd >= 0)
+                close(t->fd);
+        if (t->res)
+                freeaddrinfo(t->res);
+        free(t);
+        return NULL;
+}
+
+/* A connect on the next address: 0 under way (or through), <0 none left. */
+static int tcp_try_next(struct migchan_tcp *t, vmsup_error **err) {
+        while (t->next) {
+                struct addrinfo *ai = t->next;
+
+                t->next = ai->ai_next;
+                t->fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+                if (t->fd < 0) {
+                        t->last = errno;
+                        continue;
+                }
+                if (connect(t->fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS)
+                        return 0;
+                t->last = errno;
+                closep(&t->fd);
+        }
+        return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, t->last, "connect to %s", t->where);
+}
+
+int migchan_tcp_connect_start(const char *host, const char *port, struct migchan_tcp **ret, vmsup_error **err) {
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+        struct migchan_tcp *t;
+        int r;
+
+        if (!host || !*host || !port || !*port)
+                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "connect: no host or port");
+        t = calloc(1, sizeof(*t));
+        if (!t)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "connect");
+        t->fd = -1;
+        t->last = ECONNREFUSED;
+        format_host_port(t->where, sizeof(t->where), host, port);
+        r = getaddrinfo(host, port, &hints, &t->res);
+        if (r != 0) {
+                vmsup_fail(err, r == EAI_AGAIN ? VMSUP_EX_TEMPFAIL : VMSUP_EX_UNAVAILABLE, r == EAI_SYSTEM ? errno : 0,
+                           "connect to %s: %s", t->where, r == EAI_SYSTEM ? "resolve" : gai_strerror(r));
+                t->res = NULL;
+                migchan_tcp_free(t);
+                return -EHOSTUNREACH;
+        }
+        t->next = t->res;
+        r = tcp_try_next(t, err);
+        if (r < 0) {
+                migchan_tcp_free(t);
+                return r;
+        }
+        *ret = t;
+        return 0;
+}
+
+int migchan_tcp_connect_step(struct migchan_tcp *t, int *ret_fd, vmsup_error **err) {
+        for (;;) {
+                struct pollfd p = { .fd = t->fd, .events = POLLOUT };
+                int soerr = 0;
+                socklen_t sl = sizeof(soerr);
+
+                /* not a wait: is this connect through? */
+                if (poll(&p, 1, 0) == 0)
+                        return 0;
+                if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+                        soerr = errno;
+                if (soerr == 0) {
+                        *ret_fd = TAKE_FD(t->fd);
+                        return 1;
+                }
+                t->last = soerr;
+                closep(&t->fd);
+                if (tcp_try_next(t, err) < 0)
+                        return -t->last;
+        }
+}
+
+int migchan_tcp_fd(const struct migchan_tcp *t) {
+        return t->fd;
+}
+
+int migchan_tcp_connect_timeout(struct migchan_tcp *t, int timeout_ms, vmsup_error **err) {
+        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "connect to %s: no answer within %g s", t->where,
+                          seconds(timeout_ms));
+}
+
+int migchan_connect_start(const char *host, const char *port, const struct migchan_tls *tls, struct migchan **ret,
+                          vmsup_error **err) {
+        _cleanup_migchan_ struct migchan *c = NULL;
+        int r;
+
+        if (!host || !*host || !port || !*port)
+                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "migration channel: no host or port to connect to");
+        r = chan_new(tls, false, &c, err);
+        if (r < 0)
+                return r;
+        r = migchan_tcp_connect_start(host, port, &c->tcp, err);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+int migchan_connect_step(struct migchan *c, vmsup_error **err) {
+        if (c->tcp) {
+                int fd = -1, r = migchan_tcp_connect_step(c->tcp, &fd, err);
+
+                if (r <= 0) {
+                        if (r < 0)
+                                c->broken = true;
+                        return r;
+                }
+                c->tcp = migchan_tcp_free(c->tcp);
+                chan_attach(c, fd);
+        }
+        return migchan_handshake_step(c, err);
+}
+
+short migchan_connect_events(const struct migchan *c) {
+        return c->tcp ? POLLOUT : migchan_handshake_events(c);
+}
+
+int migchan_connect_timeout(struct migchan *c, int timeout_ms, vmsup_error **err) {
+        c->broken = true;
+        if (c->tcp)
+                return migchan_tcp_connect_timeout(c->tcp, timeout_ms, err);
+        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "TLS handshake with %s: no answer within %g s", c->addr,
+                          seconds(timeout_ms));
+}
+
 static int listen_on(const struct addrinfo *ai, bool dual_stack, int *ret_fd) {
         _cleanup_close_ int fd = -1;
         int one = 1, zero = 0;
@@ -471,7 +618,7 @@ void migchan_set_cancel_fd(struct migchan *c, int cancel_fd) {
 }
 
 int migchan_fd(const struct migchan *c) {
-        return c->fd;
+        return c->tcp ? migchan_tcp_fd(c->tcp) : c->fd;
 }
 
 const char *migchan_peer(const struct migchan *c) {

@@ -84,6 +84,28 @@ int migchan_connect_cancel(const char *host, const char *port, const struct migc
 /* Another cancel fd for the channel's waits from now on (-1: none). */
 void migchan_set_cancel_fd(struct migchan *c, int cancel_fd);
 
+/* The same two connects one step at a time, for a caller on an event loop (name resolution
+ * still blocks: getaddrinfo). migchan_tcp_connect_start() starts a non-blocking connect
+ * (QEMU's stream); migchan_tcp_connect_step(), once migchan_tcp_fd() is writable: 1 with
+ * the connected socket in *ret_fd, 0 when it waits (on another fd, maybe: the host's next
+ * address), negative when every address failed. migchan_connect_start() does the same and
+ * then the TLS handshake of migchan_connect(): migchan_connect_step() returns 1 once the
+ * channel carries frames, 0 when it waits for migchan_fd() (which changes while TCP tries
+ * the addresses) to be ready for migchan_connect_events() (POLLIN or POLLOUT), negative
+ * when it failed. Deadlines are the caller's; when one passes, the *_timeout() functions
+ * give migchan_connect()'s error for where it stood. */
+struct migchan_tcp;
+int migchan_tcp_connect_start(const char *host, const char *port, struct migchan_tcp **ret, vmsup_error **err);
+int migchan_tcp_connect_step(struct migchan_tcp *t, int *ret_fd, vmsup_error **err);
+int migchan_tcp_fd(const struct migchan_tcp *t);
+int migchan_tcp_connect_timeout(struct migchan_tcp *t, int timeout_ms, vmsup_error **err);
+struct migchan_tcp *migchan_tcp_free(struct migchan_tcp *t);
+int migchan_connect_start(const char *host, const char *port, const struct migchan_tls *tls, struct migchan **ret,
+                          vmsup_error **err);
+int migchan_connect_step(struct migchan *c, vmsup_error **err);
+short migchan_connect_events(const struct migchan *c);
+int migchan_connect_timeout(struct migchan *c, int timeout_ms, vmsup_error **err);
+
 /* A listening TCP socket (SO_REUSEADDR, CLOEXEC, non-blocking) on addr:port; addr NULL or
  * "" = any (IPv6 dual-stack, or IPv4 any when the host has no IPv6). Returns the fd. */
 int migchan_listen(const char *addr, const char *port, vmsup_error **err);

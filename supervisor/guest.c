@@ -177,6 +177,7 @@ void guest_on_qmp_event(void *userdata, const char *event, json_object *data, js
                 if (data && json_object_object_get_ex(data, "status", &st))
                         snprintf(g->migration_status, sizeof(g->migration_status), "%s", json_object_get_string(st));
                 log_debug("QEMU: migration %s", g->migration_status);
+                migrate_out_qemu_event(g, event, data);
         }
         else
                 log_debug("QEMU: event %s", event);
@@ -270,6 +271,12 @@ static void on_swtpm_exit(struct guest *g) {
 void guest_check_children(struct guest *g) {
         if (g->done)
                 return;
+        if (g->out) {
+                /* the migration first: its end answers its client, then comes this */
+                migrate_out_child_exited(g);
+                guest_qmp_watch(g);
+                return;
+        }
         if (g->qemu.pid && g->qemu.exited)
                 on_qemu_exit(g);
         else if (g->swtpm.pid && g->swtpm.exited)
@@ -358,6 +365,10 @@ static void on_signal(struct evloop_source *s, const struct signalfd_siginfo *si
                 break;
         case SIGTERM:
         case SIGINT:
+                if (g->out) {
+                        migrate_out_signal(g, (int) si->ssi_signo);
+                        break;
+                }
                 if (g->state == GUEST_STOPPING) {
                         log_info("%s again: stopping at once", sigabbrev_np((int) si->ssi_signo));
                         guest_begin_stop(g, 0, true, false);

@@ -108,9 +108,10 @@ struct guest {
         int interrupt_signo;    /* which one, first */
         bool migration_committed; /* the source sent COMMIT: a signal no longer cancels the migration */
         char migration_status[24]; /* from QEMU's MIGRATION events */
-        const char *migrating_to;  /* "HOST:PORT" while migrate_out() runs; other requests are then refused */
+        const char *migrating_to;  /* "HOST:PORT" while a migration to there runs; other requests are then refused */
         int migration_percent;     /* of the guest's memory sent, for `vmsup status` */
         struct migrate_in *in;  /* the incoming migration until the guest runs here */
+        struct migrate_out *out; /* the outgoing migration while it runs (migrate_out.c) */
 };
 
 
@@ -162,16 +163,13 @@ int guest_open_sync(struct guest *g, vmsup_error **err);
 /* requests.c: the control socket and its requests */
 /* Listen on the control socket: its source and the accept back-off's timer. */
 int guest_control_open(struct guest *g, vmsup_error **err);
-/* The control socket outside the event loop (a migration's own wait): accept a client,
- * or read a client's request and answer it. guest_control_expire() closes clients whose
- * request is overdue and ends an accept back-off that is over; guest_control_listening()
- * says whether the listen fd should be polled now. */
+/* Accept a client; read a client's request and answer it; whether the listen fd is
+ * watched now (not during an accept back-off). */
 void guest_accept_conn(struct guest *g);
 void guest_handle_conn(struct guest *g, struct control_conn *c);
-void guest_control_expire(struct guest *g);
 bool guest_control_listening(const struct guest *g);
 
-/* migrate_out.c */
+/* migrate_qemu.c: QEMU's side of an incoming migration, blocking (migrate_in.c) */
 #define MIGRATE_QEMU_TLS_ID "vmsup-migration-tls"
 /* QEMU's tls-creds-x509 from [migration] qemu_tls_dir (server or client end), and the
  * return-path capability and TLS parameters for the next migration. */
@@ -186,11 +184,21 @@ int migrate_qmp(struct guest *g, const char *cmd, json_object *args, json_object
  * socket gets keepalive and TCP_USER_TIMEOUT at answer_ms first. */
 #define MIGRATE_STREAM_FD_NAME "vmsup-migration"
 int migrate_stream_give(struct guest *g, int fd, int answer_ms, vmsup_error **err);
-/* "tcp:HOST:PORT" ("tcp:[V6]:PORT"); NULL on ENOMEM. */
-char *migrate_tcp_uri(const char *host, const char *port);
-/* The "migrate" control request; answers c, and ends the supervisor
- * (guest_finish) when the guest runs on the destination. */
+
+/* migrate_out.c: the source's half (migrate/source.h) on the guest's loop */
+struct migrate_out;
+/* The "migrate" control request: starts the migration and returns; c is answered when it
+ * ends, and the supervisor ends (guest_finish) when the guest runs on the destination.
+ * Until then g->out is set: the guest's events go to it as below, QEMU's and swtpm's
+ * exits wait for its end (guest_check_children()). */
 void migrate_out(struct guest *g, struct control_conn *c);
+void migrate_out_qemu_event(struct guest *g, const char *event, json_object *data);
+/* QEMU exited (reaped): the migration fails, if it still can. */
+void migrate_out_child_exited(struct guest *g);
+/* SIGTERM or SIGINT: cancels before COMMIT; the guest is stopped once it has ended. */
+void migrate_out_signal(struct guest *g, int signo);
+/* The supervisor ends during a migration: its sources and connections go. */
+void migrate_out_free(struct guest *g);
 
 /* migrate_in.c: `vmsup run --incoming`. */
 struct migrate_in;

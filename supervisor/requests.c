@@ -433,22 +433,6 @@ void guest_accept_conn(struct guest *g) {
         g->conns = c;
 }
 
-/* For a migration's own wait, which has no timers: what the loop's timers would do. */
-void guest_control_expire(struct guest *g) {
-        long now = monotonic_ms(), resume = evloop_timer_deadline(g->accept_timer);
-        struct control_conn *c = g->conns;
-
-        if (resume >= 0 && now >= resume)
-                accept_resume(g);
-        while (c) {
-                struct control_conn *next = c->next;
-
-                if (c->deadline <= now)
-                        conn_expire(g, c);
-                c = next;
-        }
-}
-
 void guest_handle_conn(struct guest *g, struct control_conn *c) {
         vmsup_error *err = NULL;
         int r = control_conn_read(c, &err);

@@ -234,7 +234,8 @@ static void teardown(struct guest *g) {
         }
         if (g->dirs.pidfile && g->lock_fd >= 0)
                 unlink(g->dirs.pidfile);
-        /* every source goes before the fds it watches: the sync's, the children's */
+        /* every source goes before the fds it watches: a migration's, the sync's, the children's */
+        migrate_out_free(g);
         g->sync_src = evloop_source_remove(g->sync_src);
         guest_child_forget(&g->qemu);
         guest_child_forget(&g->swtpm);
