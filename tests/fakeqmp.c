@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -129,8 +130,13 @@ static char *fd_contents(int fd) {
         char buf[4096];
         ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
 
-        if (n < 0 && errno == ESPIPE)
+        if (n < 0 && errno == ESPIPE) {
+                /* a socket (non-blocking, say) whose bytes may still be on their way */
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+
+                (void) poll(&p, 1, 5000);
                 n = read(fd, buf, sizeof(buf) - 1);
+        }
         if (n < 0)
                 return strdup("(unreadable)");
         buf[n] = '\0';
