@@ -137,3 +137,21 @@ int file_read_at(int dirfd, const char *dir, const char *name, size_t max, bool 
         *ret_len = len;
         return 0;
 }
+
+int mkdir_parents(const char *path, mode_t mode, vmsup_error **err) {
+        _cleanup_free_ char *copy = strdup(path);
+
+        if (!copy)
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "mkdir '%s'", path);
+        for (char *p = copy + 1; *p; p++) {
+                if (*p != '/')
+                        continue;
+                *p = '\0';
+                if (mkdir(copy, mode) < 0 && errno != EEXIST)
+                        return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create directory '%s'", copy);
+                *p = '/';
+        }
+        if (mkdir(copy, mode) < 0 && errno != EEXIST)
+                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create directory '%s'", copy);
+        return 0;
+}

@@ -24,4 +24,7 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 int file_read_at(int dirfd, const char *dir, const char *name, size_t max, bool secret, void **ret_data,
                  size_t *ret_len, vmsup_error **err);
 
+/* Create each missing component of path with mode (mkdir -p). */
+int mkdir_parents(const char *path, mode_t mode, vmsup_error **err);
+
 #endif

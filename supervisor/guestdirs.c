@@ -72,24 +72,6 @@ void guest_dirs_clear(struct guest_dirs *d) {
         memset(d, 0, sizeof(*d));
 }
 
-int mkdir_parents(const char *path, mode_t mode, vmsup_error **err) {
-        _cleanup_free_ char *copy = strdup(path);
-
-        if (!copy)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "mkdir '%s'", path);
-        for (char *p = copy + 1; *p; p++) {
-                if (*p != '/')
-                        continue;
-                *p = '\0';
-                if (mkdir(copy, mode) < 0 && errno != EEXIST)
-                        return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create directory '%s'", copy);
-                *p = '/';
-        }
-        if (mkdir(copy, mode) < 0 && errno != EEXIST)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create directory '%s'", copy);
-        return 0;
-}
-
 /* Create dir (and its parents) if missing, then make sure it is ours, a real directory,
  * not writable by others, and has exactly mode. */
 static int ensure_dir(const char *path, mode_t mode, uid_t uid, gid_t gid, vmsup_error **err) {

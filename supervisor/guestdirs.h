@@ -100,7 +100,4 @@ int guest_dirs_check_markers(const struct guest_dirs *d, vmsup_error **err);
 /* The guest's incoming marker says COMMIT arrived (or cannot be read). */
 bool guest_dirs_incoming_committed(const struct guest_dirs *d);
 
-/* Create each missing component of path with mode (mkdir -p). */
-int mkdir_parents(const char *path, mode_t mode, vmsup_error **err);
-
 #endif

@@ -14,9 +14,8 @@
 
 #include "common/fileio.h"
 #include "common/util.h"
-#include "supervisor/guestdirs.h"
+#include "common/vtpm.h"
 #include "supervisor/guestids.h"
-#include "nova/guestspec.h"
 
 #define REGISTRY_MAX (4u * 1024 * 1024)
 
