@@ -85,6 +85,7 @@ struct peer {
         enum step abort_at;  /* ABORT instead of this step */
         enum step silent_at; /* say nothing from this step on; read until the destination hangs up */
         const char *spec;    /* PREPARE's spec */
+        bool stray_stream;   /* first a stream connection from another address (127.0.0.2) */
         /* what it got: frame names, "ABORT(reason)" for an ABORT, "EOF" at the end */
         char got[2048];
 };
@@ -206,6 +207,23 @@ static void *peer_main(void *arg) {
         if (p->abort_at == S_STREAM || p->silent_at == S_STREAM) {
                 peer_send(p, ch, S_STREAM, MIG_ABORT, NULL);
                 goto out;
+        }
+        if (p->stray_stream) {
+                /* from another host than the source's: turned away (closed) */
+                struct sockaddr_in from = { .sin_family = AF_INET }, to = { .sin_family = AF_INET };
+                int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                char c;
+
+                inet_pton(AF_INET, "127.0.0.2", &from.sin_addr);
+                inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+                to.sin_port = htons((uint16_t) atoi(port));
+                if (fd < 0 || bind(fd, (struct sockaddr *) &from, sizeof(from)) < 0 ||
+                    connect(fd, (struct sockaddr *) &to, sizeof(to)) < 0)
+                        got(p, "STRAY-FAILED(%s) ", strerror(errno));
+                else if (read(fd, &c, 1) == 0)
+                        got(p, "STRAY-CLOSED ");
+                if (fd >= 0)
+                        close(fd);
         }
         /* QEMU's stream: what the fake QEMU finds in the fd it is given */
         if (migchan_tcp_connect("127.0.0.1", port, LONG_MS, &stream, &err) < 0) {
@@ -781,4 +799,18 @@ Test(migdest, silent_connections_do_not_keep_the_source_out) {
                   "%s", r.s.notes);
         for (size_t i = 0; i < ARRAY_SIZE(silent); i++)
                 close(silent[i]);
+}
+
+/* QEMU's stream from another host than the source supervisor's is turned away; the
+ * source's own then goes through */
+Test(migdest, a_stream_from_another_host_is_turned_away) {
+        static const struct fakeqmp_step script[] = { QEMU_SETUP, QEMU_LOAD, QEMU_LOADED, QEMU_CONT, { FQ_END } };
+        struct run r = { .p = { .abort_at = S_NONE, .silent_at = S_NONE, .stray_stream = true } };
+
+        start(&r, script, 5, 30, true);
+        finish_run(&r);
+        assert_outcome(&r, MIGRATE_DEST_RAN, NULL, 0);
+        assert_peer_got(&r, "HELLO READY STRAY-CLOSED PREPARED RUNNING EOF ");
+        cr_assert(strstr(r.s.notes, "turned away a migration stream from 127.0.0.2: the source is 127.0.0.1"), "%s",
+                  r.s.notes);
 }
