@@ -870,6 +870,21 @@ void migrate_dest_qemu_event(struct migrate_dest *d, const char *event, json_obj
                 loaded(d);
 }
 
+void migrate_dest_qmp_lost(struct migrate_dest *d, const vmsup_error *why) {
+        if (!d->qmp)
+                return;
+        d->qmp = NULL;
+        /* the client is gone with their callbacks */
+        while (d->cmds) {
+                struct cmd *c = d->cmds;
+
+                d->cmds = c->next;
+                free(c);
+        }
+        if (d->state >= MIGRATE_DEST_CHILDREN_UP && d->state != MIGRATE_DEST_FINISHED)
+                fail(d, copy_error(why, "QEMU's monitor"));
+}
+
 void migrate_dest_child_exited(struct migrate_dest *d, bool qemu) {
         if (qemu)
                 d->qemu_gone = true;

@@ -121,6 +121,10 @@ static inline void migrate_dest_freep(struct migrate_dest **d) {
 void migrate_dest_children_up(struct migrate_dest *d, struct qmp_client *qmp);
 /* Forward each QEMU event (the MIGRATION events matter). */
 void migrate_dest_qemu_event(struct migrate_dest *d, const char *event, json_object *data);
+/* The supervisor dropped the qmp client given to children_up() (its connection failed,
+ * or QEMU is being stopped): its commands of ours are forgotten, and before COMMIT's
+ * marker the migration fails ("QEMU's monitor: why"). */
+void migrate_dest_qmp_lost(struct migrate_dest *d, const vmsup_error *why);
 /* QEMU (qemu true) or swtpm ended. */
 void migrate_dest_child_exited(struct migrate_dest *d, bool qemu);
 /* Give up (a stop request, a signal): before COMMIT, ABORT with why and 1 (finished()

@@ -289,8 +289,12 @@ static void on_qmp(struct evloop_source *src, int fd, uint32_t revents, void *ud
 
         (void) src, (void) fd, (void) revents;
         if (qmp_client_dispatch(s->qmp, &err) < 0) {
-                vmsup_error_free(err);
+                /* as the supervisor does: the client goes, the destination is told */
                 s->qmp_io = evloop_source_remove(s->qmp_io);
+                s->qmp = qmp_client_free(s->qmp);
+                if (s->d)
+                        migrate_dest_qmp_lost(s->d, err);
+                vmsup_error_free(err);
                 return;
         }
         qmp_events(s);
@@ -813,4 +817,14 @@ Test(migdest, a_stream_from_another_host_is_turned_away) {
         assert_peer_got(&r, "HELLO READY STRAY-CLOSED PREPARED RUNNING EOF ");
         cr_assert(strstr(r.s.notes, "turned away a migration stream from 127.0.0.2: the source is 127.0.0.1"), "%s",
                   r.s.notes);
+}
+
+Test(migdest, qemus_monitor_lost_while_loading_aborts) {
+        static const struct fakeqmp_step script[] = { QEMU_SETUP, QEMU_LOAD, { FQ_HANGUP } };
+        struct run r = { .p = { .abort_at = S_NONE, .silent_at = S_MIGRATED } };
+
+        start(&r, script, 5, 30, true);
+        finish_run(&r);
+        assert_outcome(&r, MIGRATE_DEST_ABORTED, "QEMU's monitor: QEMU closed the QMP connection", 69);
+        cr_assert(strstr(r.p.got, "ABORT(QEMU's monitor: "), "%s", r.p.got);
 }
