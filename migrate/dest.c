@@ -881,7 +881,8 @@ void migrate_dest_qmp_lost(struct migrate_dest *d, const vmsup_error *why) {
                 d->cmds = c->next;
                 free(c);
         }
-        if (d->state >= MIGRATE_DEST_CHILDREN_UP && d->state != MIGRATE_DEST_FINISHED)
+        /* once the guest runs, its monitor is the supervisor's business */
+        if (d->state >= MIGRATE_DEST_CHILDREN_UP && d->state < MIGRATE_DEST_RUNNING)
                 fail(d, copy_error(why, "QEMU's monitor"));
 }
 
