@@ -238,7 +238,8 @@ static void fail(struct migrate_dest *d, vmsup_error *err) {
                 _cleanup_json_ json_object *a = json_object_new_object();
                 vmsup_error *ignored = NULL;
 
-                json_object_object_add(a, "error", json_object_new_string(err->msg));
+                /* a frame's error holds at most 1024 bytes: a longer one would not go */
+                json_object_object_add(a, "error", json_object_new_string_len(err->msg, (int) strnlen(err->msg, 1024)));
                 if (migchan_send_json(d->ch, MIG_ABORT, a, ABORT_SEND_MS, &ignored) < 0)
                         vmsup_error_free(ignored);
         }
