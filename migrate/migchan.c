@@ -2,8 +2,6 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <gnutls/gnutls.h>
-#include <gnutls/x509.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -19,25 +17,16 @@
 #include "common/secmem.h"
 #include "common/util.h"
 #include "common/vtpm.h"
+#include "crypto/tls.h"
+#include "migrate/frame.h"
 #include "migrate/migchan.h"
 
-/* TLS 1.3 only: no renegotiation, no static RSA, every cipher suite AEAD with forward
- * secrecy, and the client's certificate travels encrypted. */
-#define MIGCHAN_PRIORITY "NORMAL:-VERS-ALL:+VERS-TLS1.3"
-#define ABORT_ERROR_MAX 1024
-#define HELLO_HOST_MAX 255
-#define WHY_MAX 256
 #define ADDR_MAX (INET6_ADDRSTRLEN + 16)
 
 struct migchan {
         int fd;
-        gnutls_certificate_credentials_t cred;
-        gnutls_session_t session;
-        /* gnutls keeps a pointer to these for the session's lifetime */
-        gnutls_typed_vdata_st vdata[2];
-        char *peer_name;
+        struct tls_session *tls;
         bool handshake_done, broken;
-        int io_errno;             /* errno of the last failed recv/send under gnutls */
         int cancel_fd;            /* readable: every wait ends with ECANCELED; -1 none */
         char addr[ADDR_MAX];      /* the peer: "ADDR:PORT", "[ADDR]:PORT" */
         char peer[ADDR_MAX + 80]; /* addr and " (CN=...)" once the handshake is done */
@@ -50,25 +39,6 @@ struct migchan {
         bool buf_secmem;
         size_t len, got;
 };
-
-#define PROTOCOL_TEXT_(n) #n
-#define PROTOCOL_TEXT_X(n) PROTOCOL_TEXT_(n)
-#define PROTOCOL_TEXT PROTOCOL_TEXT_X(MIGCHAN_PROTOCOL)
-
-static const char *const msg_names[] = {
-        [MIG_HELLO] = "HELLO",       [MIG_PREPARE] = "PREPARE",   [MIG_SECRET] = "SECRET",
-        [MIG_READY] = "READY",       [MIG_MIGRATED] = "MIGRATED", [MIG_PREPARED] = "PREPARED",
-        [MIG_COMMIT] = "COMMIT",     [MIG_RUNNING] = "RUNNING",   [MIG_ABORT] = "ABORT",
-        [MIG_DONE] = "DONE",
-};
-
-static bool msg_known(unsigned t) {
-        return t < ARRAY_SIZE(msg_names) && msg_names[t];
-}
-
-const char *mig_msg_name(enum mig_msg t) {
-        return msg_known((unsigned) t) ? msg_names[t] : "unknown";
-}
 
 /* ---- time ---- */
 
@@ -149,12 +119,6 @@ static void sockaddr_format(int fd, bool peer, char *host, size_t hostlen, char 
                 format_host_port(hostport, hplen, h, p);
 }
 
-static bool is_ip_literal(const char *s) {
-        unsigned char buf[sizeof(struct in6_addr)];
-
-        return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
-}
-
 /* ---- errors ---- */
 
 /* "<peer>: <message>"; the channel cannot be used after it. */
@@ -171,264 +135,7 @@ __attribute__((format(printf, 5, 6))) static int chan_fail(struct migchan *c, vm
         return vmsup_fail(err, exit_code, errnum, "%s: %s", c->peer, msg ? msg : "out of memory");
 }
 
-/* gnutls' text, with the alert the peer sent when that is the error. */
-static void tls_error_text(struct migchan *c, int r, char *out, size_t n) {
-        const char *alert;
-
-        switch (r) {
-        case GNUTLS_E_FATAL_ALERT_RECEIVED:
-                alert = gnutls_alert_get_name(gnutls_alert_get(c->session));
-                snprintf(out, n, "fatal alert from the peer: %s", alert ? alert : "(unknown alert)");
-                break;
-        case GNUTLS_E_UNSUPPORTED_VERSION_PACKET:
-        case GNUTLS_E_NO_CIPHER_SUITES:
-                /* what a TLS 1.2 peer gets: gnutls names the symptom, not the cause */
-                snprintf(out, n, "%s (this host speaks only TLS 1.3)", gnutls_strerror(r));
-                break;
-        default:
-                snprintf(out, n, "%s", gnutls_strerror(r));
-        }
-}
-
-static int io_errnum(struct migchan *c, int r) {
-        return (r == GNUTLS_E_PULL_ERROR || r == GNUTLS_E_PUSH_ERROR) ? c->io_errno : 0;
-}
-
-/* ---- frame validation: the same rules for what we send and what we accept ---- */
-
-__attribute__((format(printf, 2, 3))) static int why(char out[WHY_MAX], const char *fmt, ...) {
-        va_list ap;
-
-        va_start(ap, fmt);
-        vsnprintf(out, WHY_MAX, fmt, ap);
-        va_end(ap);
-        return -EBADMSG;
-}
-
-/* A field's value for a message: JSON-escaped (no control characters), cut short. */
-static void value_text(json_object *v, char *out, size_t n) {
-        const char *s = json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-        size_t len = s ? strlen(s) : 0;
-
-        if (len < n) {
-                snprintf(out, n, "%s", s ? s : "?");
-                return;
-        }
-        len = n - 4;
-        while (len > 0 && ((unsigned char) s[len] & 0xc0) == 0x80)
-                len--; /* not in the middle of a UTF-8 sequence */
-        snprintf(out, n, "%.*s...", (int) len, s);
-}
-
-static int bad_field(char out[WHY_MAX], enum mig_msg type, const char *name, json_object *v, const char *rule) {
-        char val[48];
-
-        value_text(v, val, sizeof(val));
-        return why(out, "bad field \"%s\" in %s: %s (must be %s)", name, mig_msg_name(type), val, rule);
-}
-
-static bool int_in(json_object *v, int64_t min, int64_t max) {
-        int64_t n;
-
-        if (!json_object_is_type(v, json_type_int))
-                return false;
-        n = json_object_get_int64(v);
-        /* json-c clamps a value above INT64_MAX (kept as uint64) to INT64_MAX */
-        if (n == INT64_MAX && json_object_get_uint64(v) != (uint64_t) INT64_MAX)
-                return false;
-        return n >= min && n <= max;
-}
-
-static bool printable_ascii(const char *s, size_t len) {
-        for (size_t i = 0; i < len; i++)
-                if (s[i] < 0x20 || s[i] > 0x7e)
-                        return false;
-        return true;
-}
-
-static int check_fields(enum mig_msg type, json_object *o, char out[WHY_MAX]) {
-        const char *missing = NULL;
-        json_object *v = NULL;
-
-#define REQUIRE(name, ok, rule)                                            \
-        do {                                                               \
-                /* v is NULL for a JSON null */                            \
-                if (!json_object_object_get_ex(o, name, &v)) {             \
-                        missing = name;                                    \
-                        goto missing;                                      \
-                }                                                          \
-                if (!(ok))                                                 \
-                        return bad_field(out, type, name, v, rule);        \
-        } while (0)
-#define IS_STRING_LEN(min, max)                                                                                \
-        (json_object_is_type(v, json_type_string) && json_object_get_string_len(v) >= (min) &&                  \
-         json_object_get_string_len(v) <= (max))
-#define IS_UUID (json_object_is_type(v, json_type_string) && uuid_is_valid(json_object_get_string(v)))
-
-        switch (type) {
-        case MIG_HELLO:
-                REQUIRE("protocol", int_in(v, MIGCHAN_PROTOCOL, MIGCHAN_PROTOCOL), PROTOCOL_TEXT);
-                REQUIRE("uuid", IS_UUID, "a lower-case uuid");
-                REQUIRE("host", IS_STRING_LEN(1, HELLO_HOST_MAX) &&
-                                        printable_ascii(json_object_get_string(v), json_object_get_string_len(v)),
-                        "a host name of 1..255 printable ASCII characters");
-                break;
-        case MIG_PREPARE:
-                REQUIRE("spec", json_object_is_type(v, json_type_object), "an object");
-                REQUIRE("secret_uuid", IS_UUID, "a lower-case uuid");
-                break;
-        case MIG_READY:
-                REQUIRE("port", int_in(v, 1, 65535), "an integer 1..65535");
-                break;
-        case MIG_PREPARED:
-                REQUIRE("generation", int_in(v, 0, INT64_MAX), "an integer >= 0");
-                break;
-        case MIG_ABORT:
-                REQUIRE("error", IS_STRING_LEN(1, ABORT_ERROR_MAX), "a text of 1..1024 bytes");
-                break;
-        default:
-                break;
-        }
-        return 0;
-missing:
-        return why(out, "missing field \"%s\" in %s", missing, mig_msg_name(type));
-#undef REQUIRE
-#undef IS_STRING_LEN
-#undef IS_UUID
-}
-
-static int parse_object(enum mig_msg type, const uint8_t *p, size_t len, json_object **ret, char out[WHY_MAX]) {
-        _cleanup_json_ json_object *o = NULL;
-        struct json_tokener *tok;
-        enum json_tokener_error jerr;
-        size_t end;
-
-        if (memchr(p, 0, len))
-                return why(out, "%s payload is not JSON: it contains a NUL byte", mig_msg_name(type));
-        tok = json_tokener_new();
-        if (!tok)
-                return -ENOMEM;
-        json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
-        o = json_tokener_parse_ex(tok, (const char *) p, (int) len);
-        jerr = json_tokener_get_error(tok);
-        end = json_tokener_get_parse_end(tok);
-        if (jerr == json_tokener_continue) {
-                /* A NUL ends the input: completes a bare number or literal at the end,
-                 * and turns a truncated value into "unexpected end of data". */
-                o = json_tokener_parse_ex(tok, "", 1);
-                jerr = json_tokener_get_error(tok);
-                end = len;
-        }
-        json_tokener_free(tok);
-        if (jerr != json_tokener_success)
-                return why(out, "%s payload is not JSON: %s", mig_msg_name(type), json_tokener_error_desc(jerr));
-        for (; end < len; end++)
-                if (!strchr(" \t\r\n", p[end]))
-                        return why(out, "%s payload is not JSON: bytes after the value", mig_msg_name(type));
-        if (!json_object_is_type(o, json_type_object))
-                return why(out, "%s payload is a JSON %s, not an object", mig_msg_name(type),
-                           json_type_to_name(json_object_get_type(o)));
-        *ret = TAKE_PTR(o);
-        return 0;
-}
-
-static int check_length(unsigned type, size_t len, char out[WHY_MAX]) {
-        if (type == MIG_SECRET && len > MIGCHAN_SECRET_MAX)
-                return why(out, "SECRET payload of %zu bytes over the limit of %d bytes", len, MIGCHAN_SECRET_MAX);
-        if (len > MIGCHAN_MAX_PAYLOAD)
-                return why(out, "%s payload of %zu bytes over the limit of %d bytes", mig_msg_name(type), len,
-                           MIGCHAN_MAX_PAYLOAD);
-        if (type == MIG_SECRET && len == 0)
-                return why(out, "empty SECRET payload");
-        return 0;
-}
-
-/* 0 when type and payload make a valid frame (*ret_json: the parsed object, when asked
- * for and the type has one); -EBADMSG with the reason in out; -ENOMEM. */
-static int frame_check(enum mig_msg type, const uint8_t *p, size_t len, json_object **ret_json, char out[WHY_MAX]) {
-        _cleanup_json_ json_object *o = NULL;
-        int r;
-
-        if (!msg_known((unsigned) type))
-                return why(out, "unknown message type %u", (unsigned) type);
-        r = check_length(type, len, out);
-        if (r < 0)
-                return r;
-        if (type == MIG_SECRET) {
-                for (size_t i = 0; i < len; i++)
-                        if (p[i] < 0x20 || p[i] > 0x7e) /* the byte itself stays out of the message */
-                                return why(out, "SECRET payload byte at offset %zu is not printable ASCII", i);
-                return 0;
-        }
-        r = parse_object(type, p, len, &o, out);
-        if (r < 0)
-                return r;
-        r = check_fields(type, o, out);
-        if (r < 0)
-                return r;
-        if (ret_json)
-                *ret_json = TAKE_PTR(o);
-        return 0;
-}
-
-/* The peer's error text gets logged: no control characters from it. */
-static int sanitize_abort(json_object *o) {
-        json_object *v = NULL;
-        _cleanup_free_ char *copy = NULL;
-        const char *s = json_object_object_get_ex(o, "error", &v) ? json_object_get_string(v) : NULL;
-        bool changed = false;
-
-        copy = strdup(s ? s : "");
-        if (!copy)
-                return -ENOMEM;
-        for (char *q = copy; *q; q++)
-                if ((unsigned char) *q < 0x20 || *q == 0x7f) {
-                        *q = '?';
-                        changed = true;
-                }
-        if (changed) {
-                json_object *clean = json_object_new_string(copy);
-
-                if (!clean || json_object_object_add(o, "error", clean) < 0) {
-                        json_object_put(clean);
-                        return -ENOMEM;
-                }
-        }
-        return 0;
-}
-
 /* ---- the connection ---- */
-
-static ssize_t chan_pull(gnutls_transport_ptr_t p, void *data, size_t len) {
-        struct migchan *c = p;
-        ssize_t n = recv(c->fd, data, len, 0);
-
-        if (n < 0)
-                c->io_errno = errno;
-        return n;
-}
-
-static ssize_t chan_vec_push(gnutls_transport_ptr_t p, const giovec_t *iov, int iovcnt) {
-        struct migchan *c = p;
-        struct msghdr m = { .msg_iov = (struct iovec *) iov, .msg_iovlen = (size_t) iovcnt };
-        /* MSG_NOSIGNAL: a peer that went away is an error to report, not a SIGPIPE */
-        ssize_t n = sendmsg(c->fd, &m, MSG_NOSIGNAL);
-
-        if (n < 0)
-                c->io_errno = errno;
-        return n;
-}
-
-static int chan_pull_timeout(gnutls_transport_ptr_t p, unsigned int ms) {
-        struct migchan *c = p;
-        struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
-        int n;
-
-        n = poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : ms > INT_MAX ? INT_MAX : (int) ms);
-        if (n < 0)
-                c->io_errno = errno;
-        return n;
-}
 
 static void frame_reset(struct migchan *c) {
         if (c->buf) {
@@ -448,18 +155,14 @@ static void frame_reset(struct migchan *c) {
 struct migchan *migchan_free(struct migchan *c) {
         if (!c)
                 return NULL;
-        if (c->session) {
-                /* one try at close_notify: the socket is non-blocking, the peer may be gone */
+        if (c->tls) {
                 if (c->handshake_done && !c->broken)
-                        (void) gnutls_bye(c->session, GNUTLS_SHUT_WR);
-                gnutls_deinit(c->session);
+                        tls_session_bye(c->tls);
+                tls_session_free(c->tls);
         }
-        if (c->cred)
-                gnutls_certificate_free_credentials(c->cred);
         if (c->fd >= 0)
                 close(c->fd);
         frame_reset(c);
-        free(c->peer_name);
         free(c);
         return NULL;
 }
@@ -468,78 +171,23 @@ struct migchan *migchan_free(struct migchan *c) {
  * fails here, as a configuration error. */
 static int chan_new(const struct migchan_tls *tls, bool server, struct migchan **ret, vmsup_error **err) {
         _cleanup_migchan_ struct migchan *c = NULL;
-        const char *side = server ? "server" : "client";
+        struct tls_setup setup = { .what = "migration" };
         int r;
 
-        if (!tls || !tls->ca_file || !tls->cert_file || !tls->key_file)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "migration TLS %s: CA, certificate and key are required",
-                                  side);
-        if (!server && (!tls->peer_name || !*tls->peer_name))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0,
-                                  "migration TLS client: the name the server's certificate must carry is required");
         c = calloc(1, sizeof(*c));
         if (!c)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration channel");
         c->fd = -1;
         c->cancel_fd = -1;
-        if (!server && !(c->peer_name = strdup(tls->peer_name)))
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration channel");
-
-        r = gnutls_certificate_allocate_credentials(&c->cred);
+        if (tls)
+                setup = (struct tls_setup) { .what = "migration",
+                                             .ca_file = tls->ca_file,
+                                             .cert_file = tls->cert_file,
+                                             .key_file = tls->key_file,
+                                             .peer_name = tls->peer_name };
+        r = tls_session_new(&setup, server, &c->tls, err);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, 0, "migration TLS credentials: %s", gnutls_strerror(r));
-        r = gnutls_certificate_set_x509_trust_file(c->cred, tls->ca_file, GNUTLS_X509_FMT_PEM);
-        if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load the migration CA certificate '%s': %s", tls->ca_file,
-                                  gnutls_strerror(r));
-        if (r == 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
-                                  "load the migration CA certificate '%s': no certificate in it", tls->ca_file);
-        r = gnutls_certificate_set_x509_key_file(c->cred, tls->cert_file, tls->key_file, GNUTLS_X509_FMT_PEM);
-        if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load the migration %s certificate '%s' and key '%s': %s",
-                                  side, tls->cert_file, tls->key_file, gnutls_strerror(r));
-
-        /* No session tickets: every connection authenticates both hosts in full. */
-        r = gnutls_init(&c->session, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NONBLOCK | GNUTLS_NO_TICKETS);
-        if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, 0, "migration TLS session: %s", gnutls_strerror(r));
-        r = gnutls_priority_set_direct(c->session, MIGCHAN_PRIORITY, NULL);
-        if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "migration TLS priority '%s': %s", MIGCHAN_PRIORITY,
-                                  gnutls_strerror(r));
-        r = gnutls_credentials_set(c->session, GNUTLS_CRD_CERTIFICATE, c->cred);
-        if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "migration TLS credentials: %s", gnutls_strerror(r));
-        if (server) {
-                gnutls_certificate_server_set_request(c->session, GNUTLS_CERT_REQUIRE);
-                /* Without our CA's name in the request, a client with a certificate from
-                 * another CA sends it (and is told "issuer unknown") instead of sending
-                 * none; our clients have one certificate each, nothing to choose. */
-                gnutls_certificate_send_x509_rdn_sequence(c->session, 1);
-                c->vdata[0] = (gnutls_typed_vdata_st) { GNUTLS_DT_KEY_PURPOSE_OID,
-                                                        (unsigned char *) GNUTLS_KP_TLS_WWW_CLIENT, 0 };
-                gnutls_session_set_verify_cert2(c->session, c->vdata, 1, 0);
-        } else {
-                /* SNI carries DNS names only, never an address (RFC 6066) */
-                if (!is_ip_literal(c->peer_name)) {
-                        r = gnutls_server_name_set(c->session, GNUTLS_NAME_DNS, c->peer_name, strlen(c->peer_name));
-                        if (r < 0)
-                                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "migration peer name '%s': %s",
-                                                  c->peer_name, gnutls_strerror(r));
-                }
-                /* a DNS_HOSTNAME that is an address is matched against the IP SANs */
-                c->vdata[0] = (gnutls_typed_vdata_st) { GNUTLS_DT_DNS_HOSTNAME, (unsigned char *) c->peer_name, 0 };
-                c->vdata[1] = (gnutls_typed_vdata_st) { GNUTLS_DT_KEY_PURPOSE_OID,
-                                                        (unsigned char *) GNUTLS_KP_TLS_WWW_SERVER, 0 };
-                gnutls_session_set_verify_cert2(c->session, c->vdata, 2, 0);
-        }
-        /* our deadline, not gnutls' own */
-        gnutls_handshake_set_timeout(c->session, 0);
-        gnutls_transport_set_ptr(c->session, c);
-        gnutls_transport_set_pull_function(c->session, chan_pull);
-        gnutls_transport_set_vec_push_function(c->session, chan_vec_push);
-        gnutls_transport_set_pull_timeout_function(c->session, chan_pull_timeout);
+                return r;
         *ret = TAKE_PTR(c);
         return 0;
 }
@@ -548,6 +196,7 @@ static void chan_attach(struct migchan *c, int fd) {
         int one = 1;
 
         c->fd = fd;
+        tls_session_set_fd(c->tls, fd);
         /* small request/answer frames: Nagle would only add delay */
         (void) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         sockaddr_format(fd, true, NULL, 0, c->addr, sizeof(c->addr));
@@ -555,88 +204,8 @@ static void chan_attach(struct migchan *c, int fd) {
         snprintf(c->peer, sizeof(c->peer), "%s", c->addr);
 }
 
-/* The CN of the peer's (verified) certificate, printable characters only. */
-static void peer_cn(struct migchan *c, char *out, size_t n) {
-        const gnutls_datum_t *certs;
-        unsigned count = 0;
-        gnutls_x509_crt_t crt;
-        char cn[128];
-        size_t len = sizeof(cn);
-
-        out[0] = 0;
-        certs = gnutls_certificate_get_peers(c->session, &count);
-        if (!certs || count == 0 || gnutls_x509_crt_init(&crt) < 0)
-                return;
-        if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) == 0 &&
-            gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn, &len) == 0) {
-                for (size_t i = 0; i < len && cn[i]; i++)
-                        if ((unsigned char) cn[i] < 0x20 || (unsigned char) cn[i] > 0x7e)
-                                cn[i] = '?';
-                snprintf(out, n, "%.64s", cn); /* ub-common-name */
-        }
-        gnutls_x509_crt_deinit(crt);
-}
-
-static int handshake_failed(struct migchan *c, int r, vmsup_error **err) {
-        char text[512];
-        int ret;
-
-        if (r == GNUTLS_E_CERTIFICATE_VERIFICATION_ERROR) {
-                unsigned status = gnutls_session_get_verify_cert_status(c->session);
-                gnutls_datum_t out = { NULL, 0 };
-                size_t len;
-
-                if (gnutls_certificate_verification_status_print(status, GNUTLS_CRT_X509, &out, 0) < 0 || !out.data)
-                        snprintf(text, sizeof(text), "verification status 0x%x", status);
-                else {
-                        snprintf(text, sizeof(text), "%s", (char *) out.data);
-                        gnutls_free(out.data);
-                }
-                len = strlen(text);
-                while (len > 0 && text[len - 1] == ' ')
-                        text[--len] = 0;
-                if ((status & GNUTLS_CERT_UNEXPECTED_OWNER) && c->peer_name)
-                        snprintf(text + len, sizeof(text) - len, " (expected '%s')", c->peer_name);
-                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the certificate of %s is not trusted: %s", c->addr,
-                                 text);
-        } else if (r == GNUTLS_E_NO_CERTIFICATE_FOUND || r == GNUTLS_E_CERTIFICATE_REQUIRED)
-                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
-                                 "TLS handshake with %s failed: the peer presented no certificate", c->addr);
-        else {
-                tls_error_text(c, r, text, sizeof(text));
-                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, io_errnum(c, r), "TLS handshake with %s failed: %s",
-                                 c->addr, text);
-        }
-        /* tell the peer why (gnutls does not on its own); best effort, non-blocking */
-        (void) gnutls_alert_send_appropriate(c->session, r);
-        c->broken = true;
-        return ret;
-}
-
-/* The handshake went through: check what it agreed on, name the peer. */
-static int handshake_done(struct migchan *c, vmsup_error **err) {
-        char cn[65];
-
-        /* The priority string allows nothing else; this is the check that it did. */
-        if (gnutls_protocol_get_version(c->session) != GNUTLS_TLS1_3) {
-                c->broken = true;
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "TLS handshake with %s: negotiated %s, not TLS 1.3",
-                                  c->addr, gnutls_protocol_get_name(gnutls_protocol_get_version(c->session)));
-        }
-        /* Likewise: the peer's certificate was verified (status 0), not skipped (status -1). */
-        if (gnutls_session_get_verify_cert_status(c->session) != 0) {
-                c->broken = true;
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
-                                  "TLS handshake with %s: the peer's certificate was not verified", c->addr);
-        }
-        c->handshake_done = true;
-        peer_cn(c, cn, sizeof(cn));
-        if (cn[0])
-                snprintf(c->peer, sizeof(c->peer), "%s (CN=%s)", c->addr, cn);
-        return 0;
-}
-
 int migchan_handshake_step(struct migchan *c, vmsup_error **err) {
+        char cn[65];
         int r;
 
         if (c->handshake_done)
@@ -644,20 +213,20 @@ int migchan_handshake_step(struct migchan *c, vmsup_error **err) {
         if (c->broken)
                 return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "TLS handshake with %s: the channel failed earlier",
                                   c->addr);
-        for (;;) {
-                r = gnutls_handshake(c->session);
-                if (r == 0)
-                        return handshake_done(c, err) < 0 ? -EPROTO : 1;
-                if (r == GNUTLS_E_AGAIN)
-                        return 0;
-                if (r == GNUTLS_E_INTERRUPTED || !gnutls_error_is_fatal(r))
-                        continue;
-                return handshake_failed(c, r, err);
-        }
+        r = tls_session_handshake_step(c->tls, c->addr, err);
+        if (r < 0)
+                c->broken = true;
+        if (r <= 0)
+                return r;
+        c->handshake_done = true;
+        tls_session_peer_cn(c->tls, cn, sizeof(cn));
+        if (cn[0])
+                snprintf(c->peer, sizeof(c->peer), "%s (CN=%s)", c->addr, cn);
+        return 1;
 }
 
 short migchan_handshake_events(const struct migchan *c) {
-        return gnutls_record_get_direction(c->session) ? POLLOUT : POLLIN;
+        return tls_session_events(c->tls);
 }
 
 static int chan_handshake(struct migchan *c, long deadline, int timeout_ms, vmsup_error **err) {
@@ -920,14 +489,14 @@ static int wait_io(struct migchan *c, long deadline) {
 
         if (left == 0)
                 return 0;
-        n = poll_cancel(c->fd, gnutls_record_get_direction(c->session) ? POLLOUT : POLLIN, c->cancel_fd, left);
+        n = poll_cancel(c->fd, tls_session_events(c->tls), c->cancel_fd, left);
         return n == -EINTR ? 1 : n;
 }
 
 int migchan_send(struct migchan *c, enum mig_msg type, const void *payload, size_t len, int timeout_ms,
                  vmsup_error **err) {
         long deadline = deadline_of(timeout_ms);
-        char reason[WHY_MAX];
+        char reason[MIG_WHY_MAX];
         uint8_t *frame;
         size_t total, off = 0;
         int r;
@@ -937,7 +506,7 @@ int migchan_send(struct migchan *c, enum mig_msg type, const void *payload, size
                                   c->peer, mig_msg_name(type));
         if (!payload && len > 0)
                 return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s: send %s: no payload", c->peer, mig_msg_name(type));
-        r = frame_check(type, payload ? payload : (const void *) "", len, NULL, reason);
+        r = mig_frame_check(type, payload ? payload : (const void *) "", len, NULL, reason);
         if (r == -ENOMEM)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s: send %s", c->peer, mig_msg_name(type));
         if (r < 0)
@@ -960,14 +529,14 @@ int migchan_send(struct migchan *c, enum mig_msg type, const void *payload, size
 
         r = 0;
         while (off < total) {
-                /* after GNUTLS_E_AGAIN gnutls wants the very same arguments again */
-                ssize_t n = gnutls_record_send(c->session, frame + off, total - off);
+                /* after tls_again() the session wants the very same arguments again */
+                ssize_t n = tls_session_send(c->tls, frame + off, total - off);
 
                 if (n >= 0) {
                         off += (size_t) n;
                         continue;
                 }
-                if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED) {
+                if (tls_again(n)) {
                         int w = wait_io(c, deadline);
 
                         if (w == 0) {
@@ -983,14 +552,15 @@ int migchan_send(struct migchan *c, enum mig_msg type, const void *payload, size
                         }
                         continue;
                 }
-                if (n == GNUTLS_E_PUSH_ERROR && (c->io_errno == EPIPE || c->io_errno == ECONNRESET))
+                if (tls_session_send_closed(c->tls, n))
                         r = chan_fail(c, err, VMSUP_EX_UNAVAILABLE, 0,
                                       "send %s: the migration peer closed the connection", mig_msg_name(type));
                 else {
                         char text[256];
 
-                        tls_error_text(c, (int) n, text, sizeof(text));
-                        r = chan_fail(c, err, VMSUP_EX_UNAVAILABLE, io_errnum(c, (int) n), "send %s: TLS error: %s",
+                        tls_session_error_text(c->tls, (int) n, text, sizeof(text));
+                        r = chan_fail(c, err, VMSUP_EX_UNAVAILABLE, tls_session_errno(c->tls, (int) n),
+                                      "send %s: TLS error: %s",
                                       mig_msg_name(type), text);
                 }
                 break;
@@ -1015,17 +585,14 @@ int migchan_send_json(struct migchan *c, enum mig_msg type, json_object *o, int 
 }
 
 /* Some bytes of the frame in progress: > 0 read, 0 nothing available yet, < 0 error. */
-/* Some bytes of the frame in progress: > 0 read, 0 nothing available yet, < 0 error. */
 static int read_some(struct migchan *c, uint8_t *dst, size_t want, vmsup_error **err) {
         char where[64] = "", text[256];
         ssize_t n;
 
-        do
-                n = gnutls_record_recv(c->session, dst, want);
-        while (n == GNUTLS_E_INTERRUPTED || (n < 0 && n != GNUTLS_E_AGAIN && !gnutls_error_is_fatal((int) n)));
+        n = tls_session_recv(c->tls, dst, want);
         if (n > 0)
                 return (int) n;
-        if (n == GNUTLS_E_AGAIN)
+        if (tls_again(n))
                 return 0;
 
         if (c->hdr_got == MIGCHAN_HEADER_LEN)
@@ -1034,11 +601,11 @@ static int read_some(struct migchan *c, uint8_t *dst, size_t want, vmsup_error *
                 snprintf(where, sizeof(where), " in the middle of a frame header");
         if (n == 0)
                 return chan_fail(c, err, VMSUP_EX_UNAVAILABLE, 0, "the migration peer closed the connection%s", where);
-        if (n == GNUTLS_E_PREMATURE_TERMINATION || (n == GNUTLS_E_PULL_ERROR && c->io_errno == ECONNRESET))
+        if (tls_session_recv_closed(c->tls, n))
                 return chan_fail(c, err, VMSUP_EX_UNAVAILABLE, 0,
                                  "the migration peer closed the connection%s (without TLS close_notify)", where);
-        tls_error_text(c, (int) n, text, sizeof(text));
-        return chan_fail(c, err, VMSUP_EX_UNAVAILABLE, io_errnum(c, (int) n), "TLS error: %s", text);
+        tls_session_error_text(c->tls, (int) n, text, sizeof(text));
+        return chan_fail(c, err, VMSUP_EX_UNAVAILABLE, tls_session_errno(c->tls, (int) n), "TLS error: %s", text);
 }
 
 /* The header is complete: check it before a byte of the payload is read. */
@@ -1046,20 +613,20 @@ static int start_payload(struct migchan *c, vmsup_error **err) {
         const uint8_t *h = c->hdr;
         unsigned flags = (unsigned) h[2] << 8 | h[3];
         size_t len = (size_t) h[4] << 24 | (size_t) h[5] << 16 | (size_t) h[6] << 8 | h[7];
-        char reason[WHY_MAX];
+        char reason[MIG_WHY_MAX];
 
         if (h[0] != MIGCHAN_PROTOCOL)
                 return chan_fail(c, err, VMSUP_EX_DATAERR, 0,
                                  "invalid migration message: wrong protocol version %u (this host speaks %d: "
                                  "run the same vmsup release on both hosts)", h[0], MIGCHAN_PROTOCOL);
-        if (!msg_known(h[1]))
+        if (!mig_msg_known(h[1]))
                 return chan_fail(c, err, VMSUP_EX_DATAERR, 0, "invalid migration message: unknown message type %u",
                                  h[1]);
         if (flags != 0)
                 return chan_fail(c, err, VMSUP_EX_DATAERR, 0,
                                  "invalid migration message: %s with flags 0x%04x (must be 0)", mig_msg_name(h[1]),
                                  flags);
-        if (check_length(h[1], len, reason) < 0)
+        if (mig_frame_check_length(h[1], len, reason) < 0)
                 return chan_fail(c, err, VMSUP_EX_DATAERR, 0, "invalid migration message: %s", reason);
 
         /* A passphrase lands only in locked, undumpable memory. */
@@ -1075,16 +642,16 @@ static int start_payload(struct migchan *c, vmsup_error **err) {
 static int finish_frame(struct migchan *c, struct mig_frame *ret, vmsup_error **err) {
         enum mig_msg type = c->hdr[1];
         json_object *o = NULL;
-        char reason[WHY_MAX];
+        char reason[MIG_WHY_MAX];
         int r;
 
         c->buf[c->len] = 0;
-        r = frame_check(type, c->buf, c->len, &o, reason);
+        r = mig_frame_check(type, c->buf, c->len, &o, reason);
         if (r == -ENOMEM)
                 return chan_fail(c, err, VMSUP_EX_OSERR, ENOMEM, "receive a %s message", mig_msg_name(type));
         if (r < 0)
                 return chan_fail(c, err, VMSUP_EX_DATAERR, 0, "invalid migration message: %s", reason);
-        if (type == MIG_ABORT && sanitize_abort(o) < 0) {
+        if (type == MIG_ABORT && mig_frame_sanitize_abort(o) < 0) {
                 json_object_put(o);
                 return chan_fail(c, err, VMSUP_EX_OSERR, ENOMEM, "receive a %s message", mig_msg_name(type));
         }
@@ -1163,138 +730,4 @@ void mig_frame_clear(struct mig_frame *f) {
         secmem_free(f->secret);
         json_object_put(f->json);
         *f = (struct mig_frame) { 0 };
-}
-
-/* ---- keeping another CA apart from the channel's ---------------------------------- */
-
-struct crt_list {
-        gnutls_x509_crt_t *crts;
-        unsigned n;
-};
-
-static void crt_list_clear(struct crt_list *l) {
-        for (unsigned i = 0; i < l->n; i++)
-                gnutls_x509_crt_deinit(l->crts[i]);
-        gnutls_free(l->crts);
-        *l = (struct crt_list) { 0 };
-}
-
-/* Every certificate of a PEM file; none is an error. */
-static int crt_list_load(const char *file, struct crt_list *ret, vmsup_error **err) {
-        gnutls_datum_t data = { 0 };
-        int r = gnutls_load_file(file, &data);
-
-        if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load '%s': %s", file, gnutls_strerror(r));
-        r = gnutls_x509_crt_list_import2(&ret->crts, &ret->n, &data, GNUTLS_X509_FMT_PEM, 0);
-        gnutls_free(data.data);
-        if (r < 0 || ret->n == 0) {
-                *ret = (struct crt_list) { 0 };
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load '%s': %s", file,
-                                  r < 0 ? gnutls_strerror(r) : "no certificate in it");
-        }
-        return 0;
-}
-
-/* "CN=..." of a certificate, for messages (its whole DN when it has no CN). */
-static void crt_name(gnutls_x509_crt_t crt, char *out, size_t n) {
-        char buf[256];
-        size_t len = sizeof(buf);
-
-        if (gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, buf, &len) == 0)
-                snprintf(out, n, "CN=%.64s", buf);
-        else if (len = sizeof(buf), gnutls_x509_crt_get_dn(crt, buf, &len) == 0)
-                snprintf(out, n, "%.128s", buf);
-        else
-                snprintf(out, n, "(no name)");
-        for (char *p = out; *p; p++)
-                if ((unsigned char) *p < 0x20 || (unsigned char) *p > 0x7e)
-                        *p = '?';
-}
-
-/* Whether chain[0], with the rest of chain as the certificates that may lead to a trust
- * anchor, verifies against tl. Times are not checked: a certificate that expired or is
- * not valid yet is one an operator may renew, and the channel would then accept it. */
-static bool trusted(gnutls_x509_trust_list_t tl, gnutls_x509_crt_t *chain, unsigned n) {
-        unsigned status = 1;
-        int r = gnutls_x509_trust_list_verify_crt2(tl, chain, n, NULL, 0,
-                                                   GNUTLS_VERIFY_DISABLE_TIME_CHECKS |
-                                                           GNUTLS_VERIFY_DISABLE_TRUSTED_TIME_CHECKS,
-                                                   &status, NULL);
-
-        return r == 0 && status == 0;
-}
-
-int migchan_tls_check_apart(const char *ca_file, const char *other_ca_file, const char *const *certs,
-                            vmsup_error **err) {
-        struct crt_list ours = { 0 }, theirs = { 0 }, leaf = { 0 };
-        gnutls_x509_trust_list_t tl = NULL;
-        gnutls_x509_crt_t *chain = NULL;
-        char name[160];
-        int r;
-
-        if ((r = crt_list_load(ca_file, &ours, err)) < 0 || (r = crt_list_load(other_ca_file, &theirs, err)) < 0)
-                goto out;
-        for (unsigned i = 0; i < theirs.n; i++)
-                for (unsigned j = 0; j < ours.n; j++)
-                        if (gnutls_x509_crt_equals(theirs.crts[i], ours.crts[j])) {
-                                crt_name(theirs.crts[i], name, sizeof(name));
-                                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the CA certificate %s is in both '%s' and '%s'",
-                                               name, ca_file, other_ca_file);
-                                goto out;
-                        }
-        r = gnutls_x509_trust_list_init(&tl, 0);
-        if (r < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, 0, "trust list: %s", gnutls_strerror(r));
-                goto out;
-        }
-        /* the list owns the certificates from here (deinit with all = 1 frees them) */
-        r = gnutls_x509_trust_list_add_cas(tl, ours.crts, ours.n, 0);
-        gnutls_free(ours.crts);
-        ours = (struct crt_list) { 0 };
-        if (r < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, 0, "trust list of '%s': %s", ca_file, gnutls_strerror(r));
-                goto out;
-        }
-        for (unsigned i = 0; i < theirs.n; i++)
-                if (trusted(tl, &theirs.crts[i], 1)) {
-                        crt_name(theirs.crts[i], name, sizeof(name));
-                        r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the CA certificate %s of '%s' is issued by a CA of '%s'",
-                                       name, other_ca_file, ca_file);
-                        goto out;
-                }
-        for (size_t k = 0; certs && certs[k]; k++) {
-                unsigned n;
-
-                if (access(certs[k], F_OK) < 0 && errno == ENOENT)
-                        continue;
-                if ((r = crt_list_load(certs[k], &leaf, err)) < 0)
-                        goto out;
-                n = leaf.n + theirs.n;
-                chain = calloc(n, sizeof(*chain));
-                if (!chain) {
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "certificate chain");
-                        goto out;
-                }
-                memcpy(chain, leaf.crts, leaf.n * sizeof(*chain));
-                memcpy(chain + leaf.n, theirs.crts, theirs.n * sizeof(*chain));
-                if (trusted(tl, chain, n)) {
-                        crt_name(leaf.crts[0], name, sizeof(name));
-                        r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the certificate %s in '%s' is accepted by the CAs of '%s'",
-                                       name, certs[k], ca_file);
-                        goto out;
-                }
-                free(chain);
-                chain = NULL;
-                crt_list_clear(&leaf);
-        }
-        r = 0;
-out:
-        free(chain);
-        crt_list_clear(&leaf);
-        crt_list_clear(&theirs);
-        crt_list_clear(&ours);
-        if (tl)
-                gnutls_x509_trust_list_deinit(tl, 1);
-        return r;
 }

@@ -16,7 +16,10 @@
  * Exit codes: 69 for an unreachable or refusing peer and every TLS failure (handshake,
  * untrusted certificate), 65 for a bad frame, 75 for a timeout, 78 for our own CA,
  * certificate or key that cannot be loaded, 70 for a frame we were asked to send that
- * breaks the rules. A timeout_ms below 0 means no limit. */
+ * breaks the rules. A timeout_ms below 0 means no limit.
+ *
+ * The TLS itself is crypto/tls.h (the channel's "migration" session); the frame rules
+ * are migrate/frame.c. */
 #ifndef VMSUP_MIGRATE_MIGCHAN_H
 #define VMSUP_MIGRATE_MIGCHAN_H
 
@@ -106,14 +109,6 @@ int migchan_tls_check(const struct migchan_tls *tls, bool server, vmsup_error **
 int migchan_accept_start(int listen_fd, const struct migchan_tls *tls, struct migchan **ret, vmsup_error **err);
 int migchan_handshake_step(struct migchan *c, vmsup_error **err);
 short migchan_handshake_events(const struct migchan *c); /* POLLIN or POLLOUT */
-
-/* Refuse (exit 78) another TLS identity the channel must not accept: when other_ca_file
- * and ca_file (the channel's trust) share a CA certificate, when a CA of other_ca_file
- * chains to ca_file, or when a certificate file of certs (NULL-terminated; missing ones
- * are skipped), with other_ca_file's CAs as its chain, does. Validity times are ignored.
- * The message names the certificate and the files. */
-int migchan_tls_check_apart(const char *ca_file, const char *other_ca_file, const char *const *certs,
-                            vmsup_error **err);
 
 int migchan_fd(const struct migchan *c);                 /* for epoll (EPOLLIN); the fd is non-blocking */
 const char *migchan_peer(const struct migchan *c);       /* "ADDR:PORT (CN=...)" for logs */

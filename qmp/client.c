@@ -17,16 +17,10 @@
 
 #include "common/util.h"
 #include "qmp/client.h"
+#include "qmp/stream.h"
 
-/* Framing: the bytes go through one json_tokener fed incrementally, not through a
- * newline splitter. QEMU ends every message with "\r\n", but with `-mon pretty=on` a
- * message spans many lines; the tokener takes both, and messages split across reads or
- * merged into one read, without a second buffer. The size bound is ours: we count the
- * bytes fed since a message began and give up past QMP_MAX_MESSAGE_SIZE, so an endless
- * message costs at most that much (plus one read). Strict mode, UTF-8 checked, depth
- * bounded by json-c's default (32). */
+/* Framing: qmp/stream.h. */
 
-#define READ_CHUNK 65536
 #define MAX_READS_PER_DISPATCH 64  /* level-triggered: let the loop breathe under a flood */
 #define HANDSHAKE_DEFAULT_TIMEOUT_MS 30000
 #define CAPABILITIES_ID 0          /* user commands count from 1 */
@@ -57,11 +51,7 @@ struct qmp_client {
         int fd;
         enum qmp_state state;
         char *version;
-        json_tokener *tok;
-        bool in_message;
-        size_t message_len;
-        char *rbuf;
-        size_t rstart, rend;
+        struct qmp_stream in;
         struct out_msg *out_head, *out_tail;
         struct pending *pending_head, *pending_tail;
         int64_t next_id; /* ids only grow: every id below this one was issued by us */
@@ -378,62 +368,18 @@ static int handle_message(struct qmp_client *c, json_object *msg) {
                           text ? text : "");
 }
 
-static bool is_ws(char ch) {
-        return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
-}
-
-/* Parse what is in rbuf. State lives in c, not in locals, so that a callback that runs a
- * nested loop (a blocking execute from an event handler) continues from the right byte. */
+/* Handle the whole messages read. */
 static int process_input(struct qmp_client *c) {
-        while (c->rstart < c->rend && c->state != QMP_BROKEN) {
-                const char *p = c->rbuf + c->rstart;
-                size_t n = c->rend - c->rstart, end;
-                enum json_tokener_error jerr;
-                json_object *msg;
-                int r;
+        while (c->state != QMP_BROKEN) {
+                _cleanup_error_ vmsup_error *e = NULL;
+                json_object *msg = NULL;
+                int r = qmp_stream_next(&c->in, &msg, &e);
 
-                if (!c->in_message) {
-                        while (n > 0 && is_ws(*p)) {
-                                p++;
-                                n--;
-                                c->rstart++;
-                        }
-                        if (n == 0)
-                                break;
-                        c->in_message = true;
-                        c->message_len = 0;
-                }
-                /* json-c takes a NUL for the end of the input; no JSON text holds one */
-                if (memchr(p, '\0', n))
-                        return set_broken(c, VMSUP_EX_DATAERR, 0, "malformed QMP message: it contains a NUL byte");
-                msg = json_tokener_parse_ex(c->tok, p, (int) n);
-                jerr = json_tokener_get_error(c->tok);
-                if (jerr == json_tokener_continue) {
-                        c->message_len += n;
-                        c->rstart = c->rend;
-                        if (c->message_len > QMP_MAX_MESSAGE_SIZE)
-                                return set_broken(c, VMSUP_EX_DATAERR, 0,
-                                                  "QMP message longer than %d bytes (endless or oversized)",
-                                                  QMP_MAX_MESSAGE_SIZE);
+                if (r < 0)
+                        return set_broken(c, e ? e->exit_code : VMSUP_EX_OSERR, e ? e->errnum : ENOMEM, "%s",
+                                          e ? e->msg : "out of memory");
+                if (r == 0)
                         break;
-                }
-                if (jerr != json_tokener_success) {
-                        size_t at = c->message_len + json_tokener_get_parse_end(c->tok);
-
-                        json_object_put(msg);
-                        return set_broken(c, VMSUP_EX_DATAERR, 0, "malformed JSON in QMP message at byte %zu: %s",
-                                          at, json_tokener_error_desc(jerr));
-                }
-                end = json_tokener_get_parse_end(c->tok);
-                c->message_len += end;
-                c->rstart += end;
-                c->in_message = false;
-                json_tokener_reset(c->tok);
-                if (c->message_len > QMP_MAX_MESSAGE_SIZE) {
-                        json_object_put(msg);
-                        return set_broken(c, VMSUP_EX_DATAERR, 0, "QMP message longer than %d bytes (oversized)",
-                                          QMP_MAX_MESSAGE_SIZE);
-                }
                 r = handle_message(c, msg);
                 json_object_put(msg);
                 if (r < 0)
@@ -452,14 +398,12 @@ int qmp_client_feed(struct qmp_client *c, const void *data, size_t len, vmsup_er
         }
         while (len > 0) {
                 size_t n;
+                char *room = qmp_stream_room(&c->in, &n);
 
-                if (c->rstart == c->rend)
-                        c->rstart = c->rend = 0;
-                n = READ_CHUNK - c->rend;
                 if (n > len)
                         n = len;
-                memcpy(c->rbuf + c->rend, p, n);
-                c->rend += n;
+                memcpy(room, p, n);
+                qmp_stream_filled(&c->in, n);
                 p += n;
                 len -= n;
                 r = process_input(c);
@@ -471,54 +415,23 @@ int qmp_client_feed(struct qmp_client *c, const void *data, size_t len, vmsup_er
         return 0;
 }
 
-static void close_received_fds(struct msghdr *mh) {
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
-                if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
-                        continue;
-                for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
-                        int fd;
-
-                        memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-                        close(fd);
-                }
-        }
-}
-
 static int read_input(struct qmp_client *c) {
         for (int i = 0; i < MAX_READS_PER_DISPATCH && c->state != QMP_BROKEN; i++) {
-                union {
-                        struct cmsghdr align;
-                        char buf[CMSG_SPACE(sizeof(int) * 8)];
-                } control;
-                struct iovec iov;
-                struct msghdr mh = { 0 };
                 ssize_t got;
                 int r;
 
                 r = process_input(c);
                 if (r < 0)
                         return r;
-                c->rstart = c->rend = 0;
-                iov.iov_base = c->rbuf;
-                iov.iov_len = READ_CHUNK;
-                mh.msg_iov = &iov;
-                mh.msg_iovlen = 1;
-                mh.msg_control = control.buf;
-                mh.msg_controllen = sizeof(control.buf);
-                got = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-                if (got < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        if (errno == EAGAIN || errno == EWOULDBLOCK)
-                                return 0;
-                        if (errno != ECONNRESET)
-                                return set_broken(c, VMSUP_EX_UNAVAILABLE, errno, "read from the QMP socket");
-                        got = 0; /* a hang-up with our bytes unread on its side */
-                } else
-                        /* QEMU sends us no fds; do not let a stray one leak */
-                        close_received_fds(&mh);
+                got = qmp_stream_recv(&c->in, c->fd);
+                if (got == -EINTR)
+                        continue;
+                if (got == -EAGAIN || got == -EWOULDBLOCK)
+                        return 0;
+                if (got < 0)
+                        return set_broken(c, VMSUP_EX_UNAVAILABLE, (int) -got, "read from the QMP socket");
                 if (got == 0) {
-                        if (c->in_message)
+                        if (qmp_stream_in_message(&c->in))
                                 return set_broken(c, VMSUP_EX_UNAVAILABLE, 0,
                                                   "QEMU closed the QMP connection in the middle of a message");
                         if (c->state == QMP_GREETING)
@@ -526,7 +439,6 @@ static int read_input(struct qmp_client *c) {
                                                   "QEMU closed the QMP connection before its greeting");
                         return set_broken(c, VMSUP_EX_UNAVAILABLE, 0, "QEMU closed the QMP connection");
                 }
-                c->rend = (size_t) got;
         }
         return process_input(c);
 }
@@ -538,35 +450,16 @@ static bool can_send_head(const struct qmp_client *c) {
 static int flush_output(struct qmp_client *c) {
         while (c->state != QMP_BROKEN && can_send_head(c)) {
                 struct out_msg *m = c->out_head;
-                union {
-                        struct cmsghdr align;
-                        char buf[CMSG_SPACE(sizeof(int))];
-                } control;
-                struct iovec iov = { m->buf + m->off, m->len - m->off };
-                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-                ssize_t sent;
+                ssize_t sent = qmp_stream_send(c->fd, m->buf + m->off, m->len - m->off, m->off == 0 ? m->fd : -1);
 
-                if (m->fd >= 0 && m->off == 0) {
-                        struct cmsghdr *cm;
-
-                        memset(&control, 0, sizeof(control));
-                        mh.msg_control = control.buf;
-                        mh.msg_controllen = sizeof(control.buf);
-                        cm = CMSG_FIRSTHDR(&mh);
-                        cm->cmsg_level = SOL_SOCKET;
-                        cm->cmsg_type = SCM_RIGHTS;
-                        cm->cmsg_len = CMSG_LEN(sizeof(int));
-                        memcpy(CMSG_DATA(cm), &m->fd, sizeof(int));
-                }
-                sent = sendmsg(c->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
                 if (sent < 0) {
-                        if (errno == EINTR)
+                        if (sent == -EINTR)
                                 continue;
-                        if (errno == EAGAIN || errno == EWOULDBLOCK)
+                        if (sent == -EAGAIN || sent == -EWOULDBLOCK)
                                 return 0;
-                        if (errno == EPIPE || errno == ECONNRESET)
+                        if (sent == -EPIPE || sent == -ECONNRESET)
                                 return set_broken(c, VMSUP_EX_UNAVAILABLE, 0, "QEMU closed the QMP connection");
-                        return set_broken(c, VMSUP_EX_UNAVAILABLE, errno, "write to the QMP socket");
+                        return set_broken(c, VMSUP_EX_UNAVAILABLE, (int) -sent, "write to the QMP socket");
                 }
                 if (m->fd >= 0) {
                         close(m->fd); /* the kernel holds its own reference in flight */
@@ -601,17 +494,10 @@ int qmp_client_new_fd(int fd, struct qmp_client **ret, vmsup_error **err) {
         c = calloc(1, sizeof(*c));
         if (!c)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "QMP client");
-        c->rbuf = malloc(READ_CHUNK);
-        c->tok = json_tokener_new();
-        if (!c->rbuf || !c->tok) {
-                free(c->rbuf);
-                if (c->tok)
-                        json_tokener_free(c->tok);
+        if (qmp_stream_init(&c->in) < 0) {
                 free(c);
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "QMP client");
         }
-        json_tokener_set_flags(c->tok,
-                               JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS | JSON_TOKENER_VALIDATE_UTF8);
         c->fd = TAKE_FD(owned);
         c->state = QMP_GREETING;
         c->next_id = CAPABILITIES_ID + 1;
@@ -902,8 +788,7 @@ struct qmp_client *qmp_client_free(struct qmp_client *c) {
         }
         if (c->fd >= 0)
                 close(c->fd);
-        json_tokener_free(c->tok);
-        free(c->rbuf);
+        qmp_stream_clear(&c->in);
         free(c->version);
         vmsup_error_free(c->broken);
         free(c);

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "migrate/migchan.h"
+#include "crypto/tls.h"
 #include "supervisor/guestids.h"
 #include "supervisor/hostconfig.h"
 
@@ -451,7 +451,7 @@ int host_config_migration_tls(const struct host_config *cfg, bool server, struct
                                        *p, strerror(errno), qdir);
                         goto fail;
                 }
-        r = migchan_tls_check_apart(f.ca, qca, (const char *const[]) { qcert, qother, NULL }, err);
+        r = tls_check_apart(f.ca, qca, (const char *const[]) { qcert, qother, NULL }, err);
         if (r < 0) {
                 vmsup_error_prefix(err,
                                    "[migration] qemu_tls_dir '%s' must hold QEMU's credentials under a CA of its own, "

@@ -29,41 +29,6 @@ char *slurp(const char *path) {
         return buf;
 }
 
-char *test_write_conf(const char *root, const char *name, bool as_nobody, const char *barbican_url,
-                      const char *tpm_extra, const char *more) {
-        char *text = NULL, *path;
-
-        cr_assert(asprintf(&text,
-                           "[tpm]\nswtpm_enabled = true\nswtpm_user = %s\nswtpm_group = %s\n%s"
-                           "[qemu]\naccelerator = tcg\n%s"
-                           "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
-                           "log_dir = %s/log\n[supervisor]\nstop_timeout = 3\n"
-                           "[barbican]\nendpoint = %s\nauth = noauth\nretries = 1\n%s",
-                           as_nobody ? "nobody" : "root", as_nobody ? "nogroup" : "root", tpm_extra ? tpm_extra : "",
-                           as_nobody ? "user = nobody\ngroup = nogroup\n" : "", root, root, root, root, barbican_url,
-                           more ? more : "") > 0);
-        path = test_write_file(root, name, text, 0600);
-        free(text);
-        return path;
-}
-
-char *test_write_spec(const char *root, const char *file, const struct test_spec *s) {
-        char *text = NULL, *path;
-
-        cr_assert(asprintf(&text,
-                           "{\"uuid\": \"%s\", \"name\": \"%s\", \"vcpus\": 1, \"memory_mb\": 256,"
-                           " \"flavor\": {\"name\": \"m1.tpm\", \"extra_specs\": {%s}},"
-                           " \"image\": {\"name\": \"demo\", \"properties\": {\"hw_firmware_type\": \"%s\"}},"
-                           " \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
-                           " \"cmdline\": \"console=ttyS0 quiet%s\"}}",
-                           s->uuid, s->name,
-                           s->extra_specs ? s->extra_specs : "\"hw:tpm_version\": \"2.0\", \"hw:tpm_model\": \"tpm-crb\"",
-                           s->uefi ? "uefi" : "bios", s->guest_dir, s->guest_dir, s->hold ? " tpmprobe.hold" : "") > 0);
-        path = test_write_file(root, file, text, 0644);
-        free(text);
-        return path;
-}
-
 struct sup test_spawn(char *const *argv, char *const *envp, const char *log_path, const char *token) {
         struct proc_fd_map fds[1];
         struct proc_spawn_opts o = { .argv = argv, .envp = envp, .stdin_fd = -1, .fds = fds, .n_fds = 0 };

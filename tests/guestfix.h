@@ -1,6 +1,5 @@
 /* A guest fixture for the integration tests that run a real vmsup (swtpm, QEMU under TCG,
- * the demo guest): the host config and the guest spec under a test's root, vmsup started
- * with a credential on fd 3, its exit awaited within a bound, control-socket requests,
+ * the demo guest): vmsup started with a credential on fd 3, its exit awaited within a bound, control-socket requests,
  * waiting until the guest runs, and a file's text for messages. */
 #ifndef VMSUP_TESTS_GUESTFIX_H
 #define VMSUP_TESTS_GUESTFIX_H
@@ -21,27 +20,6 @@ struct sup {
 /* The file's text (at most 1 MiB - 1) in a buffer that the next call reuses; "" when it
  * cannot be read. For messages and searches. */
 char *slurp(const char *path);
-
-/* The host config: swtpm enabled, QEMU under TCG, the state, run, secrets and log dirs
- * under root, stop_timeout 3, Barbican at barbican_url (noauth, retries 1). swtpm and QEMU
- * run as nobody:nogroup with as_nobody, else swtpm as root (QEMU's default). tpm_extra
- * (or NULL) goes at the end of [tpm], more (or NULL) at the end of the file. Written to
- * root/name (0600); returns its path. */
-char *test_write_conf(const char *root, const char *name, bool as_nobody, const char *barbican_url,
-                      const char *tpm_extra, const char *more);
-
-struct test_spec {
-        const char *uuid;
-        const char *name;        /* the guest's name */
-        const char *extra_specs; /* the flavor's extra_specs members; NULL: TPM 2.0, tpm-crb */
-        bool uefi;               /* the image's hw_firmware_type: uefi, else bios */
-        const char *guest_dir;   /* where the demo guest's vmlinuz and initrd.img are */
-        bool hold;               /* the guest stays up until the power button */
-};
-
-/* The guest spec of the demo guest (flavor m1.tpm, 1 vCPU, 256 MiB) written to root/file
- * (0644); returns its path. */
-char *test_write_spec(const char *root, const char *file, const struct test_spec *s);
 
 /* Start argv[0] (an absolute path) with the environment envp (NULL: empty), stdin from
  * /dev/null, stdout and stderr appended to log_path and, unless token is NULL, token on

@@ -49,6 +49,79 @@ char *test_write_file(const char *dir, const char *name, const char *content, un
         return path;
 }
 
+char *test_write_conf(const char *dir, const char *name, const struct test_conf *c) {
+        const char *user = c->as_nobody ? "nobody" : "root", *group = c->as_nobody ? "nogroup" : "root";
+        char *tpm = NULL, *paths = NULL, *secrets = NULL, *supervisor = NULL, *barbican = NULL, *text = NULL, *path;
+
+        if (c->swtpm_off)
+                cr_assert(asprintf(&tpm, "[tpm]\nswtpm_enabled = false\n%s", c->tpm ? c->tpm : "") > 0);
+        else
+                cr_assert(asprintf(&tpm, "[tpm]\nswtpm_enabled = true\nswtpm_user = %s\nswtpm_group = %s\n%s", user,
+                                   group, c->tpm ? c->tpm : "") > 0);
+        if (c->secrets_dir)
+                cr_assert(asprintf(&secrets, "secrets_dir = %s\n", c->secrets_dir) > 0);
+        else if (c->root)
+                cr_assert(asprintf(&secrets, "secrets_dir = %s/state/secrets\n", c->root) > 0);
+        if (c->root)
+                cr_assert(asprintf(&paths, "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\n%slog_dir = %s/log\n", c->root,
+                                   c->root, secrets, c->root) > 0);
+        else if (secrets)
+                cr_assert(asprintf(&paths, "[paths]\n%s", secrets) > 0);
+        if (c->supervisor)
+                cr_assert(asprintf(&supervisor, "[supervisor]\n%s", c->supervisor) > 0);
+        if (c->barbican_url)
+                cr_assert(asprintf(&barbican, "[barbican]\nendpoint = %s\nauth = noauth\n%s", c->barbican_url,
+                                   c->barbican ? c->barbican : "") > 0);
+        cr_assert(asprintf(&text, "%s[qemu]\naccelerator = tcg\n%s%s%s%s%s%s", tpm,
+                           c->as_nobody ? "user = nobody\ngroup = nogroup\n" : "", c->qemu ? c->qemu : "",
+                           paths ? paths : "", supervisor ? supervisor : "", barbican ? barbican : "",
+                           c->more ? c->more : "") > 0);
+        path = test_write_file(dir, name, text, c->mode ? c->mode : 0600);
+        free(tpm);
+        free(paths);
+        free(secrets);
+        free(supervisor);
+        free(barbican);
+        free(text);
+        return path;
+}
+
+char *test_write_spec(const char *dir, const char *file, const struct test_spec *s) {
+        char *owner = NULL, *firmware = NULL, *disks = NULL, *props = NULL, *text = NULL, *path;
+
+        if (s->user_id || s->project_id)
+                cr_assert(asprintf(&owner, " \"owner\": {\"user_id\": \"%s\", \"project_id\": \"%s\"},",
+                                   s->user_id ? s->user_id : "", s->project_id ? s->project_id : "") > 0);
+        if (s->image_properties)
+                props = strdup(s->image_properties);
+        else
+                cr_assert(asprintf(&props, "\"hw_firmware_type\": \"%s\"", s->uefi ? "uefi" : "bios") > 0);
+        if (s->firmware)
+                cr_assert(asprintf(&firmware, ", \"firmware\": %s", s->firmware) > 0);
+        else if (s->guest_dir)
+                cr_assert(asprintf(&firmware,
+                                   ", \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
+                                   " \"cmdline\": \"console=ttyS0 quiet%s\"}",
+                                   s->guest_dir, s->guest_dir, s->hold ? " tpmprobe.hold" : "") > 0);
+        if (s->disks)
+                cr_assert(asprintf(&disks, ", \"disks\": %s", s->disks) > 0);
+        cr_assert(props);
+        cr_assert(asprintf(&text,
+                           "{\"uuid\": \"%s\", \"name\": \"%s\", \"vcpus\": 1, \"memory_mb\": 256,%s"
+                           " \"flavor\": {\"name\": \"%s\", \"extra_specs\": {%s}},"
+                           " \"image\": {\"name\": \"%s\", \"properties\": {%s}}%s%s}",
+                           s->uuid, s->name ? s->name : "g", owner ? owner : "", s->flavor ? s->flavor : "m1.tpm",
+                           s->extra_specs ? s->extra_specs : "\"hw:tpm_version\": \"2.0\", \"hw:tpm_model\": \"tpm-crb\"",
+                           s->image ? s->image : "demo", props, firmware ? firmware : "", disks ? disks : "") > 0);
+        path = test_write_file(dir, file, text, s->mode ? s->mode : 0644);
+        free(owner);
+        free(firmware);
+        free(disks);
+        free(props);
+        free(text);
+        return path;
+}
+
 void test_run_vmsup(struct test_run *ret, const char *path, const char *const *args) {
         char *argv[64], *envp[2] = { NULL, NULL }, *pathvar = NULL;
         struct proc_result res = { 0 };

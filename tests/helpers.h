@@ -1,4 +1,5 @@
-/* Shared by the Criterion tests: temporary dirs, files, and running the vmsup binary. */
+/* Shared by the Criterion tests: temporary dirs, files, the host config and the guest spec
+ * a test writes (the one way to write them), and running the vmsup binary. */
 #ifndef VMSUP_TESTS_HELPERS_H
 #define VMSUP_TESTS_HELPERS_H
 
@@ -12,6 +13,50 @@ void test_rmtree(const char *dir);
 
 /* Write content to dir/name with the given mode; returns the new path. */
 char *test_write_file(const char *dir, const char *name, const char *content, unsigned mode);
+
+/* A host config (vmsup.conf) for a test: what every test's has, and the sections and lines
+ * that differ. The text: [tpm] swtpm_enabled, swtpm_user and swtpm_group, tpm; [qemu]
+ * accelerator = tcg (user and group nobody:nogroup with as_nobody), qemu; [paths] (with
+ * root or secrets_dir); [supervisor] (with supervisor); [barbican] endpoint and
+ * auth = noauth (with barbican_url), barbican; more. Lines end in "\n". */
+struct test_conf {
+        const char *root;         /* [paths]: state_dir root/state, run_dir root/run, log_dir root/log */
+        const char *secrets_dir;  /* NULL: root/state/secrets (or none without root) */
+        bool swtpm_off;           /* swtpm_enabled = false; else true, swtpm as root or as nobody */
+        bool as_nobody;           /* swtpm and QEMU as nobody:nogroup; else swtpm as root, QEMU as its own user */
+        const char *tpm;          /* more [tpm] lines */
+        const char *qemu;         /* more [qemu] lines */
+        const char *supervisor;   /* the [supervisor] lines; NULL: no such section */
+        const char *barbican_url; /* NULL: no [barbican] section */
+        const char *barbican;     /* more [barbican] lines */
+        const char *more;         /* whole sections at the end ([security], [migration] ...) */
+        unsigned mode;            /* 0: 0600 */
+};
+
+/* Write the host config c to dir/name; returns its path. */
+char *test_write_conf(const char *dir, const char *name, const struct test_conf *c);
+
+/* A guest spec for a test: what every test's has ("vcpus": 1, "memory_mb": 256) and the
+ * keys that differ. */
+struct test_spec {
+        const char *uuid;
+        const char *name;             /* the guest's name; NULL: "g" */
+        const char *user_id, *project_id; /* the owner; NULL: no "owner" */
+        const char *flavor;           /* the flavor's name; NULL: "m1.tpm" */
+        const char *extra_specs;      /* the flavor's extra_specs members; NULL: TPM 2.0, tpm-crb; "": none */
+        const char *image;            /* the image's name; NULL: "demo" */
+        const char *image_properties; /* its properties' members; NULL: hw_firmware_type uefi or bios */
+        bool uefi;                    /* the image's hw_firmware_type: uefi, else bios */
+        const char *guest_dir;        /* firmware: the demo guest's vmlinuz and initrd.img there */
+        bool hold;                    /* the demo guest stays up until the power button */
+        const char *firmware;         /* the "firmware" object as JSON, instead of guest_dir's; NULL
+                                       * and no guest_dir: no "firmware" */
+        const char *disks;            /* the "disks" array as JSON; NULL: no "disks" */
+        unsigned mode;                /* 0: 0644 */
+};
+
+/* Write the guest spec s to dir/file; returns its path. */
+char *test_write_spec(const char *dir, const char *file, const struct test_spec *s);
 
 struct test_run {
         int exit_code; /* -1 when killed by a signal */

@@ -13,9 +13,10 @@ static char *dir, *conf_on, *conf_off;
 
 static void setup(void) {
         dir = test_mkdtemp();
-        conf_on = test_write_file(dir, "on.conf", "[tpm]\nswtpm_enabled = true\nswtpm_user = root\nswtpm_group = root\n"
-                                                  "supported_tpm_secret_security = user, host\n", 0644);
-        conf_off = test_write_file(dir, "off.conf", "[tpm]\nswtpm_enabled = false\n", 0644);
+        conf_on = test_write_conf(dir, "on.conf",
+                                  &(struct test_conf) { .root = dir, .tpm = "supported_tpm_secret_security = user, host\n",
+                                                        .mode = 0644 });
+        conf_off = test_write_conf(dir, "off.conf", &(struct test_conf) { .root = dir, .swtpm_off = true, .mode = 0644 });
 }
 static void teardown(void) {
         test_rmtree(dir);
@@ -26,16 +27,9 @@ static void teardown(void) {
 TestSuite(cli, .init = setup, .fini = teardown);
 
 static char *spec(const char *extra_specs, const char *props) {
-        char *text = NULL, *path;
-
-        cr_assert(asprintf(&text,
-                           "{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256,"
-                           " \"flavor\": {\"name\": \"m1\", \"extra_specs\": {%s}},"
-                           " \"image\": {\"name\": \"img\", \"properties\": {%s}}}\n",
-                           extra_specs, props) > 0);
-        path = test_write_file(dir, "guest.json", text, 0644);
-        free(text);
-        return path;
+        return test_write_spec(dir, "guest.json",
+                               &(struct test_spec) { .uuid = UUID, .flavor = "m1", .extra_specs = extra_specs,
+                                                     .image = "img", .image_properties = props });
 }
 
 Test(cli, version_and_help) {

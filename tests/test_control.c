@@ -35,7 +35,10 @@ static char *root, *conf, *spec_path, *console, *vmsup_log, *control_path;
 /* The host config; tpm_extra goes into its [tpm] section, more_sections at its end. */
 static void write_conf(const char *barbican_url, const char *tpm_extra, const char *more_sections) {
         free(conf);
-        conf = test_write_conf(root, "vmsup.conf", false, barbican_url, tpm_extra, more_sections);
+        conf = test_write_conf(root, "vmsup.conf",
+                               &(struct test_conf) { .root = root, .tpm = tpm_extra, .supervisor = "stop_timeout = 3\n",
+                                                     .barbican_url = barbican_url, .barbican = "retries = 1\n",
+                                                     .more = more_sections });
 }
 
 static void setup(void) {

@@ -203,7 +203,10 @@ static char *guest_dir, *vmsup_log;
 /* swtpm and QEMU "as nobody" (not root): each guest gets its own ids from the default
  * range. extra goes at the end of the config. */
 static char *write_conf(const char *name, const char *extra) {
-        return test_write_conf(root, name, true, test_barbican_url(), NULL, extra);
+        return test_write_conf(root, name,
+                               &(struct test_conf) { .root = root, .as_nobody = true, .supervisor = "stop_timeout = 3\n",
+                                                     .barbican_url = test_barbican_url(), .barbican = "retries = 1\n",
+                                                     .more = extra });
 }
 
 static char *write_spec(const char *uuid, bool uefi, bool hold) {

@@ -25,7 +25,9 @@ static char *root, *conf;
 
 static void setup(void) {
         root = test_mkdtemp();
-        conf = test_write_conf(root, "vmsup.conf", false, "http://127.0.0.1:1", NULL, NULL);
+        conf = test_write_conf(root, "vmsup.conf",
+                               &(struct test_conf) { .root = root, .supervisor = "stop_timeout = 3\n",
+                                                     .barbican_url = "http://127.0.0.1:1", .barbican = "retries = 1\n" });
 }
 
 static void teardown(void) {

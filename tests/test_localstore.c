@@ -528,12 +528,8 @@ Test(localstore, list_shows_ids_only) {
 }
 
 static char *write_conf(const char *secrets_dir) {
-        char *text, *path;
-
-        cr_assert(asprintf(&text, "[paths]\nsecrets_dir = %s\n", secrets_dir) > 0);
-        path = test_write_file(tmp, "vmsup.conf", text, 0644);
-        free(text);
-        return path;
+        return test_write_conf(tmp, "vmsup.conf",
+                               &(struct test_conf) { .secrets_dir = secrets_dir, .swtpm_off = true, .mode = 0644 });
 }
 
 Test(localstore, cli_secret_list) {

@@ -28,7 +28,9 @@ static char *root, *conf, *spec_path, *console, *vmsup_log, *control_path;
 
 static void setup(void) {
         root = test_mkdtemp();
-        conf = test_write_conf(root, "vmsup.conf", false, test_barbican_url(), NULL, NULL);
+        conf = test_write_conf(root, "vmsup.conf",
+                               &(struct test_conf) { .root = root, .supervisor = "stop_timeout = 3\n",
+                                                     .barbican_url = test_barbican_url(), .barbican = "retries = 1\n" });
         cr_assert(asprintf(&console, "%s/log/" UUID "/console.log", root) > 0);
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
         cr_assert(asprintf(&control_path, "%s/run/" UUID "/control.sock", root) > 0);

@@ -15,8 +15,8 @@
 #include "tests/helpers.h"
 
 #define UUID "0b7c6e4a-3f0e-4d5c-9a1b-2c3d4e5f6a7b"
-#define TPM_FLAVOR "\"flavor\": {\"name\": \"m1\", \"extra_specs\": {\"hw:tpm_version\": \"2.0\", " \
-                   "\"hw:tpm_model\": \"tpm-crb\", \"hw:tpm_secret_security\": \"host\"}}"
+#define TPM_EXTRA_SPECS "\"hw:tpm_version\": \"2.0\", \"hw:tpm_model\": \"tpm-crb\", \"hw:tpm_secret_security\": \"host\""
+#define TPM_FLAVOR "\"flavor\": {\"name\": \"m1\", \"extra_specs\": {" TPM_EXTRA_SPECS "}}"
 
 /* ---- the source's spec against ours ------------------------------------------------------ */
 
@@ -318,17 +318,11 @@ Test(owndirs, symbolic_links_are_resolved) {
 static char *cli_root, *cli_conf;
 
 static void cli_setup(void) {
-        char *text = NULL;
-
         cli_root = test_mkdtemp();
-        cr_assert(asprintf(&text,
-                           "[tpm]\nswtpm_enabled = true\nswtpm_user = root\nswtpm_group = root\n"
-                           "supported_tpm_secret_security = user, host\n"
-                           "[paths]\nstate_dir = %s/state\nrun_dir = %s/run\nsecrets_dir = %s/state/secrets\n"
-                           "log_dir = %s/log\n",
-                           cli_root, cli_root, cli_root, cli_root) > 0);
-        cli_conf = test_write_file(cli_root, "vmsup.conf", text, 0644);
-        free(text);
+        cli_conf = test_write_conf(cli_root, "vmsup.conf",
+                                   &(struct test_conf) { .root = cli_root,
+                                                         .tpm = "supported_tpm_secret_security = user, host\n",
+                                                         .mode = 0644 });
 }
 static void cli_teardown(void) {
         test_rmtree(cli_root);
@@ -337,14 +331,10 @@ static void cli_teardown(void) {
 }
 TestSuite(specmatch_cli, .init = cli_setup, .fini = cli_teardown);
 
-static char *cli_spec(const char *name, const char *flavor, const char *firmware) {
-        char *text = NULL, *path;
-
-        cr_assert(asprintf(&text, "{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256, %s, "
-                                  "\"firmware\": %s}", flavor, firmware) > 0);
-        path = test_write_file(cli_root, name, text, 0644);
-        free(text);
-        return path;
+static char *cli_spec(const char *name, const char *extra_specs, const char *firmware) {
+        return test_write_spec(cli_root, name,
+                               &(struct test_spec) { .uuid = UUID, .flavor = "m1", .extra_specs = extra_specs,
+                                                     .firmware = firmware });
 }
 
 Test(specmatch_cli, validate_and_run_refuse_vmsups_own_files) {
@@ -357,7 +347,7 @@ Test(specmatch_cli, validate_and_run_refuse_vmsups_own_files) {
         cr_assert(asprintf(&link, "%s/initrd.img", cli_root) > 0);
         cr_assert_eq(symlink(state, link), 0);
         snprintf(fw, sizeof(fw), "{\"kernel\": \"/boot/vmlinuz\", \"initrd\": \"%s\"}", link);
-        spec = cli_spec("g.json", TPM_FLAVOR, fw);
+        spec = cli_spec("g.json", TPM_EXTRA_SPECS, fw);
         snprintf(want, sizeof(want), "key 'firmware.initrd': '%s' resolves to '%s', inside vmsup's state dir", link,
                  state);
 
@@ -378,7 +368,7 @@ Test(specmatch_cli, validate_and_run_refuse_vmsups_own_files) {
 }
 
 Test(specmatch_cli, incoming_needs_the_destinations_own_spec) {
-        char *spec = cli_spec("g.json", TPM_FLAVOR, "null"), *plain, *user;
+        char *spec = cli_spec("g.json", TPM_EXTRA_SPECS, "null"), *plain, *user;
         struct test_run r;
 
         test_run_vmsup(&r, NULL, (const char *[]) { "--config", cli_conf, "run", "--incoming", "49152", UUID, NULL });
@@ -398,15 +388,14 @@ Test(specmatch_cli, incoming_needs_the_destinations_own_spec) {
         test_run_clear(&r);
 
         /* no source sends a guest without a vTPM: refused before listening */
-        plain = cli_spec("plain.json", "\"flavor\": {\"name\": \"m1\"}", "null");
+        plain = cli_spec("plain.json", "", "null");
         test_run_vmsup(&r, NULL, (const char *[]) { "--config", cli_conf, "run", "--incoming", "49152", "--spec", plain,
                                                     NULL });
         cr_assert_eq(r.exit_code, 69, "%s", r.err);
         cr_assert(strstr(r.err, "has no vTPM") && strstr(r.err, "only guests with a vTPM migrate"), "%s", r.err);
         test_run_clear(&r);
 
-        user = cli_spec("user.json", "\"flavor\": {\"name\": \"m1\", \"extra_specs\": {\"hw:tpm_version\": \"2.0\"}}",
-                        "null");
+        user = cli_spec("user.json", "\"hw:tpm_version\": \"2.0\"", "null");
         test_run_vmsup(&r, NULL, (const char *[]) { "--config", cli_conf, "run", "--incoming", "49152", "--spec", user,
                                                     NULL });
         cr_assert_eq(r.exit_code, 69, "%s", r.err);
