@@ -193,6 +193,8 @@ void control_conn_reply_error(struct control_conn *c, int exit_code, const char 
 struct control_conn *control_conn_free(struct control_conn *c) {
         if (c) {
                 conns_open--;
+                evloop_source_remove(c->io_src);
+                evloop_source_remove(c->timer_src);
                 closep(&c->fd);
                 free(c->buf);
                 json_object_put(c->request);

@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "common/error.h"
+#include "common/evloop.h"
 
 #define CONTROL_MAX_MESSAGE (256 * 1024)
 /* Control connections open at once (reading a request, or waiting for their answer); a
@@ -30,6 +31,9 @@ struct control_conn {
         json_object *request; /* set once a whole line arrived */
         long deadline;        /* monotonic ms by which the request must be complete (the caller's) */
         struct control_conn *next;
+        /* the caller's sources while it reads the request: the fd and the deadline;
+         * control_conn_free() removes them before it closes the fd */
+        struct evloop_source *io_src, *timer_src;
 };
 
 /* Accept one client (non-blocking); only root or our own uid may talk to us. Returns NULL

@@ -73,13 +73,31 @@ static void fd_reserve_release(struct guest *g) {
 
 /* ---- children ---------------------------------------------------------------------- */
 
-static void child_forget(struct guest *g, struct child *c) {
-        if (c->pidfd >= 0) {
-                epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->pidfd, NULL);
-                close(c->pidfd);
-        }
+static void child_forget(struct child *c) {
+        c->src = evloop_source_remove(c->src);
+        closep(&c->pidfd);
         c->pidfd = -1;
         c->pid = 0;
+}
+
+static void guest_check_children(struct guest *g);
+
+/* QEMU or swtpm ended (its pidfd, which the loop's child source owns). The loop never
+ * reaps: we do, every exited descendant at once. */
+static void on_child_exit(struct evloop_source *s, pid_t pid, void *userdata) {
+        struct guest *g = userdata;
+
+        (void) s;
+        (void) pid;
+        guest_reap_all(g);
+        guest_check_children(g);
+}
+
+/* The exit of a child just spawned goes to the loop. */
+static int child_watch(struct guest *g, struct child *c, vmsup_error **err) {
+        int r = evloop_add_child(g->loop, c->pid, on_child_exit, g, &c->src, err);
+
+        return r < 0 ? vmsup_error_prefix(err, "watch %s (pid %d)", c->name, (int) c->pid) : 0;
 }
 
 /* Reap every exited descendant at once (we are a child subreaper: swtpm_setup orphans a
@@ -191,6 +209,13 @@ void guest_record_history(struct guest *g) {
                 log_warning("%s", err->msg);
                 vmsup_error_free(err);
         }
+}
+
+static void on_sync(struct evloop_source *s, int fd, uint32_t revents, void *userdata) {
+        (void) s;
+        (void) fd;
+        (void) revents;
+        guest_dispatch_sync(userdata);
 }
 
 static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_error **err) {
@@ -306,14 +331,17 @@ launch:
         g->swtpm.exited = false;
         g->tpm_ctrl_fd = proc.ctrl_fd;
         *ret_qemu_end = g->tpm_ctrl_fd;
+        if ((r = child_watch(g, &g->swtpm, err)) < 0)
+                return r;
         if (!g->sync_watched) {
-                struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_SYNC };
-
+                /* tpm_sync_watch() replaces the fd the last watch left */
+                g->sync_src = evloop_source_remove(g->sync_src);
                 r = tpm_sync_watch(g->sync, err);
                 if (r < 0)
                         return r;
-                if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, tpm_sync_fd(g->sync), &ev) < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+                r = evloop_add_io(g->loop, tpm_sync_fd(g->sync), EPOLLIN, on_sync, g, &g->sync_src, err);
+                if (r < 0)
+                        return vmsup_error_prefix(err, "watch the live TPM state");
                 g->sync_watched = true;
         }
         return 0;
@@ -329,6 +357,7 @@ static void tpm_seal_and_wipe(struct guest *g) {
                 return;
         if (g->tpm_discard) {
                 g->sync_watched = false;
+                g->sync_src = evloop_source_remove(g->sync_src);
                 if (tpm_sync_wipe_live(g->sync, &err) < 0) {
                         log_error("%s", err->msg);
                         vmsup_error_free(err);
@@ -344,7 +373,8 @@ static void tpm_seal_and_wipe(struct guest *g) {
                 vmsup_error_free(err);
                 return;
         }
-        g->sync_watched = false; /* wiping ends the watch */
+        g->sync_watched = false; /* wiping ends the watch; its fd stays open, silent */
+        g->sync_src = evloop_source_remove(g->sync_src);
         if (tpm_sync_wipe_live(g->sync, &err) < 0) {
                 log_error("%s", err->msg);
                 vmsup_error_free(err);
@@ -407,7 +437,7 @@ static void tpm_stop(struct guest *g) {
                            g->tpm_discard ? "its live dir" : "its TPM state stays unsealed in", g->dirs.live_tpm,
                            g->tpm_discard ? " is left as it is" : " for the next start to seal");
                 log_error("%s", g->tpm_stop_err->msg);
-                child_forget(g, &g->swtpm);
+                child_forget(&g->swtpm);
                 goto out;
         }
         if (how) {
@@ -421,7 +451,7 @@ static void tpm_stop(struct guest *g) {
                 log_warning("swtpm %s", proc_describe_status(g->swtpm.status, why, sizeof(why)));
         else if (shutdown_err)
                 log_warning("swtpm: %s", shutdown_err);
-        child_forget(g, &g->swtpm);
+        child_forget(&g->swtpm);
         tpm_seal_and_wipe(g);
 out:
         closep(&g->tpm_ctrl_fd);
@@ -432,19 +462,26 @@ out:
 
 static void on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp);
 
-static int qmp_watch(struct guest *g) {
-        struct epoll_event ev = { .events = qmp_client_epoll_events(g->qmp), .data.u64 = TAG_QMP };
+/* The QMP source waits for what the client needs now, and its timer for the client's
+ * next command deadline: after anything that may have queued, sent or received. */
+static void qmp_watch(struct guest *g) {
+        vmsup_error *err = NULL;
+        int t;
 
-        if (ev.events == g->qmp_events)
-                return 0;
-        g->qmp_events = ev.events;
-        return epoll_ctl(g->epfd, EPOLL_CTL_MOD, qmp_client_fd(g->qmp), &ev);
+        if (!g->qmp || !g->qmp_src)
+                return;
+        if (evloop_io_set_events(g->qmp_src, qmp_client_epoll_events(g->qmp), &err) < 0) {
+                log_error("QMP: %s", err->msg);
+                vmsup_error_free(err);
+        }
+        t = qmp_client_next_timeout_ms(g->qmp);
+        evloop_timer_set(g->qmp_timer, t < 0 ? -1 : monotonic_ms() + t);
 }
 
 static void qmp_drop(struct guest *g) {
-        if (!g->qmp)
-                return;
-        epoll_ctl(g->epfd, EPOLL_CTL_DEL, qmp_client_fd(g->qmp), NULL);
+        g->qmp_src = evloop_source_remove(g->qmp_src);
+        if (g->qmp_timer)
+                evloop_timer_set(g->qmp_timer, -1);
         g->qmp = qmp_client_free(g->qmp);
 }
 
@@ -467,6 +504,32 @@ static void qmp_lost(struct guest *g, const vmsup_error *err) {
         snprintf(g->qmp_lost, sizeof(g->qmp_lost), "%s", err->msg);
         log_error("lost QMP with QEMU (pid %d): %s; QEMU is no longer driven, a stop ends it with SIGTERM, then "
                   "SIGKILL", (int) g->qemu.pid, err->msg);
+}
+
+static void on_qmp_io(struct evloop_source *s, int fd, uint32_t revents, void *userdata) {
+        struct guest *g = userdata;
+        vmsup_error *err = NULL;
+
+        (void) s;
+        (void) fd;
+        (void) revents;
+        if (!g->qmp)
+                return;
+        if (qmp_client_dispatch(g->qmp, &err) < 0) {
+                qmp_lost(g, err);
+                vmsup_error_free(err);
+        } else
+                qmp_watch(g);
+}
+
+/* A QMP command's deadline: its callback gets the timeout. */
+static void on_qmp_timer(struct evloop_source *s, void *userdata) {
+        struct guest *g = userdata;
+
+        (void) s;
+        if (g->qmp)
+                qmp_client_expire(g->qmp);
+        qmp_watch(g);
 }
 
 /* query-tpm must show our emulator with the model Nova's rules chose. */
@@ -562,6 +625,10 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
                 return r;
         }
         g->qemu.exited = false;
+        if ((r = child_watch(g, &g->qemu, err)) < 0) {
+                close(qmp_sv[0]);
+                return r;
+        }
         r = qmp_client_new_fd(qmp_sv[0], &g->qmp, err);
         if (r < 0)
                 return r;
@@ -585,7 +652,6 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
 
 /* Bring up swtpm and QEMU, check them, and let the guest run. */
 int guest_start_children(struct guest *g, vmsup_error **err) {
-        struct epoll_event ev;
         int tpm_qemu_end = -1, r;
         long t0 = monotonic_ms();
 
@@ -610,18 +676,11 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
         if (!g->incoming && (r = qmp_client_execute(g->qmp, "cont", NULL, -1, QMP_COMMAND_TIMEOUT, NULL, err)) < 0)
                 return r;
 
-        ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_QEMU };
-        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->qemu.pidfd, &ev) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
-        if (g->swtpm.pid) {
-                ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_SWTPM };
-                if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->swtpm.pidfd, &ev) < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
-        }
-        g->qmp_events = qmp_client_epoll_events(g->qmp);
-        ev = (struct epoll_event) { .events = g->qmp_events, .data.u64 = TAG_QMP };
-        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, qmp_client_fd(g->qmp), &ev) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+        r = evloop_add_io(g->loop, qmp_client_fd(g->qmp), qmp_client_epoll_events(g->qmp), on_qmp_io, g,
+                          &g->qmp_src, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "watch QMP");
+        qmp_watch(g);
         if (g->incoming) {
                 log_info("QEMU (pid %d) and swtpm (pid %d) wait for the incoming migration (started in %ld ms)",
                          (int) g->qemu.pid, (int) g->swtpm.pid, monotonic_ms() - t0);
@@ -663,7 +722,7 @@ static void qemu_kill(struct guest *g) {
 void guest_stop_children(struct guest *g) {
         qemu_kill(g);
         qmp_drop(g);
-        child_forget(g, &g->qemu);
+        child_forget(&g->qemu);
         tpm_stop(g);
 }
 
@@ -686,6 +745,8 @@ void guest_finish(struct guest *g, int exit_code) {
         g->state = GUEST_STOPPED;
         g->exit_code = exit_code;
         g->done = true;
+        if (g->loop)
+                evloop_exit(g->loop, exit_code);
 }
 
 static void on_quit_reply(void *userdata, json_object *ret, const vmsup_error *err) {
@@ -711,7 +772,7 @@ static void stop_note(struct guest *g, const char *fmt, ...) {
 static void qemu_sigkill(struct guest *g, const char *why) {
         log_warning("%s; killing QEMU (pid %d) with SIGKILL", why, (int) g->qemu.pid);
         stop_note(g, "%s: QEMU was killed (SIGKILL)", why);
-        g->kill_deadline = 0;
+        evloop_timer_set(g->kill_timer, -1);
         child_signal(&g->qemu, SIGKILL);
 }
 
@@ -729,8 +790,8 @@ static void qemu_stop_by_signal(struct guest *g, bool again) {
                     g->qmp_lost[0] ? g->qmp_lost : "QMP is not connected", (int) g->qemu.pid, QEMU_QUIT_TIMEOUT / 1000);
         stop_note(g, "QMP was lost (%s): QEMU was sent SIGTERM", g->qmp_lost[0] ? g->qmp_lost : "not connected");
         g->qemu_termed = true;
-        g->stop_deadline = 0;
-        g->kill_deadline = monotonic_ms() + QEMU_QUIT_TIMEOUT;
+        evloop_timer_set(g->stop_timer, -1);
+        evloop_timer_set(g->kill_timer, monotonic_ms() + QEMU_QUIT_TIMEOUT);
         g->force_pending = true;
         child_signal(&g->qemu, SIGTERM);
 }
@@ -756,12 +817,12 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
         if (force || reboot || timeout_s == 0) {
                 if (qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
                         err = vmsup_error_free(err);
-                g->kill_deadline = monotonic_ms() + QEMU_QUIT_TIMEOUT;
+                evloop_timer_set(g->kill_timer, monotonic_ms() + QEMU_QUIT_TIMEOUT);
                 g->force_pending = true;
         } else {
                 if (qmp_client_execute_async(g->qmp, "system_powerdown", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
                         err = vmsup_error_free(err);
-                g->stop_deadline = monotonic_ms() + (long) timeout_s * 1000;
+                evloop_timer_set(g->stop_timer, monotonic_ms() + (long) timeout_s * 1000);
         }
         qmp_watch(g);
 }
@@ -1072,8 +1133,9 @@ static void on_qemu_exit(struct guest *g) {
 
         proc_describe_status(g->qemu.status, why, sizeof(why));
         qmp_drop(g);
-        child_forget(g, &g->qemu);
-        g->stop_deadline = g->kill_deadline = 0;
+        child_forget(&g->qemu);
+        evloop_timer_set(g->stop_timer, -1);
+        evloop_timer_set(g->kill_timer, -1);
         g->force_pending = false;
         tpm_stop(g);
 
@@ -1126,7 +1188,7 @@ static void on_swtpm_exit(struct guest *g) {
         char why[64];
 
         proc_describe_status(g->swtpm.status, why, sizeof(why));
-        child_forget(g, &g->swtpm);
+        child_forget(&g->swtpm);
         closep(&g->tpm_ctrl_fd);
         g->tpm_ctrl_fd = -1;
         tpm_seal_and_wipe(g);
@@ -1141,7 +1203,7 @@ static void on_swtpm_exit(struct guest *g) {
                 qemu_kill(g);
                 guest_reap_all(g);
                 qmp_drop(g);
-                child_forget(g, &g->qemu);
+                child_forget(&g->qemu);
                 answer_waiters(g, false, VMSUP_EX_FAILURE, "swtpm ended unexpectedly");
                 guest_finish(g, VMSUP_EX_FAILURE);
         }
@@ -1149,56 +1211,49 @@ static void on_swtpm_exit(struct guest *g) {
 
 /* ---- the loop ---------------------------------------------------------------------- */
 
-static int next_timeout(struct guest *g) {
-        long now = monotonic_ms(), t = -1;
-
-        if (g->stop_deadline)
-                t = g->stop_deadline - now;
-        if (g->kill_deadline && (t < 0 || g->kill_deadline - now < t))
-                t = g->kill_deadline - now;
-        if (g->accept_resume_at && (t < 0 || g->accept_resume_at - now < t))
-                t = g->accept_resume_at - now;
-        for (struct control_conn *c = g->conns; c; c = c->next)
-                if (t < 0 || c->deadline - now < t)
-                        t = c->deadline - now;
-        if (g->qmp) {
-                int q = qmp_client_next_timeout_ms(g->qmp);
-
-                if (q >= 0 && (t < 0 || q < t))
-                        t = q;
-        }
-        if (t < -1)
-                t = 0;
-        return t > 1000000 ? 1000000 : (int) t;
+/* After any reap: a QEMU that is gone ends the guest's run (or restarts it, for a hard
+ * reboot), and takes swtpm with it; a swtpm that is gone alone stops QEMU. */
+static void guest_check_children(struct guest *g) {
+        if (g->done)
+                return;
+        if (g->qemu.pid && g->qemu.exited)
+                on_qemu_exit(g);
+        else if (g->swtpm.pid && g->swtpm.exited)
+                on_swtpm_exit(g);
+        qmp_watch(g);
 }
 
-static void check_deadlines(struct guest *g) {
-        long now = monotonic_ms();
+/* The guest did not power off within the stop timeout: quit. */
+static void on_stop_timer(struct evloop_source *s, void *userdata) {
+        struct guest *g = userdata;
         vmsup_error *err = NULL;
 
-        if (g->stop_deadline && now >= g->stop_deadline) {
-                g->stop_deadline = 0;
-                if (!g->qmp) {
-                        qemu_stop_by_signal(g, false);
-                } else {
-                        log_info("the guest did not power off within the stop timeout; telling QEMU to quit");
-                        stop_note(g, "the guest did not power off within the stop timeout: QEMU was told to quit");
-                        if (qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
-                                err = vmsup_error_free(err);
-                        g->kill_deadline = now + QEMU_QUIT_TIMEOUT;
-                        g->force_pending = true;
-                        qmp_watch(g);
-                }
+        (void) s;
+        if (!g->qemu.pid || g->qemu.exited)
+                return;
+        if (!g->qmp) {
+                qemu_stop_by_signal(g, false);
+                return;
         }
-        if (g->kill_deadline && now >= g->kill_deadline && g->qemu.pid && !g->qemu.exited) {
-                char why[64];
+        log_info("the guest did not power off within the stop timeout; telling QEMU to quit");
+        stop_note(g, "the guest did not power off within the stop timeout: QEMU was told to quit");
+        if (qmp_client_execute_async(g->qmp, "quit", NULL, -1, 5000, on_quit_reply, g, &err) < 0)
+                err = vmsup_error_free(err);
+        evloop_timer_set(g->kill_timer, monotonic_ms() + QEMU_QUIT_TIMEOUT);
+        g->force_pending = true;
+        qmp_watch(g);
+}
 
-                snprintf(why, sizeof(why), "QEMU did not exit within %d s", QEMU_QUIT_TIMEOUT / 1000);
-                qemu_sigkill(g, why);
-        }
-        if (g->qmp)
-                qmp_client_expire(g->qmp);
-        guest_control_expire(g);
+/* QEMU did not exit within the quit (or SIGTERM) grace: SIGKILL. */
+static void on_kill_timer(struct evloop_source *s, void *userdata) {
+        struct guest *g = userdata;
+        char why[64];
+
+        (void) s;
+        if (!g->qemu.pid || g->qemu.exited)
+                return;
+        snprintf(why, sizeof(why), "QEMU did not exit within %d s", QEMU_QUIT_TIMEOUT / 1000);
+        qemu_sigkill(g, why);
 }
 
 /* During a migration: reap, and remember a stop request for when it is over. */
@@ -1238,36 +1293,38 @@ void guest_dispatch_sync(struct guest *g) {
                 log_debug("TPM state sealed (%u writes so far)", tpm_sync_sealed_count(g->sync));
 }
 
-static void handle_signal(struct guest *g) {
-        struct signalfd_siginfo si;
+static void on_signal(struct evloop_source *s, const struct signalfd_siginfo *si, void *userdata) {
+        struct guest *g = userdata;
 
-        while (read(g->sigfd, &si, sizeof(si)) == sizeof(si)) {
-                switch (si.ssi_signo) {
-                case SIGCHLD:
-                        guest_reap_all(g);
-                        break;
-                case SIGTERM:
-                case SIGINT:
-                        if (g->state == GUEST_STOPPING) {
-                                log_info("%s again: stopping at once", sigabbrev_np((int) si.ssi_signo));
-                                guest_begin_stop(g, 0, true, false);
-                        } else if (g->state == GUEST_RUNNING) {
-                                log_info("SIG%s: stopping the guest (up to %u s for it to power off)",
-                                         sigabbrev_np((int) si.ssi_signo), g->cfg->supervisor.stop_timeout);
-                                guest_begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
-                        }
-                        break;
-                default:
-                        break;
+        (void) s;
+        switch (si->ssi_signo) {
+        case SIGCHLD:
+                /* QEMU's and swtpm's exits come on their pidfds; this reaps the rest */
+                guest_reap_all(g);
+                break;
+        case SIGTERM:
+        case SIGINT:
+                if (g->state == GUEST_STOPPING) {
+                        log_info("%s again: stopping at once", sigabbrev_np((int) si->ssi_signo));
+                        guest_begin_stop(g, 0, true, false);
+                } else if (g->state == GUEST_RUNNING) {
+                        log_info("SIG%s: stopping the guest (up to %u s for it to power off)",
+                                 sigabbrev_np((int) si->ssi_signo), g->cfg->supervisor.stop_timeout);
+                        guest_begin_stop(g, g->cfg->supervisor.stop_timeout, false, false);
                 }
+                break;
+        default:
+                break;
         }
 }
 
 /* accept() failed for lack of a free fd. Level-triggered epoll would wake us again at
  * once for the same waiting client, for ever (a core spinning, a log line each time): an
  * fd from the reserve takes the waiting clients only to tell them why, then the listen
- * fd is left out of epoll for CONTROL_ACCEPT_BACKOFF_MS. One log line per episode. */
+ * fd is not watched until accept_timer, CONTROL_ACCEPT_BACKOFF_MS later. One log line
+ * per episode. */
 static void accept_starved(struct guest *g, const vmsup_error *err) {
+        vmsup_error *lerr = NULL;
         char msg[160];
 
         if (!g->accept_starved)
@@ -1282,19 +1339,92 @@ static void accept_starved(struct guest *g, const vmsup_error *err) {
         for (int i = 0; i < CONTROL_MAX_CLIENTS && control_accept_refuse(g->listen_fd, VMSUP_EX_TEMPFAIL, msg) > 0; i++)
                 ;
         fd_reserve_fill(g);
-        if (!g->accept_resume_at)
-                epoll_ctl(g->epfd, EPOLL_CTL_DEL, g->listen_fd, NULL);
-        g->accept_resume_at = monotonic_ms() + CONTROL_ACCEPT_BACKOFF_MS;
+        if (evloop_io_set_events(g->listen_src, 0, &lerr) < 0) {
+                log_error("the control socket: %s", lerr->msg);
+                vmsup_error_free(lerr);
+        }
+        evloop_timer_set(g->accept_timer, monotonic_ms() + CONTROL_ACCEPT_BACKOFF_MS);
+}
+
+/* The back-off is over: watch the listen fd again. */
+static void accept_resume(struct guest *g) {
+        vmsup_error *err = NULL;
+
+        evloop_timer_set(g->accept_timer, -1);
+        if (evloop_io_set_events(g->listen_src, EPOLLIN, &err) < 0) {
+                log_error("the control socket: %s", err->msg);
+                vmsup_error_free(err);
+        }
+}
+
+static void on_accept_timer(struct evloop_source *s, void *userdata) {
+        (void) s;
+        accept_resume(userdata);
 }
 
 bool guest_control_listening(const struct guest *g) {
-        return g->listen_fd >= 0 && !g->accept_resume_at;
+        return g->listen_fd >= 0 && evloop_timer_deadline(g->accept_timer) < 0;
+}
+
+static void on_listen(struct evloop_source *s, int fd, uint32_t revents, void *userdata) {
+        (void) s;
+        (void) fd;
+        (void) revents;
+        guest_accept_conn(userdata);
+}
+
+static struct control_conn *conn_of(struct guest *g, const struct evloop_source *s) {
+        for (struct control_conn *c = g->conns; c; c = c->next)
+                if (c->io_src == s || c->timer_src == s)
+                        return c;
+        return NULL;
+}
+
+static void on_conn_io(struct evloop_source *s, int fd, uint32_t revents, void *userdata) {
+        struct guest *g = userdata;
+        struct control_conn *c = conn_of(g, s);
+
+        (void) fd;
+        (void) revents;
+        if (!c)
+                return;
+        guest_handle_conn(g, c);
+        qmp_watch(g); /* a request may have queued a command (or, a migration, dispatched some) */
+}
+
+/* Take c off the clients reading their request, and off the loop. */
+static void conn_unlink(struct guest *g, struct control_conn *c) {
+        for (struct control_conn **pp = &g->conns; *pp; pp = &(*pp)->next)
+                if (*pp == c) {
+                        *pp = c->next;
+                        break;
+                }
+        c->next = NULL;
+        c->io_src = evloop_source_remove(c->io_src);
+        c->timer_src = evloop_source_remove(c->timer_src);
+}
+
+/* A client that connects and says nothing (or half a request) holds an fd: not for long. */
+static void conn_expire(struct guest *g, struct control_conn *c) {
+        char msg[96];
+
+        conn_unlink(g, c);
+        snprintf(msg, sizeof(msg), "no whole request within %d s: closed", CONTROL_REQUEST_TIMEOUT_MS / 1000);
+        control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+        control_conn_free(c);
+}
+
+static void on_conn_timer(struct evloop_source *s, void *userdata) {
+        struct guest *g = userdata;
+        struct control_conn *c = conn_of(g, s);
+
+        if (c)
+                conn_expire(g, c);
 }
 
 void guest_accept_conn(struct guest *g) {
         vmsup_error *err = NULL;
         struct control_conn *c;
-        struct epoll_event ev;
 
         if (!guest_control_listening(g))
                 return;
@@ -1319,58 +1449,40 @@ void guest_accept_conn(struct guest *g) {
                 return;
         }
         c->deadline = monotonic_ms() + CONTROL_REQUEST_TIMEOUT_MS;
-        ev = (struct epoll_event) { .events = EPOLLIN, .data.ptr = c };
+        if (evloop_add_io(g->loop, c->fd, EPOLLIN, on_conn_io, g, &c->io_src, &err) < 0 ||
+            evloop_add_timer(g->loop, c->deadline, on_conn_timer, g, &c->timer_src, &err) < 0) {
+                log_warning("control client: %s", err->msg);
+                vmsup_error_free(err);
+                control_conn_free(c);
+                return;
+        }
         c->next = g->conns;
         g->conns = c;
-        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
-                g->conns = c->next;
-                control_conn_free(c);
-        }
 }
 
+/* For a migration's own wait, which has no timers: what the loop's timers would do. */
 void guest_control_expire(struct guest *g) {
-        long now = monotonic_ms();
-        struct control_conn **pp = &g->conns;
+        long now = monotonic_ms(), resume = evloop_timer_deadline(g->accept_timer);
+        struct control_conn *c = g->conns;
 
-        if (g->accept_resume_at && now >= g->accept_resume_at) {
-                struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
+        if (resume >= 0 && now >= resume)
+                accept_resume(g);
+        while (c) {
+                struct control_conn *next = c->next;
 
-                g->accept_resume_at = 0;
-                if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->listen_fd, &ev) < 0 && errno != EEXIST)
-                        log_error("epoll: the control socket: %s", strerror(errno));
-        }
-        /* a client that connects and says nothing (or half a request) holds an fd: not for long */
-        while (*pp) {
-                struct control_conn *c = *pp;
-                char msg[96];
-
-                if (c->deadline > now) {
-                        pp = &c->next;
-                        continue;
-                }
-                *pp = c->next;
-                c->next = NULL;
-                epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->fd, NULL);
-                snprintf(msg, sizeof(msg), "no whole request within %d s: closed", CONTROL_REQUEST_TIMEOUT_MS / 1000);
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
-                control_conn_free(c);
+                if (c->deadline <= now)
+                        conn_expire(g, c);
+                c = next;
         }
 }
 
 void guest_handle_conn(struct guest *g, struct control_conn *c) {
         vmsup_error *err = NULL;
         int r = control_conn_read(c, &err);
-        struct control_conn **pp;
 
         if (r == 0)
                 return;
-        for (pp = &g->conns; *pp; pp = &(*pp)->next)
-                if (*pp == c) {
-                        *pp = c->next;
-                        break;
-                }
-        c->next = NULL;
-        epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        conn_unlink(g, c);
         if (r < 0) {
                 control_conn_reply_error(c, err->exit_code, err->msg);
                 control_conn_free(c);
@@ -1381,46 +1493,16 @@ void guest_handle_conn(struct guest *g, struct control_conn *c) {
 }
 
 static int event_loop(struct guest *g) {
-        while (!g->done) {
-                struct epoll_event evs[16];
-                int n = epoll_wait(g->epfd, evs, 16, next_timeout(g));
+        vmsup_error *err = NULL;
+        int code;
 
-                if (n < 0 && errno != EINTR) {
-                        log_error("epoll_wait: %s", strerror(errno));
-                        guest_stop_children(g);
-                        guest_finish(g, VMSUP_EX_OSERR);
-                        break;
-                }
-                for (int i = 0; i < n && !g->done; i++) {
-                        uint64_t tag = evs[i].data.u64;
-
-                        if (tag == TAG_SIGNAL)
-                                handle_signal(g);
-                        else if (tag == TAG_QEMU || tag == TAG_SWTPM)
-                                guest_reap_all(g);
-                        else if (tag == TAG_SYNC)
-                                guest_dispatch_sync(g);
-                        else if (tag == TAG_QMP && g->qmp) {
-                                vmsup_error *err = NULL;
-
-                                if (qmp_client_dispatch(g->qmp, &err) < 0) {
-                                        qmp_lost(g, err);
-                                        vmsup_error_free(err);
-                                } else
-                                        qmp_watch(g);
-                        } else if (tag == TAG_LISTEN)
-                                guest_accept_conn(g);
-                        else if (tag > TAG_LISTEN)
-                                guest_handle_conn(g, evs[i].data.ptr);
-                }
-                if (g->done)
-                        break;
-                if (g->qemu.pid && g->qemu.exited)
-                        on_qemu_exit(g);
-                else if (g->swtpm.pid && g->swtpm.exited)
-                        on_swtpm_exit(g);
-                if (!g->done)
-                        check_deadlines(g);
+        if (g->done)
+                return g->exit_code;
+        if (evloop_run(g->loop, &code, &err) < 0) {
+                log_error("%s", err->msg);
+                vmsup_error_free(err);
+                guest_stop_children(g);
+                guest_finish(g, VMSUP_EX_OSERR);
         }
         return g->exit_code;
 }
@@ -1571,24 +1653,24 @@ int guest_open_sync(struct guest *g, vmsup_error **err) {
         return tpm_sync_open(&so, &g->sync, err);
 }
 
-static int setup_loop(struct guest *g, sigset_t *mask, vmsup_error **err) {
-        struct epoll_event ev;
+/* The loop and what it watches from the start: signals, the control socket, and the
+ * timers the guest re-arms as it goes (none armed yet). */
+static int setup_loop(struct guest *g, const sigset_t *mask, vmsup_error **err) {
+        int r;
 
-        g->epfd = epoll_create1(EPOLL_CLOEXEC);
-        if (g->epfd < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll_create1");
-        g->sigfd = signalfd(-1, mask, SFD_CLOEXEC | SFD_NONBLOCK);
-        if (g->sigfd < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "signalfd");
-        ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_SIGNAL };
-        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->sigfd, &ev) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+        if ((r = evloop_new(&g->loop, err)) < 0 ||
+            (r = evloop_add_signal(g->loop, mask, on_signal, g, &g->sig_src, err)) < 0)
+                return r;
+        g->sigfd = evloop_source_fd(g->sig_src);
         g->listen_fd = control_listen(g->dirs.control, err);
         if (g->listen_fd < 0)
                 return g->listen_fd;
-        ev = (struct epoll_event) { .events = EPOLLIN, .data.u64 = TAG_LISTEN };
-        if (epoll_ctl(g->epfd, EPOLL_CTL_ADD, g->listen_fd, &ev) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "epoll");
+        if ((r = evloop_add_io(g->loop, g->listen_fd, EPOLLIN, on_listen, g, &g->listen_src, err)) < 0 ||
+            (r = evloop_add_timer(g->loop, -1, on_accept_timer, g, &g->accept_timer, err)) < 0 ||
+            (r = evloop_add_timer(g->loop, -1, on_qmp_timer, g, &g->qmp_timer, err)) < 0 ||
+            (r = evloop_add_timer(g->loop, -1, on_stop_timer, g, &g->stop_timer, err)) < 0 ||
+            (r = evloop_add_timer(g->loop, -1, on_kill_timer, g, &g->kill_timer, err)) < 0)
+                return r;
         return 0;
 }
 
@@ -1601,11 +1683,18 @@ static void teardown(struct guest *g) {
         }
         answer_waiters(g, g->exit_code == 0, g->exit_code, g->exit_code == 0 ? "stopped" : "the supervisor is exiting");
         if (g->listen_fd >= 0) {
+                g->listen_src = evloop_source_remove(g->listen_src);
                 close(g->listen_fd);
                 unlink(g->dirs.control);
         }
         if (g->dirs.pidfile && g->lock_fd >= 0)
                 unlink(g->dirs.pidfile);
+        /* every source goes before the fds it watches: the sync's, the children's */
+        g->sync_src = evloop_source_remove(g->sync_src);
+        child_forget(&g->qemu);
+        child_forget(&g->swtpm);
+        g->loop = evloop_free(g->loop); /* with the signalfd */
+        g->sigfd = -1;
         g->sync = tpm_sync_free(g->sync);
         g->tpm_stop_err = vmsup_error_free(g->tpm_stop_err);
         g->seal_key = secmem_free(g->seal_key);
@@ -1613,8 +1702,6 @@ static void teardown(struct guest *g) {
         migrate_in_free(g);
         fd_reserve_release(g);
         closep(&g->cancel_fd);
-        closep(&g->sigfd);
-        closep(&g->epfd);
         closep(&g->lock_fd);
         free(g->qemu_path);
         free(g->swtpm_path);
@@ -1624,7 +1711,7 @@ static void teardown(struct guest *g) {
 }
 
 int guest_run(const struct guest_run_opts *opts) {
-        struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .epfd = -1, .sigfd = -1, .listen_fd = -1,
+        struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .sigfd = -1, .listen_fd = -1,
                            .qemu = { .name = "QEMU", .pidfd = -1 }, .swtpm = { .name = "swtpm", .pidfd = -1 },
                            .tpm_ctrl_fd = -1, .new_tpm = opts->new_tpm, .cancel_fd = -1 };
         vmsup_error *err = NULL;

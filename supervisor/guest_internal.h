@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "common/error.h"
+#include "common/evloop.h"
 #include "qmp/client.h"
 #include "supervisor/control.h"
 #include "supervisor/guest.h"
@@ -34,9 +35,6 @@
  * client needs them, so that a full fd table never stops either */
 #define FD_RESERVE 8
 
-/* epoll tags; control connections are tagged with their pointer instead. */
-enum { TAG_SIGNAL = 1, TAG_QEMU, TAG_SWTPM, TAG_QMP, TAG_SYNC, TAG_LISTEN };
-
 enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED };
 
 
@@ -44,6 +42,7 @@ struct child {
         const char *name;
         pid_t pid; /* 0 when not running */
         int pidfd;
+        struct evloop_source *src; /* its exit, on the loop (a pidfd of the loop's own) */
         bool exited;
         int status;
 };
@@ -62,10 +61,17 @@ struct guest {
         gid_t qemu_groups[1];
         size_t n_qemu_groups;
 
-        int lock_fd, epfd, sigfd, listen_fd;
+        /* The one event loop (common/evloop.h) and the guest's sources on it. sigfd and
+         * listen_fd are the signal and listen sources' fds, for a migration's own wait. */
+        struct evloop *loop;
+        struct evloop_source *sig_src, *listen_src, *qmp_src, *sync_src;
+        struct evloop_source *accept_timer; /* armed: the listen fd is not watched until then (no fd to accept) */
+        struct evloop_source *qmp_timer;    /* the QMP client's next command deadline */
+        struct evloop_source *stop_timer;   /* powerdown grace ends, then quit */
+        struct evloop_source *kill_timer;   /* quit grace ends, then SIGKILL */
+        int lock_fd, sigfd, listen_fd;
         int cancel_fd;          /* signalfd for SIGTERM and SIGINT while the guest starts; -1 after */
         int fd_reserve[FD_RESERVE]; /* -1 where not held */
-        long accept_resume_at;  /* ms: the listen fd is out of epoll until then (no fd to accept); 0 = none */
         bool accept_starved;    /* in an episode of accept() failing for lack of fds (logged once) */
         struct child qemu, swtpm;
         int tpm_ctrl_fd; /* our copy of the end QEMU talks on, for CMD_SHUTDOWN after QEMU */
@@ -74,16 +80,13 @@ struct guest {
         struct tpm_sync *sync; /* live dir <-> sealed state */
         bool sync_watched;
         struct qmp_client *qmp;
-        uint32_t qmp_events;
 
         enum guest_state state;
         time_t started_at;
         char qemu_status[32];
         bool guest_shutdown;    /* QEMU reported SHUTDOWN */
         bool stop_requested;    /* stop, SIGTERM or SIGINT */
-        bool force_pending;     /* quit sent, SIGKILL due at kill_deadline */
-        long stop_deadline;     /* ms: powerdown grace ends, then quit; 0 = none */
-        long kill_deadline;     /* ms: quit grace ends, then SIGKILL; 0 = none */
+        bool force_pending;     /* quit sent, SIGKILL due at kill_timer */
         bool qemu_termed;       /* QEMU was sent SIGTERM (QMP lost) */
         char qmp_lost[256];     /* why QMP was lost while QEMU ran; "" while it works */
         char stop_note[512];    /* how the stop went when not as asked, for the stop reply */

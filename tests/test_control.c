@@ -359,6 +359,75 @@ Test(control, out_of_fds_backs_off_and_still_seals_the_tpm) {
         assert_clean();
 }
 
+/* The back-off after accept() ran out of fds ends by itself: with no client knocking and
+ * nothing else happening, the control socket is watched again, and the next operator is
+ * served. The clients the supervisor took meanwhile are closed at their request deadline. */
+Test(control, the_accept_back_off_ends_and_the_next_client_is_served) {
+        int fds[FLOOD], out_of_fds = 0, code, held;
+        struct rlimit lim;
+        char buf[512], *errtext, *log;
+        long ms, deadline;
+        struct sup s;
+
+        write_conf(test_barbican_url(), NULL, NULL);
+        s = start();
+        wait_running(&s);
+
+        cr_assert_eq(prlimit(s.pid, RLIMIT_NOFILE, NULL, &lim), 0);
+        lim.rlim_cur = (rlim_t) count_open_fds(s.pid) + 6;
+        cr_assert_eq(prlimit(s.pid, RLIMIT_NOFILE, &lim, NULL), 0);
+        for (int i = 0; i < FLOOD; i++)
+                fds[i] = -1;
+        deadline = monotonic_ms() + 30000;
+        while (!out_of_fds && monotonic_ms() < deadline) {
+                flood_step(fds, &out_of_fds);
+                usleep(100000);
+        }
+        cr_assert_gt(out_of_fds, 0, "no client was told the supervisor is out of fds: %s", slurp(vmsup_log));
+
+        /* the clients it took say nothing: each is closed at its request deadline, with a word */
+        deadline = monotonic_ms() + CONTROL_REQUEST_TIMEOUT_MS + 30000;
+        do {
+                held = 0;
+                for (int i = 0; i < FLOOD; i++) {
+                        if (fds[i] < 0)
+                                continue;
+                        code = client_answer(fds[i], buf, sizeof(buf));
+                        if (code == 1)
+                                cr_assert(strstr(buf, "no whole request within") ||
+                                                  strstr(buf, "out of file descriptors"),
+                                          "%s", buf);
+                        if (code != 0) {
+                                close(fds[i]);
+                                fds[i] = -1;
+                        } else
+                                held++;
+                }
+                usleep(100000);
+        } while (held && monotonic_ms() < deadline);
+        /* those still waiting in the backlog were never accepted: they go now */
+        for (int i = 0; i < FLOOD; i++)
+                if (fds[i] >= 0)
+                        close(fds[i]);
+
+        /* fds free again, and nobody knocking since: the next client is accepted and served */
+        lim.rlim_cur = 1024;
+        cr_assert_eq(prlimit(s.pid, RLIMIT_NOFILE, &lim, NULL), 0);
+        usleep(1000000); /* several times the back-off (250 ms) */
+        code = cli_status(&ms, &errtext);
+        cr_assert_eq(code, 0, "vmsup status after the back-off exited %d after %ld ms: %s\n%s", code, ms, errtext,
+                     slurp(vmsup_log));
+        free(errtext);
+        log = strdup(slurp(vmsup_log));
+        cr_assert_geq(count_in(log, "control clients are refused until file descriptors are free again"), 1, "%s",
+                      log);
+        free(log);
+
+        kill(s.pid, SIGTERM);
+        cr_assert_eq(wait_exit(&s, 60000), 0, "%s", slurp(vmsup_log));
+        assert_clean();
+}
+
 /* A supervisor that accepts nobody (stopped, or its backlog full): control_request gives
  * up within its timeout instead of waiting in connect() for ever. */
 Test(control, connect_is_bounded_by_the_client_timeout) {
