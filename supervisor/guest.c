@@ -478,7 +478,13 @@ static void qmp_watch(struct guest *g) {
         evloop_timer_set(g->qmp_timer, t < 0 ? -1 : monotonic_ms() + t);
 }
 
+void guest_qmp_watch(struct guest *g) {
+        qmp_watch(g);
+}
+
 static void qmp_drop(struct guest *g) {
+        if (g->qmp)
+                migrate_in_qmp_dropped(g);
         g->qmp_src = evloop_source_remove(g->qmp_src);
         if (g->qmp_timer)
                 evloop_timer_set(g->qmp_timer, -1);
@@ -834,6 +840,7 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
                                                                                       : NULL;
 
         (void) timestamp;
+        migrate_in_qemu_event(g, event, data);
         if (streq(event, "SHUTDOWN")) {
                 g->guest_shutdown = true;
                 log_info("QEMU: SHUTDOWN (%s)", why ? why : "no reason given");
@@ -866,7 +873,9 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
 
         json_object_object_add(o, "uuid", json_object_new_string(g->spec.uuid));
         json_object_object_add(o, "name", json_object_new_string(g->spec.name));
-        json_object_object_add(o, "state", json_object_new_string(state_names[g->state]));
+        json_object_object_add(o, "state", json_object_new_string(migrate_in_active(g) && g->state != GUEST_RUNNING
+                                                                           ? "incoming"
+                                                                           : state_names[g->state]));
         json_object_object_add(o, "pid", json_object_new_int(getpid()));
         json_object_object_add(o, "qemu_pid", g->qemu.pid ? json_object_new_int(g->qemu.pid) : NULL);
         json_object_object_add(o, "swtpm_pid", g->swtpm.pid ? json_object_new_int(g->swtpm.pid) : NULL);
@@ -898,6 +907,8 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
                         json_object_object_add(o, "incoming", json_object_new_string(marker));
                 vmsup_error_free(merr);
         }
+        if (g->state != GUEST_RUNNING)
+                migrate_in_status(g, o);
         if (g->migrating_to) {
                 json_object *m = json_object_new_object();
 
@@ -1036,6 +1047,21 @@ static void handle_request(struct guest *g, struct control_conn *c) {
         enum qmp_policy verdict;
         char why[512];
 
+        if (migrate_in_active(g) && g->state != GUEST_RUNNING && !streq(cmd, "status")) {
+                const char *from = migrate_in_source(g);
+                char msg[512];
+
+                if (streq(cmd, "stop") && migrate_in_cancel(g, "interrupted by a stop request")) {
+                        log_info("stop requested: abandoning the incoming migration");
+                        migrate_in_stop_conn(g, c); /* answered once it is undone */
+                        return;
+                }
+                snprintf(msg, sizeof(msg), "the guest is being received%s%s; '%s' must wait until that ends",
+                         from ? " from " : " (waiting for the source)", from ? from : "", cmd);
+                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+                control_conn_free(c);
+                return;
+        }
         if (g->migrating_to && !streq(cmd, "status")) {
                 char msg[320];
 
@@ -1214,8 +1240,15 @@ static void on_swtpm_exit(struct guest *g) {
 /* After any reap: a QEMU that is gone ends the guest's run (or restarts it, for a hard
  * reboot), and takes swtpm with it; a swtpm that is gone alone stops QEMU. */
 static void guest_check_children(struct guest *g) {
+        bool qemu_gone = g->qemu.pid && g->qemu.exited;
+
         if (g->done)
                 return;
+        /* while the guest is received, its children are the incoming migration's */
+        if ((qemu_gone || (g->swtpm.pid && g->swtpm.exited)) && migrate_in_child_exited(g, qemu_gone)) {
+                qmp_watch(g);
+                return;
+        }
         if (g->qemu.pid && g->qemu.exited)
                 on_qemu_exit(g);
         else if (g->swtpm.pid && g->swtpm.exited)
@@ -1304,7 +1337,18 @@ static void on_signal(struct evloop_source *s, const struct signalfd_siginfo *si
                 break;
         case SIGTERM:
         case SIGINT:
-                if (g->state == GUEST_STOPPING) {
+                if (migrate_in_active(g) && g->state != GUEST_RUNNING) {
+                        /* before COMMIT the incoming migration is abandoned; after, the
+                         * guest stops once it runs here */
+                        if (!migrate_in_cancel(g, "interrupted by a signal")) {
+                                log_info("SIG%s during the migration, after the destination was told to run the "
+                                         "guest: the migration finishes first",
+                                         sigabbrev_np((int) si->ssi_signo));
+                                if (!g->interrupted)
+                                        g->interrupt_signo = (int) si->ssi_signo;
+                                g->interrupted = true;
+                        }
+                } else if (g->state == GUEST_STOPPING) {
                         log_info("%s again: stopping at once", sigabbrev_np((int) si->ssi_signo));
                         guest_begin_stop(g, 0, true, false);
                 } else if (g->state == GUEST_RUNNING) {
@@ -1693,6 +1737,7 @@ static void teardown(struct guest *g) {
         g->sync_src = evloop_source_remove(g->sync_src);
         child_forget(&g->qemu);
         child_forget(&g->swtpm);
+        migrate_in_free(g); /* its sources too */
         g->loop = evloop_free(g->loop); /* with the signalfd */
         g->sigfd = -1;
         g->sync = tpm_sync_free(g->sync);
@@ -1710,6 +1755,119 @@ static void teardown(struct guest *g) {
         guest_spec_clear(&g->spec);
 }
 
+/* The start, from the checks on this host to the children: a guest's whole start, or
+ * an incoming guest's once the source has sent it (secret, secret_id: what it sent;
+ * the lock and the loop are there already). */
+static int start_guest(struct guest *g, const struct guest_run_opts *opts, const sigset_t *mask, bool *state_dir_made,
+                       const char *secret, const char *secret_id, vmsup_error **err) {
+        int r;
+
+        /* before anything is made or fetched: an image naming files the spec does not */
+        if ((r = disk_images_check(&g->spec, err)) < 0)
+                return r;
+        if ((r = tpm_rules_resolve(&g->spec, &g->tpm, err)) < 0 || (r = check_host_offers(g, err)) < 0 ||
+            (r = resolve_programs(g, err)) < 0)
+                return r;
+        /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is
+         * made or changed before it is ours, so that a refused start or incoming
+         * migration leaves a guest that runs here as it was. */
+        if (g->lock_fd < 0) {
+                g->lock_fd = guest_dirs_lock(&g->dirs, true, state_dir_made, err);
+                if (g->lock_fd < 0)
+                        return g->lock_fd;
+        }
+        /* an incoming guest must be new here; a guest handed over to another host, or half
+         * received from one, must not start here */
+        if ((r = g->incoming ? migrate_in_claim(g, err) : guest_dirs_check_markers(&g->dirs, err)) < 0)
+                return r;
+        migrate_in_mark(g, "claimed");
+        if ((r = resolve_ids(g, err)) < 0 || (r = guest_dirs_prepare(&g->dirs, g->tpm_uid, g->tpm_gid, err)) < 0 ||
+            (r = guest_dirs_write_pid(&g->dirs, err)) < 0)
+                return r;
+        {
+                const char *text = NULL;
+                json_object *copy = json_object_from_file(opts->spec_path);
+
+                text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
+                r = text ? write_file_atomic(g->dirs.spec_copy, text, strlen(text), 0600, err) : 0;
+                json_object_put(copy);
+                if (r < 0)
+                        return r;
+        }
+        if (streq(g->spec.firmware_type, "uefi")) {
+                bool created;
+
+                if ((r = guest_dirs_ensure_vars(&g->dirs, g->cfg->qemu.ovmf_vars, opts->new_vars, &created, err)) < 0)
+                        return r;
+                if (created && !g->incoming)
+                        log_info("OVMF VARS %s from the template %s%s", g->dirs.vars, g->cfg->qemu.ovmf_vars,
+                                 opts->new_vars ? " (--new-vars)" : "");
+        }
+        if (g->tpm.present && (r = g->incoming ? migrate_in_secret(g, secret, secret_id, err)
+                                               : tpm_open_sealed_state(g, opts->token_fd, err)) < 0)
+                return r;
+        migrate_in_mark(g, "secret kept, files ready");
+        if (!g->loop) {
+                if ((r = start_check_cancel(g, err)) < 0 || (r = setup_loop(g, mask, err)) < 0)
+                        return r;
+                fd_reserve_fill(g);
+        }
+        /* Confinement (docs/security.md): QEMU's user gets its files; then the seccomp
+         * filter, before the first child starts, so that every child runs under it too. */
+        if ((r = confine_qemu_files(&g->dirs, streq(g->spec.firmware_type, "uefi"), g->qemu_uid, g->qemu_gid, err)) < 0 ||
+            (r = seccomp_filter_load(g->cfg->security.seccomp, err)) < 0)
+                return r;
+        log_debug("seccomp filter: %s", seccomp_filter_mode_to_string(g->cfg->security.seccomp));
+        migrate_in_mark(g, "confined");
+        log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g->spec.name, g->spec.vcpus,
+                 g->spec.memory_mb, g->spec.firmware_type, g->tpm.present ? "vTPM" : "no vTPM");
+        if ((r = guest_start_children(g, err)) < 0) {
+                if (!g->incoming)
+                        guest_stop_children(g);
+                return r;
+        }
+        return 0;
+}
+
+int guest_incoming_setup(struct guest *g, const struct guest_run_opts *opts, const char *secret,
+                         const char *secret_id, vmsup_error **err) {
+        return start_guest(g, opts, NULL, NULL, secret, secret_id, err);
+}
+
+/* `run --incoming` up to the source: the guest's lock (another supervisor's is not an
+ * error yet: the source that comes hears it), what an earlier incoming migration left,
+ * the loop with signals and the control socket (`status` answers from now on), and the
+ * destination listening on the loop. */
+static int start_incoming(struct guest *g, const struct guest_run_opts *opts, const sigset_t *mask,
+                          bool *state_dir_made, bool *run_dir_made, vmsup_error **err) {
+        vmsup_error *lock_err = NULL;
+        int r;
+
+        g->lock_fd = guest_dirs_lock(&g->dirs, true, state_dir_made, &lock_err);
+        if (g->lock_fd >= 0) {
+                if ((r = migrate_in_clear_leftovers(g, err)) < 0)
+                        return r;
+                *run_dir_made = access(g->dirs.run, F_OK) < 0;
+                if ((r = mkdir_parents(g->dirs.run, 0711, err)) < 0 || (r = setup_loop(g, mask, err)) < 0)
+                        return r;
+        } else {
+                /* the guest is another supervisor's: its control socket is not ours */
+                if ((r = evloop_new(&g->loop, err)) < 0 ||
+                    (r = evloop_add_signal(g->loop, mask, on_signal, g, &g->sig_src, err)) < 0 ||
+                    (r = evloop_add_timer(g->loop, -1, on_qmp_timer, g, &g->qmp_timer, err)) < 0 ||
+                    (r = evloop_add_timer(g->loop, -1, on_stop_timer, g, &g->stop_timer, err)) < 0 ||
+                    (r = evloop_add_timer(g->loop, -1, on_kill_timer, g, &g->kill_timer, err)) < 0) {
+                        vmsup_error_free(lock_err);
+                        return r;
+                }
+                g->sigfd = evloop_source_fd(g->sig_src);
+        }
+        fd_reserve_fill(g);
+        /* the loop's signal source takes SIGTERM and SIGINT from here on */
+        closep(&g->cancel_fd);
+        return migrate_in_start(g, opts, lock_err, err);
+}
+
 int guest_run(const struct guest_run_opts *opts) {
         struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .sigfd = -1, .listen_fd = -1,
                            .qemu = { .name = "QEMU", .pidfd = -1 }, .swtpm = { .name = "swtpm", .pidfd = -1 },
@@ -1717,7 +1875,7 @@ int guest_run(const struct guest_run_opts *opts) {
         vmsup_error *err = NULL;
         sigset_t mask, stop;
         char signame[16];
-        bool state_dir_made = false;
+        bool state_dir_made = false, run_dir_made = false;
         int r, code;
 
         for (int i = 0; i < FD_RESERVE; i++)
@@ -1750,76 +1908,25 @@ int guest_run(const struct guest_run_opts *opts) {
             (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0) /* its paths only */
                 goto fail;
         log_set_guest(g.spec.uuid);
-        if (g.incoming && (r = migrate_in_receive(&g, opts, &err)) < 0)
-                goto fail;
-        /* before anything is made or fetched: an image naming files the spec does not */
-        if ((r = disk_images_check(&g.spec, &err)) < 0)
-                goto fail;
-        if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = check_host_offers(&g, &err)) < 0 ||
-            (r = resolve_programs(&g, &err)) < 0)
-                goto fail;
-        /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is
-         * made or changed before it is ours, so that a refused start or incoming
-         * migration leaves a guest that runs here as it was. */
-        g.lock_fd = guest_dirs_lock(&g.dirs, true, &state_dir_made, &err);
-        if (g.lock_fd < 0) {
-                r = g.lock_fd;
-                goto fail;
-        }
-        /* an incoming guest must be new here; a guest handed over to another host, or half
-         * received from one, must not start here */
-        if ((r = g.incoming ? migrate_in_claim(&g, &err) : guest_dirs_check_markers(&g.dirs, &err)) < 0)
-                goto fail;
-        migrate_in_mark(&g, "claimed");
-        if ((r = resolve_ids(&g, &err)) < 0 || (r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0 ||
-            (r = guest_dirs_write_pid(&g.dirs, &err)) < 0)
-                goto fail;
-        {
-                const char *text = NULL;
-                json_object *copy = json_object_from_file(opts->spec_path);
-
-                text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
-                r = text ? write_file_atomic(g.dirs.spec_copy, text, strlen(text), 0600, &err) : 0;
-                json_object_put(copy);
-                if (r < 0)
+        if (g.incoming) {
+                /* the loop runs from the start: the destination receives the guest on it
+                 * (migrate_in.c), and the guest, once it runs here, goes on on it */
+                if ((r = start_incoming(&g, opts, &mask, &state_dir_made, &run_dir_made, &err)) < 0)
                         goto fail;
-        }
-        if (streq(g.spec.firmware_type, "uefi")) {
-                bool created;
-
-                if ((r = guest_dirs_ensure_vars(&g.dirs, g.cfg->qemu.ovmf_vars, opts->new_vars, &created, &err)) < 0)
+                code = event_loop(&g);
+                err = migrate_in_take_error(&g);
+                if (err) {
+                        r = -1;
                         goto fail;
-                if (created && !g.incoming)
-                        log_info("OVMF VARS %s from the template %s%s", g.dirs.vars, g.cfg->qemu.ovmf_vars,
-                                 opts->new_vars ? " (--new-vars)" : "");
+                }
+        } else {
+                if ((r = start_guest(&g, opts, &mask, &state_dir_made, NULL, NULL, &err)) < 0)
+                        goto fail;
+                /* started: from now on SIGTERM stops the guest (handle_signal) */
+                closep(&g.cancel_fd);
+                g.cancel_fd = -1;
+                code = event_loop(&g);
         }
-        if (g.tpm.present &&
-            (r = g.incoming ? migrate_in_secret(&g, &err) : tpm_open_sealed_state(&g, opts->token_fd, &err)) < 0)
-                goto fail;
-        migrate_in_mark(&g, "secret kept, files ready");
-        if ((r = start_check_cancel(&g, &err)) < 0 || (r = setup_loop(&g, &mask, &err)) < 0)
-                goto fail;
-        fd_reserve_fill(&g);
-        /* Confinement (docs/security.md): QEMU's user gets its files; then the seccomp
-         * filter, before the first child starts, so that every child runs under it too. */
-        if ((r = confine_qemu_files(&g.dirs, streq(g.spec.firmware_type, "uefi"), g.qemu_uid, g.qemu_gid, &err)) < 0 ||
-            (r = seccomp_filter_load(g.cfg->security.seccomp, &err)) < 0)
-                goto fail;
-        log_debug("seccomp filter: %s", seccomp_filter_mode_to_string(g.cfg->security.seccomp));
-        migrate_in_mark(&g, "confined");
-        log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g.spec.name, g.spec.vcpus, g.spec.memory_mb,
-                 g.spec.firmware_type, g.tpm.present ? "vTPM" : "no vTPM");
-        if ((r = guest_start_children(&g, &err)) < 0) {
-                if (!g.incoming)
-                        guest_stop_children(&g);
-                goto fail;
-        }
-        /* started: from now on SIGTERM stops the guest (handle_signal) */
-        closep(&g.cancel_fd);
-        g.cancel_fd = -1;
-        if (g.incoming && (r = migrate_in_complete(&g, &err)) < 0)
-                goto fail;
-        code = event_loop(&g);
         guest_stop_children(&g);
         if (code == 0 && g.tpm_stop_err)
                 code = g.tpm_stop_err->exit_code; /* logged by tpm_stop */
@@ -1831,7 +1938,14 @@ fail:
         if (g.incoming)
                 migrate_in_abort(&g, err); /* stops what runs, removes what it made */
         /* a state dir made only to take the lock (the start was refused before anything
-         * went into it) goes again; one with files in it stays */
+         * went into it) goes again; one with files in it stays; so does a run dir made
+         * for the control socket of an incoming migration that never claimed the guest */
+        if (run_dir_made && g.listen_fd >= 0) {
+                g.listen_src = evloop_source_remove(g.listen_src);
+                closep(&g.listen_fd);
+                unlink(g.dirs.control);
+                (void) rmdir(g.dirs.run);
+        }
         if (state_dir_made && g.lock_fd >= 0)
                 (void) rmdir(g.dirs.state);
         if (start_abandoned(&g, err, signame, sizeof(signame))) {
