@@ -882,8 +882,9 @@ void migrate_dest_qmp_lost(struct migrate_dest *d, const vmsup_error *why) {
                 d->cmds = c->next;
                 free(c);
         }
-        /* once the guest runs, its monitor is the supervisor's business */
-        if (d->state >= MIGRATE_DEST_CHILDREN_UP && d->state < MIGRATE_DEST_RUNNING)
+        /* QEMU that said its load failed closes its monitor as it exits: its log says why
+         * (on_qemu_failed_wait); once the guest runs, its monitor is the supervisor's */
+        if (!d->qemu_failed && d->state >= MIGRATE_DEST_CHILDREN_UP && d->state < MIGRATE_DEST_RUNNING)
                 fail(d, copy_error(why, "QEMU's monitor"));
 }
 

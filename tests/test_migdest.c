@@ -648,7 +648,8 @@ Test(migdest, a_spec_that_differs_is_refused_with_abort) {
 
 Test(migdest, qemu_failing_to_load_aborts_with_its_log) {
         static const struct fakeqmp_step script[] = {
-                QEMU_SETUP, QEMU_LOAD, FQ_EVENT("MIGRATION", "{\"status\": \"failed\"}"), { FQ_END }
+                /* QEMU exits after it said why: its monitor goes first */
+                QEMU_SETUP, QEMU_LOAD, FQ_EVENT("MIGRATION", "{\"status\": \"failed\"}"), { FQ_HANGUP }
         };
         struct run r = { .p = { .abort_at = S_NONE, .silent_at = S_NONE } };
 
