@@ -16,7 +16,8 @@ static void help(void) {
                "version and model, QEMU's run state ('not answering' when QEMU's monitor\n"
                "does not answer within 5 s; 'unknown (QMP lost)' and why, when the supervisor\n"
                "lost its QMP connection to a QEMU that still runs), and a live migration's\n"
-               "progress while one runs, and the marker of a live migration whose outcome is\n"
+               "progress while one runs (on the destination of an incoming one: state\n"
+               "'incoming', its phase and the source), and the marker of a live migration whose outcome is\n"
                "unknown (migrated out, or incoming and unconfirmed: see vmsup resolve).\n"
                "\n"
                "Without a supervisor, it still prints those markers of the guest's copy here.\n"
@@ -98,7 +99,13 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
                 printf("incoming:     %s (the source did not confirm the hand-over: it may run there too; see "
                        "vmsup(8), MIGRATION)\n", json_object_get_string(lost));
         printf("uptime:       %s s\n", str(ret, "uptime_s"));
-        if (json_object_object_get_ex(ret, "migration", &mig) && mig)
+        if (json_object_object_get_ex(ret, "migration", &mig) && mig && json_object_object_get_ex(mig, "phase", &lost)) {
+                /* the destination of an incoming migration */
+                if (json_object_object_get_ex(mig, "from", &lost) && lost)
+                        printf("migration:    incoming from %s, %s\n", str(mig, "from"), str(mig, "phase"));
+                else
+                        printf("migration:    incoming, %s\n", str(mig, "phase"));
+        } else if (mig)
                 printf("migration:    to %s, %s, %s%% of the memory sent\n", str(mig, "to"), str(mig, "status"),
                        str(mig, "percent"));
         printf("pids:         vmsup %s, qemu %s, swtpm %s\n", str(ret, "pid"), str(ret, "qemu_pid"), str(ret, "swtpm_pid"));

@@ -415,6 +415,8 @@ void guest_qmp_watch(struct guest *g) {
 }
 
 void guest_qmp_drop(struct guest *g) {
+        if (g->qmp)
+                migrate_in_qmp_dropped(g);
         g->qmp_src = evloop_source_remove(g->qmp_src);
         if (g->qmp_timer)
                 evloop_timer_set(g->qmp_timer, -1);

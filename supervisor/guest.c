@@ -162,6 +162,7 @@ void guest_on_qmp_event(void *userdata, const char *event, json_object *data, js
                                                                                       : NULL;
 
         (void) timestamp;
+        migrate_in_qemu_event(g, event, data);
         if (streq(event, "SHUTDOWN")) {
                 g->guest_shutdown = true;
                 log_info("QEMU: SHUTDOWN (%s)", why ? why : "no reason given");
@@ -269,8 +270,15 @@ static void on_swtpm_exit(struct guest *g) {
 /* After any reap: a QEMU that is gone ends the guest's run (or restarts it, for a hard
  * reboot), and takes swtpm with it; a swtpm that is gone alone stops QEMU. */
 void guest_check_children(struct guest *g) {
+        bool qemu_gone = g->qemu.pid && g->qemu.exited;
+
         if (g->done)
                 return;
+        /* while the guest is received, its children are the incoming migration's */
+        if ((qemu_gone || (g->swtpm.pid && g->swtpm.exited)) && migrate_in_child_exited(g, qemu_gone)) {
+                guest_qmp_watch(g);
+                return;
+        }
         if (g->out) {
                 /* the migration first: its end answers its client, then comes this */
                 migrate_out_child_exited(g);
@@ -317,28 +325,6 @@ static void on_kill_timer(struct evloop_source *s, void *userdata) {
         qemu_sigkill(g, why);
 }
 
-/* During a migration: reap, and remember a stop request for when it is over. */
-void guest_drain_signals(struct guest *g) {
-        struct signalfd_siginfo si;
-
-        while (read(g->sigfd, &si, sizeof(si)) == sizeof(si)) {
-                if (si.ssi_signo == SIGCHLD)
-                        guest_reap_all(g);
-                else if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-                        if (g->migration_committed)
-                                log_info("SIG%s during the migration, after the destination was told to run the "
-                                         "guest: the migration finishes first",
-                                         sigabbrev_np((int) si.ssi_signo));
-                        else
-                                log_info("SIG%s during the migration: it is cancelled, then the guest stops",
-                                         sigabbrev_np((int) si.ssi_signo));
-                        if (!g->interrupted)
-                                g->interrupt_signo = (int) si.ssi_signo;
-                        g->interrupted = true;
-                }
-        }
-}
-
 void guest_dispatch_sync(struct guest *g) {
         vmsup_error *err = NULL;
         int r;
@@ -369,7 +355,18 @@ static void on_signal(struct evloop_source *s, const struct signalfd_siginfo *si
                         migrate_out_signal(g, (int) si->ssi_signo);
                         break;
                 }
-                if (g->state == GUEST_STOPPING) {
+                if (migrate_in_active(g) && g->state != GUEST_RUNNING) {
+                        /* before COMMIT the incoming migration is abandoned; after, the
+                         * guest stops once it runs here */
+                        if (!migrate_in_cancel(g, "interrupted by a signal")) {
+                                log_info("SIG%s during the migration, after the destination was told to run the "
+                                         "guest: the migration finishes first",
+                                         sigabbrev_np((int) si->ssi_signo));
+                                if (!g->interrupted)
+                                        g->interrupt_signo = (int) si->ssi_signo;
+                                g->interrupted = true;
+                        }
+                } else if (g->state == GUEST_STOPPING) {
                         log_info("%s again: stopping at once", sigabbrev_np((int) si->ssi_signo));
                         guest_begin_stop(g, 0, true, false);
                 } else if (g->state == GUEST_RUNNING) {

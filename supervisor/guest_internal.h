@@ -130,8 +130,6 @@ void guest_on_qmp_event(void *userdata, const char *event, json_object *data, js
 /* After a reap: a QEMU or swtpm that is gone ends (or, a hard reboot, restarts) the guest. */
 void guest_check_children(struct guest *g);
 void guest_dispatch_sync(struct guest *g);
-/* During a migration: read the signal fd (reap; SIGTERM and SIGINT set g->interrupted). */
-void guest_drain_signals(struct guest *g);
 
 /* children.c: swtpm and QEMU */
 void guest_reap_all(struct guest *g);
@@ -200,23 +198,50 @@ void migrate_out_signal(struct guest *g, int signo);
 /* The supervisor ends during a migration: its sources and connections go. */
 void migrate_out_free(struct guest *g);
 
-/* migrate_in.c: `vmsup run --incoming`. */
+/* migrate_in.c: `vmsup run --incoming`, the supervisor's side of migrate/dest.h. */
 struct migrate_in;
-/* Listen, take one authenticated connection and receive the guest: its spec, which
- * must match g->spec (this host's, spec_match_incoming), and its secret. */
-int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup_error **err);
-/* With the guest's lock held: the guest must not exist here yet (what an incomplete
- * incoming migration left is cleared first); then mark its dirs as incoming and start
- * the janitor that removes them if this supervisor dies before the guest runs here. */
+/* On g->loop (before it runs): listen for the source. lock_err (taken; NULL when the
+ * guest's lock is ours): the guest is another supervisor's; the source that comes hears
+ * it as the refusal. */
+int migrate_in_start(struct guest *g, const struct guest_run_opts *opts, vmsup_error *lock_err, vmsup_error **err);
+/* With the guest's lock held, before the source comes: remove what an earlier,
+ * incomplete incoming migration of the guest left (never a committed copy). */
+int migrate_in_clear_leftovers(struct guest *g, vmsup_error **err);
+/* With the guest's lock held, when the source sent the guest: the guest must not exist
+ * here yet; then mark its dirs as incoming and start the janitor that removes them if
+ * this supervisor dies before the guest runs here. */
 int migrate_in_claim(struct guest *g, vmsup_error **err);
 /* Keep the received secret (local store), derive the keys, open the sealed state. */
-int migrate_in_secret(struct guest *g, vmsup_error **err);
-/* QEMU is up with -incoming defer: receive the guest and run it. */
-int migrate_in_complete(struct guest *g, vmsup_error **err);
-/* Undo everything of a failed incoming migration (tells the source why). */
+int migrate_in_secret(struct guest *g, const char *secret, const char *secret_id, vmsup_error **err);
+/* run.c: the start of a received guest, from the checks on this host to its children
+ * waiting (migrate_in_claim() and migrate_in_secret() on the way). */
+int guest_incoming_setup(struct guest *g, const struct guest_run_opts *opts, const char *secret,
+                         const char *secret_id, vmsup_error **err);
+/* An incoming migration runs (the guest does not run here yet, or DONE is awaited). */
+bool migrate_in_active(const struct guest *g);
+/* The source's "ADDR:PORT (CN=...)" once it came; NULL before. */
+const char *migrate_in_source(const struct guest *g);
+void migrate_in_qemu_event(struct guest *g, const char *event, json_object *data);
+/* The QMP client is being dropped. */
+void migrate_in_qmp_dropped(struct guest *g);
+/* QEMU (qemu true) or swtpm exited: true when that is the incoming migration's to handle
+ * (it fails it, or the start or the abort deals with it), false when it is the guest's. */
+bool migrate_in_child_exited(struct guest *g, bool qemu);
+/* A stop request or a signal: true when it abandons the migration (before COMMIT; its
+ * end follows on the loop), false when too late. */
+bool migrate_in_cancel(struct guest *g, const char *why);
+/* `stop` on request: c is answered once the migration is undone. */
+void migrate_in_stop_conn(struct guest *g, struct control_conn *c);
+/* status: "migration": {"from", "phase"} */
+void migrate_in_status(const struct guest *g, json_object *o);
+/* Why the migration ended without the guest running here (then guest_run() fails with
+ * it); NULL otherwise. */
+vmsup_error *migrate_in_take_error(struct guest *g);
+/* Undo everything of a failed incoming migration (ABORT to the source if still before
+ * COMMIT); once. */
 void migrate_in_abort(struct guest *g, const vmsup_error *why);
 void migrate_in_free(struct guest *g);
-/* A debug line: what the incoming migration has done, and when (ms since the source came). */
+/* A debug line: what the incoming migration has done, and when (ms since the guest came). */
 void migrate_in_mark(struct guest *g, const char *what);
 
 #endif

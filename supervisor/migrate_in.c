@@ -1,16 +1,15 @@
 /* The destination side of a live migration (`vmsup run --incoming`, docs/migration.md):
- * receive the guest from the source's supervisor, let QEMU receive memory and TPM state,
- * seal that state, and run the guest only when the source says so. Until then, whatever
- * goes wrong, nothing of the guest stays on this host; a janitor process removes it
- * even if this supervisor is killed. From the source's COMMIT on, our copy may be the
- * only one: it stays, marked "committed", until the source's DONE or an operator's
- * `vmsup resolve --keep` (vmsup(8), MIGRATION). */
+ * the supervisor's half of migrate/dest, the state machine that receives the guest from
+ * the source's supervisor on the one loop. Here: what the destination host does with
+ * it (the guest's claim, its secret, its children, the markers) and the janitor. Until
+ * the source's COMMIT, whatever goes wrong, nothing of the guest stays on this host; a
+ * janitor process removes it even if this supervisor is killed. From COMMIT on, our copy
+ * may be the only one: it stays, marked "committed", until the source's DONE or an
+ * operator's `vmsup resolve --keep` (vmsup(8), MIGRATION). */
 #include "config.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -29,8 +28,8 @@
 #include "common/secmem.h"
 #include "common/util.h"
 #include "secrets/localstore.h"
+#include "migrate/dest.h"
 #include "migrate/migchan.h"
-#include "migrate/proto.h"
 #include "seccomp/filter.h"
 #include "supervisor/guest_internal.h"
 #include "common/log.h"
@@ -39,22 +38,21 @@
 #include "tpmstate/swtpm.h"
 
 #define JANITOR_WAIT_MS 30000
-/* connections in their TLS handshake at once while --incoming waits for the source */
-#define MIGRATE_IN_PENDING_MAX 8
 
 struct migrate_in {
-        struct migchan *ch;
+        struct guest *g;
+        const struct guest_run_opts *opts;
+        struct migrate_dest *dest;
+        struct migration_tls_files files;
         char source[320];    /* the peer, for messages */
-        char secret_id[37];
-        char *secret;        /* secmem */
         bool claimed;        /* our incoming marker is on disk: what is here is ours to remove */
+        bool undone;         /* migrate_in_abort() ran */
         int janitor_fd;      /* write end of the janitor's pipe; -1 when none */
         pid_t janitor_pid;
-        int answer_ms;
-        long deadline;
-        long t0; /* the source connected */
-        int stream_listen_fd; /* where QEMU's stream from the source arrives (READY's port); -1 */
-        int stream_fd;        /* our copy of it, once QEMU has it; -1 */
+        long t0;             /* the source's guest arrived */
+        vmsup_error *lock_err; /* the guest's lock is not ours: the refusal the source hears */
+        vmsup_error *end_err;  /* why it ended without the guest running here */
+        struct control_conn *stop_conn; /* a `stop` that abandoned it: answered once undone */
 };
 
 void migrate_in_mark(struct guest *g, const char *what) {
@@ -62,238 +60,7 @@ void migrate_in_mark(struct guest *g, const char *what) {
                 log_debug("incoming: %s at +%ld ms", what, monotonic_ms() - g->in->t0);
 }
 
-/* Wait for one frame of type from the source (or its ABORT, which becomes the error). */
-static int expect(struct migrate_in *in, enum mig_msg type, struct mig_frame *f, vmsup_error **err) {
-        int r = migchan_recv_wait(in->ch, type, in->answer_ms, f, err);
-
-        if (r < 0)
-                return vmsup_error_prefix(err, "the source");
-        r = mig_frame_expect(f, type, MIG_PEER_SOURCE, err);
-        if (r < 0)
-                mig_frame_clear(f);
-        return r;
-}
-
-static int send_json(struct migrate_in *in, enum mig_msg type, json_object *obj, vmsup_error **err) {
-        _cleanup_json_ json_object *empty = obj ? NULL : json_object_new_object();
-        int r = migchan_send_json(in->ch, type, obj ? obj : empty, in->answer_ms, err);
-
-        return r < 0 ? vmsup_error_prefix(err, "send %s to the source", mig_msg_name(type)) : 0;
-}
-
-/* ---- receiving the guest ------------------------------------------------------------ */
-
-/* A connection in its TLS handshake, and when it must have completed it. */
-struct pending {
-        struct migchan *c;
-        long deadline;
-};
-
-static void pending_drop(struct pending *p, size_t *n, size_t i) {
-        migchan_free(p[i].c);
-        memmove(p + i, p + i + 1, (*n - i - 1) * sizeof(*p));
-        (*n)--;
-}
-
-/* Take every connection waiting on listen_fd and start its handshake; beyond
- * MIGRATE_IN_PENDING_MAX the oldest is turned away (a host that keeps that many silent
- * connections open must not keep the source out). */
-static int take_connections(struct guest *g, int listen_fd, const struct migchan_tls *tls, struct pending *p,
-                            size_t *n, vmsup_error **err) {
-        unsigned hs = g->cfg->migration.handshake_timeout;
-
-        for (;;) {
-                struct migchan *c = NULL;
-                int r = migchan_accept_start(listen_fd, tls, &c, err);
-
-                if (r <= 0)
-                        return r;
-                if (*n == MIGRATE_IN_PENDING_MAX) {
-                        log_warning("turned a connection away: %s: %d connections are in their TLS handshake, "
-                                    "the most this host waits for at once; the oldest makes room",
-                                    migchan_peer(p[0].c), MIGRATE_IN_PENDING_MAX);
-                        pending_drop(p, n, 0);
-                }
-                p[(*n)++] = (struct pending) { .c = c, .deadline = monotonic_ms() + (long) hs * 1000 };
-        }
-}
-
-/* Wait for the source supervisor: the first connection that completes its TLS handshake
- * with a host certificate of the migration CA. Up to MIGRATE_IN_PENDING_MAX handshakes
- * run at once, each within [migration] handshake_timeout; one that fails (wrong CA, no
- * certificate, not TLS at all) or takes too long is logged and turned away, and the wait
- * goes on until [migration] timeout. */
-static int wait_for_source(struct guest *g, int listen_fd, const struct migchan_tls *tls, struct migchan **ret,
-                           vmsup_error **err) {
-        struct migrate_in *in = g->in;
-        struct pending p[MIGRATE_IN_PENDING_MAX];
-        size_t n = 0;
-        int r;
-
-        r = migchan_tls_check(tls, true, err);
-        if (r < 0)
-                return r;
-        for (;;) {
-                struct pollfd pfd[MIGRATE_IN_PENDING_MAX + 1];
-                long now = monotonic_ms(), wake = in->deadline;
-
-                for (size_t i = 0; i < n;) {
-                        if (p[i].deadline > now) {
-                                wake = p[i].deadline < wake ? p[i].deadline : wake;
-                                i++;
-                                continue;
-                        }
-                        log_warning("turned a connection away: TLS handshake with %s: no answer within %u s "
-                                    "([migration] handshake_timeout)",
-                                    migchan_peer(p[i].c), g->cfg->migration.handshake_timeout);
-                        pending_drop(p, &n, i);
-                }
-                if (now >= in->deadline) {
-                        r = vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
-                                       "wait for the source: no source supervisor came within %u s",
-                                       g->cfg->migration.timeout);
-                        goto out;
-                }
-                pfd[0] = (struct pollfd) { .fd = listen_fd, .events = POLLIN };
-                for (size_t i = 0; i < n; i++)
-                        pfd[i + 1] = (struct pollfd) { .fd = migchan_fd(p[i].c),
-                                                       .events = migchan_handshake_events(p[i].c) };
-                if (poll(pfd, n + 1, (int) (wake - now)) < 0 && errno != EINTR) {
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for the source");
-                        goto out;
-                }
-                if (pfd[0].revents) {
-                        r = take_connections(g, listen_fd, tls, p, &n, err);
-                        if (r < 0)
-                                goto out;
-                }
-                /* a step on each: a new one's hello may be there already, and a step
-                 * without data to read costs one recv() */
-                for (size_t i = 0; i < n;) {
-                        r = migchan_handshake_step(p[i].c, err);
-                        if (r > 0) {
-                                *ret = TAKE_PTR(p[i].c);
-                                pending_drop(p, &n, i);
-                                r = 0;
-                                goto out;
-                        }
-                        if (r < 0) {
-                                log_warning("turned a connection away: %s", (*err)->msg);
-                                *err = vmsup_error_free(*err);
-                                pending_drop(p, &n, i);
-                                continue;
-                        }
-                        i++;
-                }
-        }
-out:
-        while (n > 0)
-                pending_drop(p, &n, n - 1);
-        return r;
-}
-
-int migrate_in_receive(struct guest *g, const struct guest_run_opts *opts, vmsup_error **err) {
-        _cleanup_migration_tls_files_ struct migration_tls_files files = { 0 };
-        _cleanup_json_ json_object *hello = NULL;
-        _cleanup_close_ int listen_fd = -1;
-        struct migchan_tls tls;
-        struct migrate_in *in;
-        struct mig_frame f = { 0 };
-        __attribute__((cleanup(guest_spec_clear))) struct guest_spec theirs = { 0 };
-        json_object *spec = NULL;
-        const char *text;
-        sigset_t stop;
-        int r;
-
-        in = calloc(1, sizeof(*in));
-        if (!in)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "incoming migration");
-        in->janitor_fd = -1;
-        in->stream_listen_fd = in->stream_fd = -1;
-        /* Nothing is ours yet: until the guest arrives, SIGTERM and SIGINT just end us. */
-        sigemptyset(&stop);
-        sigaddset(&stop, SIGTERM);
-        sigaddset(&stop, SIGINT);
-        sigprocmask(SIG_UNBLOCK, &stop, NULL);
-        in->answer_ms = (int) g->cfg->migration.answer_timeout * 1000;
-        in->deadline = monotonic_ms() + (long) g->cfg->migration.timeout * 1000;
-        g->in = in;
-        r = host_config_migration_tls(g->cfg, true, &files, err);
-        if (r < 0)
-                return r;
-        tls = (struct migchan_tls) { .ca_file = files.ca, .cert_file = files.cert, .key_file = files.key };
-        listen_fd = migchan_listen(opts->incoming_addr, opts->incoming_port, err);
-        if (listen_fd < 0)
-                return listen_fd;
-        log_info("waiting up to %u s for guest %s from a source supervisor on %s%s%s:%s",
-                 g->cfg->migration.timeout, opts->incoming_uuid,
-                 opts->incoming_addr && strchr(opts->incoming_addr, ':') ? "[" : "",
-                 opts->incoming_addr && opts->incoming_addr[0] ? opts->incoming_addr : "*",
-                 opts->incoming_addr && strchr(opts->incoming_addr, ':') ? "]" : "", opts->incoming_port);
-        r = wait_for_source(g, listen_fd, &tls, &in->ch, err);
-        if (r < 0)
-                return r;
-        snprintf(in->source, sizeof(in->source), "%s", migchan_peer(in->ch));
-        in->t0 = monotonic_ms();
-
-        r = expect(in, MIG_HELLO, &f, err);
-        if (r < 0)
-                return r;
-        if (!streq(mig_json_str(f.json, "uuid"), opts->incoming_uuid)) {
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "%s offers guest %s; this host expects %s", in->source,
-                               mig_json_str(f.json, "uuid"), opts->incoming_uuid);
-                mig_frame_clear(&f);
-                return r;
-        }
-        log_info("source %s (host %s) sends guest %s", in->source, mig_json_str(f.json, "host") ?: "?",
-                 opts->incoming_uuid);
-        mig_frame_clear(&f);
-        hello = mig_hello_new(opts->incoming_uuid);
-        r = hello ? send_json(in, MIG_HELLO, hello, err) : vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "HELLO");
-        if (r < 0)
-                return r;
-
-        r = expect(in, MIG_PREPARE, &f, err);
-        if (r < 0)
-                return r;
-        if (f.type != MIG_PREPARE) {
-                mig_frame_clear(&f);
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the source sent %s instead of PREPARE",
-                                  mig_msg_name(f.type));
-        }
-        json_object_object_get_ex(f.json, "spec", &spec);
-        text = json_object_to_json_string_ext(spec, JSON_C_TO_STRING_PLAIN);
-        r = guest_spec_parse(text, strlen(text), "the source's guest spec", &theirs, err);
-        snprintf(in->secret_id, sizeof(in->secret_id), "%s", mig_json_str(f.json, "secret_uuid") ?: "");
-        mig_frame_clear(&f);
-        if (r < 0)
-                return r;
-
-        /* the secret first, then judge: a source told off with its SECRET unread could
-         * lose our ABORT to the reset of the connection */
-        r = expect(in, MIG_SECRET, &f, err);
-        if (r < 0)
-                return r;
-        if (f.type != MIG_SECRET) {
-                mig_frame_clear(&f);
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the source sent %s instead of the vTPM secret",
-                                  mig_msg_name(f.type));
-        }
-        in->secret = (char *) TAKE_PTR(f.secret);
-        mig_frame_clear(&f);
-
-        /* The source decides nothing about this host: its spec must be the one this
-         * host's orchestrator declared (--spec), which the guest runs from. */
-        r = spec_match_incoming(&g->spec, &theirs, err);
-        if (r < 0)
-                return vmsup_error_prefix(err, "the source's guest spec differs from this host's '%s'", opts->spec_path);
-        if (g->spec.vtpm_secret_uuid && !streq(in->secret_id, g->spec.vtpm_secret_uuid))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
-                                  "the source's vTPM secret is %s; this host's '%s' has key 'vtpm_secret_uuid' %s",
-                                  in->secret_id, opts->spec_path, g->spec.vtpm_secret_uuid);
-        sigprocmask(SIG_BLOCK, &stop, NULL);
-        return 0;
-}
+static void janitor_say(struct guest *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* ---- the janitor --------------------------------------------------------------------- */
 
@@ -410,7 +177,6 @@ static int janitor_start(struct guest *g, vmsup_error **err) {
         return 0;
 }
 
-static void janitor_say(struct guest *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void janitor_say(struct guest *g, const char *fmt, ...) {
         char line[64];
         va_list ap;
@@ -436,22 +202,8 @@ int migrate_in_claim(struct guest *g, vmsup_error **err) {
         int r;
 
         /* a copy the source ordered to run here may be the only one: never removed here */
-        if (guest_dirs_incoming_committed(&g->dirs))
+        if (guest_dirs_incoming_committed(&g->dirs) || access(g->dirs.incoming, F_OK) == 0)
                 return guest_dirs_check_markers(&g->dirs, err);
-        if (access(g->dirs.incoming, F_OK) == 0) {
-                log_warning("removing what an earlier, incomplete incoming migration of this guest left");
-                int fd;
-
-                r = guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, err);
-                if (r < 0)
-                        return r;
-                /* that took the locked state dir too: lock its successor */
-                fd = guest_dirs_lock(&g->dirs, true, NULL, err);
-                if (fd < 0)
-                        return fd;
-                close(g->lock_fd);
-                g->lock_fd = fd;
-        }
         if (access(g->dirs.migrated_out, F_OK) == 0)
                 return vmsup_fail(err, VMSUP_EX_CANTCREAT, 0,
                                   "guest %s was migrated away from this host and its copy here was never removed "
@@ -482,8 +234,7 @@ int migrate_in_claim(struct guest *g, vmsup_error **err) {
         return janitor_start(g, err);
 }
 
-int migrate_in_secret(struct guest *g, vmsup_error **err) {
-        struct migrate_in *in = g->in;
+int migrate_in_secret(struct guest *g, const char *secret, const char *secret_id, vmsup_error **err) {
         struct localstore *store = NULL;
         _cleanup_free_ char *id_path = NULL;
         char id_line[64];
@@ -496,18 +247,17 @@ int migrate_in_secret(struct guest *g, vmsup_error **err) {
                                   g->spec.uuid);
         r = localstore_open(g->cfg->paths.secrets_dir, true, &store, err);
         if (r >= 0)
-                r = localstore_put(store, g->spec.uuid, in->secret, in->secret_id, err);
+                r = localstore_put(store, g->spec.uuid, secret, secret_id, err);
         localstore_free(store);
         if (r < 0)
                 return vmsup_error_prefix(err, "keep the vTPM secret");
         if (asprintf(&id_path, "%s/%s", g->dirs.state, VTPM_SECRET_ID_FILE) < 0)
                 return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "secret id path");
-        snprintf(id_line, sizeof(id_line), "%s\n", in->secret_id);
+        snprintf(id_line, sizeof(id_line), "%s\n", secret_id);
         r = write_file_atomic(id_path, id_line, strlen(id_line), 0600, err);
         if (r < 0)
                 return r;
-        r = guest_derive_keys(g, in->secret, err);
-        in->secret = secmem_free(in->secret);
+        r = guest_derive_keys(g, secret, err);
         if (r < 0)
                 return r;
         return guest_open_sync(g, err);
@@ -526,209 +276,79 @@ static int mark_committed(struct guest *g, vmsup_error **err) {
         return 0;
 }
 
-/* ---- receiving memory and TPM state ----------------------------------------------------- */
+/* ---- before the source comes -------------------------------------------------------------- */
 
-/* what, with the last lines of QEMU's log (a wrong migration key shows there as swtpm's
- * "decryption error") */
-static int qemu_failed(struct guest *g, const char *what, vmsup_error **err) {
-        _cleanup_free_ char *qlog = NULL, *tail = NULL;
+int migrate_in_clear_leftovers(struct guest *g, vmsup_error **err) {
+        int fd, r;
 
-        if (asprintf(&qlog, "%s/qemu.log", g->dirs.logs) >= 0)
-                tail = guest_log_tail(qlog, 3);
-        return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "%s (its log: %s)", what, tail ? tail : "?");
+        /* a copy the source ordered to run here may be the only one: never removed here
+         * (the source that comes hears the refusal: migrate_in_claim()) */
+        if (access(g->dirs.incoming, F_OK) < 0 || guest_dirs_incoming_committed(&g->dirs))
+                return 0;
+        log_warning("removing what an earlier, incomplete incoming migration of this guest left");
+        r = guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, err);
+        if (r < 0)
+                return r;
+        /* that took the locked state dir too: lock its successor */
+        fd = guest_dirs_lock(&g->dirs, true, NULL, err);
+        if (fd < 0)
+                return fd;
+        close(g->lock_fd);
+        g->lock_fd = fd;
+        return 0;
 }
 
-/* Wait for the source's next frame while watching QEMU, swtpm, signals and the deadline. */
-static int accept_stream(struct guest *g, vmsup_error **err);
+/* ---- migrate/dest's callbacks ------------------------------------------------------------- */
 
-static int wait_source(struct guest *g, enum mig_msg type, long deadline, struct mig_frame *f, vmsup_error **err) {
-        struct migrate_in *in = g->in;
-
-        for (;;) {
-                struct pollfd p[6] = {
-                        { .fd = migchan_fd(in->ch), .events = POLLIN },
-                        { .fd = g->sigfd, .events = POLLIN },
-                        { .fd = g->qemu.pidfd, .events = POLLIN },
-                        { .fd = g->swtpm.pidfd, .events = POLLIN },
-                        { .fd = g->qmp ? qmp_client_fd(g->qmp) : -1, .events = POLLIN },
-                        { .fd = in->stream_listen_fd, .events = POLLIN },
-                };
-                long left = deadline - monotonic_ms();
-                int r;
-
-                /* gnutls may hold a whole record already */
-                r = migchan_recv(in->ch, f, err);
-                if (r < 0)
-                        return vmsup_error_prefix(err, "the source");
-                if (r > 0) {
-                        if (f->type == MIG_ABORT) {
-                                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the source gave up: %s",
-                                               mig_json_str(f->json, "error"));
-                                mig_frame_clear(f);
-                                return r;
-                        }
-                        if (f->type != type) {
-                                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the source sent an unexpected %s message "
-                                               "(expected %s)", mig_msg_name(f->type), mig_msg_name(type));
-                                mig_frame_clear(f);
-                                return r;
-                        }
-                        return 0;
-                }
-                if (left <= 0)
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "no %s from the source in time",
-                                          mig_msg_name(type));
-                if (poll(p, 6, (int) left) < 0 && errno != EINTR)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
-                if (p[1].revents) {
-                        guest_drain_signals(g);
-                        if (g->interrupted)
-                                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "interrupted by a signal");
-                }
-                if (p[2].revents || p[3].revents) {
-                        guest_reap_all(g);
-                        if (g->qemu.exited)
-                                return qemu_failed(g, "QEMU ended while receiving the guest", err);
-                        if (g->swtpm.exited) {
-                                _cleanup_free_ char *tail = guest_log_tail(g->dirs.swtpm_log, 3);
-
-                                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "swtpm ended while receiving the guest "
-                                                  "(its log: %s)", tail ? tail : "?");
-                        }
-                }
-                if (p[4].revents && g->qmp && qmp_client_dispatch(g->qmp, err) < 0)
-                        return vmsup_error_prefix(err, "QEMU's monitor");
-                if (p[5].revents && accept_stream(g, err) < 0)
-                        return -1;
-                if (streq(g->migration_status, "failed")) {
-                        /* it exits after saying why */
-                        guest_child_wait(g, &g->qemu, 2000);
-                        return qemu_failed(g, "QEMU failed to load the guest", err);
-                }
-        }
+static void on_note(void *userdata, enum log_level level, const char *text) {
+        (void) userdata;
+        log_msg(level, "%s", text);
 }
 
-/* We listen for QEMU's stream on the address the source reached us at, on a port the
- * kernel picks; the source learns it from READY. The connection is accepted by us (from
- * the source's address only) and handed to QEMU (accept_stream()). */
-static int listen_incoming(struct guest *g, int *ret_port, vmsup_error **err) {
-        struct migrate_in *in = g->in;
-        struct sockaddr_storage sa;
-        socklen_t len = sizeof(sa);
+static int on_received(void *userdata, const struct guest_spec *theirs, const char *secret_uuid, const char *secret,
+                       vmsup_error **err) {
+        struct migrate_in *in = userdata;
+        struct guest *g = in->g;
+        const char *source = migrate_dest_source(in->dest);
         int r;
 
-        r = migrate_qemu_setup(g, true, NULL, err);
+        snprintf(in->source, sizeof(in->source), "%s", source ? source : "?");
+        in->t0 = monotonic_ms();
+        /* The source decides nothing about this host: its spec must be the one this
+         * host's orchestrator declared (--spec), which the guest runs from. */
+        r = spec_match_incoming(&g->spec, theirs, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "the source's guest spec differs from this host's '%s'",
+                                          in->opts->spec_path);
+        if (g->spec.vtpm_secret_uuid && !streq(secret_uuid, g->spec.vtpm_secret_uuid))
+                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                  "the source's vTPM secret is %s; this host's '%s' has key 'vtpm_secret_uuid' %s",
+                                  secret_uuid, in->opts->spec_path, g->spec.vtpm_secret_uuid);
+        if (in->lock_err) {
+                vmsup_fail(err, in->lock_err->exit_code, 0, "%s", in->lock_err->msg);
+                return -EBUSY;
+        }
+        r = guest_incoming_setup(g, in->opts, secret, secret_uuid, err);
         if (r < 0)
                 return r;
-        migrate_in_mark(g, "QEMU's TLS set up");
-        in->stream_listen_fd = migchan_listen(migchan_local_addr(in->ch), "0", err);
-        if (in->stream_listen_fd < 0)
-                return vmsup_error_prefix(err, "listen for QEMU's migration stream");
-        if (getsockname(in->stream_listen_fd, (struct sockaddr *) &sa, &len) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "listen for QEMU's migration stream");
-        *ret_port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *) &sa)->sin6_port
-                                                   : ((struct sockaddr_in *) &sa)->sin_port);
-        return 0;
-}
-
-/* The address of a peer as 16 bytes, an IPv4 one as IPv6 maps it (the source may reach
- * our dual-stack channel as ::ffff:a.b.c.d and the stream's listener as a.b.c.d). */
-static bool address_of(const struct sockaddr_storage *sa, struct in6_addr *ret) {
-        if (sa->ss_family == AF_INET6) {
-                *ret = ((const struct sockaddr_in6 *) sa)->sin6_addr;
-                return true;
-        }
-        if (sa->ss_family == AF_INET) {
-                memset(ret, 0, sizeof(*ret));
-                ret->s6_addr[10] = ret->s6_addr[11] = 0xff;
-                memcpy(&ret->s6_addr[12], &((const struct sockaddr_in *) sa)->sin_addr, 4);
-                return true;
-        }
-        return false;
-}
-
-static bool same_host(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
-        struct in6_addr x, y;
-
-        return address_of(a, &x) && address_of(b, &y) && memcmp(&x, &y, sizeof(x)) == 0;
-}
-
-/* QEMU's stream connects: from the source supervisor's host, it goes to QEMU
- * (migrate-incoming fd:); from anywhere else it is turned away and we listen on. */
-static int accept_stream(struct guest *g, vmsup_error **err) {
-        struct migrate_in *in = g->in;
-        _cleanup_json_ json_object *args = json_object_new_object();
-        struct sockaddr_storage peer, source;
-        socklen_t plen = sizeof(peer), slen = sizeof(source);
-        char addr[INET6_ADDRSTRLEN] = "?";
-        int fd = accept4(in->stream_listen_fd, (struct sockaddr *) &peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC), r;
-
-        if (fd < 0)
-                return errno == EAGAIN || errno == EINTR || errno == ECONNABORTED
-                               ? 0
-                               : vmsup_fail(err, VMSUP_EX_OSERR, errno, "accept QEMU's migration stream");
-        if (getpeername(migchan_fd(in->ch), (struct sockaddr *) &source, &slen) < 0 || !same_host(&peer, &source)) {
-                inet_ntop(peer.ss_family, peer.ss_family == AF_INET6 ? (void *) &((struct sockaddr_in6 *) &peer)->sin6_addr
-                                                                     : (void *) &((struct sockaddr_in *) &peer)->sin_addr,
-                          addr, sizeof(addr));
-                log_warning("turned away a migration stream from %s: the source is %s", addr, in->source);
-                close(fd);
-                return 0;
-        }
-        close(in->stream_listen_fd);
-        in->stream_listen_fd = -1;
-        in->stream_fd = fd;
-        r = migrate_stream_give(g, fd, in->answer_ms, err);
-        if (r < 0)
-                return r;
-        json_object_object_add(args, "uri", json_object_new_string("fd:" MIGRATE_STREAM_FD_NAME));
-        r = migrate_qmp(g, "migrate-incoming", args, NULL, err);
-        if (r < 0)
-                return vmsup_error_prefix(err, "QEMU migrate-incoming");
-        migrate_in_mark(g, "stream accepted, migrate-incoming");
-        return 0;
-}
-
-int migrate_in_complete(struct guest *g, vmsup_error **err) {
-        static const char *const loaded[] = { "completed", "failed", NULL };
-        struct migrate_in *in = g->in;
-        _cleanup_json_ json_object *ready = json_object_new_object(), *prepared = json_object_new_object(),
-                                   *st = NULL;
-        struct mig_frame f = { 0 };
-        int port = 0, r;
-        long t0 = monotonic_ms();
-
         janitor_say(g, "P %d\nP %d\n", (int) g->qemu.pid, (int) g->swtpm.pid);
-        migrate_in_mark(g, "swtpm and QEMU up");
-        r = listen_incoming(g, &port, err);
-        if (r < 0)
-                return r;
-        json_object_object_add(ready, "port", json_object_new_int(port));
-        r = send_json(in, MIG_READY, ready, err);
-        if (r < 0)
-                return r;
-        log_info("ready: QEMU receives on port %d (TLS)", port);
-        migrate_in_mark(g, "READY sent");
+        migrate_dest_children_up(in->dest, g->qmp);
+        /* its tls-creds-x509 object: a migration out of here replaces it (migrate_qemu_setup) */
+        g->migrate_tls_added = true;
+        return 0;
+}
 
-        r = wait_source(g, MIG_MIGRATED, in->deadline, &f, err);
-        mig_frame_clear(&f);
-        if (r < 0)
-                return r;
-        migrate_in_mark(g, "MIGRATED received");
-        /* the source completes only once we loaded everything (return path); our own
-         * MIGRATION event may come a moment later */
-        r = migrate_wait_status(g, loaded, in->answer_ms, err);
-        if (r < 0)
-                return r;
-        if (!streq(g->migration_status, "completed")) {
-                guest_child_wait(g, &g->qemu, 2000);
-                return qemu_failed(g, "QEMU failed to load the guest", err);
-        }
-        r = migrate_qmp(g, "query-status", NULL, &st, err);
-        if (r < 0)
-                return r;
-        if (streq(mig_json_str(st, "status"), "running"))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "QEMU runs the guest before the source said so");
+static void on_qmp_queued(void *userdata) {
+        struct migrate_in *in = userdata;
+
+        guest_qmp_watch(in->g);
+}
+
+static int on_seal(void *userdata, int64_t *ret_generation, vmsup_error **err) {
+        struct migrate_in *in = userdata;
+        struct guest *g = in->g;
+        int r;
+
         /* The TPM state must be here, and sealed, before the source lets go. */
         r = swtpm_state_exists(g->dirs.live_tpm, g->tpm.version, err);
         if (r == 0)
@@ -739,16 +359,16 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         r = tpm_sync_seal_all(g->sync, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "seal the received TPM state");
-        json_object_object_add(prepared, "generation", json_object_new_int64(tpm_sync_sealed_count(g->sync)));
-        r = send_json(in, MIG_PREPARED, prepared, err);
-        if (r < 0)
-                return r;
-        log_info("guest received in %ld ms; TPM state sealed; waiting for the source's go", monotonic_ms() - t0);
+        *ret_generation = (int64_t) tpm_sync_sealed_count(g->sync);
+        return 0;
+}
 
-        r = wait_source(g, MIG_COMMIT, monotonic_ms() + in->answer_ms, &f, err);
-        mig_frame_clear(&f);
-        if (r < 0)
-                return r;
+static int on_mark_committed(void *userdata, const char *source, vmsup_error **err) {
+        struct migrate_in *in = userdata;
+        struct guest *g = in->g;
+        int r;
+
+        (void) source;
         /* From COMMIT on, the source holds no copy that may run: whatever happens here,
          * ours stays (sealed state, secret, spec, live dir), and its marker keeps it from
          * starting again until the source confirms (DONE) or an operator resolves it. A
@@ -757,47 +377,191 @@ int migrate_in_complete(struct guest *g, vmsup_error **err) {
         if (r < 0)
                 return r;
         in->claimed = false;
+        g->migration_committed = true;
         janitor_say(g, "K\n");
-        r = migrate_qmp(g, "cont", NULL, NULL, err);
-        if (r < 0)
-                return vmsup_error_prefix(err, "run the received guest");
-        json_object_put(st);
-        st = NULL;
-        r = migrate_qmp(g, "query-status", NULL, &st, err);
-        if (r < 0)
-                return r;
-        if (!streq(mig_json_str(st, "status"), "running"))
-                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "the received guest does not run after cont (QEMU: %s)",
-                                  mig_json_str(st, "status") ?: "?");
+        return 0;
+}
+
+static void on_started(void *userdata) {
+        struct migrate_in *in = userdata;
+        struct guest *g = in->g;
+
         g->incoming = false;
         g->state = GUEST_RUNNING;
         g->started_at = time(NULL);
         guest_record_history(g);
         log_info("guest running here, received from %s: QEMU pid %d, swtpm pid %d", in->source, (int) g->qemu.pid,
                  (int) g->swtpm.pid);
-        /* The marker goes only when the source says it holds its migrated-out marker:
-         * until then the source may not know, and an operator may take it back there. */
-        r = send_json(in, MIG_RUNNING, NULL, err);
-        if (r >= 0)
-                r = wait_source(g, MIG_DONE, monotonic_ms() + in->answer_ms, &f, err);
-        mig_frame_clear(&f);
-        if (r < 0) {
-                log_warning("the hand-over is unconfirmed: %s. The guest runs on here, but its copy stays marked "
-                            "(%s): 'vmsup run' here refuses it until an operator resolves it; see vmsup(8), "
-                            "MIGRATION", (*err)->msg, g->dirs.incoming);
-                *err = vmsup_error_free(*err);
-        } else if (unlink(g->dirs.incoming) < 0)
-                log_error("remove '%s': %s (remove it with 'vmsup resolve --keep': the guest is this host's)",
-                          g->dirs.incoming, strerror(errno));
-        else
-                log_info("the source confirmed the hand-over: the guest is this host's");
-        if (g->interrupted) {
-                /* a stop asked for while we waited: the event loop's to carry out */
-                g->interrupted = false;
-                raise(SIGTERM);
+}
+
+static char *on_log_tail(void *userdata, bool qemu) {
+        struct migrate_in *in = userdata;
+        struct guest *g = in->g;
+        _cleanup_free_ char *qlog = NULL;
+
+        if (!qemu)
+                return guest_log_tail(g->dirs.swtpm_log, 3);
+        if (asprintf(&qlog, "%s/qemu.log", g->dirs.logs) < 0)
+                return NULL;
+        return guest_log_tail(qlog, 3);
+}
+
+static void on_finished(void *userdata, enum migrate_dest_outcome outcome, const vmsup_error *why) {
+        struct migrate_in *in = userdata;
+        struct guest *g = in->g;
+
+        if (outcome == MIGRATE_DEST_RAN) {
+                if (why)
+                        log_warning("the hand-over is unconfirmed: %s. The guest runs on here, but its copy stays "
+                                    "marked (%s): 'vmsup run' here refuses it until an operator resolves it; see "
+                                    "vmsup(8), MIGRATION",
+                                    why->msg, g->dirs.incoming);
+                else if (unlink(g->dirs.incoming) < 0)
+                        log_error("remove '%s': %s (remove it with 'vmsup resolve --keep': the guest is this host's)",
+                                  g->dirs.incoming, strerror(errno));
+                else
+                        log_info("the source confirmed the hand-over: the guest is this host's");
+                in->dest = migrate_dest_free(in->dest);
+                if (g->interrupted) {
+                        /* a stop asked for while we waited: the loop's to carry out */
+                        g->interrupted = false;
+                        raise(SIGTERM);
+                }
+                migrate_in_free(g);
+                return;
         }
-        migrate_in_free(g);
-        return 0;
+        /* The guest does not run here: undo, and let guest_run() end with why. */
+        vmsup_fail(&in->end_err, why ? why->exit_code : VMSUP_EX_SOFTWARE, 0, "%s", why ? why->msg : "failed");
+        if (in->end_err && why)
+                in->end_err->errnum = why->errnum;
+        in->dest = migrate_dest_free(in->dest);
+        migrate_in_abort(g, in->end_err);
+        if (in->stop_conn) {
+                control_conn_reply_ok(in->stop_conn, json_object_new_string("stopped: the incoming migration was abandoned"));
+                in->stop_conn = control_conn_free(in->stop_conn);
+        }
+        guest_finish(g, in->end_err ? in->end_err->exit_code : VMSUP_EX_SOFTWARE);
+}
+
+/* ---- the supervisor's entries -------------------------------------------------------------- */
+
+int migrate_in_start(struct guest *g, const struct guest_run_opts *opts, vmsup_error *lock_err, vmsup_error **err) {
+        struct migrate_dest_env env;
+        struct migrate_in *in;
+        int r;
+
+        in = calloc(1, sizeof(*in));
+        if (!in) {
+                vmsup_error_free(lock_err);
+                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "incoming migration");
+        }
+        in->g = g;
+        in->opts = opts;
+        in->janitor_fd = -1;
+        in->lock_err = lock_err;
+        g->in = in;
+        r = host_config_migration_tls(g->cfg, true, &in->files, err);
+        if (r < 0)
+                return r;
+        env = (struct migrate_dest_env) {
+                .loop = g->loop,
+                .uuid = opts->incoming_uuid,
+                .listen_addr = opts->incoming_addr,
+                .listen_port = opts->incoming_port,
+                .tls = { .ca_file = in->files.ca, .cert_file = in->files.cert, .key_file = in->files.key },
+                .qemu_tls_dir = g->cfg->migration.qemu_tls_dir,
+                .timeout_s = g->cfg->migration.timeout,
+                .answer_timeout_s = g->cfg->migration.answer_timeout,
+                .handshake_timeout_s = g->cfg->migration.handshake_timeout,
+                .qmp_timeout_ms = QMP_COMMAND_TIMEOUT,
+                .userdata = in,
+                .note = on_note,
+                .received = on_received,
+                .qmp_queued = on_qmp_queued,
+                .seal = on_seal,
+                .mark_committed = on_mark_committed,
+                .started = on_started,
+                .log_tail = on_log_tail,
+                .finished = on_finished,
+        };
+        return migrate_dest_new(&env, &in->dest, err);
+}
+
+bool migrate_in_active(const struct guest *g) {
+        return g->in && g->in->dest;
+}
+
+void migrate_in_qemu_event(struct guest *g, const char *event, json_object *data) {
+        if (migrate_in_active(g))
+                migrate_dest_qemu_event(g->in->dest, event, data);
+}
+
+bool migrate_in_child_exited(struct guest *g, bool qemu) {
+        enum migrate_dest_state s;
+
+        if (!g->in)
+                return false;
+        if (!g->in->dest)
+                return true; /* being undone */
+        s = migrate_dest_state(g->in->dest);
+        if (s == MIGRATE_DEST_RUNNING)
+                return false; /* the guest is the supervisor's */
+        /* before: the start sees it; once committed, QEMU's answers to cont fail */
+        if (s >= MIGRATE_DEST_CHILDREN_UP && s < MIGRATE_DEST_COMMITTED)
+                migrate_dest_child_exited(g->in->dest, qemu);
+        return true;
+}
+
+void migrate_in_qmp_dropped(struct guest *g) {
+        vmsup_error *err = NULL;
+
+        if (!migrate_in_active(g))
+                return;
+        vmsup_fail(&err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+        migrate_dest_qmp_lost(g->in->dest, err);
+        vmsup_error_free(err);
+}
+
+void migrate_in_stop_conn(struct guest *g, struct control_conn *c) {
+        if (!g->in || g->in->stop_conn) {
+                control_conn_reply_ok(c, json_object_new_string("stopped: the incoming migration was abandoned"));
+                control_conn_free(c);
+                return;
+        }
+        g->in->stop_conn = c;
+}
+
+bool migrate_in_cancel(struct guest *g, const char *why) {
+        vmsup_error *err = NULL;
+        bool cancelled;
+
+        if (!migrate_in_active(g))
+                return false;
+        vmsup_fail(&err, VMSUP_EX_TEMPFAIL, 0, "%s", why);
+        cancelled = migrate_dest_cancel(g->in->dest, err) > 0;
+        vmsup_error_free(err);
+        return cancelled;
+}
+
+void migrate_in_status(const struct guest *g, json_object *o) {
+        json_object *m;
+        const char *source;
+
+        if (!migrate_in_active(g))
+                return;
+        m = json_object_new_object();
+        source = migrate_dest_source(g->in->dest);
+        json_object_object_add(m, "from", source ? json_object_new_string(source) : NULL);
+        json_object_object_add(m, "phase", json_object_new_string(migrate_dest_phase(g->in->dest)));
+        json_object_object_add(o, "migration", m);
+}
+
+const char *migrate_in_source(const struct guest *g) {
+        return migrate_in_active(g) ? migrate_dest_source(g->in->dest) : NULL;
+}
+
+vmsup_error *migrate_in_take_error(struct guest *g) {
+        return g->in ? TAKE_PTR(g->in->end_err) : NULL;
 }
 
 /* A process (by a pidfd) that has not ended. */
@@ -818,19 +582,14 @@ void migrate_in_abort(struct guest *g, const vmsup_error *why) {
         pid_t qemu_pid, tpm_pid;
         const char *still;
 
-        if (!in)
+        if (!in || in->undone)
                 return;
-        if (in->ch) {
-                _cleanup_json_ json_object *a = json_object_new_object();
-
-                json_object_object_add(a, "error", json_object_new_string(why ? why->msg : "failed"));
-                if (migchan_send_json(in->ch, MIG_ABORT, a, 2000, &err) < 0)
-                        err = vmsup_error_free(err);
-        }
-        /* a QEMU held by a dead stream (its TLS handshake blocks its main loop) would
-         * ignore quit and SIGTERM */
-        if (in->stream_fd >= 0)
-                shutdown(in->stream_fd, SHUT_RDWR);
+        in->undone = true;
+        /* still talking to the source (the supervisor fails): ABORT before COMMIT, and a
+         * QEMU held by a dead stream is let go (migrate/dest) */
+        if (in->dest && migrate_dest_cancel(in->dest, why) == 0 && !why)
+                log_debug("incoming: ended after COMMIT");
+        in->dest = migrate_dest_free(in->dest);
         /* a committed copy keeps its last TPM writes */
         g->tpm_discard = in->claimed;
         /* our own handles on them: guest_stop_children() forgets even a child that
@@ -869,11 +628,15 @@ void migrate_in_free(struct guest *g) {
 
         if (!in)
                 return;
-        in->ch = migchan_free(in->ch);
-        secmem_free(in->secret);
+        migrate_dest_free(in->dest);
+        if (in->stop_conn) {
+                control_conn_reply_ok(in->stop_conn, json_object_new_string("stopped: the incoming migration was abandoned"));
+                control_conn_free(in->stop_conn);
+        }
+        migration_tls_files_clear(&in->files);
+        vmsup_error_free(in->lock_err);
+        vmsup_error_free(in->end_err);
         closep(&in->janitor_fd);
-        closep(&in->stream_listen_fd);
-        closep(&in->stream_fd);
         free(in);
         g->in = NULL;
 }

@@ -33,7 +33,9 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
 
         json_object_object_add(o, "uuid", json_object_new_string(g->spec.uuid));
         json_object_object_add(o, "name", json_object_new_string(g->spec.name));
-        json_object_object_add(o, "state", json_object_new_string(guest_state_name(g)));
+        json_object_object_add(o, "state", json_object_new_string(migrate_in_active(g) && g->state != GUEST_RUNNING
+                                                                           ? "incoming"
+                                                                           : guest_state_name(g)));
         json_object_object_add(o, "pid", json_object_new_int(getpid()));
         json_object_object_add(o, "qemu_pid", g->qemu.pid ? json_object_new_int(g->qemu.pid) : NULL);
         json_object_object_add(o, "swtpm_pid", g->swtpm.pid ? json_object_new_int(g->swtpm.pid) : NULL);
@@ -65,6 +67,8 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
                         json_object_object_add(o, "incoming", json_object_new_string(marker));
                 vmsup_error_free(merr);
         }
+        if (g->state != GUEST_RUNNING)
+                migrate_in_status(g, o);
         if (g->migrating_to) {
                 json_object *m = json_object_new_object();
 
@@ -203,6 +207,21 @@ static void handle_request(struct guest *g, struct control_conn *c) {
         enum qmp_policy verdict;
         char why[512];
 
+        if (migrate_in_active(g) && g->state != GUEST_RUNNING && !streq(cmd, "status")) {
+                const char *from = migrate_in_source(g);
+                char msg[512];
+
+                if (streq(cmd, "stop") && migrate_in_cancel(g, "interrupted by a stop request")) {
+                        log_info("stop requested: abandoning the incoming migration");
+                        migrate_in_stop_conn(g, c); /* answered once it is undone */
+                        return;
+                }
+                snprintf(msg, sizeof(msg), "the guest is being received%s%s; '%s' must wait until that ends",
+                         from ? " from " : " (waiting for the source)", from ? from : "", cmd);
+                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+                control_conn_free(c);
+                return;
+        }
         if (g->migrating_to && !streq(cmd, "status")) {
                 char msg[320];
 

@@ -219,6 +219,115 @@ static int setup_loop(struct guest *g, const sigset_t *mask, vmsup_error **err) 
         return r < 0 ? r : guest_control_open(g, err);
 }
 
+/* The start, from the checks on this host to the children: a guest's whole start, or
+ * an incoming guest's once the source has sent it (secret, secret_id: what it sent;
+ * the lock and the loop are there already). token_fd (NULL for an incoming guest) is
+ * closed once the secret is read. */
+static int start_guest(struct guest *g, const struct guest_run_opts *opts, const sigset_t *mask, bool *state_dir_made,
+                       int *token_fd, const char *secret, const char *secret_id, vmsup_error **err) {
+        int r;
+
+        /* before anything is made or fetched: an image naming files the spec does not */
+        if ((r = disk_images_check(&g->spec, err)) < 0)
+                return r;
+        if ((r = tpm_rules_resolve(&g->spec, &g->tpm, err)) < 0 || (r = check_host_offers(g, err)) < 0 ||
+            (r = resolve_programs(g, err)) < 0)
+                return r;
+        /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is
+         * made or changed before it is ours, so that a refused start or incoming
+         * migration leaves a guest that runs here as it was. */
+        if (g->lock_fd < 0) {
+                g->lock_fd = guest_dirs_lock(&g->dirs, true, state_dir_made, err);
+                if (g->lock_fd < 0)
+                        return g->lock_fd;
+        }
+        /* an incoming guest must be new here; a guest handed over to another host, or half
+         * received from one, must not start here */
+        if ((r = g->incoming ? migrate_in_claim(g, err) : guest_dirs_check_markers(&g->dirs, err)) < 0)
+                return r;
+        migrate_in_mark(g, "claimed");
+        if ((r = resolve_ids(g, err)) < 0 || (r = guest_dirs_prepare(&g->dirs, g->tpm_uid, g->tpm_gid, err)) < 0 ||
+            (r = guest_dirs_write_pid(&g->dirs, err)) < 0)
+                return r;
+        {
+                const char *text = NULL;
+                json_object *copy = json_object_from_file(opts->spec_path);
+
+                text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
+                r = text ? write_file_atomic(g->dirs.spec_copy, text, strlen(text), 0600, err) : 0;
+                json_object_put(copy);
+                if (r < 0)
+                        return r;
+        }
+        if (streq(g->spec.firmware_type, "uefi")) {
+                bool created;
+
+                if ((r = guest_dirs_ensure_vars(&g->dirs, g->cfg->qemu.ovmf_vars, opts->new_vars, &created, err)) < 0)
+                        return r;
+                if (created && !g->incoming)
+                        log_info("OVMF VARS %s from the template %s%s", g->dirs.vars, g->cfg->qemu.ovmf_vars,
+                                 opts->new_vars ? " (--new-vars)" : "");
+        }
+        if (g->tpm.present && (r = g->incoming ? migrate_in_secret(g, secret, secret_id, err)
+                                               : tpm_open_sealed_state(g, token_fd ? *token_fd : -1, err)) < 0)
+                return r;
+        if (token_fd)
+                closep(token_fd);
+        migrate_in_mark(g, "secret kept, files ready");
+        if (!g->loop) {
+                if ((r = guest_start_check_cancel(g, err)) < 0 || (r = setup_loop(g, mask, err)) < 0)
+                        return r;
+                guest_fd_reserve_fill(g);
+        }
+        /* Confinement (docs/security.md): QEMU's user gets its files; then the seccomp
+         * filter, before the first child starts, so that every child runs under it too. */
+        if ((r = confine_qemu_files(&g->dirs, streq(g->spec.firmware_type, "uefi"), g->qemu_uid, g->qemu_gid, err)) < 0 ||
+            (r = seccomp_filter_load(g->cfg->security.seccomp, err)) < 0)
+                return r;
+        log_debug("seccomp filter: %s", seccomp_filter_mode_to_string(g->cfg->security.seccomp));
+        migrate_in_mark(g, "confined");
+        log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g->spec.name, g->spec.vcpus,
+                 g->spec.memory_mb, g->spec.firmware_type, g->tpm.present ? "vTPM" : "no vTPM");
+        if ((r = guest_start_children(g, err)) < 0) {
+                if (!g->incoming)
+                        guest_stop_children(g);
+                return r;
+        }
+        return 0;
+}
+
+int guest_incoming_setup(struct guest *g, const struct guest_run_opts *opts, const char *secret,
+                         const char *secret_id, vmsup_error **err) {
+        return start_guest(g, opts, NULL, NULL, NULL, secret, secret_id, err);
+}
+
+/* `run --incoming` up to the source: the guest's lock (another supervisor's is not an
+ * error yet: the source that comes hears it), what an earlier incoming migration left,
+ * the loop with signals and the control socket (`status` answers from now on), and the
+ * destination listening on the loop. */
+static int start_incoming(struct guest *g, const struct guest_run_opts *opts, const sigset_t *mask,
+                          bool *state_dir_made, bool *run_dir_made, vmsup_error **err) {
+        vmsup_error *lock_err = NULL;
+        int r;
+
+        g->lock_fd = guest_dirs_lock(&g->dirs, true, state_dir_made, &lock_err);
+        if (g->lock_fd >= 0) {
+                if ((r = migrate_in_clear_leftovers(g, err)) < 0)
+                        return r;
+                *run_dir_made = access(g->dirs.run, F_OK) < 0;
+                if ((r = mkdir_parents(g->dirs.run, 0711, err)) < 0 || (r = setup_loop(g, mask, err)) < 0)
+                        return r;
+        } else if ((r = guest_loop_open(g, mask, err)) < 0) {
+                /* the guest is another supervisor's: its control socket is not ours */
+                vmsup_error_free(lock_err);
+                return r;
+        }
+        guest_fd_reserve_fill(g);
+        /* the loop's signal source takes SIGTERM and SIGINT from here on */
+        closep(&g->cancel_fd);
+        return migrate_in_start(g, opts, lock_err, err);
+}
+
 static void teardown(struct guest *g) {
         while (g->conns) {
                 struct control_conn *c = g->conns;
@@ -236,6 +345,7 @@ static void teardown(struct guest *g) {
                 unlink(g->dirs.pidfile);
         /* every source goes before the fds it watches: a migration's, the sync's, the children's */
         migrate_out_free(g);
+        migrate_in_free(g); /* its sources too */
         g->sync_src = evloop_source_remove(g->sync_src);
         guest_child_forget(&g->qemu);
         guest_child_forget(&g->swtpm);
@@ -245,7 +355,6 @@ static void teardown(struct guest *g) {
         g->tpm_stop_err = vmsup_error_free(g->tpm_stop_err);
         g->seal_key = secmem_free(g->seal_key);
         g->migration_key = secmem_free(g->migration_key);
-        migrate_in_free(g);
         guest_fd_reserve_release(g);
         closep(&g->cancel_fd);
         closep(&g->lock_fd);
@@ -263,7 +372,7 @@ int guest_run(const struct guest_run_opts *opts) {
         vmsup_error *err = NULL;
         sigset_t mask, stop;
         char signame[16];
-        bool state_dir_made = false;
+        bool state_dir_made = false, run_dir_made = false;
         _cleanup_close_ int token_fd = opts->token_fd; /* ours: closed once the secret is read */
         int r, code;
 
@@ -297,77 +406,26 @@ int guest_run(const struct guest_run_opts *opts) {
             (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0) /* its paths only */
                 goto fail;
         log_set_guest(g.spec.uuid);
-        if (g.incoming && (r = migrate_in_receive(&g, opts, &err)) < 0)
-                goto fail;
-        /* before anything is made or fetched: an image naming files the spec does not */
-        if ((r = disk_images_check(&g.spec, &err)) < 0)
-                goto fail;
-        if ((r = tpm_rules_resolve(&g.spec, &g.tpm, &err)) < 0 || (r = check_host_offers(&g, &err)) < 0 ||
-            (r = resolve_programs(&g, &err)) < 0)
-                goto fail;
-        /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is
-         * made or changed before it is ours, so that a refused start or incoming
-         * migration leaves a guest that runs here as it was. */
-        g.lock_fd = guest_dirs_lock(&g.dirs, true, &state_dir_made, &err);
-        if (g.lock_fd < 0) {
-                r = g.lock_fd;
-                goto fail;
-        }
-        /* an incoming guest must be new here; a guest handed over to another host, or half
-         * received from one, must not start here */
-        if ((r = g.incoming ? migrate_in_claim(&g, &err) : guest_dirs_check_markers(&g.dirs, &err)) < 0)
-                goto fail;
-        migrate_in_mark(&g, "claimed");
-        if ((r = resolve_ids(&g, &err)) < 0 || (r = guest_dirs_prepare(&g.dirs, g.tpm_uid, g.tpm_gid, &err)) < 0 ||
-            (r = guest_dirs_write_pid(&g.dirs, &err)) < 0)
-                goto fail;
-        {
-                const char *text = NULL;
-                json_object *copy = json_object_from_file(opts->spec_path);
-
-                text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
-                r = text ? write_file_atomic(g.dirs.spec_copy, text, strlen(text), 0600, &err) : 0;
-                json_object_put(copy);
-                if (r < 0)
+        if (g.incoming) {
+                /* the loop runs from the start: the destination receives the guest on it
+                 * (migrate_in.c), and the guest, once it runs here, goes on on it */
+                closep(&token_fd); /* an incoming guest's secret comes from the source */
+                if ((r = start_incoming(&g, opts, &mask, &state_dir_made, &run_dir_made, &err)) < 0)
                         goto fail;
-        }
-        if (streq(g.spec.firmware_type, "uefi")) {
-                bool created;
-
-                if ((r = guest_dirs_ensure_vars(&g.dirs, g.cfg->qemu.ovmf_vars, opts->new_vars, &created, &err)) < 0)
+                code = event_loop(&g);
+                err = migrate_in_take_error(&g);
+                if (err) {
+                        r = -1;
                         goto fail;
-                if (created && !g.incoming)
-                        log_info("OVMF VARS %s from the template %s%s", g.dirs.vars, g.cfg->qemu.ovmf_vars,
-                                 opts->new_vars ? " (--new-vars)" : "");
+                }
+        } else {
+                if ((r = start_guest(&g, opts, &mask, &state_dir_made, &token_fd, NULL, NULL, &err)) < 0)
+                        goto fail;
+                /* started: from now on SIGTERM stops the guest (the loop's signal source) */
+                closep(&g.cancel_fd);
+                g.cancel_fd = -1;
+                code = event_loop(&g);
         }
-        if (g.tpm.present &&
-            (r = g.incoming ? migrate_in_secret(&g, &err) : tpm_open_sealed_state(&g, token_fd, &err)) < 0)
-                goto fail;
-        closep(&token_fd);
-        migrate_in_mark(&g, "secret kept, files ready");
-        if ((r = guest_start_check_cancel(&g, &err)) < 0 || (r = setup_loop(&g, &mask, &err)) < 0)
-                goto fail;
-        guest_fd_reserve_fill(&g);
-        /* Confinement (docs/security.md): QEMU's user gets its files; then the seccomp
-         * filter, before the first child starts, so that every child runs under it too. */
-        if ((r = confine_qemu_files(&g.dirs, streq(g.spec.firmware_type, "uefi"), g.qemu_uid, g.qemu_gid, &err)) < 0 ||
-            (r = seccomp_filter_load(g.cfg->security.seccomp, &err)) < 0)
-                goto fail;
-        log_debug("seccomp filter: %s", seccomp_filter_mode_to_string(g.cfg->security.seccomp));
-        migrate_in_mark(&g, "confined");
-        log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g.spec.name, g.spec.vcpus, g.spec.memory_mb,
-                 g.spec.firmware_type, g.tpm.present ? "vTPM" : "no vTPM");
-        if ((r = guest_start_children(&g, &err)) < 0) {
-                if (!g.incoming)
-                        guest_stop_children(&g);
-                goto fail;
-        }
-        /* started: from now on SIGTERM stops the guest (handle_signal) */
-        closep(&g.cancel_fd);
-        g.cancel_fd = -1;
-        if (g.incoming && (r = migrate_in_complete(&g, &err)) < 0)
-                goto fail;
-        code = event_loop(&g);
         guest_stop_children(&g);
         if (code == 0 && g.tpm_stop_err)
                 code = g.tpm_stop_err->exit_code; /* logged by guest_tpm_stop */
@@ -379,7 +437,15 @@ fail:
         if (g.incoming)
                 migrate_in_abort(&g, err); /* stops what runs, removes what it made */
         /* a state dir made only to take the lock (the start was refused before anything
-         * went into it) goes again; one with files in it stays */
+         * went into it) goes again; one with files in it stays; so does a run dir made
+         * for the control socket of an incoming migration that never claimed the guest */
+        if (run_dir_made && g.listen_fd >= 0) {
+                g.listen_src = evloop_source_remove(g.listen_src);
+                closep(&g.listen_fd);
+                g.listen_fd = -1;
+                unlink(g.dirs.control);
+                (void) rmdir(g.dirs.run);
+        }
         if (state_dir_made && g.lock_fd >= 0)
                 (void) rmdir(g.dirs.state);
         if (start_abandoned(&g, err, signame, sizeof(signame))) {

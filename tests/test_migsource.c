@@ -71,7 +71,7 @@ struct t {
         bool finished;
         enum migrate_outcome outcome;
         char why[1024];
-        int why_exit;
+        enum vmsup_err_kind why_kind;
         struct migrate_source_times times;
         int markers_written, markers_removed;
         char notes[16384];
@@ -377,7 +377,7 @@ static void cb_finished(void *userdata, enum migrate_outcome o, const vmsup_erro
         t->times = *times;
         if (why) {
                 snprintf(t->why, sizeof(t->why), "%s", why->msg);
-                t->why_exit = why->exit_code;
+                t->why_kind = why->kind;
         }
 }
 
@@ -512,13 +512,14 @@ static void run(void) {
         cr_assert_null(qemu_fail, "QEMU's script: %s (the source: %s)", qemu_fail, T.why);
 }
 
-static void expect_outcome(enum migrate_outcome o, int exit_code, const char *needle) {
+static void expect_outcome(enum migrate_outcome o, enum vmsup_err_kind kind, const char *needle) {
         static const char *const names[] = { "DONE", "ROLLED_BACK", "UNKNOWN" };
 
         cr_assert_eq(T.outcome, o, "outcome %s, not %s (%s)", names[T.outcome], names[o], T.why);
         if (needle) {
                 cr_assert_not_null(strstr(T.why, needle), "'%s' not in: %s", needle, T.why);
-                cr_assert_eq(T.why_exit, exit_code, "exit %d, not %d, for: %s", T.why_exit, exit_code, T.why);
+                cr_assert_eq(T.why_kind, kind, "kind %s, not %s, for: %s", vmsup_err_kind_to_string(T.why_kind),
+                             vmsup_err_kind_to_string(kind), T.why);
         }
 }
 
@@ -572,7 +573,7 @@ Test(migsource, success_to_done) {
 
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_DONE, 0, NULL);
+        expect_outcome(MIGRATE_DONE, VMSUP_ERR_OK, NULL);
         cr_assert_str_empty(T.why);
         cr_assert_eq(T.markers_written, 1);
         cr_assert_eq(T.markers_removed, 0);
@@ -600,7 +601,7 @@ Test(migsource, replaces_qemu_tls_object) {
         T.tls_added = true;
         start(qemu2, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_DONE, 0, NULL);
+        expect_outcome(MIGRATE_DONE, VMSUP_ERR_OK, NULL);
         cr_assert(T.tls_added);
 }
 
@@ -614,7 +615,7 @@ Test(migsource, abort_instead_of_hello) {
 
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 69, "the destination gave up: not expecting this guest");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_UNAVAILABLE, "the destination gave up: not expecting this guest");
         cr_assert_eq(T.markers_written, 0);
         cr_assert_str_eq(T.abort_text, "the destination gave up: not expecting this guest");
 }
@@ -627,7 +628,7 @@ Test(migsource, abort_instead_of_ready) {
 
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 69, "the destination gave up: disk full");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_UNAVAILABLE, "the destination gave up: disk full");
         cr_assert_str_eq(T.received, "HELLO PREPARE SECRET ABORT ");
 }
 
@@ -648,7 +649,7 @@ Test(migsource, abort_while_streaming_resumes_running_guest) {
         T.between = go_after_first_progress;
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 69, "the destination gave up: QEMU died here");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_UNAVAILABLE, "the destination gave up: QEMU died here");
         cr_assert_not_null(strstr(T.notes, "QEMU's migration connection shut down"), "%s", T.notes);
         cr_assert_not_null(strstr(T.notes, "the guest runs here again (it was postmigrate)"), "%s", T.notes);
 }
@@ -663,7 +664,7 @@ Test(migsource, abort_while_streaming_keeps_paused_guest_paused) {
         T.between = go_after_first_progress;
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 69, "the destination gave up: no");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_UNAVAILABLE, "the destination gave up: no");
 }
 
 /* QEMU completed: nothing to cancel; the destination's QEMU holds the disks until it is
@@ -677,7 +678,7 @@ Test(migsource, abort_instead_of_prepared_resumes_after_hangup) {
 
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 69, "the destination gave up: could not load the guest");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_UNAVAILABLE, "the destination gave up: could not load the guest");
         cr_assert_not_null(strstr(T.notes, "the guest runs here again"), "%s", T.notes);
         cr_assert_null(strstr(T.notes, "did not hang up"), "%s", T.notes);
 }
@@ -691,7 +692,7 @@ Test(migsource, abort_instead_of_prepared_waits_for_hangup) {
 
         start(qemu, peer, 1000);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 69, "the destination gave up: could not load the guest");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_UNAVAILABLE, "the destination gave up: could not load the guest");
         cr_assert_not_null(strstr(T.notes, "the destination did not hang up within 1 s of the ABORT"), "%s", T.notes);
 }
 
@@ -704,7 +705,7 @@ Test(migsource, abort_instead_of_prepared_keeps_paused_guest_paused) {
 
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 69, "the destination gave up: could not load the guest");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_UNAVAILABLE, "the destination gave up: could not load the guest");
 }
 
 /* ---- answer timeouts ---- */
@@ -716,7 +717,7 @@ Test(migsource, no_hello_within_answer_timeout) {
 
         start(qemu, peer, 1000);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 75, "no answer from the migration peer within 1 s (waiting for HELLO)");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_BUSY, "no answer from the migration peer within 1 s (waiting for HELLO)");
         cr_assert_str_eq(T.received, "HELLO ABORT ");
 }
 
@@ -727,7 +728,7 @@ Test(migsource, no_ready_within_answer_timeout) {
 
         start(qemu, peer, 1000);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 75, "(waiting for READY)");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_BUSY, "(waiting for READY)");
         cr_assert_not_null(strstr(T.abort_text, "(waiting for READY)"), "%s", T.abort_text);
 }
 
@@ -739,7 +740,7 @@ Test(migsource, no_prepared_within_answer_timeout) {
 
         start(qemu, peer, 1000);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 75, "(waiting for PREPARED)");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_BUSY, "(waiting for PREPARED)");
         cr_assert_eq(T.markers_written, 0);
 }
 
@@ -750,7 +751,7 @@ Test(migsource, silent_destination_times_out_in_handshake) {
 
         start(qemu, NULL, 1000);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 75, "TLS handshake with " DEST);
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_BUSY, "TLS handshake with " DEST);
         cr_assert_not_null(strstr(T.why, "no answer within 1 s"), "%s", T.why);
 }
 
@@ -766,7 +767,7 @@ Test(migsource, qemu_migration_failed) {
 
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 69, "QEMU's migration failed: Unable to write to socket");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_UNAVAILABLE, "QEMU's migration failed: Unable to write to socket");
         cr_assert_str_eq(T.abort_text, "QEMU's migration failed: Unable to write to socket");
 }
 
@@ -781,7 +782,7 @@ Test(migsource, qemu_migration_cancelled_resumes_paused_guest) {
 
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 69, "QEMU's migration cancelled: no reason given");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_UNAVAILABLE, "QEMU's migration cancelled: no reason given");
 }
 
 Test(migsource, qemu_exits_while_streaming) {
@@ -791,7 +792,7 @@ Test(migsource, qemu_exits_while_streaming) {
 
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 1, "QEMU ended during the migration");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_FAILED, "QEMU ended during the migration");
 }
 
 Test(migsource, whole_migration_timeout) {
@@ -802,7 +803,7 @@ Test(migsource, whole_migration_timeout) {
         T.timeout_s = 1;
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 75, "the migration did not complete within 1 s");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_BUSY, "the migration did not complete within 1 s");
 }
 
 /* ---- signals ---- */
@@ -823,7 +824,7 @@ Test(migsource, signal_before_commit_cancels) {
         T.between = interrupt_while_streaming;
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 75,
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_BUSY,
                        "cancelled: the source's supervisor got SIGTERM; the guest stays on the source, which stops it");
         cr_assert_eq(T.markers_written, 0);
 }
@@ -843,7 +844,7 @@ Test(migsource, signal_in_handshake_cancels) {
         T.between = interrupt_while_connecting;
         start(qemu, NULL, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 75, "cancelled: the source's supervisor got SIGINT");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_BUSY, "cancelled: the source's supervisor got SIGINT");
 }
 
 static void interrupt_after_commit(struct t *t) {
@@ -865,7 +866,7 @@ Test(migsource, signal_after_commit_does_not_cancel) {
         start(qemu, peer, LONG_MS);
         run();
         cr_assert_eq(T.step, 1);
-        expect_outcome(MIGRATE_DONE, 0, NULL);
+        expect_outcome(MIGRATE_DONE, VMSUP_ERR_OK, NULL);
         cr_assert(T.committed);
 }
 
@@ -912,7 +913,7 @@ Test(migsource, abort_after_commit_rolls_back) {
 
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 69, "the destination gave up: cont failed");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_UNAVAILABLE, "the destination gave up: cont failed");
         cr_assert_eq(T.markers_written, 1);
         cr_assert_eq(T.markers_removed, 1);
         cr_assert(!T.committed);
@@ -928,7 +929,7 @@ Test(migsource, marker_failure_rolls_back_before_commit) {
         T.fail_marker = true;
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_ROLLED_BACK, 73, "record the hand-over");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_CANT_CREATE, "record the hand-over");
         cr_assert_eq(T.markers_removed, 0);
 }
 
@@ -950,7 +951,7 @@ Test(migsource, done_send_failure_is_still_done) {
         T.between = reset_after_commit;
         start(qemu, peer, LONG_MS);
         run();
-        expect_outcome(MIGRATE_DONE, 0, NULL);
+        expect_outcome(MIGRATE_DONE, VMSUP_ERR_OK, NULL);
         cr_assert_not_null(strstr(T.notes, "send DONE to the destination"), "%s", T.notes);
         cr_assert_not_null(strstr(T.notes, "its hand-over stays unconfirmed there"), "%s", T.notes);
         cr_assert_eq(T.markers_removed, 0);
@@ -976,6 +977,6 @@ Test(migsource, second_signal_ends_the_wait_for_the_hangup) {
         start(qemu, peer, LONG_MS);
         run();
         cr_assert_eq(T.step, 2);
-        expect_outcome(MIGRATE_ROLLED_BACK, 75, "cancelled: the source's supervisor got SIGTERM");
+        expect_outcome(MIGRATE_ROLLED_BACK, VMSUP_ERR_BUSY, "cancelled: the source's supervisor got SIGTERM");
         cr_assert_null(strstr(T.notes, "did not hang up"), "%s", T.notes);
 }
