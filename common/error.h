@@ -26,29 +26,9 @@ enum vmsup_err_kind {
         VMSUP_ERR_KIND_MAX,
 };
 
-/* TEMPORARY aliases, for the call sites not converted yet (issue 15): each old exit-code
- * name is its kind. They go once `sed` renamed the remaining uses; use the kinds. */
-#define VMSUP_EX_OK VMSUP_ERR_OK
-#define VMSUP_EX_FAILURE VMSUP_ERR_FAILED
-#define VMSUP_EX_USAGE VMSUP_ERR_USAGE
-#define VMSUP_EX_DATAERR VMSUP_ERR_DATA
-#define VMSUP_EX_NOINPUT VMSUP_ERR_NOT_FOUND
-#define VMSUP_EX_UNAVAILABLE VMSUP_ERR_UNAVAILABLE
-#define VMSUP_EX_SOFTWARE VMSUP_ERR_INTERNAL
-#define VMSUP_EX_OSERR VMSUP_ERR_SYSTEM
-#define VMSUP_EX_CANTCREAT VMSUP_ERR_CANT_CREATE
-#define VMSUP_EX_IOERR VMSUP_ERR_IO
-#define VMSUP_EX_TEMPFAIL VMSUP_ERR_BUSY
-#define VMSUP_EX_NOPERM VMSUP_ERR_DENIED
-#define VMSUP_EX_CONFIG VMSUP_ERR_CONFIG
-/* end of the TEMPORARY aliases */
-
 typedef struct vmsup_error {
         int errnum; /* errno-style cause, 0 when none */
-        union {
-                enum vmsup_err_kind kind;
-                int exit_code; /* TEMPORARY alias of kind (issue 15), for unconverted code */
-        };
+        enum vmsup_err_kind kind;
         char *msg;
 } vmsup_error;
 

@@ -60,10 +60,10 @@ int evloop_new(struct evloop **ret, vmsup_error **err) {
         _cleanup_free_ struct evloop *l = calloc(1, sizeof(*l));
 
         if (!l)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "event loop");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "event loop");
         l->epfd = epoll_create1(EPOLL_CLOEXEC);
         if (l->epfd < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "event loop: epoll_create1");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "event loop: epoll_create1");
         sigemptyset(&l->signals);
         *ret = TAKE_PTR(l);
         return 0;
@@ -220,16 +220,16 @@ int evloop_add_io(struct evloop *l, int fd, uint32_t events, evloop_io_fn cb, vo
         int r;
 
         if (fd < 0 || !cb)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "watch fd %d: bad fd or no callback", fd);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "watch fd %d: bad fd or no callback", fd);
         s = source_new(l, SOURCE_IO, userdata);
         if (!s)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "watch fd %d", fd);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "watch fd %d", fd);
         s->fd = fd;
         s->cb.io = cb;
         s->events = events;
         if (events && (r = watch(s, events)) < 0) {
                 free(s);
-                return vmsup_fail(err, VMSUP_EX_OSERR, -r, "watch fd %d: epoll_ctl", fd);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, -r, "watch fd %d: epoll_ctl", fd);
         }
         return source_publish(s, ret);
 }
@@ -238,7 +238,7 @@ int evloop_io_set_events(struct evloop_source *s, uint32_t events, vmsup_error *
         int r;
 
         if (s->kind != SOURCE_IO || s->dead)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "change the events of a source that is no fd source");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "change the events of a source that is no fd source");
         if (events == s->events && (s->in_epoll || !events))
                 return 0;
         if (!events) {
@@ -248,7 +248,7 @@ int evloop_io_set_events(struct evloop_source *s, uint32_t events, vmsup_error *
         }
         r = watch(s, events);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, -r, "watch fd %d for events 0x%x: epoll_ctl", s->fd, events);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, -r, "watch fd %d for events 0x%x: epoll_ctl", s->fd, events);
         s->events = events;
         return 0;
 }
@@ -260,38 +260,38 @@ int evloop_add_signal(struct evloop *l, const sigset_t *set, evloop_signal_fn cb
         int r;
 
         if (!cb)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "watch signals: no callback");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "watch signals: no callback");
         for (int sig = 1; sig < NSIG; sig++) {
                 if (!sigismember(set, sig))
                         continue;
                 if (sig == SIGKILL || sig == SIGSTOP)
-                        return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "watch SIG%s: it cannot be caught",
+                        return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "watch SIG%s: it cannot be caught",
                                           sigabbrev_np(sig));
                 if (sigismember(&l->signals, sig))
-                        return vmsup_fail(err, VMSUP_EX_SOFTWARE, EEXIST, "watch SIG%s: another source has it",
+                        return vmsup_fail(err, VMSUP_ERR_INTERNAL, EEXIST, "watch SIG%s: another source has it",
                                           sigabbrev_np(sig) ?: "?");
                 any = true;
         }
         if (!any)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "watch signals: the set is empty");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "watch signals: the set is empty");
         s = source_new(l, SOURCE_SIGNAL, userdata);
         if (!s)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "watch signals");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "watch signals");
         s->signals = *set;
         s->cb.signal = cb;
         /* blocked first: one arriving between the two calls then waits in the signalfd */
         if (sigprocmask(SIG_BLOCK, set, NULL) < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "watch signals: sigprocmask");
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "watch signals: sigprocmask");
                 goto fail;
         }
         s->fd = signalfd(-1, set, SFD_CLOEXEC | SFD_NONBLOCK);
         if (s->fd < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "watch signals: signalfd");
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "watch signals: signalfd");
                 goto fail;
         }
         r = watch(s, EPOLLIN);
         if (r < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, -r, "watch signals: epoll_ctl");
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, -r, "watch signals: epoll_ctl");
                 goto fail;
         }
         for (int sig = 1; sig < NSIG; sig++)
@@ -309,20 +309,20 @@ int evloop_add_child(struct evloop *l, pid_t pid, evloop_child_fn cb, void *user
         int r;
 
         if (pid <= 0 || !cb)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "watch child %d: bad pid or no callback", (int) pid);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "watch child %d: bad pid or no callback", (int) pid);
         s = source_new(l, SOURCE_CHILD, userdata);
         if (!s)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "watch child %d", (int) pid);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "watch child %d", (int) pid);
         s->pid = pid;
         s->cb.child = cb;
         s->fd = (int) syscall(SYS_pidfd_open, pid, 0); /* pidfds are always close-on-exec */
         if (s->fd < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "watch child %d: pidfd_open", (int) pid);
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "watch child %d: pidfd_open", (int) pid);
                 goto fail;
         }
         r = watch(s, EPOLLIN);
         if (r < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, -r, "watch child %d: epoll_ctl", (int) pid);
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, -r, "watch child %d: epoll_ctl", (int) pid);
                 goto fail;
         }
         return source_publish(s, ret);
@@ -336,18 +336,18 @@ int evloop_add_timer(struct evloop *l, long deadline_ms, evloop_timer_fn cb, voi
         struct evloop_source *s;
 
         if (!cb)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "add a timer: no callback");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "add a timer: no callback");
         if (l->n_timers == l->due_size) {
                 struct due_timer *due = reallocarray(l->due, l->due_size + 64, sizeof(*due));
 
                 if (!due)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "add a timer");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "add a timer");
                 l->due = due;
                 l->due_size += 64;
         }
         s = source_new(l, SOURCE_TIMER, userdata);
         if (!s)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "add a timer");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "add a timer");
         s->cb.timer = cb;
         l->n_timers++;
         if (deadline_ms >= 0)
@@ -459,15 +459,15 @@ int evloop_iterate(struct evloop *l, int max_wait_ms, vmsup_error **err) {
         int n, ran = 0, timeout;
 
         if (l->dispatching)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EDEADLK, "event loop: iterated from inside its own callback");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EDEADLK, "event loop: iterated from inside its own callback");
         timeout = wait_ms(l, max_wait_ms);
         if (timeout < 0 && l->n_watched == 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EDEADLK,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EDEADLK,
                                   "event loop: nothing to wait for (no fd, signal or child source, no armed timer)");
         n = epoll_wait(l->epfd, evs, (int) ARRAY_SIZE(evs), timeout);
         if (n < 0) {
                 if (errno != EINTR)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "event loop: epoll_wait");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "event loop: epoll_wait");
                 n = 0;
         }
         l->dispatching = true;
@@ -487,7 +487,7 @@ int evloop_iterate(struct evloop *l, int max_wait_ms, vmsup_error **err) {
 
 int evloop_run(struct evloop *l, int *ret_code, vmsup_error **err) {
         if (l->dispatching)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EDEADLK, "event loop: run from inside its own callback");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EDEADLK, "event loop: run from inside its own callback");
         while (!l->exit_requested) {
                 int r = evloop_iterate(l, -1, err);
 

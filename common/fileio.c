@@ -57,27 +57,27 @@ int file_write_atomic_at(int dirfd, const char *dir, const char *name, const voi
 
         fd = create_temp(dirfd, name, mode, tmp, sizeof(tmp));
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, -fd, "create a temp file for '%s/%s'", dir, name);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, -fd, "create a temp file for '%s/%s'", dir, name);
         r = write_all(fd, data, len);
         if (r < 0) {
                 unlinkat(dirfd, tmp, 0);
-                return vmsup_fail(err, VMSUP_EX_IOERR, -r, "write '%s/%s'", dir, tmp);
+                return vmsup_fail(err, VMSUP_ERR_IO, -r, "write '%s/%s'", dir, tmp);
         }
         /* fchmod: the umask may have narrowed mode; fsync before the rename, or a crash
          * could leave the new name pointing at an empty or partial file. */
         if (fchmod(fd, mode) < 0 || fsync(fd) < 0) {
                 r = errno;
                 unlinkat(dirfd, tmp, 0);
-                return vmsup_fail(err, VMSUP_EX_IOERR, r, "sync '%s/%s'", dir, tmp);
+                return vmsup_fail(err, VMSUP_ERR_IO, r, "sync '%s/%s'", dir, tmp);
         }
         if (renameat(dirfd, tmp, dirfd, name) < 0) {
                 r = errno;
                 unlinkat(dirfd, tmp, 0);
-                return vmsup_fail(err, VMSUP_EX_IOERR, r, "rename '%s/%s' to '%s'", dir, tmp, name);
+                return vmsup_fail(err, VMSUP_ERR_IO, r, "rename '%s/%s' to '%s'", dir, tmp, name);
         }
         /* The rename itself is durable only once the directory is. */
         if (fsync(dirfd) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "sync the directory '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "sync the directory '%s'", dir);
         return 0;
 }
 
@@ -87,11 +87,11 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
         const char *dir;
 
         if (!dircopy || !basecopy)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "write '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "write '%s'", path);
         dir = dirname(dircopy);
         dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "open the directory of '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "open the directory of '%s'", path);
         return file_write_atomic_at(dfd, dir, basename(basecopy), data, len, mode, err);
 }
 
@@ -104,19 +104,19 @@ int file_read_at(int dirfd, const char *dir, const char *name, size_t max, bool 
 
         fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
-                return vmsup_fail(err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_IOERR, errno, "open '%s/%s'", dir,
+                return vmsup_fail(err, errno == ENOENT ? VMSUP_ERR_NOT_FOUND : VMSUP_ERR_IO, errno, "open '%s/%s'", dir,
                                   name);
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s/%s'", dir, name);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat '%s/%s'", dir, name);
         if (!S_ISREG(st.st_mode))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "'%s/%s' is not a regular file", dir, name);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "'%s/%s' is not a regular file", dir, name);
         if ((uintmax_t) st.st_size > max)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "'%s/%s' is %jd bytes, more than the %zu expected at most",
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "'%s/%s' is %jd bytes, more than the %zu expected at most",
                                   dir, name, (intmax_t) st.st_size, max);
         len = (size_t) st.st_size;
         buf = secret ? secmem_alloc(len) : malloc(len ? len : 1);
         if (!buf)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read '%s/%s'", dir, name);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "read '%s/%s'", dir, name);
         while (done < len) {
                 ssize_t n = read(fd, buf + done, len - done);
 
@@ -129,7 +129,7 @@ int file_read_at(int dirfd, const char *dir, const char *name, size_t max, bool 
                                 secmem_free(buf);
                         else
                                 free(buf);
-                        return vmsup_fail(err, VMSUP_EX_IOERR, e, "read '%s/%s'", dir, name);
+                        return vmsup_fail(err, VMSUP_ERR_IO, e, "read '%s/%s'", dir, name);
                 }
                 done += (size_t) n;
         }
@@ -142,16 +142,16 @@ int mkdir_parents(const char *path, mode_t mode, vmsup_error **err) {
         _cleanup_free_ char *copy = strdup(path);
 
         if (!copy)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "mkdir '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "mkdir '%s'", path);
         for (char *p = copy + 1; *p; p++) {
                 if (*p != '/')
                         continue;
                 *p = '\0';
                 if (mkdir(copy, mode) < 0 && errno != EEXIST)
-                        return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create directory '%s'", copy);
+                        return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "create directory '%s'", copy);
                 *p = '/';
         }
         if (mkdir(copy, mode) < 0 && errno != EEXIST)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create directory '%s'", copy);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "create directory '%s'", copy);
         return 0;
 }

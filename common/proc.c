@@ -23,12 +23,12 @@ char *proc_find_executable(const char *name, vmsup_error **err) {
         char *saveptr = NULL, *dir;
 
         if (!name || !*name) {
-                vmsup_fail(err, VMSUP_EX_CONFIG, 0, "empty program name");
+                vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "empty program name");
                 return NULL;
         }
         if (strchr(name, '/')) {
                 if (access(name, X_OK) < 0) {
-                        vmsup_fail(err, VMSUP_EX_UNAVAILABLE, errno, "program '%s' is not executable", name);
+                        vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, errno, "program '%s' is not executable", name);
                         return NULL;
                 }
                 return strdup(name);
@@ -36,7 +36,7 @@ char *proc_find_executable(const char *name, vmsup_error **err) {
         search = getenv("PATH");
         path = strdup(search && *search ? search : "/usr/sbin:/usr/bin:/sbin:/bin");
         if (!path) {
-                vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "find '%s'", name);
+                vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "find '%s'", name);
                 return NULL;
         }
         for (dir = strtok_r(path, ":", &saveptr); dir; dir = strtok_r(NULL, ":", &saveptr)) {
@@ -48,7 +48,7 @@ char *proc_find_executable(const char *name, vmsup_error **err) {
                         return candidate;
                 free(candidate);
         }
-        vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "program '%s' was not found in PATH", name);
+        vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "program '%s' was not found in PATH", name);
         return NULL;
 }
 
@@ -121,12 +121,12 @@ int proc_run_capture_cancel(char *const argv[], char *const envp[], int timeout_
         int r = 0, status = 0;
 
         if (pipe2(outp, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "run '%s': pipe", argv[0]);
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "run '%s': pipe", argv[0]);
                 goto out_close;
         }
         pid = fork();
         if (pid < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "run '%s': fork", argv[0]);
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "run '%s': fork", argv[0]);
                 goto out_close;
         }
         if (pid == 0) {
@@ -154,18 +154,18 @@ int proc_run_capture_cancel(char *const argv[], char *const envp[], int timeout_
 
                 if (left <= 0) {
                         kill_group(pid);
-                        r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "'%s' did not finish within %d ms",
+                        r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "'%s' did not finish within %d ms",
                                        argv[0], timeout_ms);
                         goto out_close;
                 }
                 n = poll(pfd, 4, (int) left);
                 if (n > 0 && pfd[3].revents) {
                         kill_group(pid);
-                        r = vmsup_fail(err, VMSUP_EX_TEMPFAIL, ECANCELED, "'%s' abandoned", argv[0]);
+                        r = vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "'%s' abandoned", argv[0]);
                         goto out_close;
                 }
                 if (n < 0 && errno != EINTR) {
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "run '%s': poll", argv[0]);
+                        r = vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "run '%s': poll", argv[0]);
                         kill(pid, SIGKILL);
                         waitpid(pid, NULL, 0);
                         goto out_close;
@@ -196,7 +196,7 @@ int proc_run_capture_cancel(char *const argv[], char *const envp[], int timeout_
                                    max_output, buf, (size_t) got) < 0) {
                                 kill(pid, SIGKILL);
                                 waitpid(pid, NULL, 0);
-                                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                                r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                                "'%s' printed more than %zu bytes", argv[0], max_output);
                                 goto out_close;
                         }
@@ -204,7 +204,7 @@ int proc_run_capture_cancel(char *const argv[], char *const envp[], int timeout_
         }
         while (!reaped && waitpid(pid, &status, 0) < 0) {
                 if (errno != EINTR) {
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for '%s'", argv[0]);
+                        r = vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "wait for '%s'", argv[0]);
                         goto out_close;
                 }
         }
@@ -262,16 +262,16 @@ int proc_spawn(const struct proc_spawn_opts *o, pid_t *ret_pid, int *ret_pidfd, 
 
         for (size_t i = 0; i < o->n_fds; i++) {
                 if (o->fds[i].child_fd <= 2 || o->fds[i].child_fd > 1000)
-                        return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "spawn '%s': bad child fd %d", o->argv[0],
+                        return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "spawn '%s': bad child fd %d", o->argv[0],
                                           o->fds[i].child_fd);
                 if (o->fds[i].child_fd > max_child_fd)
                         max_child_fd = o->fds[i].child_fd;
         }
         devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
         if (devnull < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "spawn '%s': open /dev/null", o->argv[0]);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "spawn '%s': open /dev/null", o->argv[0]);
         if (pipe2(report, O_CLOEXEC) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "spawn '%s': pipe", o->argv[0]);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "spawn '%s': pipe", o->argv[0]);
 
         pid = fork();
         if (pid < 0) {
@@ -279,7 +279,7 @@ int proc_spawn(const struct proc_spawn_opts *o, pid_t *ret_pid, int *ret_pidfd, 
 
                 close(report[0]);
                 close(report[1]);
-                return vmsup_fail(err, VMSUP_EX_OSERR, e, "spawn '%s': fork", o->argv[0]);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "spawn '%s': fork", o->argv[0]);
         }
         if (pid == 0) {
                 int std[3] = { o->stdin_fd, o->stdout_fd, o->stderr_fd };
@@ -355,7 +355,7 @@ int proc_spawn(const struct proc_spawn_opts *o, pid_t *ret_pid, int *ret_pidfd, 
         close(report[0]);
         if (n > 0) {
                 waitpid(pid, NULL, 0);
-                return vmsup_fail(err, child_errno == ENOENT ? VMSUP_EX_UNAVAILABLE : VMSUP_EX_OSERR, child_errno,
+                return vmsup_fail(err, child_errno == ENOENT ? VMSUP_ERR_UNAVAILABLE : VMSUP_ERR_SYSTEM, child_errno,
                                   "start '%s'", o->argv[0]);
         }
         if (ret_pidfd) {
@@ -367,7 +367,7 @@ int proc_spawn(const struct proc_spawn_opts *o, pid_t *ret_pid, int *ret_pidfd, 
 
                         kill(pid, SIGKILL);
                         waitpid(pid, NULL, 0);
-                        return vmsup_fail(err, VMSUP_EX_OSERR, e, "pidfd_open for '%s'", o->argv[0]);
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "pidfd_open for '%s'", o->argv[0]);
                 }
                 *ret_pidfd = pidfd;
         }

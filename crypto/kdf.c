@@ -24,12 +24,12 @@ int kdf_check_passphrase(const void *passphrase, size_t len, vmsup_error **err) 
         const unsigned char *p = passphrase;
 
         if (len == 0 || len > KDF_PASSPHRASE_MAX)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "vTPM passphrase: %zu bytes long, expected 1 to %d", len,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "vTPM passphrase: %zu bytes long, expected 1 to %d", len,
                                   KDF_PASSPHRASE_MAX);
         for (size_t i = 0; i < len; i++)
                 if (p[i] < 0x20 || p[i] > 0x7e)
                         /* The offset only: the byte itself is part of the secret. */
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                           "vTPM passphrase: the byte at offset %zu is not printable ASCII "
                                           "(Nova's passphrase is base64)",
                                           i);
@@ -57,9 +57,9 @@ int kdf_derive_key(const void *passphrase, size_t len, const char *uuid, enum kd
         int r;
 
         if (!label)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "derive a key: unknown use %d", (int) use);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "derive a key: unknown use %d", (int) use);
         if (!uuid_is_valid(uuid))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "derive a key: '%s' is not a lower-case uuid", uuid);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "derive a key: '%s' is not a lower-case uuid", uuid);
         r = kdf_check_passphrase(passphrase, len, err);
         if (r < 0)
                 return r;
@@ -67,13 +67,13 @@ int kdf_derive_key(const void *passphrase, size_t len, const char *uuid, enum kd
         prk = secmem_alloc(32);
         key = secmem_alloc(KDF_KEY_LEN);
         if (!prk || !key)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "derive the %s key", label);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "derive the %s key", label);
 
         ikm.data = (unsigned char *) passphrase;
         ikm.size = (unsigned) len;
         r = gnutls_hkdf_extract(GNUTLS_MAC_SHA256, &ikm, &salt, prk);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "derive the %s key: HKDF extract: %s", label,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "derive the %s key: HKDF extract: %s", label,
                                   gnutls_strerror(r));
 
         llen = strlen(label);
@@ -86,7 +86,7 @@ int kdf_derive_key(const void *passphrase, size_t len, const char *uuid, enum kd
         ikm.size = 32;
         r = gnutls_hkdf_expand(GNUTLS_MAC_SHA256, &ikm, &inf, key, KDF_KEY_LEN);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "derive the %s key: HKDF expand: %s", label,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "derive the %s key: HKDF expand: %s", label,
                                   gnutls_strerror(r));
         *ret_key = TAKE_PTR(key);
         return 0;

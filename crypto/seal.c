@@ -60,12 +60,12 @@ size_t seal_overhead(const char *name) {
 
 static int check_args(const uint8_t *key, const char *uuid, const char *name, vmsup_error **err) {
         if (!key)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "seal '%s': no key", name ? name : "");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "seal '%s': no key", name ? name : "");
         if (!uuid_is_valid(uuid))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "seal '%s': '%s' is not a lower-case uuid", name ? name : "",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "seal '%s': '%s' is not a lower-case uuid", name ? name : "",
                                   uuid ? uuid : "");
         if (!seal_name_is_valid(name))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "seal: '%s' is not a valid sealed file name",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "seal: '%s' is not a valid sealed file name",
                                   name ? name : "");
         return 0;
 }
@@ -89,10 +89,10 @@ int seal_buffer(const uint8_t *key, const char *uuid, const char *name, uint64_t
         nlen = strlen(name);
         hdr = HDR_LEN(nlen);
         if (len > SEAL_FILE_MAX - hdr - SEAL_TAG_LEN)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EFBIG, "seal '%s' (%zu bytes)", name, len);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EFBIG, "seal '%s' (%zu bytes)", name, len);
         out = malloc(hdr + len + SEAL_TAG_LEN);
         if (!out)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "seal '%s'", name);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "seal '%s'", name);
 
         memcpy(out, SEAL_MAGIC, 8);
         put_be16(out + OFF_VERSION, SEAL_FORMAT_VERSION);
@@ -104,17 +104,17 @@ int seal_buffer(const uint8_t *key, const char *uuid, const char *name, uint64_t
          * ever reused, and 96 random bits stay safe far beyond the writes a TPM makes. */
         r = gnutls_rnd(GNUTLS_RND_NONCE, out + OFF_NAME + nlen + 8, SEAL_NONCE_LEN);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "seal '%s': random nonce: %s", name, gnutls_strerror(r));
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "seal '%s': random nonce: %s", name, gnutls_strerror(r));
 
         r = aead_init(&h, key);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "seal '%s': AES-256-GCM: %s", name, gnutls_strerror(r));
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "seal '%s': AES-256-GCM: %s", name, gnutls_strerror(r));
         ctext_len = len + SEAL_TAG_LEN;
         r = gnutls_aead_cipher_encrypt(h, out + OFF_NAME + nlen + 8, SEAL_NONCE_LEN, out, hdr, SEAL_TAG_LEN,
                                        plaintext, len, out + hdr, &ctext_len);
         gnutls_aead_cipher_deinit(h);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "seal '%s': encrypt: %s", name, gnutls_strerror(r));
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "seal '%s': encrypt: %s", name, gnutls_strerror(r));
 
         *ret_len = hdr + ctext_len;
         *ret_sealed = TAKE_PTR(out);
@@ -151,17 +151,17 @@ static int open_buffer(const uint8_t *key, const char *uuid, const char *name, c
                 return r;
 
         if (len > 0 && memcmp(data, SEAL_MAGIC, len < 8 ? len : 8) != 0)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "open sealed state '%s': not a vmsup sealed file (bad magic)",
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "open sealed state '%s': not a vmsup sealed file (bad magic)",
                                   what);
         if (len < OFF_NAME)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "open sealed state '%s': truncated (%zu bytes)", what, len);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "open sealed state '%s': truncated (%zu bytes)", what, len);
         if (get_be16(data + OFF_VERSION) != SEAL_FORMAT_VERSION)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "open sealed state '%s': format version %u is not supported",
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "open sealed state '%s': format version %u is not supported",
                                   what, get_be16(data + OFF_VERSION));
         nlen = get_be16(data + OFF_NAMELEN);
         hdr = HDR_LEN(nlen);
         if (len < hdr + SEAL_TAG_LEN)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "open sealed state '%s': truncated (%zu bytes)", what, len);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "open sealed state '%s': truncated (%zu bytes)", what, len);
 
         uuid_differs = memcmp(data + OFF_UUID, uuid, UUID_LEN) != 0;
         name_differs = nlen != strlen(name) || memcmp(data + OFF_NAME, name, nlen) != 0;
@@ -169,10 +169,10 @@ static int open_buffer(const uint8_t *key, const char *uuid, const char *name, c
         plen = len - hdr - SEAL_TAG_LEN;
         plain = secmem_alloc(plen);
         if (!plain)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "open sealed state '%s'", what);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "open sealed state '%s'", what);
         r = aead_init(&h, key);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "open sealed state '%s': AES-256-GCM: %s", what,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "open sealed state '%s': AES-256-GCM: %s", what,
                                   gnutls_strerror(r));
         r = gnutls_aead_cipher_decrypt(h, data + OFF_NAME + nlen + 8, SEAL_NONCE_LEN, data, hdr, SEAL_TAG_LEN,
                                        data + hdr, len - hdr, plain, &plen);
@@ -183,28 +183,28 @@ static int open_buffer(const uint8_t *key, const char *uuid, const char *name, c
                  * differs from the expected one is the likeliest story (a file copied from
                  * another guest, whose key differs, or renamed), so say so, as a claim. */
                 if (uuid_differs)
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                           "open sealed state '%s': sealed for guest %s, not %s (so says its header, "
                                           "which failed authentication)",
                                           what, printable_uuid(data + OFF_UUID, got_uuid), uuid);
                 if (name_differs)
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                           "open sealed state '%s': sealed as '%s', not '%s' (so says its header, "
                                           "which failed authentication)",
                                           what, printable_name(data + OFF_NAME, nlen, got_name), name);
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "open sealed state '%s': authentication failed (wrong key or altered file)", what);
         }
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "open sealed state '%s': decrypt: %s", what,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "open sealed state '%s': decrypt: %s", what,
                                   gnutls_strerror(r));
         /* Authenticated: the header is what our key sealed. A differing uuid or name is
          * then a fact (two guests sharing a passphrase, or a file renamed). */
         if (uuid_differs)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "open sealed state '%s': sealed for guest %s, not %s", what,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "open sealed state '%s': sealed for guest %s, not %s", what,
                                   printable_uuid(data + OFF_UUID, got_uuid), uuid);
         if (name_differs)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "open sealed state '%s': sealed as '%s', not '%s'", what,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "open sealed state '%s': sealed as '%s', not '%s'", what,
                                   printable_name(data + OFF_NAME, nlen, got_name), name);
 
         *ret_generation = get_be64(data + OFF_NAME + nlen);
@@ -250,7 +250,7 @@ int seal_file_read(const struct seal_dir *d, const char *name, uint64_t min_gene
                 return r;
         snprintf(fname, sizeof(fname), "%s" SEAL_SUFFIX, name);
         if (asprintf(&path, "%s/%s", d->path, fname) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "open sealed state '%s'", fname);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "open sealed state '%s'", fname);
         r = file_read_at(d->dirfd, d->path, fname, SEAL_FILE_MAX, false, (void **) &data, &len, err);
         if (r < 0)
                 return r;
@@ -258,7 +258,7 @@ int seal_file_read(const struct seal_dir *d, const char *name, uint64_t min_gene
         if (r < 0)
                 return r;
         if (gen < min_generation)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "open sealed state '%s': older generation %" PRIu64
                                   " put back (expected at least %" PRIu64 ")",
                                   path, gen, min_generation);
@@ -300,7 +300,7 @@ int seal_manifest_raise(struct seal_manifest *m, const char *name, uint64_t gene
         char *copy;
 
         if (!seal_name_is_valid(name) || streq(name, SEAL_MANIFEST_NAME))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "manifest: '%s' is not a sealed state file name",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "manifest: '%s' is not a sealed state file name",
                                   name ? name : "");
         if (e) {
                 if (generation > e->generation)
@@ -311,7 +311,7 @@ int seal_manifest_raise(struct seal_manifest *m, const char *name, uint64_t gene
         grown = copy ? realloc(m->entries, (m->n + 1) * sizeof(*grown)) : NULL;
         if (!grown) {
                 free(copy);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "manifest: record '%s'", name);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "manifest: record '%s'", name);
         }
         m->entries = grown;
         m->entries[m->n++] = (struct seal_manifest_entry) { .name = copy, .generation = generation };
@@ -323,7 +323,7 @@ static int manifest_parse(const char *what, const uint8_t *p, size_t len, struct
         size_t pos = strlen(MANIFEST_FIRST_LINE), line = 1;
 
         if (len < pos || memcmp(p, MANIFEST_FIRST_LINE, pos) != 0)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "manifest '%s': not a vmsup manifest of version 1", what);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "manifest '%s': not a vmsup manifest of version 1", what);
         while (pos < len) {
                 const uint8_t *nl = memchr(p + pos, '\n', len - pos);
                 char buf[24 + SEAL_NAME_MAX + 2], *sp, *end;
@@ -334,18 +334,18 @@ static int manifest_parse(const char *what, const uint8_t *p, size_t len, struct
                 line++;
                 ll = nl ? (size_t) (nl - (p + pos)) : 0;
                 if (!nl || ll >= sizeof(buf))
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "manifest '%s': line %zu is malformed", what, line);
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "manifest '%s': line %zu is malformed", what, line);
                 memcpy(buf, p + pos, ll);
                 buf[ll] = 0;
                 pos += ll + 1;
                 sp = strchr(buf, ' ');
                 if (!sp || sp == buf || buf[0] < '0' || buf[0] > '9')
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "manifest '%s': line %zu is malformed", what, line);
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "manifest '%s': line %zu is malformed", what, line);
                 *sp = 0;
                 errno = 0;
                 gen = strtoull(buf, &end, 10);
                 if (errno || *end || !seal_name_is_valid(sp + 1) || manifest_find(m, sp + 1))
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "manifest '%s': line %zu is malformed", what, line);
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "manifest '%s': line %zu is malformed", what, line);
                 r = seal_manifest_raise(m, sp + 1, gen, err);
                 if (r < 0)
                         return r;
@@ -361,11 +361,11 @@ static int has_sealed_files(const struct seal_dir *d, vmsup_error **err) {
 
         fd = openat(d->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "list '%s'", d->path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "list '%s'", d->path);
         dir = fdopendir(fd);
         if (!dir) {
                 close(fd);
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "list '%s'", d->path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "list '%s'", d->path);
         }
         while (!found && (de = readdir(dir))) {
                 size_t n = strlen(de->d_name), s = strlen(SEAL_SUFFIX);
@@ -385,7 +385,7 @@ int seal_manifest_load(const struct seal_dir *d, struct seal_manifest *ret, vmsu
         int r;
 
         if (asprintf(&what, "%s/%s" SEAL_SUFFIX, d->path, SEAL_MANIFEST_NAME) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "load the manifest of '%s'", d->path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "load the manifest of '%s'", d->path);
         r = seal_file_read(d, SEAL_MANIFEST_NAME, 0, &plain, &len, &m.generation, err);
         if (r == -ENOENT) {
                 if (err) /* not an error yet: only if sealed files remain */
@@ -395,7 +395,7 @@ int seal_manifest_load(const struct seal_dir *d, struct seal_manifest *ret, vmsu
                         return r;
                 if (r > 0)
                         /* Deleting the manifest must not be a way to lift the rollback check. */
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                           "open sealed state '%s': missing, but '%s' holds sealed state files",
                                           what, d->path);
                 *ret = m;
@@ -420,12 +420,12 @@ int seal_manifest_store(const struct seal_dir *d, struct seal_manifest *m, vmsup
 
         f = open_memstream(&text, &size);
         if (!f)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "store the manifest of '%s'", d->path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "store the manifest of '%s'", d->path);
         fputs(MANIFEST_FIRST_LINE, f);
         for (size_t i = 0; i < m->n; i++)
                 fprintf(f, "%" PRIu64 " %s\n", m->entries[i].generation, m->entries[i].name);
         if (fclose(f) != 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "store the manifest of '%s'", d->path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "store the manifest of '%s'", d->path);
         r = seal_file_write(d, SEAL_MANIFEST_NAME, m->generation + 1, text, size, err);
         if (r < 0)
                 return r;
@@ -439,7 +439,7 @@ int seal_state_write(const struct seal_dir *d, struct seal_manifest *m, const ch
         int r;
 
         if (streq(name, SEAL_MANIFEST_NAME))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "seal state: '%s' is the manifest's name", name);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "seal state: '%s' is the manifest's name", name);
         /* A manifest must exist before the first sealed file does: a crash right after
          * that file would otherwise leave sealed state without a manifest, which
          * seal_manifest_load() refuses (it is what a deleted manifest looks like). */
@@ -462,7 +462,7 @@ int seal_state_read(const struct seal_dir *d, struct seal_manifest *m, const cha
         int r;
 
         if (streq(name, SEAL_MANIFEST_NAME))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "open sealed state: '%s' is the manifest's name", name);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "open sealed state: '%s' is the manifest's name", name);
         r = seal_file_read(d, name, seal_manifest_get(m, name), &plain, &len, &gen, err);
         if (r < 0)
                 return r;

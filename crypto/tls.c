@@ -100,44 +100,44 @@ int tls_session_new(const struct tls_setup *setup, bool server, struct tls_sessi
         int r;
 
         if (!setup || !setup->ca_file || !setup->cert_file || !setup->key_file)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s TLS %s: CA, certificate and key are required", what,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "%s TLS %s: CA, certificate and key are required", what,
                                   side);
         if (!server && (!setup->peer_name || !*setup->peer_name))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0,
                                   "%s TLS client: the name the server's certificate must carry is required", what);
         t = calloc(1, sizeof(*t));
         if (!t)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s channel", what);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s channel", what);
         t->fd = -1;
         if (!server && !(t->peer_name = strdup(setup->peer_name)))
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s channel", what);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s channel", what);
 
         r = gnutls_certificate_allocate_credentials(&t->cred);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, 0, "%s TLS credentials: %s", what, gnutls_strerror(r));
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, 0, "%s TLS credentials: %s", what, gnutls_strerror(r));
         r = gnutls_certificate_set_x509_trust_file(t->cred, setup->ca_file, GNUTLS_X509_FMT_PEM);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load the %s CA certificate '%s': %s", what,
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "load the %s CA certificate '%s': %s", what,
                                   setup->ca_file, gnutls_strerror(r));
         if (r == 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load the %s CA certificate '%s': no certificate in it",
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "load the %s CA certificate '%s': no certificate in it",
                                   what, setup->ca_file);
         r = gnutls_certificate_set_x509_key_file(t->cred, setup->cert_file, setup->key_file, GNUTLS_X509_FMT_PEM);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load the %s %s certificate '%s' and key '%s': %s", what,
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "load the %s %s certificate '%s' and key '%s': %s", what,
                                   side, setup->cert_file, setup->key_file, gnutls_strerror(r));
 
         /* No session tickets: every connection authenticates both hosts in full. */
         r = gnutls_init(&t->session, (server ? GNUTLS_SERVER : GNUTLS_CLIENT) | GNUTLS_NONBLOCK | GNUTLS_NO_TICKETS);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, 0, "%s TLS session: %s", what, gnutls_strerror(r));
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, 0, "%s TLS session: %s", what, gnutls_strerror(r));
         r = gnutls_priority_set_direct(t->session, TLS_PRIORITY, NULL);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s TLS priority '%s': %s", what, TLS_PRIORITY,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "%s TLS priority '%s': %s", what, TLS_PRIORITY,
                                   gnutls_strerror(r));
         r = gnutls_credentials_set(t->session, GNUTLS_CRD_CERTIFICATE, t->cred);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s TLS credentials: %s", what, gnutls_strerror(r));
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "%s TLS credentials: %s", what, gnutls_strerror(r));
         if (server) {
                 gnutls_certificate_server_set_request(t->session, GNUTLS_CERT_REQUIRE);
                 /* Without our CA's name in the request, a client with a certificate from
@@ -152,7 +152,7 @@ int tls_session_new(const struct tls_setup *setup, bool server, struct tls_sessi
                 if (!is_ip_literal(t->peer_name)) {
                         r = gnutls_server_name_set(t->session, GNUTLS_NAME_DNS, t->peer_name, strlen(t->peer_name));
                         if (r < 0)
-                                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s peer name '%s': %s", what,
+                                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "%s peer name '%s': %s", what,
                                                   t->peer_name, gnutls_strerror(r));
                 }
                 /* a DNS_HOSTNAME that is an address is matched against the IP SANs */
@@ -242,13 +242,13 @@ static int handshake_failed(struct tls_session *t, int r, const char *addr, vmsu
                         text[--len] = 0;
                 if ((status & GNUTLS_CERT_UNEXPECTED_OWNER) && t->peer_name)
                         snprintf(text + len, sizeof(text) - len, " (expected '%s')", t->peer_name);
-                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "the certificate of %s is not trusted: %s", addr, text);
+                ret = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "the certificate of %s is not trusted: %s", addr, text);
         } else if (r == GNUTLS_E_NO_CERTIFICATE_FOUND || r == GNUTLS_E_CERTIFICATE_REQUIRED)
-                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                ret = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                  "TLS handshake with %s failed: the peer presented no certificate", addr);
         else {
                 tls_session_error_text(t, r, text, sizeof(text));
-                ret = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, tls_session_errno(t, r), "TLS handshake with %s failed: %s",
+                ret = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, tls_session_errno(t, r), "TLS handshake with %s failed: %s",
                                  addr, text);
         }
         /* tell the peer why (gnutls does not on its own); best effort, non-blocking */
@@ -260,11 +260,11 @@ static int handshake_failed(struct tls_session *t, int r, const char *addr, vmsu
 static int handshake_done(struct tls_session *t, const char *addr, vmsup_error **err) {
         /* The priority string allows nothing else; this is the check that it did. */
         if (gnutls_protocol_get_version(t->session) != GNUTLS_TLS1_3)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "TLS handshake with %s: negotiated %s, not TLS 1.3",
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "TLS handshake with %s: negotiated %s, not TLS 1.3",
                                   addr, gnutls_protocol_get_name(gnutls_protocol_get_version(t->session)));
         /* Likewise: the peer's certificate was verified (status 0), not skipped (status -1). */
         if (gnutls_session_get_verify_cert_status(t->session) != 0)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "TLS handshake with %s: the peer's certificate was not verified", addr);
         t->handshake_done = true;
         return 0;
@@ -338,12 +338,12 @@ static int crt_list_load(const char *file, struct crt_list *ret, vmsup_error **e
         int r = gnutls_load_file(file, &data);
 
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load '%s': %s", file, gnutls_strerror(r));
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "load '%s': %s", file, gnutls_strerror(r));
         r = gnutls_x509_crt_list_import2(&ret->crts, &ret->n, &data, GNUTLS_X509_FMT_PEM, 0);
         gnutls_free(data.data);
         if (r < 0 || ret->n == 0) {
                 *ret = (struct crt_list) { 0 };
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "load '%s': %s", file,
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "load '%s': %s", file,
                                   r < 0 ? gnutls_strerror(r) : "no certificate in it");
         }
         return 0;
@@ -391,13 +391,13 @@ int tls_check_apart(const char *ca_file, const char *other_ca_file, const char *
                 for (unsigned j = 0; j < ours.n; j++)
                         if (gnutls_x509_crt_equals(theirs.crts[i], ours.crts[j])) {
                                 crt_name(theirs.crts[i], name, sizeof(name));
-                                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the CA certificate %s is in both '%s' and '%s'",
+                                r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "the CA certificate %s is in both '%s' and '%s'",
                                                name, ca_file, other_ca_file);
                                 goto out;
                         }
         r = gnutls_x509_trust_list_init(&tl, 0);
         if (r < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, 0, "trust list: %s", gnutls_strerror(r));
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, 0, "trust list: %s", gnutls_strerror(r));
                 goto out;
         }
         /* the list owns the certificates from here (deinit with all = 1 frees them) */
@@ -405,13 +405,13 @@ int tls_check_apart(const char *ca_file, const char *other_ca_file, const char *
         gnutls_free(ours.crts);
         ours = (struct crt_list) { 0 };
         if (r < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, 0, "trust list of '%s': %s", ca_file, gnutls_strerror(r));
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, 0, "trust list of '%s': %s", ca_file, gnutls_strerror(r));
                 goto out;
         }
         for (unsigned i = 0; i < theirs.n; i++)
                 if (trusted(tl, &theirs.crts[i], 1)) {
                         crt_name(theirs.crts[i], name, sizeof(name));
-                        r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the CA certificate %s of '%s' is issued by a CA of '%s'",
+                        r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "the CA certificate %s of '%s' is issued by a CA of '%s'",
                                        name, other_ca_file, ca_file);
                         goto out;
                 }
@@ -425,14 +425,14 @@ int tls_check_apart(const char *ca_file, const char *other_ca_file, const char *
                 n = leaf.n + theirs.n;
                 chain = calloc(n, sizeof(*chain));
                 if (!chain) {
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "certificate chain");
+                        r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "certificate chain");
                         goto out;
                 }
                 memcpy(chain, leaf.crts, leaf.n * sizeof(*chain));
                 memcpy(chain + leaf.n, theirs.crts, theirs.n * sizeof(*chain));
                 if (trusted(tl, chain, n)) {
                         crt_name(leaf.crts[0], name, sizeof(name));
-                        r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the certificate %s in '%s' is accepted by the CAs of '%s'",
+                        r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "the certificate %s in '%s' is accepted by the CAs of '%s'",
                                        name, certs[k], ca_file);
                         goto out;
                 }

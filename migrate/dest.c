@@ -223,7 +223,7 @@ static void fail(struct migrate_dest *d, vmsup_error *err) {
                 return;
         }
         if (!err)
-                vmsup_fail(&err, VMSUP_EX_SOFTWARE, 0, "incoming migration failed");
+                vmsup_fail(&err, VMSUP_ERR_INTERNAL, 0, "incoming migration failed");
         if (d->state == MIGRATE_DEST_RUNNING) {
                 /* RUNNING sent: only the source's confirmation is missing */
                 finish(d, MIGRATE_DEST_RAN, err);
@@ -261,7 +261,7 @@ static void fail(struct migrate_dest *d, vmsup_error *err) {
 static vmsup_error *copy_error(const vmsup_error *e, const char *prefix) {
         vmsup_error *c = NULL;
 
-        vmsup_fail(&c, e ? e->exit_code : VMSUP_EX_SOFTWARE, 0, "%s%s%s", prefix ? prefix : "", prefix ? ": " : "",
+        vmsup_fail(&c, e ? e->kind : VMSUP_ERR_INTERNAL, 0, "%s%s%s", prefix ? prefix : "", prefix ? ": " : "",
                    e && e->msg ? e->msg : "failed");
         if (c && e)
                 c->errnum = e->errnum;
@@ -299,10 +299,10 @@ static int qemu_cmd(struct migrate_dest *d, const char *command, json_object *ar
         int r;
 
         if (!d->qmp)
-                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+                return vmsup_fail(err, VMSUP_ERR_FAILED, 0, "QEMU's monitor is gone");
         c = calloc(1, sizeof(*c));
         if (!c)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "QMP command '%s'", command);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "QMP command '%s'", command);
         *c = (struct cmd) { .d = d, .done = done, .next = d->cmds };
         r = qmp_client_execute_async(d->qmp, command, args, pass_fd,
                                      d->env.qmp_timeout_ms > 0 ? d->env.qmp_timeout_ms : 30000, cmd_reply, c, err);
@@ -321,7 +321,7 @@ static int qemu_cmd(struct migrate_dest *d, const char *command, json_object *ar
 static void child_failed(struct migrate_dest *d, bool qemu, const char *what) {
         _cleanup_free_ char *tail = d->env.log_tail ? d->env.log_tail(d->env.userdata, qemu) : NULL;
 
-        FAIL(d, VMSUP_EX_FAILURE, 0, "%s (its log: %s)", what, tail ? tail : "?");
+        FAIL(d, VMSUP_ERR_FAILED, 0, "%s (its log: %s)", what, tail ? tail : "?");
 }
 
 /* ---- waiting on the source -------------------------------------------------------------- */
@@ -331,14 +331,14 @@ static void on_wait_timeout(struct evloop_source *s, void *userdata) {
 
         (void) s;
         if (d->wait == WAIT_EXPECT)
-                FAIL(d, VMSUP_EX_TEMPFAIL, 0,
+                FAIL(d, VMSUP_ERR_BUSY, 0,
                      "the source: %s: no answer from the migration peer within %g s (waiting for %s)", d->source,
                      d->answer_ms / 1000.0, mig_msg_name(d->wait_type));
         else if (d->wait_timeout_fmt)
-                FAIL(d, VMSUP_EX_TEMPFAIL, 0, "QEMU's migration is still '%s' after %d s", d->qemu_status,
+                FAIL(d, VMSUP_ERR_BUSY, 0, "QEMU's migration is still '%s' after %d s", d->qemu_status,
                      d->answer_ms / 1000);
         else if (d->wait == WAIT_SOURCE)
-                FAIL(d, VMSUP_EX_TEMPFAIL, 0, "no %s from the source in time", mig_msg_name(d->wait_type));
+                FAIL(d, VMSUP_ERR_BUSY, 0, "no %s from the source in time", mig_msg_name(d->wait_type));
 }
 
 static void wait_for(struct migrate_dest *d, enum wait_kind kind, enum mig_msg type, long deadline) {
@@ -387,9 +387,9 @@ static bool frame_in_turn(struct migrate_dest *d, const struct mig_frame *f) {
         if (d->wait == WAIT_SOURCE && f->type == d->wait_type && !d->wait_timeout_fmt)
                 return true;
         if (f->type == MIG_ABORT)
-                vmsup_fail(&err, VMSUP_EX_UNAVAILABLE, 0, "the source gave up: %s", mig_json_str(f->json, "error"));
+                vmsup_fail(&err, VMSUP_ERR_UNAVAILABLE, 0, "the source gave up: %s", mig_json_str(f->json, "error"));
         else if (d->wait == WAIT_EXPECT)
-                vmsup_fail(&err, VMSUP_EX_DATAERR, 0, "the source: %s: unexpected %s message (expected %s)", d->source,
+                vmsup_fail(&err, VMSUP_ERR_DATA, 0, "the source: %s: unexpected %s message (expected %s)", d->source,
                            mig_msg_name(f->type), mig_msg_name(d->wait_type));
         else {
                 /* what the source owes us next */
@@ -397,7 +397,7 @@ static bool frame_in_turn(struct migrate_dest *d, const struct mig_frame *f) {
                                     : d->state <= MIGRATE_DEST_PREPARED_SENT ? MIG_COMMIT
                                                                              : MIG_DONE;
 
-                vmsup_fail(&err, VMSUP_EX_DATAERR, 0, "the source sent an unexpected %s message (expected %s)",
+                vmsup_fail(&err, VMSUP_ERR_DATA, 0, "the source sent an unexpected %s message (expected %s)",
                            mig_msg_name(f->type), mig_msg_name(next));
         }
         fail(d, err);
@@ -422,7 +422,7 @@ static void on_frame(struct migrate_dest *d, struct mig_frame *f) {
         case MIG_MIGRATED: got_migrated(d); break;
         case MIG_COMMIT: got_commit(d); break;
         case MIG_DONE: got_done(d); break;
-        default: FAIL(d, VMSUP_EX_SOFTWARE, 0, "the source's %s: nothing to do with it", mig_msg_name(f->type));
+        default: FAIL(d, VMSUP_ERR_INTERNAL, 0, "the source's %s: nothing to do with it", mig_msg_name(f->type));
         }
 }
 
@@ -543,7 +543,7 @@ static void on_deadline(struct evloop_source *s, void *userdata) {
 
         (void) s;
         if (d->state == MIGRATE_DEST_WAITING)
-                FAIL(d, VMSUP_EX_TEMPFAIL, 0, "wait for the source: no source supervisor came within %u s",
+                FAIL(d, VMSUP_ERR_BUSY, 0, "wait for the source: no source supervisor came within %u s",
                      d->env.timeout_s);
 }
 
@@ -554,7 +554,7 @@ static void got_hello(struct migrate_dest *d, struct mig_frame *f) {
         vmsup_error *err = NULL;
 
         if (!streq(mig_json_str(f->json, "uuid"), d->env.uuid)) {
-                FAIL(d, VMSUP_EX_DATAERR, 0, "%s offers guest %s; this host expects %s", d->source,
+                FAIL(d, VMSUP_ERR_DATA, 0, "%s offers guest %s; this host expects %s", d->source,
                      mig_json_str(f->json, "uuid"), d->env.uuid);
                 return;
         }
@@ -562,7 +562,7 @@ static void got_hello(struct migrate_dest *d, struct mig_frame *f) {
              d->env.uuid);
         hello = mig_hello_new(d->env.uuid);
         if (!hello) {
-                FAIL(d, VMSUP_EX_OSERR, ENOMEM, "HELLO");
+                FAIL(d, VMSUP_ERR_SYSTEM, ENOMEM, "HELLO");
                 return;
         }
         if (send_json(d, MIG_HELLO, hello, &err) < 0) {
@@ -702,7 +702,7 @@ static void params_set(struct migrate_dest *d, json_object *ret, const vmsup_err
                 return;
         }
         if (getsockname(d->stream_listen_fd, (struct sockaddr *) &sa, &len) < 0) {
-                FAIL(d, VMSUP_EX_OSERR, errno, "listen for QEMU's migration stream");
+                FAIL(d, VMSUP_ERR_SYSTEM, errno, "listen for QEMU's migration stream");
                 return;
         }
         port = ntohs(sa.ss_family == AF_INET6 ? ((struct sockaddr_in6 *) &sa)->sin6_port
@@ -777,7 +777,7 @@ static void on_stream(struct evloop_source *s, int lfd, uint32_t revents, void *
         fd = accept4(lfd, (struct sockaddr *) &peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
                 if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-                        FAIL(d, VMSUP_EX_OSERR, errno, "accept QEMU's migration stream");
+                        FAIL(d, VMSUP_ERR_SYSTEM, errno, "accept QEMU's migration stream");
                 return;
         }
         if (getpeername(migchan_fd(d->ch), (struct sockaddr *) &source, &slen) < 0 || !same_host(&peer, &source)) {
@@ -942,7 +942,7 @@ static void status_before_commit(struct migrate_dest *d, json_object *ret, const
                 return;
         }
         if (streq(mig_json_str(ret, "status"), "running")) {
-                FAIL(d, VMSUP_EX_SOFTWARE, 0, "QEMU runs the guest before the source said so");
+                FAIL(d, VMSUP_ERR_INTERNAL, 0, "QEMU runs the guest before the source said so");
                 return;
         }
         /* The TPM state must be here, and sealed, before the source lets go. */
@@ -1014,7 +1014,7 @@ static void status_after_cont(struct migrate_dest *d, json_object *ret, const vm
                 return;
         }
         if (!streq(mig_json_str(ret, "status"), "running")) {
-                FAIL(d, VMSUP_EX_FAILURE, 0, "the received guest does not run after cont (QEMU: %s)",
+                FAIL(d, VMSUP_ERR_FAILED, 0, "the received guest does not run after cont (QEMU: %s)",
                      mig_json_str(ret, "status") ?: "?");
                 return;
         }
@@ -1043,7 +1043,7 @@ int migrate_dest_new(const struct migrate_dest_env *env, struct migrate_dest **r
 
         d = calloc(1, sizeof(*d));
         if (!d)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "incoming migration");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "incoming migration");
         d->env = *env;
         d->listen_fd = d->stream_listen_fd = d->stream_fd = -1;
         d->answer_ms = (int) env->answer_timeout_s * 1000;

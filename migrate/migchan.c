@@ -123,7 +123,7 @@ static void sockaddr_format(int fd, bool peer, char *host, size_t hostlen, char 
 /* ---- errors ---- */
 
 /* "<peer>: <message>"; the channel cannot be used after it. */
-__attribute__((format(printf, 5, 6))) static int chan_fail(struct migchan *c, vmsup_error **err, int exit_code,
+__attribute__((format(printf, 5, 6))) static int chan_fail(struct migchan *c, vmsup_error **err, enum vmsup_err_kind kind,
                                                            int errnum, const char *fmt, ...) {
         _cleanup_free_ char *msg = NULL;
         va_list ap;
@@ -133,7 +133,7 @@ __attribute__((format(printf, 5, 6))) static int chan_fail(struct migchan *c, vm
         if (vasprintf(&msg, fmt, ap) < 0)
                 msg = NULL;
         va_end(ap);
-        return vmsup_fail(err, exit_code, errnum, "%s: %s", c->peer, msg ? msg : "out of memory");
+        return vmsup_fail(err, kind, errnum, "%s: %s", c->peer, msg ? msg : "out of memory");
 }
 
 /* ---- the connection ---- */
@@ -178,7 +178,7 @@ static int chan_new(const struct migchan_tls *tls, bool server, struct migchan *
 
         c = calloc(1, sizeof(*c));
         if (!c)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration channel");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "migration channel");
         c->fd = -1;
         c->cancel_fd = -1;
         if (tls)
@@ -213,7 +213,7 @@ int migchan_handshake_step(struct migchan *c, vmsup_error **err) {
         if (c->handshake_done)
                 return 1;
         if (c->broken)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "TLS handshake with %s: the channel failed earlier",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TLS handshake with %s: the channel failed earlier",
                                   c->addr);
         r = tls_session_handshake_step(c->tls, c->addr, err);
         if (r < 0)
@@ -242,16 +242,16 @@ static int chan_handshake(struct migchan *c, long deadline, int timeout_ms, vmsu
                         continue;
                 if (left == 0 || n == 0) {
                         c->broken = true;
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "TLS handshake with %s: no answer within %g s",
+                        return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "TLS handshake with %s: no answer within %g s",
                                           c->addr, seconds(timeout_ms));
                 }
                 if (n == -ECANCELED) {
                         c->broken = true;
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, ECANCELED, "TLS handshake with %s", c->addr);
+                        return vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "TLS handshake with %s", c->addr);
                 }
                 if (n < 0) {
                         c->broken = true;
-                        return vmsup_fail(err, VMSUP_EX_OSERR, -n, "TLS handshake with %s: poll", c->addr);
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, -n, "TLS handshake with %s: poll", c->addr);
                 }
         }
 }
@@ -265,7 +265,7 @@ static int tcp_connect(const char *host, const char *port, long deadline, int ti
         format_host_port(where, sizeof(where), host, port);
         r = getaddrinfo(host, port, &hints, &res);
         if (r != 0)
-                return vmsup_fail(err, r == EAI_AGAIN ? VMSUP_EX_TEMPFAIL : VMSUP_EX_UNAVAILABLE,
+                return vmsup_fail(err, r == EAI_AGAIN ? VMSUP_ERR_BUSY : VMSUP_ERR_UNAVAILABLE,
                                   r == EAI_SYSTEM ? errno : 0, "connect to %s: %s", where,
                                   r == EAI_SYSTEM ? "resolve" : gai_strerror(r));
 
@@ -293,10 +293,10 @@ static int tcp_connect(const char *host, const char *port, long deadline, int ti
                                         break;
                                 freeaddrinfo(res);
                                 if (n == 0)
-                                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
+                                        return vmsup_fail(err, VMSUP_ERR_BUSY, 0,
                                                           "connect to %s: no answer within %g s", where,
                                                           seconds(timeout_ms));
-                                return vmsup_fail(err, n == -ECANCELED ? VMSUP_EX_TEMPFAIL : VMSUP_EX_OSERR, -n,
+                                return vmsup_fail(err, n == -ECANCELED ? VMSUP_ERR_BUSY : VMSUP_ERR_SYSTEM, -n,
                                                   "connect to %s", where);
                         }
                         if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
@@ -311,13 +311,13 @@ static int tcp_connect(const char *host, const char *port, long deadline, int ti
                 return 0;
         }
         freeaddrinfo(res);
-        return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, last, "connect to %s", where);
+        return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, last, "connect to %s", where);
 }
 
 int migchan_tcp_connect_cancel(const char *host, const char *port, int timeout_ms, int cancel_fd, int *ret_fd,
                                vmsup_error **err) {
         if (!host || !*host || !port || !*port)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "connect: no host or port");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "connect: no host or port");
         return tcp_connect(host, port, deadline_of(timeout_ms), timeout_ms, cancel_fd, ret_fd, err);
 }
 
@@ -337,7 +337,7 @@ int migchan_connect_cancel(const char *host, const char *port, const struct migc
         int fd = -1, r;
 
         if (!host || !*host || !port || !*port)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "migration channel: no host or port to connect to");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "migration channel: no host or port to connect to");
         r = chan_new(tls, false, &c, err);
         if (r < 0)
                 return r;
@@ -389,7 +389,7 @@ static int tcp_try_next(struct migchan_tcp *t, vmsup_error **err) {
                 t->last = errno;
                 closep(&t->fd);
         }
-        return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, t->last, "connect to %s", t->where);
+        return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, t->last, "connect to %s", t->where);
 }
 
 int migchan_tcp_connect_start(const char *host, const char *port, struct migchan_tcp **ret, vmsup_error **err) {
@@ -398,16 +398,16 @@ int migchan_tcp_connect_start(const char *host, const char *port, struct migchan
         int r;
 
         if (!host || !*host || !port || !*port)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "connect: no host or port");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "connect: no host or port");
         t = calloc(1, sizeof(*t));
         if (!t)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "connect");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "connect");
         t->fd = -1;
         t->last = ECONNREFUSED;
         format_host_port(t->where, sizeof(t->where), host, port);
         r = getaddrinfo(host, port, &hints, &t->res);
         if (r != 0) {
-                vmsup_fail(err, r == EAI_AGAIN ? VMSUP_EX_TEMPFAIL : VMSUP_EX_UNAVAILABLE, r == EAI_SYSTEM ? errno : 0,
+                vmsup_fail(err, r == EAI_AGAIN ? VMSUP_ERR_BUSY : VMSUP_ERR_UNAVAILABLE, r == EAI_SYSTEM ? errno : 0,
                            "connect to %s: %s", t->where, r == EAI_SYSTEM ? "resolve" : gai_strerror(r));
                 t->res = NULL;
                 migchan_tcp_free(t);
@@ -450,7 +450,7 @@ int migchan_tcp_fd(const struct migchan_tcp *t) {
 }
 
 int migchan_tcp_connect_timeout(struct migchan_tcp *t, int timeout_ms, vmsup_error **err) {
-        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "connect to %s: no answer within %g s", t->where,
+        return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "connect to %s: no answer within %g s", t->where,
                           seconds(timeout_ms));
 }
 
@@ -460,7 +460,7 @@ int migchan_connect_start(const char *host, const char *port, const struct migch
         int r;
 
         if (!host || !*host || !port || !*port)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "migration channel: no host or port to connect to");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "migration channel: no host or port to connect to");
         r = chan_new(tls, false, &c, err);
         if (r < 0)
                 return r;
@@ -494,7 +494,7 @@ int migchan_connect_timeout(struct migchan *c, int timeout_ms, vmsup_error **err
         c->broken = true;
         if (c->tcp)
                 return migchan_tcp_connect_timeout(c->tcp, timeout_ms, err);
-        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "TLS handshake with %s: no answer within %g s", c->addr,
+        return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "TLS handshake with %s: no answer within %g s", c->addr,
                           seconds(timeout_ms));
 }
 
@@ -523,7 +523,7 @@ int migchan_listen(const char *addr, const char *port, vmsup_error **err) {
         int r = -EADDRNOTAVAIL, fd = -1;
 
         if (!port || !*port)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "listen for migration connections: no port");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "listen for migration connections: no port");
         format_host_port(where, sizeof(where), any ? "*" : addr, port);
         for (size_t i = 0; i < (any ? ARRAY_SIZE(any_families) : 1); i++) {
                 struct addrinfo hints = { .ai_family = any ? any_families[i] : AF_UNSPEC,
@@ -535,7 +535,7 @@ int migchan_listen(const char *addr, const char *port, vmsup_error **err) {
                 if (g != 0) {
                         if (any && (g == EAI_FAMILY || g == EAI_ADDRFAMILY || g == EAI_NONAME))
                                 continue;
-                        return vmsup_fail(err, VMSUP_EX_CONFIG, g == EAI_SYSTEM ? errno : 0,
+                        return vmsup_fail(err, VMSUP_ERR_CONFIG, g == EAI_SYSTEM ? errno : 0,
                                           "listen for migration connections on %s: %s", where,
                                           g == EAI_SYSTEM ? "resolve" : gai_strerror(g));
                 }
@@ -550,7 +550,7 @@ int migchan_listen(const char *addr, const char *port, vmsup_error **err) {
                 if (!(any && (r == -EAFNOSUPPORT || r == -EADDRNOTAVAIL)))
                         break;
         }
-        return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, -r, "listen for migration connections on %s", where);
+        return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, -r, "listen for migration connections on %s", where);
 }
 
 int migchan_tls_check(const struct migchan_tls *tls, bool server, vmsup_error **err) {
@@ -574,7 +574,7 @@ int migchan_accept_start(int listen_fd, const struct migchan_tls *tls, struct mi
                         continue; /* gone before we took it: the next one */
                 if (errno == EAGAIN || errno == EWOULDBLOCK)
                         return 0; /* none pending, or another process took it */
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "accept a migration connection");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "accept a migration connection");
         }
         chan_attach(c, fd);
         *ret = TAKE_PTR(c);
@@ -592,12 +592,12 @@ int migchan_accept(int listen_fd, const struct migchan_tls *tls, int timeout_ms,
                 int n = poll(&p, 1, left_ms(deadline));
 
                 if (n == 0)
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "no migration connection within %g s",
+                        return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "no migration connection within %g s",
                                           seconds(timeout_ms));
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for a migration connection");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "wait for a migration connection");
                 }
                 r = migchan_accept_start(listen_fd, tls, &c, err);
                 if (r < 0)
@@ -649,21 +649,21 @@ int migchan_send(struct migchan *c, enum mig_msg type, const void *payload, size
         int r;
 
         if (c->broken)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s: send %s: the migration channel failed earlier",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "%s: send %s: the migration channel failed earlier",
                                   c->peer, mig_msg_name(type));
         if (!payload && len > 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s: send %s: no payload", c->peer, mig_msg_name(type));
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "%s: send %s: no payload", c->peer, mig_msg_name(type));
         r = mig_frame_check(type, payload ? payload : (const void *) "", len, NULL, reason);
         if (r == -ENOMEM)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s: send %s", c->peer, mig_msg_name(type));
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s: send %s", c->peer, mig_msg_name(type));
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s: send %s: a frame the peer would refuse: %s", c->peer,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "%s: send %s: a frame the peer would refuse: %s", c->peer,
                                   mig_msg_name(type), reason);
 
         total = MIGCHAN_HEADER_LEN + len;
         frame = type == MIG_SECRET ? secmem_alloc(total) : malloc(total);
         if (!frame)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s: send %s", c->peer, mig_msg_name(type));
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s: send %s", c->peer, mig_msg_name(type));
         frame[0] = MIGCHAN_PROTOCOL;
         frame[1] = (uint8_t) type;
         frame[2] = frame[3] = 0;
@@ -687,26 +687,26 @@ int migchan_send(struct migchan *c, enum mig_msg type, const void *payload, size
                         int w = wait_io(c, deadline);
 
                         if (w == 0) {
-                                r = chan_fail(c, err, VMSUP_EX_TEMPFAIL, 0,
+                                r = chan_fail(c, err, VMSUP_ERR_BUSY, 0,
                                               "send %s: the migration peer took nothing within %g s",
                                               mig_msg_name(type), seconds(timeout_ms));
                                 break;
                         }
                         if (w < 0) {
-                                r = chan_fail(c, err, w == -ECANCELED ? VMSUP_EX_TEMPFAIL : VMSUP_EX_OSERR, -w, "send %s",
+                                r = chan_fail(c, err, w == -ECANCELED ? VMSUP_ERR_BUSY : VMSUP_ERR_SYSTEM, -w, "send %s",
                                               mig_msg_name(type));
                                 break;
                         }
                         continue;
                 }
                 if (tls_session_send_closed(c->tls, n))
-                        r = chan_fail(c, err, VMSUP_EX_UNAVAILABLE, 0,
+                        r = chan_fail(c, err, VMSUP_ERR_UNAVAILABLE, 0,
                                       "send %s: the migration peer closed the connection", mig_msg_name(type));
                 else {
                         char text[256];
 
                         tls_session_error_text(c->tls, (int) n, text, sizeof(text));
-                        r = chan_fail(c, err, VMSUP_EX_UNAVAILABLE, tls_session_errno(c->tls, (int) n),
+                        r = chan_fail(c, err, VMSUP_ERR_UNAVAILABLE, tls_session_errno(c->tls, (int) n),
                                       "send %s: TLS error: %s",
                                       mig_msg_name(type), text);
                 }
@@ -725,9 +725,9 @@ int migchan_send_json(struct migchan *c, enum mig_msg type, json_object *o, int 
         const char *s = o ? json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN) : "{}";
 
         if (!s)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s: send %s", c->peer, mig_msg_name(type));
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s: send %s", c->peer, mig_msg_name(type));
         if (type == MIG_SECRET)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s: send SECRET: its payload is not JSON", c->peer);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "%s: send SECRET: its payload is not JSON", c->peer);
         return migchan_send(c, type, s, strlen(s), timeout_ms, err);
 }
 
@@ -747,12 +747,12 @@ static int read_some(struct migchan *c, uint8_t *dst, size_t want, vmsup_error *
         else if (c->hdr_got > 0)
                 snprintf(where, sizeof(where), " in the middle of a frame header");
         if (n == 0)
-                return chan_fail(c, err, VMSUP_EX_UNAVAILABLE, 0, "the migration peer closed the connection%s", where);
+                return chan_fail(c, err, VMSUP_ERR_UNAVAILABLE, 0, "the migration peer closed the connection%s", where);
         if (tls_session_recv_closed(c->tls, n))
-                return chan_fail(c, err, VMSUP_EX_UNAVAILABLE, 0,
+                return chan_fail(c, err, VMSUP_ERR_UNAVAILABLE, 0,
                                  "the migration peer closed the connection%s (without TLS close_notify)", where);
         tls_session_error_text(c->tls, (int) n, text, sizeof(text));
-        return chan_fail(c, err, VMSUP_EX_UNAVAILABLE, tls_session_errno(c->tls, (int) n), "TLS error: %s", text);
+        return chan_fail(c, err, VMSUP_ERR_UNAVAILABLE, tls_session_errno(c->tls, (int) n), "TLS error: %s", text);
 }
 
 /* The header is complete: check it before a byte of the payload is read. */
@@ -763,24 +763,24 @@ static int start_payload(struct migchan *c, vmsup_error **err) {
         char reason[MIG_WHY_MAX];
 
         if (h[0] != MIGCHAN_PROTOCOL)
-                return chan_fail(c, err, VMSUP_EX_DATAERR, 0,
+                return chan_fail(c, err, VMSUP_ERR_DATA, 0,
                                  "invalid migration message: wrong protocol version %u (this host speaks %d: "
                                  "run the same vmsup release on both hosts)", h[0], MIGCHAN_PROTOCOL);
         if (!mig_msg_known(h[1]))
-                return chan_fail(c, err, VMSUP_EX_DATAERR, 0, "invalid migration message: unknown message type %u",
+                return chan_fail(c, err, VMSUP_ERR_DATA, 0, "invalid migration message: unknown message type %u",
                                  h[1]);
         if (flags != 0)
-                return chan_fail(c, err, VMSUP_EX_DATAERR, 0,
+                return chan_fail(c, err, VMSUP_ERR_DATA, 0,
                                  "invalid migration message: %s with flags 0x%04x (must be 0)", mig_msg_name(h[1]),
                                  flags);
         if (mig_frame_check_length(h[1], len, reason) < 0)
-                return chan_fail(c, err, VMSUP_EX_DATAERR, 0, "invalid migration message: %s", reason);
+                return chan_fail(c, err, VMSUP_ERR_DATA, 0, "invalid migration message: %s", reason);
 
         /* A passphrase lands only in locked, undumpable memory. */
         c->buf_secmem = h[1] == MIG_SECRET;
         c->buf = c->buf_secmem ? secmem_alloc(len + 1) : calloc(1, len + 1);
         if (!c->buf)
-                return chan_fail(c, err, VMSUP_EX_OSERR, ENOMEM, "receive a %s message", mig_msg_name(h[1]));
+                return chan_fail(c, err, VMSUP_ERR_SYSTEM, ENOMEM, "receive a %s message", mig_msg_name(h[1]));
         c->len = len;
         c->got = 0;
         return 0;
@@ -795,12 +795,12 @@ static int finish_frame(struct migchan *c, struct mig_frame *ret, vmsup_error **
         c->buf[c->len] = 0;
         r = mig_frame_check(type, c->buf, c->len, &o, reason);
         if (r == -ENOMEM)
-                return chan_fail(c, err, VMSUP_EX_OSERR, ENOMEM, "receive a %s message", mig_msg_name(type));
+                return chan_fail(c, err, VMSUP_ERR_SYSTEM, ENOMEM, "receive a %s message", mig_msg_name(type));
         if (r < 0)
-                return chan_fail(c, err, VMSUP_EX_DATAERR, 0, "invalid migration message: %s", reason);
+                return chan_fail(c, err, VMSUP_ERR_DATA, 0, "invalid migration message: %s", reason);
         if (type == MIG_ABORT && mig_frame_sanitize_abort(o) < 0) {
                 json_object_put(o);
-                return chan_fail(c, err, VMSUP_EX_OSERR, ENOMEM, "receive a %s message", mig_msg_name(type));
+                return chan_fail(c, err, VMSUP_ERR_SYSTEM, ENOMEM, "receive a %s message", mig_msg_name(type));
         }
         *ret = (struct mig_frame) { .type = type, .json = o, .len = c->len };
         if (type == MIG_SECRET) {
@@ -815,7 +815,7 @@ int migchan_recv(struct migchan *c, struct mig_frame *ret, vmsup_error **err) {
         int n, r;
 
         if (c->broken)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s: receive: the migration channel failed earlier",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "%s: receive: the migration channel failed earlier",
                                   c->peer);
         for (;;) {
                 if (c->hdr_got < MIGCHAN_HEADER_LEN) {
@@ -855,14 +855,14 @@ int migchan_recv_wait(struct migchan *c, enum mig_msg expect, int timeout_ms, st
                         break;
                 r = wait_io(c, deadline);
                 if (r == 0)
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
+                        return vmsup_fail(err, VMSUP_ERR_BUSY, 0,
                                           "%s: no answer from the migration peer within %g s (waiting for %s)", c->peer,
                                           seconds(timeout_ms), expect ? mig_msg_name(expect) : "a message");
                 if (r < 0)
-                        return chan_fail(c, err, r == -ECANCELED ? VMSUP_EX_TEMPFAIL : VMSUP_EX_OSERR, -r, "receive");
+                        return chan_fail(c, err, r == -ECANCELED ? VMSUP_ERR_BUSY : VMSUP_ERR_SYSTEM, -r, "receive");
         }
         if (expect && f.type != expect && f.type != MIG_ABORT) {
-                r = chan_fail(c, err, VMSUP_EX_DATAERR, 0, "unexpected %s message (expected %s)", mig_msg_name(f.type),
+                r = chan_fail(c, err, VMSUP_ERR_DATA, 0, "unexpected %s message (expected %s)", mig_msg_name(f.type),
                               mig_msg_name(expect));
                 mig_frame_clear(&f);
                 return r;

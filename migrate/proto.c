@@ -25,11 +25,11 @@ json_object *mig_hello_new(const char *uuid) {
 
 int mig_frame_unexpected(const struct mig_frame *f, enum mig_peer from, vmsup_error **err) {
         if (f->type == MIG_ABORT) {
-                vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "%s gave up: %s", mig_peer_name(from),
+                vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "%s gave up: %s", mig_peer_name(from),
                            mig_json_str(f->json, "error"));
                 return -ECONNABORTED;
         }
-        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "%s sent an unexpected %s message", mig_peer_name(from),
+        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "%s sent an unexpected %s message", mig_peer_name(from),
                           mig_msg_name(f->type));
 }
 
@@ -49,7 +49,7 @@ int mig_hello_check(const struct mig_frame *f, const char *uuid, enum mig_peer f
 
         if (theirs && streq(theirs, uuid))
                 return 0;
-        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "%s answered for guest %s, not %s", mig_peer_name(from),
+        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "%s answered for guest %s, not %s", mig_peer_name(from),
                           theirs ?: "(none)", uuid);
 }
 

@@ -138,7 +138,7 @@ static void progress(struct migrate_source *s, const char *phase, const char *fm
 }
 
 static int error_from(vmsup_error **dst, const vmsup_error *src) {
-        return vmsup_fail(dst, src->exit_code, 0, "%s", src->msg);
+        return vmsup_fail(dst, src->kind, 0, "%s", src->msg);
 }
 
 /* ---- QMP ---- */
@@ -172,10 +172,10 @@ static int qmp_send(struct migrate_source *s, const char *cmd, json_object *args
         int r;
 
         if (!q || s->qemu_exited)
-                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+                return vmsup_fail(err, VMSUP_ERR_FAILED, 0, "QEMU's monitor is gone");
         c = calloc(1, sizeof(*c));
         if (!c)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "QMP command '%s'", cmd);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "QMP command '%s'", cmd);
         *c = (struct src_call) { .s = s, .gen = s->gen, .always = always, .fn = fn };
         r = qmp_client_execute_async(q, cmd, args, pass_fd, s->env.qmp_timeout_ms, call_done, c, err);
         if (r < 0) {
@@ -236,7 +236,7 @@ static void on_answer_timeout(struct evloop_source *t, void *userdata) {
         }
         if (!s->awaiting)
                 return;
-        vmsup_fail(&err, VMSUP_EX_TEMPFAIL, 0,
+        vmsup_fail(&err, VMSUP_ERR_BUSY, 0,
                    "the destination: %s: no answer from the migration peer within %d s (waiting for %s)",
                    migchan_peer(s->ch), s->env.answer_ms / 1000, mig_msg_name(s->awaiting));
         fail(s, err);
@@ -355,7 +355,7 @@ static void on_run_state(struct migrate_source *s, json_object *ret, const vmsup
         }
         s->prepare = json_object_new_object();
         if (!s->prepare) {
-                vmsup_fail(&err, VMSUP_EX_OSERR, ENOMEM, "PREPARE");
+                vmsup_fail(&err, VMSUP_ERR_SYSTEM, ENOMEM, "PREPARE");
                 fail(s, err);
                 return;
         }
@@ -378,7 +378,7 @@ static void on_hello(struct migrate_source *s) {
 
         timer_set(s->answer_timer, -1);
         if (!hello)
-                vmsup_fail(&err, VMSUP_EX_OSERR, ENOMEM, "HELLO");
+                vmsup_fail(&err, VMSUP_ERR_SYSTEM, ENOMEM, "HELLO");
         else
                 send_frame(s, MIG_HELLO, hello, &err);
         if (err) {
@@ -511,7 +511,7 @@ static void frame_arrived(struct migrate_source *s, struct mig_frame *f) {
                 on_running(s);
                 return;
         default:
-                vmsup_fail(&err, VMSUP_EX_SOFTWARE, 0, "waiting for %s", mig_msg_name(type));
+                vmsup_fail(&err, VMSUP_ERR_INTERNAL, 0, "waiting for %s", mig_msg_name(type));
                 fail(s, err);
                 return;
         }
@@ -815,7 +815,7 @@ static void on_query(struct migrate_source *s, json_object *info, const vmsup_er
                 state_streaming_done(s);
                 return;
         } else if (streq(status, "failed") || streq(status, "cancelled")) {
-                vmsup_fail(&err, VMSUP_EX_UNAVAILABLE, 0, "QEMU's migration %s: %s", status,
+                vmsup_fail(&err, VMSUP_ERR_UNAVAILABLE, 0, "QEMU's migration %s: %s", status,
                            mig_json_str(info, "error-desc") ?: "no reason given");
                 fail(s, err);
                 return;
@@ -832,7 +832,7 @@ static void on_tick(struct evloop_source *t, void *userdata) {
         if (s->state != SRC_STREAMING || s->query_pending)
                 return;
         if (!qemu_usable(s))
-                vmsup_fail(&err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+                vmsup_fail(&err, VMSUP_ERR_FAILED, 0, "QEMU's monitor is gone");
         else if (qmp_send(s, "query-migrate", NULL, -1, false, on_query, &err) < 0)
                 vmsup_error_prefix(&err, "QEMU's monitor");
         if (err) {
@@ -850,7 +850,7 @@ static void on_deadline(struct evloop_source *t, void *userdata) {
         (void) t;
         if (s->state != SRC_STREAMING)
                 return;
-        vmsup_fail(&err, VMSUP_EX_TEMPFAIL, 0, "the migration did not complete within %u s%s", s->env.timeout_s,
+        vmsup_fail(&err, VMSUP_ERR_BUSY, 0, "the migration did not complete within %u s%s", s->env.timeout_s,
                    s->query_pending && monotonic_ms() - s->query_asked > 1000 ? " (QEMU's monitor does not answer)"
                                                                               : "");
         fail(s, err);
@@ -1064,10 +1064,10 @@ int migrate_source_start(const struct migrate_source_env *env, struct migrate_so
             !env->qemu_tls_dir || !env->handover || !env->write_marker || !env->remove_marker || !env->finished ||
             env->answer_ms <= 0 || env->qmp_timeout_ms <= 0 || env->cancel_timeout_ms <= 0 ||
             env->progress_interval_ms <= 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "migration source: incomplete set-up");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "migration source: incomplete set-up");
         s = calloc(1, sizeof(*s));
         if (!s)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "migration");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "migration");
         s->env = *env;
         s->env.tls.peer_name = env->host;
         s->stream_fd = -1;
@@ -1142,13 +1142,13 @@ void migrate_source_qemu_exited(struct migrate_source *s) {
         }
         s->calls = NULL;
         if (s->state == SRC_STREAMING) {
-                vmsup_fail(&err, VMSUP_EX_FAILURE, 0, "QEMU ended during the migration");
+                vmsup_fail(&err, VMSUP_ERR_FAILED, 0, "QEMU ended during the migration");
                 fail(s, err);
         } else if (s->state == SRC_ROLLING_BACK && s->rb == RB_CANCEL_WAIT) {
                 timer_set(s->wait_timer, -1);
                 roll_back_next(s);
         } else if (mine && (s->state < SRC_DONE || s->state == SRC_ROLLING_BACK)) {
-                vmsup_fail(&err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+                vmsup_fail(&err, VMSUP_ERR_FAILED, 0, "QEMU's monitor is gone");
                 mine->fn(s, NULL, err);
                 vmsup_error_free(err);
         }
@@ -1160,7 +1160,7 @@ bool migrate_source_interrupt(struct migrate_source *s, int signo) {
         if (s->state < SRC_COMMITTED) {
                 s->interrupted = true;
                 s->interrupt_signo = signo;
-                vmsup_fail(&err, VMSUP_EX_TEMPFAIL, 0, CANCEL_TEXT, sigabbrev_np(signo) ?: "TERM");
+                vmsup_fail(&err, VMSUP_ERR_BUSY, 0, CANCEL_TEXT, sigabbrev_np(signo) ?: "TERM");
                 fail(s, err);
                 return true;
         }

@@ -20,7 +20,7 @@ struct walker {
 };
 
 static int bad(struct walker *w, const char *key, const char *why) {
-        return vmsup_fail(w->err, VMSUP_EX_DATAERR, 0, "guest spec '%s': key '%s': %s", w->source, key, why);
+        return vmsup_fail(w->err, VMSUP_ERR_DATA, 0, "guest spec '%s': key '%s': %s", w->source, key, why);
 }
 
 /* Refuse keys we do not know: a misspelt key would otherwise be silently ignored. */
@@ -62,7 +62,7 @@ static int get_string(struct walker *w, json_object *obj, const char *key, const
                 return bad(w, full, "contains a NUL byte");
         *ret = strdup(s);
         if (!*ret)
-                return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec '%s'", w->source);
+                return vmsup_fail(w->err, VMSUP_ERR_SYSTEM, ENOMEM, "guest spec '%s'", w->source);
         return 0;
 }
 
@@ -108,7 +108,7 @@ static int get_string_map(struct walker *w, json_object *parent, const char *key
 
         if (!json_object_object_get_ex(parent, key, &m) || json_object_is_type(m, json_type_null)) {
                 *ret = json_object_new_object();
-                return *ret ? 0 : vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+                return *ret ? 0 : vmsup_fail(w->err, VMSUP_ERR_SYSTEM, ENOMEM, "guest spec");
         }
         if (!json_object_is_type(m, json_type_object))
                 return bad(w, full, "must be an object");
@@ -194,7 +194,7 @@ static int parse_disks(struct walker *w, json_object *root, struct guest_spec *s
                 return bad(w, "disks", "more than 16 disks");
         spec->disks = calloc(n ? n : 1, sizeof(*spec->disks));
         if (!spec->disks)
-                return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+                return vmsup_fail(w->err, VMSUP_ERR_SYSTEM, ENOMEM, "guest spec");
         for (size_t i = 0; i < n; i++) {
                 json_object *d = json_object_array_get_idx(arr, i), *ro;
                 struct guest_disk *disk = &spec->disks[i];
@@ -220,7 +220,7 @@ static int parse_disks(struct walker *w, json_object *root, struct guest_spec *s
                 if (r < 0)
                         return r;
                 if (!disk->format && !(disk->format = strdup("raw")))
-                        return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+                        return vmsup_fail(w->err, VMSUP_ERR_SYSTEM, ENOMEM, "guest spec");
                 if (!streq(disk->format, "raw") && !streq(disk->format, "qcow2"))
                         return bad(w, k, "must be raw or qcow2");
                 if (json_object_object_get_ex(d, "readonly", &ro)) {
@@ -231,7 +231,7 @@ static int parse_disks(struct walker *w, json_object *root, struct guest_spec *s
                 }
                 disk->backing = calloc(GUEST_DISK_MAX_BACKING, sizeof(*disk->backing));
                 if (!disk->backing)
-                        return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+                        return vmsup_fail(w->err, VMSUP_ERR_SYSTEM, ENOMEM, "guest spec");
                 snprintf(k, sizeof(k), "disks[%zu]", i);
                 r = parse_backing(w, d, k, disk);
                 if (r < 0)
@@ -282,7 +282,7 @@ static int parse_firmware(struct walker *w, json_object *root, struct guest_spec
         } else {
                 spec->firmware_type = strdup(image_fw ? image_fw : "bios");
                 if (!spec->firmware_type)
-                        return vmsup_fail(w->err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+                        return vmsup_fail(w->err, VMSUP_ERR_SYSTEM, ENOMEM, "guest spec");
         }
         return 0;
 }
@@ -305,11 +305,11 @@ int guest_spec_parse(const char *text, size_t len, const char *source, struct gu
         int r;
 
         if (len > GUEST_SPEC_MAX_SIZE)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "guest spec '%s': larger than %d bytes", source,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "guest spec '%s': larger than %d bytes", source,
                                   GUEST_SPEC_MAX_SIZE);
         tok = json_tokener_new();
         if (!tok)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "guest spec '%s'", source);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "guest spec '%s'", source);
         json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
         root = json_tokener_parse_ex(tok, text, (int) len);
         jerr = json_tokener_get_error(tok);
@@ -326,7 +326,7 @@ int guest_spec_parse(const char *text, size_t len, const char *source, struct gu
         if (!root) {
                 if (jerr == json_tokener_continue)
                         jerr = json_tokener_error_parse_eof;
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "guest spec '%s': not valid JSON: %s (at byte %zu)",
+                r = vmsup_fail(err, VMSUP_ERR_DATA, 0, "guest spec '%s': not valid JSON: %s (at byte %zu)",
                                source, json_tokener_error_desc(jerr), json_tokener_get_parse_end(tok));
                 json_tokener_free(tok);
                 return r;
@@ -334,7 +334,7 @@ int guest_spec_parse(const char *text, size_t len, const char *source, struct gu
         json_tokener_free(tok);
 
         if (!json_object_is_type(root, json_type_object)) {
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "guest spec '%s': must be a JSON object", source);
+                r = vmsup_fail(err, VMSUP_ERR_DATA, 0, "guest spec '%s': must be a JSON object", source);
                 goto out;
         }
         if ((r = check_keys(&w, root, "", top_keys)) < 0 ||
@@ -380,7 +380,7 @@ int guest_spec_parse(const char *text, size_t len, const char *source, struct gu
                                         &spec.image_properties)) < 0)
                         goto out;
         } else if (!(spec.image_properties = json_object_new_object())) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "guest spec");
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "guest spec");
                 goto out;
         }
 
@@ -410,25 +410,25 @@ int guest_spec_load(const char *path, struct guest_spec *ret, vmsup_error **err)
 
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
         if (fd < 0)
-                return vmsup_fail(err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_DATAERR, errno,
+                return vmsup_fail(err, errno == ENOENT ? VMSUP_ERR_NOT_FOUND : VMSUP_ERR_DATA, errno,
                                   "open guest spec '%s'", path);
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat guest spec '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat guest spec '%s'", path);
         if (!S_ISREG(st.st_mode))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "guest spec '%s': not a regular file", path);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "guest spec '%s': not a regular file", path);
         if (st.st_size > GUEST_SPEC_MAX_SIZE)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "guest spec '%s': larger than %d bytes", path,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "guest spec '%s': larger than %d bytes", path,
                                   GUEST_SPEC_MAX_SIZE);
         buf = malloc((size_t) st.st_size + 1);
         if (!buf)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read guest spec '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "read guest spec '%s'", path);
         while (len < (size_t) st.st_size) {
                 ssize_t n = read(fd, buf + len, (size_t) st.st_size - len);
 
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "read guest spec '%s'", path);
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "read guest spec '%s'", path);
                 if (n == 0)
                         break;
                 len += (size_t) n;

@@ -23,7 +23,7 @@ static int unique_flavor_image_meta(const struct guest_spec *spec, const char *k
         fv = guest_spec_extra_spec(spec, flavor_key);
         iv = guest_spec_image_property(spec, image_key);
         if (truthy(fv) && truthy(iv) && !streq(fv, iv))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "Flavor %s has hw:%s extra spec explicitly set to %s, conflicting with image %s "
                                   "which has hw_%s explicitly set to %s.",
                                   spec->flavor_name, key, fv, spec->image_name ? spec->image_name : "None", key, iv);
@@ -76,7 +76,7 @@ int tpm_rules_resolve(const struct guest_spec *spec, struct vtpm_config *ret, vm
                 tpm.version = TPM_VERSION_2_0;
         else {
                 py_repr(version, repr, sizeof(repr));
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "Invalid TPM version %s. Allowed values: 1.2, 2.0.", repr);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "Invalid TPM version %s. Allowed values: 1.2, 2.0.", repr);
         }
 
         r = unique_flavor_image_meta(spec, "tpm_model", &model, err);
@@ -90,11 +90,11 @@ int tpm_rules_resolve(const struct guest_spec *spec, struct vtpm_config *ret, vm
                 tpm.model = TPM_MODEL_CRB;
         else {
                 py_repr(model, repr, sizeof(repr));
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "Invalid TPM model %s. Allowed values: tpm-tis, tpm-crb.",
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "Invalid TPM model %s. Allowed values: tpm-tis, tpm-crb.",
                                   repr);
         }
         if (tpm.model == TPM_MODEL_CRB && tpm.version != TPM_VERSION_2_0)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "TPM model CRB is only valid with TPM version 2.0.");
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "TPM model CRB is only valid with TPM version 2.0.");
 
         /* The flavor alone decides (get_tpm_secret_security_constraint), "or 'user'". */
         security = guest_spec_extra_spec(spec, "hw:tpm_secret_security");
@@ -102,7 +102,7 @@ int tpm_rules_resolve(const struct guest_spec *spec, struct vtpm_config *ret, vm
                 security = "user";
         tpm.secret_security = secret_security_from_string(security);
         if (!tpm.secret_security)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "TPM secret security '%s' is not supported.", security);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "TPM secret security '%s' is not supported.", security);
 
         tpm.present = true;
         *ret = tpm;
@@ -115,12 +115,12 @@ int tpm_rules_check_host(const struct vtpm_config *tpm, const struct tpm_host_of
         if (!tpm->present)
                 return 0;
         if (!host->swtpm_enabled)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "a vTPM is requested (TPM %s, %s) but this host does not offer vTPMs: "
                                   "[tpm] swtpm_enabled is false (%s)",
                                   tpm_version_to_string(tpm->version), tpm_model_to_string(tpm->model), where);
         if (!(host->supported_secret_security & tpm->secret_security))
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "TPM secret security '%s' is not enabled on this host: "
                                   "[tpm] supported_tpm_secret_security leaves it out (%s)",
                                   secret_security_to_string(tpm->secret_security), where);

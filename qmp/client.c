@@ -76,7 +76,7 @@ static char *excerpt(json_object *o) {
 static void error_copy(vmsup_error **dst, const vmsup_error *src) {
         if (!dst || *dst)
                 return;
-        vmsup_fail(dst, src->exit_code, 0, "%s", src->msg);
+        vmsup_fail(dst, src->kind, 0, "%s", src->msg);
         if (*dst)
                 (*dst)->errnum = src->errnum;
 }
@@ -102,16 +102,16 @@ static void pending_free(struct pending *p) {
 }
 
 /* The connection cannot go on: keep why, fail every pending command with it. */
-static int set_broken(struct qmp_client *c, int exit_code, int errnum, const char *fmt, ...)
+static int set_broken(struct qmp_client *c, enum vmsup_err_kind kind, int errnum, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
-static int set_broken(struct qmp_client *c, int exit_code, int errnum, const char *fmt, ...) {
+static int set_broken(struct qmp_client *c, enum vmsup_err_kind kind, int errnum, const char *fmt, ...) {
         struct pending *list;
         va_list ap;
 
         if (c->broken)
                 return error_ret(c->broken);
         va_start(ap, fmt);
-        vmsup_vfail(&c->broken, exit_code, errnum, fmt, ap);
+        vmsup_vfail(&c->broken, kind, errnum, fmt, ap);
         va_end(ap);
         c->state = QMP_BROKEN;
 
@@ -130,7 +130,7 @@ static int set_broken(struct qmp_client *c, int exit_code, int errnum, const cha
                 vmsup_error *e = NULL;
 
                 list = p->next;
-                vmsup_fail(&e, c->broken->exit_code, 0, "QMP command '%s' got no reply: %s", p->command,
+                vmsup_fail(&e, c->broken->kind, 0, "QMP command '%s' got no reply: %s", p->command,
                            c->broken->msg);
                 if (e)
                         e->errnum = c->broken->errnum;
@@ -177,7 +177,7 @@ static int queue_command(struct qmp_client *c, int64_t id, const char *command, 
 oom:
         json_object_put(msg);
         free(m);
-        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "queue QMP command '%s'", command);
+        return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "queue QMP command '%s'", command);
 }
 
 static int add_pending(struct qmp_client *c, int64_t id, const char *command, int timeout_ms, qmp_reply_fn fn,
@@ -186,7 +186,7 @@ static int add_pending(struct qmp_client *c, int64_t id, const char *command, in
 
         if (!p || !(p->command = strdup(command))) {
                 free(p);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "queue QMP command '%s'", command);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "queue QMP command '%s'", command);
         }
         p->id = id;
         p->timeout_ms = timeout_ms;
@@ -220,7 +220,7 @@ static void capabilities_done(void *userdata, json_object *ret, const vmsup_erro
         struct qmp_client *c = userdata;
 
         if (err) {
-                set_broken(c, err->exit_code, err->errnum, "QMP capabilities negotiation failed: %s", err->msg);
+                set_broken(c, err->kind, err->errnum, "QMP capabilities negotiation failed: %s", err->msg);
                 return;
         }
         if (c->state == QMP_NEGOTIATING)
@@ -241,7 +241,7 @@ static int handle_greeting(struct qmp_client *c, json_object *msg) {
             !json_object_object_get_ex(qemu, "minor", &minor) || !json_object_is_type(minor, json_type_int) ||
             !json_object_object_get_ex(qemu, "micro", &micro) || !json_object_is_type(micro, json_type_int)) {
                 text = excerpt(msg);
-                return set_broken(c, VMSUP_EX_DATAERR, 0,
+                return set_broken(c, VMSUP_ERR_DATA, 0,
                                   "the peer is not a QMP server: expected a greeting "
                                   "{\"QMP\": {\"version\": {\"qemu\": {...}}, \"capabilities\": [...]}}, got %s",
                                   text ? text : "(a message)");
@@ -249,7 +249,7 @@ static int handle_greeting(struct qmp_client *c, json_object *msg) {
         if (asprintf(&c->version, "%" PRId64 ".%" PRId64 ".%" PRId64, json_object_get_int64(major),
                      json_object_get_int64(minor), json_object_get_int64(micro)) < 0) {
                 c->version = NULL;
-                return set_broken(c, VMSUP_EX_OSERR, ENOMEM, "read the QMP greeting");
+                return set_broken(c, VMSUP_ERR_SYSTEM, ENOMEM, "read the QMP greeting");
         }
         c->state = QMP_NEGOTIATING;
         /* capabilities first, ahead of the commands queued while we waited */
@@ -258,7 +258,7 @@ static int handle_greeting(struct qmp_client *c, json_object *msg) {
                 r = add_pending(c, CAPABILITIES_ID, "qmp_capabilities", HANDSHAKE_DEFAULT_TIMEOUT_MS,
                                 capabilities_done, c, &e);
         if (r < 0) {
-                r = set_broken(c, e->exit_code, e->errnum, "%s", e->msg);
+                r = set_broken(c, e->kind, e->errnum, "%s", e->msg);
                 vmsup_error_free(e);
         }
         return r;
@@ -269,7 +269,7 @@ static int handle_event(struct qmp_client *c, json_object *msg, json_object *eve
 
         if (!json_object_is_type(event, json_type_string)) {
                 _cleanup_free_ char *text = excerpt(msg);
-                return set_broken(c, VMSUP_EX_DATAERR, 0, "QMP event without a name: %s", text ? text : "");
+                return set_broken(c, VMSUP_ERR_DATA, 0, "QMP event without a name: %s", text ? text : "");
         }
         if (json_object_object_get_ex(msg, "data", &data) && !json_object_is_type(data, json_type_object))
                 data = NULL;
@@ -296,17 +296,17 @@ static int handle_reply(struct qmp_client *c, json_object *msg) {
              !json_object_is_type(cls, json_type_string) || !json_object_object_get_ex(error, "desc", &desc) ||
              !json_object_is_type(desc, json_type_string))) {
                 text = excerpt(msg);
-                return set_broken(c, VMSUP_EX_DATAERR, 0,
+                return set_broken(c, VMSUP_ERR_DATA, 0,
                                   "malformed QMP error reply (no \"class\" and \"desc\" strings): %s",
                                   text ? text : "");
         }
         if (!json_object_object_get_ex(msg, "id", &id)) {
                 /* QEMU answers without an id when it could not even parse the command */
                 if (has_error)
-                        return set_broken(c, VMSUP_EX_DATAERR, 0, "QMP error without an id: %s: %s",
+                        return set_broken(c, VMSUP_ERR_DATA, 0, "QMP error without an id: %s: %s",
                                           json_object_get_string(cls), json_object_get_string(desc));
                 text = excerpt(msg);
-                return set_broken(c, VMSUP_EX_DATAERR, 0, "QMP reply without an id: %s", text ? text : "");
+                return set_broken(c, VMSUP_ERR_DATA, 0, "QMP reply without an id: %s", text ? text : "");
         }
         if (json_object_is_type(id, json_type_int))
                 n = json_object_get_int64(id);
@@ -320,15 +320,15 @@ static int handle_reply(struct qmp_client *c, json_object *msg) {
                 if (n >= CAPABILITIES_ID && n < c->next_id)
                         return 0;
                 text = excerpt(msg);
-                return set_broken(c, VMSUP_EX_DATAERR, 0, "QMP reply with an unknown id %s: %s",
+                return set_broken(c, VMSUP_ERR_DATA, 0, "QMP reply with an unknown id %s: %s",
                                   json_object_to_json_string_ext(id, JSON_C_TO_STRING_PLAIN), text ? text : "");
         }
         if (!has_ret && !has_error) {
                 text = excerpt(msg);
-                set_broken(c, VMSUP_EX_DATAERR, 0,
+                set_broken(c, VMSUP_ERR_DATA, 0,
                            "QMP reply to command '%s' has neither \"return\" nor \"error\": %s", p->command,
                            text ? text : "");
-                vmsup_fail(&e, VMSUP_EX_DATAERR, 0, "QMP command '%s' got no reply: %s", p->command,
+                vmsup_fail(&e, VMSUP_ERR_DATA, 0, "QMP command '%s' got no reply: %s", p->command,
                            c->broken->msg);
                 p->fn(p->userdata, NULL, e);
                 vmsup_error_free(e);
@@ -336,7 +336,7 @@ static int handle_reply(struct qmp_client *c, json_object *msg) {
                 return error_ret(c->broken);
         }
         if (has_error) {
-                vmsup_fail(&e, VMSUP_EX_FAILURE, 0, "QMP command '%s' failed: %s: %s", p->command,
+                vmsup_fail(&e, VMSUP_ERR_FAILED, 0, "QMP command '%s' failed: %s: %s", p->command,
                            json_object_get_string(cls), json_object_get_string(desc));
                 p->fn(p->userdata, NULL, e);
                 vmsup_error_free(e);
@@ -352,7 +352,7 @@ static int handle_message(struct qmp_client *c, json_object *msg) {
 
         if (!json_object_is_type(msg, json_type_object)) {
                 text = excerpt(msg);
-                return set_broken(c, VMSUP_EX_DATAERR, 0, "QMP message is not a JSON object: %s", text ? text : "");
+                return set_broken(c, VMSUP_ERR_DATA, 0, "QMP message is not a JSON object: %s", text ? text : "");
         }
         if (c->state == QMP_GREETING)
                 return handle_greeting(c, msg);
@@ -363,8 +363,8 @@ static int handle_message(struct qmp_client *c, json_object *msg) {
                 return handle_reply(c, msg);
         text = excerpt(msg);
         if (json_object_object_get_ex(msg, "QMP", &v))
-                return set_broken(c, VMSUP_EX_DATAERR, 0, "unexpected second QMP greeting: %s", text ? text : "");
-        return set_broken(c, VMSUP_EX_DATAERR, 0, "QMP message is neither a reply nor an event: %s",
+                return set_broken(c, VMSUP_ERR_DATA, 0, "unexpected second QMP greeting: %s", text ? text : "");
+        return set_broken(c, VMSUP_ERR_DATA, 0, "QMP message is neither a reply nor an event: %s",
                           text ? text : "");
 }
 
@@ -376,7 +376,7 @@ static int process_input(struct qmp_client *c) {
                 int r = qmp_stream_next(&c->in, &msg, &e);
 
                 if (r < 0)
-                        return set_broken(c, e ? e->exit_code : VMSUP_EX_OSERR, e ? e->errnum : ENOMEM, "%s",
+                        return set_broken(c, e ? e->kind : VMSUP_ERR_SYSTEM, e ? e->errnum : ENOMEM, "%s",
                                           e ? e->msg : "out of memory");
                 if (r == 0)
                         break;
@@ -429,15 +429,15 @@ static int read_input(struct qmp_client *c) {
                 if (got == -EAGAIN || got == -EWOULDBLOCK)
                         return 0;
                 if (got < 0)
-                        return set_broken(c, VMSUP_EX_UNAVAILABLE, (int) -got, "read from the QMP socket");
+                        return set_broken(c, VMSUP_ERR_UNAVAILABLE, (int) -got, "read from the QMP socket");
                 if (got == 0) {
                         if (qmp_stream_in_message(&c->in))
-                                return set_broken(c, VMSUP_EX_UNAVAILABLE, 0,
+                                return set_broken(c, VMSUP_ERR_UNAVAILABLE, 0,
                                                   "QEMU closed the QMP connection in the middle of a message");
                         if (c->state == QMP_GREETING)
-                                return set_broken(c, VMSUP_EX_UNAVAILABLE, 0,
+                                return set_broken(c, VMSUP_ERR_UNAVAILABLE, 0,
                                                   "QEMU closed the QMP connection before its greeting");
-                        return set_broken(c, VMSUP_EX_UNAVAILABLE, 0, "QEMU closed the QMP connection");
+                        return set_broken(c, VMSUP_ERR_UNAVAILABLE, 0, "QEMU closed the QMP connection");
                 }
         }
         return process_input(c);
@@ -458,8 +458,8 @@ static int flush_output(struct qmp_client *c) {
                         if (sent == -EAGAIN || sent == -EWOULDBLOCK)
                                 return 0;
                         if (sent == -EPIPE || sent == -ECONNRESET)
-                                return set_broken(c, VMSUP_EX_UNAVAILABLE, 0, "QEMU closed the QMP connection");
-                        return set_broken(c, VMSUP_EX_UNAVAILABLE, (int) -sent, "write to the QMP socket");
+                                return set_broken(c, VMSUP_ERR_UNAVAILABLE, 0, "QEMU closed the QMP connection");
+                        return set_broken(c, VMSUP_ERR_UNAVAILABLE, (int) -sent, "write to the QMP socket");
                 }
                 if (m->fd >= 0) {
                         close(m->fd); /* the kernel holds its own reference in flight */
@@ -483,20 +483,20 @@ int qmp_client_new_fd(int fd, struct qmp_client **ret, vmsup_error **err) {
         int type = 0, flags;
 
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EBADF, "QMP client on fd %d", fd);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EBADF, "QMP client on fd %d", fd);
         if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, errno == ENOTSOCK ? ENOTSOCK : 0,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, errno == ENOTSOCK ? ENOTSOCK : 0,
                                   "QMP client on fd %d: not a stream socket", fd);
         flags = fcntl(fd, F_GETFL);
         if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "QMP client on fd %d: set O_NONBLOCK", fd);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "QMP client on fd %d: set O_NONBLOCK", fd);
 
         c = calloc(1, sizeof(*c));
         if (!c)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "QMP client");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "QMP client");
         if (qmp_stream_init(&c->in) < 0) {
                 free(c);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "QMP client");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "QMP client");
         }
         c->fd = TAKE_FD(owned);
         c->state = QMP_GREETING;
@@ -510,18 +510,18 @@ int qmp_client_connect(const char *socket_path, struct qmp_client **ret, vmsup_e
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
 
         if (!socket_path || !*socket_path)
-                return vmsup_fail(err, VMSUP_EX_USAGE, 0, "empty QMP socket path");
+                return vmsup_fail(err, VMSUP_ERR_USAGE, 0, "empty QMP socket path");
         if (strlen(socket_path) >= sizeof(sa.sun_path))
-                return vmsup_fail(err, VMSUP_EX_USAGE, ENAMETOOLONG, "QMP socket path '%s' (at most %zu bytes)",
+                return vmsup_fail(err, VMSUP_ERR_USAGE, ENAMETOOLONG, "QMP socket path '%s' (at most %zu bytes)",
                                   socket_path, sizeof(sa.sun_path) - 1);
         memcpy(sa.sun_path, socket_path, strlen(socket_path) + 1);
         fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "create a socket for QMP");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "create a socket for QMP");
         /* a unix connect completes at once (or waits for backlog room); no EINPROGRESS */
         while (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0)
                 if (errno != EINTR)
-                        return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, errno, "connect to QMP socket '%s'",
+                        return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, errno, "connect to QMP socket '%s'",
                                           socket_path);
         return qmp_client_new_fd(TAKE_FD(fd), ret, err);
 }
@@ -564,22 +564,22 @@ int qmp_client_execute_async(struct qmp_client *c, const char *command, json_obj
         int fd = -1, r;
 
         if (c->broken) {
-                vmsup_fail(err, c->broken->exit_code, 0, "QMP command '%s': the connection is unusable: %s",
+                vmsup_fail(err, c->broken->kind, 0, "QMP command '%s': the connection is unusable: %s",
                            command ? command : "", c->broken->msg);
                 return error_ret(c->broken);
         }
         if (!command || !*command || !fn)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "QMP command '%s'", command ? command : "");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "QMP command '%s'", command ? command : "");
         if (args && !json_object_is_type(args, json_type_object))
-                return vmsup_fail(err, VMSUP_EX_USAGE, 0, "QMP command '%s': the arguments must be a JSON object",
+                return vmsup_fail(err, VMSUP_ERR_USAGE, 0, "QMP command '%s': the arguments must be a JSON object",
                                   command);
         if (timeout_ms <= 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "QMP command '%s': timeout %d ms", command,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "QMP command '%s': timeout %d ms", command,
                                   timeout_ms);
         if (pass_fd >= 0) {
                 fd = fcntl(pass_fd, F_DUPFD_CLOEXEC, 3);
                 if (fd < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "QMP command '%s': duplicate fd %d", command,
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "QMP command '%s': duplicate fd %d", command,
                                           pass_fd);
         }
         id = c->next_id++;
@@ -663,7 +663,7 @@ void qmp_client_expire(struct qmp_client *c) {
 
                 expired = p->next;
                 unqueue(c, p->id); /* else its reply, should it come, is dropped */
-                vmsup_fail(&e, VMSUP_EX_UNAVAILABLE, 0, "QMP command '%s' got no reply within %d ms%s", p->command,
+                vmsup_fail(&e, VMSUP_ERR_UNAVAILABLE, 0, "QMP command '%s' got no reply within %d ms%s", p->command,
                            p->timeout_ms, c->state == QMP_GREETING ? " (no QMP greeting yet)" : "");
                 if (e)
                         e->errnum = ETIMEDOUT;
@@ -693,7 +693,7 @@ static int wait_for(struct qmp_client *c, bool (*done)(const struct qmp_client *
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
-                        return set_broken(c, VMSUP_EX_OSERR, errno, "wait for the QMP socket");
+                        return set_broken(c, VMSUP_ERR_SYSTEM, errno, "wait for the QMP socket");
                 }
                 if (n == 0)
                         qmp_client_expire(c);
@@ -709,14 +709,14 @@ static bool is_ready(const struct qmp_client *c, const void *arg) {
 
 int qmp_client_handshake(struct qmp_client *c, int timeout_ms, vmsup_error **err) {
         if (timeout_ms <= 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "QMP handshake: timeout %d ms", timeout_ms);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "QMP handshake: timeout %d ms", timeout_ms);
         if (wait_for(c, is_ready, NULL, monotonic_ms() + timeout_ms) >= 0)
                 return 0;
         if (c->state == QMP_GREETING)
-                set_broken(c, VMSUP_EX_UNAVAILABLE, 0,
+                set_broken(c, VMSUP_ERR_UNAVAILABLE, 0,
                            "no QMP greeting within %d ms (is another client connected to this QEMU?)", timeout_ms);
         else if (c->state == QMP_NEGOTIATING)
-                set_broken(c, VMSUP_EX_UNAVAILABLE, 0, "QMP capabilities negotiation got no reply within %d ms",
+                set_broken(c, VMSUP_ERR_UNAVAILABLE, 0, "QMP capabilities negotiation got no reply within %d ms",
                            timeout_ms);
         error_copy(err, c->broken);
         return error_ret(c->broken);
@@ -753,7 +753,7 @@ int qmp_client_execute(struct qmp_client *c, const char *command, json_object *a
         /* the command's own deadline ends the wait; the callback runs exactly once */
         wait_for(c, is_done, &b, -1);
         if (!b.done) /* cannot happen: a broken connection fails every pending command */
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "QMP command '%s': no outcome", command);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "QMP command '%s': no outcome", command);
         if (b.err) {
                 r = error_ret(b.err);
                 error_copy(err, b.err);

@@ -125,14 +125,14 @@ int qmp_stream_next(struct qmp_stream *s, json_object **ret_msg, vmsup_error **e
                 }
                 /* json-c takes a NUL for the end of the input; no JSON text holds one */
                 if (memchr(p, '\0', n))
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "malformed QMP message: it contains a NUL byte");
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "malformed QMP message: it contains a NUL byte");
                 msg = json_tokener_parse_ex(s->tok, p, (int) n);
                 jerr = json_tokener_get_error(s->tok);
                 if (jerr == json_tokener_continue) {
                         s->message_len += n;
                         s->start = s->end;
                         if (s->message_len > QMP_MAX_MESSAGE_SIZE)
-                                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                                   "QMP message longer than %d bytes (endless or oversized)",
                                                   QMP_MAX_MESSAGE_SIZE);
                         break;
@@ -141,7 +141,7 @@ int qmp_stream_next(struct qmp_stream *s, json_object **ret_msg, vmsup_error **e
                         size_t at = s->message_len + json_tokener_get_parse_end(s->tok);
 
                         json_object_put(msg);
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "malformed JSON in QMP message at byte %zu: %s",
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "malformed JSON in QMP message at byte %zu: %s",
                                           at, json_tokener_error_desc(jerr));
                 }
                 end = json_tokener_get_parse_end(s->tok);
@@ -151,7 +151,7 @@ int qmp_stream_next(struct qmp_stream *s, json_object **ret_msg, vmsup_error **e
                 json_tokener_reset(s->tok);
                 if (s->message_len > QMP_MAX_MESSAGE_SIZE) {
                         json_object_put(msg);
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "QMP message longer than %d bytes (oversized)",
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "QMP message longer than %d bytes (oversized)",
                                           QMP_MAX_MESSAGE_SIZE);
                 }
                 *ret_msg = msg;

@@ -115,11 +115,11 @@ static int add_rule(scmp_filter_ctx ctx, uint32_t action, const char *name, unsi
         int r;
 
         if (nr == __NR_SCMP_ERROR)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "seccomp filter: libseccomp does not know the system call '%s'",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "seccomp filter: libseccomp does not know the system call '%s'",
                                   name);
         r = seccomp_rule_add_array(ctx, action, nr, n_args, args);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, -r, "seccomp filter: rule for '%s'", name);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, -r, "seccomp filter: rule for '%s'", name);
         return 0;
 }
 
@@ -129,23 +129,23 @@ static int build(enum seccomp_filter_mode mode, scmp_filter_ctx *ret, vmsup_erro
         int r;
 
         if (mode != SECCOMP_FILTER_KILL && mode != SECCOMP_FILTER_LOG)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "seccomp filter: no filter for mode '%s'",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "seccomp filter: no filter for mode '%s'",
                                   seccomp_filter_mode_to_string(mode) ?: "?");
         /* KILL_PROCESS (API level 3, Linux 4.14) rather than KILL_THREAD: a supervisor with
          * one thread gone would be in an undefined state. LOG needs the same level. */
         if (seccomp_api_get() < 3)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "seccomp filter: the kernel or libseccomp lacks SECCOMP_RET_KILL_PROCESS and "
                                   "SECCOMP_RET_LOG (API level %u, 3 needed)", seccomp_api_get());
         deny = mode == SECCOMP_FILTER_KILL ? SCMP_ACT_KILL_PROCESS : SCMP_ACT_LOG;
         ctx = seccomp_init(deny);
         if (!ctx)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "seccomp filter: seccomp_init");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "seccomp filter: seccomp_init");
         /* Calls from another ABI (i386 int 0x80, x32) are not in the allowlist: kill. */
         if ((r = seccomp_attr_set(ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS)) < 0 ||
             (r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 1)) < 0 ||
             (r = seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1)) < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, -r, "seccomp filter: set attributes");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, -r, "seccomp filter: set attributes");
 
         for (size_t i = 0; i < ARRAY_SIZE(allowed); i++)
                 if ((r = add_rule(ctx, SCMP_ACT_ALLOW, allowed[i], 0, NULL, err)) < 0)
@@ -206,7 +206,7 @@ int seccomp_filter_load(enum seccomp_filter_mode mode, vmsup_error **err) {
                 return r;
         r = seccomp_load(ctx);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, -r, "load the seccomp filter (mode %s)",
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, -r, "load the seccomp filter (mode %s)",
                                   seccomp_filter_mode_to_string(mode));
         return 0;
 }
@@ -220,6 +220,6 @@ int seccomp_filter_export(enum seccomp_filter_mode mode, int fd, vmsup_error **e
                 return r;
         r = seccomp_export_pfc(ctx, fd);
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, -r, "write the seccomp filter");
+                return vmsup_fail(err, VMSUP_ERR_IO, -r, "write the seccomp filter");
         return 0;
 }

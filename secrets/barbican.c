@@ -86,7 +86,7 @@ static int client_alloc(const struct barbican_options *o, struct barbican_client
         struct barbican_client *c = calloc(1, sizeof(*c));
 
         if (!c)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican client");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican client");
         c->http = (struct http_options) {
                 .service = "Barbican",
                 .connect_timeout_ms = o->connect_timeout_ms,
@@ -98,7 +98,7 @@ static int client_alloc(const struct barbican_options *o, struct barbican_client
                 c->ca_file = strdup(o->ca_file);
                 if (!c->ca_file) {
                         barbican_client_free(c);
-                        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican client");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican client");
                 }
                 c->http.ca_file = c->ca_file;
         }
@@ -108,11 +108,11 @@ static int client_alloc(const struct barbican_options *o, struct barbican_client
 
 static int client_set_endpoint(struct barbican_client *c, const char *url, vmsup_error **err) {
         if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "the Barbican endpoint is not an http:// or https:// URL");
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "the Barbican endpoint is not an http:// or https:// URL");
         c->endpoint = endpoint_base(url);
         c->origin = c->endpoint ? http_url_origin(c->endpoint) : NULL;
         if (!c->endpoint || !c->origin)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican client");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican client");
         return 0;
 }
 
@@ -126,20 +126,20 @@ static struct keystone_service_filter key_manager_filter(const struct barbican_o
 
 static int set_token_header(struct barbican_client *c, const char *token, size_t len, vmsup_error **err) {
         if (!token || !header_value_ok(token, len))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "the Keystone token for Barbican is empty or holds a line break or NUL");
         c->auth_header = secretbuf_printf("X-Auth-Token: %.*s", (int) len, token);
         if (!c->auth_header)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican client");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican client");
         return 0;
 }
 
 static int set_noauth_header(char **h, const char *name, const char *value, vmsup_error **err) {
         if (!header_value_ok(value, strlen(value)))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "Barbican %s: empty or holds a line break", name);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "Barbican %s: empty or holds a line break", name);
         *h = secretbuf_printf("%s: %s", name, value);
         if (!*h)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican client");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican client");
         return 0;
 }
 
@@ -153,10 +153,10 @@ int barbican_client_new(const struct barbican_options *o, const struct barbican_
                 return r;
         if (o->auth == BARBICAN_AUTH_NOAUTH) {
                 if (!o->endpoint)
-                        return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                           "[barbican] auth = noauth needs [barbican] endpoint");
                 if (!id->project_id)
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                           "Barbican without Keystone (auth = noauth) needs the guest's project id");
                 r = set_noauth_header(&c->auth_header, "X-Project-Id", id->project_id, err);
                 if (r == 0 && id->user_id)
@@ -177,7 +177,7 @@ int barbican_client_new(const struct barbican_options *o, const struct barbican_
         if (o->endpoint)
                 r = client_set_endpoint(c, o->endpoint, err);
         else if (!o->auth_url)
-                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                "no Barbican endpoint: set [barbican] endpoint or [keystone] auth_url (for the catalog)");
         else {
                 _cleanup_erase_ char *token = strndup(id->token, id->token_len);
@@ -186,7 +186,7 @@ int barbican_client_new(const struct barbican_options *o, const struct barbican_
                 struct http_options ko = c->http;
 
                 if (!token)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican client");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican client");
                 ko.service = "Keystone";
                 r = keystone_catalog_endpoint(&ko, o->auth_url, token, &f, &url, err);
                 if (r == 0)
@@ -205,9 +205,9 @@ int barbican_client_new_from_token(const struct barbican_options *o, const struc
         int r;
 
         if (o->auth != BARBICAN_AUTH_KEYSTONE)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "a Keystone token needs [barbican] auth = keystone");
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "a Keystone token needs [barbican] auth = keystone");
         if (!endpoint)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                   "no Barbican endpoint: set [barbican] endpoint, or have Keystone's catalog list "
                                   "the key-manager service");
         r = client_alloc(o, &c, err);
@@ -229,7 +229,7 @@ int barbican_passphrase_generate(char ret[BARBICAN_PASSPHRASE_LEN + 1], vmsup_er
         /* nova/crypto.py: base64.b64encode(os.urandom(384)): 512 characters, no '='. */
         r = gnutls_rnd(GNUTLS_RND_KEY, raw, sizeof(raw));
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "generate a vTPM passphrase: %s", gnutls_strerror(r));
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "generate a vTPM passphrase: %s", gnutls_strerror(r));
         secretbuf_base64(raw, sizeof(raw), ret);
         gnutls_memset(raw, 0, sizeof(raw));
         return 0;
@@ -243,7 +243,7 @@ static int client_request(struct barbican_client *c, const char *method, const c
         size_t n = 0;
 
         if (!url)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican request");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican request");
         headers[n++] = c->auth_header;
         if (c->user_header)
                 headers[n++] = c->user_header;
@@ -288,18 +288,18 @@ static int barbican_http_error(struct barbican_client *c, const struct http_resp
                                vmsup_error **err) {
         _cleanup_free_ char *text = barbican_error_text(resp);
 
-        return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "Barbican at %s answered HTTP %ld to %s%s%s%s", c->origin,
+        return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "Barbican at %s answered HTTP %ld to %s%s%s%s", c->origin,
                           resp->status, what, text ? " (" : "", text ? text : "", text ? ")" : "");
 }
 
 static int barbican_refused(const char *what, long status, vmsup_error **err) {
-        return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "Barbican refused %s (HTTP %ld): the guest owner's credentials are required",
+        return vmsup_fail(err, VMSUP_ERR_DENIED, 0, "Barbican refused %s (HTTP %ld): the guest owner's credentials are required",
                           what, status);
 }
 
 static int check_secret_id(const char *secret_id, vmsup_error **err) {
         if (!barbican_is_uuid(secret_id))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "vTPM secret id '%.40s%s' is not a UUID", secret_id,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "vTPM secret id '%.40s%s' is not a UUID", secret_id,
                                   strlen(secret_id) > 40 ? "..." : "");
         return 0;
 }
@@ -329,10 +329,10 @@ int barbican_secret_create(struct barbican_client *c, const char *instance_uuid,
         int r;
 
         if (!barbican_is_uuid(instance_uuid))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "instance UUID '%.40s' is not a UUID", instance_uuid);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "instance UUID '%.40s' is not a UUID", instance_uuid);
         what = secretbuf_printf("to store the vTPM secret for instance %s", instance_uuid);
         if (!what)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican request");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican request");
         r = barbican_passphrase_generate(passphrase, err);
         if (r < 0)
                 return r;
@@ -345,7 +345,7 @@ int barbican_secret_create(struct barbican_client *c, const char *instance_uuid,
                                 instance_uuid, payload);
         gnutls_memset(payload, 0, sizeof(payload));
         if (!body) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican request");
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican request");
                 goto out;
         }
         r = client_request(c, "POST", "/v1/secrets", "Accept: application/json", body, false, &resp, err);
@@ -366,7 +366,7 @@ int barbican_secret_create(struct barbican_client *c, const char *instance_uuid,
             secret_ref_uuid(json_object_get_string(ref), id) < 0) {
                 _cleanup_free_ char *shown = http_sanitize_text(resp.body, 200);
 
-                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                "Barbican at %s accepted the vTPM secret for instance %s but answered without a "
                                "secret_ref ending in a UUID ('%s'): the secret may be left behind in Barbican",
                                c->origin, instance_uuid, shown ? shown : "");
@@ -393,7 +393,7 @@ int barbican_secret_fetch(struct barbican_client *c, const char *secret_id,
         path = secretbuf_printf("/v1/secrets/%s/payload", secret_id);
         what = secretbuf_printf("access to vTPM secret %s", secret_id);
         if (!path || !what)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican request");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican request");
         r = client_request(c, "GET", path, "Accept: application/octet-stream", NULL, true, &resp, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "fetch vTPM secret %s", secret_id);
@@ -401,12 +401,12 @@ int barbican_secret_fetch(struct barbican_client *c, const char *secret_id,
                 r = barbican_refused(what, resp.status, err);
         else if (resp.status == 404)
                 /* nova/crypto.py: "Your vTPM is likely to be unrecoverable"; never offer a reset. */
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                r = vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                "vTPM secret %s not found in Barbican: the TPM state cannot be decrypted", secret_id);
         else if (resp.status != 200)
                 r = barbican_http_error(c, &resp, "the request for the vTPM secret", err);
         else if (resp.body_len != BARBICAN_PASSPHRASE_LEN || !is_b64_text(resp.body, resp.body_len))
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                r = vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                "vTPM secret %s in Barbican is not a vTPM passphrase (%zu bytes; expected %d base64 "
                                "characters)",
                                secret_id, resp.body_len, BARBICAN_PASSPHRASE_LEN);
@@ -430,7 +430,7 @@ int barbican_secret_delete(struct barbican_client *c, const char *secret_id, vms
         path = secretbuf_printf("/v1/secrets/%s", secret_id);
         what = secretbuf_printf("access to vTPM secret %s", secret_id);
         if (!path || !what)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Barbican request");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican request");
         r = client_request(c, "DELETE", path, "Accept: application/json", NULL, true, &resp, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "delete vTPM secret %s", secret_id);

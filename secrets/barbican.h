@@ -68,8 +68,8 @@ int barbican_secret_create(struct barbican_client *c, const char *instance_uuid,
                            char ret_secret_id[BARBICAN_SECRET_ID_LEN + 1], vmsup_error **err);
 
 /* GET the passphrase of secret_id into ret_passphrase (checked: 512 base64 characters).
- * Errors: 401/403 VMSUP_EX_NOPERM; not found VMSUP_EX_DATAERR (the sealed state cannot be
- * opened without it; retrying will not help); unreachable VMSUP_EX_UNAVAILABLE. */
+ * Errors: 401/403 VMSUP_ERR_DENIED; not found VMSUP_ERR_DATA (the sealed state cannot be
+ * opened without it; retrying will not help); unreachable VMSUP_ERR_UNAVAILABLE. */
 int barbican_secret_fetch(struct barbican_client *c, const char *secret_id,
                           char ret_passphrase[BARBICAN_PASSPHRASE_LEN + 1], vmsup_error **err);
 

@@ -215,16 +215,16 @@ int http_request(const struct http_options *o, const struct http_request *req, s
         int r;
 
         if (!origin)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s request", service);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s request", service);
         if (!curl_load())
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "%s request: %s", service, curl_why);
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "%s request: %s", service, curl_why);
         if (strncmp(req->url, "http://", 7) != 0 && strncmp(req->url, "https://", 8) != 0)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s URL %s: only http:// and https:// are allowed",
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "%s URL %s: only http:// and https:// are allowed",
                                   service, origin);
 
         curl = lc.easy_init();
         if (!curl) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s request: create a libcurl handle", service);
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s request: create a libcurl handle", service);
                 goto out;
         }
         /* "Expect:" off: no 100-continue round trip for small bodies. */
@@ -240,7 +240,7 @@ int http_request(const struct http_options *o, const struct http_request *req, s
                 headers = n;
         }
         if (!headers) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s request headers", service);
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s request headers", service);
                 goto out;
         }
 
@@ -249,7 +249,7 @@ int http_request(const struct http_options *o, const struct http_request *req, s
         do {                                                                                                 \
                 rc = lc.easy_setopt(curl, opt, val);                                                       \
                 if (rc != CURLE_OK) {                                                                        \
-                        r = vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s request: libcurl option %s: %s",      \
+                        r = vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "%s request: libcurl option %s: %s",      \
                                        service, #opt, lc.easy_strerror(rc));                               \
                         goto out;                                                                            \
                 }                                                                                            \
@@ -288,7 +288,7 @@ int http_request(const struct http_options *o, const struct http_request *req, s
         } else if (streq(req->method, "DELETE"))
                 SETOPT(CURLOPT_CUSTOMREQUEST, "DELETE");
         else if (!streq(req->method, "GET")) {
-                r = vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "%s request: unsupported method %s", service,
+                r = vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "%s request: unsupported method %s", service,
                                req->method);
                 goto out;
         }
@@ -302,19 +302,19 @@ int http_request(const struct http_options *o, const struct http_request *req, s
                 if (rc == CURLE_OK)
                         lc.easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
                 if (sink.overflow || rc == CURLE_FILESIZE_EXCEEDED) {
-                        r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                        r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                        "%s at %s: response to %s larger than %zu bytes: refused", service, origin,
                                        req->method, sink.max);
                         goto out;
                 }
                 if (rc == CURLE_WRITE_ERROR && !sink.buf) {
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s at %s: response", service, origin);
+                        r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s at %s: response", service, origin);
                         goto out;
                 }
                 if (rc == CURLE_OK && !status_retryable(status, req->idempotent))
                         break;
                 if (rc != CURLE_OK && !transport_retryable(rc, req->idempotent)) {
-                        r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "%s at %s: %s %s failed: %s", service,
+                        r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "%s at %s: %s %s failed: %s", service,
                                        origin, req->method, attempt > 1 ? "retry" : "request",
                                        errbuf[0] ? errbuf : lc.easy_strerror(rc));
                         goto out;
@@ -322,7 +322,7 @@ int http_request(const struct http_options *o, const struct http_request *req, s
                 if (attempt >= attempts) {
                         if (rc == CURLE_OK)
                                 break; /* the last 5xx is the answer */
-                        r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "%s at %s unreachable after %u attempt%s: %s",
+                        r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "%s at %s unreachable after %u attempt%s: %s",
                                        service, origin, attempt, attempt == 1 ? "" : "s",
                                        errbuf[0] ? errbuf : lc.easy_strerror(rc));
                         goto out;
@@ -338,7 +338,7 @@ int http_request(const struct http_options *o, const struct http_request *req, s
                 if (lc.easy_getinfo(curl, CURLINFO_CONTENT_TYPE, &ct) == CURLE_OK && ct) {
                         resp.content_type = strdup(ct);
                         if (!resp.content_type) {
-                                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s response", service);
+                                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s response", service);
                                 goto out;
                         }
                 }
@@ -346,7 +346,7 @@ int http_request(const struct http_options *o, const struct http_request *req, s
                         sink.buf = malloc(1);
                 if (!sink.buf) {
                         free(resp.content_type);
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s response", service);
+                        r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s response", service);
                         goto out;
                 }
                 sink.buf[sink.len] = '\0';

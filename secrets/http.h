@@ -41,7 +41,7 @@ struct http_response {
 
 /* Perform the request. Returns 0 with *ret filled for any HTTP status (a 5xx only after
  * the last attempt); negative with err filled when no answer came (after the retries:
- * "<service> at <url> unreachable after N attempts: <curl error>", VMSUP_EX_UNAVAILABLE),
+ * "<service> at <url> unreachable after N attempts: <curl error>", VMSUP_ERR_UNAVAILABLE),
  * when the answer was too large or the URL or options are bad. */
 int http_request(const struct http_options *o, const struct http_request *req, struct http_response *ret,
                  vmsup_error **err);

@@ -57,7 +57,7 @@ static int cred_handler(void *user, const char *section, const char *name, const
         if (p->r < 0)
                 return 1;
         if (*section) {
-                p->r = vmsup_fail(p->err, VMSUP_EX_CONFIG, 0,
+                p->r = vmsup_fail(p->err, VMSUP_ERR_CONFIG, 0,
                                   "Keystone credentials file '%s': [%s]: sections are not used (key = value lines only)",
                                   p->path, section);
                 return 1;
@@ -69,16 +69,16 @@ static int cred_handler(void *user, const char *section, const char *name, const
                         continue;
                 f = credential_field(p->c, i);
                 if (*f) {
-                        p->r = vmsup_fail(p->err, VMSUP_EX_CONFIG, 0, "Keystone credentials file '%s': %s: set twice",
+                        p->r = vmsup_fail(p->err, VMSUP_ERR_CONFIG, 0, "Keystone credentials file '%s': %s: set twice",
                                           p->path, name);
                         return 1;
                 }
                 *f = strdup(value);
                 if (!*f)
-                        p->r = vmsup_fail(p->err, VMSUP_EX_OSERR, ENOMEM, "Keystone credentials file '%s'", p->path);
+                        p->r = vmsup_fail(p->err, VMSUP_ERR_SYSTEM, ENOMEM, "Keystone credentials file '%s'", p->path);
                 return 1;
         }
-        p->r = vmsup_fail(p->err, VMSUP_EX_CONFIG, 0, "Keystone credentials file '%s': %s: unknown key", p->path,
+        p->r = vmsup_fail(p->err, VMSUP_ERR_CONFIG, 0, "Keystone credentials file '%s': %s: unknown key", p->path,
                           name);
         return 1;
 }
@@ -86,24 +86,24 @@ static int cred_handler(void *user, const char *section, const char *name, const
 static int credentials_check(const struct keystone_credentials *c, const char *path, vmsup_error **err) {
         if (streq(c->auth_type, "password")) {
                 if (!c->username && !c->user_id)
-                        return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                           "Keystone credentials file '%s': auth_type password needs username or user_id",
                                           path);
                 if (c->username && !c->user_id && !c->user_domain_name && !c->user_domain_id)
-                        return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                           "Keystone credentials file '%s': username needs user_domain_name or "
                                           "user_domain_id",
                                           path);
                 if (!c->password)
-                        return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                           "Keystone credentials file '%s': auth_type password needs password", path);
                 if (!c->project_id && !c->project_name)
-                        return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                           "Keystone credentials file '%s': auth_type password needs project_id or "
                                           "project_name (Barbican needs a project-scoped token)",
                                           path);
                 if (c->project_name && !c->project_id && !c->project_domain_name && !c->project_domain_id)
-                        return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                           "Keystone credentials file '%s': project_name needs project_domain_name or "
                                           "project_domain_id",
                                           path);
@@ -111,13 +111,13 @@ static int credentials_check(const struct keystone_credentials *c, const char *p
         }
         if (streq(c->auth_type, "v3applicationcredential")) {
                 if (!c->application_credential_id || !c->application_credential_secret)
-                        return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                           "Keystone credentials file '%s': auth_type v3applicationcredential needs "
                                           "application_credential_id and application_credential_secret",
                                           path);
                 return 0;
         }
-        return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                           "Keystone credentials file '%s': auth_type must be password or v3applicationcredential", path);
 }
 
@@ -132,36 +132,36 @@ int keystone_credentials_load(const char *path, struct keystone_credentials *ret
 
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
         if (fd < 0)
-                return vmsup_fail(err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_CONFIG, errno,
+                return vmsup_fail(err, errno == ENOENT ? VMSUP_ERR_NOT_FOUND : VMSUP_ERR_CONFIG, errno,
                                   "open Keystone credentials file '%s'", path);
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "stat Keystone credentials file '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "stat Keystone credentials file '%s'", path);
         /* Secrets readable by anyone but root are already leaked: refuse rather than use them. */
         if (!S_ISREG(st.st_mode) || st.st_uid != 0 || (st.st_mode & 077))
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                   "Keystone credentials file '%s' is %s owned by uid %u with mode %04o: it must be a "
                                   "regular file owned by root with mode 0600 (chown root: '%s'; chmod 600 '%s')",
                                   path, S_ISREG(st.st_mode) ? "a file" : "not a regular file", (unsigned) st.st_uid,
                                   (unsigned) (st.st_mode & 07777), path, path);
         if (st.st_size > CREDENTIALS_MAX_SIZE)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                   "Keystone credentials file '%s' is larger than %d bytes", path, CREDENTIALS_MAX_SIZE);
         /* Read straight into a buffer that is wiped: no stdio buffer keeps a copy. */
         text = malloc(CREDENTIALS_MAX_SIZE + 1);
         if (!text)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read Keystone credentials file '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "read Keystone credentials file '%s'", path);
         for (;;) {
                 ssize_t n = read(fd, text + len, CREDENTIALS_MAX_SIZE - len);
 
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "read Keystone credentials file '%s'", path);
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "read Keystone credentials file '%s'", path);
                 if (n == 0)
                         break;
                 len += (size_t) n;
                 if (len == CREDENTIALS_MAX_SIZE)
-                        return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "Keystone credentials file '%s' is larger than %d bytes",
+                        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "Keystone credentials file '%s' is larger than %d bytes",
                                           path, CREDENTIALS_MAX_SIZE);
         }
         text[len] = '\0';
@@ -171,12 +171,12 @@ int keystone_credentials_load(const char *path, struct keystone_credentials *ret
                 goto fail;
         }
         if (r > 0) {
-                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                "Keystone credentials file '%s':%d: not a key = value line", path, r);
                 goto fail;
         }
         if (r < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "parse Keystone credentials file '%s'", path);
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "parse Keystone credentials file '%s'", path);
                 goto fail;
         }
         r = credentials_check(&c, path, err);
@@ -228,7 +228,7 @@ static int keystone_http_error(const struct http_options *o, const char *what, c
                                const struct http_response *resp, vmsup_error **err) {
         _cleanup_free_ char *origin = http_url_origin(url);
         _cleanup_free_ char *text = keystone_error_text(resp);
-        int code = resp->status == 401 || resp->status == 403 ? VMSUP_EX_NOPERM : VMSUP_EX_UNAVAILABLE;
+        int code = resp->status == 401 || resp->status == 403 ? VMSUP_ERR_DENIED : VMSUP_ERR_UNAVAILABLE;
 
         return vmsup_fail(err, code, 0, "%s at %s refused %s (HTTP %ld)%s%s", o->service ? o->service : "Keystone",
                           origin ? origin : "?", what, resp->status, text ? ": " : "", text ? text : "");
@@ -272,7 +272,7 @@ static int catalog_find(json_object *catalog, const struct keystone_service_filt
 }
 
 static int catalog_missing(const char *origin, const struct keystone_service_filter *f, vmsup_error **err) {
-        return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                           "the service catalog from Keystone at %s has no %s endpoint for interface %s%s%s: set "
                           "[barbican] endpoint, or check [barbican] interface and region_name",
                           origin, f->type, f->interface, f->region ? " in region " : "", f->region ? f->region : "");
@@ -370,10 +370,10 @@ int keystone_token_issue(const struct http_options *o, const char *auth_url, con
         int r;
 
         if (!url || !origin)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Keystone token request");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Keystone token request");
         body = auth_body(c);
         if (!body)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Keystone token request");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Keystone token request");
         r = http_request(o, &(struct http_request) { .method = "POST", .url = url, .headers = headers, .body = body,
                                                      .body_len = strlen(body), .idempotent = true },
                          &resp, err);
@@ -387,14 +387,14 @@ int keystone_token_issue(const struct http_options *o, const char *auth_url, con
                 goto out;
         }
         if (!resp.subject_token || !*resp.subject_token) {
-                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "Keystone at %s issued no token (no X-Subject-Token header)",
+                r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "Keystone at %s issued no token (no X-Subject-Token header)",
                                origin);
                 goto out;
         }
         root = json_tokener_parse(resp.body);
         if (!root || !json_object_object_get_ex(root, "token", &token) ||
             !json_object_is_type(token, json_type_object)) {
-                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                "Keystone at %s answered the token request with something other than a v3 token",
                                origin);
                 goto out;
@@ -404,7 +404,7 @@ int keystone_token_issue(const struct http_options *o, const char *auth_url, con
             json_object_is_type(id, json_type_string)) {
                 t.project_id = strdup(json_object_get_string(id));
                 if (!t.project_id) {
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Keystone token");
+                        r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Keystone token");
                         goto out;
                 }
         }
@@ -419,12 +419,12 @@ int keystone_token_issue(const struct http_options *o, const char *auth_url, con
                         goto out;
                 }
                 if (r == -EBADMSG) {
-                        r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "Keystone at %s: the token's catalog is not a list",
+                        r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "Keystone at %s: the token's catalog is not a list",
                                        origin);
                         goto out;
                 }
                 if (r == -ENOMEM) {
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Keystone catalog");
+                        r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Keystone catalog");
                         goto out;
                 }
         }
@@ -449,12 +449,12 @@ int keystone_catalog_endpoint(const struct http_options *o, const char *auth_url
         int r;
 
         if (!url || !origin)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Keystone catalog request");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Keystone catalog request");
         if (strpbrk(token, "\r\n"))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the Keystone token holds a line break");
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "the Keystone token holds a line break");
         auth = secretbuf_printf("X-Auth-Token: %s", token);
         if (!auth)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Keystone catalog request");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Keystone catalog request");
         r = http_request(o,
                          &(struct http_request) { .method = "GET", .url = url, .idempotent = true,
                                                   .headers = (const char *const[]) { auth, "Accept: application/json",
@@ -468,7 +468,7 @@ int keystone_catalog_endpoint(const struct http_options *o, const char *auth_url
         }
         root = json_tokener_parse(resp.body);
         if (!root || !json_object_object_get_ex(root, "catalog", &catalog)) {
-                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "Keystone at %s answered GET /v3/auth/catalog without a catalog",
+                r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "Keystone at %s answered GET /v3/auth/catalog without a catalog",
                                origin);
                 goto out;
         }
@@ -476,9 +476,9 @@ int keystone_catalog_endpoint(const struct http_options *o, const char *auth_url
         if (r == -ENOENT)
                 r = catalog_missing(origin, f, err);
         else if (r == -EBADMSG)
-                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "Keystone at %s: the catalog is not a list", origin);
+                r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "Keystone at %s: the catalog is not a list", origin);
         else if (r < 0)
-                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "Keystone catalog");
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Keystone catalog");
         else
                 *ret_url = endpoint;
 out:

@@ -27,7 +27,7 @@ struct keystone_credentials {
 };
 
 /* Read path, which must be a regular file owned by root with no group or other access
- * (0600 or stricter); anything else is refused (VMSUP_EX_CONFIG) without reading it. */
+ * (0600 or stricter); anything else is refused (VMSUP_ERR_CONFIG) without reading it. */
 int keystone_credentials_load(const char *path, struct keystone_credentials *ret, vmsup_error **err);
 void keystone_credentials_clear(struct keystone_credentials *c);
 
@@ -46,14 +46,14 @@ struct keystone_token {
 };
 
 /* POST auth_url/v3/auth/tokens (auth_url with or without its /v3). With a filter, the
- * token's catalog must hold that endpoint (VMSUP_EX_CONFIG otherwise). Errors: 401/403 are
- * VMSUP_EX_NOPERM naming the credentials' user or application credential id, never secrets. */
+ * token's catalog must hold that endpoint (VMSUP_ERR_CONFIG otherwise). Errors: 401/403 are
+ * VMSUP_ERR_DENIED naming the credentials' user or application credential id, never secrets. */
 int keystone_token_issue(const struct http_options *o, const char *auth_url, const struct keystone_credentials *c,
                          const struct keystone_service_filter *f, struct keystone_token *ret, vmsup_error **err);
 void keystone_token_clear(struct keystone_token *t);
 
 /* GET auth_url/v3/auth/catalog with token (e.g. the guest owner's) and return the
- * filter's endpoint URL (no trailing '/'). Not in the catalog: VMSUP_EX_CONFIG. */
+ * filter's endpoint URL (no trailing '/'). Not in the catalog: VMSUP_ERR_CONFIG. */
 int keystone_catalog_endpoint(const struct http_options *o, const char *auth_url, const char *token,
                               const struct keystone_service_filter *f, char **ret_url, vmsup_error **err);
 

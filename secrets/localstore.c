@@ -47,14 +47,14 @@ static bool is_passphrase(const char *s, size_t len) {
         return true;
 }
 
-/* An insecure store: VMSUP_EX_NOPERM with the message as given (no strerror: the
+/* An insecure store: VMSUP_ERR_DENIED with the message as given (no strerror: the
  * message is the whole story), returning -errnum. */
 static int refuse(vmsup_error **err, int errnum, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int refuse(vmsup_error **err, int errnum, const char *fmt, ...) {
         va_list ap;
 
         va_start(ap, fmt);
-        vmsup_vfail(err, VMSUP_EX_NOPERM, 0, fmt, ap);
+        vmsup_vfail(err, VMSUP_ERR_DENIED, 0, fmt, ap);
         va_end(ap);
         return -errnum;
 }
@@ -93,20 +93,20 @@ static int make_dirs(const char *dir, vmsup_error **err) {
         size_t len;
 
         if (!p)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "create local secret store '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "create local secret store '%s'", dir);
         /* "dir/": the last mkdir must be the one with 0700 */
         for (len = strlen(p); len > 1 && p[len - 1] == '/'; len--)
                 p[len - 1] = '\0';
         for (char *slash = strchr(p + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
                 *slash = '\0';
                 if (mkdir(p, 0755) < 0 && errno != EEXIST)
-                        return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create '%s' for local secret store '%s'", p,
+                        return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "create '%s' for local secret store '%s'", p,
                                           dir);
                 *slash = '/';
         }
         /* A component that exists may be a file or a symlink: open() below judges that. */
         if (mkdir(p, 0700) < 0 && errno != EEXIST)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create local secret store '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "create local secret store '%s'", dir);
         return 0;
 }
 
@@ -117,7 +117,7 @@ int localstore_open(const char *dir, bool create, struct localstore **ret, vmsup
         int r;
 
         if (!dir || dir[0] == '\0')
-                return vmsup_fail(err, VMSUP_EX_CONFIG, EINVAL, "local secret store: no directory configured");
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, EINVAL, "local secret store: no directory configured");
         if (create && (r = make_dirs(dir, err)) < 0)
                 return r;
         fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -125,20 +125,20 @@ int localstore_open(const char *dir, bool create, struct localstore **ret, vmsup
                 int e = errno;
 
                 if (e == ENOENT)
-                        return vmsup_fail(err, VMSUP_EX_NOINPUT, e, "local secret store '%s'", dir);
+                        return vmsup_fail(err, VMSUP_ERR_NOT_FOUND, e, "local secret store '%s'", dir);
                 /* ELOOP or ENOTDIR: say which, from the entry itself */
                 if (lstat(dir, &st) == 0)
                         return check_dir_stat(dir, &st, err);
-                return vmsup_fail(err, VMSUP_EX_IOERR, e, "open local secret store '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_IO, e, "open local secret store '%s'", dir);
         }
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat local secret store '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat local secret store '%s'", dir);
         if ((r = check_dir_stat(dir, &st, err)) < 0)
                 return r;
         s = calloc(1, sizeof(*s));
         if (!s || !(s->path = strdup(dir))) {
                 free(s);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "open local secret store '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "open local secret store '%s'", dir);
         }
         s->dev = st.st_dev;
         s->ino = st.st_ino;
@@ -169,11 +169,11 @@ static int verify_dir(struct localstore *s, vmsup_error **err) {
         int r;
 
         if (fstat(s->dirfd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat local secret store '%s'", s->path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat local secret store '%s'", s->path);
         if ((r = check_dir_stat(s->path, &st, err)) < 0)
                 return r;
         if (fstatat(AT_FDCWD, s->path, &at, AT_SYMLINK_NOFOLLOW) < 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, errno,
+                return vmsup_fail(err, VMSUP_ERR_DENIED, errno,
                                   "local secret store '%s': moved or removed since it was opened", s->path);
         if (S_ISLNK(at.st_mode))
                 return check_dir_stat(s->path, &at, err);
@@ -186,7 +186,7 @@ static int verify_dir(struct localstore *s, vmsup_error **err) {
 static int check_uuid(const struct localstore *s, const char *uuid, vmsup_error **err) {
         /* Also what keeps the name a single path component ("..", "/" are not UUIDs). */
         if (!uuid_is_valid(uuid))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, EINVAL, "local secret store '%s': '%s' is not a guest UUID",
+                return vmsup_fail(err, VMSUP_ERR_DATA, EINVAL, "local secret store '%s': '%s' is not a guest UUID",
                                   s->path, uuid ? uuid : "(null)");
         return 0;
 }
@@ -227,25 +227,25 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
                         return 0;
                 if (errno == ELOOP)
                         return refuse(err, ELOOP, "local secret store: '%s': is a symbolic link", file);
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: open '%s'", file);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: open '%s'", file);
         }
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: stat '%s'", file);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: stat '%s'", file);
         if (!S_ISREG(st.st_mode))
                 return refuse(err, EPERM, "local secret store: '%s': is not a regular file", file);
         if ((r = check_owner_mode("local secret store: file", file, &st, 0600, err)) < 0)
                 return r;
         if (st.st_size > FILE_MAX)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "local secret store: '%s': %jd bytes, more than the %d a store file has at most", file,
                                   (intmax_t) st.st_size, FILE_MAX);
         if ((size_t) st.st_size != FILE_LEN)
                 goto bad;
         buf = secmem_alloc(FILE_LEN + 1);
         if (!buf)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: read '%s'", file);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "local secret store: read '%s'", file);
         if ((r = read_fd(fd, buf, FILE_LEN)) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, -r, "local secret store: read '%s'", file);
+                return vmsup_fail(err, VMSUP_ERR_IO, -r, "local secret store: read '%s'", file);
 
         p = buf;
         if (strncmp(p, KEY_SECRET_ID, strlen(KEY_SECRET_ID)) != 0)
@@ -264,13 +264,13 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
 
         *ret_passphrase = secmem_alloc(BARBICAN_PASSPHRASE_LEN + 1);
         if (!*ret_passphrase)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: read '%s'", file);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "local secret store: read '%s'", file);
         memcpy(*ret_passphrase, pass, BARBICAN_PASSPHRASE_LEN);
         memcpy(ret_secret_id, id, LOCALSTORE_UUID_LEN + 1);
         return 1;
 bad:
         /* Say nothing of the content: it may be most of a passphrase. */
-        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "local secret store: '%s': not a vTPM passphrase", file);
+        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "local secret store: '%s': not a vTPM passphrase", file);
 }
 
 int localstore_put(struct localstore *s, const char *uuid, const char *passphrase, const char *secret_id,
@@ -281,17 +281,17 @@ int localstore_put(struct localstore *s, const char *uuid, const char *passphras
         if ((r = check_uuid(s, uuid, err)) < 0)
                 return r;
         if (!passphrase || !is_passphrase(passphrase, strnlen(passphrase, BARBICAN_PASSPHRASE_LEN + 1)))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, EINVAL, "local secret store: secret of guest %s: not a vTPM passphrase",
+                return vmsup_fail(err, VMSUP_ERR_DATA, EINVAL, "local secret store: secret of guest %s: not a vTPM passphrase",
                                   uuid);
         if (!barbican_is_uuid(secret_id))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, EINVAL,
+                return vmsup_fail(err, VMSUP_ERR_DATA, EINVAL,
                                   "local secret store: secret of guest %s: '%s' is not a Barbican secret id", uuid,
                                   secret_id ? secret_id : "(null)");
         if ((r = verify_dir(s, err)) < 0)
                 return r;
         buf = secmem_alloc(FILE_LEN + 1);
         if (!buf)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: write '%s/%s'", s->path, uuid);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "local secret store: write '%s/%s'", s->path, uuid);
         snprintf(buf, FILE_LEN + 1, KEY_SECRET_ID "%s\n" KEY_PASSPHRASE "%.*s\n", secret_id,
                  BARBICAN_PASSPHRASE_LEN, passphrase);
         r = file_write_atomic_at(s->dirfd, s->path, uuid, buf, FILE_LEN, 0600, err);
@@ -308,10 +308,10 @@ int localstore_delete(struct localstore *s, const char *uuid, vmsup_error **err)
         if (unlinkat(s->dirfd, uuid, 0) < 0) {
                 if (errno == ENOENT)
                         return 0;
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: remove '%s/%s'", s->path, uuid);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: remove '%s/%s'", s->path, uuid);
         }
         if (fsync(s->dirfd) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: sync '%s'", s->path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: sync '%s'", s->path);
         return 1;
 }
 
@@ -333,7 +333,7 @@ int localstore_list(struct localstore *s, struct localstore_entry **ret, size_t 
                 r = errno;
                 if (fd >= 0)
                         close(fd);
-                return vmsup_fail(err, VMSUP_EX_IOERR, r, "local secret store: list '%s'", s->path);
+                return vmsup_fail(err, VMSUP_ERR_IO, r, "local secret store: list '%s'", s->path);
         }
         while ((errno = 0, de = readdir(d))) {
                 _cleanup_secmem_ char *pass = NULL;
@@ -350,7 +350,7 @@ int localstore_list(struct localstore *s, struct localstore_entry **ret, size_t 
                         struct localstore_entry *nv = reallocarray(v, cap ? cap * 2 : 8, sizeof(*v));
 
                         if (!nv)
-                                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local secret store: list '%s'", s->path);
+                                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "local secret store: list '%s'", s->path);
                         v = nv;
                         cap = cap ? cap * 2 : 8;
                 }
@@ -359,7 +359,7 @@ int localstore_list(struct localstore *s, struct localstore_entry **ret, size_t 
                 n++;
         }
         if (errno != 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "local secret store: list '%s'", s->path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: list '%s'", s->path);
         if (n > 0)
                 qsort(v, n, sizeof(*v), entry_cmp);
         *ret = TAKE_PTR(v);

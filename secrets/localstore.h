@@ -9,8 +9,8 @@
  *
  * Every file is opened relative to the directory fd verified at open, with O_NOFOLLOW,
  * and checked through the opened fd. Insecure owners, modes, symlinks, non-regular files
- * and a directory swapped since open are refused (VMSUP_EX_NOPERM) before anything is
- * read or written; content not in the format above is VMSUP_EX_DATAERR. Messages name
+ * and a directory swapped since open are refused (VMSUP_ERR_DENIED) before anything is
+ * read or written; content not in the format above is VMSUP_ERR_DATA. Messages name
  * the path and the problem, never the passphrase. */
 #ifndef VMSUP_SECRETS_LOCALSTORE_H
 #define VMSUP_SECRETS_LOCALSTORE_H
@@ -30,7 +30,7 @@ struct localstore_entry {
 };
 
 /* Open and verify dir. With create, a missing dir is made 0700 (missing parents 0755). A
- * missing dir without create fails with errno ENOENT (VMSUP_EX_NOINPUT). */
+ * missing dir without create fails with errno ENOENT (VMSUP_ERR_NOT_FOUND). */
 int localstore_open(const char *dir, bool create, struct localstore **ret, vmsup_error **err);
 
 struct localstore *localstore_free(struct localstore *s);

@@ -29,25 +29,25 @@ int vtpm_read_token(int fd, char **ret_token, size_t *ret_len, vmsup_error **err
         size_t len = 0;
 
         if (!buf)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read the credential");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "read the credential");
         for (;;) {
                 ssize_t n = read(fd, buf + len, TOKEN_MAX + 1 - len);
 
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0)
-                        return vmsup_fail(err, VMSUP_EX_NOINPUT, errno, "read the credential from fd %d", fd);
+                        return vmsup_fail(err, VMSUP_ERR_NOT_FOUND, errno, "read the credential from fd %d", fd);
                 if (n == 0)
                         break;
                 len += (size_t) n;
                 if (len > TOKEN_MAX)
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the credential on fd %d is longer than %d bytes", fd,
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "the credential on fd %d is longer than %d bytes", fd,
                                           TOKEN_MAX);
         }
         while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r'))
                 buf[--len] = '\0';
         if (len == 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "the credential on fd %d is empty", fd);
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0, "the credential on fd %d is empty", fd);
         buf[len] = '\0';
         *ret_token = TAKE_PTR(buf);
         *ret_len = len;
@@ -63,7 +63,7 @@ static int read_recorded_id(const char *state_dir, char ret[37], vmsup_error **e
 
         ret[0] = '\0';
         if (dfd < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open '%s'", state_dir);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "open '%s'", state_dir);
         r = file_read_at(dfd, state_dir, VTPM_SECRET_ID_FILE, 64, false, &data, &len, err);
         if (r == -ENOENT) {
                 *err = vmsup_error_free(*err);
@@ -75,7 +75,7 @@ static int read_recorded_id(const char *state_dir, char ret[37], vmsup_error **e
                 len--;
         if (len != 36 || (memcpy(ret, data, 36), ret[36] = '\0', !uuid_is_valid(ret))) {
                 ret[0] = '\0';
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "'%s/%s' does not hold a secret UUID", state_dir,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "'%s/%s' does not hold a secret UUID", state_dir,
                                   VTPM_SECRET_ID_FILE);
         }
         return 0;
@@ -86,7 +86,7 @@ static int record_id(const char *state_dir, const char *id, vmsup_error **err) {
         char text[40];
 
         if (asprintf(&path, "%s/%s", state_dir, VTPM_SECRET_ID_FILE) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "record the secret id");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "record the secret id");
         snprintf(text, sizeof(text), "%s\n", id);
         return write_file_atomic(path, text, strlen(text), 0600, err);
 }
@@ -123,7 +123,7 @@ int vtpm_secret_delete(const struct vtpm_secret_opts *opts, const char *state_di
         if (!id[0])
                 return 0;
         if (token_fd < 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
                                   "the guest owner's credentials are required to delete its vTPM secret %s from "
                                   "Barbican: pass a token with --token-fd N",
                                   id);
@@ -153,7 +153,7 @@ static int service_client(const struct vtpm_secret_opts *opts, struct barbican_c
         int r;
 
         if (!opts->keystone_credentials_file)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                   "TPM secret security 'deployment' needs the service's credentials: set [keystone] "
                                   "credentials_file");
         r = keystone_credentials_load(opts->keystone_credentials_file, &creds, err);
@@ -163,7 +163,7 @@ static int service_client(const struct vtpm_secret_opts *opts, struct barbican_c
                 struct barbican_identity ident = { .project_id = creds.project_id, .user_id = creds.user_id };
 
                 r = creds.project_id ? barbican_client_new(bo, &ident, ret, err)
-                                     : vmsup_fail(err, VMSUP_EX_CONFIG, 0, "'%s': noauth needs a project_id",
+                                     : vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "'%s': noauth needs a project_id",
                                                   opts->keystone_credentials_file);
         } else {
                 struct http_options ho = { .service = "Keystone", .ca_file = bo->ca_file,
@@ -175,7 +175,7 @@ static int service_client(const struct vtpm_secret_opts *opts, struct barbican_c
 
                 r = opts->keystone_auth_url
                             ? keystone_token_issue(&ho, opts->keystone_auth_url, &creds, &f, &tok, err)
-                            : vmsup_fail(err, VMSUP_EX_CONFIG, 0, "deployment mode needs [keystone] auth_url");
+                            : vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "deployment mode needs [keystone] auth_url");
                 if (r >= 0)
                         r = barbican_client_new_from_token(bo, &tok, ret, err);
                 keystone_token_clear(&tok);
@@ -202,7 +202,7 @@ static int host_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         if (r == 1) {
                 if (req->spec->vtpm_secret_uuid && !streq(req->spec->vtpm_secret_uuid, s.id)) {
                         secmem_free(pass);
-                        r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                        r = vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                        "the guest spec names vTPM secret %s, but this host keeps secret %s for it",
                                        req->spec->vtpm_secret_uuid, s.id);
                         goto out;
@@ -338,14 +338,14 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         char why[64];
 
         if (pipe2(fds, O_CLOEXEC) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "vTPM secret: pipe");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "vTPM secret: pipe");
         rd = fds[0];
         pid = fork();
         if (pid < 0) {
                 int e = errno;
 
                 close(fds[1]);
-                return vmsup_fail(err, VMSUP_EX_OSERR, e, "vTPM secret: fork");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "vTPM secret: fork");
         }
         if (pid == 0) {
                 close(fds[0]);
@@ -362,7 +362,7 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                 kill(pid, SIGKILL);
                 while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
                         ;
-                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, ECANCELED, "vTPM secret: the request to %s abandoned",
+                return vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "vTPM secret: the request to %s abandoned",
                                   req->tpm->secret_security == SECRET_SECURITY_DEPLOYMENT ? "Keystone and Barbican"
                                                                                           : "Barbican");
         }
@@ -383,7 +383,7 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
                 ;
         if (got != sizeof(rep) || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "vTPM secret: the process asking Barbican %s",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "vTPM secret: the process asking Barbican %s",
                                   proc_describe_status(status, why, sizeof(why)));
         if (rep.r < 0) {
                 vmsup_fail(err, (enum vmsup_err_kind) rep.kind, 0, "%s", msg ? msg : "vTPM secret: failed (no message)");
@@ -392,7 +392,7 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                 return rep.r;
         }
         if (!pass)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "vTPM secret: the passphrase did not arrive (%u bytes)",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "vTPM secret: the passphrase did not arrive (%u bytes)",
                                   rep.pass_len);
         rep.id[sizeof(rep.id) - 1] = '\0';
         *ret = (struct vtpm_secret) { .passphrase = TAKE_PTR(pass), .created = rep.created };
@@ -414,7 +414,7 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
         /* deployment mode: the service's own credentials; a caller's token is not used */
         if (!service) {
                 if (req->token_fd < 0)
-                        return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                        return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
                                           "the guest owner's credentials are required to open its vTPM secret (%s): "
                                           "pass a token with --token-fd N",
                                           req->tpm->secret_security == SECRET_SECURITY_HOST
@@ -429,7 +429,7 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
         if (r < 0)
                 return r;
         if (req->spec->vtpm_secret_uuid && recorded[0] && !streq(req->spec->vtpm_secret_uuid, recorded))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "the guest spec names vTPM secret %s, but the TPM state is sealed under secret %s",
                                   req->spec->vtpm_secret_uuid, recorded);
         snprintf(s.id, sizeof(s.id), "%s", req->spec->vtpm_secret_uuid ? req->spec->vtpm_secret_uuid : recorded);
@@ -441,7 +441,7 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
         pass = secmem_alloc(BARBICAN_PASSPHRASE_LEN + 1);
         if (!pass) {
                 barbican_client_free(client);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "vTPM secret");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "vTPM secret");
         }
         if (s.id[0]) {
                 r = barbican_secret_fetch(client, s.id, pass, err);
@@ -459,7 +459,7 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
                         }
                 }
         } else
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                r = vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                "the guest has sealed TPM state but no vTPM secret id (vtpm_secret_uuid): refusing to "
                                "create a new secret, which could never open that state");
         barbican_client_free(client);

@@ -131,7 +131,7 @@ int guest_start_check_cancel(struct guest *g, vmsup_error **err) {
 
         if (g->cancel_fd < 0 || poll(&p, 1, 0) <= 0)
                 return 0;
-        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, ECANCELED, "a stop was requested");
+        return vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "a stop was requested");
 }
 
 static const char *tpm_stamp_what(const struct guest *g) {
@@ -187,7 +187,7 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
                         return vmsup_error_prefix(err, "manufacture the TPM (package swtpm-tools)");
                 if (asprintf(&ca_dir, "%s/swtpm-localca", g->cfg->paths.state_dir) < 0 ||
                     asprintf(&vmid, "%s:%s", g->spec.name, g->spec.uuid) < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "manufacture the TPM");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "manufacture the TPM");
                 r = swtpm_localca_prepare(ca_dir, localca, &setup_conf, err);
                 if (r < 0)
                         return r;
@@ -237,11 +237,11 @@ launch:
                 int p[2];
 
                 if (pipe2(p, O_CLOEXEC) < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "pipe for swtpm's migration key");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "pipe for swtpm's migration key");
                 mkey_fd = p[0];
                 if (write(p[1], g->migration_key, KDF_KEY_LEN) != KDF_KEY_LEN) {
                         close(p[1]);
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "write swtpm's migration key");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "write swtpm's migration key");
                 }
                 close(p[1]);
         }
@@ -371,7 +371,7 @@ void guest_tpm_stop(struct guest *g) {
         }
         if (!g->swtpm.exited) {
                 /* not even SIGKILL (uninterruptible sleep): leave its files alone */
-                vmsup_fail(&g->tpm_stop_err, VMSUP_EX_FAILURE, 0,
+                vmsup_fail(&g->tpm_stop_err, VMSUP_ERR_FAILED, 0,
                            "swtpm (pid %d) did not shut down (%s) and is still running after SIGKILL; %s %s%s",
                            pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN",
                            g->tpm_discard ? "its live dir" : "its TPM state stays unsealed in", g->dirs.live_tpm,
@@ -381,7 +381,7 @@ void guest_tpm_stop(struct guest *g) {
                 goto out;
         }
         if (how) {
-                vmsup_fail(&g->tpm_stop_err, VMSUP_EX_FAILURE, 0,
+                vmsup_fail(&g->tpm_stop_err, VMSUP_ERR_FAILED, 0,
                            "swtpm (pid %d) did not shut down (%s) and was ended with %s; %s",
                            pid, shutdown_err ? shutdown_err : "no answer to CMD_SHUTDOWN", how,
                            g->tpm_discard ? "its TPM state here is discarded (it lives on another host)"
@@ -469,12 +469,12 @@ static int check_tpm_device(struct guest *g, vmsup_error **err) {
         if (r < 0)
                 return r;
         if (!json_object_is_type(ret, json_type_array) || json_object_array_length(ret) != 1)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "query-tpm: QEMU does not show exactly one TPM");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "query-tpm: QEMU does not show exactly one TPM");
         dev = json_object_array_get_idx(ret, 0);
         if (!json_object_object_get_ex(dev, "model", &model) || !streq(json_object_get_string(model), want) ||
             !json_object_object_get_ex(dev, "options", &options) ||
             !json_object_object_get_ex(options, "type", &type) || !streq(json_object_get_string(type), "emulator"))
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "query-tpm: expected an emulator TPM of model %s, QEMU shows %s",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "query-tpm: expected an emulator TPM of model %s, QEMU shows %s",
                                   want, json_object_to_json_string(dev));
         return 0;
 }
@@ -497,7 +497,7 @@ static int wait_qmp_greeting(struct guest *g, vmsup_error **err) {
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "wait for QEMU's monitor");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "wait for QEMU's monitor");
                 if (p[2].revents)
                         return guest_start_check_cancel(g, err);
                 if (p[0].revents || p[1].revents)
@@ -523,12 +523,12 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         if (r < 0)
                 return r;
         if (asprintf(&qemu_log, "%s/qemu.log", g->dirs.logs) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "QEMU log path");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "QEMU log path");
         log_fd = open(qemu_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (log_fd < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "open '%s'", qemu_log);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "open '%s'", qemu_log);
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, qmp_sv) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "QMP socketpair");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "QMP socketpair");
         fds[0] = (struct proc_fd_map) { qmp_sv[1], 3 };
         fds[1] = (struct proc_fd_map) { tpm_qemu_end, 4 };
         o.argv = argv;

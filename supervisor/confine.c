@@ -19,9 +19,9 @@ int confine_no_dumps(vmsup_error **err) {
         struct rlimit none = { 0, 0 };
 
         if (setrlimit(RLIMIT_CORE, &none) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "set RLIMIT_CORE to 0");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "set RLIMIT_CORE to 0");
         if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "prctl(PR_SET_DUMPABLE, 0)");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "prctl(PR_SET_DUMPABLE, 0)");
         return 0;
 }
 
@@ -38,11 +38,11 @@ int confine_resolve_ids(const char *what, const char *user, const char *group, u
         errno = 0;
         pw = getpwnam(user);
         if (!pw)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, errno, "%s user '%s' does not exist", what, user);
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, errno, "%s user '%s' does not exist", what, user);
         errno = 0;
         gr = getgrnam(group);
         if (!gr)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, errno, "%s group '%s' does not exist", what, group);
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, errno, "%s group '%s' does not exist", what, group);
         *ret_uid = pw->pw_uid;
         *ret_gid = gr->gr_gid;
         return 0;
@@ -96,15 +96,15 @@ static int give_file(const char *path, bool create, uid_t uid, gid_t gid, vmsup_
         struct stat st;
 
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "open '%s' for QEMU", path);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "open '%s' for QEMU", path);
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat '%s'", path);
         if (!S_ISREG(st.st_mode))
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "'%s' is not a regular file: refusing to give it to QEMU", path);
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0, "'%s' is not a regular file: refusing to give it to QEMU", path);
         if ((st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) < 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "chown '%s' to QEMU's user", path);
+                return vmsup_fail(err, VMSUP_ERR_DENIED, errno, "chown '%s' to QEMU's user", path);
         if ((st.st_mode & 07777) != 0600 && fchmod(fd, 0600) < 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "chmod '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_DENIED, errno, "chmod '%s'", path);
         return 0;
 }
 
@@ -116,16 +116,16 @@ static int open_dir_to(const char *dir, gid_t gid, vmsup_error **err) {
         struct stat st;
 
         if (!copy)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "'%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "'%s'", dir);
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open directory '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "open directory '%s'", dir);
         if (fchown(fd, geteuid(), gid) < 0 || fchmod(fd, 0710) < 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "let QEMU's group into '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_DENIED, errno, "let QEMU's group into '%s'", dir);
         pfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (pfd < 0 || fstat(pfd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open directory '%s'", copy);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "open directory '%s'", copy);
         if (st.st_uid == geteuid() && !(st.st_mode & S_IXOTH) && fchmod(pfd, (st.st_mode & 07777) | S_IXOTH) < 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "let QEMU pass through '%s'", copy);
+                return vmsup_fail(err, VMSUP_ERR_DENIED, errno, "let QEMU pass through '%s'", copy);
         return 0;
 }
 

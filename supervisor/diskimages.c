@@ -71,7 +71,7 @@ static int check_layer(size_t disk, const char *path, const char *format, const 
                 return r;
         }
         if (h.data_file) {
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                r = vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                "disks[%zu]: qcow2 image '%s' uses an external data file%s%s%s: refused (vmsup gives "
                                "QEMU no data file)",
                                disk, path, h.data_file_name ? " '" : "", h.data_file_name ? h.data_file_name : "",
@@ -79,14 +79,14 @@ static int check_layer(size_t disk, const char *path, const char *format, const 
                 goto out;
         }
         if (h.backing_file && !next) {
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                r = vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                "disks[%zu]: qcow2 image '%s' names backing file '%s', which the guest spec does not "
                                "give: refused (give the chain in the spec: \"backing\": {\"path\", \"format\"})",
                                disk, path, h.backing_file);
                 goto out;
         }
         if (!h.backing_file && next) {
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                r = vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                "disks[%zu]: qcow2 image '%s' names no backing file, but the guest spec gives '%s'",
                                disk, path, next->path);
                 goto out;
@@ -95,19 +95,19 @@ static int check_layer(size_t disk, const char *path, const char *format, const 
                 named = disk_images_backing_path(path, h.backing_file);
                 want = strdup(next->path);
                 if (!named || !want) {
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "disks[%zu]", disk);
+                        r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "disks[%zu]", disk);
                         goto out;
                 }
                 path_normalize(want);
                 if (!streq(named, want)) {
-                        r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                        r = vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                        "disks[%zu]: qcow2 image '%s' names backing file '%s', but the guest spec "
                                        "gives '%s'",
                                        disk, path, h.backing_file, next->path);
                         goto out;
                 }
                 if (h.backing_format && !streq(h.backing_format, next->format)) {
-                        r = vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                        r = vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                        "disks[%zu]: qcow2 image '%s' names backing format '%s', but the guest spec "
                                        "gives %s for '%s'",
                                        disk, path, h.backing_format, next->format, next->path);

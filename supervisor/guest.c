@@ -56,7 +56,7 @@ static void on_qmp_timer(struct evloop_source *s, void *userdata) {
         guest_qmp_watch(g);
 }
 
-void guest_answer_waiters(struct guest *g, bool ok, int exit_code, const char *msg) {
+void guest_answer_waiters(struct guest *g, bool ok, enum vmsup_err_kind kind, const char *msg) {
         while (g->waiters) {
                 struct control_conn *c = g->waiters;
 
@@ -64,17 +64,17 @@ void guest_answer_waiters(struct guest *g, bool ok, int exit_code, const char *m
                 if (ok)
                         control_conn_reply_ok(c, json_object_new_string(msg));
                 else
-                        control_conn_reply_error(c, exit_code, msg);
+                        control_conn_reply_error(c, kind, msg);
                 control_conn_free(c);
         }
 }
 
-void guest_finish(struct guest *g, int exit_code) {
+void guest_finish(struct guest *g, enum vmsup_err_kind kind) {
         g->state = GUEST_STOPPED;
-        g->exit_code = exit_code;
+        g->end_kind = kind;
         g->done = true;
         if (g->loop)
-                evloop_exit(g->loop, exit_code);
+                evloop_exit(g->loop, (int) kind);
 }
 
 static void on_quit_reply(void *userdata, json_object *ret, const vmsup_error *err) {
@@ -207,8 +207,8 @@ static void on_qemu_exit(struct guest *g) {
                                  g->stop_note);
                 else
                         log_error("QEMU %s unexpectedly; the guest is gone", why);
-                guest_answer_waiters(g, false, e->exit_code, e->msg);
-                guest_finish(g, e->exit_code);
+                guest_answer_waiters(g, false, e->kind, e->msg);
+                guest_finish(g, e->kind);
                 return;
         }
         if (g->state == GUEST_REBOOTING) {
@@ -217,10 +217,10 @@ static void on_qemu_exit(struct guest *g) {
                 g->stop_note[0] = '\0';
                 if (guest_start_children(g, &err) < 0) {
                         log_error("hard reboot failed: %s", err->msg);
-                        guest_answer_waiters(g, false, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+                        guest_answer_waiters(g, false, err->kind ? err->kind : VMSUP_ERR_FAILED, err->msg);
                         vmsup_error_free(err);
                         guest_stop_children(g);
-                        guest_finish(g, VMSUP_EX_FAILURE);
+                        guest_finish(g, VMSUP_ERR_FAILED);
                         return;
                 }
                 guest_answer_waiters(g, true, 0, "rebooted");
@@ -236,8 +236,8 @@ static void on_qemu_exit(struct guest *g) {
                 guest_finish(g, 0);
         } else {
                 log_error("QEMU %s unexpectedly; the guest is gone", why);
-                guest_answer_waiters(g, false, VMSUP_EX_FAILURE, "QEMU ended unexpectedly");
-                guest_finish(g, VMSUP_EX_FAILURE);
+                guest_answer_waiters(g, false, VMSUP_ERR_FAILED, "QEMU ended unexpectedly");
+                guest_finish(g, VMSUP_ERR_FAILED);
         }
 }
 
@@ -262,8 +262,8 @@ static void on_swtpm_exit(struct guest *g) {
                 guest_reap_all(g);
                 guest_qmp_drop(g);
                 guest_child_forget(&g->qemu);
-                guest_answer_waiters(g, false, VMSUP_EX_FAILURE, "swtpm ended unexpectedly");
-                guest_finish(g, VMSUP_EX_FAILURE);
+                guest_answer_waiters(g, false, VMSUP_ERR_FAILED, "swtpm ended unexpectedly");
+                guest_finish(g, VMSUP_ERR_FAILED);
         }
 }
 

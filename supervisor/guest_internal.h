@@ -96,7 +96,7 @@ struct guest {
 
         struct control_conn *conns;  /* reading their request */
         struct control_conn *waiters; /* answered when the guest stopped or rebooted */
-        int exit_code;
+        enum vmsup_err_kind end_kind; /* how the guest ended: the supervisor's exit */
         bool done;
 
         /* live migration (supervisor/migrate_out.c, migrate_in.c) */
@@ -123,8 +123,8 @@ int guest_loop_open(struct guest *g, const sigset_t *mask, vmsup_error **err);
 void guest_fd_reserve_fill(struct guest *g);
 void guest_fd_reserve_release(struct guest *g);
 /* Answer the clients waiting for the guest to stop or reboot. */
-void guest_answer_waiters(struct guest *g, bool ok, int exit_code, const char *msg);
-void guest_finish(struct guest *g, int exit_code);
+void guest_answer_waiters(struct guest *g, bool ok, enum vmsup_err_kind kind, const char *msg);
+void guest_finish(struct guest *g, enum vmsup_err_kind kind);
 void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot);
 void guest_on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp);
 /* After a reap: a QEMU or swtpm that is gone ends (or, a hard reboot, restarts) the guest. */

@@ -41,10 +41,10 @@ int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const c
         }
         if (!ok) {
                 guest_dirs_clear(&g);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "guest paths");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "guest paths");
         }
         if (strlen(g.control) >= 108) {
-                int r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "control socket path '%s' is longer than 107 bytes: "
+                int r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "control socket path '%s' is longer than 107 bytes: "
                                                             "choose a shorter [paths] run_dir", g.control);
                 guest_dirs_clear(&g);
                 return r;
@@ -84,19 +84,19 @@ static int ensure_dir(const char *path, mode_t mode, uid_t uid, gid_t gid, vmsup
                 return r;
         fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "open directory '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "open directory '%s'", path);
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat '%s'", path);
         if (st.st_uid != geteuid() && st.st_uid != uid)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "directory '%s' is owned by uid %u, not by uid %u: refusing to use it",
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0, "directory '%s' is owned by uid %u, not by uid %u: refusing to use it",
                                   path, (unsigned) st.st_uid, (unsigned) geteuid());
         if (st.st_mode & S_IWOTH)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "directory '%s' is writable by others (mode %04o): refusing to use it",
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0, "directory '%s' is writable by others (mode %04o): refusing to use it",
                                   path, (unsigned) (st.st_mode & 07777));
         if ((st.st_uid != uid || st.st_gid != gid) && fchown(fd, uid, gid) < 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "chown '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_DENIED, errno, "chown '%s'", path);
         if ((st.st_mode & 07777) != mode && fchmod(fd, mode) < 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "chmod '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_DENIED, errno, "chmod '%s'", path);
         return 0;
 }
 
@@ -114,12 +114,12 @@ static int reclaim_live_dir(const char *path, uid_t tpm_uid, vmsup_error **err) 
         if (fd < 0)
                 return 0; /* missing, or not a directory: ensure_dir says so */
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat '%s'", path);
         if (st.st_uid == geteuid() || st.st_uid == tpm_uid)
                 return 0;
         dfd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
         if (dfd < 0 || !(dir = fdopendir(dfd))) {
-                r = vmsup_fail(err, VMSUP_EX_IOERR, errno, "list '%s'", path);
+                r = vmsup_fail(err, VMSUP_ERR_IO, errno, "list '%s'", path);
                 if (dfd >= 0)
                         close(dfd);
                 return r;
@@ -131,14 +131,14 @@ static int reclaim_live_dir(const char *path, uid_t tpm_uid, vmsup_error **err) 
                 }
         closedir(dir);
         if (first[0])
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "live TPM dir '%s' belongs to uid %u, not to this guest's swtpm (uid %u), and holds "
                                   "files ('%s' ...) that nothing shows this guest's swtpm wrote; they were neither "
                                   "sealed nor removed: inspect them, then remove the directory to start from the "
                                   "sealed state",
                                   path, (unsigned) st.st_uid, (unsigned) tpm_uid, first);
         if (fchown(fd, geteuid(), getegid()) < 0 || fchmod(fd, 0700) < 0)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, errno, "take back '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_DENIED, errno, "take back '%s'", path);
         return 0;
 }
 
@@ -165,7 +165,7 @@ static int lock_busy(const struct guest_dirs *d, vmsup_error **err) {
                 pidbuf[n > 0 ? n : 0] = '\0';
                 pidbuf[strcspn(pidbuf, "\n")] = '\0';
         }
-        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "guest is already supervised by another vmsup%s%s%s",
+        return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "guest is already supervised by another vmsup%s%s%s",
                           pidbuf[0] ? " (pid " : "", pidbuf, pidbuf[0] ? ")" : "");
 }
 
@@ -175,7 +175,7 @@ int guest_dirs_lock(const struct guest_dirs *d, bool create, bool *ret_created, 
         int r;
 
         if (!parent)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "lock '%s'", d->state);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "lock '%s'", d->state);
         if (create && (r = mkdir_parents(dirname(parent), 0700, err)) < 0)
                 return r;
         /* the lock is the directory's inode: one removed (vmsup delete, the janitor) or
@@ -188,33 +188,33 @@ int guest_dirs_lock(const struct guest_dirs *d, bool create, bool *ret_created, 
                         if (mkdir(d->state, 0700) == 0)
                                 made = true;
                         else if (errno != EEXIST)
-                                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create directory '%s'", d->state);
+                                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "create directory '%s'", d->state);
                 }
                 fd = open(d->state, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
                 if (fd < 0) {
                         if (errno == ENOENT && create)
                                 continue;
                         return vmsup_fail(err,
-                                          errno == ENOENT  ? VMSUP_EX_NOINPUT
-                                          : errno == ELOOP || errno == ENOTDIR ? VMSUP_EX_CANTCREAT
-                                                                              : VMSUP_EX_IOERR,
+                                          errno == ENOENT  ? VMSUP_ERR_NOT_FOUND
+                                          : errno == ELOOP || errno == ENOTDIR ? VMSUP_ERR_CANT_CREATE
+                                                                              : VMSUP_ERR_IO,
                                           errno, "open directory '%s'", d->state);
                 }
                 if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
                         if (errno != EWOULDBLOCK)
-                                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "lock '%s'", d->state);
+                                return vmsup_fail(err, VMSUP_ERR_IO, errno, "lock '%s'", d->state);
                         return lock_busy(d, err);
                 }
                 if (fstat(fd, &st) < 0)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", d->state);
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat '%s'", d->state);
                 /* as guest_dirs_prepare() would: nothing in it is read (markers) or removed
                  * (leftovers) before it is known to be ours */
                 if (st.st_uid != geteuid())
-                        return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                        return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
                                           "directory '%s' is owned by uid %u, not by uid %u: refusing to use it",
                                           d->state, (unsigned) st.st_uid, (unsigned) geteuid());
                 if (st.st_mode & S_IWOTH)
-                        return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                        return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
                                           "directory '%s' is writable by others (mode %04o): refusing to use it",
                                           d->state, (unsigned) (st.st_mode & 07777));
                 if (lstat(d->state, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino) {
@@ -223,10 +223,10 @@ int guest_dirs_lock(const struct guest_dirs *d, bool create, bool *ret_created, 
                         return TAKE_FD(fd);
                 }
                 if (!create)
-                        return vmsup_fail(err, VMSUP_EX_NOINPUT, 0, "guest state '%s': removed while it was locked",
+                        return vmsup_fail(err, VMSUP_ERR_NOT_FOUND, 0, "guest state '%s': removed while it was locked",
                                           d->state);
         }
-        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "lock '%s': it was removed and made again each time", d->state);
+        return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "lock '%s': it was removed and made again each time", d->state);
 }
 
 int guest_dirs_write_pid(const struct guest_dirs *d, vmsup_error **err) {
@@ -244,11 +244,11 @@ int guest_dirs_lock_stopped(const struct guest_dirs *d, bool missing_ok, int *re
                         *ret_fd = -1;
                         return 0;
                 }
-                return vmsup_fail(err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_IOERR, errno, "guest state '%s'",
+                return vmsup_fail(err, errno == ENOENT ? VMSUP_ERR_NOT_FOUND : VMSUP_ERR_IO, errno, "guest state '%s'",
                                   d->state);
         }
         if (flock(fd, LOCK_EX | LOCK_NB) < 0)
-                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the guest is running under vmsup: stop it first");
+                return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "the guest is running under vmsup: stop it first");
         *ret_fd = TAKE_FD(fd);
         return 0;
 }
@@ -275,13 +275,13 @@ char *guest_dirs_stamp_read(const char *path, vmsup_error **err) {
         int r;
 
         if (!dir || !base) {
-                vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read '%s'", path);
+                vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "read '%s'", path);
                 return NULL;
         }
         dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0) {
                 if (errno != ENOENT)
-                        vmsup_fail(err, VMSUP_EX_IOERR, errno, "open '%s'", dir);
+                        vmsup_fail(err, VMSUP_ERR_IO, errno, "open '%s'", dir);
                 return NULL;
         }
         r = file_read_at(dfd, dir, basename(base), 4096, false, &data, &len, err);
@@ -293,7 +293,7 @@ char *guest_dirs_stamp_read(const char *path, vmsup_error **err) {
                 return NULL;
         line = strndup(data, len);
         if (!line) {
-                vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read '%s'", path);
+                vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "read '%s'", path);
                 return NULL;
         }
         line[strcspn(line, "\n")] = '\0';
@@ -307,14 +307,14 @@ static int check_vars(const struct guest_dirs *d, const char *template_path, off
         struct stat st;
 
         if (fd < 0)
-                return vmsup_fail(err, errno == ELOOP ? VMSUP_EX_DATAERR : VMSUP_EX_IOERR, errno,
+                return vmsup_fail(err, errno == ELOOP ? VMSUP_ERR_DATA : VMSUP_ERR_IO, errno,
                                   "the guest's OVMF VARS '%s'%s", d->vars, errno == ELOOP ? " is a symbolic link" : "");
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", d->vars);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat '%s'", d->vars);
         if (!S_ISREG(st.st_mode))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "the guest's OVMF VARS '%s' is not a regular file", d->vars);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "the guest's OVMF VARS '%s' is not a regular file", d->vars);
         if (st.st_size != template_size)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "the guest's OVMF VARS '%s' is damaged: %lld bytes, where its template '%s' has %lld; "
                                   "it is left as it is: restore it from a backup, or remove it and start with "
                                   "--new-vars to begin again from the template (its Secure Boot settings and boot "
@@ -334,20 +334,20 @@ int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path
         *ret_created = false;
         in = open(template_path, O_RDONLY | O_CLOEXEC);
         if (in < 0)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, errno, "open OVMF VARS template '%s' ([qemu] ovmf_vars)",
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, errno, "open OVMF VARS template '%s' ([qemu] ovmf_vars)",
                                   template_path);
         if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size == 0 || st.st_size > 64 * 1024 * 1024)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "OVMF VARS template '%s' is not a regular file of 1 byte to 64 MiB", template_path);
         if (faccessat(AT_FDCWD, d->vars, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
                 return check_vars(d, template_path, st.st_size, err);
         if (errno != ENOENT)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "the guest's OVMF VARS '%s'", d->vars);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "the guest's OVMF VARS '%s'", d->vars);
         stamp = guest_dirs_stamp_read(d->vars_stamp, err);
         if (!stamp && *err)
                 return -EIO;
         if (stamp && !recreate)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "the guest's OVMF VARS '%s' is missing, but the guest has run with its own (%s: %s): "
                                   "refusing to start it on a fresh copy of the template, which would lose its Secure "
                                   "Boot settings and boot entries; restore the file from a backup, or start with "
@@ -355,14 +355,14 @@ int guest_dirs_ensure_vars(const struct guest_dirs *d, const char *template_path
                                   d->vars, GUEST_STAMP_VARS, stamp);
         buf = malloc((size_t) st.st_size);
         if (!buf)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "copy '%s'", template_path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "copy '%s'", template_path);
         while (done < (size_t) st.st_size) {
                 ssize_t n = read(in, buf + done, (size_t) st.st_size - done);
 
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n <= 0)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, n < 0 ? errno : EIO, "read '%s'", template_path);
+                        return vmsup_fail(err, VMSUP_ERR_IO, n < 0 ? errno : EIO, "read '%s'", template_path);
                 done += (size_t) n;
         }
         r = write_file_atomic(d->vars, buf, done, 0600, err);
@@ -384,7 +384,7 @@ int remove_tree(const char *dir, vmsup_error **err) {
         if (access(dir, F_OK) < 0 && errno == ENOENT)
                 return 0;
         if (nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "remove '%s'", dir);
         return 0;
 }
 
@@ -395,7 +395,7 @@ int guest_dirs_remove(const struct guest_dirs *d, vmsup_error **err) {
         const char *uuid = strrchr(d->state, '/');
 
         if (!copy || !uuid)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "remove '%s'", d->state);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "remove '%s'", d->state);
         /* the state dir last: while it holds a marker, what is left is recognisable */
         if ((r = remove_tree(d->run, err)) < 0 || (r = remove_tree(d->logs, err)) < 0 ||
             (r = remove_tree(d->state, err)) < 0)
@@ -442,18 +442,18 @@ int guest_dirs_check_markers(const struct guest_dirs *d, vmsup_error **err) {
         _cleanup_free_ char *out = marker_text(d->migrated_out), *in = marker_text(d->incoming);
 
         if (out)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "this guest was handed over to another host by a live migration (%s) and must not "
                                   "start here; if it does not run there, see vmsup(8), MIGRATION, to take it back "
                                   "('vmsup resolve --keep'); else remove what is left here with 'vmsup delete'", out);
         if (in && strncmp(in, GUEST_INCOMING_COMMITTED " ", strlen(GUEST_INCOMING_COMMITTED " ")) == 0)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "the source of an incoming live migration ordered this guest to run here, but never "
                                   "confirmed that it let go of its copy (%s); the guest may run on the source host: "
                                   "see vmsup(8), MIGRATION: 'vmsup resolve --keep' if this host's copy is the one, "
                                   "else 'vmsup delete'", in);
         if (in)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "an incoming live migration of this guest did not complete (%s); it runs on the "
                                   "source host: remove what is left here with 'vmsup delete'", in);
         return 0;

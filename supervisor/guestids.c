@@ -75,9 +75,9 @@ static int open_state_dir(const char *state_dir, vmsup_error **err) {
                 return r;
         fd = open(state_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0 || fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open state directory '%s'", state_dir);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "open state directory '%s'", state_dir);
         if (st.st_uid != geteuid() || (st.st_mode & 022))
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
                                   "state directory '%s' (uid %u, mode %04o) must belong to uid %u and be writable by "
                                   "no one else: it holds the guests' id registry",
                                   state_dir, (unsigned) st.st_uid, (unsigned) (st.st_mode & 07777), (unsigned) geteuid());
@@ -88,11 +88,11 @@ static int lock_registry(int dfd, const char *state_dir, vmsup_error **err) {
         _cleanup_close_ int fd = openat(dfd, GUEST_IDS_LOCK, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "open '%s/" GUEST_IDS_LOCK "'", state_dir);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "open '%s/" GUEST_IDS_LOCK "'", state_dir);
         /* held for a few file operations by whoever has it: waiting is short */
         while (flock(fd, LOCK_EX) < 0)
                 if (errno != EINTR)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "lock '%s/" GUEST_IDS_LOCK "'", state_dir);
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "lock '%s/" GUEST_IDS_LOCK "'", state_dir);
         return TAKE_FD(fd);
 }
 
@@ -141,7 +141,7 @@ static int load_registry(int dfd, const char *state_dir, struct registry *ret, v
 
                         if (!n) {
                                 free(reg.e);
-                                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "read '%s/" GUEST_IDS_FILE "'", state_dir);
+                                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "read '%s/" GUEST_IDS_FILE "'", state_dir);
                         }
                         reg.e = n;
                 }
@@ -151,7 +151,7 @@ static int load_registry(int dfd, const char *state_dir, struct registry *ret, v
         return 0;
 bad:
         free(reg.e);
-        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+        return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                           "'%s/" GUEST_IDS_FILE "' line %d is not 'UUID FIRST' or repeats a guest or an id: "
                           "refusing to hand out ids until it is repaired",
                           state_dir, line);
@@ -163,7 +163,7 @@ static int store_registry(int dfd, const char *state_dir, const struct registry 
         size_t len = 0;
 
         if (!text)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "write '%s/" GUEST_IDS_FILE "'", state_dir);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "write '%s/" GUEST_IDS_FILE "'", state_dir);
         memcpy(text, head, sizeof(head) - 1);
         len = sizeof(head) - 1;
         for (size_t i = 0; i < reg->n; i++)
@@ -194,7 +194,7 @@ int guest_ids_acquire(const char *state_dir, uint32_t first, uint32_t last, cons
         int r;
 
         if (first == 0 || first >= last)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "guest ids: empty range");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "guest ids: empty range");
         if ((dfd = open_state_dir(state_dir, err)) < 0)
                 return dfd;
         if ((lock = lock_registry(dfd, state_dir, err)) < 0)
@@ -208,7 +208,7 @@ int guest_ids_acquire(const char *state_dir, uint32_t first, uint32_t last, cons
 
                         free(reg.e);
                         if (id_taken(f) || id_taken(f + 1))
-                                return vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                                   "the guest's ids %u and %u ('%s/" GUEST_IDS_FILE "') now belong to "
                                                   "a user or group of the host: remove that user or group, or the "
                                                   "guest's line there (its files will be given new ids)",
@@ -219,7 +219,7 @@ int guest_ids_acquire(const char *state_dir, uint32_t first, uint32_t last, cons
         used = malloc((reg.n + 1) * sizeof(*used));
         if (!used) {
                 free(reg.e);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "guest ids");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "guest ids");
         }
         for (size_t i = 0; i < reg.n; i++)
                 used[i] = reg.e[i].first;
@@ -237,7 +237,7 @@ int guest_ids_acquire(const char *state_dir, uint32_t first, uint32_t last, cons
         }
         if (cand + 1 > last) {
                 free(reg.e);
-                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0,
+                return vmsup_fail(err, VMSUP_ERR_BUSY, 0,
                                   "no free ids left in [security] guest_ids %u-%u (%zu guests hold ids): "
                                   "delete guests or widen the range",
                                   (unsigned) first, (unsigned) last, reg.n);
@@ -246,7 +246,7 @@ int guest_ids_acquire(const char *state_dir, uint32_t first, uint32_t last, cons
                 e = realloc(reg.e, (reg.n + 64) * sizeof(*e));
                 if (!e) {
                         free(reg.e);
-                        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "guest ids");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "guest ids");
                 }
                 reg.e = e;
         }
@@ -268,7 +268,7 @@ int guest_ids_release(const char *state_dir, const char *uuid, vmsup_error **err
         int r;
 
         if (dfd < 0)
-                return errno == ENOENT ? 0 : vmsup_fail(err, VMSUP_EX_IOERR, errno, "open state directory '%s'", state_dir);
+                return errno == ENOENT ? 0 : vmsup_fail(err, VMSUP_ERR_IO, errno, "open state directory '%s'", state_dir);
         if (faccessat(dfd, GUEST_IDS_FILE, F_OK, AT_SYMLINK_NOFOLLOW) < 0 && errno == ENOENT)
                 return 0;
         if ((lock = lock_registry(dfd, state_dir, err)) < 0)

@@ -147,25 +147,25 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
         switch (o->type) {
         case OPT_BOOL:
                 if (parse_bool(value, field) < 0)
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0,
                                           "%s:%d: [%s] %s: '%s' is not a boolean (true or false)", where,
                                           c->line, o->section, o->key, value);
                 return 0;
         case OPT_PATH:
                 if (value[0] != '/')
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0,
                                           "%s:%d: [%s] %s: '%s' is not an absolute path", where, c->line,
                                           o->section, o->key, value);
                 goto string;
         case OPT_URL:
                 if (strncmp(value, "http://", 7) != 0 && strncmp(value, "https://", 8) != 0)
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0,
                                           "%s:%d: [%s] %s: '%s' is not an http:// or https:// URL", where, c->line,
                                           o->section, o->key, value);
                 goto string;
         case OPT_INTERFACE:
                 if (!streq(value, "public") && !streq(value, "internal") && !streq(value, "admin"))
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0,
                                           "%s:%d: [%s] %s: '%s' is not a catalog interface (public, internal, admin)",
                                           where, c->line, o->section, o->key, value);
                 goto string;
@@ -175,7 +175,7 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
                 else if (streq(value, "noauth"))
                         *(enum barbican_auth *) field = BARBICAN_AUTH_NOAUTH;
                 else
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0,
                                           "%s:%d: [%s] %s: '%s' is not keystone or noauth", where, c->line,
                                           o->section, o->key, value);
                 return 0;
@@ -184,11 +184,11 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
                 char **s = field, *dup;
 
                 if (!*value)
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: empty value", where,
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0, "%s:%d: [%s] %s: empty value", where,
                                           c->line, o->section, o->key);
                 dup = strdup(value);
                 if (!dup)
-                        return vmsup_fail(c->err, VMSUP_EX_OSERR, ENOMEM, "%s:%d: [%s] %s", where, c->line,
+                        return vmsup_fail(c->err, VMSUP_ERR_SYSTEM, ENOMEM, "%s:%d: [%s] %s", where, c->line,
                                           o->section, o->key);
                 free(*s);
                 *s = dup;
@@ -198,7 +198,7 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
                 _cleanup_free_ char *bad = NULL;
 
                 if (parse_secret_security_list(value, field, &bad) < 0)
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0,
                                           "%s:%d: [%s] %s: '%s' is not a TPM secret security mode "
                                           "(user, host, deployment)",
                                           where, c->line, o->section, o->key, bad ? bad : value);
@@ -211,7 +211,7 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
                 errno = 0;
                 n = strtoul(value, &end, 10);
                 if (!isdigit((unsigned char) value[0]) || *end || errno || n > 86400)
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0,
                                           "%s:%d: [%s] %s: '%s' is not a number of seconds (0 to 86400)",
                                           where, c->line, o->section, o->key, value);
                 *(unsigned *) field = (unsigned) n;
@@ -219,14 +219,14 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
         }
         case OPT_SECCOMP:
                 if (seccomp_filter_mode_from_string(value, field) < 0)
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: '%s' is not kill, log or off",
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0, "%s:%d: [%s] %s: '%s' is not kill, log or off",
                                           where, c->line, o->section, o->key, value);
                 return 0;
         case OPT_ID_RANGE: {
                 uint32_t *range = field;
 
                 if (guest_ids_parse_range(value, &range[0], &range[1]) < 0)
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0,
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0,
                                           "%s:%d: [%s] %s: '%s' is not FIRST-LAST (1 <= FIRST < LAST <= 4294967294) "
                                           "or none", where, c->line, o->section, o->key, value);
                 return 0;
@@ -238,7 +238,7 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
                 errno = 0;
                 n = strtoul(value, &end, 10);
                 if (!isdigit((unsigned char) value[0]) || *end || errno || n > 10)
-                        return vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: '%s' is not a number from 0 to 10",
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0, "%s:%d: [%s] %s: '%s' is not a number from 0 to 10",
                                           where, c->line, o->section, o->key, value);
                 *(unsigned *) field = (unsigned) n;
                 return 0;
@@ -260,7 +260,7 @@ static int handler(void *user, const char *section, const char *name, const char
                 if (!streq(options[i].key, name))
                         continue;
                 if (c->seen[i]) {
-                        c->r = vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: set twice", c->file,
+                        c->r = vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0, "%s:%d: [%s] %s: set twice", c->file,
                                           c->line, section, name);
                         return 1;
                 }
@@ -269,10 +269,10 @@ static int handler(void *user, const char *section, const char *name, const char
                 return 1;
         }
         if (section_known)
-                c->r = vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s] %s: unknown key", c->file, c->line,
+                c->r = vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0, "%s:%d: [%s] %s: unknown key", c->file, c->line,
                                   section, name);
         else
-                c->r = vmsup_fail(c->err, VMSUP_EX_CONFIG, 0, "%s:%d: [%s]: unknown section (key %s)",
+                c->r = vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0, "%s:%d: [%s]: unknown section (key %s)",
                                   c->file, c->line, section, name);
         return 1;
 }
@@ -308,7 +308,7 @@ int host_config_load(const char *path, bool missing_ok, struct host_config *ret,
                         *ret = cfg;
                         return 0;
                 }
-                r = vmsup_fail(err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_CONFIG, errno,
+                r = vmsup_fail(err, errno == ENOENT ? VMSUP_ERR_NOT_FOUND : VMSUP_ERR_CONFIG, errno,
                                "open host config '%s'", path);
                 goto fail;
         }
@@ -320,21 +320,21 @@ int host_config_load(const char *path, bool missing_ok, struct host_config *ret,
                 goto fail;
         }
         if (r > 0) {
-                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s:%d: not an INI line (expected [section] or key = value)",
+                r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "%s:%d: not an INI line (expected [section] or key = value)",
                                path, r);
                 goto fail;
         }
         if (r < 0) {
-                r = vmsup_fail(err, VMSUP_EX_CONFIG, r == -2 ? ENOMEM : EIO, "read host config '%s'", path);
+                r = vmsup_fail(err, VMSUP_ERR_CONFIG, r == -2 ? ENOMEM : EIO, "read host config '%s'", path);
                 goto fail;
         }
         if (cfg.barbican.connect_timeout == 0 || cfg.barbican.timeout == 0) {
-                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s: [barbican] %s: must be at least 1 second", path,
+                r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "%s: [barbican] %s: must be at least 1 second", path,
                                cfg.barbican.timeout == 0 ? "timeout" : "connect_timeout");
                 goto fail;
         }
         if (cfg.migration.handshake_timeout == 0) {
-                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s: [migration] handshake_timeout: must be at least 1 second",
+                r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "%s: [migration] handshake_timeout: must be at least 1 second",
                                path);
                 goto fail;
         }
@@ -389,19 +389,19 @@ static int check_channel_file(const char *path, bool dir, bool secret, vmsup_err
         unsigned mode, bad;
 
         if (fd < 0 || fstat(fd, &st) < 0)
-                return vmsup_fail(err, errno == ENOENT || errno == ENOTDIR ? VMSUP_EX_CONFIG : VMSUP_EX_NOPERM, errno,
+                return vmsup_fail(err, errno == ENOENT || errno == ENOTDIR ? VMSUP_ERR_CONFIG : VMSUP_ERR_DENIED, errno,
                                   "[migration] tls_dir: '%s'", path);
         if (!dir && !S_ISREG(st.st_mode))
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0, "[migration] tls_dir: '%s' is not a regular file", path);
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0, "[migration] tls_dir: '%s' is not a regular file", path);
         if (st.st_uid != euid)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
                                   "[migration] tls_dir: '%s' is owned by uid %u, not %s%.0u: the supervisors' "
                                   "channel trusts only files no one else can change",
                                   path, (unsigned) st.st_uid, euid == 0 ? "root" : "uid ", (unsigned) euid);
         mode = st.st_mode & 07777;
         bad = mode & (secret ? 077 : 022);
         if (bad)
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
                                   "[migration] tls_dir: '%s' has mode %04o: %s %s it%s", path, mode,
                                   (bad & 070) && (bad & 07) ? "its group and other users" : (bad & 070) ? "its group"
                                                                                                       : "other users",
@@ -431,7 +431,7 @@ int host_config_migration_tls(const struct host_config *cfg, bool server, struct
             asprintf(&f.key, "%s/%s-key.pem", dir, end) < 0 || asprintf(&qca, "%s/ca-cert.pem", qdir) < 0 ||
             asprintf(&qcert, "%s/%s-cert.pem", qdir, end) < 0 ||
             asprintf(&qother, "%s/%s-cert.pem", qdir, server ? "client" : "server") < 0) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "TLS file names");
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "TLS file names");
                 goto fail;
         }
         if ((r = check_channel_file(dir, true, false, err)) < 0 || (r = check_channel_file(f.ca, false, false, err)) < 0 ||
@@ -443,7 +443,7 @@ int host_config_migration_tls(const struct host_config *cfg, bool server, struct
         real = realpath(dir, NULL);
         qreal = realpath(qdir, NULL);
         if (real && qreal && streq(real, qreal)) {
-                r = vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                "[migration] qemu_tls_dir is tls_dir ('%s'): QEMU's migration stream needs "
                                "credentials of its own, under a CA of its own (vmsup.conf(5))",
                                dir);
@@ -451,7 +451,7 @@ int host_config_migration_tls(const struct host_config *cfg, bool server, struct
         }
         for (const char *const *p = (const char *const[]) { qca, qcert, NULL }; *p; p++)
                 if (stat(*p, &st) < 0) {
-                        r = vmsup_fail(err, VMSUP_EX_CONFIG, 0,
+                        r = vmsup_fail(err, VMSUP_ERR_CONFIG, 0,
                                        "[migration] qemu_tls_dir: '%s': %s. QEMU's migration stream needs "
                                        "credentials of its own, readable by QEMU, under a CA that tls_dir's "
                                        "ca-cert.pem does not trust: put ca-cert.pem, server-cert.pem, server-key.pem, "

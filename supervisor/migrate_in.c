@@ -119,7 +119,7 @@ static int janitor_main(int fd, struct guest *g) {
                         if (round == 1) {
                                 fprintf(stderr, "vmsup janitor: guest %s: a process of the incoming migration is "
                                                 "still running after SIGKILL; not removing anything\n", g->spec.uuid);
-                                return VMSUP_EX_TEMPFAIL;
+                                return VMSUP_ERR_BUSY;
                         }
                         (void) syscall(SYS_pidfd_send_signal, pidfds[i], SIGKILL, NULL, 0);
                 }
@@ -127,7 +127,7 @@ static int janitor_main(int fd, struct guest *g) {
         lock = guest_dirs_lock(&g->dirs, false, NULL, &err);
         if (lock < 0) {
                 fprintf(stderr, "vmsup janitor: guest %s: %s; not removing anything\n", g->spec.uuid, err->msg);
-                return VMSUP_EX_TEMPFAIL;
+                return VMSUP_ERR_BUSY;
         }
         if (access(g->dirs.incoming, F_OK) < 0 || guest_dirs_incoming_committed(&g->dirs)) {
                 close(lock);
@@ -135,7 +135,7 @@ static int janitor_main(int fd, struct guest *g) {
         }
         if (guest_dirs_remove_all(&g->dirs, g->cfg->paths.secrets_dir, g->spec.uuid, &err) < 0) {
                 fprintf(stderr, "vmsup janitor: guest %s: %s\n", g->spec.uuid, err->msg);
-                return VMSUP_EX_IOERR;
+                return VMSUP_ERR_IO;
         }
         fprintf(stderr, "vmsup janitor: guest %s: the incoming migration's supervisor died; removed what it had "
                         "received\n", g->spec.uuid);
@@ -149,12 +149,12 @@ static int janitor_start(struct guest *g, vmsup_error **err) {
         pid_t pid;
 
         if (pipe2(p, O_CLOEXEC) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "janitor pipe");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "janitor pipe");
         pid = fork();
         if (pid < 0) {
                 close(p[0]);
                 close(p[1]);
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "fork the janitor");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "fork the janitor");
         }
         if (pid == 0) {
                 vmsup_error *ferr = NULL;
@@ -162,13 +162,13 @@ static int janitor_start(struct guest *g, vmsup_error **err) {
                 /* Only the pipe: an inherited copy of the guest's lock or of the source's
                  * connection would keep both alive after the supervisor's death. */
                 if (dup2(p[0], 3) < 0)
-                        _exit(VMSUP_EX_OSERR);
+                        _exit(VMSUP_ERR_SYSTEM);
                 close_range(4, ~0U, 0);
                 prctl(PR_SET_NAME, "vmsup-janitor");
                 /* it must outlive the supervisor: no death signal; it keeps SIGTERM and
                  * SIGINT blocked (inherited), so only the supervisor's end matters */
                 if (seccomp_filter_load(g->cfg->security.seccomp, &ferr) < 0)
-                        _exit(VMSUP_EX_SOFTWARE);
+                        _exit(VMSUP_ERR_INTERNAL);
                 _exit(janitor_main(3, g));
         }
         close(p[0]);
@@ -205,12 +205,12 @@ int migrate_in_claim(struct guest *g, vmsup_error **err) {
         if (guest_dirs_incoming_committed(&g->dirs) || access(g->dirs.incoming, F_OK) == 0)
                 return guest_dirs_check_markers(&g->dirs, err);
         if (access(g->dirs.migrated_out, F_OK) == 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, 0,
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, 0,
                                   "guest %s was migrated away from this host and its copy here was never removed "
                                   "(%s): not receiving it again before 'vmsup delete %s' here",
                                   g->spec.uuid, g->dirs.migrated_out, g->spec.uuid);
         if (access(g->dirs.spec_copy, F_OK) == 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, 0, "guest %s already exists on this host (%s)", g->spec.uuid,
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, 0, "guest %s already exists on this host (%s)", g->spec.uuid,
                                   g->dirs.state);
         if (access(g->cfg->paths.secrets_dir, F_OK) == 0) {
                 r = localstore_open(g->cfg->paths.secrets_dir, false, &store, err);
@@ -221,7 +221,7 @@ int migrate_in_claim(struct guest *g, vmsup_error **err) {
                 if (r < 0)
                         return r;
                 if (r > 0)
-                        return vmsup_fail(err, VMSUP_EX_CANTCREAT, 0,
+                        return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, 0,
                                           "this host already keeps a vTPM secret for guest %s (%s)", g->spec.uuid,
                                           g->cfg->paths.secrets_dir);
         }
@@ -242,7 +242,7 @@ int migrate_in_secret(struct guest *g, const char *secret, const char *secret_id
 
         /* Nova's pre_live_migration: the host keeps the secret under the same id */
         if (g->tpm.secret_security != SECRET_SECURITY_HOST)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "Operation 'live-migration' not supported for vTPM-enabled instance (%s).",
                                   g->spec.uuid);
         r = localstore_open(g->cfg->paths.secrets_dir, true, &store, err);
@@ -252,7 +252,7 @@ int migrate_in_secret(struct guest *g, const char *secret, const char *secret_id
         if (r < 0)
                 return vmsup_error_prefix(err, "keep the vTPM secret");
         if (asprintf(&id_path, "%s/%s", g->dirs.state, VTPM_SECRET_ID_FILE) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "secret id path");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "secret id path");
         snprintf(id_line, sizeof(id_line), "%s\n", secret_id);
         r = write_file_atomic(id_path, id_line, strlen(id_line), 0600, err);
         if (r < 0)
@@ -321,11 +321,11 @@ static int on_received(void *userdata, const struct guest_spec *theirs, const ch
                 return vmsup_error_prefix(err, "the source's guest spec differs from this host's '%s'",
                                           in->opts->spec_path);
         if (g->spec.vtpm_secret_uuid && !streq(secret_uuid, g->spec.vtpm_secret_uuid))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "the source's vTPM secret is %s; this host's '%s' has key 'vtpm_secret_uuid' %s",
                                   secret_uuid, in->opts->spec_path, g->spec.vtpm_secret_uuid);
         if (in->lock_err) {
-                vmsup_fail(err, in->lock_err->exit_code, 0, "%s", in->lock_err->msg);
+                vmsup_fail(err, in->lock_err->kind, 0, "%s", in->lock_err->msg);
                 return -EBUSY;
         }
         r = guest_incoming_setup(g, in->opts, secret, secret_uuid, err);
@@ -352,7 +352,7 @@ static int on_seal(void *userdata, int64_t *ret_generation, vmsup_error **err) {
         /* The TPM state must be here, and sealed, before the source lets go. */
         r = swtpm_state_exists(g->dirs.live_tpm, g->tpm.version, err);
         if (r == 0)
-                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "the TPM state did not arrive (no %s in %s)",
+                return vmsup_fail(err, VMSUP_ERR_FAILED, 0, "the TPM state did not arrive (no %s in %s)",
                                   swtpm_permall_name(g->tpm.version), g->dirs.live_tpm);
         if (r < 0)
                 return r;
@@ -431,7 +431,7 @@ static void on_finished(void *userdata, enum migrate_dest_outcome outcome, const
                 return;
         }
         /* The guest does not run here: undo, and let guest_run() end with why. */
-        vmsup_fail(&in->end_err, why ? why->exit_code : VMSUP_EX_SOFTWARE, 0, "%s", why ? why->msg : "failed");
+        vmsup_fail(&in->end_err, why ? why->kind : VMSUP_ERR_INTERNAL, 0, "%s", why ? why->msg : "failed");
         if (in->end_err && why)
                 in->end_err->errnum = why->errnum;
         in->dest = migrate_dest_free(in->dest);
@@ -440,7 +440,7 @@ static void on_finished(void *userdata, enum migrate_dest_outcome outcome, const
                 control_conn_reply_ok(in->stop_conn, json_object_new_string("stopped: the incoming migration was abandoned"));
                 in->stop_conn = control_conn_free(in->stop_conn);
         }
-        guest_finish(g, in->end_err ? in->end_err->exit_code : VMSUP_EX_SOFTWARE);
+        guest_finish(g, in->end_err ? in->end_err->kind : VMSUP_ERR_INTERNAL);
 }
 
 /* ---- the supervisor's entries -------------------------------------------------------------- */
@@ -453,7 +453,7 @@ int migrate_in_start(struct guest *g, const struct guest_run_opts *opts, vmsup_e
         in = calloc(1, sizeof(*in));
         if (!in) {
                 vmsup_error_free(lock_err);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "incoming migration");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "incoming migration");
         }
         in->g = g;
         in->opts = opts;
@@ -517,7 +517,7 @@ void migrate_in_qmp_dropped(struct guest *g) {
 
         if (!migrate_in_active(g))
                 return;
-        vmsup_fail(&err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+        vmsup_fail(&err, VMSUP_ERR_FAILED, 0, "QEMU's monitor is gone");
         migrate_dest_qmp_lost(g->in->dest, err);
         vmsup_error_free(err);
 }
@@ -537,7 +537,7 @@ bool migrate_in_cancel(struct guest *g, const char *why) {
 
         if (!migrate_in_active(g))
                 return false;
-        vmsup_fail(&err, VMSUP_EX_TEMPFAIL, 0, "%s", why);
+        vmsup_fail(&err, VMSUP_ERR_BUSY, 0, "%s", why);
         cancelled = migrate_dest_cancel(g->in->dest, err) > 0;
         vmsup_error_free(err);
         return cancelled;

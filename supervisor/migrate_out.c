@@ -74,14 +74,14 @@ static int cb_handover(void *userdata, char **ret_pass, char ret_id[MIGRATE_SOUR
         if (r == 0 || (r < 0 && (*err)->errnum == ENOENT)) {
                 if (r < 0)
                         *err = vmsup_error_free(*err);
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "TPM secret was not found. Try hard-rebooting the instance to recover.");
         }
         if (r < 0)
                 return r;
         spec = json_object_from_file(g->dirs.spec_copy);
         if (!spec)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "read the guest spec '%s'", g->dirs.spec_copy);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "read the guest spec '%s'", g->dirs.spec_copy);
         *ret_pass = TAKE_PTR(pass);
         snprintf(ret_id, MIGRATE_SOURCE_SECRET_ID_LEN + 1, "%s", secret_id);
         *ret_spec = spec;
@@ -206,16 +206,16 @@ static void cb_finished(void *userdata, enum migrate_outcome outcome, const vmsu
                 log_error("live migration to %s:%s: %s. The destination had the order to run the guest; whether it "
                           "does is unknown. The guest stays paused here and cannot start here again (%s). See "
                           "vmsup(8), MIGRATION.", o->host, o->port, why->msg, g->dirs.migrated_out);
-                vmsup_fail(&err, VMSUP_EX_TEMPFAIL, 0,
+                vmsup_fail(&err, VMSUP_ERR_BUSY, 0,
                            "outcome unknown (the guest stays paused here; see vmsup(8), MIGRATION): %s", why->msg);
-                control_conn_reply_error(o->conn, VMSUP_EX_TEMPFAIL, err->msg);
+                control_conn_reply_error(o->conn, VMSUP_ERR_BUSY, err->msg);
                 vmsup_error_free(err);
                 break;
         }
         case MIGRATE_ROLLED_BACK:
                 log_error("live migration to %s:%s failed: %s; the guest runs here, with its TPM state", o->host,
                           o->port, why->msg);
-                control_conn_reply_error(o->conn, why->exit_code ? why->exit_code : VMSUP_EX_FAILURE, why->msg);
+                control_conn_reply_error(o->conn, why->kind ? why->kind : VMSUP_ERR_FAILED, why->msg);
                 break;
         }
         ended(o);
@@ -224,16 +224,16 @@ static void cb_finished(void *userdata, enum migrate_outcome outcome, const vmsu
 /* Before anything goes to the destination: a guest vmsup migrates, and one that runs. */
 static int check_guest(struct guest *g, vmsup_error **err) {
         if (!g->tpm.present)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "guest %s has no vTPM: vmsup live-migrates vTPM guests in host mode only",
                                   g->spec.uuid);
         /* Nova's compute API (reject_legacy_vtpm_live_migration): host mode only */
         if (g->tpm.secret_security != SECRET_SECURITY_HOST)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "Operation 'live-migration' not supported for vTPM-enabled instance (%s).",
                                   g->spec.uuid);
         if (g->state != GUEST_RUNNING || !g->qmp)
-                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "the guest is not running (%s)", guest_state_name(g));
+                return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "the guest is not running (%s)", guest_state_name(g));
         return 0;
 }
 
@@ -247,13 +247,13 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         int r;
 
         if (!host || !host[0] || !port) {
-                control_conn_reply_error(c, VMSUP_EX_USAGE, "migrate request without host and port");
+                control_conn_reply_error(c, VMSUP_ERR_USAGE, "migrate request without host and port");
                 control_conn_free(c);
                 return;
         }
         o = calloc(1, sizeof(*o));
         if (!o || !(o->host = strdup(host)) || !(o->port = strdup(port))) {
-                control_conn_reply_error(c, VMSUP_EX_OSERR, "out of memory");
+                control_conn_reply_error(c, VMSUP_ERR_SYSTEM, "out of memory");
                 control_conn_free(c);
                 out_free(o);
                 return;
@@ -298,7 +298,7 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         if (r < 0) {
                 log_error("live migration to %s:%s failed: %s; the guest runs here, with its TPM state", o->host,
                           o->port, err->msg);
-                control_conn_reply_error(c, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+                control_conn_reply_error(c, err->kind ? err->kind : VMSUP_ERR_FAILED, err->msg);
                 vmsup_error_free(err);
                 g->migrating_to = NULL;
                 out_free(o);

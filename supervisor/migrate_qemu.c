@@ -19,7 +19,7 @@
 
 int migrate_qmp(struct guest *g, const char *cmd, json_object *args, json_object **ret, vmsup_error **err) {
         if (!g->qmp)
-                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+                return vmsup_fail(err, VMSUP_ERR_FAILED, 0, "QEMU's monitor is gone");
         return qmp_client_execute(g->qmp, cmd, args, -1, QMP_COMMAND_TIMEOUT, ret, err);
 }
 
@@ -85,12 +85,12 @@ int migrate_wait_status(struct guest *g, const char *const *states, int timeout_
                         if (streq(g->migration_status, *s))
                                 return 0;
                 if (!g->qmp)
-                        return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+                        return vmsup_fail(err, VMSUP_ERR_FAILED, 0, "QEMU's monitor is gone");
                 if (left <= 0)
-                        return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "QEMU's migration is still '%s' after %d s",
+                        return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "QEMU's migration is still '%s' after %d s",
                                           g->migration_status, timeout_ms / 1000);
                 if (poll(&p, 1, (int) left) < 0 && errno != EINTR)
-                        return vmsup_fail(err, VMSUP_EX_OSERR, errno, "poll");
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "poll");
                 if (p.revents && qmp_client_dispatch(g->qmp, err) < 0)
                         return vmsup_error_prefix(err, "QEMU's monitor");
         }
@@ -117,7 +117,7 @@ int migrate_stream_give(struct guest *g, int fd, int answer_ms, vmsup_error **er
         stream_keepalive(fd, answer_ms);
         json_object_object_add(args, "fdname", json_object_new_string(MIGRATE_STREAM_FD_NAME));
         if (!g->qmp)
-                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "QEMU's monitor is gone");
+                return vmsup_fail(err, VMSUP_ERR_FAILED, 0, "QEMU's monitor is gone");
         if (qmp_client_execute(g->qmp, "getfd", args, fd, QMP_COMMAND_TIMEOUT, NULL, err) < 0)
                 return vmsup_error_prefix(err, "hand QEMU the migration connection");
         return 0;

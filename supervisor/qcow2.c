@@ -48,8 +48,8 @@ static int bad(struct reader *r, const char *fmt, ...) {
         n = vasprintf(&why, fmt, ap);
         va_end(ap);
         if (n < 0)
-                return vmsup_fail(r->err, VMSUP_EX_OSERR, ENOMEM, "qcow2 image '%s'", r->path);
-        return vmsup_fail(r->err, VMSUP_EX_DATAERR, 0, "qcow2 image '%s': %s", r->path, why);
+                return vmsup_fail(r->err, VMSUP_ERR_SYSTEM, ENOMEM, "qcow2 image '%s'", r->path);
+        return vmsup_fail(r->err, VMSUP_ERR_DATA, 0, "qcow2 image '%s': %s", r->path, why);
 }
 
 /* len bytes at off, all inside the file: QEMU reads zeros past the end, we refuse. */
@@ -65,7 +65,7 @@ static int read_at(struct reader *r, uint64_t off, size_t len, void *buf, const 
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0)
-                        return vmsup_fail(r->err, VMSUP_EX_IOERR, errno, "read qcow2 image '%s'", r->path);
+                        return vmsup_fail(r->err, VMSUP_ERR_IO, errno, "read qcow2 image '%s'", r->path);
                 if (n == 0)
                         return bad(r, "%s: the file shrank while being read", what);
                 done += (size_t) n;
@@ -79,7 +79,7 @@ static int read_string(struct reader *r, uint64_t off, size_t len, const char *w
         int k;
 
         if (!s)
-                return vmsup_fail(r->err, VMSUP_EX_OSERR, ENOMEM, "qcow2 image '%s'", r->path);
+                return vmsup_fail(r->err, VMSUP_ERR_SYSTEM, ENOMEM, "qcow2 image '%s'", r->path);
         k = read_at(r, off, len, s, what);
         if (k < 0)
                 return k;
@@ -158,13 +158,13 @@ int qcow2_header_read(int fd, const char *path, struct qcow2_header_info *ret, v
         int k;
 
         if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat qcow2 image '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat qcow2 image '%s'", path);
         if (!S_ISREG(st.st_mode))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "qcow2 image '%s': not a regular file", path);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "qcow2 image '%s': not a regular file", path);
         r.size = (uint64_t) st.st_size;
 
         if (r.size < 4 || (k = read_at(&r, 0, 4, h, "the magic")) < 0 || be32_at(h) != QCOW2_MAGIC)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "qcow2 image '%s': not a qcow2 image (no QFI\\xfb magic)",
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "qcow2 image '%s': not a qcow2 image (no QFI\\xfb magic)",
                                   path);
         if ((k = read_at(&r, 0, QCOW2_V2_HEADER_LEN, h, "the header")) < 0)
                 return k;
@@ -230,7 +230,7 @@ int qcow2_header_load(const char *path, struct qcow2_header_info *ret, vmsup_err
          * refused as not a regular file */
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0)
-                return vmsup_fail(err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_DATAERR, errno,
+                return vmsup_fail(err, errno == ENOENT ? VMSUP_ERR_NOT_FOUND : VMSUP_ERR_DATA, errno,
                                   "open qcow2 image '%s'", path);
         return qcow2_header_read(fd, path, ret, err);
 }

@@ -130,7 +130,7 @@ int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error
         struct argv_builder b = { 0 };
 
         if (streq(spec->firmware_type, "uefi") && !in->vars_path)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "UEFI guest without a VARS file");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "UEFI guest without a VARS file");
 
         add(&b, "%s", in->qemu);
         add_escaped(&b, "-name", "guest=", spec->name, ",debug-threads=on");
@@ -180,7 +180,7 @@ int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error
         if (in->tpm && in->tpm->present) {
                 if (in->tpm_ctrl_fd < 0) {
                         free(b.v);
-                        return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "vTPM guest without a TPM control fd");
+                        return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "vTPM guest without a TPM control fd");
                 }
                 add(&b, "-chardev");
                 add(&b, "socket,id=chrtpm,fd=%d", in->tpm_ctrl_fd);
@@ -217,7 +217,7 @@ int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error
                 char **v = b.v;
 
                 strv_freep(&v);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "build QEMU command line");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "build QEMU command line");
         }
         *ret_argv = b.v;
         return 0;

@@ -87,7 +87,7 @@ static void on_qmp_passthrough_reply(void *userdata, json_object *ret, const vms
         struct pending_reply *p = userdata;
 
         if (err)
-                control_conn_reply_error(p->conn, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+                control_conn_reply_error(p->conn, err->kind ? err->kind : VMSUP_ERR_FAILED, err->msg);
         else
                 control_conn_reply_ok(p->conn, json_object_get(ret));
         control_conn_free(p->conn);
@@ -99,7 +99,7 @@ static void on_reset_reply(void *userdata, json_object *ret, const vmsup_error *
 
         (void) ret;
         if (err)
-                control_conn_reply_error(p->conn, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+                control_conn_reply_error(p->conn, err->kind ? err->kind : VMSUP_ERR_FAILED, err->msg);
         else {
                 log_info("guest rebooted (system_reset)");
                 control_conn_reply_ok(p->conn, json_object_new_string("rebooted"));
@@ -114,7 +114,7 @@ static void on_resolve_reply(void *userdata, json_object *ret, const vmsup_error
         (void) ret;
         if (err) {
                 log_error("the migrated-out marker is removed, but the guest stays paused: cont: %s", err->msg);
-                control_conn_reply_error(p->conn, err->exit_code ? err->exit_code : VMSUP_EX_FAILURE, err->msg);
+                control_conn_reply_error(p->conn, err->kind ? err->kind : VMSUP_ERR_FAILED, err->msg);
         } else {
                 log_info("an operator resolved the hand-over: this host's copy is the one; the guest runs here again");
                 control_conn_reply_ok(p->conn, json_object_new_string("kept: the guest runs here again"));
@@ -135,7 +135,7 @@ static void resolve_keep(struct guest *g, struct control_conn *c) {
         if (access(g->dirs.migrated_out, F_OK) == 0) {
                 if (unlink(g->dirs.migrated_out) < 0) {
                         snprintf(msg, sizeof(msg), "remove '%s': %s", g->dirs.migrated_out, strerror(errno));
-                        control_conn_reply_error(c, VMSUP_EX_IOERR, msg);
+                        control_conn_reply_error(c, VMSUP_ERR_IO, msg);
                         control_conn_free(c);
                         return;
                 }
@@ -147,7 +147,7 @@ static void resolve_keep(struct guest *g, struct control_conn *c) {
         if (guest_dirs_incoming_committed(&g->dirs)) {
                 if (unlink(g->dirs.incoming) < 0) {
                         snprintf(msg, sizeof(msg), "remove '%s': %s", g->dirs.incoming, strerror(errno));
-                        control_conn_reply_error(c, VMSUP_EX_IOERR, msg);
+                        control_conn_reply_error(c, VMSUP_ERR_IO, msg);
                 } else {
                         log_info("an operator resolved the hand-over: this host's copy is the one (removed %s)",
                                  g->dirs.incoming);
@@ -158,7 +158,7 @@ static void resolve_keep(struct guest *g, struct control_conn *c) {
         }
         snprintf(msg, sizeof(msg), "guest %s has no undecided live migration on this host (no %s, no committed %s): "
                  "nothing to resolve", g->spec.uuid, GUEST_MIGRATED_OUT, GUEST_INCOMING);
-        control_conn_reply_error(c, VMSUP_EX_DATAERR, msg);
+        control_conn_reply_error(c, VMSUP_ERR_DATA, msg);
         control_conn_free(c);
 }
 
@@ -180,14 +180,14 @@ static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd
                 free(p);
                 snprintf(msg, sizeof(msg), "%s%s%s", g->qmp ? "the guest is not running" : "QEMU is not reachable",
                          !g->qmp && g->qmp_lost[0] ? ": QMP lost: " : "", !g->qmp ? g->qmp_lost : "");
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+                control_conn_reply_error(c, VMSUP_ERR_BUSY, msg);
                 control_conn_free(c);
                 return;
         }
         p->g = g;
         p->conn = c;
         if (qmp_client_execute_async(g->qmp, cmd, args, -1, timeout_ms, fn, p, &err) < 0) {
-                control_conn_reply_error(c, err->exit_code, err->msg);
+                control_conn_reply_error(c, err->kind, err->msg);
                 control_conn_free(c);
                 free(p);
                 vmsup_error_free(err);
@@ -218,7 +218,7 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 }
                 snprintf(msg, sizeof(msg), "the guest is being received%s%s; '%s' must wait until that ends",
                          from ? " from " : " (waiting for the source)", from ? from : "", cmd);
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+                control_conn_reply_error(c, VMSUP_ERR_BUSY, msg);
                 control_conn_free(c);
                 return;
         }
@@ -227,7 +227,7 @@ static void handle_request(struct guest *g, struct control_conn *c) {
 
                 snprintf(msg, sizeof(msg), "the guest is being migrated to %s; '%s' must wait until that ends",
                          g->migrating_to, cmd);
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+                control_conn_reply_error(c, VMSUP_ERR_BUSY, msg);
                 control_conn_free(c);
                 return;
         }
@@ -239,7 +239,7 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                          "outcome is unknown (%s), and may run there; see vmsup(8), MIGRATION",
                          cmd, g->dirs.migrated_out);
                 log_warning("%s", why);
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, why);
+                control_conn_reply_error(c, VMSUP_ERR_BUSY, why);
                 control_conn_free(c);
                 return;
         }
@@ -271,7 +271,7 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                         guest_begin_stop(g, 0, true, g->state == GUEST_REBOOTING && false);
         } else if (streq(cmd, "reboot")) {
                 if (g->state != GUEST_RUNNING) {
-                        control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, "the guest is not running");
+                        control_conn_reply_error(c, VMSUP_ERR_BUSY, "the guest is not running");
                         control_conn_free(c);
                 } else if (get_bool(c->request, "hard")) {
                         log_info("hard reboot requested: QEMU is restarted, the TPM state is kept");
@@ -288,7 +288,7 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 json_object *args = NULL;
 
                 if (!json_object_object_get_ex(c->request, "command", &v) || !json_object_is_type(v, json_type_string)) {
-                        control_conn_reply_error(c, VMSUP_EX_USAGE, "qmp request without a command");
+                        control_conn_reply_error(c, VMSUP_ERR_USAGE, "qmp request without a command");
                         control_conn_free(c);
                         return;
                 }
@@ -299,13 +299,13 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 if (verdict != QMP_POLICY_ALLOW) {
                         log_warning("%s", why);
                         control_conn_reply_error(
-                                c, verdict == QMP_POLICY_REFUSED ? VMSUP_EX_UNAVAILABLE : VMSUP_EX_TEMPFAIL, why);
+                                c, verdict == QMP_POLICY_REFUSED ? VMSUP_ERR_UNAVAILABLE : VMSUP_ERR_BUSY, why);
                         control_conn_free(c);
                         return;
                 }
                 forward_qmp(g, c, json_object_get_string(v), args, QMP_COMMAND_TIMEOUT, on_qmp_passthrough_reply);
         } else {
-                control_conn_reply_error(c, VMSUP_EX_USAGE, "unknown control request");
+                control_conn_reply_error(c, VMSUP_ERR_USAGE, "unknown control request");
                 control_conn_free(c);
         }
 }
@@ -328,7 +328,7 @@ static void accept_starved(struct guest *g, const vmsup_error *err) {
                  strerror(err->errnum));
         closep(&g->fd_reserve[0]);
         g->fd_reserve[0] = -1;
-        for (int i = 0; i < CONTROL_MAX_CLIENTS && control_accept_refuse(g->listen_fd, VMSUP_EX_TEMPFAIL, msg) > 0; i++)
+        for (int i = 0; i < CONTROL_MAX_CLIENTS && control_accept_refuse(g->listen_fd, VMSUP_ERR_BUSY, msg) > 0; i++)
                 ;
         guest_fd_reserve_fill(g);
         if (evloop_io_set_events(g->listen_src, 0, &lerr) < 0) {
@@ -402,7 +402,7 @@ static void conn_expire(struct guest *g, struct control_conn *c) {
 
         conn_unlink(g, c);
         snprintf(msg, sizeof(msg), "no whole request within %d s: closed", CONTROL_REQUEST_TIMEOUT_MS / 1000);
-        control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+        control_conn_reply_error(c, VMSUP_ERR_BUSY, msg);
         control_conn_free(c);
 }
 
@@ -436,7 +436,7 @@ void guest_accept_conn(struct guest *g) {
 
                 snprintf(msg, sizeof(msg), "too many control connections (%d open); try again later",
                          CONTROL_MAX_CLIENTS);
-                control_conn_reply_error(c, VMSUP_EX_TEMPFAIL, msg);
+                control_conn_reply_error(c, VMSUP_ERR_BUSY, msg);
                 control_conn_free(c);
                 return;
         }
@@ -460,7 +460,7 @@ void guest_handle_conn(struct guest *g, struct control_conn *c) {
                 return;
         conn_unlink(g, c);
         if (r < 0) {
-                control_conn_reply_error(c, err->exit_code, err->msg);
+                control_conn_reply_error(c, err->kind, err->msg);
                 control_conn_free(c);
                 vmsup_error_free(err);
                 return;

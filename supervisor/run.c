@@ -55,14 +55,14 @@ static int event_loop(struct guest *g) {
         int code;
 
         if (g->done)
-                return g->exit_code;
+                return g->end_kind;
         if (evloop_run(g->loop, &code, &err) < 0) {
                 log_error("%s", err->msg);
                 vmsup_error_free(err);
                 guest_stop_children(g);
-                guest_finish(g, VMSUP_EX_OSERR);
+                guest_finish(g, VMSUP_ERR_SYSTEM);
         }
-        return g->exit_code;
+        return g->end_kind;
 }
 
 static int check_host_offers(struct guest *g, vmsup_error **err) {
@@ -89,10 +89,10 @@ static int resolve_programs(struct guest *g, vmsup_error **err) {
                 return -ENOENT;
         pw = getpwnam(g->cfg->tpm.swtpm_user);
         if (!pw)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_user '%s' does not exist", g->cfg->tpm.swtpm_user);
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "[tpm] swtpm_user '%s' does not exist", g->cfg->tpm.swtpm_user);
         gr = getgrnam(g->cfg->tpm.swtpm_group);
         if (!gr)
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_group '%s' does not exist", g->cfg->tpm.swtpm_group);
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "[tpm] swtpm_group '%s' does not exist", g->cfg->tpm.swtpm_group);
         return 0;
 }
 
@@ -128,7 +128,7 @@ static int tpm_check_state_present(struct guest *g, bool no_sealed_state, vmsup_
                 return -EIO;
         if (!no_sealed_state) {
                 if (g->new_tpm)
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                           "--new-tpm: the guest has sealed TPM state in '%s', which vmsup does not "
                                           "replace (to drop a TPM on purpose: 'vmsup delete', or 'vmsup resize "
                                           "--confirm-reset' to another TPM version or model)",
@@ -138,7 +138,7 @@ static int tpm_check_state_present(struct guest *g, bool no_sealed_state, vmsup_
         if (!stamp)
                 return 0; /* a new guest: its TPM is manufactured */
         if (!g->new_tpm)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "the guest's TPM state is gone: '%s' holds no sealed TPM state, but the guest has a "
                                   "TPM (%s: %s); refusing to manufacture a new one, which would change its EK and "
                                   "start its NV counters again; restore the sealed state from a backup, or start with "
@@ -163,7 +163,7 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
 
         host_config_vtpm_secret_opts(g->cfg, &opts);
         if (asprintf(&manifest, "%s/%s%s", g->dirs.state, SEAL_MANIFEST_NAME, SEAL_SUFFIX) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "sealed state");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "sealed state");
         req.first_start = access(manifest, F_OK) < 0 && errno == ENOENT;
         r = tpm_check_state_present(g, req.first_start, err);
         if (r < 0)
@@ -335,7 +335,7 @@ static void teardown(struct guest *g) {
                 g->conns = c->next;
                 control_conn_free(c);
         }
-        guest_answer_waiters(g, g->exit_code == 0, g->exit_code, g->exit_code == 0 ? "stopped" : "the supervisor is exiting");
+        guest_answer_waiters(g, g->end_kind == 0, g->end_kind, g->end_kind == 0 ? "stopped" : "the supervisor is exiting");
         if (g->listen_fd >= 0) {
                 g->listen_src = evloop_source_remove(g->listen_src);
                 close(g->listen_fd);
@@ -393,7 +393,7 @@ int guest_run(const struct guest_run_opts *opts) {
         sigaddset(&stop, SIGINT);
         g.cancel_fd = signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK);
         if (g.cancel_fd < 0) {
-                r = vmsup_fail(&err, VMSUP_EX_OSERR, errno, "signalfd");
+                r = vmsup_fail(&err, VMSUP_ERR_SYSTEM, errno, "signalfd");
                 goto fail;
         }
         /* swtpm_setup orphans a swtpm and waits until it is reaped: be the one who reaps. */
@@ -428,7 +428,7 @@ int guest_run(const struct guest_run_opts *opts) {
         }
         guest_stop_children(&g);
         if (code == 0 && g.tpm_stop_err)
-                code = g.tpm_stop_err->exit_code; /* logged by guest_tpm_stop */
+                code = g.tpm_stop_err->kind; /* logged by guest_tpm_stop */
         guest_reap_all(&g);
         teardown(&g);
         return code;
@@ -451,7 +451,7 @@ fail:
         if (start_abandoned(&g, err, signame, sizeof(signame))) {
                 /* on request: nothing runs, nothing is half written; the start can be tried again */
                 log_info("start abandoned: %s (%s)", signame, err->msg);
-                code = VMSUP_EX_TEMPFAIL;
+                code = VMSUP_ERR_BUSY;
         } else
                 code = log_error_exit(err);
         vmsup_error_free(err);

@@ -107,17 +107,17 @@ static int check_path(struct own_dir *dirs, size_t n, const char *source, const 
         int r = resolve(path, &resolved);
 
         if (r < 0)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, -r, "guest spec '%s': key '%s': resolve '%s'", source, key,
+                return vmsup_fail(err, VMSUP_ERR_DATA, -r, "guest spec '%s': key '%s': resolve '%s'", source, key,
                                   path);
         for (size_t i = 0; i < n; i++) {
                 if (!is_under(resolved, dirs[i].resolved))
                         continue;
                 if (streq(resolved, path))
-                        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                           "guest spec '%s': key '%s': '%s' is inside vmsup's %s dir '%s': a guest "
                                           "never gets vmsup's own files",
                                           source, key, path, dirs[i].what, dirs[i].path);
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "guest spec '%s': key '%s': '%s' resolves to '%s', inside vmsup's %s dir '%s': a "
                                   "guest never gets vmsup's own files",
                                   source, key, path, resolved, dirs[i].what, dirs[i].path);
@@ -138,7 +138,7 @@ int spec_match_host_dirs(const struct guest_spec *spec, const struct host_config
         for (size_t i = 0; i < ARRAY_SIZE(dirs) && r >= 0; i++) {
                 r = resolve(dirs[i].path, &dirs[i].resolved);
                 if (r < 0)
-                        r = vmsup_fail(err, VMSUP_EX_CONFIG, -r, "resolve [paths] %s_dir '%s'", dirs[i].what,
+                        r = vmsup_fail(err, VMSUP_ERR_CONFIG, -r, "resolve [paths] %s_dir '%s'", dirs[i].what,
                                        dirs[i].path);
         }
         if (r >= 0 && spec->kernel)

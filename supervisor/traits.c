@@ -30,7 +30,7 @@ static int qemu_help_lists(const char *qemu, const char *opt, const char *name, 
             (WEXITSTATUS(res.status) != 0 && !strstr(res.errout, "Supported TPM types"))) {
                 char why[64];
 
-                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "probe QEMU: '%s %s help' %s", qemu, opt,
+                r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "probe QEMU: '%s %s help' %s", qemu, opt,
                                proc_describe_status(res.status, why, sizeof(why)));
                 proc_result_clear(&res);
                 return r;
@@ -64,10 +64,10 @@ int host_traits_probe_facts(const struct host_config *cfg, struct host_tpm_facts
                 return 0;
         }
         if (!getpwnam(cfg->tpm.swtpm_user))
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_user '%s' does not exist on this host",
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "[tpm] swtpm_user '%s' does not exist on this host",
                                   cfg->tpm.swtpm_user);
         if (!getgrnam(cfg->tpm.swtpm_group))
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "[tpm] swtpm_group '%s' does not exist on this host",
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "[tpm] swtpm_group '%s' does not exist on this host",
                                   cfg->tpm.swtpm_group);
 
         qemu = proc_find_executable(cfg->qemu.binary, err);
@@ -77,7 +77,7 @@ int host_traits_probe_facts(const struct host_config *cfg, struct host_tpm_facts
         if (r < 0)
                 return r;
         if (!emulator)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "[tpm] swtpm_enabled is true but QEMU '%s' has no TPM emulator backend", qemu);
         if ((r = qemu_help_lists(qemu, "-device", "tpm-tis", &f.qemu_tpm_tis, err)) < 0 ||
             (r = qemu_help_lists(qemu, "-device", "tpm-crb", &f.qemu_tpm_crb, err)) < 0)

@@ -19,7 +19,7 @@
 #define MAX_NAMES 4
 
 struct kind_names {
-        char *name[VMSUP_ERR_KIND_MAX][MAX_NAMES]; /* VMSUP_ERR_* and its VMSUP_EX_* aliases */
+        char *name[VMSUP_ERR_KIND_MAX][MAX_NAMES]; /* VMSUP_ERR_* */
         bool used[VMSUP_ERR_KIND_MAX];
         char *where[VMSUP_ERR_KIND_MAX]; /* first file that uses it */
 };
@@ -46,17 +46,10 @@ static void add_name(int k, const char *p, regoff_t so, regoff_t eo) {
         cr_assert_fail("more than %d names for kind %d", MAX_NAMES, k);
 }
 
-static int kind_of_name(const char *name, size_t len) {
-        for (int k = 0; k < VMSUP_ERR_KIND_MAX; k++)
-                if (kinds.name[k][0] && strlen(kinds.name[k][0]) == len && strncmp(kinds.name[k][0], name, len) == 0)
-                        return k;
-        return -1;
-}
-
-/* The kinds in the order of the enum in common/error.h, and the aliases' names. */
+/* The kinds in the order of the enum in common/error.h. */
 static void read_enum(void) {
         char *text = slurp(TEST_SRCDIR "/common/error.h");
-        regex_t re, alias;
+        regex_t re;
         regmatch_t m[3];
         const char *p = text;
         int n = 0;
@@ -71,14 +64,6 @@ static void read_enum(void) {
         }
         regfree(&re);
         cr_assert_eq(n, VMSUP_ERR_KIND_MAX, "common/error.h: found %d of the %d kinds", n, VMSUP_ERR_KIND_MAX);
-        cr_assert_eq(regcomp(&alias, "#define (VMSUP_EX_[A-Z]+) (VMSUP_ERR_[A-Z_]+)", REG_EXTENDED), 0);
-        for (p = text; regexec(&alias, p, 3, m, 0) == 0; p += m[0].rm_eo) {
-                int k = kind_of_name(p + m[2].rm_so, (size_t) (m[2].rm_eo - m[2].rm_so));
-
-                cr_assert_geq(k, 0, "common/error.h: an alias of an unknown kind");
-                add_name(k, p, m[1].rm_so, m[1].rm_eo);
-        }
-        regfree(&alias);
         free(text);
 }
 

@@ -321,7 +321,7 @@ static int sup_received(void *ud, const struct guest_spec *spec, const char *sec
         if (r < 0)
                 return vmsup_error_prefix(err, "the source's guest spec differs from this host's 'guest.json'");
         if (!s->fq)
-                return vmsup_fail(err, VMSUP_EX_FAILURE, 0, "the test starts no QEMU here");
+                return vmsup_fail(err, VMSUP_ERR_FAILED, 0, "the test starts no QEMU here");
         /* the children start: QEMU's monitor */
         cr_assert_eq(qmp_client_new_fd(TAKE_FD(s->qmp_fd), &s->qmp, err), 0);
         qmp_client_set_event_handler(s->qmp, on_qemu_event, s);
@@ -347,7 +347,7 @@ static int sup_mark_committed(void *ud, const char *source, vmsup_error **err) {
 
         cr_assert_not_null(strstr(source, "127.0.0.1"), "%s", source);
         if (s->mark_fails)
-                return vmsup_fail(err, VMSUP_EX_IOERR, 0, "record the source's order to run the guest: %s",
+                return vmsup_fail(err, VMSUP_ERR_IO, 0, "record the source's order to run the guest: %s",
                                   s->mark_fails);
         s->marked = true;
         return 0;
@@ -745,7 +745,7 @@ Test(migdest, a_stop_before_commit_aborts) {
 
         start(&r, script, 5, 30, true);
         run_until(&r, MIGRATE_DEST_PREPARED_SENT);
-        vmsup_fail(&why, VMSUP_EX_TEMPFAIL, 0, "interrupted by a signal");
+        vmsup_fail(&why, VMSUP_ERR_BUSY, 0, "interrupted by a signal");
         cr_assert_eq(migrate_dest_cancel(r.s.d, why), 1);
         vmsup_error_free(why);
         finish_run(&r);
@@ -758,7 +758,7 @@ Test(migdest, a_stop_while_waiting_for_the_source_ends_it) {
         vmsup_error *why = NULL;
 
         start(&r, NULL, 5, 30, false);
-        vmsup_fail(&why, VMSUP_EX_TEMPFAIL, 0, "interrupted by a signal");
+        vmsup_fail(&why, VMSUP_ERR_BUSY, 0, "interrupted by a signal");
         cr_assert_eq(migrate_dest_cancel(r.s.d, why), 1);
         vmsup_error_free(why);
         finish_run(&r);
@@ -772,7 +772,7 @@ Test(migdest, a_stop_after_commit_does_not_cancel) {
 
         start(&r, script, 5, 30, true);
         run_until(&r, MIGRATE_DEST_RUNNING);
-        vmsup_fail(&why, VMSUP_EX_TEMPFAIL, 0, "interrupted by a signal");
+        vmsup_fail(&why, VMSUP_ERR_BUSY, 0, "interrupted by a signal");
         cr_assert_eq(migrate_dest_cancel(r.s.d, why), 0);
         vmsup_error_free(why);
         finish_run(&r);

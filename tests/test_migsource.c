@@ -326,7 +326,7 @@ static int cb_handover(void *userdata, char **ret_pass, char ret_id[MIGRATE_SOUR
 
         (void) userdata;
         if (!p)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "secmem");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "secmem");
         memcpy(p, PASSPHRASE, sizeof(PASSPHRASE));
         *ret_pass = p;
         snprintf(ret_id, MIGRATE_SOURCE_SECRET_ID_LEN + 1, "%s", SECRET_UUID);
@@ -356,7 +356,7 @@ static int cb_write_marker(void *userdata, vmsup_error **err) {
         struct t *t = userdata;
 
         if (t->fail_marker)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, ENOSPC, "record the hand-over");
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, ENOSPC, "record the hand-over");
         t->markers_written++;
         return 0;
 }

@@ -63,46 +63,46 @@ int tpm_blob_unwrap(const char *name, const uint8_t *data, size_t len, const uin
         uint32_t totlen, vlen;
 
         if (len < HDR_LEN)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "TPM state '%s': truncated (%zu bytes; swtpm's header is %d)",
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "TPM state '%s': truncated (%zu bytes; swtpm's header is %d)",
                                   name, len, HDR_LEN);
         if (data[1] > HDR_VERSION || be16(data + 2) != HDR_LEN)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "TPM state '%s': not a swtpm state file (header version %u, minimum %u, size %u)", name,
                                   data[0], data[1], be16(data + 2));
         if (data[0] < HDR_VERSION)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "TPM state '%s': swtpm's legacy header version %u (no TLVs) is not supported", name,
                                   data[0]);
         totlen = be32(data + 6);
         if (totlen != len)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "TPM state '%s': the header says %u bytes, the file has %zu (truncated or extended)",
                                   name, totlen, len);
         flags = be16(data + 4);
         if (flags & FLAG_ENCRYPTED)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "TPM state '%s': encrypted by swtpm's own key (--key), which vmsup does not use", name);
         if (flags & (FLAG_MIGRATION_ENCRYPTED | FLAG_MIGRATION_DATA))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "TPM state '%s': a migration blob, not a state file", name);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "TPM state '%s': a migration blob, not a state file", name);
         if (flags)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "TPM state '%s': unknown header flags 0x%04x", name, flags);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "TPM state '%s': unknown header flags 0x%04x", name, flags);
         /* A plain file is exactly [DATA] (SWTPM_NVRAM_StoreData_Intern). */
         if (len < HDR_LEN + TLV_HDR_LEN)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "TPM state '%s': truncated (%zu bytes, no TLV)", name, len);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "TPM state '%s': truncated (%zu bytes, no TLV)", name, len);
         tag = be16(data + HDR_LEN);
         vlen = be32(data + HDR_LEN + 2);
         if (tag == TAG_ENCRYPTED_DATA)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "TPM state '%s': encrypted by swtpm's own key (--key), which vmsup does not use", name);
         if (tag != TAG_DATA)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "TPM state '%s': TLV tag %u where DATA (1) was expected", name,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "TPM state '%s': TLV tag %u where DATA (1) was expected", name,
                                   tag);
         if (vlen != len - HDR_LEN - TLV_HDR_LEN)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "TPM state '%s': the DATA TLV says %u bytes, %zu follow it", name, vlen,
                                   len - HDR_LEN - TLV_HDR_LEN);
         if (vlen == 0)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "TPM state '%s': empty", name);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "TPM state '%s': empty", name);
         *ret_payload = data + HDR_LEN + TLV_HDR_LEN;
         *ret_len = vlen;
         return 0;
@@ -257,9 +257,9 @@ int tpm_blob_validate(enum tpm_version version, const struct tpm_blob_file *file
                 int k = files[i].kind;
 
                 if (k < TPM_BLOB_PERMANENT || k > TPM_BLOB_SAVESTATE)
-                        return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "TPM state '%s': unknown kind %d", files[i].name, k);
+                        return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state '%s': unknown kind %d", files[i].name, k);
                 if (child_payload[k])
-                        return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "TPM state '%s': a second %s", files[i].name,
+                        return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state '%s': a second %s", files[i].name,
                                           suffixes[k]);
                 r = tpm_blob_unwrap(files[i].name, files[i].data, files[i].len, &child_payload[k],
                                     &child_payload_len[k], err);
@@ -268,16 +268,16 @@ int tpm_blob_validate(enum tpm_version version, const struct tpm_blob_file *file
                 have_permanent |= k == TPM_BLOB_PERMANENT;
         }
         if (!have_permanent)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "TPM state: no permanent state (%s) among the files",
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "TPM state: no permanent state (%s) among the files",
                                   swtpm_permall_name(version));
 
         if (pipe2(fds, O_CLOEXEC) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "validate the TPM state: pipe");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "validate the TPM state: pipe");
         rd = fds[0];
         pid = fork();
         if (pid < 0) {
                 close(fds[1]);
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "validate the TPM state: fork");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "validate the TPM state: fork");
         }
         if (pid == 0) {
                 int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
@@ -302,21 +302,21 @@ int tpm_blob_validate(enum tpm_version version, const struct tpm_blob_file *file
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
                 ;
         if (r == 0)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "validate the TPM state: libtpms did not finish in %d ms",
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "validate the TPM state: libtpms did not finish in %d ms",
                                   VALIDATE_TIMEOUT_MS);
         if (got != (ssize_t) sizeof(res) || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
                 /* A crash on a blob is a refusal of that blob set, not a vmsup bug to hide. */
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "TPM state '%s': libtpms' check did not complete (%s %d)", files[0].name,
                                   WIFSIGNALED(status) ? "signal" : "exit",
                                   WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
         if (res.stage == -3)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "validate the TPM state: cannot load libtpms: %.*s",
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "validate the TPM state: cannot load libtpms: %.*s",
                                   (int) sizeof(res.why), res.why);
         if (res.rc == TPM_SUCCESS)
                 return 0;
         if (res.stage >= 0 && (size_t) res.stage < n)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "TPM state '%s': libtpms refuses it as a TPM %s %s state (TPM_RESULT 0x%x)",
                                   files[res.stage].name, tpm_version_to_string(version),
                                   state_type(files[res.stage].kind) == TPMLIB_STATE_PERMANENT  ? "permanent"
@@ -324,10 +324,10 @@ int tpm_blob_validate(enum tpm_version version, const struct tpm_blob_file *file
                                                                                                : "saved",
                                   res.rc);
         if (res.stage == -1)
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "TPM state '%s'%s: libtpms' TPMLIB_ValidateState refuses the set (TPM_RESULT 0x%x)",
                                   files[0].name, n > 1 ? " and the rest" : "", res.rc);
-        return vmsup_fail(err, VMSUP_EX_SOFTWARE, 0, "validate the TPM state: libtpms setup failed (TPM_RESULT 0x%x)",
+        return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "validate the TPM state: libtpms setup failed (TPM_RESULT 0x%x)",
                           res.rc);
 }
 

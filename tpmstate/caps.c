@@ -19,31 +19,31 @@ int swtpm_caps_parse(const char *text, const char *source, struct swtpm_caps *re
         root = json_tokener_parse(text);
         if (!root || !json_object_is_type(root, json_type_object)) {
                 json_object_put(root);
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "%s --print-capabilities: output is not a JSON object",
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "%s --print-capabilities: output is not a JSON object",
                                   source);
         }
         if (!json_object_object_get_ex(root, "features", &features) ||
             !json_object_is_type(features, json_type_array)) {
-                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "%s --print-capabilities: no \"features\" array", source);
+                r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "%s --print-capabilities: no \"features\" array", source);
                 goto out;
         }
         n = json_object_array_length(features);
         caps.features = calloc(n + 1, sizeof(char *));
         if (!caps.features) {
-                r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s", source);
+                r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s", source);
                 goto out;
         }
         for (size_t i = 0; i < n; i++) {
                 json_object *f = json_object_array_get_idx(features, i);
 
                 if (!json_object_is_type(f, json_type_string)) {
-                        r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+                        r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                        "%s --print-capabilities: feature %zu is not a string", source, i);
                         goto out;
                 }
                 caps.features[i] = strdup(json_object_get_string(f));
                 if (!caps.features[i]) {
-                        r = vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "%s", source);
+                        r = vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "%s", source);
                         goto out;
                 }
         }
@@ -75,7 +75,7 @@ int swtpm_caps_probe(const char *program, bool is_setup, struct swtpm_caps *ret,
         if (!WIFEXITED(res.status) || WEXITSTATUS(res.status) != 0) {
                 proc_result_clear(&res);
                 *ret = (struct swtpm_caps) { .features = calloc(1, sizeof(char *)) };
-                return ret->features ? 0 : vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "probe %s", path);
+                return ret->features ? 0 : vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "probe %s", path);
         }
         r = swtpm_caps_parse(res.out, path, ret, err);
         proc_result_clear(&res);

@@ -88,7 +88,7 @@ int swtpm_ctrl_caps_check(uint32_t caps, enum tpm_version version, vmsup_error *
                         continue;
                 len += (size_t) snprintf(names + len, sizeof(names) - len, "%s%s", len ? ", " : "", cap_names[i].name);
         }
-        return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0,
+        return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                           "swtpm lacks control-channel capabilities QEMU needs for TPM %s: %s (capabilities 0x%x)",
                           tpm_version_to_string(version), names, caps);
 }
@@ -118,7 +118,7 @@ static int xfail(const struct exchange *x, int errnum, const char *fmt, ...) {
         if (vasprintf(&what, fmt, ap) < 0)
                 what = NULL;
         va_end(ap);
-        r = vmsup_fail(x->err, VMSUP_EX_UNAVAILABLE, errnum, "swtpm control: %s: %s", swtpm_ctrl_cmd_name(x->code),
+        r = vmsup_fail(x->err, VMSUP_ERR_UNAVAILABLE, errnum, "swtpm control: %s: %s", swtpm_ctrl_cmd_name(x->code),
                        what ? what : "out of memory");
         free(what);
         return r;

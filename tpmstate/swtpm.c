@@ -32,10 +32,10 @@ static int open_dir(const char *what, const char *dir, vmsup_error **err) {
         int fd;
 
         if (!dir || dir[0] != '/')
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s '%s' is not an absolute path", what, dir ? dir : "");
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "%s '%s' is not an absolute path", what, dir ? dir : "");
         fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd < 0)
-                return vmsup_fail(err, errno == ENOENT ? VMSUP_EX_NOINPUT : VMSUP_EX_OSERR, errno, "%s '%s'", what, dir);
+                return vmsup_fail(err, errno == ENOENT ? VMSUP_ERR_NOT_FOUND : VMSUP_ERR_SYSTEM, errno, "%s '%s'", what, dir);
         return fd;
 }
 
@@ -49,10 +49,10 @@ int swtpm_state_exists(const char *dir, enum tpm_version version, vmsup_error **
         if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
                 if (errno == ENOENT)
                         return 0;
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "TPM state '%s/%s'", dir, name);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "TPM state '%s/%s'", dir, name);
         }
         if (!S_ISREG(st.st_mode))
-                return vmsup_fail(err, VMSUP_EX_DATAERR, 0, "TPM state '%s/%s' is not a regular file", dir, name);
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "TPM state '%s/%s' is not a regular file", dir, name);
         return 1;
 }
 
@@ -102,10 +102,10 @@ static off_t file_size(const char *path) {
  * expands ${VAR}) and into swtpm's comma-separated option syntax. */
 static int check_path(const char *what, const char *path, const char *forbidden, vmsup_error **err) {
         if (!path || path[0] != '/')
-                return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s '%s' is not an absolute path", what, path ? path : "");
+                return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "%s '%s' is not an absolute path", what, path ? path : "");
         for (const char *c = forbidden; *c; c++)
                 if (strchr(path, *c))
-                        return vmsup_fail(err, VMSUP_EX_CONFIG, 0, "%s '%s' contains '%s', which swtpm cannot take",
+                        return vmsup_fail(err, VMSUP_ERR_CONFIG, 0, "%s '%s' contains '%s', which swtpm cannot take",
                                           what, path, *c == '\n' ? "\\n" : (char[]) { *c, 0 });
         return 0;
 }
@@ -139,15 +139,15 @@ int swtpm_localca_prepare(const char *dir, const char *localca_tool, char **ret_
         if (r < 0)
                 return r;
         if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "create local CA dir '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "create local CA dir '%s'", dir);
         dfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (dfd < 0)
-                return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "local CA dir '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "local CA dir '%s'", dir);
         if (fstat(dfd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "local CA dir '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "local CA dir '%s'", dir);
         /* the CA's private keys live here */
         if (st.st_uid != geteuid() || (st.st_mode & 077))
-                return vmsup_fail(err, VMSUP_EX_NOPERM, 0,
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
                                   "local CA dir '%s' must belong to uid %u with no access for group or others "
                                   "(it has uid %u, mode %04o)",
                                   dir, (unsigned) geteuid(), (unsigned) st.st_uid, (unsigned) (st.st_mode & 07777));
@@ -167,7 +167,7 @@ int swtpm_localca_prepare(const char *dir, const char *localca_tool, char **ret_
                      "certserial = %s/certserial\n",
                      dir, dir, dir, dir) < 0 ||
             asprintf(&setup_path, "%s/swtpm_setup.conf", dir) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "local CA config");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "local CA config");
         if ((r = write_file_at(dfd, dir, "swtpm_setup.conf", setup_conf, err)) < 0 ||
             (r = write_file_at(dfd, dir, "swtpm-localca.conf", localca_conf, err)) < 0 ||
             (r = write_file_at(dfd, dir, "swtpm-localca.options",
@@ -194,13 +194,13 @@ int swtpm_manufacture(const struct swtpm_setup_opts *o, vmsup_error **err) {
             (r = check_path("swtpm_setup log", o->log_path, "", err)) < 0)
                 return r;
         if (!o->vmid || !*o->vmid)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL, "manufacture TPM: no VM id");
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "manufacture TPM: no VM id");
         dfd = open_dir("TPM state dir", o->state_dir, err);
         if (dfd < 0)
                 return vmsup_error_prefix(err, "manufacture TPM %s", tpm_version_to_string(o->version));
         if (asprintf(&tpm_arg, "%s socket", o->swtpm) < 0 ||
             (o->tmp_dir && asprintf(&tmpenv, "TMPDIR=%s", o->tmp_dir) < 0))
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "manufacture TPM");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "manufacture TPM");
         envp[0] = tmpenv;
 
         argv[n++] = (char *) o->swtpm_setup;
@@ -231,7 +231,7 @@ int swtpm_manufacture(const struct swtpm_setup_opts *o, vmsup_error **err) {
                                           o->state_dir);
         if (!WIFEXITED(res.status) || WEXITSTATUS(res.status) != 0) {
                 tail = log_tail(o->log_path, log_start);
-                r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "manufacture TPM %s in '%s': swtpm_setup %s: %s",
+                r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "manufacture TPM %s in '%s': swtpm_setup %s: %s",
                                tpm_version_to_string(o->version), o->state_dir,
                                proc_describe_status(res.status, status, sizeof(status)),
                                tail && *tail ? tail : (*res.errout ? res.errout : "(no log)"));
@@ -243,7 +243,7 @@ int swtpm_manufacture(const struct swtpm_setup_opts *o, vmsup_error **err) {
         if (r < 0)
                 return r;
         if (r == 0)
-                return vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "manufacture TPM %s in '%s': swtpm_setup left no %s",
+                return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "manufacture TPM %s in '%s': swtpm_setup left no %s",
                                   tpm_version_to_string(o->version), o->state_dir, swtpm_permall_name(o->version));
         return 0;
 }
@@ -293,7 +293,7 @@ int swtpm_stop_via_ctrl(struct swtpm_proc *p, int timeout_ms, int *ret_status, v
                 return vmsup_error_prefix(err, "stop swtpm (pid %d)", (int) p->pid);
         }
         if (!wait_exit(p->pidfd, deadline))
-                return vmsup_fail(err, VMSUP_EX_TEMPFAIL, 0, "stop swtpm (pid %d): still running %d ms after %s",
+                return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "stop swtpm (pid %d): still running %d ms after %s",
                                   (int) p->pid, timeout_ms,
                                   r < 0 ? "it closed its control channel" : "CMD_SHUTDOWN");
         status = reap(p->pidfd);
@@ -335,7 +335,7 @@ static int give_state_files(int dfd, const char *dir, uid_t uid, gid_t gid, vmsu
         int r = 0;
 
         if (!d)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "start swtpm: read TPM state dir '%s'", dir);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "start swtpm: read TPM state dir '%s'", dir);
         scan = -1; /* closedir closes it */
         while ((e = readdir(d))) {
                 struct stat st;
@@ -346,7 +346,7 @@ static int give_state_files(int dfd, const char *dir, uid_t uid, gid_t gid, vmsu
                     (st.st_uid == uid && st.st_gid == gid))
                         continue;
                 if (fchownat(dfd, e->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0) {
-                        r = vmsup_fail(err, VMSUP_EX_NOPERM, errno, "start swtpm: chown '%s/%s' to swtpm's user", dir,
+                        r = vmsup_fail(err, VMSUP_ERR_DENIED, errno, "start swtpm: chown '%s/%s' to swtpm's user", dir,
                                        e->d_name);
                         break;
                 }
@@ -369,7 +369,7 @@ int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsu
             (r = check_path("TPM state dir", o->state_dir, ",\n", err)) < 0)
                 return r;
         if (o->death_signal == SIGKILL)
-                return vmsup_fail(err, VMSUP_EX_SOFTWARE, EINVAL,
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL,
                                   "start swtpm: SIGKILL as its death signal would skip the TPM's shutdown");
         /* swtpm 0.7.1 only looks at the state dir on CMD_INIT, which QEMU sends: check it now */
         dfd = open_dir("TPM state dir", o->state_dir, err);
@@ -380,11 +380,11 @@ int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsu
         if (o->log_path) {
                 log_fd = open(o->log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
                 if (log_fd < 0)
-                        return vmsup_fail(err, VMSUP_EX_CANTCREAT, errno, "start swtpm: open log '%s'", o->log_path);
+                        return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "start swtpm: open log '%s'", o->log_path);
                 log_start = lseek(log_fd, 0, SEEK_END);
         }
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "start swtpm: socketpair");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "start swtpm: socketpair");
         p.ctrl_fd = sp[0];
         peer = sp[1];
 
@@ -458,7 +458,7 @@ int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsu
                         tail = log_tail(o->log_path, log_start);
                         vmsup_error_free(*err);
                         *err = NULL;
-                        r = vmsup_fail(err, VMSUP_EX_UNAVAILABLE, 0, "start swtpm: it %s: %s",
+                        r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "start swtpm: it %s: %s",
                                        st < 0 ? "exited" : proc_describe_status(st, status, sizeof(status)),
                                        tail && *tail ? tail : "(no log)");
                         swtpm_proc_release(&p);
@@ -474,7 +474,7 @@ int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsu
 
 nomem:
         closep(&p.ctrl_fd);
-        return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "start swtpm");
+        return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "start swtpm");
 fail:
         if (!launch_undo(&p, timeout_ms))
                 vmsup_error_prefix(err, "swtpm (pid %d) is still running after a failed start", (int) p.pid);

@@ -50,7 +50,7 @@ static int open_dir(const char *path, vmsup_error **err) {
         int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
         if (fd < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open TPM state directory '%s'", path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "open TPM state directory '%s'", path);
         return fd;
 }
 
@@ -60,13 +60,13 @@ int tpm_sync_open(const struct tpm_sync_opts *o, struct tpm_sync **ret, vmsup_er
         int r;
 
         if (!s)
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "TPM state sync");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "TPM state sync");
         s->live_fd = s->state_fd = s->inotify_fd = s->watch = -1;
         s->live_path = strdup(o->live_dir);
         s->state_path = strdup(o->state_dir);
         if (!s->live_path || !s->state_path) {
                 tpm_sync_free(s);
-                return vmsup_fail(err, VMSUP_EX_OSERR, ENOMEM, "TPM state sync");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "TPM state sync");
         }
         snprintf(s->uuid, sizeof(s->uuid), "%s", o->uuid);
         s->version = o->version;
@@ -147,7 +147,7 @@ static int sync_one(struct tpm_sync *s, struct tracked *t, vmsup_error **err) {
                         return r;
                 snprintf(sealed, sizeof(sealed), "%s" SEAL_SUFFIX, t->name);
                 if (unlinkat(s->state_fd, sealed, 0) < 0 && errno != ENOENT)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s/%s'", s->state_path, sealed);
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "remove '%s/%s'", s->state_path, sealed);
                 t->known = false;
                 return 0;
         }
@@ -180,7 +180,7 @@ static bool owner_trusted(const struct tpm_sync *s, uid_t owner) {
 }
 
 static int refuse_leftover(const struct tpm_sync *s, const char *name, const char *why, vmsup_error **err) {
-        return vmsup_fail(err, VMSUP_EX_DATAERR, 0,
+        return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                           "refusing TPM state '%s/%s' that an earlier run left: %s, so nothing shows that this "
                           "guest's own swtpm wrote it; it was neither sealed nor removed: inspect it, then remove "
                           "it to start from the sealed state",
@@ -193,7 +193,7 @@ static int check_leftovers(const struct tpm_sync *s, vmsup_error **err) {
         char why[160];
 
         if (fstat(s->live_fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "stat '%s'", s->live_path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "stat '%s'", s->live_path);
         if (!owner_trusted(s, st.st_uid) || (st.st_mode & 022)) {
                 if (st.st_uid == s->uid)
                         snprintf(why, sizeof(why),
@@ -216,7 +216,7 @@ static int check_leftovers(const struct tpm_sync *s, vmsup_error **err) {
                 if (fd < 0 && errno == ELOOP)
                         return refuse_leftover(s, name, "it is a symbolic link", err);
                 if (fd < 0 || fstat(fd, &st) < 0)
-                        return vmsup_fail(err, VMSUP_EX_IOERR, errno, "open '%s/%s'", s->live_path, name);
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "open '%s/%s'", s->live_path, name);
                 if (!S_ISREG(st.st_mode))
                         return refuse_leftover(s, name, "it is not a regular file", err);
                 if (st.st_nlink != 1) {
@@ -292,7 +292,7 @@ int tpm_sync_restore(struct tpm_sync *s, vmsup_error **err) {
                                                               .data = data[i], .len = lens[i] };
         }
         if (r >= 0 && n > 0 && !data[0])
-                r = vmsup_fail(err, VMSUP_EX_DATAERR, 0, "sealed TPM state in '%s' has no %s", s->state_path,
+                r = vmsup_fail(err, VMSUP_ERR_DATA, 0, "sealed TPM state in '%s' has no %s", s->state_path,
                                s->files[0].name);
         if (r >= 0 && n > 0 && (r = tpm_blob_validate(s->version, files, n, err)) < 0)
                 vmsup_error_prefix(err, "sealed TPM state in '%s' would not load; it stays sealed as it is", s->state_path);
@@ -301,13 +301,13 @@ int tpm_sync_restore(struct tpm_sync *s, vmsup_error **err) {
 
                 if (!data[i]) {
                         if (unlinkat(s->live_fd, t->name, 0) < 0 && errno != ENOENT)
-                                r = vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s/%s'", s->live_path, t->name);
+                                r = vmsup_fail(err, VMSUP_ERR_IO, errno, "remove '%s/%s'", s->live_path, t->name);
                         t->known = false;
                         continue;
                 }
                 r = file_write_atomic_at(s->live_fd, s->live_path, t->name, data[i], lens[i], 0600, err);
                 if (r >= 0 && fchownat(s->live_fd, t->name, s->uid, s->gid, AT_SYMLINK_NOFOLLOW) < 0)
-                        r = vmsup_fail(err, VMSUP_EX_IOERR, errno, "chown '%s/%s'", s->live_path, t->name);
+                        r = vmsup_fail(err, VMSUP_ERR_IO, errno, "chown '%s/%s'", s->live_path, t->name);
                 if (r >= 0) {
                         digest_of(data[i], lens[i], t->digest);
                         t->known = true;
@@ -327,12 +327,12 @@ int tpm_sync_watch(struct tpm_sync *s, vmsup_error **err) {
         closep(&s->inotify_fd);
         s->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
         if (s->inotify_fd < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "inotify");
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "inotify");
         /* swtpm renames a finished file over the old one (IN_MOVED_TO); a file written
          * in place or deleted shows as IN_CLOSE_WRITE or IN_DELETE. */
         s->watch = inotify_add_watch(s->inotify_fd, s->live_path, IN_MOVED_TO | IN_CLOSE_WRITE | IN_DELETE | IN_ONLYDIR);
         if (s->watch < 0)
-                return vmsup_fail(err, VMSUP_EX_OSERR, errno, "watch '%s'", s->live_path);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "watch '%s'", s->live_path);
         return 0;
 }
 
@@ -356,7 +356,7 @@ int tpm_sync_dispatch(struct tpm_sync *s, vmsup_error **err) {
                 }
         }
         if (n < 0 && errno != EAGAIN && errno != EINTR)
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "read inotify events of '%s'", s->live_path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "read inotify events of '%s'", s->live_path);
         for (size_t i = 0; i < N_FILES; i++)
                 if (touched[i]) {
                         int r = sync_one(s, &s->files[i], err);
@@ -398,7 +398,7 @@ int tpm_sync_wipe_live(struct tpm_sync *s, vmsup_error **err) {
         if (dfd < 0 || !(d = fdopendir(dfd))) {
                 if (dfd >= 0)
                         close(dfd);
-                return vmsup_fail(err, VMSUP_EX_IOERR, errno, "list '%s'", s->live_path);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "list '%s'", s->live_path);
         }
         rewinddir(d);
         while ((e = readdir(d))) {
@@ -421,7 +421,7 @@ int tpm_sync_wipe_live(struct tpm_sync *s, vmsup_error **err) {
                         close(fd);
                 }
                 if (unlinkat(s->live_fd, e->d_name, 0) < 0 && errno != ENOENT && r == 0)
-                        r = vmsup_fail(err, VMSUP_EX_IOERR, errno, "remove '%s/%s'", s->live_path, e->d_name);
+                        r = vmsup_fail(err, VMSUP_ERR_IO, errno, "remove '%s/%s'", s->live_path, e->d_name);
         }
         closedir(d);
         return r;
