@@ -167,22 +167,6 @@ void guest_accept_conn(struct guest *g);
 void guest_handle_conn(struct guest *g, struct control_conn *c);
 bool guest_control_listening(const struct guest *g);
 
-/* migrate_qemu.c: QEMU's side of an incoming migration, blocking (migrate_in.c) */
-#define MIGRATE_QEMU_TLS_ID "vmsup-migration-tls"
-/* QEMU's tls-creds-x509 from [migration] qemu_tls_dir (server or client end), and the
- * return-path capability and TLS parameters for the next migration. */
-int migrate_qemu_setup(struct guest *g, bool server, const char *tls_hostname, vmsup_error **err);
-/* Dispatch QMP until QEMU's MIGRATION events show one of the NULL-terminated states. */
-int migrate_wait_status(struct guest *g, const char *const *states, int timeout_ms, vmsup_error **err);
-/* One QMP command, blocking (QMP_COMMAND_TIMEOUT); an error when QEMU's monitor is gone. */
-int migrate_qmp(struct guest *g, const char *cmd, json_object *args, json_object **ret, vmsup_error **err);
-/* QEMU's migration stream runs on a TCP connection the supervisor makes (source) or
- * accepts (destination) and hands QEMU under this name (getfd), keeping a copy: shutting
- * that down frees a QEMU held by a dead link (docs/migration.md, "A dead link"). The
- * socket gets keepalive and TCP_USER_TIMEOUT at answer_ms first. */
-#define MIGRATE_STREAM_FD_NAME "vmsup-migration"
-int migrate_stream_give(struct guest *g, int fd, int answer_ms, vmsup_error **err);
-
 /* migrate_out.c: the source's half (migrate/source.h) on the guest's loop */
 struct migrate_out;
 /* The "migrate" control request: starts the migration and returns; c is answered when it

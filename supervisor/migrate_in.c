@@ -333,7 +333,7 @@ static int on_received(void *userdata, const struct guest_spec *theirs, const ch
                 return r;
         janitor_say(g, "P %d\nP %d\n", (int) g->qemu.pid, (int) g->swtpm.pid);
         migrate_dest_children_up(in->dest, g->qmp);
-        /* its tls-creds-x509 object: a migration out of here replaces it (migrate_qemu_setup) */
+        /* its tls-creds-x509 object: a migration out of here replaces it (migrate/source.c) */
         g->migrate_tls_added = true;
         return 0;
 }
