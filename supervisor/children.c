@@ -33,11 +33,26 @@
 
 #include "supervisor/guest_internal.h"
 
-void guest_child_forget(struct child *c) {
+void guest_child_forget(struct guest_child *c) {
         c->src = evloop_source_remove(c->src);
         closep(&c->pidfd);
         c->pidfd = -1;
         c->pid = 0;
+}
+
+/* Held on /dev/null: when control clients (or a low RLIMIT_NOFILE) took every other fd,
+ * letting these go gives sealing the TPM state, and refusing a client, the fds they need. */
+void guest_fd_reserve_fill(struct guest *g) {
+        for (int i = 0; i < FD_RESERVE; i++)
+                if (g->fd_reserve[i] < 0)
+                        g->fd_reserve[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+void guest_fd_reserve_release(struct guest *g) {
+        for (int i = 0; i < FD_RESERVE; i++) {
+                closep(&g->fd_reserve[i]);
+                g->fd_reserve[i] = -1;
+        }
 }
 
 /* QEMU or swtpm ended (its pidfd, which the loop's child source owns). The loop never
@@ -48,11 +63,11 @@ static void on_child_exit(struct evloop_source *s, pid_t pid, void *userdata) {
         (void) s;
         (void) pid;
         guest_reap_all(g);
-        guest_check_children(g);
+        g->life->children_changed(g);
 }
 
 /* The exit of a child just spawned goes to the loop. */
-static int child_watch(struct guest *g, struct child *c, vmsup_error **err) {
+static int child_watch(struct guest *g, struct guest_child *c, vmsup_error **err) {
         int r = evloop_add_child(g->loop, c->pid, on_child_exit, g, &c->src, err);
 
         return r < 0 ? vmsup_error_prefix(err, "watch %s (pid %d)", c->name, (int) c->pid) : 0;
@@ -78,7 +93,7 @@ void guest_reap_all(struct guest *g) {
 }
 
 /* Wait up to timeout_ms for a tracked child to exit (poll on its pidfd). */
-bool guest_child_wait(struct guest *g, struct child *c, int timeout_ms) {
+bool guest_child_wait(struct guest *g, struct guest_child *c, int timeout_ms) {
         long deadline = monotonic_ms() + timeout_ms;
 
         guest_reap_all(g);
@@ -133,6 +148,49 @@ int guest_start_check_cancel(struct guest *g, vmsup_error **err) {
                 return 0;
         return vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "a stop was requested");
 }
+
+/* The state-seal key and swtpm's migration key, from the vTPM passphrase. */
+int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err) {
+        size_t len = strlen(passphrase);
+        int r;
+
+        r = kdf_check_passphrase(passphrase, len, err);
+        if (r >= 0)
+                r = kdf_derive_key(passphrase, len, g->spec.uuid, KDF_USE_STATE_SEAL, &g->seal_key, err);
+        if (r >= 0)
+                r = kdf_derive_key(passphrase, len, g->spec.uuid, KDF_USE_SWTPM_MIGRATION, &g->migration_key, err);
+        return r < 0 ? vmsup_error_prefix(err, "vTPM secret") : 0;
+}
+
+int guest_open_sync(struct guest *g, vmsup_error **err) {
+        struct tpm_sync_opts so = { 0 };
+
+        so.live_dir = g->dirs.live_tpm;
+        so.state_dir = g->dirs.state;
+        so.uuid = g->spec.uuid;
+        so.version = g->tpm.version;
+        so.key = g->seal_key;
+        so.uid = g->tpm_uid;
+        so.gid = g->tpm_gid;
+        so.uid_private = g->tpm_uid_private;
+        return tpm_sync_open(&so, &g->sync, err);
+}
+
+void guest_dispatch_sync(struct guest *g) {
+        vmsup_error *err = NULL;
+        int r;
+
+        guest_fd_reserve_release(g);
+        r = tpm_sync_dispatch(g->sync, &err);
+        guest_fd_reserve_fill(g);
+        /* a failure leaves the newest state live; the next write or the stop tries again */
+        if (r < 0) {
+                log_error("sealing the TPM state failed: %s", err->msg);
+                vmsup_error_free(err);
+        } else
+                log_debug("TPM state sealed (%u writes so far)", tpm_sync_sealed_count(g->sync));
+}
+
 
 static const char *tpm_stamp_what(const struct guest *g) {
         return g->tpm.version == TPM_VERSION_1_2 ? "TPM 1.2" : "TPM 2.0";
@@ -322,7 +380,7 @@ void guest_tpm_seal_and_wipe(struct guest *g) {
 }
 
 /* Signal a tracked child through its pidfd: the pid may be reused once reaped. */
-int guest_child_signal(struct child *c, int sig) {
+int guest_child_signal(struct guest_child *c, int sig) {
         if (c->pidfd >= 0)
                 return (int) syscall(SYS_pidfd_send_signal, c->pidfd, sig, NULL, 0);
         return kill(c->pid, sig);
@@ -415,8 +473,8 @@ void guest_qmp_watch(struct guest *g) {
 }
 
 void guest_qmp_drop(struct guest *g) {
-        if (g->qmp)
-                migrate_in_qmp_dropped(g);
+        if (g->qmp && g->migration && g->migration->qmp_dropped)
+                g->migration->qmp_dropped(g);
         g->qmp_src = evloop_source_remove(g->qmp_src);
         if (g->qmp_timer)
                 evloop_timer_set(g->qmp_timer, -1);
@@ -558,7 +616,7 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         r = qmp_client_new_fd(qmp_sv[0], &g->qmp, err);
         if (r < 0)
                 return r;
-        qmp_client_set_event_handler(g->qmp, guest_on_qmp_event, g);
+        qmp_client_set_event_handler(g->qmp, g->life->qemu_event, g);
         if ((r = wait_qmp_greeting(g, err)) < 0)
                 return r;
         r = qmp_client_handshake(g->qmp, QMP_HANDSHAKE_TIMEOUT, err);

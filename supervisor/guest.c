@@ -31,21 +31,6 @@ const char *guest_state_name(const struct guest *g) {
         return state_names[g->state];
 }
 
-/* Held on /dev/null: when control clients (or a low RLIMIT_NOFILE) took every other fd,
- * letting these go gives sealing the TPM state, and refusing a client, the fds they need. */
-void guest_fd_reserve_fill(struct guest *g) {
-        for (int i = 0; i < FD_RESERVE; i++)
-                if (g->fd_reserve[i] < 0)
-                        g->fd_reserve[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
-}
-
-void guest_fd_reserve_release(struct guest *g) {
-        for (int i = 0; i < FD_RESERVE; i++) {
-                closep(&g->fd_reserve[i]);
-                g->fd_reserve[i] = -1;
-        }
-}
-
 /* A QMP command's deadline: its callback gets the timeout. */
 static void on_qmp_timer(struct evloop_source *s, void *userdata) {
         struct guest *g = userdata;
@@ -155,14 +140,13 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
         guest_qmp_watch(g);
 }
 
-void guest_on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp) {
+static void on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp) {
         struct guest *g = userdata;
         json_object *reason;
         const char *why = data && json_object_object_get_ex(data, "reason", &reason) ? json_object_get_string(reason)
                                                                                       : NULL;
 
         (void) timestamp;
-        migrate_in_qemu_event(g, event, data);
         if (streq(event, "SHUTDOWN")) {
                 g->guest_shutdown = true;
                 log_info("QEMU: SHUTDOWN (%s)", why ? why : "no reason given");
@@ -178,10 +162,10 @@ void guest_on_qmp_event(void *userdata, const char *event, json_object *data, js
                 if (data && json_object_object_get_ex(data, "status", &st))
                         snprintf(g->migration_status, sizeof(g->migration_status), "%s", json_object_get_string(st));
                 log_debug("QEMU: migration %s", g->migration_status);
-                migrate_out_qemu_event(g, event, data);
-        }
-        else
+        } else
                 log_debug("QEMU: event %s", event);
+        if (g->migration && g->migration->qemu_event)
+                g->migration->qemu_event(g, event, data);
 }
 
 static void on_qemu_exit(struct guest *g) {
@@ -274,14 +258,10 @@ void guest_check_children(struct guest *g) {
 
         if (g->done)
                 return;
-        /* while the guest is received, its children are the incoming migration's */
-        if ((qemu_gone || (g->swtpm.pid && g->swtpm.exited)) && migrate_in_child_exited(g, qemu_gone)) {
-                guest_qmp_watch(g);
-                return;
-        }
-        if (g->out) {
-                /* the migration first: its end answers its client, then comes this */
-                migrate_out_child_exited(g);
+        /* a migration that runs first: a received guest's children are the incoming
+         * migration's; an outgoing one's end answers its client, then comes this */
+        if ((qemu_gone || (g->swtpm.pid && g->swtpm.exited)) && g->migration && g->migration->child_exited &&
+            g->migration->child_exited(g, qemu_gone)) {
                 guest_qmp_watch(g);
                 return;
         }
@@ -325,21 +305,6 @@ static void on_kill_timer(struct evloop_source *s, void *userdata) {
         qemu_sigkill(g, why);
 }
 
-void guest_dispatch_sync(struct guest *g) {
-        vmsup_error *err = NULL;
-        int r;
-
-        guest_fd_reserve_release(g);
-        r = tpm_sync_dispatch(g->sync, &err);
-        guest_fd_reserve_fill(g);
-        /* a failure leaves the newest state live; the next write or the stop tries again */
-        if (r < 0) {
-                log_error("sealing the TPM state failed: %s", err->msg);
-                vmsup_error_free(err);
-        } else
-                log_debug("TPM state sealed (%u writes so far)", tpm_sync_sealed_count(g->sync));
-}
-
 static void on_signal(struct evloop_source *s, const struct signalfd_siginfo *si, void *userdata) {
         struct guest *g = userdata;
 
@@ -351,22 +316,9 @@ static void on_signal(struct evloop_source *s, const struct signalfd_siginfo *si
                 break;
         case SIGTERM:
         case SIGINT:
-                if (g->out) {
-                        migrate_out_signal(g, (int) si->ssi_signo);
+                if (g->migration && g->migration->signal && g->migration->signal(g, (int) si->ssi_signo))
                         break;
-                }
-                if (migrate_in_active(g) && g->state != GUEST_RUNNING) {
-                        /* before COMMIT the incoming migration is abandoned; after, the
-                         * guest stops once it runs here */
-                        if (!migrate_in_cancel(g, "interrupted by a signal")) {
-                                log_info("SIG%s during the migration, after the destination was told to run the "
-                                         "guest: the migration finishes first",
-                                         sigabbrev_np((int) si->ssi_signo));
-                                if (!g->interrupted)
-                                        g->interrupt_signo = (int) si->ssi_signo;
-                                g->interrupted = true;
-                        }
-                } else if (g->state == GUEST_STOPPING) {
+                if (g->state == GUEST_STOPPING) {
                         log_info("%s again: stopping at once", sigabbrev_np((int) si->ssi_signo));
                         guest_begin_stop(g, 0, true, false);
                 } else if (g->state == GUEST_RUNNING) {
@@ -380,13 +332,18 @@ static void on_signal(struct evloop_source *s, const struct signalfd_siginfo *si
         }
 }
 
+static const struct guest_life life = {
+        .children_changed = guest_check_children,
+        .qemu_event = on_qmp_event,
+};
+
 int guest_loop_open(struct guest *g, const sigset_t *mask, vmsup_error **err) {
         int r;
 
+        g->life = &life;
         if ((r = evloop_new(&g->loop, err)) < 0 ||
             (r = evloop_add_signal(g->loop, mask, on_signal, g, &g->sig_src, err)) < 0)
                 return r;
-        g->sigfd = evloop_source_fd(g->sig_src);
         if ((r = evloop_add_timer(g->loop, -1, on_qmp_timer, g, &g->qmp_timer, err)) < 0 ||
             (r = evloop_add_timer(g->loop, -1, on_stop_timer, g, &g->stop_timer, err)) < 0 ||
             (r = evloop_add_timer(g->loop, -1, on_kill_timer, g, &g->kill_timer, err)) < 0)

@@ -1,6 +1,17 @@
-/* What the supervisor's files share (guest.c, children.c, requests.c, run.c) and share
- * with the live-migration code (migrate_out.c and migrate_in.c): the supervised guest
- * and the steps they need. Not an API. */
+/* What the supervisor's files share: the supervised guest and the steps they need. Not
+ * an API. The files call each other downwards only, in this order from the top:
+ *
+ *   run.c                      guest_run(): set-up, the loop, teardown
+ *   migrate_in.c migrate_out.c the supervisor's part of either half of a live migration
+ *   requests.c                 control requests
+ *   guest.c                    the guest's life on the loop: stop, reboot, QEMU's events
+ *   children.c                 swtpm and QEMU: start, stop, reap, QMP, the TPM state's sync
+ *
+ * What goes up goes through the function pointers below, set by the file above:
+ * children.c reports a child's exit and QEMU's events to guest.c (g->life); guest.c and
+ * requests.c hand the guest's events to a migration that runs (g->migration), and the
+ * migrate request to migrate_out.c (g->start_migration); migrate_in.c sets the received
+ * guest up with run.c's start (the setup given to migrate_in_start()). */
 #ifndef VMSUP_SUPERVISOR_GUEST_INTERNAL_H
 #define VMSUP_SUPERVISOR_GUEST_INTERNAL_H
 
@@ -40,7 +51,7 @@
 enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED };
 
 
-struct child {
+struct guest_child {
         const char *name;
         pid_t pid; /* 0 when not running */
         int pidfd;
@@ -48,6 +59,37 @@ struct child {
         bool exited;
         int status;
 };
+
+struct guest;
+
+/* A live migration that runs, as the guest's life sees it (migrate_in.c, migrate_out.c
+ * set g->migration while it runs): the guest's events go to it first. */
+struct guest_migration {
+        /* one of QEMU's events, after the guest's own bookkeeping */
+        void (*qemu_event)(struct guest *g, const char *event, json_object *data);
+        /* QEMU (qemu true) or swtpm exited: true when the migration deals with it */
+        bool (*child_exited)(struct guest *g, bool qemu);
+        /* the QMP client is being dropped */
+        void (*qmp_dropped)(struct guest *g);
+        /* SIGTERM or SIGINT: true when the migration took it */
+        bool (*signal)(struct guest *g, int signo);
+        /* a control request other than status: true when the migration took it (c is
+         * answered, now or later, and freed) */
+        bool (*request)(struct guest *g, struct control_conn *c, const char *cmd);
+        /* status: what the migration shows ("state", "migration") */
+        void (*status)(struct guest *g, json_object *o);
+};
+
+/* What children.c reports to the guest's life (guest.c; set by guest_loop_open()). */
+struct guest_life {
+        /* a child exited (reaped): a QEMU or swtpm that is gone ends or restarts the guest */
+        void (*children_changed)(struct guest *g);
+        qmp_event_fn qemu_event; /* userdata: the guest */
+};
+
+/* run.c's start of a guest received from another host, for migrate_in.c. */
+typedef int (*guest_setup_fn)(struct guest *g, const struct guest_run_opts *opts, const char *secret,
+                              const char *secret_id, vmsup_error **err);
 
 struct guest {
         const struct host_config *cfg;
@@ -63,25 +105,25 @@ struct guest {
         gid_t qemu_groups[1];
         size_t n_qemu_groups;
 
-        /* The one event loop (common/evloop.h) and the guest's sources on it. sigfd and
-         * listen_fd are the signal and listen sources' fds, for a migration's own wait. */
+        /* The one event loop (common/evloop.h) and the guest's sources on it. */
         struct evloop *loop;
         struct evloop_source *sig_src, *listen_src, *qmp_src, *sync_src;
         struct evloop_source *accept_timer; /* armed: the listen fd is not watched until then (no fd to accept) */
         struct evloop_source *qmp_timer;    /* the QMP client's next command deadline */
         struct evloop_source *stop_timer;   /* powerdown grace ends, then quit */
         struct evloop_source *kill_timer;   /* quit grace ends, then SIGKILL */
-        int lock_fd, sigfd, listen_fd;
+        int lock_fd, listen_fd;
         int cancel_fd;          /* signalfd for SIGTERM and SIGINT while the guest starts; -1 after */
         int fd_reserve[FD_RESERVE]; /* -1 where not held */
         bool accept_starved;    /* in an episode of accept() failing for lack of fds (logged once) */
-        struct child qemu, swtpm;
+        struct guest_child qemu, swtpm;
         int tpm_ctrl_fd; /* our copy of the end QEMU talks on, for CMD_SHUTDOWN after QEMU */
         uint8_t *seal_key;     /* secmem: the state-seal key derived from the vTPM passphrase */
         uint8_t *migration_key; /* secmem: swtpm's --migration-key, derived from the same passphrase */
         struct tpm_sync *sync; /* live dir <-> sealed state */
         bool sync_watched;
         struct qmp_client *qmp;
+        const struct guest_life *life;
 
         enum guest_state state;
         time_t started_at;
@@ -100,16 +142,14 @@ struct guest {
         bool done;
 
         /* live migration (supervisor/migrate_out.c, migrate_in.c) */
+        const struct guest_migration *migration; /* the one that runs; NULL when none */
+        void (*start_migration)(struct guest *g, struct control_conn *c); /* the migrate request */
         bool new_tpm;           /* `run --new-tpm`: a guest whose TPM state is gone gets a new TPM */
         bool incoming;          /* started by `run --incoming`: QEMU with -incoming defer, empty live dir */
         bool tpm_discard;       /* stopping swtpm wipes its state instead of sealing it (it lives elsewhere now) */
         bool migrate_tls_added; /* QEMU has our tls-creds-x509 object */
         bool interrupted;       /* SIGTERM or SIGINT arrived during a migration */
-        int interrupt_signo;    /* which one, first */
-        bool migration_committed; /* the source sent COMMIT: a signal no longer cancels the migration */
         char migration_status[24]; /* from QEMU's MIGRATION events */
-        const char *migrating_to;  /* "HOST:PORT" while a migration to there runs; other requests are then refused */
-        int migration_percent;     /* of the guest's memory sent, for `vmsup status` */
         struct migrate_in *in;  /* the incoming migration until the guest runs here */
         struct migrate_out *out; /* the outgoing migration while it runs (migrate_out.c) */
 };
@@ -119,25 +159,28 @@ struct guest {
 const char *guest_state_name(const struct guest *g);
 /* The loop, its signal source, and the QMP, stop and kill timers (disarmed). */
 int guest_loop_open(struct guest *g, const sigset_t *mask, vmsup_error **err);
-/* fds held on /dev/null (FD_RESERVE), let go while sealing or refusing a client needs them */
-void guest_fd_reserve_fill(struct guest *g);
-void guest_fd_reserve_release(struct guest *g);
 /* Answer the clients waiting for the guest to stop or reboot. */
 void guest_answer_waiters(struct guest *g, bool ok, enum vmsup_err_kind kind, const char *msg);
 void guest_finish(struct guest *g, enum vmsup_err_kind kind);
 void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool reboot);
-void guest_on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp);
 /* After a reap: a QEMU or swtpm that is gone ends (or, a hard reboot, restarts) the guest. */
 void guest_check_children(struct guest *g);
-void guest_dispatch_sync(struct guest *g);
 
 /* children.c: swtpm and QEMU */
+/* fds held on /dev/null (FD_RESERVE), let go while sealing or refusing a client needs them */
+void guest_fd_reserve_fill(struct guest *g);
+void guest_fd_reserve_release(struct guest *g);
+/* The state-seal key and swtpm's migration key, from the vTPM passphrase. */
+int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err);
+/* The sync of the live TPM dir with the sealed state (tpmstate/sync.h), and its dispatch. */
+int guest_open_sync(struct guest *g, vmsup_error **err);
+void guest_dispatch_sync(struct guest *g);
 void guest_reap_all(struct guest *g);
-bool guest_child_wait(struct guest *g, struct child *c, int timeout_ms);
+bool guest_child_wait(struct guest *g, struct guest_child *c, int timeout_ms);
 /* Signal a tracked child through its pidfd. */
-int guest_child_signal(struct child *c, int sig);
+int guest_child_signal(struct guest_child *c, int sig);
 /* Stop tracking a child: its loop source and pidfd go. */
-void guest_child_forget(struct child *c);
+void guest_child_forget(struct guest_child *c);
 char *guest_log_tail(const char *path, int lines);
 /* SIGTERM or SIGINT while the guest starts (g->cancel_fd): ECANCELED. */
 int guest_start_check_cancel(struct guest *g, vmsup_error **err);
@@ -154,40 +197,30 @@ void guest_qmp_drop(struct guest *g);
 /* The guest runs: stamp that it has a TPM and uses its VARS (guestdirs.h). */
 void guest_record_history(struct guest *g);
 
-/* run.c: set-up */
-int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err);
-int guest_open_sync(struct guest *g, vmsup_error **err);
 
 /* requests.c: the control socket and its requests */
 /* Listen on the control socket: its source and the accept back-off's timer. */
 int guest_control_open(struct guest *g, vmsup_error **err);
-/* Accept a client; read a client's request and answer it; whether the listen fd is
- * watched now (not during an accept back-off). */
-void guest_accept_conn(struct guest *g);
-void guest_handle_conn(struct guest *g, struct control_conn *c);
-bool guest_control_listening(const struct guest *g);
 
 /* migrate_out.c: the source's half (migrate/source.h) on the guest's loop */
 struct migrate_out;
-/* The "migrate" control request: starts the migration and returns; c is answered when it
- * ends, and the supervisor ends (guest_finish) when the guest runs on the destination.
- * Until then g->out is set: the guest's events go to it as below, QEMU's and swtpm's
- * exits wait for its end (guest_check_children()). */
+/* The "migrate" control request (g->start_migration): starts the migration and returns;
+ * c is answered when it ends, and the supervisor ends (guest_finish) when the guest runs
+ * on the destination. Until then g->migration is the source's: QEMU's events and exit and
+ * the signals go to it, and other requests wait. */
 void migrate_out(struct guest *g, struct control_conn *c);
-void migrate_out_qemu_event(struct guest *g, const char *event, json_object *data);
-/* QEMU exited (reaped): the migration fails, if it still can. */
-void migrate_out_child_exited(struct guest *g);
-/* SIGTERM or SIGINT: cancels before COMMIT; the guest is stopped once it has ended. */
-void migrate_out_signal(struct guest *g, int signo);
 /* The supervisor ends during a migration: its sources and connections go. */
 void migrate_out_free(struct guest *g);
 
 /* migrate_in.c: `vmsup run --incoming`, the supervisor's side of migrate/dest.h. */
 struct migrate_in;
-/* On g->loop (before it runs): listen for the source. lock_err (taken; NULL when the
+/* On g->loop (before it runs): listen for the source; g->migration is the destination's
+ * until the guest runs here and the source confirmed it. lock_err (taken; NULL when the
  * guest's lock is ours): the guest is another supervisor's; the source that comes hears
- * it as the refusal. */
-int migrate_in_start(struct guest *g, const struct guest_run_opts *opts, vmsup_error *lock_err, vmsup_error **err);
+ * it as the refusal. setup: run.c's start of the received guest, from the checks on this
+ * host to its children waiting (migrate_in_claim() and migrate_in_secret() on the way). */
+int migrate_in_start(struct guest *g, const struct guest_run_opts *opts, vmsup_error *lock_err,
+                     guest_setup_fn setup, vmsup_error **err);
 /* With the guest's lock held, before the source comes: remove what an earlier,
  * incomplete incoming migration of the guest left (never a committed copy). */
 int migrate_in_clear_leftovers(struct guest *g, vmsup_error **err);
@@ -197,27 +230,6 @@ int migrate_in_clear_leftovers(struct guest *g, vmsup_error **err);
 int migrate_in_claim(struct guest *g, vmsup_error **err);
 /* Keep the received secret (local store), derive the keys, open the sealed state. */
 int migrate_in_secret(struct guest *g, const char *secret, const char *secret_id, vmsup_error **err);
-/* run.c: the start of a received guest, from the checks on this host to its children
- * waiting (migrate_in_claim() and migrate_in_secret() on the way). */
-int guest_incoming_setup(struct guest *g, const struct guest_run_opts *opts, const char *secret,
-                         const char *secret_id, vmsup_error **err);
-/* An incoming migration runs (the guest does not run here yet, or DONE is awaited). */
-bool migrate_in_active(const struct guest *g);
-/* The source's "ADDR:PORT (CN=...)" once it came; NULL before. */
-const char *migrate_in_source(const struct guest *g);
-void migrate_in_qemu_event(struct guest *g, const char *event, json_object *data);
-/* The QMP client is being dropped. */
-void migrate_in_qmp_dropped(struct guest *g);
-/* QEMU (qemu true) or swtpm exited: true when that is the incoming migration's to handle
- * (it fails it, or the start or the abort deals with it), false when it is the guest's. */
-bool migrate_in_child_exited(struct guest *g, bool qemu);
-/* A stop request or a signal: true when it abandons the migration (before COMMIT; its
- * end follows on the loop), false when too late. */
-bool migrate_in_cancel(struct guest *g, const char *why);
-/* `stop` on request: c is answered once the migration is undone. */
-void migrate_in_stop_conn(struct guest *g, struct control_conn *c);
-/* status: "migration": {"from", "phase"} */
-void migrate_in_status(const struct guest *g, json_object *o);
 /* Why the migration ended without the guest running here (then guest_run() fails with
  * it); NULL otherwise. */
 vmsup_error *migrate_in_take_error(struct guest *g);

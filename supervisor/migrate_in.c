@@ -42,6 +42,7 @@
 struct migrate_in {
         struct guest *g;
         const struct guest_run_opts *opts;
+        guest_setup_fn setup; /* run.c's start of the received guest */
         struct migrate_dest *dest;
         struct migration_tls_files files;
         char source[320];    /* the peer, for messages */
@@ -328,7 +329,7 @@ static int on_received(void *userdata, const struct guest_spec *theirs, const ch
                 vmsup_fail(err, in->lock_err->kind, 0, "%s", in->lock_err->msg);
                 return -EBUSY;
         }
-        r = guest_incoming_setup(g, in->opts, secret, secret_uuid, err);
+        r = in->setup(g, in->opts, secret, secret_uuid, err);
         if (r < 0)
                 return r;
         janitor_say(g, "P %d\nP %d\n", (int) g->qemu.pid, (int) g->swtpm.pid);
@@ -377,8 +378,7 @@ static int on_mark_committed(void *userdata, const char *source, vmsup_error **e
         if (r < 0)
                 return r;
         in->claimed = false;
-        g->migration_committed = true;
-        janitor_say(g, "K\n");
+                janitor_say(g, "K\n");
         return 0;
 }
 
@@ -443,9 +443,129 @@ static void on_finished(void *userdata, enum migrate_dest_outcome outcome, const
         guest_finish(g, in->end_err ? in->end_err->kind : VMSUP_ERR_INTERNAL);
 }
 
+/* ---- the guest's events while the guest is received (g->migration) ---------------------- */
+
+/* The destination's state machine runs (the guest does not run here yet, or DONE is awaited). */
+static bool active(const struct guest *g) {
+        return g->in && g->in->dest;
+}
+
+/* Before the guest runs here (after, it is the supervisor's, while DONE is awaited). */
+static bool receiving(const struct guest *g) {
+        return active(g) && g->state != GUEST_RUNNING;
+}
+
+static void hook_qemu_event(struct guest *g, const char *event, json_object *data) {
+        if (active(g))
+                migrate_dest_qemu_event(g->in->dest, event, data);
+}
+
+/* QEMU or swtpm exited: the incoming migration's to handle (it fails it, or the start or
+ * the abort deals with it) until the guest runs here. */
+static bool hook_child_exited(struct guest *g, bool qemu) {
+        enum migrate_dest_state s;
+
+        if (!g->in)
+                return false;
+        if (!g->in->dest)
+                return true; /* being undone */
+        s = migrate_dest_state(g->in->dest);
+        if (s == MIGRATE_DEST_RUNNING)
+                return false; /* the guest is the supervisor's */
+        /* before: the start sees it; once committed, QEMU's answers to cont fail */
+        if (s >= MIGRATE_DEST_CHILDREN_UP && s < MIGRATE_DEST_COMMITTED)
+                migrate_dest_child_exited(g->in->dest, qemu);
+        return true;
+}
+
+static void hook_qmp_dropped(struct guest *g) {
+        vmsup_error *err = NULL;
+
+        if (!active(g))
+                return;
+        vmsup_fail(&err, VMSUP_ERR_FAILED, 0, "QEMU's monitor is gone");
+        migrate_dest_qmp_lost(g->in->dest, err);
+        vmsup_error_free(err);
+}
+
+/* A stop request or a signal: true when it abandons the migration (before COMMIT; its
+ * end follows on the loop), false when too late. */
+static bool cancel(struct guest *g, const char *why) {
+        vmsup_error *err = NULL;
+        bool cancelled;
+
+        if (!active(g))
+                return false;
+        vmsup_fail(&err, VMSUP_ERR_BUSY, 0, "%s", why);
+        cancelled = migrate_dest_cancel(g->in->dest, err) > 0;
+        vmsup_error_free(err);
+        return cancelled;
+}
+
+/* Before COMMIT the incoming migration is abandoned; after, the guest stops once it runs here. */
+static bool hook_signal(struct guest *g, int signo) {
+        if (!receiving(g))
+                return false;
+        if (!cancel(g, "interrupted by a signal")) {
+                log_info("SIG%s during the migration, after the destination was told to run the guest: the "
+                         "migration finishes first", sigabbrev_np(signo));
+                g->interrupted = true;
+        }
+        return true;
+}
+
+/* `stop` abandons the migration (c is answered once it is undone); the rest waits. */
+static bool hook_request(struct guest *g, struct control_conn *c, const char *cmd) {
+        const char *from;
+        char msg[512];
+
+        if (!receiving(g))
+                return false;
+        if (streq(cmd, "stop") && cancel(g, "interrupted by a stop request")) {
+                log_info("stop requested: abandoning the incoming migration");
+                if (g->in->stop_conn) {
+                        control_conn_reply_ok(c, json_object_new_string("stopped: the incoming migration was abandoned"));
+                        control_conn_free(c);
+                } else
+                        g->in->stop_conn = c;
+                return true;
+        }
+        from = migrate_dest_source(g->in->dest);
+        snprintf(msg, sizeof(msg), "the guest is being received%s%s; '%s' must wait until that ends",
+                 from ? " from " : " (waiting for the source)", from ? from : "", cmd);
+        control_conn_reply_error(c, VMSUP_ERR_BUSY, msg);
+        control_conn_free(c);
+        return true;
+}
+
+/* status: "state": "incoming", "migration": {"from", "phase"} */
+static void hook_status(struct guest *g, json_object *o) {
+        json_object *m;
+        const char *source;
+
+        if (!receiving(g))
+                return;
+        json_object_object_add(o, "state", json_object_new_string("incoming"));
+        m = json_object_new_object();
+        source = migrate_dest_source(g->in->dest);
+        json_object_object_add(m, "from", source ? json_object_new_string(source) : NULL);
+        json_object_object_add(m, "phase", json_object_new_string(migrate_dest_phase(g->in->dest)));
+        json_object_object_add(o, "migration", m);
+}
+
+static const struct guest_migration incoming_hooks = {
+        .qemu_event = hook_qemu_event,
+        .child_exited = hook_child_exited,
+        .qmp_dropped = hook_qmp_dropped,
+        .signal = hook_signal,
+        .request = hook_request,
+        .status = hook_status,
+};
+
 /* ---- the supervisor's entries -------------------------------------------------------------- */
 
-int migrate_in_start(struct guest *g, const struct guest_run_opts *opts, vmsup_error *lock_err, vmsup_error **err) {
+int migrate_in_start(struct guest *g, const struct guest_run_opts *opts, vmsup_error *lock_err,
+                     guest_setup_fn setup, vmsup_error **err) {
         struct migrate_dest_env env;
         struct migrate_in *in;
         int r;
@@ -457,9 +577,11 @@ int migrate_in_start(struct guest *g, const struct guest_run_opts *opts, vmsup_e
         }
         in->g = g;
         in->opts = opts;
+        in->setup = setup;
         in->janitor_fd = -1;
         in->lock_err = lock_err;
         g->in = in;
+        g->migration = &incoming_hooks;
         r = host_config_migration_tls(g->cfg, true, &in->files, err);
         if (r < 0)
                 return r;
@@ -485,79 +607,6 @@ int migrate_in_start(struct guest *g, const struct guest_run_opts *opts, vmsup_e
                 .finished = on_finished,
         };
         return migrate_dest_new(&env, &in->dest, err);
-}
-
-bool migrate_in_active(const struct guest *g) {
-        return g->in && g->in->dest;
-}
-
-void migrate_in_qemu_event(struct guest *g, const char *event, json_object *data) {
-        if (migrate_in_active(g))
-                migrate_dest_qemu_event(g->in->dest, event, data);
-}
-
-bool migrate_in_child_exited(struct guest *g, bool qemu) {
-        enum migrate_dest_state s;
-
-        if (!g->in)
-                return false;
-        if (!g->in->dest)
-                return true; /* being undone */
-        s = migrate_dest_state(g->in->dest);
-        if (s == MIGRATE_DEST_RUNNING)
-                return false; /* the guest is the supervisor's */
-        /* before: the start sees it; once committed, QEMU's answers to cont fail */
-        if (s >= MIGRATE_DEST_CHILDREN_UP && s < MIGRATE_DEST_COMMITTED)
-                migrate_dest_child_exited(g->in->dest, qemu);
-        return true;
-}
-
-void migrate_in_qmp_dropped(struct guest *g) {
-        vmsup_error *err = NULL;
-
-        if (!migrate_in_active(g))
-                return;
-        vmsup_fail(&err, VMSUP_ERR_FAILED, 0, "QEMU's monitor is gone");
-        migrate_dest_qmp_lost(g->in->dest, err);
-        vmsup_error_free(err);
-}
-
-void migrate_in_stop_conn(struct guest *g, struct control_conn *c) {
-        if (!g->in || g->in->stop_conn) {
-                control_conn_reply_ok(c, json_object_new_string("stopped: the incoming migration was abandoned"));
-                control_conn_free(c);
-                return;
-        }
-        g->in->stop_conn = c;
-}
-
-bool migrate_in_cancel(struct guest *g, const char *why) {
-        vmsup_error *err = NULL;
-        bool cancelled;
-
-        if (!migrate_in_active(g))
-                return false;
-        vmsup_fail(&err, VMSUP_ERR_BUSY, 0, "%s", why);
-        cancelled = migrate_dest_cancel(g->in->dest, err) > 0;
-        vmsup_error_free(err);
-        return cancelled;
-}
-
-void migrate_in_status(const struct guest *g, json_object *o) {
-        json_object *m;
-        const char *source;
-
-        if (!migrate_in_active(g))
-                return;
-        m = json_object_new_object();
-        source = migrate_dest_source(g->in->dest);
-        json_object_object_add(m, "from", source ? json_object_new_string(source) : NULL);
-        json_object_object_add(m, "phase", json_object_new_string(migrate_dest_phase(g->in->dest)));
-        json_object_object_add(o, "migration", m);
-}
-
-const char *migrate_in_source(const struct guest *g) {
-        return migrate_in_active(g) ? migrate_dest_source(g->in->dest) : NULL;
 }
 
 vmsup_error *migrate_in_take_error(struct guest *g) {
@@ -639,4 +688,6 @@ void migrate_in_free(struct guest *g) {
         closep(&in->janitor_fd);
         free(in);
         g->in = NULL;
+        if (g->migration == &incoming_hooks)
+                g->migration = NULL;
 }

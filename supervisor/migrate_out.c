@@ -31,7 +31,8 @@ struct migrate_out {
         struct control_conn *conn; /* the `vmsup migrate` client: progress lines, then the answer */
         struct migrate_source *src;
         char *host, *port;
-        char to[300];
+        char to[300];              /* "HOST:PORT", for messages and status */
+        int percent;               /* of the guest's memory sent, for `vmsup status` */
         struct migration_tls_files tls;
         long t0;
 };
@@ -93,7 +94,7 @@ static void cb_progress(void *userdata, json_object *p) {
         json_object *v;
 
         if (json_object_object_get_ex(p, "percent", &v))
-                o->g->migration_percent = json_object_get_int(v);
+                o->percent = json_object_get_int(v);
         control_conn_progress(o->conn, p);
 }
 
@@ -153,8 +154,7 @@ static void ended(struct migrate_out *o) {
         vmsup_error *err = NULL;
 
         g->out = NULL;
-        g->migrating_to = NULL;
-        g->migration_committed = false;
+        g->migration = NULL;
         out_free(o);
         if (g->done)
                 return;
@@ -221,6 +221,72 @@ static void cb_finished(void *userdata, enum migrate_outcome outcome, const vmsu
         ended(o);
 }
 
+/* ---- the guest's events while the migration runs (g->migration) ------------------------- */
+
+static void hook_qemu_event(struct guest *g, const char *event, json_object *data) {
+        if (g->out && g->out->src && streq(event, "MIGRATION"))
+                migrate_source_qemu_event(g->out->src, event, data);
+}
+
+/* QEMU exited (reaped): the migration fails, if it still can; the guest's end waits for
+ * the migration's (ended()). */
+static bool hook_child_exited(struct guest *g, bool qemu) {
+        if (!g->out)
+                return false;
+        if (qemu && g->out->src)
+                migrate_source_qemu_exited(g->out->src);
+        return true;
+}
+
+/* SIGTERM or SIGINT: cancels before COMMIT; the guest is stopped once it has ended. */
+static bool hook_signal(struct guest *g, int signo) {
+        if (!g->out)
+                return false;
+        if (migrate_source_committed(g->out->src))
+                log_info("SIG%s during the migration, after the destination was told to run the guest: the "
+                         "migration finishes first", sigabbrev_np(signo));
+        else
+                log_info("SIG%s during the migration: it is cancelled, then the guest stops", sigabbrev_np(signo));
+        g->interrupted = true;
+        migrate_source_interrupt(g->out->src, signo);
+        return true;
+}
+
+/* Every request but status waits for the migration's end. */
+static bool hook_request(struct guest *g, struct control_conn *c, const char *cmd) {
+        char msg[400];
+
+        if (!g->out)
+                return false;
+        snprintf(msg, sizeof(msg), "the guest is being migrated to %s; '%s' must wait until that ends", g->out->to,
+                 cmd);
+        control_conn_reply_error(c, VMSUP_ERR_BUSY, msg);
+        control_conn_free(c);
+        return true;
+}
+
+/* status: "migration": {"to", "status", "percent"} */
+static void hook_status(struct guest *g, json_object *o) {
+        json_object *m;
+
+        if (!g->out)
+                return;
+        m = json_object_new_object();
+        json_object_object_add(m, "to", json_object_new_string(g->out->to));
+        json_object_object_add(m, "status",
+                               json_object_new_string(g->migration_status[0] ? g->migration_status : "preparing"));
+        json_object_object_add(m, "percent", json_object_new_int(g->out->percent));
+        json_object_object_add(o, "migration", m);
+}
+
+static const struct guest_migration outgoing_hooks = {
+        .qemu_event = hook_qemu_event,
+        .child_exited = hook_child_exited,
+        .signal = hook_signal,
+        .request = hook_request,
+        .status = hook_status,
+};
+
 /* Before anything goes to the destination: a guest vmsup migrates, and one that runs. */
 static int check_guest(struct guest *g, vmsup_error **err) {
         if (!g->tpm.present)
@@ -232,6 +298,8 @@ static int check_guest(struct guest *g, vmsup_error **err) {
                 return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0,
                                   "Operation 'live-migration' not supported for vTPM-enabled instance (%s).",
                                   g->spec.uuid);
+        if (g->migration)
+                return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "the guest's incoming migration has not ended yet");
         if (g->state != GUEST_RUNNING || !g->qmp)
                 return vmsup_fail(err, VMSUP_ERR_BUSY, 0, "the guest is not running (%s)", guest_state_name(g));
         return 0;
@@ -261,9 +329,7 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         o->g = g;
         o->conn = c;
         snprintf(o->to, sizeof(o->to), strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, port);
-        g->migrating_to = o->to;
         g->migration_status[0] = '\0';
-        g->migration_percent = 0;
         log_info("live migration to %s:%s requested", o->host, o->port);
 
         r = check_guest(g, &err);
@@ -300,11 +366,11 @@ void migrate_out(struct guest *g, struct control_conn *c) {
                           o->port, err->msg);
                 control_conn_reply_error(c, err->kind ? err->kind : VMSUP_ERR_FAILED, err->msg);
                 vmsup_error_free(err);
-                g->migrating_to = NULL;
                 out_free(o);
                 return;
         }
         g->out = o;
+        g->migration = &outgoing_hooks;
         /* Not the TPM state's sync meanwhile: what swtpm writes at the switch-over (its
          * volatile state) is sealed after the migration if it fails, and not at all if it
          * succeeds, instead of competing with QEMU for the CPU during the downtime. */
@@ -314,30 +380,8 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         }
 }
 
-void migrate_out_qemu_event(struct guest *g, const char *event, json_object *data) {
-        if (g->out && g->out->src)
-                migrate_source_qemu_event(g->out->src, event, data);
-}
-
-void migrate_out_child_exited(struct guest *g) {
-        if (g->out && g->out->src && g->qemu.pid && g->qemu.exited)
-                migrate_source_qemu_exited(g->out->src);
-}
-
-void migrate_out_signal(struct guest *g, int signo) {
-        if (!g->out)
-                return;
-        if (migrate_source_committed(g->out->src))
-                log_info("SIG%s during the migration, after the destination was told to run the guest: the "
-                         "migration finishes first", sigabbrev_np(signo));
-        else
-                log_info("SIG%s during the migration: it is cancelled, then the guest stops", sigabbrev_np(signo));
-        if (!g->interrupted)
-                g->interrupt_signo = signo;
-        g->interrupted = true;
-        migrate_source_interrupt(g->out->src, signo);
-}
-
 void migrate_out_free(struct guest *g) {
+        if (g->out)
+                g->migration = NULL;
         g->out = out_free(g->out);
 }

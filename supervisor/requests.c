@@ -33,9 +33,7 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
 
         json_object_object_add(o, "uuid", json_object_new_string(g->spec.uuid));
         json_object_object_add(o, "name", json_object_new_string(g->spec.name));
-        json_object_object_add(o, "state", json_object_new_string(migrate_in_active(g) && g->state != GUEST_RUNNING
-                                                                           ? "incoming"
-                                                                           : guest_state_name(g)));
+        json_object_object_add(o, "state", json_object_new_string(guest_state_name(g)));
         json_object_object_add(o, "pid", json_object_new_int(getpid()));
         json_object_object_add(o, "qemu_pid", g->qemu.pid ? json_object_new_int(g->qemu.pid) : NULL);
         json_object_object_add(o, "swtpm_pid", g->swtpm.pid ? json_object_new_int(g->swtpm.pid) : NULL);
@@ -67,17 +65,8 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
                         json_object_object_add(o, "incoming", json_object_new_string(marker));
                 vmsup_error_free(merr);
         }
-        if (g->state != GUEST_RUNNING)
-                migrate_in_status(g, o);
-        if (g->migrating_to) {
-                json_object *m = json_object_new_object();
-
-                json_object_object_add(m, "to", json_object_new_string(g->migrating_to));
-                json_object_object_add(m, "status", json_object_new_string(g->migration_status[0] ? g->migration_status
-                                                                                                   : "preparing"));
-                json_object_object_add(m, "percent", json_object_new_int(g->migration_percent));
-                json_object_object_add(o, "migration", m);
-        }
+        if (g->migration && g->migration->status)
+                g->migration->status(g, o); /* its state and progress */
         control_conn_reply_ok(p->conn, o);
         control_conn_free(p->conn);
         free(p);
@@ -207,30 +196,9 @@ static void handle_request(struct guest *g, struct control_conn *c) {
         enum qmp_policy verdict;
         char why[512];
 
-        if (migrate_in_active(g) && g->state != GUEST_RUNNING && !streq(cmd, "status")) {
-                const char *from = migrate_in_source(g);
-                char msg[512];
-
-                if (streq(cmd, "stop") && migrate_in_cancel(g, "interrupted by a stop request")) {
-                        log_info("stop requested: abandoning the incoming migration");
-                        migrate_in_stop_conn(g, c); /* answered once it is undone */
-                        return;
-                }
-                snprintf(msg, sizeof(msg), "the guest is being received%s%s; '%s' must wait until that ends",
-                         from ? " from " : " (waiting for the source)", from ? from : "", cmd);
-                control_conn_reply_error(c, VMSUP_ERR_BUSY, msg);
-                control_conn_free(c);
+        /* a migration that runs takes every request but status */
+        if (!streq(cmd, "status") && g->migration && g->migration->request && g->migration->request(g, c, cmd))
                 return;
-        }
-        if (g->migrating_to && !streq(cmd, "status")) {
-                char msg[320];
-
-                snprintf(msg, sizeof(msg), "the guest is being migrated to %s; '%s' must wait until that ends",
-                         g->migrating_to, cmd);
-                control_conn_reply_error(c, VMSUP_ERR_BUSY, msg);
-                control_conn_free(c);
-                return;
-        }
         if ((streq(cmd, "reboot") || streq(cmd, "migrate")) && handed_over(g)) {
                 /* a hard reboot starts QEMU afresh from the sealed state, a soft one and a
                  * migration's rollback resume the guest: a second running copy */
@@ -281,7 +249,7 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 } else
                         forward_qmp(g, c, "system_reset", NULL, QMP_COMMAND_TIMEOUT, on_reset_reply);
         } else if (streq(cmd, "migrate")) {
-                migrate_out(g, c);
+                g->start_migration(g, c);
         } else if (streq(cmd, "resolve")) {
                 resolve_keep(g, c);
         } else if (streq(cmd, "qmp")) {
@@ -354,7 +322,10 @@ static void on_accept_timer(struct evloop_source *s, void *userdata) {
         accept_resume(userdata);
 }
 
-bool guest_control_listening(const struct guest *g) {
+static void accept_conn(struct guest *g);
+static void handle_conn(struct guest *g, struct control_conn *c);
+
+static bool control_listening(const struct guest *g) {
         return g->listen_fd >= 0 && evloop_timer_deadline(g->accept_timer) < 0;
 }
 
@@ -362,7 +333,7 @@ static void on_listen(struct evloop_source *s, int fd, uint32_t revents, void *u
         (void) s;
         (void) fd;
         (void) revents;
-        guest_accept_conn(userdata);
+        accept_conn(userdata);
 }
 
 static struct control_conn *conn_of(struct guest *g, const struct evloop_source *s) {
@@ -380,7 +351,7 @@ static void on_conn_io(struct evloop_source *s, int fd, uint32_t revents, void *
         (void) revents;
         if (!c)
                 return;
-        guest_handle_conn(g, c);
+        handle_conn(g, c);
         guest_qmp_watch(g); /* a request may have queued a command (or, a migration, dispatched some) */
 }
 
@@ -414,11 +385,11 @@ static void on_conn_timer(struct evloop_source *s, void *userdata) {
                 conn_expire(g, c);
 }
 
-void guest_accept_conn(struct guest *g) {
+static void accept_conn(struct guest *g) {
         vmsup_error *err = NULL;
         struct control_conn *c;
 
-        if (!guest_control_listening(g))
+        if (!control_listening(g))
                 return;
         c = control_accept(g->listen_fd, &err);
         if (err) {
@@ -452,7 +423,7 @@ void guest_accept_conn(struct guest *g) {
         g->conns = c;
 }
 
-void guest_handle_conn(struct guest *g, struct control_conn *c) {
+static void handle_conn(struct guest *g, struct control_conn *c) {
         vmsup_error *err = NULL;
         int r = control_conn_read(c, &err);
 

@@ -184,33 +184,6 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
         return guest_open_sync(g, err);
 }
 
-/* The state-seal key and swtpm's migration key, from the vTPM passphrase. */
-int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err) {
-        size_t len = strlen(passphrase);
-        int r;
-
-        r = kdf_check_passphrase(passphrase, len, err);
-        if (r >= 0)
-                r = kdf_derive_key(passphrase, len, g->spec.uuid, KDF_USE_STATE_SEAL, &g->seal_key, err);
-        if (r >= 0)
-                r = kdf_derive_key(passphrase, len, g->spec.uuid, KDF_USE_SWTPM_MIGRATION, &g->migration_key, err);
-        return r < 0 ? vmsup_error_prefix(err, "vTPM secret") : 0;
-}
-
-int guest_open_sync(struct guest *g, vmsup_error **err) {
-        struct tpm_sync_opts so = { 0 };
-
-        so.live_dir = g->dirs.live_tpm;
-        so.state_dir = g->dirs.state;
-        so.uuid = g->spec.uuid;
-        so.version = g->tpm.version;
-        so.key = g->seal_key;
-        so.uid = g->tpm_uid;
-        so.gid = g->tpm_gid;
-        so.uid_private = g->tpm_uid_private;
-        return tpm_sync_open(&so, &g->sync, err);
-}
-
 /* The loop, and what it watches from the start: signals, the control socket, the
  * timers the guest re-arms as it goes (none armed yet). */
 static int setup_loop(struct guest *g, const sigset_t *mask, vmsup_error **err) {
@@ -296,8 +269,9 @@ static int start_guest(struct guest *g, const struct guest_run_opts *opts, const
         return 0;
 }
 
-int guest_incoming_setup(struct guest *g, const struct guest_run_opts *opts, const char *secret,
-                         const char *secret_id, vmsup_error **err) {
+/* migrate_in.c's setup, once the source has sent the guest (guest_setup_fn) */
+static int incoming_setup(struct guest *g, const struct guest_run_opts *opts, const char *secret,
+                          const char *secret_id, vmsup_error **err) {
         return start_guest(g, opts, NULL, NULL, NULL, secret, secret_id, err);
 }
 
@@ -325,7 +299,7 @@ static int start_incoming(struct guest *g, const struct guest_run_opts *opts, co
         guest_fd_reserve_fill(g);
         /* the loop's signal source takes SIGTERM and SIGINT from here on */
         closep(&g->cancel_fd);
-        return migrate_in_start(g, opts, lock_err, err);
+        return migrate_in_start(g, opts, lock_err, incoming_setup, err);
 }
 
 static void teardown(struct guest *g) {
@@ -350,7 +324,6 @@ static void teardown(struct guest *g) {
         guest_child_forget(&g->qemu);
         guest_child_forget(&g->swtpm);
         g->loop = evloop_free(g->loop); /* with the signalfd */
-        g->sigfd = -1;
         g->sync = tpm_sync_free(g->sync);
         g->tpm_stop_err = vmsup_error_free(g->tpm_stop_err);
         g->seal_key = secmem_free(g->seal_key);
@@ -366,9 +339,10 @@ static void teardown(struct guest *g) {
 }
 
 int guest_run(const struct guest_run_opts *opts) {
-        struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .sigfd = -1, .listen_fd = -1,
+        struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .listen_fd = -1,
                            .qemu = { .name = "QEMU", .pidfd = -1 }, .swtpm = { .name = "swtpm", .pidfd = -1 },
-                           .tpm_ctrl_fd = -1, .new_tpm = opts->new_tpm, .cancel_fd = -1 };
+                           .tpm_ctrl_fd = -1, .new_tpm = opts->new_tpm, .cancel_fd = -1,
+                           .start_migration = migrate_out };
         vmsup_error *err = NULL;
         sigset_t mask, stop;
         char signame[16];
