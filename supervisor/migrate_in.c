@@ -197,7 +197,8 @@ static void janitor_say(struct guest *g, const char *fmt, ...) {
 int migrate_in_claim(struct guest *g, vmsup_error **err) {
         struct migrate_in *in = g->in;
         struct localstore *store = NULL;
-        char marker[512], when[64], *pass = NULL, id[LOCALSTORE_UUID_LEN + 1];
+        _cleanup_secmem_ char *pass = NULL; /* only whether there is one; wiped however we leave */
+        char marker[512], when[64], id[LOCALSTORE_UUID_LEN + 1];
         time_t now = time(NULL);
         struct tm tm;
         int r;
@@ -218,7 +219,6 @@ int migrate_in_claim(struct guest *g, vmsup_error **err) {
                 if (r >= 0)
                         r = localstore_get(store, g->spec.uuid, &pass, id, err);
                 localstore_free(store);
-                pass = secmem_free(pass);
                 if (r < 0)
                         return r;
                 if (r > 0)
