@@ -74,22 +74,16 @@ static void caps_set(struct migrate_dest *d, json_object *ret, const vmsup_error
 static void params_set(struct migrate_dest *d, json_object *ret, const vmsup_error *err);
 
 void dst_qemu_setup(struct migrate_dest *d) {
-        _cleanup_json_ json_object *creds = json_object_new_object();
+        _cleanup_json_ json_object *creds = mig_qemu_tls_creds(MIGRATE_DEST_TLS_ID, d->env.qemu_tls_dir, true);
         vmsup_error *err = NULL;
 
-        json_object_object_add(creds, "qom-type", json_object_new_string("tls-creds-x509"));
-        json_object_object_add(creds, "id", json_object_new_string(MIGRATE_DEST_TLS_ID));
-        json_object_object_add(creds, "dir", json_object_new_string(d->env.qemu_tls_dir));
-        json_object_object_add(creds, "endpoint", json_object_new_string("server"));
-        json_object_object_add(creds, "verify-peer", json_object_new_boolean(1));
         d->tls_t0 = monotonic_ms();
         if (qemu_cmd(d, "object-add", creds, -1, tls_added, &err) < 0)
                 dst_fail(d, err);
 }
 
 static void tls_added(struct migrate_dest *d, json_object *ret, const vmsup_error *qerr) {
-        _cleanup_json_ json_object *caps = json_object_new_object();
-        json_object *list = json_object_new_array(), *cap = json_object_new_object();
+        _cleanup_json_ json_object *caps = NULL;
         vmsup_error *err = NULL;
         char prefix[600];
 
@@ -97,23 +91,12 @@ static void tls_added(struct migrate_dest *d, json_object *ret, const vmsup_erro
         dst_note(d, LOG_LEVEL_DEBUG, "migration: QEMU loaded the TLS credentials in %ld ms",
                  monotonic_ms() - d->tls_t0);
         if (qerr) {
-                json_object_put(list);
-                json_object_put(cap);
                 snprintf(prefix, sizeof(prefix), "QEMU's TLS credentials from '%s'", d->env.qemu_tls_dir);
                 fail_reply(d, qerr, prefix);
                 return;
         }
-        /* Without return-path on both sides the source reports success even when the
-         * destination failed to load the guest (platform.md). */
-        json_object_object_add(cap, "capability", json_object_new_string("return-path"));
-        json_object_object_add(cap, "state", json_object_new_boolean(1));
-        json_object_array_add(list, cap);
-        /* MIGRATION events: the end of an incoming migration */
-        cap = json_object_new_object();
-        json_object_object_add(cap, "capability", json_object_new_string("events"));
-        json_object_object_add(cap, "state", json_object_new_boolean(1));
-        json_object_array_add(list, cap);
-        json_object_object_add(caps, "capabilities", list);
+        /* return-path, and MIGRATION events: the end of an incoming migration */
+        caps = mig_qemu_capabilities();
         if (qemu_cmd(d, "migrate-set-capabilities", caps, -1, caps_set, &err) < 0)
                 dst_fail(d, err);
 }

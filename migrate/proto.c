@@ -23,6 +23,41 @@ json_object *mig_hello_new(const char *uuid) {
         return hello;
 }
 
+json_object *mig_qemu_tls_creds(const char *id, const char *dir, bool server) {
+        json_object *o = json_object_new_object();
+
+        if (!o)
+                return NULL;
+        json_object_object_add(o, "qom-type", json_object_new_string("tls-creds-x509"));
+        json_object_object_add(o, "id", json_object_new_string(id));
+        json_object_object_add(o, "dir", json_object_new_string(dir));
+        json_object_object_add(o, "endpoint", json_object_new_string(server ? "server" : "client"));
+        json_object_object_add(o, "verify-peer", json_object_new_boolean(1));
+        return o;
+}
+
+static json_object *capability(const char *name) {
+        json_object *cap = json_object_new_object();
+
+        json_object_object_add(cap, "capability", json_object_new_string(name));
+        json_object_object_add(cap, "state", json_object_new_boolean(1));
+        return cap;
+}
+
+json_object *mig_qemu_capabilities(void) {
+        json_object *o = json_object_new_object(), *list = json_object_new_array();
+
+        if (!o || !list) {
+                json_object_put(o);
+                json_object_put(list);
+                return NULL;
+        }
+        json_object_array_add(list, capability("return-path"));
+        json_object_array_add(list, capability("events"));
+        json_object_object_add(o, "capabilities", list);
+        return o;
+}
+
 int mig_frame_unexpected(const struct mig_frame *f, enum mig_peer from, vmsup_error **err) {
         if (f->type == MIG_ABORT) {
                 vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "%s gave up: %s", mig_peer_name(from),

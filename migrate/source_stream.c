@@ -173,33 +173,19 @@ void src_ready_next(struct migrate_source *s) {
                 r = src_qmp_send(s, "object-del", args, -1, false, on_ready_reply, &err);
                 break;
         case 1:
-                json_object_object_add(args, "qom-type", json_object_new_string("tls-creds-x509"));
-                json_object_object_add(args, "id", json_object_new_string(MIGRATE_SOURCE_QEMU_TLS_ID));
-                json_object_object_add(args, "dir", json_object_new_string(s->env.qemu_tls_dir));
-                json_object_object_add(args, "endpoint", json_object_new_string("client"));
-                json_object_object_add(args, "verify-peer", json_object_new_boolean(1));
+                json_object_put(args);
+                args = mig_qemu_tls_creds(MIGRATE_SOURCE_QEMU_TLS_ID, s->env.qemu_tls_dir, false);
                 s->step_at = monotonic_ms();
                 r = src_qmp_send(s, "object-add", args, -1, false, on_ready_reply, &err);
                 if (r < 0)
                         vmsup_error_prefix(&err, "QEMU's TLS credentials from '%s'", s->env.qemu_tls_dir);
                 break;
-        case 2: {
-                json_object *list = json_object_new_array(), *cap = json_object_new_object();
-
-                /* Without return-path on both sides the source reports success even when the
-                 * destination failed to load the guest (platform.md). */
-                json_object_object_add(cap, "capability", json_object_new_string("return-path"));
-                json_object_object_add(cap, "state", json_object_new_boolean(1));
-                json_object_array_add(list, cap);
-                /* MIGRATION events: the end of a cancel */
-                cap = json_object_new_object();
-                json_object_object_add(cap, "capability", json_object_new_string("events"));
-                json_object_object_add(cap, "state", json_object_new_boolean(1));
-                json_object_array_add(list, cap);
-                json_object_object_add(args, "capabilities", list);
+        case 2:
+                /* return-path, and MIGRATION events: the end of a cancel */
+                json_object_put(args);
+                args = mig_qemu_capabilities();
                 r = src_qmp_send(s, "migrate-set-capabilities", args, -1, false, on_ready_reply, &err);
                 break;
-        }
         case 3:
                 /* QEMU checks the destination's certificate against tls-hostname, its host */
                 json_object_object_add(args, "tls-creds", json_object_new_string(MIGRATE_SOURCE_QEMU_TLS_ID));
