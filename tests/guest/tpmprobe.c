@@ -578,6 +578,10 @@ static int wait_power_button(void) {
                 printf("tpmprobe: error: no /dev/input/event* to wait on\n");
                 return 1;
         }
+        /* only now: a press before the nodes were open would be lost, and the host
+         * (tests, bench) presses it as soon as it reads this line */
+        printf("init: holding until the power button\n");
+        fflush(stdout);
         for (;;) {
                 if (poll(fds, (nfds_t) n, -1) < 0)
                         return 1;
