@@ -66,10 +66,6 @@ struct migchan *migchan_free(struct migchan *c) {
         return NULL;
 }
 
-void migchan_set_cancel_fd(struct migchan *c, int cancel_fd) {
-        c->cancel_fd = cancel_fd;
-}
-
 int migchan_fd(const struct migchan *c) {
         return c->tcp ? migchan_tcp_fd(c->tcp) : c->fd;
 }

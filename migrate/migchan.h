@@ -63,10 +63,6 @@ struct migchan;
 /* A plain TCP connection to host:port (as migchan_connect() makes, without TLS; for
  * QEMU's own stream): a non-blocking, close-on-exec socket in *ret_fd. */
 int migchan_tcp_connect(const char *host, const char *port, int timeout_ms, int *ret_fd, vmsup_error **err);
-/* The same, ended early (errno ECANCELED, exit 75) once cancel_fd (-1: none; a signalfd,
- * say) is readable: a supervisor asked to stop does not wait out a silent peer. */
-int migchan_tcp_connect_cancel(const char *host, const char *port, int timeout_ms, int cancel_fd, int *ret_fd,
-                               vmsup_error **err);
 
 /* TCP connect to host:port (numeric IPv4/IPv6 or a name; getaddrinfo), then the TLS 1.3
  * handshake as client with our certificate; the server's certificate must chain to
@@ -81,8 +77,6 @@ int migchan_connect(const char *host, const char *port, const struct migchan_tls
  * signalfd, say) is readable. cancel_fd is borrowed for the channel's life. */
 int migchan_connect_cancel(const char *host, const char *port, const struct migchan_tls *tls, int timeout_ms,
                            int cancel_fd, struct migchan **ret, vmsup_error **err);
-/* Another cancel fd for the channel's waits from now on (-1: none). */
-void migchan_set_cancel_fd(struct migchan *c, int cancel_fd);
 
 /* The same two connects one step at a time, for a caller on an event loop (name resolution
  * still blocks: getaddrinfo). migchan_tcp_connect_start() starts a non-blocking connect

@@ -216,15 +216,10 @@ static int tcp_connect(const char *host, const char *port, long deadline, int ti
         return vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, last, "connect to %s", where);
 }
 
-int migchan_tcp_connect_cancel(const char *host, const char *port, int timeout_ms, int cancel_fd, int *ret_fd,
-                               vmsup_error **err) {
+int migchan_tcp_connect(const char *host, const char *port, int timeout_ms, int *ret_fd, vmsup_error **err) {
         if (!host || !*host || !port || !*port)
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "connect: no host or port");
-        return tcp_connect(host, port, chan_deadline_of(timeout_ms), timeout_ms, cancel_fd, ret_fd, err);
-}
-
-int migchan_tcp_connect(const char *host, const char *port, int timeout_ms, int *ret_fd, vmsup_error **err) {
-        return migchan_tcp_connect_cancel(host, port, timeout_ms, -1, ret_fd, err);
+        return tcp_connect(host, port, chan_deadline_of(timeout_ms), timeout_ms, -1, ret_fd, err);
 }
 
 int migchan_connect(const char *host, const char *port, const struct migchan_tls *tls, int timeout_ms,
