@@ -30,6 +30,7 @@ enum opt_type {
         OPT_BARBICAN_AUTH,
         OPT_SECCOMP,
         OPT_ID_RANGE, /* FIRST-LAST or none, into two uint32_t */
+        OPT_SIZE,     /* bytes, or with a binary suffix K, M, G: 4K to 1G, into a uint64_t */
 };
 
 struct option_def {
@@ -61,6 +62,8 @@ static const struct option_def options[] = {
         OPT("paths", "secrets_dir", OPT_PATH, paths.secrets_dir, "/var/lib/vmsup/secrets"),
         OPT("paths", "log_dir", OPT_PATH, paths.log_dir, "/var/log/vmsup"),
         OPT("supervisor", "stop_timeout", OPT_SECONDS, supervisor.stop_timeout, "60"),
+        OPT("logs", "console_max_size", OPT_SIZE, logs.console_max_size, "2M"),
+        OPT("logs", "console_max_backups", OPT_COUNT, logs.console_max_backups, "3"),
         OPT("security", "seccomp", OPT_SECCOMP, security.seccomp, "kill"),
         OPT("security", "guest_ids", OPT_ID_RANGE, security.guest_ids, GUEST_IDS_DEFAULT),
         OPT("barbican", "endpoint", OPT_URL, barbican.endpoint, NULL),
@@ -229,6 +232,30 @@ static int set_option(struct parse_ctx *c, const struct option_def *o, const cha
                         return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0,
                                           "%s:%d: [%s] %s: '%s' is not FIRST-LAST (1 <= FIRST < LAST <= 4294967294) "
                                           "or none", where, c->line, o->section, o->key, value);
+                return 0;
+        }
+        case OPT_SIZE: {
+                char *end;
+                unsigned long long n;
+                unsigned shift = 0;
+
+                errno = 0;
+                n = strtoull(value, &end, 10);
+                if (*end == 'K' || *end == 'k')
+                        shift = 10;
+                else if (*end == 'M')
+                        shift = 20;
+                else if (*end == 'G')
+                        shift = 30;
+                if (shift)
+                        end++;
+                if (!isdigit((unsigned char) value[0]) || *end || errno || n > (1ULL << 30) >> shift ||
+                    n << shift < 4096)
+                        return vmsup_fail(c->err, VMSUP_ERR_CONFIG, 0,
+                                          "%s:%d: [%s] %s: '%s' is not a size from 4K to 1G (bytes, or a number "
+                                          "with K, M or G)",
+                                          where, c->line, o->section, o->key, value);
+                *(uint64_t *) field = (uint64_t) n << shift;
                 return 0;
         }
         case OPT_COUNT: {

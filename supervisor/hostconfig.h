@@ -43,6 +43,12 @@ struct host_config {
                 unsigned stop_timeout; /* seconds a graceful stop waits for the guest */
         } supervisor;
         struct {
+                /* console.log, and QEMU's and swtpm's logs, are rotated at this size, keeping
+                 * this many old files (common/rotlog.h) */
+                uint64_t console_max_size;
+                unsigned console_max_backups;
+        } logs;
+        struct {
                 enum seccomp_filter_mode seccomp; /* the supervisor's filter, inherited by its children */
                 /* each guest's swtpm and QEMU get their own uid and gid from this range
                  * (supervisor/guestids.h): first, last; both 0: none (then they run as

@@ -66,6 +66,29 @@ Test(config, migration_handshake_timeout) {
         host_config_clear(&cfg);
 }
 
+Test(config, logs_sizes_and_backups) {
+        struct host_config cfg;
+        char *msg = load("[paths]\nlog_dir = /l\n", &cfg, NULL);
+
+        cr_assert_null(msg, "%s", msg);
+        cr_assert_eq(cfg.logs.console_max_size, 2 * 1024 * 1024, "libvirt's virtlogd default: 2 MiB");
+        cr_assert_eq(cfg.logs.console_max_backups, 3);
+        host_config_clear(&cfg);
+        msg = load("[logs]\nconsole_max_size = 64K\nconsole_max_backups = 0\n", &cfg, NULL);
+        cr_assert_null(msg, "%s", msg);
+        cr_assert_eq(cfg.logs.console_max_size, 65536);
+        cr_assert_eq(cfg.logs.console_max_backups, 0);
+        host_config_clear(&cfg);
+        msg = load("[logs]\nconsole_max_size = 1G\n", &cfg, NULL);
+        cr_assert_null(msg, "%s", msg);
+        cr_assert_eq(cfg.logs.console_max_size, 1024 * 1024 * 1024);
+        host_config_clear(&cfg);
+        msg = load("[logs]\nconsole_max_size = 4096\n", &cfg, NULL);
+        cr_assert_null(msg, "%s", msg);
+        cr_assert_eq(cfg.logs.console_max_size, 4096);
+        host_config_clear(&cfg);
+}
+
 Test(config, explicit_missing_file_is_an_error) {
         struct host_config cfg;
         vmsup_error *err = NULL;
@@ -183,6 +206,11 @@ static const struct bad_case bad_input_cases[] = {
                   ":2: [migration] handshake_timeout: '5s' is not a number of seconds" },
                 { "[keystone]\nauth_url = keystone:5000\n",
                   ":2: [keystone] auth_url: 'keystone:5000' is not an http:// or https:// URL" },
+                { "[logs]\nconsole_max_size = 2MB\n", ":2: [logs] console_max_size: '2MB' is not a size from 4K to 1G" },
+                { "[logs]\nconsole_max_size = 100\n", ":2: [logs] console_max_size: '100' is not a size from 4K to 1G" },
+                { "[logs]\nconsole_max_size = 2G\n", ":2: [logs] console_max_size: '2G' is not a size from 4K to 1G" },
+                { "[logs]\nconsole_max_size = -1M\n", ":2: [logs] console_max_size: '-1M' is not a size" },
+                { "[logs]\nconsole_max_backups = 11\n", ":2: [logs] console_max_backups: '11' is not a number from 0 to 10" },
                 { "[keystone]\ncredentials_file = creds\n",
                   ":2: [keystone] credentials_file: 'creds' is not an absolute path" },
 };
