@@ -24,6 +24,7 @@ static const struct verb verbs[] = {
         { "status", verb_status, "show a supervised guest's state" },
         { "list", verb_list, "list the guests this host knows, with their states" },
         { "stop", verb_stop, "stop a supervised guest (graceful, or --force)" },
+        { "console", verb_console, "attach to a guest's serial console, or print its log (--log)" },
         { "reboot", verb_reboot, "reboot a guest (--hard restarts QEMU, keeps the TPM state)" },
         { "seccomp", verb_seccomp, "print the seccomp filter vmsup run loads (--print)" },
         { "secret", verb_secret, "list the local vTPM secret store (host mode): guests and secret ids" },

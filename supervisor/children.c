@@ -63,6 +63,7 @@ static void on_child_exit(struct evloop_source *s, pid_t pid, void *userdata) {
         (void) s;
         (void) pid;
         guest_reap_all(g);
+        guest_logs_drain(g); /* its last lines, before anyone reads the logs for why */
         g->life->children_changed(g);
 }
 
@@ -111,34 +112,6 @@ bool guest_child_wait(struct guest *g, struct guest_child *c, int timeout_ms) {
 }
 
 /* The last lines of a log file, for error messages. */
-char *guest_log_tail(const char *path, int lines) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
-        char buf[2048];
-        off_t size;
-        ssize_t n;
-        char *p;
-        int seen = 0;
-
-        if (fd < 0)
-                return strdup("(no log)");
-        size = lseek(fd, 0, SEEK_END);
-        if (size < 0 || lseek(fd, size > (off_t) sizeof(buf) - 1 ? size - (off_t) sizeof(buf) + 1 : 0, SEEK_SET) < 0)
-                return strdup("(unreadable log)");
-        n = read(fd, buf, sizeof(buf) - 1);
-        if (n <= 0)
-                return strdup("(empty log)");
-        buf[n] = '\0';
-        while (n > 0 && buf[n - 1] == '\n')
-                buf[--n] = '\0';
-        for (p = buf + n; p > buf; p--)
-                if (p[-1] == '\n' && ++seen == lines)
-                        break;
-        for (char *q = p; *q; q++)
-                if (*q == '\n')
-                        *q = '|';
-        return strdup(p);
-}
-
 /* SIGTERM or SIGINT while the guest starts abandons the start: each blocking step
  * (Barbican, swtpm_setup) watches g->cancel_fd, and the steps are checked between. */
 int guest_start_check_cancel(struct guest *g, vmsup_error **err) {
@@ -216,11 +189,15 @@ static void on_sync(struct evloop_source *s, int fd, uint32_t revents, void *use
         guest_dispatch_sync(userdata);
 }
 
+static char *swtpm_log_tail(void *userdata) {
+        return guest_log_tail(userdata, GUEST_LOG_SWTPM, 3);
+}
+
 static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_error **err) {
         struct swtpm_caps caps = { 0 };
         struct swtpm_launch_opts lo = { 0 };
         struct swtpm_proc proc = { 0 };
-        _cleanup_close_ int mkey_fd = -1;
+        _cleanup_close_ int mkey_fd = -1, log_fd = -1;
         int r;
 
         if (g->incoming)
@@ -308,7 +285,11 @@ launch:
                 return r;
         lo.swtpm = g->swtpm_path;
         lo.state_dir = g->dirs.live_tpm;
-        lo.log_path = g->dirs.swtpm_log;
+        if ((r = guest_log_pipe(g, GUEST_LOG_SWTPM, &log_fd, err)) < 0)
+                return r;
+        lo.log_fd = log_fd;
+        lo.log_tail = swtpm_log_tail;
+        lo.log_userdata = g;
         lo.version = g->tpm.version;
         lo.seccomp = swtpm_caps_has(&caps, "cmdarg-seccomp");
         lo.key_fd = -1;
@@ -565,13 +546,12 @@ static int wait_qmp_greeting(struct guest *g, vmsup_error **err) {
 
 static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         _cleanup_strv_ char **argv = NULL;
-        _cleanup_close_ int log_fd = -1;
-        _cleanup_free_ char *qemu_log = NULL;
+        _cleanup_close_ int log_fd = -1, serial_fd = -1;
         int qmp_sv[2] = { -1, -1 };
-        struct proc_fd_map fds[2];
+        struct proc_fd_map fds[3];
         struct qemu_args_in in = {
                 .qemu = g->qemu_path, .spec = &g->spec, .tpm = &g->tpm, .cfg = g->cfg, .vars_path = g->dirs.vars,
-                .console_log = g->dirs.console_log, .qmp_fd = 3, .tpm_ctrl_fd = g->tpm.present ? 4 : -1, .paused = true,
+                .serial_fd = 5, .qmp_fd = 3, .tpm_ctrl_fd = g->tpm.present ? 4 : -1, .paused = true,
                 .incoming = g->incoming ? "defer" : NULL,
         };
         struct proc_spawn_opts o = { 0 };
@@ -580,21 +560,21 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         r = qemu_args_build(&in, &argv, err);
         if (r < 0)
                 return r;
-        if (asprintf(&qemu_log, "%s/qemu.log", g->dirs.logs) < 0)
-                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "QEMU log path");
-        log_fd = open(qemu_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (log_fd < 0)
-                return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "open '%s'", qemu_log);
+        /* QEMU writes neither its log nor the console log itself: we bound both (logs.c) */
+        if ((r = guest_log_pipe(g, GUEST_LOG_QEMU, &log_fd, err)) < 0 ||
+            (r = guest_serial_open(g, &serial_fd, err)) < 0)
+                return r;
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, qmp_sv) < 0)
                 return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "QMP socketpair");
         fds[0] = (struct proc_fd_map) { qmp_sv[1], 3 };
-        fds[1] = (struct proc_fd_map) { tpm_qemu_end, 4 };
+        fds[1] = (struct proc_fd_map) { serial_fd, 5 };
+        fds[2] = (struct proc_fd_map) { tpm_qemu_end, 4 };
         o.argv = argv;
         o.stdin_fd = -1;
         o.stdout_fd = log_fd;
         o.stderr_fd = log_fd;
         o.fds = fds;
-        o.n_fds = g->tpm.present ? 2 : 1;
+        o.n_fds = g->tpm.present ? 3 : 2;
         o.death_signal = SIGTERM;
         o.new_session = true;
         o.set_ids = geteuid() == 0;
@@ -604,6 +584,8 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         o.n_groups = g->n_qemu_groups;
         r = proc_spawn(&o, &g->qemu.pid, &g->qemu.pidfd, err);
         close(qmp_sv[1]);
+        closep(&log_fd); /* QEMU's now: the pipe ends with it */
+        closep(&serial_fd);
         if (r < 0) {
                 close(qmp_sv[0]);
                 return r;
@@ -624,7 +606,7 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
                 _cleanup_free_ char *tail = NULL;
 
                 guest_child_wait(g, &g->qemu, 2000);
-                tail = guest_log_tail(qemu_log, 3);
+                tail = guest_log_tail(g, GUEST_LOG_QEMU, 3);
                 vmsup_error_prefix(err, "QEMU did not come up (its log: %s)", tail);
                 return r;
         }

@@ -37,9 +37,9 @@ struct confine_ids {
 int confine_guest_ids(const struct host_config *cfg, bool tpm, const char *uuid, struct confine_ids *ret,
                       vmsup_error **err);
 
-/* Give QEMU running as uid:gid what it opens by path: its VARS copy (uefi) and console log
- * become uid:gid 0600; when uid is not vmsup's, the guest's state and log dirs become
- * root:gid 0710 and their parents traversable (o+x). */
+/* Give QEMU running as uid:gid what it opens by path: its VARS copy (uefi) becomes
+ * uid:gid 0600; when uid is not vmsup's, the guest's state dir becomes root:gid 0710 and
+ * its parent traversable (o+x). The logs stay the supervisor's. */
 int confine_qemu_files(const struct guest_dirs *d, bool uefi, uid_t uid, gid_t gid, vmsup_error **err);
 
 #endif

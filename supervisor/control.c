@@ -190,6 +190,26 @@ void control_conn_reply_error(struct control_conn *c, enum vmsup_err_kind kind, 
         shutdown(c->fd, SHUT_RDWR);
 }
 
+int control_conn_reply_stream(struct control_conn *c, json_object *ret) {
+        json_object *o = json_object_new_object();
+        int fd;
+
+        json_object_object_add(o, "ok", json_object_new_boolean(1));
+        json_object_object_add(o, "return", ret);
+        send_line(c, o);
+        json_object_put(o);
+        /* send_line() gives up silently on a client that does not read: a peer that is
+         * gone shows now */
+        if (send(c->fd, "", 0, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno != EAGAIN)
+                return -1;
+        evloop_source_remove(c->io_src);
+        evloop_source_remove(c->timer_src);
+        c->io_src = c->timer_src = NULL;
+        fd = c->fd;
+        c->fd = -1;
+        return fd;
+}
+
 struct control_conn *control_conn_free(struct control_conn *c) {
         if (c) {
                 conns_open--;
@@ -355,6 +375,66 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
         if (len == 0)
                 return vmsup_fail(err, VMSUP_ERR_IO, 0, "the supervisor closed the connection without an answer");
         return parse_reply(buf, ret_return, err);
+}
+
+int control_stream_open(const char *path, json_object *req, int timeout_ms, json_object **ret_return,
+                        vmsup_error **err) {
+        _cleanup_close_ int fd = -1;
+        _cleanup_free_ char *buf = NULL;
+        struct sockaddr_un sa;
+        const char *text;
+        size_t len = 0;
+        long deadline = timeout_ms < 0 ? -1 : monotonic_ms() + timeout_ms;
+        int r;
+
+        if ((r = make_addr(path, &sa, err)) < 0)
+                return r;
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "socket");
+        if ((r = connect_bounded(fd, &sa, path, timeout_ms, err)) < 0)
+                return r;
+        text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+        if ((send(fd, text, strlen(text), MSG_NOSIGNAL) < 0 || send(fd, "\n", 1, MSG_NOSIGNAL) < 0) &&
+            errno != EPIPE && errno != ECONNRESET)
+                return vmsup_fail(err, errno == EAGAIN ? VMSUP_ERR_BUSY : VMSUP_ERR_IO, errno,
+                                  "send to the supervisor at '%s'", path);
+        buf = malloc(CONTROL_MAX_MESSAGE + 1);
+        if (!buf)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "control reply");
+        /* a byte at a time up to the reply's newline: what follows it is the stream's */
+        for (;;) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                long left = deadline < 0 ? -1 : deadline - monotonic_ms();
+                ssize_t n;
+
+                if (deadline >= 0 && left <= 0)
+                        return vmsup_fail(err, VMSUP_ERR_TIMEOUT, 0, "the supervisor did not answer within %d ms", timeout_ms);
+                if (poll(&p, 1, (int) left) < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "wait for the supervisor");
+                }
+                if (!p.revents)
+                        continue;
+                n = read(fd, buf + len, 1);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0 && !(errno == ECONNRESET && len > 0))
+                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "read from the supervisor");
+                if (n <= 0)
+                        break;
+                if (buf[len] == '\n')
+                        break;
+                if (++len == CONTROL_MAX_MESSAGE)
+                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "the supervisor's reply is too large");
+        }
+        buf[len] = '\0';
+        if (len == 0)
+                return vmsup_fail(err, VMSUP_ERR_IO, 0, "the supervisor closed the connection without an answer");
+        if ((r = parse_reply(buf, ret_return, err)) < 0)
+                return r;
+        return TAKE_FD(fd);
 }
 
 struct each {

@@ -57,6 +57,11 @@ void control_conn_reply_ok(struct control_conn *c, json_object *ret);
 void control_conn_reply_error(struct control_conn *c, enum vmsup_err_kind kind, const char *msg);
 struct control_conn *control_conn_free(struct control_conn *c);
 
+/* Send {"ok": true, "return": ret} (takes ret) and hand the connection on as a byte
+ * stream (`vmsup console`): returns its fd, non-blocking, which the caller now owns, or
+ * -1 when the reply could not be sent. c is left without an fd: free it. */
+int control_conn_reply_stream(struct control_conn *c, json_object *ret);
+
 /* An interim line {"progress": ...} (takes ownership); the connection stays open. */
 void control_conn_progress(struct control_conn *c, json_object *progress);
 
@@ -70,6 +75,12 @@ int control_request(const char *path, json_object *req, int timeout_ms, json_obj
 typedef void (*control_progress_fn)(void *userdata, json_object *progress);
 int control_request_progress(const char *path, json_object *req, int timeout_ms, control_progress_fn fn, void *userdata,
                              json_object **ret_return, vmsup_error **err);
+
+/* Client side of a stream request: as control_request() (the same errors), but a
+ * successful reply leaves the connection open for the bytes that follow it; returns its
+ * fd (blocking), which the caller owns. */
+int control_stream_open(const char *path, json_object *req, int timeout_ms, json_object **ret_return,
+                        vmsup_error **err);
 
 /* Send req to n supervisors at once and wait up to timeout_ms in all for their answers
  * (for `vmsup list`: one stuck supervisor does not hold the others). rets[i] gets the

@@ -226,7 +226,7 @@ static void on_qemu_exit(struct guest *g) {
 }
 
 static void on_swtpm_exit(struct guest *g) {
-        _cleanup_free_ char *tail = guest_log_tail(g->dirs.swtpm_log, 5);
+        _cleanup_free_ char *tail = guest_log_tail(g, GUEST_LOG_SWTPM, 5);
         char why[64];
 
         proc_describe_status(g->swtpm.status, why, sizeof(why));

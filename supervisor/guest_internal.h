@@ -6,6 +6,8 @@
  *   requests.c                 control requests
  *   guest.c                    the guest's life on the loop: stop, reboot, QEMU's events
  *   children.c                 swtpm and QEMU: start, stop, reap, QMP, the TPM state's sync
+ *   logs.c                     what they write: the serial console, QEMU's and swtpm's output,
+ *                              into rotated logs; the attached console client
  *
  * What goes up goes through the function pointers below, set by the file above:
  * children.c reports a child's exit and QEMU's events to guest.c (g->life); guest.c and
@@ -152,6 +154,8 @@ struct guest {
         char migration_status[24]; /* from QEMU's MIGRATION events */
         struct migrate_in *in;  /* the incoming migration until the guest runs here */
         struct migrate_out *out; /* the outgoing migration while it runs (migrate_out.c) */
+
+        struct guest_logs *logs; /* logs.c: NULL until a child needs its log */
 };
 
 
@@ -181,7 +185,6 @@ bool guest_child_wait(struct guest *g, struct guest_child *c, int timeout_ms);
 int guest_child_signal(struct guest_child *c, int sig);
 /* Stop tracking a child: its loop source and pidfd go. */
 void guest_child_forget(struct guest_child *c);
-char *guest_log_tail(const char *path, int lines);
 /* SIGTERM or SIGINT while the guest starts (g->cancel_fd): ECANCELED. */
 int guest_start_check_cancel(struct guest *g, vmsup_error **err);
 int guest_start_children(struct guest *g, vmsup_error **err);
@@ -196,6 +199,24 @@ void guest_qmp_watch(struct guest *g);
 void guest_qmp_drop(struct guest *g);
 /* The guest runs: stamp that it has a TPM and uses its VARS (guestdirs.h). */
 void guest_record_history(struct guest *g);
+
+/* logs.c: the serial console, QEMU's and swtpm's output, each into a rotated log
+ * ([logs] in vmsup.conf(5)); the console client. */
+enum guest_log { GUEST_LOG_CONSOLE, GUEST_LOG_QEMU, GUEST_LOG_SWTPM, GUEST_LOG_N };
+/* A new serial port for the QEMU about to start: *ret_qemu_end is its end (close it
+ * after the spawn); ours is read on the loop into console.log and the client. */
+int guest_serial_open(struct guest *g, int *ret_qemu_end, vmsup_error **err);
+/* A new pipe for the output of the child about to start (QEMU or swtpm). */
+int guest_log_pipe(struct guest *g, enum guest_log which, int *ret_write_end, vmsup_error **err);
+/* What the children wrote and we have not read yet, into the logs now. */
+void guest_logs_drain(struct guest *g);
+/* The last lines of a log, after a drain, '|' between them: for error messages. */
+char *guest_log_tail(struct guest *g, enum guest_log which, int lines);
+/* `vmsup console`: c's connection becomes the serial console (takes c). A second client
+ * is refused (busy) unless force, which closes the first. */
+void guest_console_attach(struct guest *g, struct control_conn *c, bool force);
+/* Drain, close the client and the logs (teardown). */
+void guest_logs_free(struct guest *g);
 
 
 /* requests.c: the control socket and its requests */

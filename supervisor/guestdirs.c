@@ -33,6 +33,7 @@ int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const c
                 ok &= asprintf(&g.spec_copy, "%s/guest.json", g.state) > 0;
                 ok &= asprintf(&g.console_log, "%s/console.log", g.logs) > 0;
                 ok &= asprintf(&g.swtpm_log, "%s/swtpm.log", g.logs) > 0;
+                ok &= asprintf(&g.qemu_log, "%s/qemu.log", g.logs) > 0;
                 ok &= asprintf(&g.swtpm_setup_log, "%s/swtpm_setup.log", g.logs) > 0;
                 ok &= asprintf(&g.migrated_out, "%s/" GUEST_MIGRATED_OUT, g.state) > 0;
                 ok &= asprintf(&g.incoming, "%s/" GUEST_INCOMING, g.state) > 0;
@@ -64,6 +65,7 @@ void guest_dirs_clear(struct guest_dirs *d) {
         free(d->spec_copy);
         free(d->console_log);
         free(d->swtpm_log);
+        free(d->qemu_log);
         free(d->swtpm_setup_log);
         free(d->migrated_out);
         free(d->incoming);

@@ -21,6 +21,7 @@ struct guest_dirs {
         char *spec_copy;   /* <state>/guest.json */
         char *console_log; /* <logs>/console.log */
         char *swtpm_log;   /* <logs>/swtpm.log */
+        char *qemu_log;    /* <logs>/qemu.log */
         char *swtpm_setup_log;
         char *migrated_out; /* <state>/migrated-out: handed over to another host (migration) */
         char *incoming;     /* <state>/incoming: being received from another host */

@@ -396,14 +396,8 @@ static void on_started(void *userdata) {
 
 static char *on_log_tail(void *userdata, bool qemu) {
         struct migrate_in *in = userdata;
-        struct guest *g = in->g;
-        _cleanup_free_ char *qlog = NULL;
 
-        if (!qemu)
-                return guest_log_tail(g->dirs.swtpm_log, 3);
-        if (asprintf(&qlog, "%s/qemu.log", g->dirs.logs) < 0)
-                return NULL;
-        return guest_log_tail(qlog, 3);
+        return guest_log_tail(in->g, qemu ? GUEST_LOG_QEMU : GUEST_LOG_SWTPM, 3);
 }
 
 static void on_finished(void *userdata, enum migrate_dest_outcome outcome, const vmsup_error *why) {

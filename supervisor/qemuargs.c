@@ -201,7 +201,10 @@ int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error
                 add(&b, "virtio-blk-pci,drive=disk%zu,id=virtio-disk%zu", i, i);
         }
 
-        add_escaped(&b, "-chardev", "file,id=serial0,path=", in->console_log, ",append=on");
+        /* the serial port is a socket whose other end the supervisor reads: it bounds the
+         * console log and serves `vmsup console` (supervisor/logs.c) */
+        add(&b, "-chardev");
+        add(&b, "socket,id=serial0,fd=%d", in->serial_fd);
         add(&b, "-serial");
         add(&b, "chardev:serial0");
 

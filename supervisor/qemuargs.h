@@ -13,7 +13,7 @@ struct qemu_args_in {
         const struct vtpm_config *tpm;
         const struct host_config *cfg;
         const char *vars_path;     /* the guest's OVMF VARS copy (uefi) */
-        const char *console_log;   /* serial console output */
+        int serial_fd;             /* the serial port: a connected socket QEMU inherits */
         int qmp_fd;                /* fd number QEMU gets its QMP socket on */
         int tpm_ctrl_fd;           /* fd number of swtpm's control channel, -1 without vTPM */
         bool paused;               /* -S */

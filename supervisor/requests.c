@@ -196,6 +196,10 @@ static void handle_request(struct guest *g, struct control_conn *c) {
         enum qmp_policy verdict;
         char why[512];
 
+        if (streq(cmd, "console")) { /* the log and the console go on through a migration */
+                guest_console_attach(g, c, get_bool(c->request, "force"));
+                return;
+        }
         /* a migration that runs takes every request but status */
         if (!streq(cmd, "status") && g->migration && g->migration->request && g->migration->request(g, c, cmd))
                 return;

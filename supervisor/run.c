@@ -320,6 +320,7 @@ static void teardown(struct guest *g) {
         /* every source goes before the fds it watches: a migration's, the sync's, the children's */
         migrate_out_free(g);
         migrate_in_free(g); /* its sources too */
+        guest_logs_free(g);
         g->sync_src = evloop_source_remove(g->sync_src);
         guest_child_forget(&g->qemu);
         guest_child_forget(&g->swtpm);

@@ -34,7 +34,7 @@ static char **build(const char *spec_json, const struct vtpm_config *tpm, const 
         cfg.qemu.accelerator = strdup(accel);
         struct qemu_args_in in = { .qemu = "/usr/bin/qemu-system-x86_64", .spec = &spec, .tpm = tpm, .cfg = &cfg,
                                    .vars_path = "/var/lib/vmsup/" UUID "/OVMF_VARS.fd",
-                                   .console_log = "/var/log/vmsup/a,b.log", .qmp_fd = 3,
+                                   .serial_fd = 5, .qmp_fd = 3,
                                    .tpm_ctrl_fd = tpm && tpm->present ? 4 : -1, .paused = true };
         cr_assert_eq(qemu_args_build(&in, &argv, &err), 0, "%s", err ? err->msg : "");
         guest_spec_clear(&spec);
@@ -59,7 +59,7 @@ Test(qemuargs, uefi_guest_with_tpm2_crb) {
                          " -kernel /k -initrd /i -append console=ttyS0 quiet"
                          " -chardev socket,id=chrtpm,fd=4 -tpmdev emulator,id=tpm-tpm0,chardev=chrtpm"
                          " -device tpm-crb,tpmdev=tpm-tpm0,id=tpm0"
-                         " -chardev file,id=serial0,path=/var/log/vmsup/a,,b.log,append=on -serial chardev:serial0"
+                         " -chardev socket,id=serial0,fd=5 -serial chardev:serial0"
                          " -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
         strv_freep(&argv);
 }

@@ -377,7 +377,11 @@ int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsu
                 return vmsup_error_prefix(err, "start swtpm");
         if (o->set_ids && (r = give_state_files(dfd, o->state_dir, o->uid, o->gid, err)) < 0)
                 return r;
-        if (o->log_path) {
+        if (o->log_fd > 2) {
+                log_fd = fcntl(o->log_fd, F_DUPFD_CLOEXEC, 3);
+                if (log_fd < 0)
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "start swtpm: its log fd");
+        } else if (o->log_path) {
                 log_fd = open(o->log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
                 if (log_fd < 0)
                         return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "start swtpm: open log '%s'", o->log_path);
@@ -455,7 +459,8 @@ int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsu
                         char status[64];
                         int st = reap(p.pidfd);
 
-                        tail = log_tail(o->log_path, log_start);
+                        tail = o->log_fd > 2 ? (o->log_tail ? o->log_tail(o->log_userdata) : NULL)
+                                             : log_tail(o->log_path, log_start);
                         vmsup_error_free(*err);
                         *err = NULL;
                         r = vmsup_fail(err, VMSUP_ERR_UNAVAILABLE, 0, "start swtpm: it %s: %s",

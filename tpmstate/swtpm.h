@@ -47,6 +47,12 @@ struct swtpm_launch_opts {
         const char *swtpm;     /* absolute path of swtpm */
         const char *state_dir; /* existing directory, absolute */
         const char *log_path;  /* opened (appended, 0600) by vmsup: swtpm's log and stderr; NULL: none */
+        /* Instead of log_path: swtpm's log and stderr go to log_fd when it is above 2 (a
+         * pipe the caller reads, to bound the log), and a failed start asks log_tail for
+         * the lines that say why (a new string, freed here). */
+        int log_fd;
+        char *(*log_tail)(void *userdata);
+        void *log_userdata;
         int log_level;         /* --log level; 0: swtpm's default */
         enum tpm_version version;
         bool seccomp;          /* --seccomp action=kill; set when the caps list cmdarg-seccomp */
