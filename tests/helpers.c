@@ -103,8 +103,9 @@ char *test_write_spec(const char *dir, const char *file, const struct test_spec 
         else if (s->guest_dir)
                 cr_assert(asprintf(&firmware,
                                    ", \"firmware\": {\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
-                                   " \"cmdline\": \"console=ttyS0 quiet%s\"}",
-                                   s->guest_dir, s->guest_dir, s->hold ? " tpmprobe.hold" : "") > 0);
+                                   " \"cmdline\": \"console=ttyS0 quiet%s%s%s\"}",
+                                   s->guest_dir, s->guest_dir, s->hold ? " tpmprobe.hold" : "", s->cmdline ? " " : "",
+                                   s->cmdline ? s->cmdline : "") > 0);
         if (s->disks)
                 cr_assert(asprintf(&disks, ", \"disks\": %s", s->disks) > 0);
         cr_assert(props);

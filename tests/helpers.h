@@ -49,6 +49,7 @@ struct test_spec {
         bool uefi;                    /* the image's hw_firmware_type: uefi, else bios */
         const char *guest_dir;        /* firmware: the demo guest's vmlinuz and initrd.img there */
         bool hold;                    /* the demo guest stays up until the power button */
+        const char *cmdline;          /* more kernel arguments for the demo guest (tests/guest/README.md) */
         const char *firmware;         /* the "firmware" object as JSON, instead of guest_dir's; NULL
                                        * and no guest_dir: no "firmware" */
         const char *disks;            /* the "disks" array as JSON; NULL: no "disks" */

@@ -50,7 +50,7 @@ gcc -static -O2 -Wall -Wextra -Werror -o "$work/root/tpmprobe" "$src/tpmprobe.c"
 strip "$work/root/tpmprobe" 2>/dev/null || true
 
 cp "$busybox" "$work/root/bin/busybox"
-for applet in sh mount mkdir sleep cat echo poweroff grep insmod; do
+for applet in sh mount mkdir sleep cat echo poweroff grep insmod timeout yes; do
 	ln -s busybox "$work/root/bin/$applet"
 done
 # The ACPI power button and evdev are modules in Debian's kernel: the held guest loads
