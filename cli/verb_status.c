@@ -99,6 +99,8 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
                 printf("incoming:     %s (the source did not confirm the hand-over: it may run there too; see "
                        "vmsup(8), MIGRATION)\n", json_object_get_string(lost));
         printf("uptime:       %s s\n", str(ret, "uptime_s"));
+        if (json_object_object_get_ex(ret, "console_attached", &lost) && json_object_get_boolean(lost))
+                printf("console:      a client is attached (vmsup console)\n");
         if (json_object_object_get_ex(ret, "migration", &mig) && mig && json_object_object_get_ex(mig, "phase", &lost)) {
                 /* the destination of an incoming migration */
                 if (json_object_object_get_ex(mig, "from", &lost) && lost)

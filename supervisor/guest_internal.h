@@ -215,6 +215,8 @@ char *guest_log_tail(struct guest *g, enum guest_log which, int lines);
 /* `vmsup console`: c's connection becomes the serial console (takes c). A second client
  * is refused (busy) unless force, which closes the first. */
 void guest_console_attach(struct guest *g, struct control_conn *c, bool force);
+/* A `vmsup console` client is attached. */
+bool guest_console_attached(const struct guest *g);
 /* Drain, close the client and the logs (teardown). */
 void guest_logs_free(struct guest *g);
 

@@ -515,6 +515,10 @@ void guest_console_attach(struct guest *g, struct control_conn *c, bool force) {
         client_update(g);
 }
 
+bool guest_console_attached(const struct guest *g) {
+        return g->logs && g->logs->client_fd >= 0;
+}
+
 void guest_logs_free(struct guest *g) {
         if (!g->logs)
                 return;

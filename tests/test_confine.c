@@ -192,7 +192,21 @@ static size_t file_size(const char *path) {
 }
 
 /* The targets of pid's fds that name a file or a socket (anonymous inodes all look alike). */
-static size_t fd_targets(pid_t pid, char targets[][256], size_t max) {
+/* The access mode (O_RDONLY, O_WRONLY, O_RDWR) of pid's fd, from its fdinfo. */
+static int fd_accmode(pid_t pid, const char *fd) {
+        char path[96], *flags;
+        unsigned long v;
+
+        snprintf(path, sizeof(path), "/proc/%d/fdinfo/%s", (int) pid, fd);
+        flags = strstr(slurp(path), "flags:");
+        cr_assert_not_null(flags, "%s", path);
+        v = strtoul(flags + 6, NULL, 8);
+        return (int) (v & O_ACCMODE);
+}
+
+static int modes[2][128];
+
+static size_t fd_targets(pid_t pid, char targets[][256], size_t max, int *accmodes) {
         char dirpath[64];
         DIR *d;
         struct dirent *e;
@@ -214,21 +228,25 @@ static size_t fd_targets(pid_t pid, char targets[][256], size_t max) {
                 targets[n][len] = '\0';
                 if (strncmp(targets[n], "anon_inode:", 11) == 0 || streq(targets[n], "/dev/null"))
                         continue;
+                accmodes[n] = fd_accmode(pid, e->d_name);
                 n++;
         }
         closedir(d);
         return n;
 }
 
-/* How many of the child's fds vmsup also holds; they are named in *ret_shared. */
+/* How many of the child's fds vmsup also holds; they are named in *ret_shared. A pipe
+ * whose write end the child has and whose read end vmsup has is the child's log (the
+ * supervisor bounds it): not shared. */
 static size_t shared_fds(pid_t vmsup, pid_t child, char *ret_shared, size_t len) {
         static char mine[128][256], theirs[128][256];
-        size_t nm = fd_targets(vmsup, mine, 128), nt = fd_targets(child, theirs, 128), shared = 0;
+        size_t nm = fd_targets(vmsup, mine, 128, modes[0]), nt = fd_targets(child, theirs, 128, modes[1]), shared = 0;
 
         ret_shared[0] = '\0';
         for (size_t i = 0; i < nt; i++)
                 for (size_t j = 0; j < nm; j++)
-                        if (streq(theirs[i], mine[j])) {
+                        if (streq(theirs[i], mine[j]) &&
+                            !(strncmp(theirs[i], "pipe:", 5) == 0 && modes[1][i] == O_WRONLY && modes[0][j] == O_RDONLY)) {
                                 shared++;
                                 strncat(ret_shared, theirs[i], len - strlen(ret_shared) - 2);
                                 strcat(ret_shared, " ");

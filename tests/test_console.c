@@ -273,6 +273,15 @@ Test(console, attach_type_refuse_take_over_detach_and_survive_a_hard_reboot) {
         term_type(&a, "echo console-$((6*7))\r");
         cr_assert(term_wait(&a, "console-42", mark, 30000), "no answer from the guest's shell:\n%s", a.seen + mark);
         free(test_wait_console(console, vmsup_log, "console-42", 1, 10000));
+        {
+                vmsup_error *err = NULL;
+                json_object *st = test_control(control_path, "status", NULL, &err), *v;
+
+                cr_assert_not_null(st);
+                cr_assert(json_object_object_get_ex(st, "console_attached", &v));
+                cr_assert(json_object_get_boolean(v), "status does not show the attached client");
+                json_object_put(st);
+        }
 
         /* a second client is refused, clearly */
         run_cli(&r, (const char *[]) { "--config", conf, "console", UUID, NULL });
@@ -300,6 +309,8 @@ Test(console, attach_type_refuse_take_over_detach_and_survive_a_hard_reboot) {
                 cr_assert_not_null(st);
                 cr_assert(json_object_object_get_ex(st, "state", &v));
                 cr_assert_str_eq(json_object_get_string(v), "running");
+                cr_assert(json_object_object_get_ex(st, "console_attached", &v));
+                cr_assert_not(json_object_get_boolean(v), "status says a client is attached after the detach");
                 json_object_put(st);
         }
 
