@@ -112,6 +112,8 @@ struct guest {
         struct evloop_source *qmp_timer;    /* the QMP client's next command deadline */
         struct evloop_source *stop_timer;   /* powerdown grace ends, then quit */
         struct evloop_source *kill_timer;   /* quit grace ends, then SIGKILL */
+        struct evloop_source *vnc_src;      /* the VNC socket (vnc.c); vnc_fd is valid while it is set */
+        int vnc_fd;
         int lock_fd, listen_fd;
         int cancel_fd;          /* signalfd for SIGTERM and SIGINT while the guest starts; -1 after */
         int fd_reserve[FD_RESERVE]; /* -1 where not held */
@@ -196,6 +198,13 @@ void guest_qmp_watch(struct guest *g);
 void guest_qmp_drop(struct guest *g);
 /* The guest runs: stamp that it has a TPM and uses its VARS (guestdirs.h). */
 void guest_record_history(struct guest *g);
+
+/* vnc.c: the graphical console of a guest with "graphics": {"type": "vnc"} */
+/* Listen on <run>/vnc.sock (0600) and hand each client to QEMU over QMP; nothing to do
+ * for a guest without graphics. After QEMU's monitor is up, at every launch. */
+int guest_vnc_open(struct guest *g, vmsup_error **err);
+/* The socket goes (closed, removed): QEMU's monitor is gone. Idempotent. */
+void guest_vnc_close(struct guest *g);
 
 
 /* requests.c: the control socket and its requests */

@@ -40,6 +40,9 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
         json_object_object_add(o, "uptime_s", json_object_new_int64(g->started_at ? (int64_t) (time(NULL) - g->started_at) : 0));
         tpm = vtpm_config_to_json(&g->tpm);
         json_object_object_add(o, "tpm", tpm);
+        /* the graphical console, while QEMU's monitor takes its clients (vnc.c) */
+        if (g->vnc_src)
+                json_object_object_add(o, "vnc_socket", json_object_new_string(g->dirs.vnc_socket));
         if (!g->qmp && g->qmp_lost[0] && g->qemu.pid && !g->qemu.exited) {
                 /* QEMU runs, but nothing tells us what it does */
                 json_object_object_add(o, "qemu_status", json_object_new_string("unknown (QMP lost)"));
