@@ -27,21 +27,32 @@
 #define GVNCCAPTURE "/usr/bin/gvnccapture"
 #define PYTHON "/usr/bin/python3"
 
-static char *root, *conf, *spec_path, *console, *vmsup_log, *control_path, *vnc_path, *png;
+/* QEMU runs as a uid of its own (as_nobody: the guest's own ids), which has no access to
+ * the run dir: it gets every client as an fd. */
+static char *root, *guest_dir, *conf, *spec_path, *console, *vmsup_log, *control_path, *vnc_path, *png;
 
 static void setup(void) {
         root = test_mkdtemp();
         conf = test_write_conf(root, "vmsup.conf",
-                               &(struct test_conf) { .root = root, .supervisor = "stop_timeout = 10\n" });
+                               &(struct test_conf) { .root = root, .as_nobody = true,
+                                                     .supervisor = "stop_timeout = 10\n" });
         cr_assert(asprintf(&console, "%s/log/" UUID "/console.log", root) > 0);
         cr_assert(asprintf(&vmsup_log, "%s/vmsup.log", root) > 0);
         cr_assert(asprintf(&control_path, "%s/run/" UUID "/control.sock", root) > 0);
         cr_assert(asprintf(&vnc_path, "%s/run/" UUID "/vnc.sock", root) > 0);
         cr_assert(asprintf(&png, "%s/screen.png", root) > 0);
+        /* QEMU runs as its own uid: it must pass through the test's root to the log dir and
+         * read the guest's kernel, wherever the build tree is (a 0700 clone, say) */
+        cr_assert_eq(chmod(root, 0711), 0);
+        cr_assert(asprintf(&guest_dir, "%s/guest", root) > 0);
+        cr_assert_eq(mkdir(guest_dir, 0755), 0);
+        test_copy_file(TEST_GUEST_DIR, guest_dir, "vmlinuz");
+        test_copy_file(TEST_GUEST_DIR, guest_dir, "initrd.img");
 }
 
 static void teardown(void) {
         test_root_cleanup(root);
+        free(guest_dir);
         free(conf);
         free(spec_path);
         free(console);
@@ -56,13 +67,17 @@ TestSuite(vnc, .init = setup, .fini = teardown, .timeout = 400);
 /* The demo guest without a vTPM (nothing here needs one), up until the power button;
  * the kernel writes to the screen (tty0) too, its last console (ttyS0) stays /dev/console. */
 static void write_spec(const char *graphics) {
+        char *firmware = NULL;
+
+        cr_assert(asprintf(&firmware,
+                           "{\"kernel\": \"%s/vmlinuz\", \"initrd\": \"%s/initrd.img\","
+                           " \"cmdline\": \"console=tty0 console=ttyS0 tpmprobe.hold\"}",
+                           guest_dir, guest_dir) > 0);
         free(spec_path);
-        spec_path = test_write_spec(
-                root, "guest.json",
-                &(struct test_spec) { .uuid = UUID, .name = "vnc", .extra_specs = "",
-                                      .firmware = "{\"kernel\": \"" TEST_GUEST_DIR "/vmlinuz\", \"initrd\": \"" TEST_GUEST_DIR
-                                                  "/initrd.img\", \"cmdline\": \"console=tty0 console=ttyS0 tpmprobe.hold\"}",
-                                      .graphics = graphics });
+        spec_path = test_write_spec(root, "guest.json",
+                                    &(struct test_spec) { .uuid = UUID, .name = "vnc", .extra_specs = "",
+                                                          .firmware = firmware, .graphics = graphics });
+        free(firmware);
 }
 
 /* The first 12 bytes a client reads on the VNC socket: the server's protocol version. */
@@ -88,15 +103,16 @@ static void assert_rfb_greeting(void) {
         close(fd);
 }
 
-/* The socket: there, a socket, ours, 0600. Returns its inode. */
-static ino_t assert_socket(void) {
+/* The socket: there, a socket, ours, 0600. Returns when it was made (its ctime: tmpfs
+ * reuses the inode number of a socket removed just before). */
+static struct timespec assert_socket(void) {
         struct stat st;
 
         cr_assert_eq(lstat(vnc_path, &st), 0, "%s: %m", vnc_path);
         cr_assert(S_ISSOCK(st.st_mode), "%s is not a socket", vnc_path);
         cr_assert_eq(st.st_mode & 07777, 0600, "%s has mode %o", vnc_path, st.st_mode & 07777);
         cr_assert_eq(st.st_uid, geteuid());
-        return st.st_ino;
+        return st.st_ctim;
 }
 
 /* Relay one connection on a loopback port (returned) to the VNC socket, in a child. */
@@ -196,7 +212,7 @@ Test(vnc, the_socket_answers_rfb_shows_the_screen_and_lives_as_long_as_qemu) {
         vmsup_error *err = NULL;
         struct test_run r = { 0 };
         struct sup s;
-        ino_t ino;
+        struct timespec made, remade;
 
         write_spec("{\"type\": \"vnc\"}");
         argv[4] = spec_path;
@@ -206,7 +222,7 @@ Test(vnc, the_socket_answers_rfb_shows_the_screen_and_lives_as_long_as_qemu) {
                   json_object_to_json_string(st));
         cr_assert_str_eq(json_object_get_string(v), vnc_path);
         json_object_put(st);
-        ino = assert_socket();
+        made = assert_socket();
 
         /* the plain status shows it too */
         test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "status", UUID, NULL });
@@ -235,7 +251,9 @@ Test(vnc, the_socket_answers_rfb_shows_the_screen_and_lives_as_long_as_qemu) {
         cr_assert_not_null(ret, "%s", err ? err->msg : "");
         json_object_put(ret);
         json_object_put(test_wait_running(&s, control_path, vmsup_log, 120000));
-        cr_assert_neq(assert_socket(), ino, "the socket was not made again for the new QEMU");
+        remade = assert_socket();
+        cr_assert(remade.tv_sec != made.tv_sec || remade.tv_nsec != made.tv_nsec,
+                  "the socket was not made again for the new QEMU");
         assert_rfb_greeting();
 
         /* the socket does not outlive the guest */
