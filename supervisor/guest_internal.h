@@ -6,6 +6,7 @@
  *   requests.c                 control requests
  *   guest.c                    the guest's life on the loop: stop, reboot, QEMU's events
  *   children.c                 swtpm and QEMU: start, stop, reap, QMP, the TPM state's sync
+ *   vnc.c                      the graphical console's socket, its clients handed to QEMU
  *
  * What goes up goes through the function pointers below, set by the file above:
  * children.c reports a child's exit and QEMU's events to guest.c (g->life); guest.c and

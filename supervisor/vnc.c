@@ -16,7 +16,6 @@
  * migration's destination makes its own), removed when QEMU goes. */
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
