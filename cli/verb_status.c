@@ -18,7 +18,8 @@ static void help(void) {
                "lost its QMP connection to a QEMU that still runs), and a live migration's\n"
                "progress while one runs (on the destination of an incoming one: state\n"
                "'incoming', its phase and the source), and the marker of a live migration whose outcome is\n"
-               "unknown (migrated out, or incoming and unconfirmed: see vmsup resolve).\n"
+               "unknown (migrated out, or incoming and unconfirmed: see vmsup resolve), and\n"
+               "the path of its VNC socket when the guest has a graphical console.\n"
                "\n"
                "Without a supervisor, it still prints those markers of the guest's copy here.\n"
                "\n"
@@ -116,5 +117,7 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
                        str(tpm, "secret_security"));
         else
                 printf("tpm:          none\n");
+        if (json_object_object_get_ex(ret, "vnc_socket", &lost) && lost)
+                printf("vnc socket:   %s\n", json_object_get_string(lost));
         return 0;
 }

@@ -6,7 +6,10 @@
 
 enum log_level { LOG_LEVEL_ERROR, LOG_LEVEL_WARNING, LOG_LEVEL_INFO, LOG_LEVEL_DEBUG };
 
-/* Lines read "vmsup: error: ..." or, once a guest is known, "vmsup[<uuid>]: error: ...". */
+/* Lines read "vmsup: error: ..." or, once a guest is known, "vmsup[<uuid>]: error: ...".
+ * When stderr is the journal's stream (JOURNAL_STREAM names its device and inode), each
+ * line starts with its syslog priority for journald: <3> error, <4> warning, <6> info,
+ * <7> debug. */
 void log_set_guest(const char *uuid);
 void log_set_level(enum log_level level);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -287,9 +287,25 @@ static int parse_firmware(struct walker *w, json_object *root, struct guest_spec
         return 0;
 }
 
+/* "graphics": {"type": "vnc"}; absent or null: no graphical console. */
+static int parse_graphics(struct walker *w, json_object *root, struct guest_spec *spec) {
+        static const char *const graphics_keys[] = { "type", NULL };
+        json_object *gr;
+        int r;
+
+        if ((r = get_object(w, root, "graphics", false, &gr)) < 0 || !gr)
+                return r;
+        if ((r = check_keys(w, gr, "graphics.", graphics_keys)) < 0 ||
+            (r = get_string(w, gr, "type", "graphics.type", true, false, &spec->graphics)) < 0)
+                return r;
+        if (!streq(spec->graphics, "vnc"))
+                return bad(w, "graphics.type", "must be vnc (the only graphical console vmsup offers)");
+        return 0;
+}
+
 int guest_spec_parse(const char *text, size_t len, const char *source, struct guest_spec *ret, vmsup_error **err) {
         static const char *const top_keys[] = { "uuid", "name", "vcpus", "memory_mb", "owner", "flavor", "image",
-                                                "vtpm_secret_uuid", "firmware", "disks", NULL };
+                                                "vtpm_secret_uuid", "firmware", "disks", "graphics", NULL };
         static const char *const owner_keys[] = { "user_id", "project_id", NULL };
         static const char *const flavor_keys[] = { "name", "extra_specs", NULL };
         static const char *const image_keys[] = { "id", "name", "properties", NULL };
@@ -390,7 +406,8 @@ int guest_spec_parse(const char *text, size_t len, const char *source, struct gu
                 r = bad(&w, "vtpm_secret_uuid", "not a lower-case UUID");
                 goto out;
         }
-        if ((r = parse_firmware(&w, root, &spec)) < 0 || (r = parse_disks(&w, root, &spec)) < 0)
+        if ((r = parse_firmware(&w, root, &spec)) < 0 || (r = parse_disks(&w, root, &spec)) < 0 ||
+            (r = parse_graphics(&w, root, &spec)) < 0)
                 goto out;
 
         *ret = spec;
@@ -461,6 +478,7 @@ void guest_spec_clear(struct guest_spec *spec) {
                 free(spec->disks[i].backing);
         }
         free(spec->disks);
+        free(spec->graphics);
         memset(spec, 0, sizeof(*spec));
 }
 

@@ -46,6 +46,7 @@ struct guest_spec {
         char *cmdline;
         struct guest_disk *disks;
         size_t n_disks;
+        char *graphics; /* "graphics": {"type": ...}: "vnc", or NULL for no graphical console */
 };
 
 /* Parse and check a guest spec. Errors are VMSUP_ERR_DATA and name the key. */

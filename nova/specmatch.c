@@ -97,7 +97,9 @@ int spec_match_incoming(const struct guest_spec *ours, const struct guest_spec *
             (r = same_uint(err, "memory_mb", theirs->memory_mb, ours->memory_mb)) < 0 ||
             (r = same_string(err, "firmware.kernel", theirs->kernel, ours->kernel)) < 0 ||
             (r = same_string(err, "firmware.initrd", theirs->initrd, ours->initrd)) < 0 ||
-            (r = same_string(err, "firmware.cmdline", theirs->cmdline, ours->cmdline)) < 0)
+            (r = same_string(err, "firmware.cmdline", theirs->cmdline, ours->cmdline)) < 0 ||
+            /* the display adapter is in QEMU's stream: a mismatch would fail only mid-way */
+            (r = same_string(err, "graphics.type", theirs->graphics, ours->graphics)) < 0)
                 return r;
         if (theirs->n_disks != ours->n_disks) {
                 char t[16], o[16];

@@ -8,7 +8,7 @@
 #include "nova/guestspec.h"
 
 /* A migration source's spec (theirs) against this host's (ours): the same uuid, vCPUs,
- * memory, vTPM and firmware keys, kernel, initrd and cmdline, and the same disks (count,
+ * memory, vTPM and firmware keys, kernel, initrd and cmdline, graphics, and the same disks (count,
  * order, paths, formats, readonly, backing chains); ours' vtpm_secret_uuid when it has
  * one. Anything else (name, owner, flavor and image names, other extra specs and
  * properties) is ours alone. VMSUP_ERR_DATA naming the first key that differs, with both values. */

@@ -456,6 +456,7 @@ void guest_qmp_watch(struct guest *g) {
 void guest_qmp_drop(struct guest *g) {
         if (g->qmp && g->migration && g->migration->qmp_dropped)
                 g->migration->qmp_dropped(g);
+        guest_vnc_close(g); /* no monitor to hand its clients to */
         g->qmp_src = evloop_source_remove(g->qmp_src);
         if (g->qmp_timer)
                 evloop_timer_set(g->qmp_timer, -1);
@@ -613,7 +614,8 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         log_debug("QMP ready: QEMU %s", qmp_client_qemu_version(g->qmp));
         if (g->tpm.present && (r = check_tpm_device(g, err)) < 0)
                 return r;
-        return 0;
+        /* still paused (-S): a client sees the firmware's first screen */
+        return guest_vnc_open(g, err);
 }
 
 /* Bring up swtpm and QEMU, check them, and let the guest run. */

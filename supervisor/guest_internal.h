@@ -8,6 +8,7 @@
  *   children.c                 swtpm and QEMU: start, stop, reap, QMP, the TPM state's sync
  *   logs.c                     what they write: the serial console, QEMU's and swtpm's output,
  *                              into rotated logs; the attached console client
+ *   vnc.c                      the graphical console's socket, its clients handed to QEMU
  *
  * What goes up goes through the function pointers below, set by the file above:
  * children.c reports a child's exit and QEMU's events to guest.c (g->life); guest.c and
@@ -114,6 +115,8 @@ struct guest {
         struct evloop_source *qmp_timer;    /* the QMP client's next command deadline */
         struct evloop_source *stop_timer;   /* powerdown grace ends, then quit */
         struct evloop_source *kill_timer;   /* quit grace ends, then SIGKILL */
+        struct evloop_source *vnc_src;      /* the VNC socket (vnc.c); vnc_fd is valid while it is set */
+        int vnc_fd;
         int lock_fd, listen_fd;
         int cancel_fd;          /* signalfd for SIGTERM and SIGINT while the guest starts; -1 after */
         int fd_reserve[FD_RESERVE]; /* -1 where not held */
@@ -219,6 +222,12 @@ void guest_console_attach(struct guest *g, struct control_conn *c, bool force);
 bool guest_console_attached(const struct guest *g);
 /* Drain, close the client and the logs (teardown). */
 void guest_logs_free(struct guest *g);
+/* vnc.c: the graphical console of a guest with "graphics": {"type": "vnc"} */
+/* Listen on <run>/vnc.sock (0600) and hand each client to QEMU over QMP; nothing to do
+ * for a guest without graphics. After QEMU's monitor is up, at every launch. */
+int guest_vnc_open(struct guest *g, vmsup_error **err);
+/* The socket goes (closed, removed): QEMU's monitor is gone. Idempotent. */
+void guest_vnc_close(struct guest *g);
 
 
 /* requests.c: the control socket and its requests */

@@ -28,6 +28,7 @@ int guest_dirs_init(struct guest_dirs *d, const struct host_config *cfg, const c
         if (ok) {
                 ok &= asprintf(&g.live_tpm, "%s/tpm", g.run) > 0;
                 ok &= asprintf(&g.control, "%s/control.sock", g.run) > 0;
+                ok &= asprintf(&g.vnc_socket, "%s/vnc.sock", g.run) > 0;
                 ok &= asprintf(&g.pidfile, "%s/vmsup.pid", g.run) > 0;
                 ok &= asprintf(&g.vars, "%s/OVMF_VARS.fd", g.state) > 0;
                 ok &= asprintf(&g.spec_copy, "%s/guest.json", g.state) > 0;
@@ -60,6 +61,7 @@ void guest_dirs_clear(struct guest_dirs *d) {
         free(d->live_tpm);
         free(d->logs);
         free(d->control);
+        free(d->vnc_socket);
         free(d->pidfile);
         free(d->vars);
         free(d->spec_copy);

@@ -16,6 +16,7 @@ struct guest_dirs {
         char *live_tpm;    /* <run>/tpm: 0700, owned by the swtpm user: plaintext TPM state */
         char *logs;        /* <log_dir>/<uuid>: 0700 */
         char *control;     /* <run>/control.sock */
+        char *vnc_socket;  /* <run>/vnc.sock: the graphical console ("graphics" in the spec) */
         char *pidfile;     /* <run>/vmsup.pid */
         char *vars;        /* <state>/OVMF_VARS.fd */
         char *spec_copy;   /* <state>/guest.json */

@@ -141,6 +141,16 @@ int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error
         add(&b, "-nodefaults");
         add(&b, "-display");
         add(&b, "none");
+        if (spec->graphics && streq(spec->graphics, "vnc")) {
+                /* A VNC server that listens nowhere: the supervisor owns the guest's
+                 * socket (supervisor/vnc.c) and hands each client it accepts to QEMU
+                 * (getfd, add_client). -nodefaults left no display adapter: the
+                 * standard VGA (Windows and Linux drive it without a driver of their own). */
+                add(&b, "-vnc");
+                add(&b, "none");
+                add(&b, "-device");
+                add(&b, "VGA,id=video0");
+        }
         add(&b, "-accel");
         add(&b, "%s", cfg->qemu.accelerator);
         add(&b, "-machine");

@@ -322,6 +322,7 @@ static void teardown(struct guest *g) {
         migrate_in_free(g); /* its sources too */
         guest_logs_free(g);
         g->sync_src = evloop_source_remove(g->sync_src);
+        guest_vnc_close(g);
         guest_child_forget(&g->qemu);
         guest_child_forget(&g->swtpm);
         g->loop = evloop_free(g->loop); /* with the signalfd */

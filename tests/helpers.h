@@ -53,6 +53,7 @@ struct test_spec {
         const char *firmware;         /* the "firmware" object as JSON, instead of guest_dir's; NULL
                                        * and no guest_dir: no "firmware" */
         const char *disks;            /* the "disks" array as JSON; NULL: no "disks" */
+        const char *graphics;         /* the "graphics" object as JSON; NULL: no "graphics" */
         unsigned mode;                /* 0: 0644 */
 };
 

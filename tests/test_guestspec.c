@@ -242,3 +242,44 @@ Test(guestspec, the_tests_spec_writer_writes_what_vmsup_reads) {
         test_rmtree(dir);
         free(dir);
 }
+
+Test(guestspec, graphics_vnc_or_none) {
+        const char *with = "{" MINIMAL ", \"graphics\": {\"type\": \"vnc\"}}";
+        const char *null = "{" MINIMAL ", \"graphics\": null}";
+        struct guest_spec spec;
+        vmsup_error *err = NULL;
+
+        cr_assert_eq(guest_spec_parse(with, strlen(with), "g.json", &spec, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_str_eq(spec.graphics, "vnc");
+        guest_spec_clear(&spec);
+        cr_assert_eq(guest_spec_parse(null, strlen(null), "g.json", &spec, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_null(spec.graphics, "null: no graphical console");
+        guest_spec_clear(&spec);
+        cr_assert_eq(guest_spec_parse("{" MINIMAL "}", strlen("{" MINIMAL "}"), "g.json", &spec, &err), 0);
+        cr_assert_null(spec.graphics, "absent: no graphical console");
+        guest_spec_clear(&spec);
+}
+
+Test(guestspec, bad_graphics_name_the_key) {
+        static const struct {
+                const char *graphics, *want;
+        } cases[] = {
+                { "{\"type\": \"spice\"}", "key 'graphics.type': must be vnc" },
+                { "{\"type\": \"VNC\"}", "key 'graphics.type': must be vnc" },
+                { "{\"type\": 5900}", "key 'graphics.type': must be a string" },
+                { "{}", "key 'graphics.type': missing" },
+                { "{\"type\": \"vnc\", \"listen\": \"0.0.0.0\"}", "key 'graphics.listen': unknown key" },
+                { "\"vnc\"", "key 'graphics': must be an object" },
+                { "[{\"type\": \"vnc\"}]", "key 'graphics': must be an object" },
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char json[512], *msg;
+
+                snprintf(json, sizeof(json), "{" MINIMAL ", \"graphics\": %s}", cases[i].graphics);
+                msg = parse_error(json);
+                cr_assert_not_null(msg, "%s was accepted", json);
+                cr_assert(strstr(msg, cases[i].want), "%s: '%s' lacks '%s'", json, msg, cases[i].want);
+                free(msg);
+        }
+}

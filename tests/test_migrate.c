@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -422,4 +423,68 @@ Test(migrate, wrong_migration_key_rolls_back) {
         }
         kill(sup, SIGTERM);
         th_wait_exit(sup);
+}
+
+/* The first 12 bytes on a VNC socket: "RFB 003.008\n" once QEMU's VNC server has the client. */
+static void assert_rfb_greeting(const char *path) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        char buf[13] = "";
+        size_t got = 0;
+
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+        cr_assert_eq(connect(fd, (struct sockaddr *) &sa, sizeof(sa)), 0, "[%s] connect %s: %s", th_step, path,
+                     strerror(errno));
+        while (got < 12) {
+                struct pollfd p = { .fd = fd, .events = POLLIN };
+                ssize_t n;
+
+                cr_assert_eq(poll(&p, 1, 60000), 1, "[%s] no VNC greeting on %s\n%s", th_step, path, th_logs());
+                n = read(fd, buf + got, 12 - got);
+                cr_assert_gt(n, 0, "[%s] %s closed after '%s'\n%s", th_step, path, buf, th_logs());
+                got += (size_t) n;
+        }
+        cr_assert_str_eq(buf, "RFB 003.008\n");
+        close(fd);
+}
+
+/* A guest with a graphical console: each host's supervisor makes the VNC socket of its
+ * own QEMU (the destination's while it waits for the stream too), and the source's goes
+ * with the source's copy. */
+Test(migrate, the_destination_makes_its_own_vnc_socket) {
+        const char *status[] = { "status", "--json", UUID, NULL };
+        json_object *spec = json_object_from_file(th_path("%s/guest.json", th_root)), *gr = json_object_new_object();
+        char *vnc_a = strdup(th_path("%s/a/run/" UUID "/vnc.sock", th_root)),
+             *vnc_b = strdup(th_path("%s/b/run/" UUID "/vnc.sock", th_root));
+        pid_t sup, in;
+
+        cr_assert_not_null(spec);
+        json_object_object_add(gr, "type", json_object_new_string("vnc"));
+        json_object_object_add(spec, "graphics", gr);
+        cr_assert_eq(json_object_to_file(th_path("%s/guest.json", th_root), spec), 0);
+        json_object_put(spec);
+
+        th_step = "the source";
+        sup = th_boot_on_a();
+        cr_assert_eq(th_run(0, "status", status), 0, "%s", th_err("status"));
+        cr_assert(strstr(th_out("status"), vnc_a), "%s", th_out("status"));
+        assert_rfb_greeting(vnc_a);
+
+        th_step = "the destination waits";
+        in = th_incoming(1, "in-b");
+        cr_assert_eq(th_migrate(0, "mig"), 0, "%s\n%s", th_err("mig"), th_logs());
+        th_reap(sup, 0);
+        th_assert_gone(0);
+        cr_assert_neq(access(vnc_a, F_OK), 0, "%s outlived the source's guest", vnc_a);
+
+        th_step = "the destination runs it";
+        th_assert_running(1);
+        cr_assert_eq(th_run(1, "status", status), 0, "%s", th_err("status"));
+        cr_assert(strstr(th_out("status"), vnc_b), "%s", th_out("status"));
+        assert_rfb_greeting(vnc_b);
+        kill(in, SIGTERM);
+        th_wait_exit(in);
+        cr_assert_neq(access(vnc_b, F_OK), 0, "%s outlived the guest", vnc_b);
+        free(vnc_a);
+        free(vnc_b);
 }

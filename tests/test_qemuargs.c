@@ -137,3 +137,23 @@ Test(qemuargs, escape) {
         cr_assert_str_eq(s, "a,,b,,,,c");
         free(s);
 }
+
+Test(qemuargs, vnc_graphics_listen_nowhere_and_get_a_vga) {
+        char **argv = build("{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256,"
+                            " \"flavor\": {\"name\": \"f\"}, \"graphics\": {\"type\": \"vnc\"}}",
+                            NULL, "tcg");
+        char *s = joined(argv);
+
+        /* no listener of QEMU's own, TCP or unix: vmsup hands it each client */
+        cr_assert(strstr(s, " -display none -vnc none -device VGA,id=video0 "), "%s", s);
+        cr_assert_null(strstr(strstr(s, "-vnc") + 1, "-vnc"), "one VNC server: %s", s);
+        strv_freep(&argv);
+        argv = build("{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256,"
+                     " \"flavor\": {\"name\": \"f\"}}",
+                     NULL, "tcg");
+        s = joined(argv);
+        cr_assert(strstr(s, " -display none "), "%s", s);
+        cr_assert_null(strstr(s, "-vnc"), "no graphics: no VNC server: %s", s);
+        cr_assert_null(strstr(s, "VGA"), "no graphics: no display adapter: %s", s);
+        strv_freep(&argv);
+}

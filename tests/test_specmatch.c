@@ -117,6 +117,21 @@ Test(specmatch, every_key_the_guest_sees_is_named) {
         assert_refused(&t, "key 'firmware.kernel': '/var/lib/vmsup/k' from the source, '/srv/k' here");
 }
 
+/* The display adapter is part of the machine QEMU's stream carries: a source with VNC and
+ * a destination without (or the other way) would fail only in the middle of the stream. */
+Test(specmatch, graphics_are_part_of_the_machine) {
+        struct guest_spec t;
+
+        parse(&t, UUID, "web-1", 512, TPM_FLAVOR, FW, DISKS ", \"graphics\": {\"type\": \"vnc\"}");
+        assert_refused(&t, "key 'graphics.type': 'vnc' from the source, none here");
+        guest_spec_clear(&ours);
+        parse(&ours, UUID, "web-1", 512, TPM_FLAVOR, FW, DISKS ", \"graphics\": {\"type\": \"vnc\"}");
+        parse(&t, UUID, "web-1", 512, TPM_FLAVOR, FW, DISKS);
+        assert_refused(&t, "key 'graphics.type': none from the source, 'vnc' here");
+        parse(&t, UUID, "web-1", 512, TPM_FLAVOR, FW, DISKS ", \"graphics\": {\"type\": \"vnc\"}");
+        cr_assert_null(mismatch(&t));
+}
+
 static void parse_text(struct guest_spec *ret, const char *text) {
         vmsup_error *err = NULL;
 
