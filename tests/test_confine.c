@@ -194,7 +194,7 @@ static size_t file_size(const char *path) {
 /* The targets of pid's fds that name a file or a socket (anonymous inodes all look alike). */
 /* The access mode (O_RDONLY, O_WRONLY, O_RDWR) of pid's fd, from its fdinfo. */
 static int fd_accmode(pid_t pid, const char *fd) {
-        char path[96], *flags;
+        char path[320], *flags;
         unsigned long v;
 
         snprintf(path, sizeof(path), "/proc/%d/fdinfo/%s", (int) pid, fd);
