@@ -24,7 +24,7 @@
 
 static const char *const state_names[] = {
         [GUEST_STARTING] = "starting", [GUEST_RUNNING] = "running", [GUEST_STOPPING] = "stopping",
-        [GUEST_REBOOTING] = "rebooting", [GUEST_STOPPED] = "stopped",
+        [GUEST_REBOOTING] = "rebooting", [GUEST_STOPPED] = "stopped", [GUEST_CRASHED] = "crashed",
 };
 
 const char *guest_state_name(const struct guest *g) {
@@ -114,6 +114,8 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
         bool again = g->stop_requested && (force || timeout_s == 0);
         vmsup_error *err = NULL;
 
+        if (!reboot && g->state == GUEST_REBOOTING)
+                g->crashed = false; /* a stop during on_crash's restart: the operator's stop */
         g->stop_requested = true;
         g->state = reboot ? GUEST_REBOOTING : GUEST_STOPPING;
         if (!g->qemu.pid || g->qemu.exited)
@@ -140,6 +142,38 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
         guest_qmp_watch(g);
 }
 
+/* The guest's kernel panicked (pvpanic): QEMU paused it (-action panic=pause), and the
+ * spec's on_crash decides, as libvirt's <on_crash> does. */
+static void on_guest_panicked(struct guest *g) {
+        const char *what = guest_on_crash_to_string(g->spec.on_crash);
+
+        if (g->state != GUEST_RUNNING || g->migration) {
+                /* a stop or a migration under way goes on with the paused guest */
+                log_error("the guest crashed (kernel panic) while %s; on_crash %s is not applied", guest_state_name(g),
+                          what);
+                return;
+        }
+        switch (g->spec.on_crash) {
+        case GUEST_ON_CRASH_RESTART:
+                log_error("the guest crashed (kernel panic); on_crash restart: hard reboot, the TPM state is kept");
+                g->crashed = true;
+                guest_begin_stop(g, 0, true, true);
+                break;
+        case GUEST_ON_CRASH_PRESERVE:
+                log_error("the guest crashed (kernel panic); on_crash preserve: QEMU keeps it paused (for a memory "
+                          "dump: vmsup qmp %s dump-guest-memory ...; vmsup stop %s ends it)", g->spec.uuid,
+                          g->spec.uuid);
+                g->state = GUEST_CRASHED;
+                break;
+        case GUEST_ON_CRASH_DESTROY:
+        default:
+                log_error("the guest crashed (kernel panic); on_crash destroy: QEMU is stopped");
+                g->crashed = true;
+                guest_begin_stop(g, 0, true, false);
+                break;
+        }
+}
+
 static void on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp) {
         struct guest *g = userdata;
         json_object *reason;
@@ -150,7 +184,9 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
         if (streq(event, "SHUTDOWN")) {
                 g->guest_shutdown = true;
                 log_info("QEMU: SHUTDOWN (%s)", why ? why : "no reason given");
-        } else if (streq(event, "RESET"))
+        } else if (streq(event, "GUEST_PANICKED"))
+                on_guest_panicked(g);
+        else if (streq(event, "RESET"))
                 log_info("QEMU: guest reset (%s)", why ? why : "no reason given");
         else if (streq(event, "STOP"))
                 snprintf(g->qemu_status, sizeof(g->qemu_status), "paused");
@@ -198,6 +234,7 @@ static void on_qemu_exit(struct guest *g) {
         if (g->state == GUEST_REBOOTING) {
                 log_info("QEMU stopped for the hard reboot (%s); starting it again", why);
                 g->stop_requested = false;
+                g->crashed = false;
                 g->stop_note[0] = '\0';
                 if (guest_start_children(g, &err) < 0) {
                         log_error("hard reboot failed: %s", err->msg);
@@ -208,6 +245,12 @@ static void on_qemu_exit(struct guest *g) {
                         return;
                 }
                 guest_answer_waiters(g, true, 0, "rebooted");
+                return;
+        }
+        if (g->crashed) {
+                log_error("guest destroyed after its crash (on_crash destroy; QEMU %s)", why);
+                guest_answer_waiters(g, false, VMSUP_ERR_FAILED, "the guest crashed and was destroyed");
+                guest_finish(g, VMSUP_ERR_FAILED);
                 return;
         }
         if (expected) {
@@ -318,7 +361,11 @@ static void on_signal(struct evloop_source *s, const struct signalfd_siginfo *si
         case SIGINT:
                 if (g->migration && g->migration->signal && g->migration->signal(g, (int) si->ssi_signo))
                         break;
-                if (g->state == GUEST_STOPPING) {
+                if (g->state == GUEST_CRASHED) {
+                        /* paused: the power button would wait out the whole timeout */
+                        log_info("SIG%s: stopping the crashed guest at once", sigabbrev_np((int) si->ssi_signo));
+                        guest_begin_stop(g, 0, true, false);
+                } else if (g->state == GUEST_STOPPING) {
                         log_info("%s again: stopping at once", sigabbrev_np((int) si->ssi_signo));
                         guest_begin_stop(g, 0, true, false);
                 } else if (g->state == GUEST_RUNNING) {

@@ -48,7 +48,8 @@
  * client needs them, so that a full fd table never stops either */
 #define FD_RESERVE 8
 
-enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED };
+enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED,
+                   GUEST_CRASHED /* panicked and preserved (on_crash preserve): QEMU paused */ };
 
 
 struct guest_child {
@@ -132,6 +133,7 @@ struct guest {
         bool stop_requested;    /* stop, SIGTERM or SIGINT */
         bool force_pending;     /* quit sent, SIGKILL due at kill_timer */
         bool qemu_termed;       /* QEMU was sent SIGTERM (QMP lost) */
+        bool crashed;           /* the guest panicked: the stop or hard reboot under way is on_crash's */
         char qmp_lost[256];     /* why QMP was lost while QEMU ran; "" while it works */
         char stop_note[512];    /* how the stop went when not as asked, for the stop reply */
         vmsup_error *tpm_stop_err; /* swtpm did not shut down and had to be killed */

@@ -163,7 +163,8 @@ static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd
         struct pending_reply *p = calloc(1, sizeof(*p));
         vmsup_error *err = NULL;
 
-        if (!p || !g->qmp || g->state != GUEST_RUNNING) {
+        /* a crashed guest kept for its dump takes QMP commands too */
+        if (!p || !g->qmp || (g->state != GUEST_RUNNING && g->state != GUEST_CRASHED)) {
                 char msg[320];
 
                 free(p);
@@ -235,10 +236,12 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 g->waiters = c;
                 if (g->state == GUEST_RUNNING)
                         guest_begin_stop(g, timeout, get_bool(c->request, "force"), false);
+                else if (g->state == GUEST_CRASHED)
+                        guest_begin_stop(g, 0, true, false); /* paused: no power button to wait for */
                 else if (get_bool(c->request, "force") && g->qemu.pid)
                         guest_begin_stop(g, 0, true, g->state == GUEST_REBOOTING && false);
         } else if (streq(cmd, "reboot")) {
-                if (g->state != GUEST_RUNNING) {
+                if (g->state != GUEST_RUNNING && !(g->state == GUEST_CRASHED && get_bool(c->request, "hard"))) {
                         control_conn_reply_error(c, VMSUP_ERR_BUSY, "the guest is not running");
                         control_conn_free(c);
                 } else if (get_bool(c->request, "hard")) {

@@ -52,6 +52,7 @@ struct test_spec {
         const char *firmware;         /* the "firmware" object as JSON, instead of guest_dir's; NULL
                                        * and no guest_dir: no "firmware" */
         const char *disks;            /* the "disks" array as JSON; NULL: no "disks" */
+        const char *on_crash;         /* the "on_crash" value; NULL: no "on_crash" */
         unsigned mode;                /* 0: 0644 */
 };
 
