@@ -146,6 +146,10 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
  * spec's on_crash decides, as libvirt's <on_crash> does. */
 static void on_guest_panicked(struct guest *g) {
         const char *what = guest_on_crash_to_string(g->spec.on_crash);
+        json_object *d = json_object_new_object();
+
+        json_object_object_add(d, "on_crash", json_object_new_string(what));
+        events_emit(g->events, "CRASHED", d);
 
         if (g->state != GUEST_RUNNING || g->migration) {
                 /* a stop or a migration under way goes on with the paused guest */
@@ -188,10 +192,25 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
                 on_guest_panicked(g);
         else if (streq(event, "RESET"))
                 log_info("QEMU: guest reset (%s)", why ? why : "no reason given");
-        else if (streq(event, "STOP"))
+        else if (streq(event, "STOP")) {
                 snprintf(g->qemu_status, sizeof(g->qemu_status), "paused");
-        else if (streq(event, "RESUME"))
+                /* not the pause of a stop, a hard reboot or on_crash's */
+                if (g->state == GUEST_RUNNING || g->state == GUEST_CRASHED)
+                        events_emit_reason(g->events, "PAUSED", g->state == GUEST_CRASHED ? "crashed"
+                                                                : g->migration         ? "migration"
+                                                                                       : NULL);
+        } else if (streq(event, "RESUME")) {
                 snprintf(g->qemu_status, sizeof(g->qemu_status), "running");
+                /* not the cont of the start (STARTED comes after it) */
+                if (g->state == GUEST_RUNNING)
+                        events_emit_reason(g->events, "RESUMED", g->migration ? "migration" : NULL);
+        } else if (streq(event, "SUSPEND")) {
+                if (g->state == GUEST_RUNNING)
+                        events_emit(g->events, "SUSPENDED", NULL);
+        } else if (streq(event, "WAKEUP")) {
+                if (g->state == GUEST_RUNNING)
+                        events_emit_reason(g->events, "RESUMED", "wakeup");
+        }
         else if (streq(event, "MIGRATION")) {
                 json_object *st;
 
@@ -206,8 +225,11 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
 
 static void on_qemu_exit(struct guest *g) {
         vmsup_error *err = NULL;
+        int r;
         char why[64];
         bool expected = g->stop_requested || g->guest_shutdown;
+        /* QEMU was made to go (quit after no power-off, SIGTERM, SIGKILL): destroyed */
+        bool forced = g->force_pending || g->qemu_termed;
 
         proc_describe_status(g->qemu.status, why, sizeof(why));
         guest_qmp_drop(g);
@@ -227,16 +249,21 @@ static void on_qemu_exit(struct guest *g) {
                                  g->stop_note);
                 else
                         log_error("QEMU %s unexpectedly; the guest is gone", why);
+                events_emit_reason(g->events, "STOPPED", !expected ? "failed" : forced ? "destroyed" : "shutdown");
                 guest_answer_waiters(g, false, e->kind, e->msg);
                 guest_finish(g, e->kind);
                 return;
         }
         if (g->state == GUEST_REBOOTING) {
                 log_info("QEMU stopped for the hard reboot (%s); starting it again", why);
+                /* a hard reboot is the end of one QEMU and the start of the next:
+                 * STOPPED, then STARTED (children.c), both with the reason */
+                events_emit_reason(g->events, "STOPPED", g->crashed ? "crash-restart" : "reboot");
                 g->stop_requested = false;
-                g->crashed = false;
                 g->stop_note[0] = '\0';
-                if (guest_start_children(g, &err) < 0) {
+                r = guest_start_children(g, &err);
+                g->crashed = false;
+                if (r < 0) {
                         log_error("hard reboot failed: %s", err->msg);
                         guest_answer_waiters(g, false, err->kind ? err->kind : VMSUP_ERR_FAILED, err->msg);
                         vmsup_error_free(err);
@@ -249,6 +276,7 @@ static void on_qemu_exit(struct guest *g) {
         }
         if (g->crashed) {
                 log_error("guest destroyed after its crash (on_crash destroy; QEMU %s)", why);
+                events_emit_reason(g->events, "STOPPED", "crashed");
                 guest_answer_waiters(g, false, VMSUP_ERR_FAILED, "the guest crashed and was destroyed");
                 guest_finish(g, VMSUP_ERR_FAILED);
                 return;
@@ -259,10 +287,12 @@ static void on_qemu_exit(struct guest *g) {
                 log_info("guest stopped: %s (QEMU %s)%s%s", g->stop_requested ? "on request" : "it powered off", why,
                          g->stop_note[0] ? ": " : "", g->stop_note);
                 snprintf(msg, sizeof(msg), "stopped%s%s", g->stop_note[0] ? ": " : "", g->stop_note);
+                events_emit_reason(g->events, "STOPPED", forced ? "destroyed" : "shutdown");
                 guest_answer_waiters(g, true, 0, msg);
                 guest_finish(g, 0);
         } else {
                 log_error("QEMU %s unexpectedly; the guest is gone", why);
+                events_emit_reason(g->events, "STOPPED", "failed");
                 guest_answer_waiters(g, false, VMSUP_ERR_FAILED, "QEMU ended unexpectedly");
                 guest_finish(g, VMSUP_ERR_FAILED);
         }
@@ -289,6 +319,7 @@ static void on_swtpm_exit(struct guest *g) {
                 guest_reap_all(g);
                 guest_qmp_drop(g);
                 guest_child_forget(&g->qemu);
+                events_emit_reason(g->events, "STOPPED", "failed");
                 guest_answer_waiters(g, false, VMSUP_ERR_FAILED, "swtpm ended unexpectedly");
                 guest_finish(g, VMSUP_ERR_FAILED);
         }

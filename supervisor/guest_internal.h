@@ -6,6 +6,8 @@
  *   requests.c                 control requests
  *   guest.c                    the guest's life on the loop: stop, reboot, QEMU's events
  *   children.c                 swtpm and QEMU: start, stop, reap, QMP, the TPM state's sync
+ *   events.c                   the event stream's subscribers (knows nothing of the guest: any
+ *                              file above emits through g->events)
  *
  * What goes up goes through the function pointers below, set by the file above:
  * children.c reports a child's exit and QEMU's events to guest.c (g->life); guest.c and
@@ -25,6 +27,7 @@
 #include "common/evloop.h"
 #include "qmp/client.h"
 #include "supervisor/control.h"
+#include "supervisor/events.h"
 #include "supervisor/guest.h"
 #include "supervisor/guestdirs.h"
 #include "nova/guestspec.h"
@@ -140,6 +143,7 @@ struct guest {
 
         struct control_conn *conns;  /* reading their request */
         struct control_conn *waiters; /* answered when the guest stopped or rebooted */
+        struct events *events;        /* `vmsup events`: the subscribers (events.h) */
         enum vmsup_err_kind end_kind; /* how the guest ended: the supervisor's exit */
         bool done;
 

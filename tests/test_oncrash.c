@@ -86,15 +86,31 @@ Test(oncrash, a_bad_value_is_refused_naming_the_key) {
 
 /* The default: the supervisor ends (exit 1), the TPM state sealed; the next start sees it. */
 Test(oncrash, destroy_ends_the_guest_and_keeps_its_tpm_state) {
-        struct sup s;
+        char *events_out = NULL;
+        char *argv_events[] = { VMSUP_BIN, "--config", conf, "events", UUID, "--json", NULL };
+        struct sup s, events;
         char *text, *ek1, *ek2;
         long c1, c2;
         int code;
 
+        cr_assert(asprintf(&events_out, "%s/events.out", root) > 0);
         write_spec(NULL, true);
         s = start();
+        /* its event stream, from before the guest runs */
+        for (long deadline = monotonic_ms() + 120000; access(control_path, F_OK) < 0; usleep(20000))
+                cr_assert(monotonic_ms() < deadline, "no control socket: %s", slurp(vmsup_log));
+        events = test_spawn(argv_events, NULL, events_out, NULL);
         code = wait_exit(&s, 300000);
         cr_assert_eq(code, 1, "vmsup exit %d: %s", code, slurp(vmsup_log));
+        cr_assert_eq(wait_exit(&events, 30000), 0, "%s", slurp(events_out));
+        cr_assert(strstr(slurp(events_out), "\"event\":\"STARTED\",") &&
+                          strstr(strstr(slurp(events_out), "\"event\":\"STARTED\","),
+                                 "\"event\":\"CRASHED\",\"time\"") &&
+                          strstr(strstr(slurp(events_out), "\"event\":\"CRASHED\","),
+                                 "\"event\":\"STOPPED\",\"time\""),
+                  "%s", slurp(events_out));
+        cr_assert(strstr(slurp(events_out), "\"on_crash\":\"destroy\""), "%s", slurp(events_out));
+        cr_assert(strstr(slurp(events_out), "\"reason\":\"crashed\""), "%s", slurp(events_out));
         cr_assert(strstr(slurp(vmsup_log), "the guest crashed (kernel panic); on_crash destroy"), "%s",
                   slurp(vmsup_log));
         cr_assert_null(strstr(slurp(vmsup_log), "sealing the TPM state failed"), "%s", slurp(vmsup_log));
@@ -116,6 +132,7 @@ Test(oncrash, destroy_ends_the_guest_and_keeps_its_tpm_state) {
         free(text);
         free(ek1);
         free(ek2);
+        free(events_out);
         assert_no_leftovers();
 }
 
