@@ -36,7 +36,7 @@ static void help(void) {
                "or the supervisor's JSON line with --json. Events: STARTED, STOPPED, PAUSED,\n"
                "RESUMED, SUSPENDED (Nova's), CRASHED, MIGRATION_STARTED, MIGRATION_COMPLETED,\n"
                "MIGRATION_FAILED, TPM_STATE_SEALED, and LOST (count=N: events this reader\n"
-               "missed because it did not read fast enough); see vmsup(8), EVENTS.\n"
+               "missed because it did not read fast enough); see vmsup(8), events.\n"
                "\n"
                "With a UUID: until the guest's supervisor ends. Without: every supervisor\n"
                "in the run dir, which is looked at again every 2 s for guests that start\n"

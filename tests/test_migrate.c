@@ -51,7 +51,7 @@ Test(migrate, tpm_survives_and_five_round_trips) {
                 const char *st[] = { "status", UUID, "--json", NULL };
                 long deadline = monotonic_ms() + 30000;
 
-                while (th_run(h, "st", st), !strstr(th_out("st"), "\"event_subscribers\": 1")) {
+                while (th_run(h, "st", st), !strstr(th_out("st"), "\"event_subscribers\":1")) {
                         cr_assert(monotonic_ms() < deadline, "no subscriber on host %c: %s%s", 'a' + h, th_out("st"),
                                   th_err("ev-a"));
                         poll(NULL, 0, 50);
