@@ -210,8 +210,7 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
         } else if (streq(event, "WAKEUP")) {
                 if (g->state == GUEST_RUNNING)
                         events_emit_reason(g->events, "RESUMED", "wakeup");
-        }
-        else if (streq(event, "MIGRATION")) {
+        } else if (streq(event, "MIGRATION")) {
                 json_object *st;
 
                 if (data && json_object_object_get_ex(data, "status", &st))
@@ -249,7 +248,10 @@ static void on_qemu_exit(struct guest *g) {
                                  g->stop_note);
                 else
                         log_error("QEMU %s unexpectedly; the guest is gone", why);
-                events_emit_reason(g->events, "STOPPED", !expected ? "failed" : forced ? "destroyed" : "shutdown");
+                events_emit_reason(g->events, "STOPPED", !expected    ? "failed"
+                                                         : g->crashed ? "crashed"
+                                                         : forced     ? "destroyed"
+                                                                      : "shutdown");
                 guest_answer_waiters(g, false, e->kind, e->msg);
                 guest_finish(g, e->kind);
                 return;
