@@ -23,6 +23,7 @@ static const struct verb verbs[] = {
         { "run", verb_run, "boot a guest with its vTPM and supervise it until it ends" },
         { "status", verb_status, "show a supervised guest's state" },
         { "list", verb_list, "list the guests this host knows, with their states" },
+        { "events", verb_events, "print the lifecycle events of one guest or of every running guest" },
         { "stop", verb_stop, "stop a supervised guest (graceful, or --force)" },
         { "console", verb_console, "attach to a guest's serial console, or print its log (--log)" },
         { "reboot", verb_reboot, "reboot a guest (--hard restarts QEMU, keeps the TPM state)" },

@@ -40,6 +40,7 @@ int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_resize(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_status(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_list(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_events(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_stop(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_console(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv);

@@ -303,9 +303,33 @@ static int parse_graphics(struct walker *w, json_object *root, struct guest_spec
         return 0;
 }
 
+static const char *const on_crash_names[] = {
+        [GUEST_ON_CRASH_DESTROY] = "destroy",
+        [GUEST_ON_CRASH_RESTART] = "restart",
+        [GUEST_ON_CRASH_PRESERVE] = "preserve",
+};
+
+/* "on_crash": libvirt's values for a panicked guest, less the coredump ones (a dump is
+ * taken from a preserved guest with `vmsup qmp UUID dump-guest-memory`). */
+static int parse_on_crash(struct walker *w, json_object *root, struct guest_spec *spec) {
+        _cleanup_free_ char *v = NULL;
+        int r;
+
+        spec->on_crash = GUEST_ON_CRASH_DESTROY;
+        if ((r = get_string(w, root, "on_crash", "on_crash", false, true, &v)) < 0 || !v)
+                return r;
+        for (size_t i = 0; i < sizeof(on_crash_names) / sizeof(on_crash_names[0]); i++)
+                if (streq(v, on_crash_names[i])) {
+                        spec->on_crash = (enum guest_on_crash) i;
+                        return 0;
+                }
+        return bad(w, "on_crash", "must be destroy, restart or preserve");
+}
+
 int guest_spec_parse(const char *text, size_t len, const char *source, struct guest_spec *ret, vmsup_error **err) {
         static const char *const top_keys[] = { "uuid", "name", "vcpus", "memory_mb", "owner", "flavor", "image",
-                                                "vtpm_secret_uuid", "firmware", "disks", "graphics", NULL };
+                                                "vtpm_secret_uuid", "firmware", "disks", "graphics", "on_crash",
+                                                NULL };
         static const char *const owner_keys[] = { "user_id", "project_id", NULL };
         static const char *const flavor_keys[] = { "name", "extra_specs", NULL };
         static const char *const image_keys[] = { "id", "name", "properties", NULL };
@@ -407,7 +431,7 @@ int guest_spec_parse(const char *text, size_t len, const char *source, struct gu
                 goto out;
         }
         if ((r = parse_firmware(&w, root, &spec)) < 0 || (r = parse_disks(&w, root, &spec)) < 0 ||
-            (r = parse_graphics(&w, root, &spec)) < 0)
+            (r = parse_graphics(&w, root, &spec)) < 0 || (r = parse_on_crash(&w, root, &spec)) < 0)
                 goto out;
 
         *ret = spec;
@@ -452,6 +476,10 @@ int guest_spec_load(const char *path, struct guest_spec *ret, vmsup_error **err)
         }
         buf[len] = '\0';
         return guest_spec_parse(buf, len, path, ret, err);
+}
+
+const char *guest_on_crash_to_string(enum guest_on_crash v) {
+        return (unsigned) v < sizeof(on_crash_names) / sizeof(on_crash_names[0]) ? on_crash_names[v] : "?";
 }
 
 void guest_spec_clear(struct guest_spec *spec) {

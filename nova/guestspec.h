@@ -27,6 +27,16 @@ struct guest_disk {
 
 #define GUEST_DISK_MAX_BACKING 15
 
+/* What the supervisor does when the guest's kernel panics (QEMU's GUEST_PANICKED, from
+ * the pvpanic device): libvirt's <on_crash>, without the coredump variants. */
+enum guest_on_crash {
+        GUEST_ON_CRASH_DESTROY = 0, /* QEMU goes, the supervisor ends (the default) */
+        GUEST_ON_CRASH_RESTART,     /* a hard reboot: QEMU and swtpm afresh, the TPM state kept */
+        GUEST_ON_CRASH_PRESERVE,    /* QEMU stays paused, for a memory dump; stop --force ends it */
+};
+
+const char *guest_on_crash_to_string(enum guest_on_crash v);
+
 struct guest_spec {
         char uuid[37]; /* canonical lower-case 8-4-4-4-12 */
         char *name;
@@ -47,6 +57,7 @@ struct guest_spec {
         struct guest_disk *disks;
         size_t n_disks;
         char *graphics; /* "graphics": {"type": ...}: "vnc", or NULL for no graphical console */
+        enum guest_on_crash on_crash;
 };
 
 /* Parse and check a guest spec. Errors are VMSUP_ERR_DATA and name the key. */

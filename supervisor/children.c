@@ -352,6 +352,7 @@ void guest_tpm_seal_and_wipe(struct guest *g) {
                 vmsup_error_free(err);
                 return;
         }
+        events_emit(g->events, "TPM_STATE_SEALED", NULL);
         g->sync_watched = false; /* wiping ends the watch; its fd stays open, silent */
         g->sync_src = evloop_source_remove(g->sync_src);
         if (tpm_sync_wipe_live(g->sync, &err) < 0) {
@@ -622,6 +623,8 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
 int guest_start_children(struct guest *g, vmsup_error **err) {
         int tpm_qemu_end = -1, r;
         long t0 = monotonic_ms();
+        /* the reason of STARTED: a hard reboot's (or on_crash restart's) QEMU, or the first */
+        const char *reason = g->state != GUEST_REBOOTING ? "boot" : g->crashed ? "crash-restart" : "reboot";
 
         g->state = GUEST_STARTING;
         g->guest_shutdown = false;
@@ -657,6 +660,7 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
         g->state = GUEST_RUNNING;
         g->started_at = time(NULL);
         guest_record_history(g);
+        events_emit_reason(g->events, "STARTED", reason);
         if (g->tpm.present)
                 log_info("guest running: QEMU pid %d, swtpm pid %d, TPM %s %s (started in %ld ms)", (int) g->qemu.pid,
                          (int) g->swtpm.pid, tpm_version_to_string(g->tpm.version), tpm_model_to_string(g->tpm.model),

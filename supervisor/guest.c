@@ -24,7 +24,7 @@
 
 static const char *const state_names[] = {
         [GUEST_STARTING] = "starting", [GUEST_RUNNING] = "running", [GUEST_STOPPING] = "stopping",
-        [GUEST_REBOOTING] = "rebooting", [GUEST_STOPPED] = "stopped",
+        [GUEST_REBOOTING] = "rebooting", [GUEST_STOPPED] = "stopped", [GUEST_CRASHED] = "crashed",
 };
 
 const char *guest_state_name(const struct guest *g) {
@@ -114,6 +114,8 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
         bool again = g->stop_requested && (force || timeout_s == 0);
         vmsup_error *err = NULL;
 
+        if (!reboot && g->state == GUEST_REBOOTING)
+                g->crashed = false; /* a stop during on_crash's restart: the operator's stop */
         g->stop_requested = true;
         g->state = reboot ? GUEST_REBOOTING : GUEST_STOPPING;
         if (!g->qemu.pid || g->qemu.exited)
@@ -140,6 +142,42 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
         guest_qmp_watch(g);
 }
 
+/* The guest's kernel panicked (pvpanic): QEMU paused it (-action panic=pause), and the
+ * spec's on_crash decides, as libvirt's <on_crash> does. */
+static void on_guest_panicked(struct guest *g) {
+        const char *what = guest_on_crash_to_string(g->spec.on_crash);
+        json_object *d = json_object_new_object();
+
+        json_object_object_add(d, "on_crash", json_object_new_string(what));
+        events_emit(g->events, "CRASHED", d);
+
+        if (g->state != GUEST_RUNNING || g->migration) {
+                /* a stop or a migration under way goes on with the paused guest */
+                log_error("the guest crashed (kernel panic) while %s; on_crash %s is not applied", guest_state_name(g),
+                          what);
+                return;
+        }
+        switch (g->spec.on_crash) {
+        case GUEST_ON_CRASH_RESTART:
+                log_error("the guest crashed (kernel panic); on_crash restart: hard reboot, the TPM state is kept");
+                g->crashed = true;
+                guest_begin_stop(g, 0, true, true);
+                break;
+        case GUEST_ON_CRASH_PRESERVE:
+                log_error("the guest crashed (kernel panic); on_crash preserve: QEMU keeps it paused (for a memory "
+                          "dump: vmsup qmp %s dump-guest-memory ...; vmsup stop %s ends it)", g->spec.uuid,
+                          g->spec.uuid);
+                g->state = GUEST_CRASHED;
+                break;
+        case GUEST_ON_CRASH_DESTROY:
+        default:
+                log_error("the guest crashed (kernel panic); on_crash destroy: QEMU is stopped");
+                g->crashed = true;
+                guest_begin_stop(g, 0, true, false);
+                break;
+        }
+}
+
 static void on_qmp_event(void *userdata, const char *event, json_object *data, json_object *timestamp) {
         struct guest *g = userdata;
         json_object *reason;
@@ -150,13 +188,29 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
         if (streq(event, "SHUTDOWN")) {
                 g->guest_shutdown = true;
                 log_info("QEMU: SHUTDOWN (%s)", why ? why : "no reason given");
-        } else if (streq(event, "RESET"))
+        } else if (streq(event, "GUEST_PANICKED"))
+                on_guest_panicked(g);
+        else if (streq(event, "RESET"))
                 log_info("QEMU: guest reset (%s)", why ? why : "no reason given");
-        else if (streq(event, "STOP"))
+        else if (streq(event, "STOP")) {
                 snprintf(g->qemu_status, sizeof(g->qemu_status), "paused");
-        else if (streq(event, "RESUME"))
+                /* not the pause of a stop, a hard reboot or on_crash's */
+                if (g->state == GUEST_RUNNING || g->state == GUEST_CRASHED)
+                        events_emit_reason(g->events, "PAUSED", g->state == GUEST_CRASHED ? "crashed"
+                                                                : g->migration         ? "migration"
+                                                                                       : NULL);
+        } else if (streq(event, "RESUME")) {
                 snprintf(g->qemu_status, sizeof(g->qemu_status), "running");
-        else if (streq(event, "MIGRATION")) {
+                /* not the cont of the start (STARTED comes after it) */
+                if (g->state == GUEST_RUNNING)
+                        events_emit_reason(g->events, "RESUMED", g->migration ? "migration" : NULL);
+        } else if (streq(event, "SUSPEND")) {
+                if (g->state == GUEST_RUNNING)
+                        events_emit(g->events, "SUSPENDED", NULL);
+        } else if (streq(event, "WAKEUP")) {
+                if (g->state == GUEST_RUNNING)
+                        events_emit_reason(g->events, "RESUMED", "wakeup");
+        } else if (streq(event, "MIGRATION")) {
                 json_object *st;
 
                 if (data && json_object_object_get_ex(data, "status", &st))
@@ -170,8 +224,11 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
 
 static void on_qemu_exit(struct guest *g) {
         vmsup_error *err = NULL;
+        int r;
         char why[64];
         bool expected = g->stop_requested || g->guest_shutdown;
+        /* QEMU was made to go (quit after no power-off, SIGTERM, SIGKILL): destroyed */
+        bool forced = g->force_pending || g->qemu_termed;
 
         proc_describe_status(g->qemu.status, why, sizeof(why));
         guest_qmp_drop(g);
@@ -191,15 +248,24 @@ static void on_qemu_exit(struct guest *g) {
                                  g->stop_note);
                 else
                         log_error("QEMU %s unexpectedly; the guest is gone", why);
+                events_emit_reason(g->events, "STOPPED", !expected    ? "failed"
+                                                         : g->crashed ? "crashed"
+                                                         : forced     ? "destroyed"
+                                                                      : "shutdown");
                 guest_answer_waiters(g, false, e->kind, e->msg);
                 guest_finish(g, e->kind);
                 return;
         }
         if (g->state == GUEST_REBOOTING) {
                 log_info("QEMU stopped for the hard reboot (%s); starting it again", why);
+                /* a hard reboot is the end of one QEMU and the start of the next:
+                 * STOPPED, then STARTED (children.c), both with the reason */
+                events_emit_reason(g->events, "STOPPED", g->crashed ? "crash-restart" : "reboot");
                 g->stop_requested = false;
                 g->stop_note[0] = '\0';
-                if (guest_start_children(g, &err) < 0) {
+                r = guest_start_children(g, &err);
+                g->crashed = false;
+                if (r < 0) {
                         log_error("hard reboot failed: %s", err->msg);
                         guest_answer_waiters(g, false, err->kind ? err->kind : VMSUP_ERR_FAILED, err->msg);
                         vmsup_error_free(err);
@@ -210,16 +276,25 @@ static void on_qemu_exit(struct guest *g) {
                 guest_answer_waiters(g, true, 0, "rebooted");
                 return;
         }
+        if (g->crashed) {
+                log_error("guest destroyed after its crash (on_crash destroy; QEMU %s)", why);
+                events_emit_reason(g->events, "STOPPED", "crashed");
+                guest_answer_waiters(g, false, VMSUP_ERR_FAILED, "the guest crashed and was destroyed");
+                guest_finish(g, VMSUP_ERR_FAILED);
+                return;
+        }
         if (expected) {
                 char msg[640];
 
                 log_info("guest stopped: %s (QEMU %s)%s%s", g->stop_requested ? "on request" : "it powered off", why,
                          g->stop_note[0] ? ": " : "", g->stop_note);
                 snprintf(msg, sizeof(msg), "stopped%s%s", g->stop_note[0] ? ": " : "", g->stop_note);
+                events_emit_reason(g->events, "STOPPED", forced ? "destroyed" : "shutdown");
                 guest_answer_waiters(g, true, 0, msg);
                 guest_finish(g, 0);
         } else {
                 log_error("QEMU %s unexpectedly; the guest is gone", why);
+                events_emit_reason(g->events, "STOPPED", "failed");
                 guest_answer_waiters(g, false, VMSUP_ERR_FAILED, "QEMU ended unexpectedly");
                 guest_finish(g, VMSUP_ERR_FAILED);
         }
@@ -246,6 +321,7 @@ static void on_swtpm_exit(struct guest *g) {
                 guest_reap_all(g);
                 guest_qmp_drop(g);
                 guest_child_forget(&g->qemu);
+                events_emit_reason(g->events, "STOPPED", "failed");
                 guest_answer_waiters(g, false, VMSUP_ERR_FAILED, "swtpm ended unexpectedly");
                 guest_finish(g, VMSUP_ERR_FAILED);
         }
@@ -318,7 +394,11 @@ static void on_signal(struct evloop_source *s, const struct signalfd_siginfo *si
         case SIGINT:
                 if (g->migration && g->migration->signal && g->migration->signal(g, (int) si->ssi_signo))
                         break;
-                if (g->state == GUEST_STOPPING) {
+                if (g->state == GUEST_CRASHED) {
+                        /* paused: the power button would wait out the whole timeout */
+                        log_info("SIG%s: stopping the crashed guest at once", sigabbrev_np((int) si->ssi_signo));
+                        guest_begin_stop(g, 0, true, false);
+                } else if (g->state == GUEST_STOPPING) {
                         log_info("%s again: stopping at once", sigabbrev_np((int) si->ssi_signo));
                         guest_begin_stop(g, 0, true, false);
                 } else if (g->state == GUEST_RUNNING) {

@@ -9,6 +9,8 @@
  *   logs.c                     what they write: the serial console, QEMU's and swtpm's output,
  *                              into rotated logs; the attached console client
  *   vnc.c                      the graphical console's socket, its clients handed to QEMU
+ *   events.c                   the event stream's subscribers (knows nothing of the guest: any
+ *                              file above emits through g->events)
  *
  * What goes up goes through the function pointers below, set by the file above:
  * children.c reports a child's exit and QEMU's events to guest.c (g->life); guest.c and
@@ -28,6 +30,7 @@
 #include "common/evloop.h"
 #include "qmp/client.h"
 #include "supervisor/control.h"
+#include "supervisor/events.h"
 #include "supervisor/guest.h"
 #include "supervisor/guestdirs.h"
 #include "nova/guestspec.h"
@@ -51,7 +54,8 @@
  * client needs them, so that a full fd table never stops either */
 #define FD_RESERVE 8
 
-enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED };
+enum guest_state { GUEST_STARTING, GUEST_RUNNING, GUEST_STOPPING, GUEST_REBOOTING, GUEST_STOPPED,
+                   GUEST_CRASHED /* panicked and preserved (on_crash preserve): QEMU paused */ };
 
 
 struct guest_child {
@@ -137,12 +141,14 @@ struct guest {
         bool stop_requested;    /* stop, SIGTERM or SIGINT */
         bool force_pending;     /* quit sent, SIGKILL due at kill_timer */
         bool qemu_termed;       /* QEMU was sent SIGTERM (QMP lost) */
+        bool crashed;           /* the guest panicked: the stop or hard reboot under way is on_crash's */
         char qmp_lost[256];     /* why QMP was lost while QEMU ran; "" while it works */
         char stop_note[512];    /* how the stop went when not as asked, for the stop reply */
         vmsup_error *tpm_stop_err; /* swtpm did not shut down and had to be killed */
 
         struct control_conn *conns;  /* reading their request */
         struct control_conn *waiters; /* answered when the guest stopped or rebooted */
+        struct events *events;        /* `vmsup events`: the subscribers (events.h) */
         enum vmsup_err_kind end_kind; /* how the guest ended: the supervisor's exit */
         bool done;
 

@@ -301,6 +301,17 @@ int migrate_in_clear_leftovers(struct guest *g, vmsup_error **err) {
 
 /* ---- migrate/dest's callbacks ------------------------------------------------------------- */
 
+/* MIGRATION_* (and STARTED) with the source as the peer; reason may be NULL */
+static void migration_event(struct guest *g, const char *event, const char *reason) {
+        json_object *d = json_object_new_object();
+
+        json_object_object_add(d, "direction", json_object_new_string("in"));
+        json_object_object_add(d, "peer", json_object_new_string(g->in->source));
+        if (reason)
+                json_object_object_add(d, "reason", json_object_new_string(reason));
+        events_emit(g->events, event, d);
+}
+
 static void on_note(void *userdata, enum log_level level, const char *text) {
         (void) userdata;
         log_msg(level, "%s", text);
@@ -315,6 +326,7 @@ static int on_received(void *userdata, const struct guest_spec *theirs, const ch
 
         snprintf(in->source, sizeof(in->source), "%s", source ? source : "?");
         in->t0 = monotonic_ms();
+        migration_event(g, "MIGRATION_STARTED", NULL);
         /* The source decides nothing about this host: its spec must be the one this
          * host's orchestrator declared (--spec), which the guest runs from. */
         r = spec_match_incoming(&g->spec, theirs, err);
@@ -392,6 +404,8 @@ static void on_started(void *userdata) {
         guest_record_history(g);
         log_info("guest running here, received from %s: QEMU pid %d, swtpm pid %d", in->source, (int) g->qemu.pid,
                  (int) g->swtpm.pid);
+        migration_event(g, "MIGRATION_COMPLETED", NULL);
+        migration_event(g, "STARTED", "migrated");
 }
 
 static char *on_log_tail(void *userdata, bool qemu) {
@@ -628,6 +642,8 @@ void migrate_in_abort(struct guest *g, const vmsup_error *why) {
         if (!in || in->undone)
                 return;
         in->undone = true;
+        if (in->source[0])
+                migration_event(g, "MIGRATION_FAILED", why ? why->msg : "abandoned");
         /* still talking to the source (the supervisor fails): ABORT before COMMIT, and a
          * QEMU held by a dead stream is let go (migrate/dest) */
         if (in->dest && migrate_dest_cancel(in->dest, why) == 0 && !why)

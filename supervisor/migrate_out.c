@@ -124,6 +124,17 @@ static void cb_remove_marker(void *userdata) {
                           strerror(errno));
 }
 
+/* MIGRATION_* (and STOPPED) with the destination as the peer; reason may be NULL */
+static void migration_event(struct migrate_out *o, const char *event, const char *reason) {
+        json_object *d = json_object_new_object();
+
+        json_object_object_add(d, "direction", json_object_new_string("out"));
+        json_object_object_add(d, "peer", json_object_new_string(o->to));
+        if (reason)
+                json_object_object_add(d, "reason", json_object_new_string(reason));
+        events_emit(o->g->events, event, d);
+}
+
 /* The guest runs on the destination: stop ours without keeping its TPM state, and
  * delete the guest's secret, sealed state and files here (Nova's post_live_migration
  * and cleanup; the Barbican secret belongs to the guest and stays). */
@@ -172,7 +183,9 @@ static void done(struct migrate_out *o, const struct migrate_source_times *t) {
         json_object *ret = json_object_new_object();
         long cleanup_at = monotonic_ms();
 
+        migration_event(o, "MIGRATION_COMPLETED", NULL);
         finish_source(g);
+        migration_event(o, "STOPPED", "migrated");
         log_info("guest migrated to %s:%s: running there %ld ms after the request (destination ready in "
                  "%ld ms, QEMU %" PRId64 " ms with %" PRId64 " ms downtime, switch-over %ld ms); our copy "
                  "removed in %ld ms", o->host, o->port, t->running_at - t->t0, t->ready_at - t->t0, t->qemu_total_ms,
@@ -208,6 +221,7 @@ static void cb_finished(void *userdata, enum migrate_outcome outcome, const vmsu
                           "vmsup(8), MIGRATION.", o->host, o->port, why->msg, g->dirs.migrated_out);
                 vmsup_fail(&err, VMSUP_ERR_BUSY, 0,
                            "outcome unknown (the guest stays paused here; see vmsup(8), MIGRATION): %s", why->msg);
+                migration_event(o, "MIGRATION_FAILED", err->msg);
                 control_conn_reply_error(o->conn, VMSUP_ERR_BUSY, err->msg);
                 vmsup_error_free(err);
                 break;
@@ -215,6 +229,7 @@ static void cb_finished(void *userdata, enum migrate_outcome outcome, const vmsu
         case MIGRATE_ROLLED_BACK:
                 log_error("live migration to %s:%s failed: %s; the guest runs here, with its TPM state", o->host,
                           o->port, why->msg);
+                migration_event(o, "MIGRATION_FAILED", why->msg);
                 control_conn_reply_error(o->conn, why->kind ? why->kind : VMSUP_ERR_FAILED, why->msg);
                 break;
         }
@@ -371,6 +386,7 @@ void migrate_out(struct guest *g, struct control_conn *c) {
         }
         g->out = o;
         g->migration = &outgoing_hooks;
+        migration_event(o, "MIGRATION_STARTED", NULL);
         /* Not the TPM state's sync meanwhile: what swtpm writes at the switch-over (its
          * volatile state) is sealed after the migration if it fails, and not at all if it
          * succeeds, instead of competing with QEMU for the CPU during the downtime. */

@@ -200,6 +200,13 @@ int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error
                 add(&b, "%s,tpmdev=tpm-tpm0,id=tpm0", tpm_model_to_string(in->tpm->model));
         }
 
+        /* A kernel panic reaches us as GUEST_PANICKED: QEMU only pauses the guest, and the
+         * supervisor applies the spec's on_crash (QEMU's own default would power it off). */
+        add(&b, "-device");
+        add(&b, "pvpanic");
+        add(&b, "-action");
+        add(&b, "panic=pause");
+
         for (size_t i = 0; i < spec->n_disks; i++) {
                 const struct guest_disk *d = &spec->disks[i];
 

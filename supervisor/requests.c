@@ -69,6 +69,7 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
                         json_object_object_add(o, "incoming", json_object_new_string(marker));
                 vmsup_error_free(merr);
         }
+        json_object_object_add(o, "event_subscribers", json_object_new_int((int) events_count(g->events)));
         if (g->migration && g->migration->status)
                 g->migration->status(g, o); /* its state and progress */
         control_conn_reply_ok(p->conn, o);
@@ -167,7 +168,8 @@ static void forward_qmp(struct guest *g, struct control_conn *c, const char *cmd
         struct pending_reply *p = calloc(1, sizeof(*p));
         vmsup_error *err = NULL;
 
-        if (!p || !g->qmp || g->state != GUEST_RUNNING) {
+        /* a crashed guest kept for its dump takes QMP commands too */
+        if (!p || !g->qmp || (g->state != GUEST_RUNNING && g->state != GUEST_CRASHED)) {
                 char msg[320];
 
                 free(p);
@@ -194,6 +196,29 @@ static bool handed_over(const struct guest *g) {
         return access(g->dirs.migrated_out, F_OK) == 0;
 }
 
+/* {"cmd": "events"}: the connection becomes a subscriber of the event stream (events.h);
+ * it no longer counts as a control connection. */
+static void subscribe(struct guest *g, struct control_conn *c) {
+        json_object *hello = json_object_new_object(), *v;
+        vmsup_error *err = NULL;
+        int64_t since = -1;
+        int fd = c->fd;
+
+        /* "since": the client's connect time (ms since the epoch): what happened while its
+         * request waited for the loop (a start holds it) comes first */
+        if (json_object_object_get_ex(c->request, "since", &v) && json_object_is_type(v, json_type_int))
+                since = json_object_get_int64(v);
+        c->fd = -1;
+        control_conn_free(c);
+        json_object_object_add(hello, "uuid", json_object_new_string(g->spec.uuid));
+        json_object_object_add(hello, "name", json_object_new_string(g->spec.name));
+        json_object_object_add(hello, "state", json_object_new_string(guest_state_name(g)));
+        if (events_subscribe(g->events, fd, hello, since, &err) < 0) {
+                log_warning("vmsup events: %s", err->msg);
+                vmsup_error_free(err);
+        }
+}
+
 static void handle_request(struct guest *g, struct control_conn *c) {
         json_object *cmdv, *v;
         const char *cmd = json_object_object_get_ex(c->request, "cmd", &cmdv) ? json_object_get_string(cmdv) : "";
@@ -204,8 +229,9 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 guest_console_attach(g, c, get_bool(c->request, "force"));
                 return;
         }
-        /* a migration that runs takes every request but status */
-        if (!streq(cmd, "status") && g->migration && g->migration->request && g->migration->request(g, c, cmd))
+        /* a migration that runs takes every request but status and events */
+        if (!streq(cmd, "status") && !streq(cmd, "events") && g->migration && g->migration->request &&
+            g->migration->request(g, c, cmd))
                 return;
         if ((streq(cmd, "reboot") || streq(cmd, "migrate")) && handed_over(g)) {
                 /* a hard reboot starts QEMU afresh from the sealed state, a soft one and a
@@ -243,10 +269,12 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 g->waiters = c;
                 if (g->state == GUEST_RUNNING)
                         guest_begin_stop(g, timeout, get_bool(c->request, "force"), false);
+                else if (g->state == GUEST_CRASHED)
+                        guest_begin_stop(g, 0, true, false); /* paused: no power button to wait for */
                 else if (get_bool(c->request, "force") && g->qemu.pid)
                         guest_begin_stop(g, 0, true, g->state == GUEST_REBOOTING && false);
         } else if (streq(cmd, "reboot")) {
-                if (g->state != GUEST_RUNNING) {
+                if (g->state != GUEST_RUNNING && !(g->state == GUEST_CRASHED && get_bool(c->request, "hard"))) {
                         control_conn_reply_error(c, VMSUP_ERR_BUSY, "the guest is not running");
                         control_conn_free(c);
                 } else if (get_bool(c->request, "hard")) {
@@ -258,6 +286,8 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                         forward_qmp(g, c, "system_reset", NULL, QMP_COMMAND_TIMEOUT, on_reset_reply);
         } else if (streq(cmd, "migrate")) {
                 g->start_migration(g, c);
+        } else if (streq(cmd, "events")) {
+                subscribe(g, c);
         } else if (streq(cmd, "resolve")) {
                 resolve_keep(g, c);
         } else if (streq(cmd, "qmp")) {
@@ -450,6 +480,8 @@ static void handle_conn(struct guest *g, struct control_conn *c) {
 int guest_control_open(struct guest *g, vmsup_error **err) {
         int r;
 
+        if ((r = events_new(g->loop, g->spec.uuid, g->spec.name, &g->events, err)) < 0)
+                return r;
         g->listen_fd = control_listen(g->dirs.control, err);
         if (g->listen_fd < 0)
                 return g->listen_fd;

@@ -90,6 +90,7 @@ char *test_write_conf(const char *dir, const char *name, const struct test_conf 
 
 char *test_write_spec(const char *dir, const char *file, const struct test_spec *s) {
         char *owner = NULL, *firmware = NULL, *disks = NULL, *graphics = NULL, *props = NULL, *text = NULL, *path;
+        char *on_crash = NULL;
 
         if (s->user_id || s->project_id)
                 cr_assert(asprintf(&owner, " \"owner\": {\"user_id\": \"%s\", \"project_id\": \"%s\"},",
@@ -110,20 +111,23 @@ char *test_write_spec(const char *dir, const char *file, const struct test_spec 
                 cr_assert(asprintf(&disks, ", \"disks\": %s", s->disks) > 0);
         if (s->graphics)
                 cr_assert(asprintf(&graphics, ", \"graphics\": %s", s->graphics) > 0);
+        if (s->on_crash)
+                cr_assert(asprintf(&on_crash, ", \"on_crash\": \"%s\"", s->on_crash) > 0);
         cr_assert(props);
         cr_assert(asprintf(&text,
                            "{\"uuid\": \"%s\", \"name\": \"%s\", \"vcpus\": 1, \"memory_mb\": 256,%s"
                            " \"flavor\": {\"name\": \"%s\", \"extra_specs\": {%s}},"
-                           " \"image\": {\"name\": \"%s\", \"properties\": {%s}}%s%s%s}",
+                           " \"image\": {\"name\": \"%s\", \"properties\": {%s}}%s%s%s%s}",
                            s->uuid, s->name ? s->name : "g", owner ? owner : "", s->flavor ? s->flavor : "m1.tpm",
                            s->extra_specs ? s->extra_specs : TEST_SPEC_TPM,
                            s->image ? s->image : "demo", props, firmware ? firmware : "", disks ? disks : "",
-                           graphics ? graphics : "") > 0);
+                           graphics ? graphics : "", on_crash ? on_crash : "") > 0);
         path = test_write_file(dir, file, text, s->mode ? s->mode : 0644);
         free(owner);
         free(firmware);
         free(disks);
         free(graphics);
+        free(on_crash);
         free(props);
         free(text);
         return path;

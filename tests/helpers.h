@@ -54,6 +54,7 @@ struct test_spec {
                                        * and no guest_dir: no "firmware" */
         const char *disks;            /* the "disks" array as JSON; NULL: no "disks" */
         const char *graphics;         /* the "graphics" object as JSON; NULL: no "graphics" */
+        const char *on_crash;         /* the "on_crash" value; NULL: no "on_crash" */
         unsigned mode;                /* 0: 0644 */
 };
 

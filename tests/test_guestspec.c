@@ -100,6 +100,24 @@ Test(guestspec, firmware_defaults_to_bios) {
         guest_spec_clear(&spec);
 }
 
+Test(guestspec, on_crash_defaults_to_destroy_and_takes_libvirts_values) {
+        static const char *const values[] = { "destroy", "restart", "preserve" };
+        struct guest_spec spec;
+        vmsup_error *err = NULL;
+        const char *json = "{" MINIMAL "}";
+        char buf[512];
+
+        cr_assert_eq(guest_spec_parse(json, strlen(json), "g.json", &spec, &err), 0);
+        cr_assert_eq(spec.on_crash, GUEST_ON_CRASH_DESTROY);
+        guest_spec_clear(&spec);
+        for (size_t i = 0; i < 3; i++) {
+                snprintf(buf, sizeof(buf), "{" MINIMAL ", \"on_crash\": \"%s\"}", values[i]);
+                cr_assert_eq(guest_spec_parse(buf, strlen(buf), "g.json", &spec, &err), 0, "%s", err ? err->msg : "");
+                cr_assert_str_eq(guest_on_crash_to_string(spec.on_crash), values[i]);
+                guest_spec_clear(&spec);
+        }
+}
+
 struct bad_case {
         const char *json;
         const char *expect;
@@ -133,6 +151,8 @@ static const struct bad_case bad_specs_cases[] = {
                 { "{" MINIMAL ", \"owner\": {\"user\": \"x\"}}", "key 'owner.user': unknown key" },
                 { "{" MINIMAL ", \"vtpm_secret_uuid\": \"abc\"}", "key 'vtpm_secret_uuid': not a lower-case UUID" },
                 { "{" MINIMAL ", \"firmware\": {\"type\": \"coreboot\"}}", "key 'firmware.type': must be uefi or bios" },
+                { "{" MINIMAL ", \"on_crash\": \"coredump-destroy\"}", "key 'on_crash': must be destroy, restart or preserve" },
+                { "{" MINIMAL ", \"on_crash\": 1}", "key 'on_crash': must be a string" },
                 { "{" MINIMAL ", \"firmware\": {\"type\": \"bios\"}, \"image\": {\"properties\": {\"hw_firmware_type\": \"uefi\"}}}",
                   "key 'firmware.type': conflicts with image property hw_firmware_type" },
                 { "{" MINIMAL ", \"firmware\": {\"initrd\": \"/boot/initrd\"}}", "key 'firmware.kernel': missing" },

@@ -37,12 +37,27 @@ Test(migrate, tpm_survives_and_five_round_trips) {
         long c1;
         pid_t sup[2], src;
         const char *reboot[] = { "reboot", UUID, NULL }, *hard[] = { "reboot", "--hard", UUID, NULL };
+        const char *events[] = { "events", UUID, "--json", NULL };
+        pid_t ev[2];
 
         sup[0] = th_boot_on_a();
         c1 = atol(th_console_last(0, "nv-counter="));
         snprintf(ek, sizeof(ek), "%s", th_console_last(0, "ek="));
 
         sup[1] = th_incoming(1, "in-b");
+        /* both supervisors' event streams, from before the migration */
+        ev[0] = th_start(0, "ev-a", NULL, events);
+        ev[1] = th_start(1, "ev-b", NULL, events);
+        for (int h = 0; h < 2; h++) {
+                const char *st[] = { "status", UUID, "--json", NULL };
+                long deadline = monotonic_ms() + 30000;
+
+                while (th_run(h, "st", st), !strstr(th_out("st"), "\"event_subscribers\":1")) {
+                        cr_assert(monotonic_ms() < deadline, "no subscriber on host %c: %s%s", 'a' + h, th_out("st"),
+                                  th_err("ev-a"));
+                        poll(NULL, 0, 50);
+                }
+        }
         /* slowed down (QEMU's max-bandwidth), so that the supervisor is asked while QEMU
          * sends the guest: it answers status with the migration, and refuses the rest */
         {
@@ -66,6 +81,31 @@ Test(migrate, tpm_survives_and_five_round_trips) {
         th_reap(sup[0], 0);
         th_assert_gone(0);
         th_assert_running(1);
+        /* the source's stream: the migration, then the end of the guest here (exit 0) */
+        cr_assert_eq(th_wait_exit(ev[0]), 0, "%s%s", th_out("ev-a"), th_err("ev-a"));
+        {
+                const char *out = th_out("ev-a"), *started = strstr(out, "\"event\":\"MIGRATION_STARTED\""),
+                           *completed = strstr(out, "\"event\":\"MIGRATION_COMPLETED\""),
+                           *stopped = strstr(out, "\"event\":\"STOPPED\",");
+
+                cr_assert(started && completed && stopped && started < completed && completed < stopped, "%s", out);
+                cr_assert(strstr(started, "\"direction\":\"out\"") && strstr(stopped, "\"reason\":\"migrated\""),
+                          "%s", out);
+                cr_assert_null(strstr(out, "MIGRATION_FAILED"), "%s", out);
+        }
+        /* the destination's: received, then running here */
+        th_wait_text(th_path("%s/ev-b.out", th_root), "\"event\":\"STARTED\"", 1, 30000);
+        {
+                const char *out = th_out("ev-b"), *started = strstr(out, "\"event\":\"MIGRATION_STARTED\""),
+                           *completed = strstr(out, "\"event\":\"MIGRATION_COMPLETED\""),
+                           *running = strstr(out, "\"event\":\"STARTED\",");
+
+                cr_assert(started && completed && running && started < completed && completed < running, "%s", out);
+                cr_assert(strstr(started, "\"direction\":\"in\"") && strstr(running, "\"reason\":\"migrated\""),
+                          "%s", out);
+        }
+        kill(ev[1], SIGTERM);
+        th_wait_exit(ev[1]);
 
         /* the disk came along with the spec's chain */
         {

@@ -59,6 +59,7 @@ Test(qemuargs, uefi_guest_with_tpm2_crb) {
                          " -kernel /k -initrd /i -append console=ttyS0 quiet"
                          " -chardev socket,id=chrtpm,fd=4 -tpmdev emulator,id=tpm-tpm0,chardev=chrtpm"
                          " -device tpm-crb,tpmdev=tpm-tpm0,id=tpm0"
+                         " -device pvpanic -action panic=pause"
                          " -chardev socket,id=serial0,fd=5 -serial chardev:serial0"
                          " -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
         strv_freep(&argv);
@@ -128,6 +129,17 @@ Test(qemuargs, no_tpm_no_tpm_devices) {
                             &none, "tcg");
 
         cr_assert_null(strstr(joined(argv), "tpm"), "%s", joined(argv));
+        strv_freep(&argv);
+}
+
+/* a panic pauses, and the supervisor decides (the spec's on_crash) */
+Test(qemuargs, pvpanic_device_and_panic_pauses) {
+        struct vtpm_config none = { 0 };
+        char **argv = build("{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 1, \"memory_mb\": 256,"
+                            " \"flavor\": {\"name\": \"f\"}, \"on_crash\": \"restart\"}",
+                            &none, "tcg");
+
+        cr_assert(strstr(joined(argv), " -device pvpanic -action panic=pause "), "%s", joined(argv));
         strv_freep(&argv);
 }
 

@@ -54,8 +54,10 @@ for applet in sh mount mkdir sleep cat echo poweroff grep insmod timeout yes; do
 	ln -s busybox "$work/root/bin/$applet"
 done
 # The ACPI power button and evdev are modules in Debian's kernel: the held guest loads
-# them to hear the host's power-button press.
-for mod in drivers/acpi/button.ko drivers/input/evdev.ko; do
+# them to hear the host's power-button press. pvpanic (the ISA device's ACPI driver,
+# pvpanic-mmio) too: the guest that panics on vmsup.panic tells QEMU through it.
+for mod in drivers/acpi/button.ko drivers/input/evdev.ko drivers/misc/pvpanic/pvpanic.ko \
+	drivers/misc/pvpanic/pvpanic-mmio.ko; do
 	m=/lib/modules/$kver/kernel/$mod
 	[ -r "$m" ] || need_pkg "no $m" "linux-image-$kver"
 	cp "$m" "$work/root/"
