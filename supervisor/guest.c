@@ -55,6 +55,7 @@ void guest_answer_waiters(struct guest *g, bool ok, enum vmsup_err_kind kind, co
 }
 
 void guest_finish(struct guest *g, enum vmsup_err_kind kind) {
+        guest_notify_stopping(g, kind ? "stopped: the guest failed" : "stopped");
         g->state = GUEST_STOPPED;
         g->end_kind = kind;
         g->done = true;
@@ -116,6 +117,10 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
 
         g->stop_requested = true;
         g->state = reboot ? GUEST_REBOOTING : GUEST_STOPPING;
+        if (reboot)
+                guest_notify_status(g, "rebooting (hard: QEMU restarts, the TPM state is kept)");
+        else
+                guest_notify_stopping(g, force || timeout_s == 0 ? "stopping (forced)" : "stopping");
         if (!g->qemu.pid || g->qemu.exited)
                 return;
         if (!g->qmp) {
@@ -149,6 +154,8 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
         (void) timestamp;
         if (streq(event, "SHUTDOWN")) {
                 g->guest_shutdown = true;
+                if (!g->stop_requested)
+                        guest_notify_stopping(g, "stopping (the guest powered off)");
                 log_info("QEMU: SHUTDOWN (%s)", why ? why : "no reason given");
         } else if (streq(event, "RESET"))
                 log_info("QEMU: guest reset (%s)", why ? why : "no reason given");

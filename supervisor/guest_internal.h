@@ -6,6 +6,7 @@
  *   requests.c                 control requests
  *   guest.c                    the guest's life on the loop: stop, reboot, QEMU's events
  *   children.c                 swtpm and QEMU: start, stop, reap, QMP, the TPM state's sync
+ *   readiness.c                what the service manager hears (NOTIFY_SOCKET, --ready-fd)
  *
  * What goes up goes through the function pointers below, set by the file above:
  * children.c reports a child's exit and QEMU's events to guest.c (g->life); guest.c and
@@ -152,6 +153,11 @@ struct guest {
         char migration_status[24]; /* from QEMU's MIGRATION events */
         struct migrate_in *in;  /* the incoming migration until the guest runs here */
         struct migrate_out *out; /* the outgoing migration while it runs (migrate_out.c) */
+
+        /* the service manager (readiness.c) */
+        struct notify_socket *notify; /* $NOTIFY_SOCKET's; NULL when none */
+        int ready_fd;                 /* `run --ready-fd`: a newline when ready, then closed; -1 */
+        bool notified_ready, notified_stopping;
 };
 
 
@@ -196,6 +202,18 @@ void guest_qmp_watch(struct guest *g);
 void guest_qmp_drop(struct guest *g);
 /* The guest runs: stamp that it has a TPM and uses its VARS (guestdirs.h). */
 void guest_record_history(struct guest *g);
+
+/* readiness.c: READY=1 (and --ready-fd's newline) once the guest runs, STATUS= lines,
+ * STOPPING=1; nothing when no service manager listens. Failures to send are logged. */
+struct notify_socket;
+/* $NOTIFY_SOCKET (then removed from the environment) and ready_fd (taken). */
+int guest_notify_open(struct guest *g, int ready_fd, vmsup_error **err);
+void guest_notify_status(struct guest *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The guest runs (after cont, its TPM checked): READY=1 the first time, then STATUS=running. */
+void guest_notify_ready(struct guest *g);
+/* STOPPING=1 (the first time) with STATUS=status. */
+void guest_notify_stopping(struct guest *g, const char *status);
+void guest_notify_close(struct guest *g);
 
 
 /* requests.c: the control socket and its requests */

@@ -392,6 +392,7 @@ static void on_started(void *userdata) {
         guest_record_history(g);
         log_info("guest running here, received from %s: QEMU pid %d, swtpm pid %d", in->source, (int) g->qemu.pid,
                  (int) g->swtpm.pid);
+        guest_notify_ready(g);
 }
 
 static char *on_log_tail(void *userdata, bool qemu) {

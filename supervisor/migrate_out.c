@@ -95,6 +95,7 @@ static void cb_progress(void *userdata, json_object *p) {
 
         if (json_object_object_get_ex(p, "percent", &v))
                 o->percent = json_object_get_int(v);
+        guest_notify_status(o->g, "migrating to %s: %d%%", o->to, o->percent);
         control_conn_progress(o->conn, p);
 }
 
@@ -197,6 +198,7 @@ static void cb_finished(void *userdata, enum migrate_outcome outcome, const vmsu
 
         switch (outcome) {
         case MIGRATE_DONE:
+                guest_notify_stopping(g, "migrated: the guest runs on the destination");
                 done(o, times);
                 break;
         case MIGRATE_OUTCOME_UNKNOWN: {
@@ -210,12 +212,14 @@ static void cb_finished(void *userdata, enum migrate_outcome outcome, const vmsu
                            "outcome unknown (the guest stays paused here; see vmsup(8), MIGRATION): %s", why->msg);
                 control_conn_reply_error(o->conn, VMSUP_ERR_BUSY, err->msg);
                 vmsup_error_free(err);
+                guest_notify_status(g, "paused: migration outcome unknown (see vmsup(8), MIGRATION)");
                 break;
         }
         case MIGRATE_ROLLED_BACK:
                 log_error("live migration to %s:%s failed: %s; the guest runs here, with its TPM state", o->host,
                           o->port, why->msg);
                 control_conn_reply_error(o->conn, why->kind ? why->kind : VMSUP_ERR_FAILED, why->msg);
+                guest_notify_status(g, "running (the migration failed and was rolled back)");
                 break;
         }
         ended(o);
