@@ -41,6 +41,9 @@ int verb_resize(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_status(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_list(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_stop(struct vmsup_ctx *ctx, int argc, char **argv);
+/* stop --all: timeout -1 for [supervisor] stop_timeout; each stop is waited for its
+ * grace time plus margin_s (cli/verb_stop_all.c) */
+int verb_stop_all(struct vmsup_ctx *ctx, long timeout, bool force, unsigned parallel, long margin_s);
 int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_secret(struct vmsup_ctx *ctx, int argc, char **argv); /* secret list */
 int verb_seccomp(struct vmsup_ctx *ctx, int argc, char **argv);
