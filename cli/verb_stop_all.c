@@ -9,9 +9,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -31,6 +34,7 @@ struct target {
         struct guest_dirs dirs;
         pid_t pid;    /* the supervisor's (from its status); 0: unknown */
         int pidfd;    /* -1: none */
+        bool starting; /* its supervisor was still starting (no control socket): sent SIGTERM */
         bool forced;  /* the reply says what had to be done beyond the power button */
         bool stopped; /* the reply said stopped */
         vmsup_error *why;
@@ -39,13 +43,14 @@ struct target {
 struct run {
         struct target *t;
         size_t n;
+        size_t *asked; /* the targets asked over their control sockets, in the window's order */
         size_t graceful, forced, failed;
         bool force;
 };
 
-static void on_stopped(void *userdata, size_t i, json_object *ret, const vmsup_error *err) {
+static void on_stopped(void *userdata, size_t k, json_object *ret, const vmsup_error *err) {
         struct run *r = userdata;
-        struct target *t = &r->t[i];
+        struct target *t = &r->t[r->asked[k]];
         const char *text = ret && json_object_is_type(ret, json_type_string) ? json_object_get_string(ret) : "stopped";
 
         if (err) {
@@ -64,10 +69,11 @@ static void on_stopped(void *userdata, size_t i, json_object *ret, const vmsup_e
         fflush(stdout);
 }
 
-/* The supervisors that answered the stop are waited for until they have exited. */
-static void wait_exits(struct run *r) {
+/* The supervisors that answered the stop (or were sent SIGTERM) are waited for until they
+ * have exited, up to timeout_ms. */
+static void wait_exits(struct run *r, long timeout_ms) {
         _cleanup_free_ struct pollfd *p = calloc(r->n ? r->n : 1, sizeof(*p));
-        long deadline = monotonic_ms() + EXIT_TIMEOUT_MS;
+        long deadline = monotonic_ms() + timeout_ms;
         size_t left;
 
         if (!p)
@@ -92,25 +98,30 @@ static void wait_exits(struct run *r) {
                 if (r->t[i].stopped && r->t[i].pidfd >= 0) {
                         r->t[i].stopped = false;
                         vmsup_fail(&r->t[i].why, VMSUP_ERR_TIMEOUT, 0,
-                                   "its supervisor (pid %d) answered that the guest stopped but had not exited %d s "
-                                   "later",
-                                   (int) r->t[i].pid, EXIT_TIMEOUT_MS / 1000);
+                                   r->t[i].starting ? "its supervisor (pid %d) was sent SIGTERM while it started, "
+                                                      "and had not exited %ld s later"
+                                                    : "its supervisor (pid %d) answered that the guest stopped but "
+                                                      "had not exited %ld s later",
+                                   (int) r->t[i].pid, timeout_ms / 1000);
                 }
 }
 
-/* The guests with a run dir (their control socket is there), sorted by UUID. */
+/* The guests this host knows (as `vmsup list`: a directory of the state dir named by
+ * its UUID; the guest's lock is on it). */
 static int find_guests(const struct host_config *cfg, struct run *r, vmsup_error **err) {
-        DIR *dir = opendir(cfg->paths.run_dir);
+        DIR *dir = opendir(cfg->paths.state_dir);
         struct dirent *de;
         size_t cap = 0;
 
         if (!dir)
-                return errno == ENOENT ? 0 : vmsup_fail(err, VMSUP_ERR_NOT_FOUND, errno, "read the run dir '%s'",
-                                                        cfg->paths.run_dir);
+                return errno == ENOENT ? 0 : vmsup_fail(err, VMSUP_ERR_NOT_FOUND, errno, "read the state dir '%s'",
+                                                        cfg->paths.state_dir);
         while ((de = readdir(dir))) {
                 struct target *t;
+                struct stat st;
 
-                if (!uuid_is_valid(de->d_name))
+                if (!uuid_is_valid(de->d_name) || fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+                    !S_ISDIR(st.st_mode))
                         continue;
                 if (r->n == cap) {
                         struct target *more = realloc(r->t, (cap = cap ? 2 * cap : 16) * sizeof(*r->t));
@@ -145,6 +156,7 @@ static void clear(struct run *r) {
                 vmsup_error_free(r->t[i].why);
         }
         free(r->t);
+        free(r->asked);
 }
 
 int verb_stop_all(struct vmsup_ctx *ctx, long timeout, bool force, unsigned parallel, long margin_s) {
@@ -154,7 +166,7 @@ int verb_stop_all(struct vmsup_ctx *ctx, long timeout, bool force, unsigned para
         const char **paths = NULL;
         json_object **rets = NULL;
         vmsup_error **errs = NULL;
-        size_t m = 0;
+        size_t m = 0, k = 0;
 
         if (vmsup_ctx_config(ctx, &err) < 0)
                 return log_error_kind(err);
@@ -167,7 +179,8 @@ int verb_stop_all(struct vmsup_ctx *ctx, long timeout, bool force, unsigned para
         paths = calloc(r.n + 1, sizeof(*paths));
         rets = calloc(r.n + 1, sizeof(*rets));
         errs = calloc(r.n + 1, sizeof(*errs));
-        if (!paths || !rets || !errs) {
+        r.asked = calloc(r.n + 1, sizeof(*r.asked));
+        if (!paths || !rets || !errs || !r.asked) {
                 vmsup_fail(&err, VMSUP_ERR_SYSTEM, ENOMEM, "stop --all");
                 goto out;
         }
@@ -184,17 +197,24 @@ int verb_stop_all(struct vmsup_ctx *ctx, long timeout, bool force, unsigned para
                 struct target t = r.t[i];
 
                 if (errs[i] && errs[i]->kind == VMSUP_ERR_NO_SUPERVISOR) {
-                        /* not running: nothing to stop */
-                        guest_dirs_clear(&r.t[i].dirs);
-                        errs[i] = vmsup_error_free(errs[i]);
-                        continue;
+                        /* not running: nothing to stop; or still starting (fetching its
+                         * secret, making its TPM): SIGTERM abandons the start, as
+                         * systemd's stop would */
+                        t.pid = verb_guest_starting(&t.dirs);
+                        t.pidfd = t.pid > 0 ? (int) syscall(SYS_pidfd_open, t.pid, 0) : -1;
+                        if (t.pidfd < 0) {
+                                guest_dirs_clear(&r.t[i].dirs);
+                                errs[i] = vmsup_error_free(errs[i]);
+                                continue;
+                        }
+                        t.starting = true;
                 }
                 /* one that does not answer its status is asked to stop all the same */
                 t.name = strdup(rets[i] && json_object_object_get_ex(rets[i], "name", &v) && v ? json_object_get_string(v)
                                                                                              : "?");
                 if (rets[i] && json_object_object_get_ex(rets[i], "pid", &v))
                         t.pid = (pid_t) json_object_get_int(v);
-                if (t.pid > 0)
+                if (t.pid > 0 && !t.starting)
                         t.pidfd = (int) syscall(SYS_pidfd_open, t.pid, 0); /* close-on-exec */
                 json_object_put(rets[i]);
                 rets[i] = NULL;
@@ -213,24 +233,44 @@ int verb_stop_all(struct vmsup_ctx *ctx, long timeout, bool force, unsigned para
                 printf("stopping %zu guest%s, %u at a time: each gets %ld s to power off, then QEMU is told to quit\n",
                        r.n, r.n == 1 ? "" : "s", parallel, timeout);
         fflush(stdout);
-        for (size_t i = 0; i < r.n; i++)
-                paths[i] = r.t[i].dirs.control;
+        for (size_t i = 0; i < r.n; i++) {
+                struct target *t = &r.t[i];
+
+                /* no control socket to ask: the signal, through its pidfd (no pid reuse) */
+                if (t->starting) {
+                        paths[i] = "";
+                        if (syscall(SYS_pidfd_send_signal, t->pidfd, SIGTERM, NULL, 0) < 0 && errno != ESRCH)
+                                vmsup_fail(&t->why, VMSUP_ERR_SYSTEM, errno, "send its starting supervisor (pid %d) SIGTERM",
+                                           (int) t->pid);
+                        else {
+                                t->stopped = true;
+                                printf("%s (%s): starting: its supervisor (pid %d) was sent SIGTERM to abandon the start\n",
+                                       t->uuid, t->name, (int) t->pid);
+                        }
+                        continue;
+                }
+                r.asked[k] = i;
+                paths[k++] = t->dirs.control;
+        }
+        fflush(stdout);
         json_object_object_add(stop, "cmd", json_object_new_string("stop"));
         json_object_object_add(stop, "force", json_object_new_boolean(force));
         if (!force)
                 json_object_object_add(stop, "timeout", json_object_new_int((int) timeout));
-        if (control_request_window(paths, r.n, stop, parallel, (int) ((force ? 0 : timeout) + margin_s) * 1000,
+        if (control_request_window(paths, k, stop, parallel, (int) ((force ? 0 : timeout) + margin_s) * 1000,
                                    on_stopped, &r, rets, errs) < 0) {
                 vmsup_fail(&err, VMSUP_ERR_SYSTEM, ENOMEM, "stop --all");
                 goto out;
         }
-        for (size_t i = 0; i < r.n; i++) {
-                if (errs[i] && errs[i]->kind != VMSUP_ERR_NO_SUPERVISOR)
-                        r.t[i].why = TAKE_PTR(errs[i]);
-                vmsup_error_free(errs[i]);
-                json_object_put(rets[i]);
+        for (size_t j = 0; j < k; j++) {
+                if (errs[j] && errs[j]->kind != VMSUP_ERR_NO_SUPERVISOR)
+                        r.t[r.asked[j]].why = TAKE_PTR(errs[j]);
+                vmsup_error_free(errs[j]);
+                json_object_put(rets[j]);
         }
-        wait_exits(&r);
+        /* a starting supervisor that got past its start before our SIGTERM stops its guest
+         * with [supervisor] stop_timeout */
+        wait_exits(&r, EXIT_TIMEOUT_MS + (k < r.n ? (long) (ctx->cfg.supervisor.stop_timeout + margin_s) * 1000 : 0));
         for (size_t i = 0; i < r.n; i++) {
                 if (r.t[i].why)
                         r.failed++;

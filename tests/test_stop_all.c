@@ -7,10 +7,12 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -61,11 +63,11 @@ static void run_vmsup(struct test_run *r, const char *const *args, int timeout_m
         r->err = res.errout;
 }
 
-/* root/run/uuid */
+/* root/state/uuid and root/run/uuid: a guest the host knows */
 static void mkdir_run(const char *uuid) {
-        char cmd[700];
+        char cmd[1400];
 
-        snprintf(cmd, sizeof(cmd), "mkdir -p '%s/run/%s'", root, uuid);
+        snprintf(cmd, sizeof(cmd), "mkdir -p '%s/run/%s' '%s/state/%s'", root, uuid, root, uuid);
         cr_assert_eq(system(cmd), 0);
 }
 
@@ -200,6 +202,45 @@ static void fake_supervisor(int i, const char *stop_reply, struct fake *f, pthre
         cr_assert_eq(pthread_create(t, NULL, serve, f), 0);
 }
 
+/* A `vmsup run` still in its start: holds the guest's lock (flock on its state dir, as
+ * guest_dirs_lock()) with "run" among its arguments, and no control socket yet. */
+static pid_t starting_supervisor(const char *uuid, int *ret_hold) {
+        char dir[512];
+        int p[2];
+        pid_t pid;
+
+        mkdir_run(uuid);
+        snprintf(dir, sizeof(dir), "%s/state/%s", root, uuid);
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                int fd = open(dir, O_RDONLY | O_DIRECTORY);
+
+                if (fd < 0 || flock(fd, LOCK_EX) < 0 || dup2(p[0], 0) < 0)
+                        _exit(1);
+                execl("/bin/sh", "/bin/sh", "-c", "read x", "run", dir, (char *) NULL);
+                _exit(1);
+        }
+        close(p[0]);
+        *ret_hold = p[1];
+        /* it holds the lock once /proc/locks says so */
+        for (long deadline = monotonic_ms() + 30000;;) {
+                size_t len;
+                char *locks = (char *) test_read_file("/proc/locks", &len), needle[32];
+                bool there;
+
+                locks[len < (1 << 20) ? len : len - 1] = '\0';
+                snprintf(needle, sizeof(needle), " %d ", (int) pid);
+                there = strstr(locks, needle) != NULL;
+                free(locks);
+                if (there)
+                        return pid;
+                cr_assert_lt(monotonic_ms(), deadline, "the stand-in did not take the lock");
+                usleep(20000);
+        }
+}
+
 Test(stop_all, n_at_a_time_with_a_summary_of_graceful_forced_and_failed) {
         static const char ok[] = "{\"ok\": true, \"return\": \"stopped\"}\n",
                           forced[] = "{\"ok\": true, \"return\": \"stopped: the guest did not power off within the "
@@ -209,17 +250,27 @@ Test(stop_all, n_at_a_time_with_a_summary_of_graceful_forced_and_failed) {
         pthread_t t[FAKES];
         struct test_run r;
         char uuid[40], want[256];
+        int hold, status;
+        pid_t starting;
 
         conf = test_write_conf(root, "vmsup.conf", &(struct test_conf) { .root = root, .supervisor = "stop_timeout = 7\n" });
         for (int i = 0; i < FAKES; i++)
                 fake_supervisor(i, i == 2 ? forced : i == 4 ? failed : ok, &f[i], &t[i]);
         /* one whose supervisor is gone */
         mkdir_run("7a1c0000-0000-4000-8000-000000000077");
+        /* one whose supervisor is still starting: SIGTERM abandons its start */
+        starting = starting_supervisor("7a1c0000-0000-4000-8000-000000000088", &hold);
 
         run_vmsup(&r, (const char *[]) { "--config", conf, "stop", "--all", "--parallel", "2", NULL }, 120000);
+        cr_assert_eq(waitpid(starting, &status, WNOHANG), starting, "the starting supervisor still runs: %s", r.out);
+        cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM, "%s", r.out);
+        close(hold);
         cr_assert_eq(r.exit_code, 1, "%s%s", r.out, r.err);
-        cr_assert(strstr(r.out, "stopping 6 guests, 2 at a time: each gets 7 s to power off"), "%s", r.out);
-        cr_assert(strstr(r.out, "stopped 5 guests: 4 gracefully, 1 forced, 1 failed"), "%s", r.out);
+        cr_assert(strstr(r.out, "stopping 7 guests, 2 at a time: each gets 7 s to power off"), "%s", r.out);
+        snprintf(want, sizeof(want), "7a1c0000-0000-4000-8000-000000000088 (?): starting: its supervisor (pid %d) was sent "
+                 "SIGTERM", (int) starting);
+        cr_assert(strstr(r.out, want), "no '%s' in: %s", want, r.out);
+        cr_assert(strstr(r.out, "stopped 6 guests: 5 gracefully, 1 forced, 1 failed"), "%s", r.out);
         uuid_of(4, uuid, sizeof(uuid));
         snprintf(want, sizeof(want), "failed: %s (fake4): the guest is wedged", uuid);
         cr_assert(strstr(r.out, want), "no '%s' in: %s", want, r.out);
