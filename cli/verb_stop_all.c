@@ -46,13 +46,17 @@ struct run {
         size_t *asked; /* the targets asked over their control sockets, in the window's order */
         size_t graceful, forced, failed;
         bool force;
+        long wait_s; /* how long each stop is waited for */
 };
 
-static void on_stopped(void *userdata, size_t k, json_object *ret, const vmsup_error *err) {
+static void on_stopped(void *userdata, size_t k, json_object *ret, vmsup_error *err) {
         struct run *r = userdata;
         struct target *t = &r->t[r->asked[k]];
         const char *text = ret && json_object_is_type(ret, json_type_string) ? json_object_get_string(ret) : "stopped";
 
+        if (err && err->kind == VMSUP_ERR_TIMEOUT)
+                vmsup_error_prefix(&err, "the guest did not stop within %ld s (it may still be stopping: see its "
+                                         "supervisor's log)", r->wait_s);
         if (err) {
                 /* no supervisor by now: the guest ended between our status and our stop */
                 if (err->kind == VMSUP_ERR_NO_SUPERVISOR) {
@@ -238,7 +242,6 @@ int verb_stop_all(struct vmsup_ctx *ctx, long timeout, bool force, unsigned para
 
                 /* no control socket to ask: the signal, through its pidfd (no pid reuse) */
                 if (t->starting) {
-                        paths[i] = "";
                         if (syscall(SYS_pidfd_send_signal, t->pidfd, SIGTERM, NULL, 0) < 0 && errno != ESRCH)
                                 vmsup_fail(&t->why, VMSUP_ERR_SYSTEM, errno, "send its starting supervisor (pid %d) SIGTERM",
                                            (int) t->pid);
@@ -257,8 +260,8 @@ int verb_stop_all(struct vmsup_ctx *ctx, long timeout, bool force, unsigned para
         json_object_object_add(stop, "force", json_object_new_boolean(force));
         if (!force)
                 json_object_object_add(stop, "timeout", json_object_new_int((int) timeout));
-        if (control_request_window(paths, k, stop, parallel, (int) ((force ? 0 : timeout) + margin_s) * 1000,
-                                   on_stopped, &r, rets, errs) < 0) {
+        r.wait_s = (force ? 0 : timeout) + margin_s;
+        if (control_request_window(paths, k, stop, parallel, (int) r.wait_s * 1000, on_stopped, &r, rets, errs) < 0) {
                 vmsup_fail(&err, VMSUP_ERR_SYSTEM, ENOMEM, "stop --all");
                 goto out;
         }
