@@ -3,9 +3,11 @@
  * the test's own datagram socket, as systemd's would be.
  *
  * "Ready only once the guest runs": when READY=1 arrives the test freezes vmsup
- * (SIGSTOP) and watches QEMU's vCPU thread: it must go on burning CPU time with vmsup
- * frozen, which it does only after vmsup's `cont` (QEMU starts with -S). A READY=1 sent
- * before `cont` leaves the vCPU idle for good and the test fails. */
+ * (SIGSTOP), finds QEMU and swtpm, and watches QEMU's vCPU thread: it must go on burning
+ * CPU time with vmsup frozen, which it does only after vmsup's `cont` (QEMU starts with
+ * -S). A READY=1 sent earlier in the start (before the children, or before vmsup has
+ * checked QEMU's TPM) fails here; one sent between that check and `cont`, an instant,
+ * cannot be told from outside from one sent after. */
 #include "config.h"
 
 #include <criterion/criterion.h>
