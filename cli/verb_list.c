@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "supervisor/guestdirs.h"
@@ -25,7 +26,9 @@ static void help(void) {
                "List every guest this host knows (each directory of [paths] state_dir): its\n"
                "state, supervisor pid, TPM version and model, secret security and uptime.\n"
                "States: running, paused, starting, stopping, rebooting, crashed (what its\n"
-               "supervisor says); stopped (no supervisor); migrated-out (handed over to another host by a\n"
+               "supervisor says; starting also while a 'vmsup run' holds the guest before its\n"
+               "control socket listens); stopped (no supervisor); migrated-out (handed over to\n"
+               "another host by a\n"
                "live migration whose outcome is unknown here: it must not run on this host\n"
                "until that is resolved, see vmsup(8), MIGRATION); incoming (being received\n"
                "from another host, or left by an incoming migration that did not complete);\n"
@@ -46,7 +49,28 @@ struct row {
         char *name;
         json_object *status; /* the supervisor's answer */
         vmsup_error *why;    /* why there is none */
+        pid_t starting;      /* no control socket yet, but this `vmsup run` holds the guest's lock */
 };
+
+pid_t verb_guest_starting(const struct guest_dirs *d) {
+        pid_t pid = guest_dirs_lock_holder(d);
+        char path[64], argv[4096];
+        _cleanup_close_ int fd = -1;
+        ssize_t n;
+
+        if (pid <= 0)
+                return 0;
+        snprintf(path, sizeof(path), "/proc/%d/cmdline", (int) pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || (n = read(fd, argv, sizeof(argv) - 1)) <= 0)
+                return 0;
+        argv[n] = '\0';
+        /* its verb among its arguments: delete and resize hold the lock of a stopped guest */
+        for (ssize_t i = 0; i < n; i += (ssize_t) strlen(argv + i) + 1)
+                if (streq(argv + i, "run"))
+                        return pid;
+        return 0;
+}
 
 static int by_uuid(const void *a, const void *b) {
         return strcmp(((const struct row *) a)->uuid, ((const struct row *) b)->uuid);
@@ -89,6 +113,8 @@ static const char *state_of(const struct row *r) {
                 /* an operator's pause shows as such */
                 return s && streq(s, "running") && q && streq(q, "paused") ? "paused" : s ? s : "running";
         }
+        if (r->starting)
+                return "starting";
         return r->why && r->why->kind == VMSUP_ERR_NO_SUPERVISOR ? "stopped" : "not-answering";
 }
 
@@ -100,6 +126,8 @@ static long pid_of(const struct row *r) {
 
         if (r->status && json_object_object_get_ex(r->status, "pid", &v))
                 return json_object_get_int64(v);
+        if (r->starting)
+                return r->starting;
         if (r->why && r->why->kind == VMSUP_ERR_NO_SUPERVISOR)
                 return 0;
         text = guest_dirs_stamp_read(r->dirs.pidfile, &err); /* its first line */
@@ -239,6 +267,10 @@ int verb_list(struct vmsup_ctx *ctx, int argc, char **argv) {
         for (size_t i = 0; i < n; i++) {
                 rows[i].status = rets[i];
                 rows[i].why = errs[i];
+                /* a supervisor still in its start (the vTPM secret, the TPM's manufacture)
+                 * holds the guest's lock before its control socket listens */
+                if (!rets[i] && errs[i] && errs[i]->kind == VMSUP_ERR_NO_SUPERVISOR)
+                        rows[i].starting = verb_guest_starting(&rows[i].dirs);
         }
         if (json) {
                 _cleanup_json_ json_object *a = json_object_new_array();

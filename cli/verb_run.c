@@ -1,12 +1,15 @@
 #include "config.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "supervisor/confine.h"
+#include "common/notify.h"
 #include "common/util.h"
 #include "supervisor/guest.h"
 #include "nova/guestspec.h"
@@ -15,8 +18,8 @@
 #include "cli/verbs.h"
 
 static void help(void) {
-        printf("Usage: vmsup run [--token-fd N] [--new-tpm] [--new-vars] GUEST.json\n"
-               "       vmsup run --incoming [ADDR:]PORT --spec GUEST.json [UUID]\n"
+        printf("Usage: vmsup run [--token-fd N] [--ready-fd N] [--new-tpm] [--new-vars] GUEST.json\n"
+               "       vmsup run --incoming [ADDR:]PORT --spec GUEST.json [--ready-fd N] [UUID]\n"
                "\n"
                "Boot the guest the spec describes, with the vTPM Nova's rules give it, and\n"
                "supervise it in the foreground until it ends: swtpm and QEMU are started as\n"
@@ -34,6 +37,12 @@ static void help(void) {
                "(or VARS file) is gone is refused with exit 65. --new-tpm manufactures a new TPM\n"
                "for such a guest (a new EK; its NV counters start again), --new-vars gives it a\n"
                "fresh copy of the VARS template; both are logged.\n"
+               "\n"
+               "Readiness: once the guest runs (QEMU continued, its TPM checked; for --incoming,\n"
+               "once the received guest runs here), vmsup sends READY=1 to systemd when\n"
+               "NOTIFY_SOCKET is set (Type=notify; also STATUS= lines and STOPPING=1), and\n"
+               "writes one newline to file descriptor N and closes it with --ready-fd N (s6's\n"
+               "notification-fd). See docs/systemd.md.\n"
                "\n"
                "SIGTERM or SIGINT stops the guest gracefully (ACPI power button, then quit\n"
                "after [supervisor] stop_timeout); a second one stops it at once. 'vmsup\n"
@@ -92,16 +101,40 @@ out:
         return *err ? log_error_kind(*err) : 0;
 }
 
+/* --ready-fd N: an fd open for writing, not one of the standard three; kept from children. */
+static int parse_ready_fd(const char *arg, int *ret_fd) {
+        char *end;
+        long fd;
+        int r;
+
+        errno = 0;
+        fd = strtol(arg, &end, 10);
+        if (errno || end == arg || *end || fd < 0 || fd > INT_MAX)
+                return verb_usage_error("run", "--ready-fd takes a file descriptor number, not '%s'", arg);
+        if (fd <= 2)
+                return verb_usage_error("run", "--ready-fd %ld: not stdin, stdout or stderr (give the readiness pipe "
+                                               "its own descriptor, 3 or above)", fd);
+        r = notify_ready_fd_check((int) fd);
+        if (r == -EBADF)
+                return verb_usage_error("run", "--ready-fd %ld: no such open file descriptor", fd);
+        if (r < 0)
+                return verb_usage_error("run", "--ready-fd %ld: not open for writing", fd);
+        (void) fcntl((int) fd, F_SETFD, FD_CLOEXEC);
+        *ret_fd = (int) fd;
+        return 0;
+}
+
 int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
         static const struct option longopts[] = { { "token-fd", required_argument, NULL, 't' },
                                                    { "incoming", required_argument, NULL, 'i' },
                                                    { "spec", required_argument, NULL, 's' },
                                                    { "new-tpm", no_argument, NULL, 'T' },
                                                    { "new-vars", no_argument, NULL, 'N' },
+                                                   { "ready-fd", required_argument, NULL, 'R' },
                                                    { "help", no_argument, NULL, 'h' }, {} };
         _cleanup_error_ vmsup_error *err = NULL;
         _cleanup_free_ char *addr = NULL, *port = NULL;
-        struct guest_run_opts opts = { .token_fd = -1 };
+        struct guest_run_opts opts = { .token_fd = -1, .ready_fd = -1 };
         const char *incoming = NULL, *spec_path = NULL, *uuid = NULL;
         char spec_uuid[37];
         int c, r;
@@ -125,6 +158,11 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
                 }
                 if (c == 't') {
                         if (verb_parse_token_fd("run", optarg, &opts.token_fd) != 0)
+                                return VMSUP_ERR_USAGE;
+                        continue;
+                }
+                if (c == 'R') {
+                        if (parse_ready_fd(optarg, &opts.ready_fd) != 0)
                                 return VMSUP_ERR_USAGE;
                         continue;
                 }

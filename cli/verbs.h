@@ -7,6 +7,7 @@
 #include <stdbool.h>
 
 #include "supervisor/control.h"
+#include "supervisor/guestdirs.h"
 #include "supervisor/hostconfig.h"
 
 struct vmsup_ctx {
@@ -43,6 +44,12 @@ int verb_list(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_events(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_stop(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_console(struct vmsup_ctx *ctx, int argc, char **argv);
+/* stop --all: timeout -1 for [supervisor] stop_timeout; each stop is waited for its
+ * grace time plus margin_s (cli/verb_stop_all.c) */
+/* The pid of a `vmsup run` that holds the guest's lock (/proc/locks) but may not listen
+ * on its control socket yet (it is starting); 0 when none. */
+pid_t verb_guest_starting(const struct guest_dirs *d);
+int verb_stop_all(struct vmsup_ctx *ctx, long timeout, bool force, unsigned parallel, long margin_s);
 int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_secret(struct vmsup_ctx *ctx, int argc, char **argv); /* secret list */
 int verb_seccomp(struct vmsup_ctx *ctx, int argc, char **argv);

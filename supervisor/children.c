@@ -667,6 +667,7 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
                          monotonic_ms() - t0);
         else
                 log_info("guest running: QEMU pid %d, no vTPM (started in %ld ms)", (int) g->qemu.pid, monotonic_ms() - t0);
+        guest_notify_ready(g);
         return 0;
 }
 

@@ -441,112 +441,169 @@ struct each {
         int fd;
         char *buf;
         size_t len;
-        bool done;
+        bool started, done;
+        long deadline;
 };
+
+/* Connect to path and send line (len bytes with its newline); false with *err set when
+ * there is nothing to wait for. */
+static bool each_start(struct each *e, const char *path, const char *line, size_t len, int timeout_ms,
+                       vmsup_error **err) {
+        struct sockaddr_un sa;
+
+        e->started = true;
+        e->done = true;
+        e->deadline = monotonic_ms() + timeout_ms;
+        if (make_addr(path, &sa, err) < 0)
+                return false;
+        e->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (e->fd < 0) {
+                vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "socket");
+                return false;
+        }
+        /* non-blocking: a supervisor whose backlog is full does not hold the others */
+        if (connect(e->fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
+                vmsup_fail(err,
+                           errno == EAGAIN                            ? VMSUP_ERR_BUSY
+                           : errno == ENOENT || errno == ECONNREFUSED ? VMSUP_ERR_NO_SUPERVISOR
+                                                                      : VMSUP_ERR_DENIED,
+                           errno == EAGAIN ? 0 : errno, "connect to the guest's supervisor at '%s'%s", path,
+                           errno == EAGAIN ? ": it takes no connection" : "");
+                closep(&e->fd);
+                return false;
+        }
+        /* the line in one send (far below a socket buffer). A supervisor that refuses us
+         * (too many clients) answers and closes without reading: its answer is still
+         * there to read after EPIPE. */
+        if (send(e->fd, line, len, MSG_NOSIGNAL) != (ssize_t) len && errno != EPIPE && errno != ECONNRESET) {
+                vmsup_fail(err, VMSUP_ERR_IO, errno, "send to the supervisor at '%s'", path);
+                closep(&e->fd);
+                return false;
+        }
+        e->buf = malloc(CONTROL_MAX_MESSAGE + 1);
+        if (!e->buf) {
+                vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "control reply");
+                closep(&e->fd);
+                return false;
+        }
+        e->done = false;
+        return true;
+}
+
+/* Read what is there; true once e is done (its answer parsed into *ret or *err). */
+static bool each_read(struct each *e, json_object **ret, vmsup_error **err) {
+        ssize_t r = read(e->fd, e->buf + e->len, CONTROL_MAX_MESSAGE - e->len);
+
+        if (r < 0 && (errno == EINTR || errno == EAGAIN))
+                return false;
+        if (r < 0 && errno == ECONNRESET && e->len > 0)
+                r = 0; /* closed with our request unread: its answer came first */
+        if (r > 0)
+                e->len += (size_t) r;
+        if (r > 0 && e->len < CONTROL_MAX_MESSAGE)
+                return false;
+        /* the supervisor answers one line and closes */
+        e->buf[e->len] = '\0';
+        if (r < 0)
+                vmsup_fail(err, VMSUP_ERR_IO, errno, "read from the supervisor");
+        else if (e->len == 0)
+                vmsup_fail(err, VMSUP_ERR_IO, 0, "the supervisor closed the connection without an answer");
+        else
+                parse_reply(e->buf, ret, err);
+        return true;
+}
+
+static void each_end(struct each *e) {
+        e->done = true;
+        closep(&e->fd);
+        free(e->buf);
+        e->buf = NULL;
+}
 
 int control_request_each(const char *const *paths, size_t n, json_object *req, int timeout_ms, json_object **rets,
                          vmsup_error **errs) {
+        return control_request_window(paths, n, req, n, timeout_ms, NULL, NULL, rets, errs);
+}
+
+int control_request_window(const char *const *paths, size_t n, json_object *req, size_t parallel, int timeout_ms,
+                           control_each_fn fn, void *userdata, json_object **rets, vmsup_error **errs) {
         _cleanup_free_ struct each *e = calloc(n ? n : 1, sizeof(*e));
         _cleanup_free_ struct pollfd *p = calloc(n ? n : 1, sizeof(*p));
+        _cleanup_free_ size_t *at = calloc(n ? n : 1, sizeof(*at));
         const char *text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
-        size_t tl = strlen(text);
+        size_t tl = strlen(text), next = 0, running = 0;
         _cleanup_free_ char *line = malloc(tl + 2);
-        long deadline = monotonic_ms() + timeout_ms;
-        size_t pending = 0;
 
-        if (!e || !p || !line)
+        if (!e || !p || !at || !line)
                 return -ENOMEM;
+        if (parallel == 0)
+                parallel = 1;
         memcpy(line, text, tl);
         memcpy(line + tl, "\n", 2);
         for (size_t i = 0; i < n; i++) {
-                struct sockaddr_un sa;
-
                 rets[i] = NULL;
                 errs[i] = NULL;
                 e[i].fd = -1;
-                e[i].done = true;
-                if (make_addr(paths[i], &sa, &errs[i]) < 0)
-                        continue;
-                e[i].fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-                if (e[i].fd < 0) {
-                        vmsup_fail(&errs[i], VMSUP_ERR_SYSTEM, errno, "socket");
-                        continue;
-                }
-                /* non-blocking: a supervisor whose backlog is full does not hold the others */
-                if (connect(e[i].fd, (struct sockaddr *) &sa, sizeof(sa)) < 0) {
-                        vmsup_fail(&errs[i],
-                                   errno == EAGAIN ? VMSUP_ERR_BUSY
-                                   : errno == ENOENT || errno == ECONNREFUSED ? VMSUP_ERR_NO_SUPERVISOR
-                                                                              : VMSUP_ERR_DENIED,
-                                   errno == EAGAIN ? 0 : errno, "connect to the guest's supervisor at '%s'%s", paths[i],
-                                   errno == EAGAIN ? ": it takes no connection" : "");
-                        closep(&e[i].fd);
-                        continue;
-                }
-                /* the line in one send (far below a socket buffer). A supervisor that
-                 * refuses us (too many clients) answers and closes without reading: its
-                 * answer is still there to read after EPIPE. */
-                if (send(e[i].fd, line, tl + 1, MSG_NOSIGNAL) != (ssize_t) (tl + 1) && errno != EPIPE &&
-                    errno != ECONNRESET) {
-                        vmsup_fail(&errs[i], VMSUP_ERR_IO, errno, "send to the supervisor at '%s'", paths[i]);
-                        closep(&e[i].fd);
-                        continue;
-                }
-                e[i].buf = malloc(CONTROL_MAX_MESSAGE + 1);
-                if (!e[i].buf) {
-                        vmsup_fail(&errs[i], VMSUP_ERR_SYSTEM, ENOMEM, "control reply");
-                        closep(&e[i].fd);
-                        continue;
-                }
-                e[i].done = false;
-                pending++;
         }
-        while (pending > 0) {
-                long left = deadline - monotonic_ms();
+        for (;;) {
+                long now, wake = -1;
+                size_t np = 0;
                 int k;
 
-                if (left <= 0)
-                        break;
-                for (size_t i = 0; i < n; i++)
-                        p[i] = (struct pollfd) { .fd = e[i].done ? -1 : e[i].fd, .events = POLLIN };
-                k = poll(p, n, (int) left);
-                if (k < 0 && errno == EINTR)
-                        continue;
-                if (k < 0)
-                        break;
-                for (size_t i = 0; i < n && k > 0; i++) {
-                        ssize_t r;
+                while (running < parallel && next < n) {
+                        size_t i = next++;
 
-                        if (e[i].done || !p[i].revents)
-                                continue;
-                        r = read(e[i].fd, e[i].buf + e[i].len, CONTROL_MAX_MESSAGE - e[i].len);
-                        if (r < 0 && (errno == EINTR || errno == EAGAIN))
-                                continue;
-                        if (r < 0 && errno == ECONNRESET && e[i].len > 0)
-                                r = 0; /* closed with our request unread: its answer came first */
-                        if (r > 0)
-                                e[i].len += (size_t) r;
-                        if (r > 0 && e[i].len < CONTROL_MAX_MESSAGE)
-                                continue;
-                        /* the supervisor answers one line and closes */
-                        e[i].done = true;
-                        pending--;
-                        e[i].buf[e[i].len] = '\0';
-                        if (r < 0)
-                                vmsup_fail(&errs[i], VMSUP_ERR_IO, errno, "read from the supervisor");
-                        else if (e[i].len == 0)
-                                vmsup_fail(&errs[i], VMSUP_ERR_IO, 0,
-                                           "the supervisor closed the connection without an answer");
-                        else
-                                parse_reply(e[i].buf, &rets[i], &errs[i]);
+                        if (each_start(&e[i], paths[i], line, tl + 1, timeout_ms, &errs[i]))
+                                running++;
+                        else if (fn)
+                                fn(userdata, i, NULL, errs[i]);
                 }
-        }
-        for (size_t i = 0; i < n; i++) {
-                if (!e[i].done)
+                if (running == 0)
+                        break;
+                for (size_t i = 0; i < next; i++) {
+                        if (e[i].done)
+                                continue;
+                        p[np] = (struct pollfd) { .fd = e[i].fd, .events = POLLIN };
+                        at[np++] = i;
+                        if (wake < 0 || e[i].deadline < wake)
+                                wake = e[i].deadline;
+                }
+                now = monotonic_ms();
+                k = poll(p, np, wake > now ? (int) (wake - now) : 0);
+                if (k < 0 && errno != EINTR) {
+                        int saved = errno;
+
+                        for (size_t i = 0; i < n; i++) {
+                                if (e[i].started && e[i].done)
+                                        continue;
+                                vmsup_fail(&errs[i], VMSUP_ERR_SYSTEM, saved, "poll");
+                                each_end(&e[i]);
+                        }
+                        return 0;
+                }
+                for (size_t j = 0; k > 0 && j < np; j++) {
+                        size_t i = at[j];
+
+                        if (!p[j].revents || !each_read(&e[i], &rets[i], &errs[i]))
+                                continue;
+                        each_end(&e[i]);
+                        running--;
+                        if (fn)
+                                fn(userdata, i, rets[i], errs[i]);
+                }
+                now = monotonic_ms();
+                for (size_t j = 0; j < np; j++) {
+                        size_t i = at[j];
+
+                        if (e[i].done || e[i].deadline > now)
+                                continue;
                         vmsup_fail(&errs[i], VMSUP_ERR_TIMEOUT, 0, "the supervisor did not answer within %d ms",
                                    timeout_ms);
-                closep(&e[i].fd);
-                free(e[i].buf);
+                        each_end(&e[i]);
+                        running--;
+                        if (fn)
+                                fn(userdata, i, NULL, errs[i]);
+                }
         }
         return 0;
 }

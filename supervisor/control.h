@@ -89,4 +89,12 @@ int control_stream_open(const char *path, json_object *req, int timeout_ms, json
 int control_request_each(const char *const *paths, size_t n, json_object *req, int timeout_ms, json_object **rets,
                          vmsup_error **errs);
 
+/* The same, parallel requests at a time (for `vmsup stop --all`): each is given
+ * timeout_ms from its own start, and the next starts as soon as one ends. fn (may be
+ * NULL) hears each end, in the order they come: i, and rets[i] or errs[i] (which it may
+ * add context to, vmsup_error_prefix()). */
+typedef void (*control_each_fn)(void *userdata, size_t i, json_object *ret, vmsup_error *err);
+int control_request_window(const char *const *paths, size_t n, json_object *req, size_t parallel, int timeout_ms,
+                           control_each_fn fn, void *userdata, json_object **rets, vmsup_error **errs);
+
 #endif

@@ -55,6 +55,7 @@ void guest_answer_waiters(struct guest *g, bool ok, enum vmsup_err_kind kind, co
 }
 
 void guest_finish(struct guest *g, enum vmsup_err_kind kind) {
+        guest_notify_stopping(g, kind ? "stopped: the guest failed" : "stopped");
         g->state = GUEST_STOPPED;
         g->end_kind = kind;
         g->done = true;
@@ -118,6 +119,10 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
                 g->crashed = false; /* a stop during on_crash's restart: the operator's stop */
         g->stop_requested = true;
         g->state = reboot ? GUEST_REBOOTING : GUEST_STOPPING;
+        if (reboot)
+                guest_notify_status(g, "rebooting (hard: QEMU restarts, the TPM state is kept)");
+        else
+                guest_notify_stopping(g, force || timeout_s == 0 ? "stopping (forced)" : "stopping");
         if (!g->qemu.pid || g->qemu.exited)
                 return;
         if (!g->qmp) {
@@ -187,6 +192,8 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
         (void) timestamp;
         if (streq(event, "SHUTDOWN")) {
                 g->guest_shutdown = true;
+                if (!g->stop_requested)
+                        guest_notify_stopping(g, "stopping (the guest powered off)");
                 log_info("QEMU: SHUTDOWN (%s)", why ? why : "no reason given");
         } else if (streq(event, "GUEST_PANICKED"))
                 on_guest_panicked(g);

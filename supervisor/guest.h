@@ -19,6 +19,7 @@ struct guest_run_opts {
         const char *incoming_addr; /* address to listen on; NULL or "": any */
         const char *incoming_port;
         const char *incoming_uuid; /* the guest expected */
+        int ready_fd; /* `--ready-fd`: a newline once the guest runs (s6); -1: none. guest_run takes it */
 };
 
 /* Run the guest until it ends. Returns VMSUP_ERR_OK when the guest powered off or was

@@ -11,6 +11,7 @@
  *   vnc.c                      the graphical console's socket, its clients handed to QEMU
  *   events.c                   the event stream's subscribers (knows nothing of the guest: any
  *                              file above emits through g->events)
+ *   readiness.c                what the service manager hears (NOTIFY_SOCKET, --ready-fd)
  *
  * What goes up goes through the function pointers below, set by the file above:
  * children.c reports a child's exit and QEMU's events to guest.c (g->life); guest.c and
@@ -165,6 +166,10 @@ struct guest {
         struct migrate_out *out; /* the outgoing migration while it runs (migrate_out.c) */
 
         struct guest_logs *logs; /* logs.c: NULL until a child needs its log */
+        /* the service manager (readiness.c) */
+        struct notify_socket *notify; /* $NOTIFY_SOCKET's; NULL when none */
+        int ready_fd;                 /* `run --ready-fd`: a newline when ready, then closed; -1 */
+        bool notified_ready, notified_stopping;
 };
 
 
@@ -234,6 +239,17 @@ void guest_logs_free(struct guest *g);
 int guest_vnc_open(struct guest *g, vmsup_error **err);
 /* The socket goes (closed, removed): QEMU's monitor is gone. Idempotent. */
 void guest_vnc_close(struct guest *g);
+/* readiness.c: READY=1 (and --ready-fd's newline) once the guest runs, STATUS= lines,
+ * STOPPING=1; nothing when no service manager listens. Failures to send are logged. */
+struct notify_socket;
+/* $NOTIFY_SOCKET (then removed from the environment) and ready_fd (taken). */
+int guest_notify_open(struct guest *g, int ready_fd, vmsup_error **err);
+void guest_notify_status(struct guest *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The guest runs (after cont, its TPM checked): READY=1 the first time, then STATUS=running. */
+void guest_notify_ready(struct guest *g);
+/* STOPPING=1 (the first time) with STATUS=status. */
+void guest_notify_stopping(struct guest *g, const char *status);
+void guest_notify_close(struct guest *g);
 
 
 /* requests.c: the control socket and its requests */

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -238,6 +239,30 @@ int guest_dirs_write_pid(const struct guest_dirs *d, vmsup_error **err) {
 
         snprintf(pidtext, sizeof(pidtext), "%d\n", (int) getpid());
         return write_file_atomic(d->pidfile, pidtext, strlen(pidtext), 0644, err);
+}
+
+pid_t guest_dirs_lock_holder(const struct guest_dirs *d) {
+        _cleanup_fclose_ FILE *f = NULL;
+        char line[256];
+        struct stat st;
+
+        if (stat(d->state, &st) < 0 || !(f = fopen("/proc/locks", "re")))
+                return 0;
+        /* "1: FLOCK  ADVISORY  WRITE 4619 fe:00:10994226 0 EOF"; a waiter's line has "->" */
+        while (fgets(line, sizeof(line), f)) {
+                unsigned maj, min;
+                unsigned long long ino;
+                char type[16], mode[16];
+                int pid;
+
+                if (strstr(line, "->") ||
+                    sscanf(line, "%*d: %15s %*s %15s %d %x:%x:%llu", type, mode, &pid, &maj, &min, &ino) != 6)
+                        continue;
+                if (streq(type, "FLOCK") && streq(mode, "WRITE") && pid > 0 && ino == (unsigned long long) st.st_ino &&
+                    maj == major(st.st_dev) && min == minor(st.st_dev))
+                        return (pid_t) pid;
+        }
+        return 0;
 }
 
 int guest_dirs_lock_stopped(const struct guest_dirs *d, bool missing_ok, int *ret_fd, vmsup_error **err) {

@@ -61,6 +61,12 @@ int guest_dirs_prepare(const struct guest_dirs *d, uid_t tpm_uid, gid_t tpm_gid,
  * not a directory, 73. Returns the fd to keep. */
 int guest_dirs_lock(const struct guest_dirs *d, bool create, bool *ret_created, vmsup_error **err);
 
+/* Who holds the guest's lock, without touching it (taking it, even shared and for an
+ * instant, could make a supervisor that starts then fail): the pid /proc/locks names for
+ * an flock on the state dir; 0 when nobody holds it, or the state dir or /proc/locks
+ * cannot be read. */
+pid_t guest_dirs_lock_holder(const struct guest_dirs *d);
+
 /* Our pid in <run>/vmsup.pid (after guest_dirs_prepare(): the run dir exists), named
  * by the message of a second supervisor's guest_dirs_lock(). */
 int guest_dirs_write_pid(const struct guest_dirs *d, vmsup_error **err);

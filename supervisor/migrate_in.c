@@ -406,6 +406,7 @@ static void on_started(void *userdata) {
                  (int) g->swtpm.pid);
         migration_event(g, "MIGRATION_COMPLETED", NULL);
         migration_event(g, "STARTED", "migrated");
+        guest_notify_ready(g);
 }
 
 static char *on_log_tail(void *userdata, bool qemu) {

@@ -95,6 +95,7 @@ static void cb_progress(void *userdata, json_object *p) {
 
         if (json_object_object_get_ex(p, "percent", &v))
                 o->percent = json_object_get_int(v);
+        guest_notify_status(o->g, "migrating to %s: %d%%", o->to, o->percent);
         control_conn_progress(o->conn, p);
 }
 
@@ -210,6 +211,7 @@ static void cb_finished(void *userdata, enum migrate_outcome outcome, const vmsu
 
         switch (outcome) {
         case MIGRATE_DONE:
+                guest_notify_stopping(g, "migrated: the guest runs on the destination");
                 done(o, times);
                 break;
         case MIGRATE_OUTCOME_UNKNOWN: {
@@ -224,6 +226,7 @@ static void cb_finished(void *userdata, enum migrate_outcome outcome, const vmsu
                 migration_event(o, "MIGRATION_FAILED", err->msg);
                 control_conn_reply_error(o->conn, VMSUP_ERR_BUSY, err->msg);
                 vmsup_error_free(err);
+                guest_notify_status(g, "paused: migration outcome unknown (see vmsup(8), MIGRATION)");
                 break;
         }
         case MIGRATE_ROLLED_BACK:
@@ -231,6 +234,7 @@ static void cb_finished(void *userdata, enum migrate_outcome outcome, const vmsu
                           o->port, why->msg);
                 migration_event(o, "MIGRATION_FAILED", why->msg);
                 control_conn_reply_error(o->conn, why->kind ? why->kind : VMSUP_ERR_FAILED, why->msg);
+                guest_notify_status(g, "running (the migration failed and was rolled back)");
                 break;
         }
         ended(o);

@@ -333,6 +333,7 @@ static void teardown(struct guest *g) {
         g->migration_key = secmem_free(g->migration_key);
         guest_fd_reserve_release(g);
         closep(&g->cancel_fd);
+        guest_notify_close(g);
         closep(&g->lock_fd);
         free(g->qemu_path);
         free(g->swtpm_path);
@@ -345,7 +346,7 @@ int guest_run(const struct guest_run_opts *opts) {
         struct guest g = { .cfg = opts->cfg, .lock_fd = -1, .listen_fd = -1,
                            .qemu = { .name = "QEMU", .pidfd = -1 }, .swtpm = { .name = "swtpm", .pidfd = -1 },
                            .tpm_ctrl_fd = -1, .new_tpm = opts->new_tpm, .cancel_fd = -1,
-                           .start_migration = migrate_out };
+                           .start_migration = migrate_out, .ready_fd = -1 };
         vmsup_error *err = NULL;
         sigset_t mask, stop;
         char signame[16];
@@ -373,6 +374,9 @@ int guest_run(const struct guest_run_opts *opts) {
                 r = vmsup_fail(&err, VMSUP_ERR_SYSTEM, errno, "signalfd");
                 goto fail;
         }
+        /* the service manager's socket (then gone from the environment, before any child) */
+        if ((r = guest_notify_open(&g, opts->ready_fd, &err)) < 0)
+                goto fail;
         /* swtpm_setup orphans a swtpm and waits until it is reaped: be the one who reaps. */
         prctl(PR_SET_CHILD_SUBREAPER, 1);
 
@@ -383,6 +387,11 @@ int guest_run(const struct guest_run_opts *opts) {
             (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0) /* its paths only */
                 goto fail;
         log_set_guest(g.spec.uuid);
+        if (g.incoming)
+                guest_notify_status(&g, "incoming: waiting for guest '%s' from the source on port %s", g.spec.name,
+                                    opts->incoming_port);
+        else
+                guest_notify_status(&g, "starting guest '%s'", g.spec.name);
         if (g.incoming) {
                 /* the loop runs from the start: the destination receives the guest on it
                  * (migrate_in.c), and the guest, once it runs here, goes on on it */

@@ -5,14 +5,18 @@
 #include "config.h"
 
 #include <criterion/criterion.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <json-c/json.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "common/util.h"
@@ -228,5 +232,83 @@ Test(list, a_host_without_guests) {
         test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "list", "--json", NULL });
         cr_assert_eq(r.exit_code, 0, "%s", r.err);
         cr_assert(strstr(r.out, "[") && strstr(r.out, "]") && !strstr(r.out, "uuid"), "%s", r.out);
+        test_run_clear(&r);
+}
+
+/* A `vmsup run` stand-in: holds the state dir's lock (flock, as guest_dirs_lock()) with
+ * "run" among its arguments, and no control socket: a supervisor in its start. */
+static pid_t hold_lock_as_run(int i, int *ret_hold) {
+        char dir[512], uuid[40];
+        int p[2];
+        pid_t pid;
+
+        uuid_of(i, uuid, sizeof(uuid));
+        snprintf(dir, sizeof(dir), "%s/state/%s", root, uuid);
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                int fd = open(dir, O_RDONLY | O_DIRECTORY);
+
+                if (fd < 0 || flock(fd, LOCK_EX) < 0 || dup2(p[0], 0) < 0)
+                        _exit(1);
+                /* waits on a pipe nobody writes to, alone (no child left when it is killed);
+                 * dir in its arguments: test_root_cleanup() finds it after a failed test */
+                execl("/bin/sh", "/bin/sh", "-c", "read x", "run", dir, (char *) NULL);
+                _exit(1);
+        }
+        close(p[0]);
+        *ret_hold = p[1];
+        return pid;
+}
+
+Test(list, a_supervisor_still_starting_is_starting_with_its_pid) {
+        char uuid[40], dir[512], pidtext[32];
+        struct test_run r;
+        json_object *a, *o;
+        pid_t starting;
+        int fd, hold;
+
+        make_guest(1, NULL, NULL);
+        make_guest(2, NULL, NULL);
+        starting = hold_lock_as_run(1, &hold);
+        /* another vmsup verb (delete, resize) holds guest 2's lock: it is stopped all the same */
+        uuid_of(2, uuid, sizeof(uuid));
+        snprintf(dir, sizeof(dir), "%s/state/%s", root, uuid);
+        fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert_geq(fd, 0);
+        cr_assert_eq(flock(fd, LOCK_EX), 0);
+        /* the child has its lock once /proc/locks says so */
+        for (long deadline = monotonic_ms() + 30000;;) {
+                size_t len;
+                char *locks = (char *) test_read_file("/proc/locks", &len);
+                char needle[32];
+
+                locks[len < (1 << 20) ? len : len - 1] = '\0';
+                snprintf(needle, sizeof(needle), " %d ", (int) starting);
+                if (strstr(locks, needle)) {
+                        free(locks);
+                        break;
+                }
+                free(locks);
+                cr_assert_lt(monotonic_ms(), deadline, "the stand-in did not take the lock");
+                usleep(20000);
+        }
+
+        test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "list", "--json", NULL });
+        kill(starting, SIGKILL);
+        waitpid(starting, NULL, 0);
+        close(hold);
+        close(fd);
+        cr_assert_eq(r.exit_code, 0, "%s", r.err);
+        a = json_tokener_parse(r.out);
+        cr_assert(a && json_object_array_length(a) == 2, "%s", r.out);
+        o = find(a, 1);
+        snprintf(pidtext, sizeof(pidtext), "%d", (int) starting);
+        cr_assert(streq(get(o, "state"), "starting") && streq(get(o, "pid"), pidtext), "%s (the stand-in is %s)",
+                  json_object_to_json_string(o), pidtext);
+        o = find(a, 2);
+        cr_assert(streq(get(o, "state"), "stopped") && streq(get(o, "pid"), "(null)"), "%s", json_object_to_json_string(o));
+        json_object_put(a);
         test_run_clear(&r);
 }
