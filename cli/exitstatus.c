@@ -19,6 +19,9 @@ static const int exit_status[VMSUP_ERR_KIND_MAX] = {
         [VMSUP_ERR_TIMEOUT] = 75,       /* EX_TEMPFAIL: it may still happen; try again later */
         [VMSUP_ERR_DENIED] = 77,        /* EX_NOPERM */
         [VMSUP_ERR_CONFIG] = 78,        /* EX_CONFIG */
+        /* not a failure to retry: the guest's own on_crash said destroy, and a service
+         * manager that restarts on failure must be able to tell (vmsup@.service) */
+        [VMSUP_ERR_CRASHED] = 3,
 };
 
 int cli_exit_status(enum vmsup_err_kind kind) {

@@ -23,6 +23,7 @@ static const char *const kind_names[VMSUP_ERR_KIND_MAX] = {
         [VMSUP_ERR_TIMEOUT] = "timeout",
         [VMSUP_ERR_DENIED] = "denied",
         [VMSUP_ERR_CONFIG] = "config",
+        [VMSUP_ERR_CRASHED] = "crashed",
 };
 
 const char *vmsup_err_kind_to_string(enum vmsup_err_kind kind) {

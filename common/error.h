@@ -23,6 +23,7 @@ enum vmsup_err_kind {
         VMSUP_ERR_TIMEOUT,        /* an answer did not come within its deadline */
         VMSUP_ERR_DENIED,         /* permission denied */
         VMSUP_ERR_CONFIG,         /* bad host configuration */
+        VMSUP_ERR_CRASHED,        /* the guest crashed and its on_crash destroyed it */
         VMSUP_ERR_KIND_MAX,
 };
 

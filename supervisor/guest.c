@@ -286,8 +286,8 @@ static void on_qemu_exit(struct guest *g) {
         if (g->crashed) {
                 log_error("guest destroyed after its crash (on_crash destroy; QEMU %s)", why);
                 events_emit_reason(g->events, "STOPPED", "crashed");
-                guest_answer_waiters(g, false, VMSUP_ERR_FAILED, "the guest crashed and was destroyed");
-                guest_finish(g, VMSUP_ERR_FAILED);
+                guest_answer_waiters(g, false, VMSUP_ERR_CRASHED, "the guest crashed and was destroyed");
+                guest_finish(g, VMSUP_ERR_CRASHED);
                 return;
         }
         if (expected) {

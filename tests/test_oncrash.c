@@ -101,7 +101,7 @@ Test(oncrash, destroy_ends_the_guest_and_keeps_its_tpm_state) {
                 cr_assert(monotonic_ms() < deadline, "no control socket: %s", slurp(vmsup_log));
         events = test_spawn(argv_events, NULL, events_out, NULL);
         code = wait_exit(&s, 300000);
-        cr_assert_eq(code, 1, "vmsup exit %d: %s", code, slurp(vmsup_log));
+        cr_assert_eq(code, 3, "vmsup exit %d: %s", code, slurp(vmsup_log));
         cr_assert_eq(wait_exit(&events, 30000), 0, "%s", slurp(events_out));
         cr_assert(strstr(slurp(events_out), "\"event\":\"STARTED\",") &&
                           strstr(strstr(slurp(events_out), "\"event\":\"STARTED\","),
