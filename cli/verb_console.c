@@ -86,11 +86,12 @@ static bool tio_saved;
 
 static void terminal_restore(void) {
         if (tio_saved)
-                tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_tio);
+                tcsetattr(STDIN_FILENO, TCSADRAIN, &saved_tio);
         tio_saved = false;
 }
 
-/* Raw mode: every key goes to the guest (Ctrl-C too), nothing echoed here. */
+/* Raw mode: every key goes to the guest (Ctrl-C too), nothing echoed here. TCSADRAIN, not
+ * TCSAFLUSH: what was typed already is for the guest, not to be thrown away. */
 static int terminal_raw(void) {
         struct termios tio;
 
@@ -100,7 +101,7 @@ static int terminal_raw(void) {
         cfmakeraw(&tio);
         tio.c_cc[VMIN] = 1;
         tio.c_cc[VTIME] = 0;
-        if (tcsetattr(STDIN_FILENO, TCSAFLUSH, &tio) < 0)
+        if (tcsetattr(STDIN_FILENO, TCSADRAIN, &tio) < 0)
                 return -errno;
         tio_saved = true;
         return 0;
@@ -189,11 +190,14 @@ static int attach(struct vmsup_ctx *ctx, const char *uuid, bool force) {
                 log_error("signalfd: %s", strerror(errno));
                 return VMSUP_ERR_SYSTEM;
         }
-        fprintf(stderr, "Connected to the console of guest %s\nEscape character is ^] (Ctrl + ])\n", uuid);
+        /* raw before the line that says we are connected: a key typed after it must not
+         * meet the terminal's own line editing (echoed here, held until Enter) */
         if (tty && (r = terminal_raw()) < 0) {
                 log_error("put the terminal in raw mode: %s", strerror(-r));
                 return VMSUP_ERR_SYSTEM;
         }
+        fprintf(stderr, "Connected to the console of guest %s%sEscape character is ^] (Ctrl + ])%s", uuid,
+                tty ? "\r\n" : "\n", tty ? "\r\n" : "\n");
         r = relay(sock, sigfd, tty);
         terminal_restore();
         sigprocmask(SIG_SETMASK, &old, NULL);
