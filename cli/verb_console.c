@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "cli/verbs.h"
+#include "common/fileio.h"
 #include "common/log.h"
 #include "common/rotlog.h"
 #include "common/util.h"
@@ -63,20 +64,6 @@ static int print_log(struct vmsup_ctx *ctx, const char *uuid, long bytes) {
         if (fwrite(text, 1, len, stdout) != len || fflush(stdout) != 0) {
                 log_error("write the console log to standard output: %s", strerror(errno));
                 return VMSUP_ERR_IO;
-        }
-        return 0;
-}
-
-static int write_all(int fd, const char *buf, size_t n) {
-        while (n > 0) {
-                ssize_t w = write(fd, buf, n);
-
-                if (w < 0 && errno == EINTR)
-                        continue;
-                if (w < 0)
-                        return -errno;
-                buf += w;
-                n -= (size_t) w;
         }
         return 0;
 }
@@ -130,7 +117,7 @@ static int relay(int sock, int sigfd, bool tty) {
                                 continue;
                         if (n <= 0)
                                 return 1; /* the supervisor closed it */
-                        if (write_all(STDOUT_FILENO, buf, (size_t) n) < 0)
+                        if (fd_write_all(STDOUT_FILENO, buf, (size_t) n) < 0)
                                 return 0;
                 }
                 if (p[2].revents) {
@@ -150,7 +137,7 @@ static int relay(int sock, int sigfd, bool tty) {
                         esc = tty ? memchr(buf, ESCAPE_BYTE, (size_t) n) : NULL;
                         if (esc)
                                 n = esc - buf;
-                        if (n > 0 && write_all(sock, buf, (size_t) n) < 0)
+                        if (n > 0 && fd_write_all(sock, buf, (size_t) n) < 0)
                                 return 1;
                         if (esc)
                                 return 0;

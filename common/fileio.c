@@ -15,7 +15,7 @@
 #include "common/secmem.h"
 #include "common/util.h"
 
-static int write_all(int fd, const void *data, size_t len) {
+int fd_write_all(int fd, const void *data, size_t len) {
         const uint8_t *p = data;
 
         while (len > 0) {
@@ -58,7 +58,7 @@ int file_write_atomic_at(int dirfd, const char *dir, const char *name, const voi
         fd = create_temp(dirfd, name, mode, tmp, sizeof(tmp));
         if (fd < 0)
                 return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, -fd, "create a temp file for '%s/%s'", dir, name);
-        r = write_all(fd, data, len);
+        r = fd_write_all(fd, data, len);
         if (r < 0) {
                 unlinkat(dirfd, tmp, 0);
                 return vmsup_fail(err, VMSUP_ERR_IO, -r, "write '%s/%s'", dir, tmp);

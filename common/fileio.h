@@ -24,6 +24,9 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
 int file_read_at(int dirfd, const char *dir, const char *name, size_t max, bool secret, void **ret_data,
                  size_t *ret_len, vmsup_error **err);
 
+/* Write all of data to fd (retrying short writes and EINTR); 0 or -errno. */
+int fd_write_all(int fd, const void *data, size_t len);
+
 /* Create each missing component of path with mode (mkdir -p). */
 int mkdir_parents(const char *path, mode_t mode, vmsup_error **err);
 

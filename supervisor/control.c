@@ -311,8 +311,11 @@ static int connect_bounded(int fd, const struct sockaddr_un *sa, const char *pat
         return 0;
 }
 
-int control_request_progress(const char *path, json_object *req, int timeout_ms, control_progress_fn fn, void *userdata,
-                             json_object **ret_return, vmsup_error **err) {
+/* Connect, send req, read the reply within timeout_ms. A stream (ret_fd set) reads a byte
+ * at a time up to the reply's newline, for what follows it is the stream's, and keeps
+ * the connection open for the caller. */
+static int request(const char *path, json_object *req, int timeout_ms, control_progress_fn fn, void *userdata,
+                   json_object **ret_return, int *ret_fd, vmsup_error **err) {
         _cleanup_close_ int fd = -1;
         _cleanup_free_ char *buf = NULL;
         struct sockaddr_un sa;
@@ -355,7 +358,7 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
                 }
                 if (!p.revents)
                         continue;
-                n = read(fd, buf + len, CONTROL_MAX_MESSAGE - len);
+                n = read(fd, buf + len, ret_fd ? 1 : CONTROL_MAX_MESSAGE - len);
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n < 0 && errno == ECONNRESET && len > 0)
@@ -364,8 +367,11 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
                         return vmsup_fail(err, VMSUP_ERR_IO, errno, "read from the supervisor");
                 if (n == 0)
                         break;
+                if (ret_fd && buf[len] == '\n')
+                        break;
                 len += (size_t) n;
-                consume_progress(buf, &len, fn, userdata);
+                if (!ret_fd)
+                        consume_progress(buf, &len, fn, userdata);
                 if (len == CONTROL_MAX_MESSAGE)
                         return vmsup_fail(err, VMSUP_ERR_DATA, 0, "the supervisor's reply is too large");
         }
@@ -374,67 +380,23 @@ int control_request_progress(const char *path, json_object *req, int timeout_ms,
                 return vmsup_fail(err, VMSUP_ERR_IO, send_errno, "send to the supervisor at '%s'", path);
         if (len == 0)
                 return vmsup_fail(err, VMSUP_ERR_IO, 0, "the supervisor closed the connection without an answer");
-        return parse_reply(buf, ret_return, err);
+        if ((r = parse_reply(buf, ret_return, err)) < 0)
+                return r;
+        if (ret_fd)
+                *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
+int control_request_progress(const char *path, json_object *req, int timeout_ms, control_progress_fn fn, void *userdata,
+                             json_object **ret_return, vmsup_error **err) {
+        return request(path, req, timeout_ms, fn, userdata, ret_return, NULL, err);
 }
 
 int control_stream_open(const char *path, json_object *req, int timeout_ms, json_object **ret_return,
                         vmsup_error **err) {
-        _cleanup_close_ int fd = -1;
-        _cleanup_free_ char *buf = NULL;
-        struct sockaddr_un sa;
-        const char *text;
-        size_t len = 0;
-        long deadline = timeout_ms < 0 ? -1 : monotonic_ms() + timeout_ms;
-        int r;
+        int fd = -1, r = request(path, req, timeout_ms, NULL, NULL, ret_return, &fd, err);
 
-        if ((r = make_addr(path, &sa, err)) < 0)
-                return r;
-        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "socket");
-        if ((r = connect_bounded(fd, &sa, path, timeout_ms, err)) < 0)
-                return r;
-        text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
-        if ((send(fd, text, strlen(text), MSG_NOSIGNAL) < 0 || send(fd, "\n", 1, MSG_NOSIGNAL) < 0) &&
-            errno != EPIPE && errno != ECONNRESET)
-                return vmsup_fail(err, errno == EAGAIN ? VMSUP_ERR_BUSY : VMSUP_ERR_IO, errno,
-                                  "send to the supervisor at '%s'", path);
-        buf = malloc(CONTROL_MAX_MESSAGE + 1);
-        if (!buf)
-                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "control reply");
-        /* a byte at a time up to the reply's newline: what follows it is the stream's */
-        for (;;) {
-                struct pollfd p = { .fd = fd, .events = POLLIN };
-                long left = deadline < 0 ? -1 : deadline - monotonic_ms();
-                ssize_t n;
-
-                if (deadline >= 0 && left <= 0)
-                        return vmsup_fail(err, VMSUP_ERR_TIMEOUT, 0, "the supervisor did not answer within %d ms", timeout_ms);
-                if (poll(&p, 1, (int) left) < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "wait for the supervisor");
-                }
-                if (!p.revents)
-                        continue;
-                n = read(fd, buf + len, 1);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n < 0 && !(errno == ECONNRESET && len > 0))
-                        return vmsup_fail(err, VMSUP_ERR_IO, errno, "read from the supervisor");
-                if (n <= 0)
-                        break;
-                if (buf[len] == '\n')
-                        break;
-                if (++len == CONTROL_MAX_MESSAGE)
-                        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "the supervisor's reply is too large");
-        }
-        buf[len] = '\0';
-        if (len == 0)
-                return vmsup_fail(err, VMSUP_ERR_IO, 0, "the supervisor closed the connection without an answer");
-        if ((r = parse_reply(buf, ret_return, err)) < 0)
-                return r;
-        return TAKE_FD(fd);
+        return r < 0 ? r : fd;
 }
 
 struct each {
