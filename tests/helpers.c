@@ -7,6 +7,7 @@
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -237,4 +238,26 @@ uint8_t *test_read_file(const char *path, size_t *ret_len) {
         *ret_len = fread(buf, 1, 1 << 20, f);
         fclose(f);
         return buf;
+}
+
+pid_t test_hold_lock_as_run(const char *state_dir, int *ret_hold) {
+        int p[2];
+        pid_t pid;
+
+        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
+        pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+                int fd = open(state_dir, O_RDONLY | O_DIRECTORY);
+
+                if (fd < 0 || flock(fd, LOCK_EX) < 0 || dup2(p[0], 0) < 0)
+                        _exit(1);
+                /* waits on a pipe nobody writes to, alone (no child left when it is killed);
+                 * the dir in its arguments: test_root_cleanup() finds it after a failed test */
+                execl("/bin/sh", "/bin/sh", "-c", "read x", "run", state_dir, (char *) NULL);
+                _exit(1);
+        }
+        close(p[0]);
+        *ret_hold = p[1];
+        return pid;
 }

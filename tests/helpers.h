@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* A fresh directory under $TMPDIR (or /tmp), removed by test_rmtree(). */
 char *test_mkdtemp(void);
@@ -71,6 +72,12 @@ struct test_run {
  * the test's own PATH); capture stdout and stderr. */
 void test_run_vmsup(struct test_run *ret, const char *path, const char *const *args);
 void test_run_clear(struct test_run *r);
+
+/* A stand-in for a `vmsup run` still in its start: a process that holds state_dir's lock
+ * (flock, as guest_dirs_lock()) with "run" and state_dir among its arguments, until
+ * *ret_hold (a pipe's write end) is closed or it is killed. Returns its pid, maybe before
+ * it has the lock. */
+pid_t test_hold_lock_as_run(const char *state_dir, int *ret_hold);
 
 /* Processes whose command line contains needle (a test's temporary root); with
  * kill_them, each gets SIGKILL. Returns how many there were. */

@@ -239,27 +239,10 @@ Test(list, a_host_without_guests) {
  * "run" among its arguments, and no control socket: a supervisor in its start. */
 static pid_t hold_lock_as_run(int i, int *ret_hold) {
         char dir[512], uuid[40];
-        int p[2];
-        pid_t pid;
 
         uuid_of(i, uuid, sizeof(uuid));
         snprintf(dir, sizeof(dir), "%s/state/%s", root, uuid);
-        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-        pid = fork();
-        cr_assert_geq(pid, 0);
-        if (pid == 0) {
-                int fd = open(dir, O_RDONLY | O_DIRECTORY);
-
-                if (fd < 0 || flock(fd, LOCK_EX) < 0 || dup2(p[0], 0) < 0)
-                        _exit(1);
-                /* waits on a pipe nobody writes to, alone (no child left when it is killed);
-                 * dir in its arguments: test_root_cleanup() finds it after a failed test */
-                execl("/bin/sh", "/bin/sh", "-c", "read x", "run", dir, (char *) NULL);
-                _exit(1);
-        }
-        close(p[0]);
-        *ret_hold = p[1];
-        return pid;
+        return test_hold_lock_as_run(dir, ret_hold);
 }
 
 Test(list, a_supervisor_still_starting_is_starting_with_its_pid) {

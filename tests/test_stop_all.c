@@ -206,24 +206,11 @@ static void fake_supervisor(int i, const char *stop_reply, struct fake *f, pthre
  * guest_dirs_lock()) with "run" among its arguments, and no control socket yet. */
 static pid_t starting_supervisor(const char *uuid, int *ret_hold) {
         char dir[512];
-        int p[2];
         pid_t pid;
 
         mkdir_run(uuid);
         snprintf(dir, sizeof(dir), "%s/state/%s", root, uuid);
-        cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
-        pid = fork();
-        cr_assert_geq(pid, 0);
-        if (pid == 0) {
-                int fd = open(dir, O_RDONLY | O_DIRECTORY);
-
-                if (fd < 0 || flock(fd, LOCK_EX) < 0 || dup2(p[0], 0) < 0)
-                        _exit(1);
-                execl("/bin/sh", "/bin/sh", "-c", "read x", "run", dir, (char *) NULL);
-                _exit(1);
-        }
-        close(p[0]);
-        *ret_hold = p[1];
+        pid = test_hold_lock_as_run(dir, ret_hold);
         /* it holds the lock once /proc/locks says so */
         for (long deadline = monotonic_ms() + 30000;;) {
                 size_t len;
