@@ -317,6 +317,10 @@ Test(console, attach_type_refuse_take_over_detach_and_survive_a_hard_reboot) {
         /* attached across a hard reboot: the new QEMU's output reaches the same client */
         c = term_open(false);
         cr_assert(term_wait(&c, "Escape character is ^]", 0, 30000), "%s", c.seen);
+        /* the replay of this boot's output (its "shell on the console" line among it) follows
+         * the line above: an answer typed after it marks where the replay has ended */
+        term_type(&c, "echo attached-$((4*4))\r");
+        cr_assert(term_wait(&c, "attached-16", 0, 30000), "%s", c.seen);
         mark = c.len;
         run_cli(&r, (const char *[]) { "--config", conf, "reboot", "--hard", UUID, NULL });
         cr_assert_eq(r.exit_code, 0, "%s", r.err);
