@@ -173,6 +173,9 @@ static void on_guest_panicked(struct guest *g) {
                           "dump: vmsup qmp %s dump-guest-memory ...; vmsup stop %s ends it)", g->spec.uuid,
                           g->spec.uuid);
                 g->state = GUEST_CRASHED;
+                /* QEMU's name for its state from here on (query-status); the STOP event that
+                 * follows does not make it "paused" */
+                snprintf(g->qemu_status, sizeof(g->qemu_status), "guest-panicked");
                 break;
         case GUEST_ON_CRASH_DESTROY:
         default:
@@ -200,7 +203,8 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
         else if (streq(event, "RESET"))
                 log_info("QEMU: guest reset (%s)", why ? why : "no reason given");
         else if (streq(event, "STOP")) {
-                snprintf(g->qemu_status, sizeof(g->qemu_status), "paused");
+                if (g->state != GUEST_CRASHED)
+                        snprintf(g->qemu_status, sizeof(g->qemu_status), "paused");
                 /* not the pause of a stop, a hard reboot or on_crash's */
                 if (g->state == GUEST_RUNNING || g->state == GUEST_CRASHED)
                         events_emit_reason(g->events, "PAUSED", g->state == GUEST_CRASHED ? "crashed"

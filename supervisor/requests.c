@@ -246,7 +246,7 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 return;
         }
         if (streq(cmd, "status")) {
-                if (g->qmp && g->state == GUEST_RUNNING)
+                if (g->qmp && (g->state == GUEST_RUNNING || g->state == GUEST_CRASHED))
                         forward_qmp(g, c, "query-status", NULL, STATUS_QMP_TIMEOUT_MS, on_status_reply);
                 else {
                         struct pending_reply *p = calloc(1, sizeof(*p));

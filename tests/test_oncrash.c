@@ -182,12 +182,15 @@ Test(oncrash, preserve_keeps_the_guest_paused_until_a_forced_stop) {
                 json_object_put(st);
                 st = test_control(control_path, "status", NULL, &err);
                 cr_assert_not_null(st, "%s: %s", err ? err->msg : "", slurp(vmsup_log));
-                if (json_object_object_get_ex(st, "state", &v) && streq(json_object_get_string(v), "crashed"))
+                /* QEMU's runstate follows its GUEST_PANICKED event by a moment */
+                if (json_object_object_get_ex(st, "state", &v) && streq(json_object_get_string(v), "crashed") &&
+                    json_object_object_get_ex(st, "qemu_status", &v) &&
+                    streq(json_object_get_string(v), "guest-panicked"))
                         break;
         }
         cr_assert(json_object_object_get_ex(st, "state", &v) && streq(json_object_get_string(v), "crashed"), "%s\n%s",
                   json_object_to_json_string(st), slurp(vmsup_log));
-        cr_assert(json_object_object_get_ex(st, "qemu_status", &v) && streq(json_object_get_string(v), "paused"),
+        cr_assert(json_object_object_get_ex(st, "qemu_status", &v) && streq(json_object_get_string(v), "guest-panicked"),
                   "%s", json_object_to_json_string(st));
         json_object_put(st);
         cr_assert(strstr(slurp(vmsup_log), "on_crash preserve"), "%s", slurp(vmsup_log));
