@@ -484,6 +484,30 @@ json_object *guest_spec_nics_to_json(const struct guest_nic *nics, size_t n) {
         return arr;
 }
 
+int guest_spec_set_nics(struct guest_spec *spec, const struct guest_nic *nics, size_t n, vmsup_error **err) {
+        struct guest_nic *copy = calloc(n ? n : 1, sizeof(*copy));
+
+        for (size_t i = 0; copy && i < n; i++) {
+                copy[i] = nics[i];
+                copy[i].ifname = strdup(nics[i].ifname);
+                copy[i].model = strdup(nics[i].model);
+                if (!copy[i].ifname || !copy[i].model) {
+                        for (size_t j = 0; j <= i; j++)
+                                guest_nic_clear(&copy[j]);
+                        free(copy);
+                        copy = NULL;
+                }
+        }
+        if (!copy)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "the guest's NICs");
+        for (size_t i = 0; i < spec->n_nics; i++)
+                guest_nic_clear(&spec->nics[i]);
+        free(spec->nics);
+        spec->nics = copy;
+        spec->n_nics = n;
+        return 0;
+}
+
 void guest_nic_clear(struct guest_nic *nic) {
         free(nic->ifname);
         free(nic->model);

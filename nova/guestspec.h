@@ -64,6 +64,7 @@ int guest_nic_check(const char *key, const char *ifname, const char *mac, const 
 json_object *guest_spec_nics_to_json(const struct guest_nic *nics, size_t n);
 void guest_nic_clear(struct guest_nic *nic);
 
+
 struct guest_spec {
         char uuid[37]; /* canonical lower-case 8-4-4-4-12 */
         char *name;
@@ -97,5 +98,8 @@ void guest_spec_clear(struct guest_spec *spec);
 /* A flavor extra spec or image property as a string, or NULL when absent. */
 const char *guest_spec_extra_spec(const struct guest_spec *spec, const char *key);
 const char *guest_spec_image_property(const struct guest_spec *spec, const char *key);
+
+/* Replace spec's NICs with a copy of nics[n]. */
+int guest_spec_set_nics(struct guest_spec *spec, const struct guest_nic *nics, size_t n, vmsup_error **err);
 
 #endif
