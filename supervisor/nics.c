@@ -267,6 +267,7 @@ struct nic_op {
         struct guest_nic nic;      /* add: the new NIC (owned) */
         unsigned slot;             /* remove: the NIC's slot */
         struct nic_fds fds;        /* add: ours until getfd queued copies */
+        bool vhost;                /* add: QEMU gets vhost-net fds too */
         struct evloop_source *timer; /* remove: DEVICE_DELETED's deadline */
 };
 
@@ -344,7 +345,7 @@ static void close_fdnames(struct guest *g, const struct nic_op *op) {
                 fdname(name, sizeof(name), op->nic.slot, "tap", q);
                 if (queue(g, "closefd", args1("fdname", name), -1, on_ignore, NULL, &err) < 0)
                         err = vmsup_error_free(err);
-                if (op->fds.vhost[0] < 0 && !op->fds.vhost_errno)
+                if (!op->vhost)
                         continue;
                 fdname(name, sizeof(name), op->nic.slot, "vhost", q);
                 if (queue(g, "closefd", args1("fdname", name), -1, on_ignore, NULL, &err) < 0)
@@ -541,10 +542,11 @@ void guest_nic_add(struct guest *g, struct control_conn *c) {
                 return;
         }
         log_vhost(g, &op->fds);
+        op->vhost = op->fds.vhost[0] >= 0;
         {
                 char taps[GUEST_NIC_MAX_QUEUES][48], vhosts[GUEST_NIC_MAX_QUEUES][48];
                 char *tapv[GUEST_NIC_MAX_QUEUES], *vhostv[GUEST_NIC_MAX_QUEUES];
-                bool vhost = op->fds.vhost[0] >= 0;
+                bool vhost = op->vhost;
 
                 /* the QMP client sends a copy of each fd with its getfd; ours close after */
                 for (unsigned q = 0; q < queues; q++) {

@@ -78,6 +78,7 @@ static void setup(void) {
         cr_assert_eq(unshare(CLONE_NEWNET), 0, "unshare(CLONE_NEWNET): %s", strerror(errno));
         /* the taps the orchestrator plugs, with the host's end of the guest's network */
         sh("ip link set lo up && ip tuntap add dev vm-t0 mode tap vnet_hdr && ip tuntap add dev vm-t1 mode tap vnet_hdr"
+           " && ip tuntap add dev vm-mq mode tap vnet_hdr multi_queue && ip link set vm-mq up"
            " && ip addr add 10.17.0.1/24 dev vm-t0 && ip link set vm-t0 up && ip link set vm-t1 up");
         root = test_mkdtemp();
         conf = test_write_conf(root, "vmsup.conf",
@@ -154,7 +155,7 @@ Test(net, a_nic_answers_ping_a_second_is_hot_plugged_kept_by_a_hard_reboot_and_r
         assert_ping("10.17.0.2");
 
         /* a second NIC, hot-plugged: the guest sees it, the spec copy keeps it */
-        out = vmsup_nic(0, (const char *[]) { "add", UUID, "--ifname", "vm-t1", NULL });
+        out = vmsup_nic(0, (const char *[]) { "add", UUID, "--ifname", "vm-t1", "--model", "e1000", NULL });
         added = json_tokener_parse(out);
         cr_assert_not_null(added, "%s", out);
         cr_assert(json_object_object_get_ex(added, "mac", &ret), "%s", out);
@@ -181,6 +182,11 @@ Test(net, a_nic_answers_ping_a_second_is_hot_plugged_kept_by_a_hard_reboot_and_r
         json_object_put(test_wait_running(&s, control_path, vmsup_log, 180000));
         free(test_wait_console(console, vmsup_log, "net: booted with eth0 eth1", 1, 180000));
         assert_ping("10.17.0.2");
+        /* a third, on a multi-queue tap, one fd per queue */
+        out = vmsup_nic(0, (const char *[]) { "add", UUID, "--ifname", "vm-mq", "--queues", "2", NULL });
+        cr_assert(strstr(out, "\"slot\": 2"), "the first free slot: %s", out);
+        free(out);
+        free(test_wait_console(console, vmsup_log, "net: eth2 appeared", 1, 180000));
 
         /* removed: gone from the guest, and from the spec copy */
         out = vmsup_nic(66, (const char *[]) { "remove", UUID, "--mac", "fa:16:3e:ff:ff:ff", NULL });
