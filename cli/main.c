@@ -27,6 +27,7 @@ static const struct verb verbs[] = {
         { "stop", verb_stop, "stop a supervised guest (graceful, or --force)" },
         { "console", verb_console, "attach to a guest's serial console, or print its log (--log)" },
         { "reboot", verb_reboot, "reboot a guest (--hard restarts QEMU, keeps the TPM state)" },
+        { "nic", verb_nic, "hot-plug a NIC on a tap into a running guest, or remove one" },
         { "seccomp", verb_seccomp, "print the seccomp filter vmsup run loads (--print)" },
         { "secret", verb_secret, "list the local vTPM secret store (host mode): guests and secret ids" },
         { "migrate", verb_migrate, "live-migrate a running guest to another vmsup host (host mode)" },

@@ -51,6 +51,7 @@ int verb_console(struct vmsup_ctx *ctx, int argc, char **argv);
 pid_t verb_guest_starting(const struct guest_dirs *d);
 int verb_stop_all(struct vmsup_ctx *ctx, long timeout, bool force, unsigned parallel, long margin_s);
 int verb_reboot(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_nic(struct vmsup_ctx *ctx, int argc, char **argv); /* nic add | nic remove */
 int verb_secret(struct vmsup_ctx *ctx, int argc, char **argv); /* secret list */
 int verb_seccomp(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_migrate(struct vmsup_ctx *ctx, int argc, char **argv);

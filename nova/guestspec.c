@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -303,6 +305,215 @@ static int parse_graphics(struct walker *w, json_object *root, struct guest_spec
         return 0;
 }
 
+/* NICs ------------------------------------------------------------------------- */
+
+void guest_nic_derive_mac(const char *uuid, unsigned slot, char ret[static 18]) {
+        uint32_t h = 2166136261u; /* FNV-1a: stable, no I/O, no library */
+        char buf[64];
+
+        snprintf(buf, sizeof(buf), "%s/nic%u", uuid, slot);
+        for (const char *p = buf; *p; p++)
+                h = (h ^ (uint8_t) *p) * 16777619u;
+        snprintf(ret, 18, GUEST_NIC_MAC_PREFIX ":%02x:%02x:%02x", (h >> 16) & 0xff, (h >> 8) & 0xff, h & 0xff);
+}
+
+static bool mac_is_valid(const char *mac) {
+        unsigned first;
+
+        if (strlen(mac) != 17)
+                return false;
+        for (int i = 0; i < 17; i++)
+                if (i % 3 == 2 ? mac[i] != ':' : !isxdigit((unsigned char) mac[i]))
+                        return false;
+        if (sscanf(mac, "%2x", &first) != 1 || (first & 1)) /* a multicast address is no NIC's */
+                return false;
+        return strcmp(mac, "00:00:00:00:00:00") != 0;
+}
+
+/* A tap's name as the kernel takes it (dev_valid_name()), and nothing QEMU or a log
+ * line could misread. */
+static bool ifname_is_valid(const char *n) {
+        size_t len = strlen(n);
+
+        if (len == 0 || len > 15 || streq(n, ".") || streq(n, ".."))
+                return false;
+        for (const char *p = n; *p; p++)
+                if (!isalnum((unsigned char) *p) && *p != '-' && *p != '_' && *p != '.')
+                        return false;
+        return true;
+}
+
+int guest_nic_check(const char *key, const char *ifname, const char *mac, const char *model, unsigned mtu,
+                    unsigned queues, vmsup_error **err) {
+        if (!ifname_is_valid(ifname))
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "key '%s.ifname': '%s' is not a network interface name (1 to 15 "
+                                  "letters, digits, '-', '_', '.')", key, ifname);
+        if (mac && !mac_is_valid(mac))
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "key '%s.mac': '%s' is not a unicast MAC address "
+                                  "(aa:bb:cc:dd:ee:ff)", key, mac);
+        if (!streq(model, "virtio") && !streq(model, "e1000"))
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "key '%s.model': '%s' must be virtio or e1000", key, model);
+        if (mtu && (mtu < 68 || mtu > 65535))
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "key '%s.mtu': %u is out of range (68 to 65535)", key, mtu);
+        if (queues < 1 || queues > GUEST_NIC_MAX_QUEUES)
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "key '%s.queues': %u is out of range (1 to %d)", key, queues,
+                                  GUEST_NIC_MAX_QUEUES);
+        if (queues > 1 && !streq(model, "virtio"))
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0, "key '%s.queues': %u queues need model virtio (e1000 has one)",
+                                  key, queues);
+        return 0;
+}
+
+static int get_nic_uint(struct walker *w, json_object *obj, const char *key, const char *full, unsigned dflt,
+                        unsigned *ret) {
+        json_object *v;
+        int64_t n;
+
+        if (!json_object_object_get_ex(obj, key, &v) || json_object_is_type(v, json_type_null)) {
+                *ret = dflt;
+                return 0;
+        }
+        if (!json_object_is_type(v, json_type_int))
+                return bad(w, full, "must be an integer");
+        n = json_object_get_int64(v);
+        if (n < 0 || n > 65535)
+                return bad(w, full, "out of range");
+        *ret = (unsigned) n;
+        return 0;
+}
+
+/* "nics": [{"ifname", "mac", "model", "mtu", "queues", "slot"}], in the order of their
+ * PCI slots (a NIC without "slot" takes its index). */
+static int parse_nics(struct walker *w, json_object *root, struct guest_spec *spec) {
+        static const char *const nic_keys[] = { "ifname", "mac", "model", "mtu", "queues", "slot", NULL };
+        json_object *arr;
+        size_t n;
+
+        if (!json_object_object_get_ex(root, "nics", &arr) || json_object_is_type(arr, json_type_null))
+                return 0;
+        if (!json_object_is_type(arr, json_type_array))
+                return bad(w, "nics", "must be an array");
+        n = json_object_array_length(arr);
+        if (n > GUEST_NIC_MAX)
+                return bad(w, "nics", "more than 8 NICs");
+        spec->nics = calloc(n ? n : 1, sizeof(*spec->nics));
+        if (!spec->nics)
+                return vmsup_fail(w->err, VMSUP_ERR_SYSTEM, ENOMEM, "guest spec");
+        for (size_t i = 0; i < n; i++) {
+                json_object *d = json_object_array_get_idx(arr, i);
+                struct guest_nic *nic = &spec->nics[i];
+                _cleanup_free_ char *mac = NULL;
+                char k[64], base[16];
+                int r;
+
+                spec->n_nics = i + 1;
+                snprintf(base, sizeof(base), "nics[%zu]", i);
+                if (!json_object_is_type(d, json_type_object))
+                        return bad(w, base, "must be an object");
+                snprintf(k, sizeof(k), "%s.", base);
+                if ((r = check_keys(w, d, k, nic_keys)) < 0)
+                        return r;
+                snprintf(k, sizeof(k), "%s.ifname", base);
+                if ((r = get_string(w, d, "ifname", k, true, false, &nic->ifname)) < 0)
+                        return r;
+                snprintf(k, sizeof(k), "%s.mac", base);
+                if ((r = get_string(w, d, "mac", k, false, true, &mac)) < 0)
+                        return r;
+                snprintf(k, sizeof(k), "%s.model", base);
+                if ((r = get_string(w, d, "model", k, false, true, &nic->model)) < 0)
+                        return r;
+                if (!nic->model && !(nic->model = strdup("virtio")))
+                        return vmsup_fail(w->err, VMSUP_ERR_SYSTEM, ENOMEM, "guest spec");
+                snprintf(k, sizeof(k), "%s.mtu", base);
+                if ((r = get_nic_uint(w, d, "mtu", k, 0, &nic->mtu)) < 0)
+                        return r;
+                snprintf(k, sizeof(k), "%s.queues", base);
+                if ((r = get_nic_uint(w, d, "queues", k, 1, &nic->queues)) < 0)
+                        return r;
+                snprintf(k, sizeof(k), "%s.slot", base);
+                if ((r = get_nic_uint(w, d, "slot", k, (unsigned) i, &nic->slot)) < 0)
+                        return r;
+                if (nic->slot >= GUEST_NIC_MAX)
+                        return bad(w, k, "out of range (0 to 7)");
+                if (mac)
+                        for (char *p = mac; *p; p++)
+                                *p = (char) tolower((unsigned char) *p);
+                if ((r = guest_nic_check(base, nic->ifname, mac, nic->model, nic->mtu, nic->queues, w->err)) < 0)
+                        return vmsup_error_prefix(w->err, "guest spec '%s'", w->source);
+                if (mac)
+                        snprintf(nic->mac, sizeof(nic->mac), "%s", mac);
+                else
+                        guest_nic_derive_mac(spec->uuid, nic->slot, nic->mac);
+                for (size_t j = 0; j < i; j++) {
+                        const char *what = NULL, *field = NULL;
+
+                        if (spec->nics[j].slot == nic->slot)
+                                what = "the same slot as an earlier NIC", field = "slot";
+                        else if (streq(spec->nics[j].ifname, nic->ifname))
+                                what = "the same tap as an earlier NIC", field = "ifname";
+                        else if (streq(spec->nics[j].mac, nic->mac))
+                                what = "the same MAC address as an earlier NIC", field = "mac";
+                        if (what) {
+                                snprintf(k, sizeof(k), "%s.%s", base, field);
+                                return bad(w, k, what);
+                        }
+                }
+        }
+        return 0;
+}
+
+json_object *guest_spec_nics_to_json(const struct guest_nic *nics, size_t n) {
+        json_object *arr = json_object_new_array();
+
+        for (size_t i = 0; arr && i < n; i++) {
+                json_object *o = json_object_new_object();
+
+                if (!o) {
+                        json_object_put(arr);
+                        return NULL;
+                }
+                json_object_object_add(o, "ifname", json_object_new_string(nics[i].ifname));
+                json_object_object_add(o, "mac", json_object_new_string(nics[i].mac));
+                json_object_object_add(o, "model", json_object_new_string(nics[i].model));
+                if (nics[i].mtu)
+                        json_object_object_add(o, "mtu", json_object_new_int((int) nics[i].mtu));
+                json_object_object_add(o, "queues", json_object_new_int((int) nics[i].queues));
+                json_object_object_add(o, "slot", json_object_new_int((int) nics[i].slot));
+                json_object_array_add(arr, o);
+        }
+        return arr;
+}
+
+int guest_spec_set_nics(struct guest_spec *spec, const struct guest_nic *nics, size_t n, vmsup_error **err) {
+        struct guest_nic *copy = calloc(n ? n : 1, sizeof(*copy));
+
+        for (size_t i = 0; copy && i < n; i++) {
+                copy[i] = nics[i];
+                copy[i].ifname = strdup(nics[i].ifname);
+                copy[i].model = strdup(nics[i].model);
+                if (!copy[i].ifname || !copy[i].model) {
+                        for (size_t j = 0; j <= i; j++)
+                                guest_nic_clear(&copy[j]);
+                        free(copy);
+                        copy = NULL;
+                }
+        }
+        if (!copy)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "the guest's NICs");
+        for (size_t i = 0; i < spec->n_nics; i++)
+                guest_nic_clear(&spec->nics[i]);
+        free(spec->nics);
+        spec->nics = copy;
+        spec->n_nics = n;
+        return 0;
+}
+
+void guest_nic_clear(struct guest_nic *nic) {
+        free(nic->ifname);
+        free(nic->model);
+        memset(nic, 0, sizeof(*nic));
+}
+
 static const char *const on_crash_names[] = {
         [GUEST_ON_CRASH_DESTROY] = "destroy",
         [GUEST_ON_CRASH_RESTART] = "restart",
@@ -329,7 +540,7 @@ static int parse_on_crash(struct walker *w, json_object *root, struct guest_spec
 int guest_spec_parse(const char *text, size_t len, const char *source, struct guest_spec *ret, vmsup_error **err) {
         static const char *const top_keys[] = { "uuid", "name", "vcpus", "memory_mb", "owner", "flavor", "image",
                                                 "vtpm_secret_uuid", "firmware", "disks", "graphics", "on_crash",
-                                                NULL };
+                                                "nics", NULL };
         static const char *const owner_keys[] = { "user_id", "project_id", NULL };
         static const char *const flavor_keys[] = { "name", "extra_specs", NULL };
         static const char *const image_keys[] = { "id", "name", "properties", NULL };
@@ -431,7 +642,8 @@ int guest_spec_parse(const char *text, size_t len, const char *source, struct gu
                 goto out;
         }
         if ((r = parse_firmware(&w, root, &spec)) < 0 || (r = parse_disks(&w, root, &spec)) < 0 ||
-            (r = parse_graphics(&w, root, &spec)) < 0 || (r = parse_on_crash(&w, root, &spec)) < 0)
+            (r = parse_graphics(&w, root, &spec)) < 0 || (r = parse_on_crash(&w, root, &spec)) < 0 ||
+            (r = parse_nics(&w, root, &spec)) < 0)
                 goto out;
 
         *ret = spec;
@@ -507,6 +719,9 @@ void guest_spec_clear(struct guest_spec *spec) {
         }
         free(spec->disks);
         free(spec->graphics);
+        for (size_t i = 0; i < spec->n_nics; i++)
+                guest_nic_clear(&spec->nics[i]);
+        free(spec->nics);
         memset(spec, 0, sizeof(*spec));
 }
 

@@ -71,7 +71,9 @@ static const char *const allowed[] = {
          * QMP, the control socket, libcurl to Barbican, TLS between supervisors */
         "bind", "listen", "accept4", "connect", "getsockname", "getpeername", "getsockopt", "setsockopt",
         "sendto", "recvfrom", "sendmsg", "recvmsg", "sendmmsg", "recvmmsg", "shutdown",
-        /* QEMU: KVM, terminals, tap devices. ioctl numbers are not filtered: KVM's are many. */
+        /* QEMU: KVM, terminals, tap devices (the taps and vhost-nets QEMU is given); the
+         * supervisor: TUNSETIFF, SIOCSIFMTU on a NIC's tap (supervisor/nics.c). ioctl
+         * numbers are not filtered: KVM's are many. */
         "ioctl",
         /* QEMU with aio=native disks */
         "io_setup", "io_destroy", "io_submit", "io_getevents", "io_cancel",

@@ -458,6 +458,7 @@ void guest_qmp_drop(struct guest *g) {
         if (g->qmp && g->migration && g->migration->qmp_dropped)
                 g->migration->qmp_dropped(g);
         guest_vnc_close(g); /* no monitor to hand its clients to */
+        guest_nics_qmp_dropped(g);
         g->qmp_src = evloop_source_remove(g->qmp_src);
         if (g->qmp_timer)
                 evloop_timer_set(g->qmp_timer, -1);
@@ -550,7 +551,9 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         _cleanup_strv_ char **argv = NULL;
         _cleanup_close_ int log_fd = -1, serial_fd = -1;
         int qmp_sv[2] = { -1, -1 };
-        struct proc_fd_map fds[3];
+        _cleanup_free_ struct proc_fd_map *fds = NULL;
+        struct qemu_nic_fds nic_fds[GUEST_NIC_MAX];
+        size_t n_fds;
         struct qemu_args_in in = {
                 .qemu = g->qemu_path, .spec = &g->spec, .tpm = &g->tpm, .cfg = g->cfg, .vars_path = g->dirs.vars,
                 .serial_fd = 5, .qmp_fd = 3, .tpm_ctrl_fd = g->tpm.present ? 4 : -1, .paused = true,
@@ -559,6 +562,15 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         struct proc_spawn_opts o = { 0 };
         int r;
 
+        /* the taps and vhost-nets after QMP (3), swtpm (4), the serial port (5) */
+        fds = calloc(3 + guest_nics_fd_count(g), sizeof(*fds));
+        if (!fds)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "QEMU's fds");
+        n_fds = 2;
+        if (g->tpm.present)
+                n_fds++;
+        n_fds += guest_nics_map_fds(g, 6, fds + n_fds, nic_fds);
+        in.nic_fds = g->spec.n_nics ? nic_fds : NULL;
         r = qemu_args_build(&in, &argv, err);
         if (r < 0)
                 return r;
@@ -570,13 +582,14 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
                 return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "QMP socketpair");
         fds[0] = (struct proc_fd_map) { qmp_sv[1], 3 };
         fds[1] = (struct proc_fd_map) { serial_fd, 5 };
-        fds[2] = (struct proc_fd_map) { tpm_qemu_end, 4 };
+        if (g->tpm.present)
+                fds[2] = (struct proc_fd_map) { tpm_qemu_end, 4 };
         o.argv = argv;
         o.stdin_fd = -1;
         o.stdout_fd = log_fd;
         o.stderr_fd = log_fd;
         o.fds = fds;
-        o.n_fds = g->tpm.present ? 3 : 2;
+        o.n_fds = n_fds;
         o.death_signal = SIGTERM;
         o.new_session = true;
         o.set_ids = geteuid() == 0;
@@ -592,6 +605,7 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
                 close(qmp_sv[0]);
                 return r;
         }
+        guest_nics_close(g, false); /* QEMU's now */
         g->qemu.exited = false;
         if ((r = child_watch(g, &g->qemu, err)) < 0) {
                 close(qmp_sv[0]);
@@ -633,6 +647,9 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
         snprintf(g->qemu_status, sizeof(g->qemu_status), "prelaunch");
         /* again at every launch (hard reboot): QEMU's user may have rewritten a header */
         if ((r = disk_images_check(&g->spec, err)) < 0)
+                return r;
+        /* the taps first: a tap missing or in use fails the start before swtpm runs */
+        if ((r = guest_nics_open(g, err)) < 0)
                 return r;
         if (g->tpm.present && (r = tpm_prepare_and_launch(g, &tpm_qemu_end, err)) < 0)
                 return r;
@@ -693,6 +710,7 @@ void guest_qemu_kill(struct guest *g) {
 
 /* Undo a start that failed half-way, leaving no process behind. */
 void guest_stop_children(struct guest *g) {
+        guest_nics_close(g, true); /* a start that failed before QEMU had them */
         guest_qemu_kill(g);
         guest_qmp_drop(g);
         guest_child_forget(&g->qemu);

@@ -227,7 +227,9 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
                 if (data && json_object_object_get_ex(data, "status", &st))
                         snprintf(g->migration_status, sizeof(g->migration_status), "%s", json_object_get_string(st));
                 log_debug("QEMU: migration %s", g->migration_status);
-        } else
+        } else if (streq(event, "DEVICE_DELETED"))
+                guest_nics_qemu_event(g, event, data);
+        else
                 log_debug("QEMU: event %s", event);
         if (g->migration && g->migration->qemu_event)
                 g->migration->qemu_event(g, event, data);

@@ -9,6 +9,7 @@
  *   logs.c                     what they write: the serial console, QEMU's and swtpm's output,
  *                              into rotated logs; the attached console client
  *   vnc.c                      the graphical console's socket, its clients handed to QEMU
+ *   nics.c                     the NICs: taps opened for QEMU, hot-plug and removal over QMP
  *   events.c                   the event stream's subscribers (knows nothing of the guest: any
  *                              file above emits through g->events)
  *   readiness.c                what the service manager hears (NOTIFY_SOCKET, --ready-fd)
@@ -36,6 +37,7 @@
 #include "supervisor/guestdirs.h"
 #include "nova/guestspec.h"
 #include "supervisor/hostconfig.h"
+#include "supervisor/nics.h"
 #include "nova/tpmrules.h"
 #include "tpmstate/sync.h"
 
@@ -165,6 +167,14 @@ struct guest {
         struct migrate_in *in;  /* the incoming migration until the guest runs here */
         struct migrate_out *out; /* the outgoing migration while it runs (migrate_out.c) */
 
+        /* the NICs (nics.c): the taps and vhost-nets for the QEMU about to start, in the
+         * spec's order (open from the start's check until QEMU has its copies) */
+        struct nic_fds nic_fds[GUEST_NIC_MAX];
+        bool nics_open;
+        bool vhost_off_logged;
+        unsigned nic_unplugging;  /* slots whose device_del was sent, until DEVICE_DELETED */
+        struct nic_op *nic_op;    /* the hot-plug or removal a client waits for */
+
         struct guest_logs *logs; /* logs.c: NULL until a child needs its log */
         /* the service manager (readiness.c) */
         struct notify_socket *notify; /* $NOTIFY_SOCKET's; NULL when none */
@@ -239,6 +249,26 @@ void guest_logs_free(struct guest *g);
 int guest_vnc_open(struct guest *g, vmsup_error **err);
 /* The socket goes (closed, removed): QEMU's monitor is gone. Idempotent. */
 void guest_vnc_close(struct guest *g);
+/* nics.c: the guest's NICs on taps the orchestrator plugged (nics.h) */
+struct proc_fd_map;
+struct qemu_nic_fds;
+/* Open every NIC's taps and vhost-nets for the next QEMU (nothing when open already);
+ * a tap missing or in use fails the start before anything else runs. */
+int guest_nics_open(struct guest *g, vmsup_error **err);
+/* Our copies go (QEMU has its own), or a failed start's (restore_mtu: as they were). */
+void guest_nics_close(struct guest *g, bool restore_mtu);
+/* How many fds the open NICs give QEMU; map them to child fds from first_child_fd on
+ * (map: that many entries), and say which ones each NIC got (ret: one per NIC). */
+size_t guest_nics_fd_count(const struct guest *g);
+size_t guest_nics_map_fds(struct guest *g, int first_child_fd, struct proc_fd_map *map, struct qemu_nic_fds *ret);
+/* The spec copy's "nics" as the guest has them now (copy: the spec's JSON). */
+int guest_nics_spec_copy(const struct guest *g, json_object *copy);
+/* `vmsup nic add` and `vmsup nic remove` (take c; answered when done). */
+void guest_nic_add(struct guest *g, struct control_conn *c);
+void guest_nic_remove(struct guest *g, struct control_conn *c);
+/* QEMU's events (DEVICE_DELETED ends a removal); QMP gone (a client waiting is answered). */
+void guest_nics_qemu_event(struct guest *g, const char *event, json_object *data);
+void guest_nics_qmp_dropped(struct guest *g);
 /* readiness.c: READY=1 (and --ready-fd's newline) once the guest runs, STATUS= lines,
  * STOPPING=1; nothing when no service manager listens. Failures to send are logged. */
 struct notify_socket;

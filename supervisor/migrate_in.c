@@ -341,6 +341,11 @@ static int on_received(void *userdata, const struct guest_spec *theirs, const ch
                 vmsup_fail(err, in->lock_err->kind, 0, "%s", in->lock_err->msg);
                 return -EBUSY;
         }
+        /* The NICs are the source's, hot-plugged ones included: its devices are in QEMU's
+         * stream. Their taps, of the same names, are this host's orchestrator's to plug
+         * first (Nova's pre_live_migration); run.c opens them before anything moves. */
+        if ((r = guest_spec_set_nics(&g->spec, theirs->nics, theirs->n_nics, err)) < 0)
+                return r;
         r = in->setup(g, in->opts, secret, secret_uuid, err);
         if (r < 0)
                 return r;

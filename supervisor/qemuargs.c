@@ -124,6 +124,131 @@ static void add_layer(struct argv_builder *b, size_t i, size_t depth, const char
         add(b, "%s", json_object_to_json_string_ext(fmt, flags));
 }
 
+/* Where the NICs go. q35 (PCIe): one pcie-root-port per slot, the 8 functions of
+ * 00:1c (as libvirt makes them: port, chassis), present whether a NIC is in it or not,
+ * so that a hot-plug has a port and a migration's destination the same topology. The
+ * i440fx pc: slots 0x18 to 0x1f of pci.0, clear of the devices QEMU places itself. */
+static bool machine_is_pcie(const struct host_config *cfg) {
+        return strstr(cfg->qemu.machine, "q35") != NULL;
+}
+
+static const char *nic_driver(const struct guest_nic *nic) {
+        return streq(nic->model, "e1000") ? "e1000" : "virtio-net-pci";
+}
+
+static void add_nic_ports(struct argv_builder *b, const struct host_config *cfg) {
+        if (!machine_is_pcie(cfg))
+                return;
+        for (unsigned i = 0; i < GUEST_NIC_MAX; i++) {
+                add(b, "-device");
+                add(b, "pcie-root-port,id=nicport%u,port=0x%x,chassis=%u,bus=pcie.0,addr=0x1c.0x%x%s", i, 0x10 + i,
+                    i + 1, i, i == 0 ? ",multifunction=on" : "");
+        }
+}
+
+static void add_nic(struct argv_builder *b, const struct host_config *cfg, const struct guest_nic *nic,
+                    const struct qemu_nic_fds *fds) {
+        char taps[GUEST_NIC_MAX_QUEUES * 6] = "", vhosts[GUEST_NIC_MAX_QUEUES * 6] = "", extra[64] = "";
+        size_t tl = 0, vl = 0;
+
+        for (unsigned q = 0; q < nic->queues; q++) {
+                tl += (size_t) snprintf(taps + tl, sizeof(taps) - tl, "%s%d", q ? ":" : "", fds->tap[q]);
+                if (fds->vhost[0] >= 0)
+                        vl += (size_t) snprintf(vhosts + vl, sizeof(vhosts) - vl, "%s%d", q ? ":" : "", fds->vhost[q]);
+        }
+        add(b, "-netdev");
+        if (fds->vhost[0] >= 0)
+                add(b, "tap,id=" QEMU_NIC_NETDEV_ID ",fds=%s,vhost=on,vhostfds=%s", nic->slot, taps, vhosts);
+        else
+                add(b, "tap,id=" QEMU_NIC_NETDEV_ID ",fds=%s,vhost=off", nic->slot, taps);
+        /* Nova's libvirt driver: <mtu size=.../> is virtio-net's host_mtu; multiqueue
+         * needs a vector per queue pair, two more for config and control */
+        if (streq(nic->model, "virtio") && nic->mtu)
+                snprintf(extra, sizeof(extra), ",host_mtu=%u", nic->mtu);
+        if (nic->queues > 1)
+                snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), ",mq=on,vectors=%u",
+                         2 * nic->queues + 2);
+        add(b, "-device");
+        if (machine_is_pcie(cfg))
+                add(b, "%s,id=" QEMU_NIC_DEVICE_ID ",netdev=" QEMU_NIC_NETDEV_ID ",mac=%s,bus=nicport%u,addr=0x0%s",
+                    nic_driver(nic), nic->slot, nic->slot, nic->mac, nic->slot, extra);
+        else
+                add(b, "%s,id=" QEMU_NIC_DEVICE_ID ",netdev=" QEMU_NIC_NETDEV_ID ",mac=%s,bus=pci.0,addr=0x%x%s",
+                    nic_driver(nic), nic->slot, nic->slot, nic->mac, 0x18 + nic->slot, extra);
+}
+
+json_object *qemu_nic_netdev_json(const struct guest_nic *nic, char *const *fdnames, char *const *vhostfdnames) {
+        json_object *o = json_object_new_object();
+        char id[32], *fds = NULL, *vfds = NULL;
+        size_t fl = 0, vl = 0;
+
+        if (!o)
+                return NULL;
+        for (unsigned q = 0; q < nic->queues; q++) {
+                fl += strlen(fdnames[q]) + 1;
+                if (vhostfdnames)
+                        vl += strlen(vhostfdnames[q]) + 1;
+        }
+        fds = calloc(1, fl + 1);
+        vfds = calloc(1, vl + 1);
+        if (!fds || !vfds) {
+                free(fds);
+                free(vfds);
+                json_object_put(o);
+                return NULL;
+        }
+        for (unsigned q = 0; q < nic->queues; q++) {
+                if (q)
+                        strcat(fds, ":");
+                strcat(fds, fdnames[q]);
+                if (vhostfdnames) {
+                        if (q)
+                                strcat(vfds, ":");
+                        strcat(vfds, vhostfdnames[q]);
+                }
+        }
+        snprintf(id, sizeof(id), QEMU_NIC_NETDEV_ID, nic->slot);
+        json_object_object_add(o, "type", json_object_new_string("tap"));
+        json_object_object_add(o, "id", json_object_new_string(id));
+        json_object_object_add(o, "fds", json_object_new_string(fds));
+        json_object_object_add(o, "vhost", json_object_new_boolean(vhostfdnames != NULL));
+        if (vhostfdnames)
+                json_object_object_add(o, "vhostfds", json_object_new_string(vfds));
+        free(fds);
+        free(vfds);
+        return o;
+}
+
+json_object *qemu_nic_device_json(const struct host_config *cfg, const struct guest_nic *nic) {
+        json_object *o = json_object_new_object();
+        char id[32], netdev[32], bus[32], addr[16];
+
+        if (!o)
+                return NULL;
+        snprintf(id, sizeof(id), QEMU_NIC_DEVICE_ID, nic->slot);
+        snprintf(netdev, sizeof(netdev), QEMU_NIC_NETDEV_ID, nic->slot);
+        if (machine_is_pcie(cfg)) {
+                snprintf(bus, sizeof(bus), "nicport%u", nic->slot);
+                snprintf(addr, sizeof(addr), "0x0");
+        } else {
+                snprintf(bus, sizeof(bus), "pci.0");
+                snprintf(addr, sizeof(addr), "0x%x", 0x18 + nic->slot);
+        }
+        json_object_object_add(o, "driver", json_object_new_string(nic_driver(nic)));
+        json_object_object_add(o, "id", json_object_new_string(id));
+        json_object_object_add(o, "netdev", json_object_new_string(netdev));
+        json_object_object_add(o, "mac", json_object_new_string(nic->mac));
+        json_object_object_add(o, "bus", json_object_new_string(bus));
+        json_object_object_add(o, "addr", json_object_new_string(addr));
+        if (streq(nic->model, "virtio") && nic->mtu)
+                json_object_object_add(o, "host_mtu", json_object_new_int((int) nic->mtu));
+        if (nic->queues > 1) {
+                json_object_object_add(o, "mq", json_object_new_boolean(true));
+                json_object_object_add(o, "vectors", json_object_new_int((int) (2 * nic->queues + 2)));
+        }
+        return o;
+}
+
 int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error **err) {
         const struct guest_spec *spec = in->spec;
         const struct host_config *cfg = in->cfg;
@@ -217,6 +342,16 @@ int qemu_args_build(const struct qemu_args_in *in, char ***ret_argv, vmsup_error
                 add(&b, "-device");
                 add(&b, "virtio-blk-pci,drive=disk%zu,id=virtio-disk%zu", i, i);
         }
+
+        add_nic_ports(&b, cfg);
+        if (spec->n_nics && !in->nic_fds) {
+                char **v = b.v;
+
+                strv_freep(&v);
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, EINVAL, "a guest with NICs, but no tap fds");
+        }
+        for (size_t i = 0; i < spec->n_nics; i++)
+                add_nic(&b, cfg, &spec->nics[i], &in->nic_fds[i]);
 
         /* the serial port is a socket whose other end the supervisor reads: it bounds the
          * console log and serves `vmsup console` (supervisor/logs.c) */

@@ -50,6 +50,16 @@ static bool is_tpm_device(const char *id) {
         return id && (streq(id, TPM_DEVICE_ID) || streq(id, "/machine/peripheral/" TPM_DEVICE_ID));
 }
 
+/* A NIC's device (supervisor/qemuargs.h: netN), by its id or its QOM path. */
+static bool is_nic_device(const char *id) {
+        unsigned n;
+        char tail;
+
+        if (id && strncmp(id, "/machine/peripheral/", 20) == 0)
+                id += 20;
+        return id && sscanf(id, "net%u%c", &n, &tail) == 1;
+}
+
 static enum qmp_policy check(const char *name, const char *arg1, bool hmp, bool handed_over, char *why,
                              size_t why_len) {
         const char *how = hmp ? "HMP command" : "QMP command";
@@ -68,6 +78,16 @@ static enum qmp_policy check(const char *name, const char *arg1, bool hmp, bool 
                          "%s '%s %s' is refused: the guest's vTPM cannot be removed from a running guest (QEMU "
                          "aborts, and the TPM state would be left half shut down)",
                          how, name, arg1);
+                return QMP_POLICY_REFUSED;
+        }
+        /* the NICs are the spec's (nics.c): a change here would be lost at the next hard
+         * reboot or migration, and a netdev of QEMU's own would be a network vmsup never set up */
+        if (streq(name, "netdev_add") || streq(name, "netdev_del") ||
+            (streq(name, "device_del") && is_nic_device(arg1))) {
+                snprintf(why, why_len,
+                         "%s '%s%s%s' is refused: the guest's NICs change with 'vmsup nic add' and 'vmsup nic "
+                         "remove', which keep its spec copy right",
+                         how, name, arg1 ? " " : "", arg1 ? arg1 : "");
                 return QMP_POLICY_REFUSED;
         }
         if (!handed_over)

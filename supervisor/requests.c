@@ -290,6 +290,10 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                 subscribe(g, c);
         } else if (streq(cmd, "resolve")) {
                 resolve_keep(g, c);
+        } else if (streq(cmd, "nic-add")) {
+                guest_nic_add(g, c);
+        } else if (streq(cmd, "nic-remove")) {
+                guest_nic_remove(g, c);
         } else if (streq(cmd, "qmp")) {
                 json_object *args = NULL;
 

@@ -219,6 +219,10 @@ static int start_guest(struct guest *g, const struct guest_run_opts *opts, const
         if ((r = g->incoming ? migrate_in_claim(g, err) : guest_dirs_check_markers(&g->dirs, err)) < 0)
                 return r;
         migrate_in_mark(g, "claimed");
+        /* a tap that is not there, or another guest's: refused before anything is made
+         * or fetched (an incoming migration's, before anything moves) */
+        if ((r = guest_nics_open(g, err)) < 0)
+                return r;
         if ((r = resolve_ids(g, err)) < 0 || (r = guest_dirs_prepare(&g->dirs, g->tpm_uid, g->tpm_gid, err)) < 0 ||
             (r = guest_dirs_write_pid(&g->dirs, err)) < 0)
                 return r;
@@ -226,6 +230,11 @@ static int start_guest(struct guest *g, const struct guest_run_opts *opts, const
                 const char *text = NULL;
                 json_object *copy = json_object_from_file(opts->spec_path);
 
+                /* the NICs the guest has (an incoming guest's are the source's: nics.c) */
+                if (copy && guest_nics_spec_copy(g, copy) < 0) {
+                        json_object_put(copy);
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "the guest's spec copy");
+                }
                 text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
                 r = text ? write_file_atomic(g->dirs.spec_copy, text, strlen(text), 0600, err) : 0;
                 json_object_put(copy);
@@ -323,6 +332,7 @@ static void teardown(struct guest *g) {
         guest_logs_free(g);
         g->sync_src = evloop_source_remove(g->sync_src);
         guest_vnc_close(g);
+        guest_nics_close(g, true);
         guest_child_forget(&g->qemu);
         guest_child_forget(&g->swtpm);
         g->events = events_free(g->events); /* the last lines, if they fit now */

@@ -91,7 +91,7 @@ char *test_write_conf(const char *dir, const char *name, const struct test_conf 
 
 char *test_write_spec(const char *dir, const char *file, const struct test_spec *s) {
         char *owner = NULL, *firmware = NULL, *disks = NULL, *graphics = NULL, *props = NULL, *text = NULL, *path;
-        char *on_crash = NULL;
+        char *on_crash = NULL, *nics = NULL;
 
         if (s->user_id || s->project_id)
                 cr_assert(asprintf(&owner, " \"owner\": {\"user_id\": \"%s\", \"project_id\": \"%s\"},",
@@ -114,20 +114,23 @@ char *test_write_spec(const char *dir, const char *file, const struct test_spec 
                 cr_assert(asprintf(&graphics, ", \"graphics\": %s", s->graphics) > 0);
         if (s->on_crash)
                 cr_assert(asprintf(&on_crash, ", \"on_crash\": \"%s\"", s->on_crash) > 0);
+        if (s->nics)
+                cr_assert(asprintf(&nics, ", \"nics\": %s", s->nics) > 0);
         cr_assert(props);
         cr_assert(asprintf(&text,
                            "{\"uuid\": \"%s\", \"name\": \"%s\", \"vcpus\": 1, \"memory_mb\": 256,%s"
                            " \"flavor\": {\"name\": \"%s\", \"extra_specs\": {%s}},"
-                           " \"image\": {\"name\": \"%s\", \"properties\": {%s}}%s%s%s%s}",
+                           " \"image\": {\"name\": \"%s\", \"properties\": {%s}}%s%s%s%s%s}",
                            s->uuid, s->name ? s->name : "g", owner ? owner : "", s->flavor ? s->flavor : "m1.tpm",
                            s->extra_specs ? s->extra_specs : TEST_SPEC_TPM,
                            s->image ? s->image : "demo", props, firmware ? firmware : "", disks ? disks : "",
-                           graphics ? graphics : "", on_crash ? on_crash : "") > 0);
+                           graphics ? graphics : "", on_crash ? on_crash : "", nics ? nics : "") > 0);
         path = test_write_file(dir, file, text, s->mode ? s->mode : 0644);
         free(owner);
         free(firmware);
         free(disks);
         free(graphics);
+        free(nics);
         free(on_crash);
         free(props);
         free(text);

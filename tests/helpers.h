@@ -56,6 +56,7 @@ struct test_spec {
         const char *disks;            /* the "disks" array as JSON; NULL: no "disks" */
         const char *graphics;         /* the "graphics" object as JSON; NULL: no "graphics" */
         const char *on_crash;         /* the "on_crash" value; NULL: no "on_crash" */
+        const char *nics;             /* the "nics" array as JSON; NULL: no "nics" */
         unsigned mode;                /* 0: 0644 */
 };
 

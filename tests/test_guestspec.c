@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common/util.h"
 #include "nova/guestspec.h"
 #include "tests/helpers.h"
 
@@ -301,5 +302,91 @@ Test(guestspec, bad_graphics_name_the_key) {
                 cr_assert_not_null(msg, "%s was accepted", json);
                 cr_assert(strstr(msg, cases[i].want), "%s: '%s' lacks '%s'", json, msg, cases[i].want);
                 free(msg);
+        }
+}
+
+Test(guestspec, nics_in_order_with_defaults_and_derived_macs) {
+        const char *json = "{" MINIMAL ", \"nics\": [{\"ifname\": \"tap-a\", \"mac\": \"FA:16:3E:00:00:01\", \"mtu\": 1450},"
+                           " {\"ifname\": \"tap-b\", \"model\": \"e1000\"},"
+                           " {\"ifname\": \"tap-c\", \"queues\": 4, \"slot\": 5}]}";
+        struct guest_spec spec, again;
+        vmsup_error *err = NULL;
+        char derived[18];
+
+        cr_assert_eq(guest_spec_parse(json, strlen(json), "g.json", &spec, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_eq(spec.n_nics, 3);
+        cr_assert_str_eq(spec.nics[0].ifname, "tap-a");
+        cr_assert_str_eq(spec.nics[0].mac, "fa:16:3e:00:00:01", "a MAC is kept, in lower case");
+        cr_assert_str_eq(spec.nics[0].model, "virtio");
+        cr_assert_eq(spec.nics[0].mtu, 1450);
+        cr_assert_eq(spec.nics[0].queues, 1);
+        cr_assert_eq(spec.nics[0].slot, 0);
+        cr_assert_str_eq(spec.nics[1].model, "e1000");
+        cr_assert_eq(spec.nics[1].mtu, 0, "no mtu: the tap's is left as it is");
+        cr_assert_eq(spec.nics[1].slot, 1, "a NIC without a slot takes its index");
+        cr_assert_eq(strncmp(spec.nics[1].mac, "fa:16:3e:", 9), 0, "derived with Nova's prefix: %s", spec.nics[1].mac);
+        guest_nic_derive_mac(UUID, 1, derived);
+        cr_assert_str_eq(spec.nics[1].mac, derived);
+        cr_assert_eq(spec.nics[2].queues, 4);
+        cr_assert_eq(spec.nics[2].slot, 5);
+        cr_assert_str_neq(spec.nics[1].mac, spec.nics[2].mac);
+        /* the same at every start */
+        cr_assert_eq(guest_spec_parse(json, strlen(json), "g.json", &again, &err), 0);
+        cr_assert_str_eq(again.nics[2].mac, spec.nics[2].mac);
+        guest_spec_clear(&again);
+        {
+                /* what the spec copy gets back parses to the same NICs */
+                _cleanup_json_ json_object *arr = guest_spec_nics_to_json(spec.nics, spec.n_nics);
+                char *text = NULL;
+
+                cr_assert(asprintf(&text, "{" MINIMAL ", \"nics\": %s}", json_object_to_json_string(arr)) > 0);
+                cr_assert_eq(guest_spec_parse(text, strlen(text), "g.json", &again, &err), 0, "%s", err ? err->msg : "");
+                cr_assert_eq(again.n_nics, 3);
+                for (size_t i = 0; i < 3; i++) {
+                        cr_assert_str_eq(again.nics[i].mac, spec.nics[i].mac);
+                        cr_assert_eq(again.nics[i].slot, spec.nics[i].slot);
+                        cr_assert_eq(again.nics[i].mtu, spec.nics[i].mtu);
+                }
+                guest_spec_clear(&again);
+                free(text);
+        }
+        guest_spec_clear(&spec);
+}
+
+Test(guestspec, bad_nics_name_the_key) {
+        static const struct {
+                const char *nics, *want;
+        } cases[] = {
+                { "{}", "key 'nics': must be an array" },
+                { "[{}]", "key 'nics[0].ifname': missing" },
+                { "[{\"ifname\": \"tap0\", \"colour\": 1}]", "key 'nics[0].colour': unknown key" },
+                { "[{\"ifname\": \"tap/0\"}]", "key 'nics[0].ifname': 'tap/0' is not a network interface name" },
+                { "[{\"ifname\": \"a-very-long-tap-name\"}]", "key 'nics[0].ifname'" },
+                { "[{\"ifname\": \"tap0\", \"mac\": \"fa:16:3e:00:00\"}]", "key 'nics[0].mac': 'fa:16:3e:00:00' is not a unicast MAC" },
+                { "[{\"ifname\": \"tap0\", \"mac\": \"01:16:3e:00:00:01\"}]", "key 'nics[0].mac'" },
+                { "[{\"ifname\": \"tap0\", \"model\": \"rtl8139\"}]", "key 'nics[0].model': 'rtl8139' must be virtio or e1000" },
+                { "[{\"ifname\": \"tap0\", \"mtu\": 20}]", "key 'nics[0].mtu': 20 is out of range" },
+                { "[{\"ifname\": \"tap0\", \"mtu\": \"1500\"}]", "key 'nics[0].mtu': must be an integer" },
+                { "[{\"ifname\": \"tap0\", \"queues\": 0}]", "key 'nics[0].queues': 0 is out of range" },
+                { "[{\"ifname\": \"tap0\", \"queues\": 2, \"model\": \"e1000\"}]", "key 'nics[0].queues': 2 queues need model virtio" },
+                { "[{\"ifname\": \"tap0\", \"slot\": 8}]", "key 'nics[0].slot': out of range" },
+                { "[{\"ifname\": \"tap0\"}, {\"ifname\": \"tap0\"}]", "key 'nics[1].ifname': the same tap" },
+                { "[{\"ifname\": \"tap0\", \"mac\": \"fa:16:3e:00:00:01\"}, {\"ifname\": \"tap1\", \"mac\": \"fa:16:3e:00:00:01\"}]",
+                  "key 'nics[1].mac': the same MAC" },
+                { "[{\"ifname\": \"tap0\", \"slot\": 1}, {\"ifname\": \"tap1\"}]", "key 'nics[1].slot': the same slot" },
+                { "[{\"ifname\": \"t0\"}, {\"ifname\": \"t1\"}, {\"ifname\": \"t2\"}, {\"ifname\": \"t3\"}, {\"ifname\": \"t4\"},"
+                  " {\"ifname\": \"t5\"}, {\"ifname\": \"t6\"}, {\"ifname\": \"t7\"}, {\"ifname\": \"t8\"}]", "key 'nics': more than 8" },
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                char *json = NULL, *msg;
+
+                cr_assert(asprintf(&json, "{" MINIMAL ", \"nics\": %s}", cases[i].nics) > 0);
+                msg = parse_error(json);
+                cr_assert_not_null(msg, "accepted: %s", cases[i].nics);
+                cr_assert(strstr(msg, cases[i].want), "%s: got '%s', want '%s'", cases[i].nics, msg, cases[i].want);
+                cr_assert(strstr(msg, "g.json"), "names the file: %s", msg);
+                free(msg);
+                free(json);
         }
 }

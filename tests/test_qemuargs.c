@@ -10,6 +10,17 @@
 
 #define UUID "0b7c6e4a-3f0e-4d5c-9a1b-2c3d4e5f6a7b"
 
+/* q35: the NICs' eight root ports, there for a hot-plug whether a NIC is in them or not */
+#define NIC_PORTS                                                                                          \
+        " -device pcie-root-port,id=nicport0,port=0x10,chassis=1,bus=pcie.0,addr=0x1c.0x0,multifunction=on" \
+        " -device pcie-root-port,id=nicport1,port=0x11,chassis=2,bus=pcie.0,addr=0x1c.0x1"                  \
+        " -device pcie-root-port,id=nicport2,port=0x12,chassis=3,bus=pcie.0,addr=0x1c.0x2"                  \
+        " -device pcie-root-port,id=nicport3,port=0x13,chassis=4,bus=pcie.0,addr=0x1c.0x3"                  \
+        " -device pcie-root-port,id=nicport4,port=0x14,chassis=5,bus=pcie.0,addr=0x1c.0x4"                  \
+        " -device pcie-root-port,id=nicport5,port=0x15,chassis=6,bus=pcie.0,addr=0x1c.0x5"                  \
+        " -device pcie-root-port,id=nicport6,port=0x16,chassis=7,bus=pcie.0,addr=0x1c.0x6"                  \
+        " -device pcie-root-port,id=nicport7,port=0x17,chassis=8,bus=pcie.0,addr=0x1c.0x7"
+
 static char *joined(char **argv) {
         static char buf[8192];
 
@@ -21,7 +32,8 @@ static char *joined(char **argv) {
         return buf;
 }
 
-static char **build(const char *spec_json, const struct vtpm_config *tpm, const char *accel) {
+static char **build_nics(const char *spec_json, const struct vtpm_config *tpm, const char *accel, const char *machine,
+                         const struct qemu_nic_fds *nic_fds) {
         struct guest_spec spec;
         struct host_config cfg;
         vmsup_error *err = NULL;
@@ -32,14 +44,22 @@ static char **build(const char *spec_json, const struct vtpm_config *tpm, const 
         cr_assert_eq(host_config_load("/nonexistent", true, &cfg, &err), 0);
         free(cfg.qemu.accelerator);
         cfg.qemu.accelerator = strdup(accel);
+        if (machine) {
+                free(cfg.qemu.machine);
+                cfg.qemu.machine = strdup(machine);
+        }
         struct qemu_args_in in = { .qemu = "/usr/bin/qemu-system-x86_64", .spec = &spec, .tpm = tpm, .cfg = &cfg,
                                    .vars_path = "/var/lib/vmsup/" UUID "/OVMF_VARS.fd",
                                    .serial_fd = 5, .qmp_fd = 3,
-                                   .tpm_ctrl_fd = tpm && tpm->present ? 4 : -1, .paused = true };
+                                   .tpm_ctrl_fd = tpm && tpm->present ? 4 : -1, .paused = true, .nic_fds = nic_fds };
         cr_assert_eq(qemu_args_build(&in, &argv, &err), 0, "%s", err ? err->msg : "");
         guest_spec_clear(&spec);
         host_config_clear(&cfg);
         return argv;
+}
+
+static char **build(const char *spec_json, const struct vtpm_config *tpm, const char *accel) {
+        return build_nics(spec_json, tpm, accel, NULL, NULL);
 }
 
 Test(qemuargs, uefi_guest_with_tpm2_crb) {
@@ -60,6 +80,7 @@ Test(qemuargs, uefi_guest_with_tpm2_crb) {
                          " -chardev socket,id=chrtpm,fd=4 -tpmdev emulator,id=tpm-tpm0,chardev=chrtpm"
                          " -device tpm-crb,tpmdev=tpm-tpm0,id=tpm0"
                          " -device pvpanic -action panic=pause"
+                         NIC_PORTS
                          " -chardev socket,id=serial0,fd=5 -serial chardev:serial0"
                          " -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
         strv_freep(&argv);
@@ -168,4 +189,69 @@ Test(qemuargs, vnc_graphics_listen_nowhere_and_get_a_vga) {
         cr_assert_null(strstr(s, "-vnc"), "no graphics: no VNC server: %s", s);
         cr_assert_null(strstr(s, "VGA"), "no graphics: no display adapter: %s", s);
         strv_freep(&argv);
+}
+
+#define NICS_SPEC(nics) \
+        "{\"uuid\": \"" UUID "\", \"name\": \"g\", \"vcpus\": 4, \"memory_mb\": 256, \"flavor\": {\"name\": \"f\"}, \"nics\": " nics "}"
+
+/* Each NIC: the tap fds QEMU inherits (and vhost-net's, or vhost=off), on its own root
+ * port in the spec's order, its MAC, virtio's MTU and multiqueue vectors. */
+Test(qemuargs, nics_from_inherited_tap_fds) {
+        struct qemu_nic_fds fds[3] = {
+                { .tap = { 6 }, .vhost = { 7 } },
+                { .tap = { 8, 9, 10, 11 }, .vhost = { -1 } },
+                { .tap = { 12 }, .vhost = { -1 } },
+        };
+        char **argv = build_nics(NICS_SPEC("[{\"ifname\": \"tap0\", \"mac\": \"fa:16:3e:00:00:01\", \"mtu\": 1450},"
+                                           " {\"ifname\": \"tap1\", \"mac\": \"fa:16:3e:00:00:02\", \"queues\": 4, \"slot\": 3},"
+                                           " {\"ifname\": \"tap2\", \"mac\": \"fa:16:3e:00:00:03\", \"model\": \"e1000\", \"mtu\": 9000}]"),
+                                 NULL, "tcg", NULL, fds);
+        char *s = joined(argv);
+
+        cr_assert(strstr(s, NIC_PORTS), "%s", s);
+        cr_assert(strstr(s, " -netdev tap,id=hostnet0,fds=6,vhost=on,vhostfds=7"
+                            " -device virtio-net-pci,id=net0,netdev=hostnet0,mac=fa:16:3e:00:00:01,bus=nicport0,addr=0x0,host_mtu=1450"
+                            " -netdev tap,id=hostnet3,fds=8:9:10:11,vhost=off"
+                            " -device virtio-net-pci,id=net3,netdev=hostnet3,mac=fa:16:3e:00:00:02,bus=nicport3,addr=0x0,mq=on,vectors=10"
+                            " -netdev tap,id=hostnet2,fds=12,vhost=off"
+                            " -device e1000,id=net2,netdev=hostnet2,mac=fa:16:3e:00:00:03,bus=nicport2,addr=0x0 "),
+                  "%s", s);
+        cr_assert_null(strstr(s, "ifname"), "QEMU opens no tap itself: %s", s);
+        cr_assert_null(strstr(s, "script"), "%s", s);
+        cr_assert(strstr(s, "spawn=deny"), "%s", s);
+        strv_freep(&argv);
+
+        /* i440fx: fixed slots of pci.0, no root ports */
+        argv = build_nics(NICS_SPEC("[{\"ifname\": \"tap0\", \"mac\": \"fa:16:3e:00:00:01\", \"slot\": 2}]"), NULL, "tcg",
+                          "pc", fds);
+        s = joined(argv);
+        cr_assert(strstr(s, " -device virtio-net-pci,id=net2,netdev=hostnet2,mac=fa:16:3e:00:00:01,bus=pci.0,addr=0x1a "),
+                  "%s", s);
+        cr_assert_null(strstr(s, "pcie-root-port"), "%s", s);
+        strv_freep(&argv);
+}
+
+/* A hot-plug says the same to QEMU as the command line, with getfd's names. */
+Test(qemuargs, nic_hotplug_arguments) {
+        struct host_config cfg;
+        vmsup_error *err = NULL;
+        struct guest_nic nic = { .ifname = (char *) "tap1", .mac = "fa:16:3e:00:00:09", .model = (char *) "virtio",
+                                 .mtu = 1400, .queues = 2, .slot = 1 };
+        char *taps[] = { (char *) "nic1-tap0", (char *) "nic1-tap1" }, *vhosts[] = { (char *) "nic1-vhost0",
+                                                                                     (char *) "nic1-vhost1" };
+        _cleanup_json_ json_object *nd = NULL, *nd2 = NULL, *dev = NULL;
+
+        cr_assert_eq(host_config_load("/nonexistent", true, &cfg, &err), 0);
+        nd = qemu_nic_netdev_json(&nic, taps, vhosts);
+        cr_assert_str_eq(json_object_to_json_string_ext(nd, JSON_C_TO_STRING_PLAIN),
+                         "{\"type\":\"tap\",\"id\":\"hostnet1\",\"fds\":\"nic1-tap0:nic1-tap1\",\"vhost\":true,"
+                         "\"vhostfds\":\"nic1-vhost0:nic1-vhost1\"}");
+        nd2 = qemu_nic_netdev_json(&nic, taps, NULL);
+        cr_assert_str_eq(json_object_to_json_string_ext(nd2, JSON_C_TO_STRING_PLAIN),
+                         "{\"type\":\"tap\",\"id\":\"hostnet1\",\"fds\":\"nic1-tap0:nic1-tap1\",\"vhost\":false}");
+        dev = qemu_nic_device_json(&cfg, &nic);
+        cr_assert_str_eq(json_object_to_json_string_ext(dev, JSON_C_TO_STRING_PLAIN),
+                         "{\"driver\":\"virtio-net-pci\",\"id\":\"net1\",\"netdev\":\"hostnet1\",\"mac\":\"fa:16:3e:00:00:09\","
+                         "\"bus\":\"nicport1\",\"addr\":\"0x0\",\"host_mtu\":1400,\"mq\":true,\"vectors\":6}");
+        host_config_clear(&cfg);
 }

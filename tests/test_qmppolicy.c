@@ -76,7 +76,23 @@ Test(qmppolicy, the_tpm_cannot_be_removed) {
         cr_expect_eq(hmp("chardev-remove chrtpm", false), QMP_POLICY_REFUSED);
         /* other devices come and go as QEMU allows */
         cr_expect_eq(verdict("device_del", "{\"id\": \"virtio-disk0\"}", false, why, sizeof(why)), QMP_POLICY_ALLOW);
-        cr_expect_eq(hmp("device_del net0", false), QMP_POLICY_ALLOW);
+        cr_expect_eq(hmp("device_del video0", false), QMP_POLICY_ALLOW);
+}
+
+/* The NICs change only through vmsup nic, which records them in the spec copy. */
+Test(qmppolicy, nics_change_only_through_vmsup_nic) {
+        char why[512];
+
+        cr_expect_eq(verdict("device_del", "{\"id\": \"net1\"}", false, why, sizeof(why)), QMP_POLICY_REFUSED);
+        cr_expect(strstr(why, "'device_del net1' is refused") && strstr(why, "vmsup nic remove"), "%s", why);
+        cr_expect_eq(verdict("device_del", "{\"id\": \"/machine/peripheral/net0\"}", false, why, sizeof(why)),
+                     QMP_POLICY_REFUSED);
+        cr_expect_eq(verdict("netdev_add", "{\"type\": \"user\", \"id\": \"u\"}", false, why, sizeof(why)),
+                     QMP_POLICY_REFUSED);
+        cr_expect_eq(verdict("netdev_del", "{\"id\": \"hostnet0\"}", false, why, sizeof(why)), QMP_POLICY_REFUSED);
+        cr_expect_eq(hmp("device_del net0", false), QMP_POLICY_REFUSED);
+        cr_expect_eq(hmp("netdev_add user,id=u", false), QMP_POLICY_REFUSED);
+        cr_expect_eq(verdict("device_del", "{\"id\": \"network\"}", false, why, sizeof(why)), QMP_POLICY_ALLOW);
 }
 
 Test(qmppolicy, a_running_guest_takes_everything_else) {
@@ -93,7 +109,7 @@ Test(qmppolicy, a_running_guest_takes_everything_else) {
 
 Test(qmppolicy, a_handed_over_guest_takes_read_only_commands_only) {
         static const char *const writes[] = { "cont", "system_reset", "system_wakeup", "stop", "quit", "x-exit-preconfig",
-                                              "qom-set", "device_add", "netdev_add", "inject-nmi", NULL };
+                                              "qom-set", "device_add", "set_link", "inject-nmi", NULL };
         static const char *const hmp_writes[] = { "c", "cont", "system_reset", "q", "qom-set x y 1", "nmi",
                                                   NULL };
         char why[512];

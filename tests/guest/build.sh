@@ -50,7 +50,7 @@ gcc -static -O2 -Wall -Wextra -Werror -o "$work/root/tpmprobe" "$src/tpmprobe.c"
 strip "$work/root/tpmprobe" 2>/dev/null || true
 
 cp "$busybox" "$work/root/bin/busybox"
-for applet in sh mount mkdir sleep cat echo poweroff grep insmod timeout yes; do
+for applet in sh mount mkdir sleep cat echo poweroff grep insmod timeout yes ip ls; do
 	ln -s busybox "$work/root/bin/$applet"
 done
 # The ACPI power button and evdev are modules in Debian's kernel: the held guest loads
@@ -61,6 +61,17 @@ for mod in drivers/acpi/button.ko drivers/input/evdev.ko drivers/misc/pvpanic/pv
 	m=/lib/modules/$kver/kernel/$mod
 	[ -r "$m" ] || need_pkg "no $m" "linux-image-$kver"
 	cp "$m" "$work/root/"
+done
+# virtio-net (a NIC of "nics"), with what it needs, in the order init loads them
+# (modinfo -F depends), and e1000.
+mkdir -p "$work/root/net"
+for mod in drivers/virtio/virtio_ring.ko drivers/virtio/virtio.ko drivers/virtio/virtio_pci_legacy_dev.ko \
+	drivers/virtio/virtio_pci_modern_dev.ko drivers/virtio/virtio_pci.ko net/core/failover.ko \
+	drivers/net/net_failover.ko drivers/net/virtio_net.ko drivers/net/ethernet/intel/e1000/e1000.ko; do
+	m=/lib/modules/$kver/kernel/$mod
+	[ -r "$m" ] || need_pkg "no $m" "linux-image-$kver"
+	cp "$m" "$work/root/net/"
+	echo "${mod##*/}" >>"$work/root/net/order"
 done
 cp "$src/init" "$work/root/init"
 chmod 0755 "$work/root/init" "$work/root/tpmprobe"
