@@ -168,9 +168,21 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
         r = tpm_check_state_present(g, req.first_start, err);
         if (r < 0)
                 return r;
+        /* user mode: the owner's credential stays (secmem) while the guest runs, to record
+         * the rollback anchor in Barbican at its stop (docs/vmsup.8, TPM STATE) */
+        if (token_fd >= 0 && g->tpm.secret_security == SECRET_SECURITY_USER) {
+                r = vtpm_read_token(token_fd, &g->token, &g->token_len, err);
+                if (r < 0)
+                        return r;
+                req.token = g->token;
+                req.token_len = g->token_len;
+        }
         r = vtpm_secret_obtain(&req, &secret, err);
         if (r < 0)
                 return r;
+        g->anchored = secret.anchored;
+        g->anchor = secret.anchor;
+        snprintf(g->secret_id, sizeof(g->secret_id), "%s", secret.id);
         if (secret.created) {
                 log_info("created vTPM secret %s in Barbican; the orchestrator must keep it as the guest's "
                          "vtpm_secret_uuid", secret.id);
@@ -330,6 +342,7 @@ static void teardown(struct guest *g) {
         g->sync = tpm_sync_free(g->sync);
         g->tpm_stop_err = vmsup_error_free(g->tpm_stop_err);
         g->seal_key = secmem_free(g->seal_key);
+        g->token = secmem_free(g->token);
         g->migration_key = secmem_free(g->migration_key);
         guest_fd_reserve_release(g);
         closep(&g->cancel_fd);
@@ -416,6 +429,9 @@ int guest_run(const struct guest_run_opts *opts) {
         if (code == 0 && g.tpm_stop_err)
                 code = g.tpm_stop_err->kind; /* logged by guest_tpm_stop */
         guest_reap_all(&g);
+        /* the guest is down and its state sealed: the anchor (Barbican's, in user and
+         * deployment mode) catches up before the supervisor exits */
+        guest_anchor_catch_up(&g, GUEST_ANCHOR_STOP);
         teardown(&g);
         return code;
 
