@@ -273,6 +273,11 @@ void guest_notify_stopping(struct guest *g, const char *status);
 void guest_notify_close(struct guest *g);
 
 
+/* tpmexport.c: {"cmd": "tpm-export", "path": ABS, "keep_paused": bool} of a running guest:
+ * pause (QMP stop), seal what swtpm wrote, write the export (tpmexport.h), resume unless
+ * keep_paused; c is answered with {"generation", "paused"}. */
+void guest_tpm_export_request(struct guest *g, struct control_conn *c);
+
 /* requests.c: the control socket and its requests */
 /* Listen on the control socket: its source and the accept back-off's timer. */
 int guest_control_open(struct guest *g, vmsup_error **err);

@@ -31,6 +31,7 @@
 #include "supervisor/guest.h"
 #include "supervisor/guestdirs.h"
 #include "supervisor/specmatch.h"
+#include "supervisor/tpmexport.h"
 #include "secrets/vtpmsecret.h"
 #include "tpmstate/sync.h"
 
@@ -162,6 +163,10 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
         int r;
 
         host_config_vtpm_secret_opts(g->cfg, &opts);
+        /* an import a crash interrupted: completed when committed, else dropped */
+        r = tpm_import_finish(&g->dirs, err);
+        if (r < 0)
+                return r;
         if (asprintf(&manifest, "%s/%s%s", g->dirs.state, SEAL_MANIFEST_NAME, SEAL_SUFFIX) < 0)
                 return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "sealed state");
         req.first_start = access(manifest, F_OK) < 0 && errno == ENOENT;

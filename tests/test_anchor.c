@@ -218,3 +218,106 @@ Test(anchor, user_mode_anchor_survives_sigkill_at_every_step) {
 
         kill_at_every_step("user", points, ARRAY_SIZE(points), 3);
 }
+
+/* vmsup tpm ARGS... (and resume), with the owner's credential on fd 3; its exit. */
+static int run_vmsup(const char *verb, const char *a1, const char *a2, const char *a3, const char *a4) {
+        char *argv[] = { VMSUP_BIN, "--config", conf, (char *) verb, "--token-fd", "3", (char *) a1, (char *) a2,
+                         (char *) a3, (char *) a4, NULL };
+        struct sup s;
+
+        if (streq(verb, "resume")) { /* no credential option */
+                argv[4] = (char *) a1;
+                argv[5] = NULL;
+        }
+        s = test_spawn(argv, NULL, vmsup_log, "project-of-the-owner");
+        return wait_exit(&s, 240000);
+}
+
+static void export_and_import(const char *mode) {
+        char file[600], control[600], before[600], bad[600];
+        json_object *ret;
+        vmsup_error *err = NULL;
+        struct sup s;
+        char *text;
+        long c1, c2, c3, c4;
+        int code, n;
+
+        snprintf(file, sizeof(file), "%s/tpm.export", root);
+        snprintf(control, sizeof(control), "%s/run/" UUID "/control.sock", root);
+        write_spec(mode, false);
+        c1 = boot_once();
+
+        /* a running guest, which bumped its counter: exported in a pause */
+        write_spec(mode, true);
+        s = start(NULL);
+        json_object_put(test_wait_running(&s, control, vmsup_log, 120000));
+        n = boots() + 1;
+        text = test_wait_console(console, vmsup_log, "tpmprobe: done", n, 120000);
+        c2 = console_value(text, "nv-counter=", n);
+        free(text);
+        cr_assert_eq(c2, c1 + 1);
+        code = run_vmsup("tpm", "export", UUID, file, "--keep-paused");
+        cr_assert_eq(code, 0, "export exit %d: %s", code, slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "the guest stays paused"), "%s", slurp(vmsup_log));
+        ret = test_control(control, "status", NULL, &err);
+        cr_assert_not_null(ret, "%s", err ? err->msg : "");
+        cr_assert(strstr(json_object_to_json_string(ret), "paused"), "not paused: %s", json_object_to_json_string(ret));
+        json_object_put(ret);
+        code = run_vmsup("resume", UUID, NULL, NULL, NULL);
+        cr_assert_eq(code, 0, "resume exit %d: %s", code, slurp(vmsup_log));
+        /* no plaintext: neither the probe's output nor swtpm's header */
+        cr_assert_eq(memcmp(slurp(file), "VMSUPSL1", 8), 0);
+        ret = test_control(control, "stop", NULL, &err);
+        cr_assert_not_null(ret, "%s", err ? err->msg : "");
+        json_object_put(ret);
+        cr_assert_eq(wait_exit(&s, 120000), 0, "%s", slurp(vmsup_log));
+
+        write_spec(mode, false);
+        c3 = boot_once();
+        cr_assert_eq(c3, c2 + 1);
+
+        /* older than the anchor: refused, nothing changed */
+        snprintf(before, sizeof(before), "%s/before", root);
+        sh("cp -a '%s' '%s'", state_dir, before);
+        code = run_vmsup("tpm", "import", UUID, file, NULL);
+        cr_assert_eq(code, 65, "import exit %d: %s", code, slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "--allow-rollback"), "%s", slurp(vmsup_log));
+        {
+                const char *p = strstr(slurp(vmsup_log), "the export is generation ");
+                uint64_t a, b;
+
+                cr_assert_not_null(p, "%s", slurp(vmsup_log));
+                cr_assert_eq(sscanf(p, "the export is generation %" SCNu64 " of the TPM state, older than generation %" SCNu64,
+                                    &a, &b), 2, "%s", p);
+                cr_assert_lt(a, b);
+        }
+        sh("diff -r '%s' '%s'", before, state_dir);
+
+        /* altered: refused, nothing changed */
+        snprintf(bad, sizeof(bad), "%s/bad.export", root);
+        sh("cp '%s' '%s' && printf 'x' | dd of='%s' bs=1 seek=200 conv=notrunc 2>/dev/null", file, bad, bad);
+        code = run_vmsup("tpm", "import", UUID, bad, "--allow-rollback");
+        cr_assert_eq(code, 65, "import exit %d: %s", code, slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "authentication failed"), "%s", slurp(vmsup_log));
+        sh("diff -r '%s' '%s'", before, state_dir);
+
+        /* on purpose: the guest boots with the exported counter */
+        code = run_vmsup("tpm", "import", UUID, file, "--allow-rollback");
+        cr_assert_eq(code, 0, "import exit %d: %s", code, slurp(vmsup_log));
+        cr_assert(strstr(slurp(vmsup_log), "warning: --allow-rollback"), "%s", slurp(vmsup_log));
+        c4 = boot_once();
+        cr_assert_eq(c4, c2 + 1, "after importing the export of counter %ld the guest counted %ld", c2, c4);
+        /* and the state it replaced cannot come back */
+        sh("rm -rf '%s' && cp -a '%s' '%s'", state_dir, before, state_dir);
+        s = start(NULL);
+        code = wait_exit(&s, 240000);
+        cr_assert_eq(code, 65, "the state the import replaced started again (exit %d): %s", code, slurp(vmsup_log));
+}
+
+Test(anchor, host_mode_export_of_a_running_guest_and_import_with_rollback) {
+        export_and_import("host");
+}
+
+Test(anchor, user_mode_export_of_a_running_guest_and_import_with_rollback) {
+        export_and_import("user");
+}
