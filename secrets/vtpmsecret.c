@@ -600,3 +600,134 @@ int vtpm_anchor_store(const struct vtpm_anchor_request *req, uint64_t generation
         }
         return 0;
 }
+
+/* ---- the keeper ---- */
+
+struct vtpm_anchor_keeper {
+        pid_t pid;
+        int to, from; /* generations to it, replies from it */
+};
+
+static int keeper_reply(int fd, pid_t pid, bool reap, vmsup_error **err) {
+        struct obtain_reply rep = { 0 };
+        _cleanup_free_ char *msg = NULL;
+        int status = 0;
+        char why[64];
+
+        if (read_all(fd, &rep, sizeof(rep)) != sizeof(rep)) {
+                if (reap)
+                        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                                ;
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: the process asking Barbican %s",
+                                  reap ? proc_describe_status(status, why, sizeof(why)) : "did not answer");
+        }
+        if (rep.r < 0 && rep.msg_len > 0 && rep.msg_len <= OBTAIN_MSG_MAX) {
+                msg = calloc(1, rep.msg_len + 1);
+                if (msg && read_all(fd, msg, rep.msg_len) != rep.msg_len) {
+                        free(msg);
+                        msg = NULL;
+                }
+        }
+        if (rep.r < 0) {
+                vmsup_fail(err, (enum vmsup_err_kind) rep.kind, 0, "%s", msg ? msg : "TPM state anchor: failed (no message)");
+                if (err && *err)
+                        (*err)->errnum = rep.errnum;
+                return rep.r;
+        }
+        return 0;
+}
+
+static bool keeper_answer(int fd, int r, const vmsup_error *e) {
+        struct obtain_reply rep = { .r = r };
+
+        if (r < 0) {
+                rep.kind = e && e->kind != VMSUP_ERR_OK ? e->kind : VMSUP_ERR_INTERNAL;
+                rep.errnum = e ? e->errnum : 0;
+                rep.msg_len = e && e->msg ? (uint32_t) strnlen(e->msg, OBTAIN_MSG_MAX) : 0;
+        }
+        return write_all(fd, &rep, sizeof(rep)) && (!rep.msg_len || write_all(fd, e->msg, rep.msg_len));
+}
+
+int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_anchor_keeper **ret,
+                             vmsup_error **err) {
+        struct vtpm_anchor_keeper *k;
+        pid_t parent = getpid();
+        int down[2], up[2];
+
+        if (!req->token || !req->secret_id || !barbican_is_uuid(req->secret_id))
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: no token or secret id to keep");
+        k = calloc(1, sizeof(*k));
+        if (!k)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "TPM state anchor");
+        if (pipe2(down, O_CLOEXEC) < 0) {
+                free(k);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "TPM state anchor: pipe");
+        }
+        if (pipe2(up, O_CLOEXEC) < 0) {
+                int e = errno;
+
+                close(down[0]);
+                close(down[1]);
+                free(k);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "TPM state anchor: pipe");
+        }
+        k->pid = fork();
+        if (k->pid < 0) {
+                int e = errno;
+
+                close(down[0]);
+                close(down[1]);
+                close(up[0]);
+                close(up[1]);
+                free(k);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "TPM state anchor: fork");
+        }
+        if (k->pid == 0) {
+                uint64_t gen;
+
+                /* only its two pipes: not the guest's lock, sockets or anything else */
+                int a = fcntl(down[0], F_DUPFD, 10), b = fcntl(up[1], F_DUPFD, 10);
+
+                /* above 3 and 4 first: dup2() onto them must not close the other pipe */
+                if (a < 0 || b < 0 || dup2(a, 3) < 0 || dup2(b, 4) < 0 || close_range(5, ~0U, 0) < 0 ||
+                    prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+                        _exit(1);
+                (void) prctl(PR_SET_DUMPABLE, 0);
+                while (read_all(3, &gen, sizeof(gen)) == sizeof(gen)) {
+                        vmsup_error *e = NULL;
+                        int r = anchor_store_barbican(req, gen, &e);
+
+                        if (!keeper_answer(4, r, e))
+                                _exit(1);
+                        vmsup_error_free(e);
+                }
+                _exit(0);
+        }
+        close(down[0]);
+        close(up[1]);
+        k->to = down[1];
+        k->from = up[0];
+        *ret = k;
+        return 0;
+}
+
+int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, uint64_t generation, vmsup_error **err) {
+        if (!write_all(k->to, &generation, sizeof(generation)))
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, errno, "TPM state anchor: the process keeping the owner's "
+                                                                  "token is gone");
+        return keeper_reply(k->from, k->pid, false, err);
+}
+
+struct vtpm_anchor_keeper *vtpm_anchor_keeper_free(struct vtpm_anchor_keeper *k) {
+        int status;
+
+        if (!k)
+                return NULL;
+        closep(&k->to); /* EOF: it exits */
+        closep(&k->from);
+        kill(k->pid, SIGKILL);
+        while (waitpid(k->pid, &status, 0) < 0 && errno == EINTR)
+                ;
+        free(k);
+        return NULL;
+}

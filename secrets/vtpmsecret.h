@@ -72,6 +72,18 @@ struct vtpm_anchor_request {
 };
 int vtpm_anchor_store(const struct vtpm_anchor_request *req, uint64_t generation, vmsup_error **err);
 
+/* User mode while the guest runs: the owner's token must be there at the stop, but not in
+ * the long-lived supervisor's memory (docs/security.md). A keeper is a forked child that
+ * holds it (it closes every other fd, and dies with its parent) and records a generation
+ * in Barbican when asked (libcurl is loaded there, then). req->token is copied into it;
+ * the caller wipes its own copy. */
+struct vtpm_anchor_keeper;
+int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_anchor_keeper **ret,
+                             vmsup_error **err);
+/* As vtpm_anchor_store(), done by the keeper (blocking until it answered). */
+int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, uint64_t generation, vmsup_error **err);
+struct vtpm_anchor_keeper *vtpm_anchor_keeper_free(struct vtpm_anchor_keeper *k);
+
 /* Delete the guest's recorded vTPM secret from Barbican as the owner (credential read
  * from token_fd, which stays the caller's), as Nova's delete_vtpm_secret: a secret
  * already gone is fine. Nothing recorded: nothing to do. *ret_deleted says whether

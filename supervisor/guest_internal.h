@@ -69,6 +69,7 @@ struct guest_child {
 };
 
 struct guest;
+struct vtpm_anchor_keeper;
 
 /* A live migration that runs, as the guest's life sees it (migrate_in.c, migrate_out.c
  * set g->migration while it runs): the guest's events go to it first. */
@@ -138,9 +139,11 @@ struct guest {
         bool anchored;
         uint64_t anchor;
         char secret_id[37];    /* the vTPM secret's Barbican id */
-        char *token;           /* secmem: user mode, the owner's credential, kept while the
-                                * guest runs to record the anchor at its stop; NULL */
+        char *token;           /* secmem: user mode, the owner's credential, only while the
+                                * guest starts; then it is the keeper's alone */
         size_t token_len;
+        struct vtpm_anchor_keeper *anchor_keeper; /* user mode: holds the token to record
+                                                   * the anchor at the stop; NULL */
         struct qmp_client *qmp;
         const struct guest_life *life;
 

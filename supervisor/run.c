@@ -173,8 +173,8 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
         r = tpm_check_state_present(g, req.first_start, err);
         if (r < 0)
                 return r;
-        /* user mode: the owner's credential stays (secmem) while the guest runs, to record
-         * the rollback anchor in Barbican at its stop (docs/vmsup.8, TPM STATE) */
+        /* user mode: the owner's credential is read here, once: for the secret, then for
+         * the keeper that records the anchor at the stop (docs/vmsup.8, TPM STATE) */
         if (token_fd >= 0 && g->tpm.secret_security == SECRET_SECURITY_USER) {
                 r = vtpm_read_token(token_fd, &g->token, &g->token_len, err);
                 if (r < 0)
@@ -188,6 +188,20 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
         g->anchored = secret.anchored;
         g->anchor = secret.anchor;
         snprintf(g->secret_id, sizeof(g->secret_id), "%s", secret.id);
+        if (g->token) {
+                /* the token stays for the stop's anchor, in a child of its own: the
+                 * supervisor holds no credential while the guest runs (docs/security.md) */
+                struct vtpm_anchor_request areq = { .opts = &opts, .spec = &g->spec, .tpm = &g->tpm,
+                                                    .secret_id = g->secret_id, .token = g->token,
+                                                    .token_len = g->token_len };
+
+                r = vtpm_anchor_keeper_start(&areq, &g->anchor_keeper, err);
+                g->token = secmem_free(g->token);
+                if (r < 0) {
+                        vtpm_secret_clear(&secret);
+                        return r;
+                }
+        }
         if (secret.created) {
                 log_info("created vTPM secret %s in Barbican; the orchestrator must keep it as the guest's "
                          "vtpm_secret_uuid", secret.id);
@@ -348,6 +362,7 @@ static void teardown(struct guest *g) {
         g->tpm_stop_err = vmsup_error_free(g->tpm_stop_err);
         g->seal_key = secmem_free(g->seal_key);
         g->token = secmem_free(g->token);
+        g->anchor_keeper = vtpm_anchor_keeper_free(g->anchor_keeper);
         g->migration_key = secmem_free(g->migration_key);
         guest_fd_reserve_release(g);
         closep(&g->cancel_fd);
