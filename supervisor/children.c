@@ -154,6 +154,13 @@ int guest_open_sync(struct guest *g, vmsup_error **err) {
         if (r < 0)
                 return r;
         gen = tpm_sync_generation(g->sync);
+        /* No sealed state at all is a lost TPM, not an older one: the stamp and --new-tpm
+         * decide on it (run.c), and a TPM manufactured now goes on from the anchor's
+         * generation, which never goes back. */
+        if (gen == 0 && g->anchored) {
+                tpm_sync_continue_from(g->sync, g->anchor);
+                gen = g->anchor;
+        }
         /* A complete older copy of the state dir passes every check inside it (crypto/seal.h);
          * only the anchor outside knows better. Before anything is sealed, restored or run. */
         if (g->anchored && gen < g->anchor)
