@@ -34,6 +34,8 @@ static const struct verb verbs[] = {
         { "resolve", verb_resolve, "settle a live migration of unknown outcome: --keep this host's copy" },
         { "resize", verb_resize, "move a stopped guest to another flavor with Nova's vTPM rules" },
         { "delete", verb_delete, "delete a stopped guest: its vTPM secret, sealed state and files" },
+        { "tpm", verb_tpm, "export a guest's TPM state to one sealed file, or import one (--allow-rollback)" },
+        { "resume", verb_resume, "let a paused guest run again (after tpm export --keep-paused)" },
         { "rebuild", verb_refused, "refused for vTPM guests, as Nova does" },
         { "rescue", verb_refused, "refused for vTPM guests, as Nova does" },
         { "shelve", verb_refused, "refused for vTPM guests, as Nova does" },

@@ -38,6 +38,8 @@ int verb_traits(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_qmp(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_run(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_delete(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_tpm(struct vmsup_ctx *ctx, int argc, char **argv);
+int verb_resume(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_resize(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_status(struct vmsup_ctx *ctx, int argc, char **argv);
 int verb_list(struct vmsup_ctx *ctx, int argc, char **argv);

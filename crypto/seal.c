@@ -442,8 +442,10 @@ int seal_state_write(const struct seal_dir *d, struct seal_manifest *m, const ch
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "seal state: '%s' is the manifest's name", name);
         /* A manifest must exist before the first sealed file does: a crash right after
          * that file would otherwise leave sealed state without a manifest, which
-         * seal_manifest_load() refuses (it is what a deleted manifest looks like). */
-        if (m->generation == 0 && (r = seal_manifest_store(d, m, err)) < 0)
+         * seal_manifest_load() refuses (it is what a deleted manifest looks like). No
+         * file recorded yet is that case too when the generations go on from elsewhere
+         * (a migration's, an anchor's: tpm_sync_continue_from()). */
+        if ((m->generation == 0 || m->n == 0) && (r = seal_manifest_store(d, m, err)) < 0)
                 return r;
         r = seal_file_write(d, name, gen, plaintext, len, err);
         if (r < 0)

@@ -82,8 +82,8 @@ int seal_file_read(const struct seal_dir *d, const char *name, uint64_t min_gene
  * Limitation: someone who can replace files in the state dir can put back an older
  * manifest together with the files that were current when it was written: a complete,
  * consistent older snapshot. Nothing in the dir can tell that apart from the real
- * newest state; it takes a record outside the attacker's reach (a counter kept in
- * Barbican, in the host's TPM NV, or on another machine). What the manifest does stop:
+ * newest state; it takes a record outside the attacker's reach: the rollback anchor
+ * (the manifest's generation, in the local store or in Barbican; vmsup(8), TPM STATE). What the manifest does stop:
  * one file put back on its own, a file from another guest or under another name, and
  * deleting the manifest while sealed files remain. */
 struct seal_manifest_entry {

@@ -473,6 +473,13 @@ static void got_prepare(struct migrate_dest *d, struct mig_frame *f) {
                 return;
         }
         snprintf(d->secret_id, sizeof(d->secret_id), "%s", mig_json_str(f->json, "secret_uuid") ?: "");
+        {
+                json_object *gen = NULL;
+
+                if (json_object_object_get_ex(f->json, "tpm_generation", &gen) && json_object_is_type(gen, json_type_int) &&
+                    json_object_get_int64(gen) > 0)
+                        d->tpm_generation = (uint64_t) json_object_get_int64(gen);
+        }
         /* the secret first, then judge: a source told off with its SECRET unread could
          * lose our ABORT to the reset of the connection */
         dst_wait_for(d, DST_WAIT_EXPECT, MIG_SECRET, monotonic_ms() + d->answer_ms);
@@ -657,4 +664,8 @@ struct migrate_dest *migrate_dest_free(struct migrate_dest *d) {
         vmsup_error_free(d->why);
         free(d);
         return NULL;
+}
+
+uint64_t migrate_dest_tpm_generation(const struct migrate_dest *d) {
+        return d->tpm_generation;
 }

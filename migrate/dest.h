@@ -138,6 +138,8 @@ enum migrate_dest_state migrate_dest_state(const struct migrate_dest *d);
 const char *migrate_dest_phase(const struct migrate_dest *d);
 const char *migrate_dest_state_name(enum migrate_dest_state s);
 /* the source supervisor's "ADDR:PORT (CN=...)" once its TLS handshake completed; NULL before */
+/* The generation of the source's sealed TPM state (its PREPARE); 0 when it sent none. */
+uint64_t migrate_dest_tpm_generation(const struct migrate_dest *d);
 const char *migrate_dest_source(const struct migrate_dest *d);
 
 #endif

@@ -52,6 +52,7 @@ struct migrate_dest {
         struct evloop_source *ch_io;
         char source[320];
         char secret_id[37];
+        uint64_t tpm_generation; /* the source's sealed state's (PREPARE); 0 when not sent */
         struct guest_spec theirs;
         char *secret; /* secmem, until received() */
 

@@ -279,6 +279,9 @@ static void on_run_state(struct migrate_source *s, json_object *ret, const vmsup
         }
         json_object_object_add(s->prepare, "spec", TAKE_PTR(spec));
         json_object_object_add(s->prepare, "secret_uuid", json_object_new_string(secret_id));
+        if (s->env.tpm_generation)
+                json_object_object_add(s->prepare, "tpm_generation",
+                                       json_object_new_int64((int64_t) s->env.tpm_generation(s->env.userdata)));
         s->pass = TAKE_PTR(pass);
         src_progress(s, "connect", "connecting to %s:%s", s->env.host, s->env.port);
         if (migchan_connect_start(s->env.host, s->env.port, &s->env.tls, &s->ch, &err) < 0) {

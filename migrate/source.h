@@ -71,6 +71,10 @@ struct migrate_source_env {
          * reference). An error ends the migration before anything is sent. */
         int (*handover)(void *userdata, char **ret_passphrase, char ret_secret_id[MIGRATE_SOURCE_SECRET_ID_LEN + 1],
                         json_object **ret_spec, vmsup_error **err);
+        /* The generation of the guest's sealed TPM state, sent with the hand-over so that
+         * the destination's generations (and its rollback anchor) go on from it. May be
+         * NULL: none is sent. */
+        uint64_t (*tpm_generation)(void *userdata);
         /* A progress object for the client ({"phase", "message"}, or the transfer's figures);
          * the callee takes the reference. */
         void (*progress)(void *userdata, json_object *p);

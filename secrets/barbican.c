@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
 #include <stdio.h>
@@ -442,6 +443,93 @@ int barbican_secret_delete(struct barbican_client *c, const char *secret_id, vms
                 r = barbican_refused(what, resp.status, err);
         else
                 r = barbican_http_error(c, &resp, "the request to delete the vTPM secret", err);
+        http_response_clear(&resp);
+        return r;
+}
+
+/* The anchor is one key of the secret's user metadata (Barbican's /v1/secrets/{id}/metadata,
+ * which Debian 12's barbican-api 15 serves: GET and PUT per key, POST to add one; keys are
+ * stored lower-case). The owner's token (or the service's) may read and write it, as the
+ * payload; a reader role may not. */
+#define ANCHOR_PATH "/v1/secrets/%s/metadata/" BARBICAN_ANCHOR_KEY
+
+int barbican_secret_anchor_get(struct barbican_client *c, const char *secret_id, uint64_t *ret_generation,
+                               vmsup_error **err) {
+        _cleanup_free_ char *path = NULL, *what = NULL;
+        _cleanup_json_ json_object *root = NULL;
+        struct http_response resp = { 0 };
+        json_object *value = NULL;
+        const char *text;
+        char *end;
+        unsigned long long v;
+        int r;
+
+        r = check_secret_id(secret_id, err);
+        if (r < 0)
+                return r;
+        path = secretbuf_printf(ANCHOR_PATH, secret_id);
+        what = secretbuf_printf("access to the metadata of vTPM secret %s", secret_id);
+        if (!path || !what)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican request");
+        r = client_request(c, "GET", path, "Accept: application/json", NULL, true, &resp, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "read the TPM state anchor of vTPM secret %s", secret_id);
+        if (resp.status == 404)
+                r = 0; /* none yet (or no such secret: the payload's fetch says so) */
+        else if (resp.status == 401 || resp.status == 403)
+                r = barbican_refused(what, resp.status, err);
+        else if (resp.status != 200)
+                r = barbican_http_error(c, &resp, "the request for the TPM state anchor", err);
+        else if (!(root = json_tokener_parse(resp.body)) || !json_object_object_get_ex(root, "value", &value) ||
+                 !json_object_is_type(value, json_type_string) || !isdigit((unsigned char) *(text = json_object_get_string(value))) ||
+                 (errno = 0, v = strtoull(text, &end, 10), errno != 0 || *end))
+                r = vmsup_fail(err, VMSUP_ERR_DATA, 0,
+                               "the metadata '%s' of vTPM secret %s in Barbican is not a TPM state generation",
+                               BARBICAN_ANCHOR_KEY, secret_id);
+        else {
+                *ret_generation = v;
+                r = 1;
+        }
+        http_response_clear(&resp);
+        return r;
+}
+
+int barbican_secret_anchor_put(struct barbican_client *c, const char *secret_id, uint64_t generation,
+                               vmsup_error **err) {
+        _cleanup_free_ char *path = NULL, *what = NULL, *body = NULL, *coll = NULL;
+        struct http_response resp = { 0 };
+        int r;
+
+        r = check_secret_id(secret_id, err);
+        if (r < 0)
+                return r;
+        path = secretbuf_printf(ANCHOR_PATH, secret_id);
+        what = secretbuf_printf("a change to the metadata of vTPM secret %s", secret_id);
+        body = secretbuf_printf("{\"key\": \"" BARBICAN_ANCHOR_KEY "\", \"value\": \"%" PRIu64 "\"}", generation);
+        if (!path || !what || !body)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican request");
+        /* PUT replaces the key and answers 404 while it does not exist; POST (to the
+         * collection) adds it and answers 409 when another writer was first: then PUT
+         * again. Each carries the whole value, so a repeat is harmless. */
+        r = client_request(c, "PUT", path, "Accept: application/json", body, true, &resp, err);
+        if (r >= 0 && resp.status == 404) {
+                http_response_clear(&resp);
+                coll = secretbuf_printf("/v1/secrets/%s/metadata", secret_id);
+                r = coll ? client_request(c, "POST", coll, "Accept: application/json", body, false, &resp, err)
+                         : vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "Barbican request");
+                if (r >= 0 && resp.status == 409) {
+                        http_response_clear(&resp);
+                        r = client_request(c, "PUT", path, "Accept: application/json", body, true, &resp, err);
+                }
+        }
+        if (r < 0)
+                return vmsup_error_prefix(err, "write the TPM state anchor of vTPM secret %s", secret_id);
+        if (resp.status == 200 || resp.status == 201)
+                r = 0;
+        else if (resp.status == 401 || resp.status == 403)
+                r = barbican_refused(what, resp.status, err);
+        else
+                r = barbican_http_error(c, &resp, "the request to write the TPM state anchor", err);
         http_response_clear(&resp);
         return r;
 }

@@ -4,6 +4,7 @@
 #define VMSUP_SECRETS_BARBICAN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/error.h"
 #include "secrets/keystone.h"
@@ -76,6 +77,16 @@ int barbican_secret_fetch(struct barbican_client *c, const char *secret_id,
 /* DELETE secret_id. Idempotent as Nova's delete_vtpm_secret: a secret already gone is
  * success. Returns 1 when deleted, 0 when it was not there. */
 int barbican_secret_delete(struct barbican_client *c, const char *secret_id, vmsup_error **err);
+
+/* The rollback anchor of a guest's TPM state (docs/vmsup.8, TPM STATE): the newest
+ * sealed generation, kept as the metadata key BARBICAN_ANCHOR_KEY of its vTPM secret.
+ * get: 1 found (*ret_generation), 0 not set; put: set or replace it. 401/403 are
+ * VMSUP_ERR_DENIED, a value that is not a number VMSUP_ERR_DATA. */
+#define BARBICAN_ANCHOR_KEY "vmsup_tpm_generation"
+int barbican_secret_anchor_get(struct barbican_client *c, const char *secret_id, uint64_t *ret_generation,
+                               vmsup_error **err);
+int barbican_secret_anchor_put(struct barbican_client *c, const char *secret_id, uint64_t generation,
+                               vmsup_error **err);
 
 /* Whether s is a canonical UUID (8-4-4-4-12 hex digits). */
 int barbican_is_uuid(const char *s);

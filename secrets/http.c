@@ -281,10 +281,13 @@ int http_request(const struct http_options *o, const struct http_request *req, s
         SETOPT(CURLOPT_HEADERFUNCTION, header_cb);
         SETOPT(CURLOPT_HEADERDATA, &sink);
         SETOPT(CURLOPT_ERRORBUFFER, errbuf);
-        if (streq(req->method, "POST")) {
-                /* POSTFIELDS is not copied: the caller's buffer (and its wiping) stays the only one. */
+        if (streq(req->method, "POST") || streq(req->method, "PUT")) {
+                /* POSTFIELDS is not copied: the caller's buffer (and its wiping) stays the only one.
+                 * PUT: the same body, sent with PUT (Barbican's metadata). */
                 SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) req->body_len);
                 SETOPT(CURLOPT_POSTFIELDS, req->body ? req->body : "");
+                if (streq(req->method, "PUT"))
+                        SETOPT(CURLOPT_CUSTOMREQUEST, "PUT");
         } else if (streq(req->method, "DELETE"))
                 SETOPT(CURLOPT_CUSTOMREQUEST, "DELETE");
         else if (!streq(req->method, "GET")) {

@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -301,18 +302,87 @@ int localstore_put(struct localstore *s, const char *uuid, const char *passphras
 }
 
 int localstore_delete(struct localstore *s, const char *uuid, vmsup_error **err) {
+        char anchor[LOCALSTORE_UUID_LEN + sizeof(LOCALSTORE_ANCHOR_SUFFIX)];
         int r;
 
         if ((r = check_uuid(s, uuid, err)) < 0 || (r = verify_dir(s, err)) < 0)
                 return r;
+        /* the anchor goes with the secret: a guest deleted here is gone, and one that
+         * migrated away has its anchor on the destination now */
+        snprintf(anchor, sizeof(anchor), "%s" LOCALSTORE_ANCHOR_SUFFIX, uuid);
+        if (unlinkat(s->dirfd, anchor, 0) < 0 && errno != ENOENT)
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: remove '%s/%s'", s->path, anchor);
         if (unlinkat(s->dirfd, uuid, 0) < 0) {
-                if (errno == ENOENT)
+                if (errno == ENOENT) {
+                        if (fsync(s->dirfd) < 0)
+                                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: sync '%s'", s->path);
                         return 0;
+                }
                 return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: remove '%s/%s'", s->path, uuid);
         }
         if (fsync(s->dirfd) < 0)
                 return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: sync '%s'", s->path);
         return 1;
+}
+
+#define ANCHOR_KEY "generation="
+#define ANCHOR_MAX 64
+
+int localstore_anchor_get(struct localstore *s, const char *uuid, uint64_t *ret_generation, vmsup_error **err) {
+        char name[LOCALSTORE_UUID_LEN + sizeof(LOCALSTORE_ANCHOR_SUFFIX)], file[PATH_MAX], buf[ANCHOR_MAX + 1], *end;
+        _cleanup_close_ int fd = -1;
+        unsigned long long v;
+        struct stat st;
+        int r;
+
+        if ((r = check_uuid(s, uuid, err)) < 0 || (r = verify_dir(s, err)) < 0)
+                return r;
+        snprintf(name, sizeof(name), "%s" LOCALSTORE_ANCHOR_SUFFIX, uuid);
+        snprintf(file, sizeof(file), "%s/%s", s->path, name);
+        fd = openat(s->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd < 0) {
+                if (errno == ENOENT)
+                        return 0;
+                if (errno == ELOOP)
+                        return refuse(err, ELOOP, "local secret store: '%s': is a symbolic link", file);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: open '%s'", file);
+        }
+        if (fstat(fd, &st) < 0)
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: stat '%s'", file);
+        if (!S_ISREG(st.st_mode))
+                return refuse(err, EPERM, "local secret store: '%s': is not a regular file", file);
+        if ((r = check_owner_mode("local secret store: file", file, &st, 0600, err)) < 0)
+                return r;
+        if (st.st_size < (off_t) strlen(ANCHOR_KEY) + 2 || st.st_size > ANCHOR_MAX)
+                goto bad;
+        if ((r = read_fd(fd, buf, (size_t) st.st_size)) < 0)
+                return vmsup_fail(err, VMSUP_ERR_IO, -r, "local secret store: read '%s'", file);
+        buf[st.st_size] = '\0';
+        if (strncmp(buf, ANCHOR_KEY, strlen(ANCHOR_KEY)) != 0 || !isdigit((unsigned char) buf[strlen(ANCHOR_KEY)]))
+                goto bad;
+        errno = 0;
+        v = strtoull(buf + strlen(ANCHOR_KEY), &end, 10);
+        if (errno || !streq(end, "\n"))
+                goto bad;
+        *ret_generation = v;
+        return 1;
+bad:
+        return vmsup_fail(err, VMSUP_ERR_DATA, 0, "local secret store: '%s': not a TPM state generation (%s<number>)",
+                          file, ANCHOR_KEY);
+}
+
+int localstore_anchor_put(struct localstore *s, const char *uuid, uint64_t generation, vmsup_error **err) {
+        char name[LOCALSTORE_UUID_LEN + sizeof(LOCALSTORE_ANCHOR_SUFFIX)], text[ANCHOR_MAX];
+        int r;
+
+        if ((r = check_uuid(s, uuid, err)) < 0 || (r = verify_dir(s, err)) < 0)
+                return r;
+        snprintf(name, sizeof(name), "%s" LOCALSTORE_ANCHOR_SUFFIX, uuid);
+        snprintf(text, sizeof(text), ANCHOR_KEY "%" PRIu64 "\n", generation);
+        r = file_write_atomic_at(s->dirfd, s->path, name, text, strlen(text), 0600, err);
+        if (r < 0)
+                return vmsup_error_prefix(err, "local secret store: TPM state anchor of guest %s", uuid);
+        return 0;
 }
 
 static int entry_cmp(const void *a, const void *b) {

@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/error.h"
 
@@ -47,7 +48,16 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
 int localstore_put(struct localstore *s, const char *uuid, const char *passphrase, const char *secret_id,
                    vmsup_error **err);
 
-/* Remove the secret of guest uuid, durably: 1 removed, 0 it was not there. */
+/* The rollback anchor of guest uuid (docs/vmsup.8, TPM STATE): the newest generation of
+ * its sealed TPM state, in <dir>/<uuid>.anchor ("generation=<n>\n", 0600), checked as the
+ * secret's file is. Outside the guest's state dir, so that a restored copy of that dir
+ * does not bring an older anchor along. get: 1 found (*ret_generation), 0 none. put:
+ * atomically and durably. */
+#define LOCALSTORE_ANCHOR_SUFFIX ".anchor"
+int localstore_anchor_get(struct localstore *s, const char *uuid, uint64_t *ret_generation, vmsup_error **err);
+int localstore_anchor_put(struct localstore *s, const char *uuid, uint64_t generation, vmsup_error **err);
+
+/* Remove the secret of guest uuid and its anchor, durably: 1 removed, 0 it was not there. */
 int localstore_delete(struct localstore *s, const char *uuid, vmsup_error **err);
 
 /* The guests in the store and their secret ids (never the passphrases), sorted by guest

@@ -208,6 +208,12 @@ static int host_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                         goto out;
                 }
                 s.passphrase = pass; /* the host has it: the owner's credential is not needed */
+                r = localstore_anchor_get(store, req->spec->uuid, &s.anchor, err);
+                if (r < 0) {
+                        vtpm_secret_clear(&s);
+                        goto out;
+                }
+                s.anchored = r > 0;
                 *ret = s;
                 r = 0;
                 goto out;
@@ -215,6 +221,21 @@ static int host_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         r = barbican_obtain(req, &s, err);
         if (r < 0)
                 goto out;
+        /* Barbican's copy of the anchor came with the secret (host mode keeps it here
+         * from now on); one of this host's own, left from an earlier time here, counts
+         * too: the higher one stands */
+        {
+                uint64_t local = 0;
+
+                r = localstore_anchor_get(store, req->spec->uuid, &local, err);
+                if (r < 0) {
+                        vtpm_secret_clear(&s);
+                        goto out;
+                }
+                if (r > 0 && (!s.anchored || local > s.anchor))
+                        s.anchor = local;
+                s.anchored = s.anchored || r > 0;
+        }
         r = localstore_put(store, req->spec->uuid, s.passphrase, s.id, err);
         if (r < 0) {
                 vtpm_secret_clear(&s);
@@ -251,6 +272,8 @@ struct obtain_reply {
         uint32_t pass_len; /* the passphrase follows */
         char id[37];
         uint8_t created;
+        uint8_t anchored;
+        uint64_t anchor;
 };
 #define OBTAIN_MSG_MAX (64 * 1024)
 
@@ -320,6 +343,8 @@ static _Noreturn void obtain_child(const struct vtpm_secret_request *req, int fd
                 rep.pass_len = (uint32_t) strlen(s.passphrase);
                 memcpy(rep.id, s.id, sizeof(rep.id));
                 rep.created = s.created;
+                rep.anchored = s.anchored;
+                rep.anchor = s.anchor;
         }
         ok = write_all(fd, &rep, sizeof(rep)) && (!rep.msg_len || write_all(fd, e->msg, rep.msg_len)) &&
              (!rep.pass_len || write_all(fd, s.passphrase, rep.pass_len));
@@ -395,7 +420,8 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "vTPM secret: the passphrase did not arrive (%u bytes)",
                                   rep.pass_len);
         rep.id[sizeof(rep.id) - 1] = '\0';
-        *ret = (struct vtpm_secret) { .passphrase = TAKE_PTR(pass), .created = rep.created };
+        *ret = (struct vtpm_secret) { .passphrase = TAKE_PTR(pass), .created = rep.created,
+                                      .anchored = rep.anchored, .anchor = rep.anchor };
         memcpy(ret->id, rep.id, sizeof(ret->id));
         return 0;
 }
@@ -413,15 +439,20 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
 
         /* deployment mode: the service's own credentials; a caller's token is not used */
         if (!service) {
-                if (req->token_fd < 0)
+                if (req->token_fd < 0 && !req->token)
                         return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
                                           "the guest owner's credentials are required to open its vTPM secret (%s): "
                                           "pass a token with --token-fd N",
                                           req->tpm->secret_security == SECRET_SECURITY_HOST
                                                   ? "host mode, and this host keeps no copy of it"
                                                   : "user mode");
-                r = vtpm_read_token(req->token_fd, &token, &token_len, err);
-                if (r < 0)
+                if (req->token) {
+                        token = secmem_alloc(req->token_len + 1);
+                        if (!token)
+                                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "vTPM secret");
+                        memcpy(token, req->token, req->token_len);
+                        token_len = req->token_len;
+                } else if ((r = vtpm_read_token(req->token_fd, &token, &token_len, err)) < 0)
                         return r;
         }
 
@@ -445,6 +476,10 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
         }
         if (s.id[0]) {
                 r = barbican_secret_fetch(client, s.id, pass, err);
+                if (r >= 0) {
+                        r = barbican_secret_anchor_get(client, s.id, &s.anchor, err);
+                        s.anchored = r > 0;
+                }
         } else if (req->first_start) {
                 r = barbican_secret_create(client, req->spec->uuid, pass, s.id, err);
                 if (r >= 0) {
@@ -473,4 +508,226 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
 void vtpm_secret_clear(struct vtpm_secret *s) {
         s->passphrase = secmem_free(s->passphrase);
         memset(s, 0, sizeof(*s));
+}
+
+/* ---- the anchor ---- */
+
+static int anchor_store_barbican(const struct vtpm_anchor_request *req, uint64_t generation, vmsup_error **err) {
+        struct barbican_client *client = NULL;
+        int r;
+
+        if (req->tpm->secret_security == SECRET_SECURITY_DEPLOYMENT)
+                r = service_client(req->opts, &client, err);
+        else if (!req->token)
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
+                                  "the guest owner's credentials are required to record the TPM state's anchor in "
+                                  "Barbican (user mode)");
+        else
+                r = owner_client(req->opts, req->spec->owner_user_id, req->token, req->token_len, &client, err);
+        if (r < 0)
+                return r;
+        r = barbican_secret_anchor_put(client, req->secret_id, generation, err);
+        barbican_client_free(client);
+        return r;
+}
+
+int vtpm_anchor_store(const struct vtpm_anchor_request *req, uint64_t generation, vmsup_error **err) {
+        struct obtain_reply rep = { 0 };
+        _cleanup_free_ char *msg = NULL;
+        _cleanup_close_ int rd = -1;
+        pid_t parent = getpid(), pid;
+        int fds[2], status;
+        char why[64];
+
+        if (req->tpm->secret_security == SECRET_SECURITY_HOST) {
+                struct localstore *store = NULL;
+                int r = localstore_open(req->opts->secrets_dir, false, &store, err);
+
+                if (r >= 0)
+                        r = localstore_anchor_put(store, req->spec->uuid, generation, err);
+                localstore_free(store);
+                return r;
+        }
+        if (!req->secret_id || !barbican_is_uuid(req->secret_id))
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: no vTPM secret id");
+        /* libcurl only in a child, as for the secret (above) */
+        if (pipe2(fds, O_CLOEXEC) < 0)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "TPM state anchor: pipe");
+        rd = fds[0];
+        pid = fork();
+        if (pid < 0) {
+                int e = errno;
+
+                close(fds[1]);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "TPM state anchor: fork");
+        }
+        if (pid == 0) {
+                vmsup_error *e = NULL;
+                bool ok;
+
+                close(fds[0]);
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+                        _exit(1);
+                rep.r = anchor_store_barbican(req, generation, &e);
+                if (rep.r < 0) {
+                        rep.kind = e && e->kind != VMSUP_ERR_OK ? e->kind : VMSUP_ERR_INTERNAL;
+                        rep.errnum = e ? e->errnum : 0;
+                        rep.msg_len = e && e->msg ? (uint32_t) strnlen(e->msg, OBTAIN_MSG_MAX) : 0;
+                }
+                ok = write_all(fds[1], &rep, sizeof(rep)) && (!rep.msg_len || write_all(fds[1], e->msg, rep.msg_len));
+                _exit(ok ? 0 : 1);
+        }
+        close(fds[1]);
+        if (read_all(rd, &rep, sizeof(rep)) != sizeof(rep))
+                rep.r = INT32_MIN;
+        else if (rep.r < 0 && rep.msg_len > 0 && rep.msg_len <= OBTAIN_MSG_MAX) {
+                msg = calloc(1, rep.msg_len + 1);
+                if (msg && read_all(rd, msg, rep.msg_len) != rep.msg_len) {
+                        free(msg);
+                        msg = NULL;
+                }
+        }
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                ;
+        if (rep.r == INT32_MIN || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: the process asking Barbican %s",
+                                  proc_describe_status(status, why, sizeof(why)));
+        if (rep.r < 0) {
+                vmsup_fail(err, (enum vmsup_err_kind) rep.kind, 0, "%s", msg ? msg : "TPM state anchor: failed (no message)");
+                if (err && *err)
+                        (*err)->errnum = rep.errnum;
+                return rep.r;
+        }
+        return 0;
+}
+
+/* ---- the keeper ---- */
+
+struct vtpm_anchor_keeper {
+        pid_t pid;
+        int to, from; /* generations to it, replies from it */
+};
+
+static int keeper_reply(int fd, pid_t pid, bool reap, vmsup_error **err) {
+        struct obtain_reply rep = { 0 };
+        _cleanup_free_ char *msg = NULL;
+        int status = 0;
+        char why[64];
+
+        if (read_all(fd, &rep, sizeof(rep)) != sizeof(rep)) {
+                if (reap)
+                        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                                ;
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: the process asking Barbican %s",
+                                  reap ? proc_describe_status(status, why, sizeof(why)) : "did not answer");
+        }
+        if (rep.r < 0 && rep.msg_len > 0 && rep.msg_len <= OBTAIN_MSG_MAX) {
+                msg = calloc(1, rep.msg_len + 1);
+                if (msg && read_all(fd, msg, rep.msg_len) != rep.msg_len) {
+                        free(msg);
+                        msg = NULL;
+                }
+        }
+        if (rep.r < 0) {
+                vmsup_fail(err, (enum vmsup_err_kind) rep.kind, 0, "%s", msg ? msg : "TPM state anchor: failed (no message)");
+                if (err && *err)
+                        (*err)->errnum = rep.errnum;
+                return rep.r;
+        }
+        return 0;
+}
+
+static bool keeper_answer(int fd, int r, const vmsup_error *e) {
+        struct obtain_reply rep = { .r = r };
+
+        if (r < 0) {
+                rep.kind = e && e->kind != VMSUP_ERR_OK ? e->kind : VMSUP_ERR_INTERNAL;
+                rep.errnum = e ? e->errnum : 0;
+                rep.msg_len = e && e->msg ? (uint32_t) strnlen(e->msg, OBTAIN_MSG_MAX) : 0;
+        }
+        return write_all(fd, &rep, sizeof(rep)) && (!rep.msg_len || write_all(fd, e->msg, rep.msg_len));
+}
+
+int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_anchor_keeper **ret,
+                             vmsup_error **err) {
+        struct vtpm_anchor_keeper *k;
+        pid_t parent = getpid();
+        int down[2], up[2];
+
+        if (!req->token || !req->secret_id || !barbican_is_uuid(req->secret_id))
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: no token or secret id to keep");
+        k = calloc(1, sizeof(*k));
+        if (!k)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "TPM state anchor");
+        if (pipe2(down, O_CLOEXEC) < 0) {
+                free(k);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "TPM state anchor: pipe");
+        }
+        if (pipe2(up, O_CLOEXEC) < 0) {
+                int e = errno;
+
+                close(down[0]);
+                close(down[1]);
+                free(k);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "TPM state anchor: pipe");
+        }
+        k->pid = fork();
+        if (k->pid < 0) {
+                int e = errno;
+
+                close(down[0]);
+                close(down[1]);
+                close(up[0]);
+                close(up[1]);
+                free(k);
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "TPM state anchor: fork");
+        }
+        if (k->pid == 0) {
+                uint64_t gen;
+
+                /* only its two pipes: not the guest's lock, sockets or anything else */
+                int a = fcntl(down[0], F_DUPFD, 10), b = fcntl(up[1], F_DUPFD, 10);
+
+                /* above 3 and 4 first: dup2() onto them must not close the other pipe */
+                if (a < 0 || b < 0 || dup2(a, 3) < 0 || dup2(b, 4) < 0 || close_range(5, ~0U, 0) < 0 ||
+                    prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+                        _exit(1);
+                (void) prctl(PR_SET_DUMPABLE, 0);
+                while (read_all(3, &gen, sizeof(gen)) == sizeof(gen)) {
+                        vmsup_error *e = NULL;
+                        int r = anchor_store_barbican(req, gen, &e);
+
+                        if (!keeper_answer(4, r, e))
+                                _exit(1);
+                        vmsup_error_free(e);
+                }
+                _exit(0);
+        }
+        close(down[0]);
+        close(up[1]);
+        k->to = down[1];
+        k->from = up[0];
+        *ret = k;
+        return 0;
+}
+
+int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, uint64_t generation, vmsup_error **err) {
+        if (!write_all(k->to, &generation, sizeof(generation)))
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, errno, "TPM state anchor: the process keeping the owner's "
+                                                                  "token is gone");
+        return keeper_reply(k->from, k->pid, false, err);
+}
+
+struct vtpm_anchor_keeper *vtpm_anchor_keeper_free(struct vtpm_anchor_keeper *k) {
+        int status;
+
+        if (!k)
+                return NULL;
+        closep(&k->to); /* EOF: it exits */
+        closep(&k->from);
+        kill(k->pid, SIGKILL);
+        while (waitpid(k->pid, &status, 0) < 0 && errno == EINTR)
+                ;
+        free(k);
+        return NULL;
 }

@@ -3,6 +3,8 @@
 #define VMSUP_SECRETS_VTPMSECRET_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "common/error.h"
 #include "nova/guestspec.h"
@@ -27,6 +29,9 @@ struct vtpm_secret_request {
         const char *state_dir; /* the guest's: the secret's id is recorded there */
         int token_fd;          /* the owner's credential (user mode), -1 when none was given;
                                 * borrowed: read, never closed */
+        const char *token;     /* or the credential already read (vtpm_read_token()): then
+                                * token_fd is not read; borrowed */
+        size_t token_len;
         bool first_start;      /* no sealed TPM state yet: a missing secret may be created */
         int cancel_fd;         /* > 0: readable means give up at once (the asking process is
                                 * killed; error with errnum ECANCELED). 0, -1: none */
@@ -36,6 +41,9 @@ struct vtpm_secret {
         char *passphrase; /* secmem, NUL-terminated */
         char id[37];      /* the Barbican secret's UUID */
         bool created;     /* made on this start: the orchestrator must keep id */
+        bool anchored;    /* the rollback anchor was found (host: local store; user and */
+        uint64_t anchor;  /* deployment: the secret's Barbican metadata): the newest
+                           * generation the guest's sealed state has had */
 };
 
 /* Get the passphrase: from Barbican with the owner's credential read from token_fd (user
@@ -48,6 +56,33 @@ struct vtpm_secret {
 int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err);
 
 void vtpm_secret_clear(struct vtpm_secret *s);
+
+/* Record generation as the guest's rollback anchor (docs/vmsup.8, TPM STATE): in host
+ * mode in the local store (durably, no network); in user and deployment mode as the
+ * metadata of its vTPM secret id in Barbican, as the owner (token) or the service, from
+ * a forked child as vtpm_secret_obtain(). Only ever after the sealed state of that
+ * generation is durable. */
+struct vtpm_anchor_request {
+        const struct vtpm_secret_opts *opts;
+        const struct guest_spec *spec;
+        const struct vtpm_config *tpm;
+        const char *secret_id; /* user and deployment mode */
+        const char *token;     /* user mode: the owner's credential; borrowed */
+        size_t token_len;
+};
+int vtpm_anchor_store(const struct vtpm_anchor_request *req, uint64_t generation, vmsup_error **err);
+
+/* User mode while the guest runs: the owner's token must be there at the stop, but not in
+ * the long-lived supervisor's memory (docs/security.md). A keeper is a forked child that
+ * holds it (it closes every other fd, and dies with its parent) and records a generation
+ * in Barbican when asked (libcurl is loaded there, then). req->token is copied into it;
+ * the caller wipes its own copy. */
+struct vtpm_anchor_keeper;
+int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_anchor_keeper **ret,
+                             vmsup_error **err);
+/* As vtpm_anchor_store(), done by the keeper (blocking until it answered). */
+int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, uint64_t generation, vmsup_error **err);
+struct vtpm_anchor_keeper *vtpm_anchor_keeper_free(struct vtpm_anchor_keeper *k);
 
 /* Delete the guest's recorded vTPM secret from Barbican as the owner (credential read
  * from token_fd, which stays the caller's), as Nova's delete_vtpm_secret: a secret

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@
 #include "crypto/kdf.h"
 #include "nova/tpmrules.h"
 #include "qmp/client.h"
+#include "secrets/vtpmsecret.h"
 #include "supervisor/diskimages.h"
 #include "supervisor/guestdirs.h"
 #include "supervisor/qemuargs.h"
@@ -137,6 +139,8 @@ int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err
 
 int guest_open_sync(struct guest *g, vmsup_error **err) {
         struct tpm_sync_opts so = { 0 };
+        uint64_t gen;
+        int r;
 
         so.live_dir = g->dirs.live_tpm;
         so.state_dir = g->dirs.state;
@@ -146,7 +150,75 @@ int guest_open_sync(struct guest *g, vmsup_error **err) {
         so.uid = g->tpm_uid;
         so.gid = g->tpm_gid;
         so.uid_private = g->tpm_uid_private;
-        return tpm_sync_open(&so, &g->sync, err);
+        r = tpm_sync_open(&so, &g->sync, err);
+        if (r < 0)
+                return r;
+        gen = tpm_sync_generation(g->sync);
+        /* No sealed state at all is a lost TPM, not an older one: the stamp and --new-tpm
+         * decide on it (run.c), and a TPM manufactured now goes on from the anchor's
+         * generation, which never goes back. */
+        if (gen == 0 && g->anchored) {
+                tpm_sync_continue_from(g->sync, g->anchor);
+                gen = g->anchor;
+        }
+        /* A complete older copy of the state dir passes every check inside it (crypto/seal.h);
+         * only the anchor outside knows better. Before anything is sealed, restored or run. */
+        if (g->anchored && gen < g->anchor)
+                return vmsup_fail(err, VMSUP_ERR_DATA, 0,
+                                  "the sealed TPM state in '%s' is generation %" PRIu64 ", older than generation %" PRIu64
+                                  " that its rollback anchor (%s) records: a restored or rolled-back copy of the "
+                                  "state; refusing to start it, nothing was changed (to go back to an older TPM "
+                                  "state on purpose: 'vmsup tpm import --allow-rollback')",
+                                  g->dirs.state, gen, g->anchor,
+                                  g->tpm.secret_security == SECRET_SECURITY_HOST ? "in the local secret store"
+                                                                                 : "in Barbican");
+        guest_test_kill_point("start-checked");
+        return 0;
+}
+
+void guest_test_kill_point(const char *point) {
+        static const char *at;
+        static unsigned long n, seen;
+        static bool parsed;
+
+        if (!parsed) {
+                const char *e = getenv("VMSUP_TEST_KILL_AT"), *colon = e ? strrchr(e, ':') : NULL;
+
+                parsed = true;
+                if (colon && (n = strtoul(colon + 1, NULL, 10)) > 0)
+                        at = strndup(e, (size_t) (colon - e));
+        }
+        if (at && streq(at, point) && ++seen == n)
+                raise(SIGKILL);
+}
+
+void guest_anchor_catch_up(struct guest *g, enum guest_anchor_when when) {
+        struct vtpm_secret_opts opts;
+        struct vtpm_anchor_request req = { .opts = &opts, .spec = &g->spec, .tpm = &g->tpm,
+                                           .secret_id = g->secret_id, .token = g->token, .token_len = g->token_len };
+        vmsup_error *err = NULL;
+        uint64_t gen;
+
+        if (!g->sync || g->tpm_discard)
+                return;
+        gen = tpm_sync_generation(g->sync);
+        if (gen == 0 || (g->anchored && gen <= g->anchor))
+                return;
+        if (g->tpm.secret_security != SECRET_SECURITY_HOST && when == GUEST_ANCHOR_SEAL)
+                return;
+        host_config_vtpm_secret_opts(g->cfg, &opts);
+        guest_test_kill_point("anchor-before");
+        if ((g->anchor_keeper ? vtpm_anchor_keeper_store(g->anchor_keeper, gen, &err)
+                              : vtpm_anchor_store(&req, gen, &err)) < 0) {
+                log_warning("the TPM state's rollback anchor stays at generation %" PRIu64 " (the sealed state is at %" PRIu64
+                            "): %s", g->anchor, gen, err->msg);
+                vmsup_error_free(err);
+                return;
+        }
+        g->anchor = gen;
+        g->anchored = true;
+        log_debug("TPM state anchor: generation %" PRIu64, gen);
+        guest_test_kill_point("anchor-after");
 }
 
 void guest_dispatch_sync(struct guest *g) {
@@ -160,8 +232,10 @@ void guest_dispatch_sync(struct guest *g) {
         if (r < 0) {
                 log_error("sealing the TPM state failed: %s", err->msg);
                 vmsup_error_free(err);
-        } else
+        } else {
                 log_debug("TPM state sealed (%u writes so far)", tpm_sync_sealed_count(g->sync));
+                guest_anchor_catch_up(g, GUEST_ANCHOR_SEAL);
+        }
 }
 
 
@@ -258,6 +332,8 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
                         return vmsup_error_prefix(err, "seal the new TPM state");
                 log_info("TPM state sealed in %s", g->dirs.state);
         }
+        /* the anchor catches up with what the start sealed (after it is durable) */
+        guest_anchor_catch_up(g, GUEST_ANCHOR_START);
         /* from here on a start that finds no sealed state refuses instead of manufacturing */
         r = guest_dirs_stamp(g->dirs.tpm_stamp, tpm_stamp_what(g), err);
         if (r < 0)
@@ -353,6 +429,7 @@ void guest_tpm_seal_and_wipe(struct guest *g) {
                 return;
         }
         events_emit(g->events, "TPM_STATE_SEALED", NULL);
+        guest_anchor_catch_up(g, GUEST_ANCHOR_SEAL);
         g->sync_watched = false; /* wiping ends the watch; its fd stays open, silent */
         g->sync_src = evloop_source_remove(g->sync_src);
         if (tpm_sync_wipe_live(g->sync, &err) < 0) {

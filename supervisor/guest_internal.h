@@ -71,6 +71,7 @@ struct guest_child {
 };
 
 struct guest;
+struct vtpm_anchor_keeper;
 
 /* A live migration that runs, as the guest's life sees it (migrate_in.c, migrate_out.c
  * set g->migration while it runs): the guest's events go to it first. */
@@ -134,6 +135,17 @@ struct guest {
         uint8_t *migration_key; /* secmem: swtpm's --migration-key, derived from the same passphrase */
         struct tpm_sync *sync; /* live dir <-> sealed state */
         bool sync_watched;
+        /* The rollback anchor (docs/vmsup.8, TPM STATE): the newest generation of the sealed
+         * state recorded outside the state dir (host mode: the local store; user and
+         * deployment: the vTPM secret's metadata in Barbican). */
+        bool anchored;
+        uint64_t anchor;
+        char secret_id[37];    /* the vTPM secret's Barbican id */
+        char *token;           /* secmem: user mode, the owner's credential, only while the
+                                * guest starts; then it is the keeper's alone */
+        size_t token_len;
+        struct vtpm_anchor_keeper *anchor_keeper; /* user mode: holds the token to record
+                                                   * the anchor at the stop; NULL */
         struct qmp_client *qmp;
         const struct guest_life *life;
 
@@ -200,8 +212,20 @@ void guest_fd_reserve_fill(struct guest *g);
 void guest_fd_reserve_release(struct guest *g);
 /* The state-seal key and swtpm's migration key, from the vTPM passphrase. */
 int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err);
-/* The sync of the live TPM dir with the sealed state (tpmstate/sync.h), and its dispatch. */
+/* The sync of the live TPM dir with the sealed state (tpmstate/sync.h), and its dispatch.
+ * A sealed state older than the anchor (g->anchor) is refused here (VMSUP_ERR_DATA), before
+ * anything is changed. */
 int guest_open_sync(struct guest *g, vmsup_error **err);
+/* When the rollback anchor follows the sealed state: host mode at every seal (the local
+ * store, durably); user and deployment mode (Barbican) at a start and a stop only. */
+enum guest_anchor_when { GUEST_ANCHOR_SEAL, GUEST_ANCHOR_START, GUEST_ANCHOR_STOP };
+/* Raise the anchor to the sealed state's generation when it is behind (only ever after
+ * that state is durable). A failure is logged: the anchor lags, the state is fine. */
+void guest_anchor_catch_up(struct guest *g, enum guest_anchor_when when);
+/* A test hook, not a feature: with VMSUP_TEST_KILL_AT=<point>:<n> in the supervisor's
+ * environment it kills itself (SIGKILL) the nth time it reaches point (tests/test_anchor.c
+ * proves each step crash-safe). Nothing happens without the variable. */
+void guest_test_kill_point(const char *point);
 void guest_dispatch_sync(struct guest *g);
 void guest_reap_all(struct guest *g);
 bool guest_child_wait(struct guest *g, struct guest_child *c, int timeout_ms);
@@ -281,6 +305,11 @@ void guest_notify_ready(struct guest *g);
 void guest_notify_stopping(struct guest *g, const char *status);
 void guest_notify_close(struct guest *g);
 
+
+/* tpmexport.c: {"cmd": "tpm-export", "path": ABS, "keep_paused": bool} of a running guest:
+ * pause (QMP stop), seal what swtpm wrote, write the export (tpmexport.h), resume unless
+ * keep_paused; c is answered with {"generation", "paused"}. */
+void guest_tpm_export_request(struct guest *g, struct control_conn *c);
 
 /* requests.c: the control socket and its requests */
 /* Listen on the control socket: its source and the accept back-off's timer. */

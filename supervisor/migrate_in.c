@@ -261,7 +261,12 @@ int migrate_in_secret(struct guest *g, const char *secret, const char *secret_id
         r = guest_derive_keys(g, secret, err);
         if (r < 0)
                 return r;
-        return guest_open_sync(g, err);
+        r = guest_open_sync(g, err);
+        /* the generations go on from the source's: no copy of its state dir can pass as
+         * newer than what is sealed here (docs/vmsup.8, TPM STATE) */
+        if (r >= 0 && g->in && g->in->dest)
+                tpm_sync_continue_from(g->sync, migrate_dest_tpm_generation(g->in->dest));
+        return r;
 }
 
 /* COMMIT arrived: the incoming marker says so, durably, before the guest runs. */
@@ -377,6 +382,8 @@ static int on_seal(void *userdata, int64_t *ret_generation, vmsup_error **err) {
         r = tpm_sync_seal_all(g->sync, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "seal the received TPM state");
+        /* this host's anchor (host mode: its local store) follows, before PREPARED */
+        guest_anchor_catch_up(g, GUEST_ANCHOR_SEAL);
         *ret_generation = (int64_t) tpm_sync_sealed_count(g->sync);
         return 0;
 }

@@ -89,6 +89,12 @@ static int cb_handover(void *userdata, char **ret_pass, char ret_id[MIGRATE_SOUR
         return 0;
 }
 
+static uint64_t cb_tpm_generation(void *userdata) {
+        struct migrate_out *o = userdata;
+
+        return o->g->sync ? tpm_sync_generation(o->g->sync) : 0;
+}
+
 static void cb_progress(void *userdata, json_object *p) {
         struct migrate_out *o = userdata;
         json_object *v;
@@ -370,7 +376,7 @@ void migrate_out(struct guest *g, struct control_conn *c) {
                         .cancel_timeout_ms = CANCEL_TIMEOUT_MS,
                         .progress_interval_ms = PROGRESS_INTERVAL_MS,
                         .qmp_queued = cb_qmp_queued,
-                        .handover = cb_handover,
+                        .handover = cb_handover, .tpm_generation = cb_tpm_generation,
                         .progress = cb_progress,
                         .note = cb_note,
                         .write_marker = cb_write_marker,

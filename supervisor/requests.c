@@ -233,7 +233,8 @@ static void handle_request(struct guest *g, struct control_conn *c) {
         if (!streq(cmd, "status") && !streq(cmd, "events") && g->migration && g->migration->request &&
             g->migration->request(g, c, cmd))
                 return;
-        if ((streq(cmd, "reboot") || streq(cmd, "migrate")) && handed_over(g)) {
+        if ((streq(cmd, "reboot") || streq(cmd, "migrate") || streq(cmd, "resume") || streq(cmd, "tpm-export")) &&
+            handed_over(g)) {
                 /* a hard reboot starts QEMU afresh from the sealed state, a soft one and a
                  * migration's rollback resume the guest: a second running copy */
                 snprintf(why, sizeof(why),
@@ -286,6 +287,10 @@ static void handle_request(struct guest *g, struct control_conn *c) {
                         forward_qmp(g, c, "system_reset", NULL, QMP_COMMAND_TIMEOUT, on_reset_reply);
         } else if (streq(cmd, "migrate")) {
                 g->start_migration(g, c);
+        } else if (streq(cmd, "tpm-export")) {
+                guest_tpm_export_request(g, c);
+        } else if (streq(cmd, "resume")) {
+                forward_qmp(g, c, "cont", NULL, QMP_COMMAND_TIMEOUT, on_qmp_passthrough_reply);
         } else if (streq(cmd, "events")) {
                 subscribe(g, c);
         } else if (streq(cmd, "resolve")) {

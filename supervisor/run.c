@@ -31,6 +31,7 @@
 #include "supervisor/guest.h"
 #include "supervisor/guestdirs.h"
 #include "supervisor/specmatch.h"
+#include "supervisor/tpmexport.h"
 #include "secrets/vtpmsecret.h"
 #include "tpmstate/sync.h"
 
@@ -162,15 +163,45 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
         int r;
 
         host_config_vtpm_secret_opts(g->cfg, &opts);
+        /* an import a crash interrupted: completed when committed, else dropped */
+        r = tpm_import_finish(&g->dirs, err);
+        if (r < 0)
+                return r;
         if (asprintf(&manifest, "%s/%s%s", g->dirs.state, SEAL_MANIFEST_NAME, SEAL_SUFFIX) < 0)
                 return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "sealed state");
         req.first_start = access(manifest, F_OK) < 0 && errno == ENOENT;
         r = tpm_check_state_present(g, req.first_start, err);
         if (r < 0)
                 return r;
+        /* user mode: the owner's credential is read here, once: for the secret, then for
+         * the keeper that records the anchor at the stop (docs/vmsup.8, TPM STATE) */
+        if (token_fd >= 0 && g->tpm.secret_security == SECRET_SECURITY_USER) {
+                r = vtpm_read_token(token_fd, &g->token, &g->token_len, err);
+                if (r < 0)
+                        return r;
+                req.token = g->token;
+                req.token_len = g->token_len;
+        }
         r = vtpm_secret_obtain(&req, &secret, err);
         if (r < 0)
                 return r;
+        g->anchored = secret.anchored;
+        g->anchor = secret.anchor;
+        snprintf(g->secret_id, sizeof(g->secret_id), "%s", secret.id);
+        if (g->token) {
+                /* the token stays for the stop's anchor, in a child of its own: the
+                 * supervisor holds no credential while the guest runs (docs/security.md) */
+                struct vtpm_anchor_request areq = { .opts = &opts, .spec = &g->spec, .tpm = &g->tpm,
+                                                    .secret_id = g->secret_id, .token = g->token,
+                                                    .token_len = g->token_len };
+
+                r = vtpm_anchor_keeper_start(&areq, &g->anchor_keeper, err);
+                g->token = secmem_free(g->token);
+                if (r < 0) {
+                        vtpm_secret_clear(&secret);
+                        return r;
+                }
+        }
         if (secret.created) {
                 log_info("created vTPM secret %s in Barbican; the orchestrator must keep it as the guest's "
                          "vtpm_secret_uuid", secret.id);
@@ -340,6 +371,8 @@ static void teardown(struct guest *g) {
         g->sync = tpm_sync_free(g->sync);
         g->tpm_stop_err = vmsup_error_free(g->tpm_stop_err);
         g->seal_key = secmem_free(g->seal_key);
+        g->token = secmem_free(g->token);
+        g->anchor_keeper = vtpm_anchor_keeper_free(g->anchor_keeper);
         g->migration_key = secmem_free(g->migration_key);
         guest_fd_reserve_release(g);
         closep(&g->cancel_fd);
@@ -426,6 +459,9 @@ int guest_run(const struct guest_run_opts *opts) {
         if (code == 0 && g.tpm_stop_err)
                 code = g.tpm_stop_err->kind; /* logged by guest_tpm_stop */
         guest_reap_all(&g);
+        /* the guest is down and its state sealed: the anchor (Barbican's, in user and
+         * deployment mode) catches up before the supervisor exits */
+        guest_anchor_catch_up(&g, GUEST_ANCHOR_STOP);
         teardown(&g);
         return code;
 

@@ -177,6 +177,41 @@ Test(barbican, another_project_is_refused, .timeout = 120) {
         barbican_client_free(other);
 }
 
+/* The rollback anchor as the secret's metadata: none at first, set, replaced; another
+ * project can neither read nor write it. */
+Test(barbican, anchor_metadata_set_replaced_and_the_owners_only, .timeout = 120) {
+        struct barbican_options o = noauth_options(test_barbican_url());
+        char *project = random_project();
+        struct barbican_client *owner = client_for(&o, project), *other = client_for(&o, "someone-else");
+        char pass[BARBICAN_PASSPHRASE_LEN + 1], id[BARBICAN_SECRET_ID_LEN + 1];
+        vmsup_error *err = NULL;
+        uint64_t gen = 42;
+
+        if (barbican_secret_create(owner, INSTANCE, pass, id, &err) < 0)
+                cr_assert_fail("create: %s", err->msg);
+        cr_assert_eq(barbican_secret_anchor_get(owner, id, &gen, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_eq(gen, 42, "written without an anchor");
+        cr_assert_eq(barbican_secret_anchor_put(owner, id, 7, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_eq(barbican_secret_anchor_get(owner, id, &gen, &err), 1, "%s", err ? err->msg : "");
+        cr_assert_eq(gen, 7);
+        cr_assert_eq(barbican_secret_anchor_put(owner, id, 18446744073709551000ull, &err), 0, "%s",
+                     err ? err->msg : "");
+        cr_assert_eq(barbican_secret_anchor_get(owner, id, &gen, &err), 1, "%s", err ? err->msg : "");
+        cr_assert_eq(gen, 18446744073709551000ull);
+        cr_assert_lt(barbican_secret_anchor_put(other, id, 1, &err), 0);
+        cr_assert_eq(err->kind, VMSUP_ERR_DENIED, "%s", err->msg);
+        err = vmsup_error_free(err);
+        cr_assert_lt(barbican_secret_anchor_get(other, id, &gen, &err), 0);
+        cr_assert_eq(err->kind, VMSUP_ERR_DENIED, "%s", err->msg);
+        err = vmsup_error_free(err);
+        cr_assert_eq(barbican_secret_anchor_get(owner, id, &gen, &err), 1);
+        cr_assert_eq(gen, 18446744073709551000ull, "another project changed it");
+        cr_assert_eq(barbican_secret_delete(owner, id, &err), 1);
+        free(project);
+        barbican_client_free(owner);
+        barbican_client_free(other);
+}
+
 Test(barbican, unknown_secret_is_not_found, .timeout = 120) {
         struct barbican_options o = noauth_options(test_barbican_url());
         struct barbican_client *c = client_for(&o, "p");

@@ -32,7 +32,20 @@
 
 TestSuite(migrate, .init = th_setup, .fini = th_teardown, .timeout = 600);
 
+/* The generation in host h's rollback anchor (its local store); 0 when there is none. */
+static unsigned long long anchor_of(char h) {
+        FILE *f = fopen(th_path("%s/%c/state/secrets/" UUID ".anchor", th_root, h), "re");
+        unsigned long long g = 0;
+
+        if (!f)
+                return 0;
+        cr_assert_eq(fscanf(f, "generation=%llu", &g), 1);
+        fclose(f);
+        return g;
+}
+
 Test(migrate, tpm_survives_and_five_round_trips) {
+        unsigned long long anchor_a;
         char ek[256];
         long c1;
         pid_t sup[2], src;
@@ -43,6 +56,8 @@ Test(migrate, tpm_survives_and_five_round_trips) {
         sup[0] = th_boot_on_a();
         c1 = atol(th_console_last(0, "nv-counter="));
         snprintf(ek, sizeof(ek), "%s", th_console_last(0, "ek="));
+        anchor_a = anchor_of('a');
+        cr_assert_gt(anchor_a, 0, "no TPM state anchor on the source");
 
         sup[1] = th_incoming(1, "in-b");
         /* both supervisors' event streams, from before the migration */
@@ -106,6 +121,9 @@ Test(migrate, tpm_survives_and_five_round_trips) {
         }
         kill(ev[1], SIGTERM);
         th_wait_exit(ev[1]);
+        /* the anchor moved with the guest: gone from a, and b's goes on from a's */
+        cr_assert_eq(anchor_of('a'), 0, "the source kept its anchor");
+        cr_assert_gt(anchor_of('b'), anchor_a, "the destination's anchor does not go on from the source's");
 
         /* the disk came along with the spec's chain */
         {

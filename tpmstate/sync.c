@@ -427,6 +427,15 @@ int tpm_sync_wipe_live(struct tpm_sync *s, vmsup_error **err) {
         return r;
 }
 
+uint64_t tpm_sync_generation(const struct tpm_sync *s) {
+        return s->m.generation;
+}
+
+void tpm_sync_continue_from(struct tpm_sync *s, uint64_t min) {
+        if (s->m.generation < min)
+                s->m.generation = min;
+}
+
 unsigned tpm_sync_sealed_count(const struct tpm_sync *s) {
         return s->sealed;
 }

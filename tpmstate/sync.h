@@ -51,6 +51,15 @@ int tpm_sync_dispatch(struct tpm_sync *s, vmsup_error **err);
  * the caller's epoll) or tpm_sync_free() closes it. */
 int tpm_sync_wipe_live(struct tpm_sync *s, vmsup_error **err);
 
+/* The generation of the sealed state: its manifest's, which advances with every file
+ * sealed (crypto/seal.h). 0 while nothing is sealed. It is what the rollback anchor
+ * records (docs/vmsup.8, TPM STATE). */
+uint64_t tpm_sync_generation(const struct tpm_sync *s);
+
+/* A state that goes on from another one (a migrated guest's, an imported one): the next
+ * manifest written gets a generation above min (nothing is written now). */
+void tpm_sync_continue_from(struct tpm_sync *s, uint64_t min);
+
 /* How many state files were sealed since open (for logs and tests). */
 unsigned tpm_sync_sealed_count(const struct tpm_sync *s);
 
