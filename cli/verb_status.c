@@ -117,6 +117,13 @@ int verb_status(struct vmsup_ctx *ctx, int argc, char **argv) {
                        str(tpm, "secret_security"));
         else
                 printf("tpm:          none\n");
+        if (json_object_object_get_ex(ret, "nics", &lost) && json_object_is_type(lost, json_type_array))
+                for (size_t i = 0; i < json_object_array_length(lost); i++) {
+                        json_object *nic = json_object_array_get_idx(lost, i);
+
+                        printf("nic:          %s on tap %s (%s, slot %s, %s queue(s))\n", str(nic, "mac"),
+                               str(nic, "ifname"), str(nic, "model"), str(nic, "slot"), str(nic, "queues"));
+                }
         if (json_object_object_get_ex(ret, "vnc_socket", &lost) && lost)
                 printf("vnc socket:   %s\n", json_object_get_string(lost));
         return 0;

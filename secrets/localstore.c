@@ -209,6 +209,31 @@ static int read_fd(int fd, char *buf, size_t len) {
         return 0;
 }
 
+/* Open one of the store's files (name in it; file, its path, for messages) and check what
+ * was opened: a regular file, root's, 0600. Open first, then judge what was opened: never
+ * check a path and open it after. O_NONBLOCK: a FIFO planted here must not block the open
+ * or the read. Returns the fd, 0 when there is no such file, or a negative error. */
+static int open_checked(struct localstore *s, const char *name, const char *file, struct stat *st,
+                        vmsup_error **err) {
+        _cleanup_close_ int fd = openat(s->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        int r;
+
+        if (fd < 0) {
+                if (errno == ENOENT)
+                        return 0;
+                if (errno == ELOOP)
+                        return refuse(err, ELOOP, "local secret store: '%s': is a symbolic link", file);
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: open '%s'", file);
+        }
+        if (fstat(fd, st) < 0)
+                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: stat '%s'", file);
+        if (!S_ISREG(st->st_mode))
+                return refuse(err, EPERM, "local secret store: '%s': is not a regular file", file);
+        if ((r = check_owner_mode("local secret store: file", file, st, 0600, err)) < 0)
+                return r;
+        return TAKE_FD(fd);
+}
+
 int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase,
                    char ret_secret_id[LOCALSTORE_UUID_LEN + 1], vmsup_error **err) {
         _cleanup_close_ int fd = -1;
@@ -220,22 +245,9 @@ int localstore_get(struct localstore *s, const char *uuid, char **ret_passphrase
         if ((r = check_uuid(s, uuid, err)) < 0 || (r = verify_dir(s, err)) < 0)
                 return r;
         snprintf(file, sizeof(file), "%s/%s", s->path, uuid);
-        /* Open first, then judge what was opened: never check a path and open it after.
-         * O_NONBLOCK: a FIFO planted here must not block the open or the read. */
-        fd = openat(s->dirfd, uuid, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-        if (fd < 0) {
-                if (errno == ENOENT)
-                        return 0;
-                if (errno == ELOOP)
-                        return refuse(err, ELOOP, "local secret store: '%s': is a symbolic link", file);
-                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: open '%s'", file);
-        }
-        if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: stat '%s'", file);
-        if (!S_ISREG(st.st_mode))
-                return refuse(err, EPERM, "local secret store: '%s': is not a regular file", file);
-        if ((r = check_owner_mode("local secret store: file", file, &st, 0600, err)) < 0)
-                return r;
+        if ((r = open_checked(s, uuid, file, &st, err)) <= 0)
+                return r; /* none (0), or refused */
+        fd = r;
         if (st.st_size > FILE_MAX)
                 return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "local secret store: '%s': %jd bytes, more than the %d a store file has at most", file,
@@ -339,20 +351,9 @@ int localstore_anchor_get(struct localstore *s, const char *uuid, uint64_t *ret_
                 return r;
         snprintf(name, sizeof(name), "%s" LOCALSTORE_ANCHOR_SUFFIX, uuid);
         snprintf(file, sizeof(file), "%s/%s", s->path, name);
-        fd = openat(s->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-        if (fd < 0) {
-                if (errno == ENOENT)
-                        return 0;
-                if (errno == ELOOP)
-                        return refuse(err, ELOOP, "local secret store: '%s': is a symbolic link", file);
-                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: open '%s'", file);
-        }
-        if (fstat(fd, &st) < 0)
-                return vmsup_fail(err, VMSUP_ERR_IO, errno, "local secret store: stat '%s'", file);
-        if (!S_ISREG(st.st_mode))
-                return refuse(err, EPERM, "local secret store: '%s': is not a regular file", file);
-        if ((r = check_owner_mode("local secret store: file", file, &st, 0600, err)) < 0)
-                return r;
+        if ((r = open_checked(s, name, file, &st, err)) <= 0)
+                return r; /* none (0), or refused */
+        fd = r;
         if (st.st_size < (off_t) strlen(ANCHOR_KEY) + 2 || st.st_size > ANCHOR_MAX)
                 goto bad;
         if ((r = read_fd(fd, buf, (size_t) st.st_size)) < 0)

@@ -328,6 +328,44 @@ static int wait_readable(int fd, int cancel_fd) {
         }
 }
 
+/* A child's answer: rep (its r set by the caller), then the failure's message. */
+static bool reply_send(int fd, struct obtain_reply *rep, const vmsup_error *e) {
+        if (rep->r < 0) {
+                rep->kind = e && e->kind != VMSUP_ERR_OK ? e->kind : VMSUP_ERR_INTERNAL;
+                rep->errnum = e ? e->errnum : 0;
+                rep->msg_len = e && e->msg ? (uint32_t) strnlen(e->msg, OBTAIN_MSG_MAX) : 0;
+        }
+        return write_all(fd, rep, sizeof(*rep)) && (!rep->msg_len || write_all(fd, e->msg, rep->msg_len));
+}
+
+/* Read a child's answer: false when it did not come whole. A failure's message, when it
+ * came, into *ret_msg. */
+static bool reply_recv(int fd, struct obtain_reply *rep, char **ret_msg) {
+        if (read_all(fd, rep, sizeof(*rep)) != sizeof(*rep))
+                return false;
+        if (rep->msg_len > 0 && rep->msg_len <= OBTAIN_MSG_MAX) {
+                char *msg = calloc(1, rep->msg_len + 1);
+
+                if (msg && read_all(fd, msg, rep->msg_len) != rep->msg_len) {
+                        free(msg);
+                        msg = NULL;
+                }
+                *ret_msg = msg;
+        }
+        return true;
+}
+
+/* The failure a child answered, as ours. */
+static int reply_error(const struct obtain_reply *rep, const char *msg, const char *what, vmsup_error **err) {
+        if (msg)
+                vmsup_fail(err, (enum vmsup_err_kind) rep->kind, 0, "%s", msg);
+        else
+                vmsup_fail(err, (enum vmsup_err_kind) rep->kind, 0, "%s: failed (no message)", what);
+        if (err && *err)
+                (*err)->errnum = rep->errnum;
+        return rep->r;
+}
+
 static _Noreturn void obtain_child(const struct vtpm_secret_request *req, int fd) {
         struct obtain_reply rep = { 0 };
         struct vtpm_secret s = { 0 };
@@ -335,19 +373,14 @@ static _Noreturn void obtain_child(const struct vtpm_secret_request *req, int fd
         bool ok;
 
         rep.r = obtain(req, &s, &e);
-        if (rep.r < 0) {
-                rep.kind = e && e->kind != VMSUP_ERR_OK ? e->kind : VMSUP_ERR_INTERNAL;
-                rep.errnum = e ? e->errnum : 0;
-                rep.msg_len = e && e->msg ? (uint32_t) strnlen(e->msg, OBTAIN_MSG_MAX) : 0;
-        } else {
+        if (rep.r >= 0) {
                 rep.pass_len = (uint32_t) strlen(s.passphrase);
                 memcpy(rep.id, s.id, sizeof(rep.id));
                 rep.created = s.created;
                 rep.anchored = s.anchored;
                 rep.anchor = s.anchor;
         }
-        ok = write_all(fd, &rep, sizeof(rep)) && (!rep.msg_len || write_all(fd, e->msg, rep.msg_len)) &&
-             (!rep.pass_len || write_all(fd, s.passphrase, rep.pass_len));
+        ok = reply_send(fd, &rep, e) && (!rep.pass_len || write_all(fd, s.passphrase, rep.pass_len));
         vtpm_secret_clear(&s);
         _exit(ok ? 0 : 1);
 }
@@ -359,7 +392,7 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         struct obtain_reply rep;
         pid_t parent = getpid(), pid;
         int fds[2], status;
-        size_t got;
+        bool got;
         char why[64];
 
         if (pipe2(fds, O_CLOEXEC) < 0)
@@ -391,15 +424,8 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                                   req->tpm->secret_security == SECRET_SECURITY_DEPLOYMENT ? "Keystone and Barbican"
                                                                                           : "Barbican");
         }
-        got = read_all(rd, &rep, sizeof(rep));
-        if (got == sizeof(rep) && rep.msg_len > 0 && rep.msg_len <= OBTAIN_MSG_MAX) {
-                msg = calloc(1, rep.msg_len + 1);
-                if (msg && read_all(rd, msg, rep.msg_len) != rep.msg_len) {
-                        free(msg);
-                        msg = NULL;
-                }
-        }
-        if (got == sizeof(rep) && rep.r >= 0 && rep.pass_len > 0 && rep.pass_len <= KDF_PASSPHRASE_MAX) {
+        got = reply_recv(rd, &rep, &msg);
+        if (got && rep.r >= 0 && rep.pass_len > 0 && rep.pass_len <= KDF_PASSPHRASE_MAX) {
                 /* straight from the pipe into locked memory: no other copy */
                 pass = secmem_alloc(rep.pass_len + 1);
                 if (pass && read_all(rd, pass, rep.pass_len) != rep.pass_len)
@@ -407,15 +433,11 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         }
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
                 ;
-        if (got != sizeof(rep) || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        if (!got || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "vTPM secret: the process asking Barbican %s",
                                   proc_describe_status(status, why, sizeof(why)));
-        if (rep.r < 0) {
-                vmsup_fail(err, (enum vmsup_err_kind) rep.kind, 0, "%s", msg ? msg : "vTPM secret: failed (no message)");
-                if (err && *err)
-                        (*err)->errnum = rep.errnum;
-                return rep.r;
-        }
+        if (rep.r < 0)
+                return reply_error(&rep, msg, "vTPM secret", err);
         if (!pass)
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "vTPM secret: the passphrase did not arrive (%u bytes)",
                                   rep.pass_len);
@@ -532,73 +554,24 @@ static int anchor_store_barbican(const struct vtpm_anchor_request *req, uint64_t
 }
 
 int vtpm_anchor_store(const struct vtpm_anchor_request *req, uint64_t generation, vmsup_error **err) {
-        struct obtain_reply rep = { 0 };
-        _cleanup_free_ char *msg = NULL;
-        _cleanup_close_ int rd = -1;
-        pid_t parent = getpid(), pid;
-        int fds[2], status;
-        char why[64];
+        struct vtpm_anchor_keeper *k = NULL;
+        int r;
 
         if (req->tpm->secret_security == SECRET_SECURITY_HOST) {
                 struct localstore *store = NULL;
-                int r = localstore_open(req->opts->secrets_dir, false, &store, err);
 
+                r = localstore_open(req->opts->secrets_dir, false, &store, err);
                 if (r >= 0)
                         r = localstore_anchor_put(store, req->spec->uuid, generation, err);
                 localstore_free(store);
                 return r;
         }
-        if (!req->secret_id || !barbican_is_uuid(req->secret_id))
-                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: no vTPM secret id");
-        /* libcurl only in a child, as for the secret (above) */
-        if (pipe2(fds, O_CLOEXEC) < 0)
-                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "TPM state anchor: pipe");
-        rd = fds[0];
-        pid = fork();
-        if (pid < 0) {
-                int e = errno;
-
-                close(fds[1]);
-                return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "TPM state anchor: fork");
-        }
-        if (pid == 0) {
-                vmsup_error *e = NULL;
-                bool ok;
-
-                close(fds[0]);
-                if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
-                        _exit(1);
-                rep.r = anchor_store_barbican(req, generation, &e);
-                if (rep.r < 0) {
-                        rep.kind = e && e->kind != VMSUP_ERR_OK ? e->kind : VMSUP_ERR_INTERNAL;
-                        rep.errnum = e ? e->errnum : 0;
-                        rep.msg_len = e && e->msg ? (uint32_t) strnlen(e->msg, OBTAIN_MSG_MAX) : 0;
-                }
-                ok = write_all(fds[1], &rep, sizeof(rep)) && (!rep.msg_len || write_all(fds[1], e->msg, rep.msg_len));
-                _exit(ok ? 0 : 1);
-        }
-        close(fds[1]);
-        if (read_all(rd, &rep, sizeof(rep)) != sizeof(rep))
-                rep.r = INT32_MIN;
-        else if (rep.r < 0 && rep.msg_len > 0 && rep.msg_len <= OBTAIN_MSG_MAX) {
-                msg = calloc(1, rep.msg_len + 1);
-                if (msg && read_all(rd, msg, rep.msg_len) != rep.msg_len) {
-                        free(msg);
-                        msg = NULL;
-                }
-        }
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-                ;
-        if (rep.r == INT32_MIN || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: the process asking Barbican %s",
-                                  proc_describe_status(status, why, sizeof(why)));
-        if (rep.r < 0) {
-                vmsup_fail(err, (enum vmsup_err_kind) rep.kind, 0, "%s", msg ? msg : "TPM state anchor: failed (no message)");
-                if (err && *err)
-                        (*err)->errnum = rep.errnum;
-                return rep.r;
-        }
-        return 0;
+        /* libcurl only in a child, as for the secret (above): a keeper for one request */
+        r = vtpm_anchor_keeper_start(req, &k, err);
+        if (r >= 0)
+                r = vtpm_anchor_keeper_store(k, generation, err);
+        vtpm_anchor_keeper_free(k);
+        return r;
 }
 
 /* ---- the keeper ---- */
@@ -608,44 +581,14 @@ struct vtpm_anchor_keeper {
         int to, from; /* generations to it, replies from it */
 };
 
-static int keeper_reply(int fd, pid_t pid, bool reap, vmsup_error **err) {
+static int keeper_reply(int fd, vmsup_error **err) {
         struct obtain_reply rep = { 0 };
         _cleanup_free_ char *msg = NULL;
-        int status = 0;
-        char why[64];
 
-        if (read_all(fd, &rep, sizeof(rep)) != sizeof(rep)) {
-                if (reap)
-                        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-                                ;
-                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: the process asking Barbican %s",
-                                  reap ? proc_describe_status(status, why, sizeof(why)) : "did not answer");
-        }
-        if (rep.r < 0 && rep.msg_len > 0 && rep.msg_len <= OBTAIN_MSG_MAX) {
-                msg = calloc(1, rep.msg_len + 1);
-                if (msg && read_all(fd, msg, rep.msg_len) != rep.msg_len) {
-                        free(msg);
-                        msg = NULL;
-                }
-        }
-        if (rep.r < 0) {
-                vmsup_fail(err, (enum vmsup_err_kind) rep.kind, 0, "%s", msg ? msg : "TPM state anchor: failed (no message)");
-                if (err && *err)
-                        (*err)->errnum = rep.errnum;
-                return rep.r;
-        }
-        return 0;
-}
-
-static bool keeper_answer(int fd, int r, const vmsup_error *e) {
-        struct obtain_reply rep = { .r = r };
-
-        if (r < 0) {
-                rep.kind = e && e->kind != VMSUP_ERR_OK ? e->kind : VMSUP_ERR_INTERNAL;
-                rep.errnum = e ? e->errnum : 0;
-                rep.msg_len = e && e->msg ? (uint32_t) strnlen(e->msg, OBTAIN_MSG_MAX) : 0;
-        }
-        return write_all(fd, &rep, sizeof(rep)) && (!rep.msg_len || write_all(fd, e->msg, rep.msg_len));
+        if (!reply_recv(fd, &rep, &msg))
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0,
+                                  "TPM state anchor: the process asking Barbican did not answer");
+        return rep.r < 0 ? reply_error(&rep, msg, "TPM state anchor", err) : 0;
 }
 
 int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_anchor_keeper **ret,
@@ -654,8 +597,12 @@ int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_
         pid_t parent = getpid();
         int down[2], up[2];
 
-        if (!req->token || !req->secret_id || !barbican_is_uuid(req->secret_id))
-                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: no token or secret id to keep");
+        if (!req->secret_id || !barbican_is_uuid(req->secret_id))
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: no vTPM secret id");
+        if (!req->token && req->tpm->secret_security != SECRET_SECURITY_DEPLOYMENT)
+                return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
+                                  "the guest owner's credentials are required to record the TPM state's anchor in "
+                                  "Barbican (user mode)");
         k = calloc(1, sizeof(*k));
         if (!k)
                 return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "TPM state anchor");
@@ -695,9 +642,9 @@ int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_
                 (void) prctl(PR_SET_DUMPABLE, 0);
                 while (read_all(3, &gen, sizeof(gen)) == sizeof(gen)) {
                         vmsup_error *e = NULL;
-                        int r = anchor_store_barbican(req, gen, &e);
+                        struct obtain_reply rep = { .r = anchor_store_barbican(req, gen, &e) };
 
-                        if (!keeper_answer(4, r, e))
+                        if (!reply_send(4, &rep, e))
                                 _exit(1);
                         vmsup_error_free(e);
                 }
@@ -715,7 +662,7 @@ int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, uint64_t generation, 
         if (!write_all(k->to, &generation, sizeof(generation)))
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, errno, "TPM state anchor: the process keeping the owner's "
                                                                   "token is gone");
-        return keeper_reply(k->from, k->pid, false, err);
+        return keeper_reply(k->from, err);
 }
 
 struct vtpm_anchor_keeper *vtpm_anchor_keeper_free(struct vtpm_anchor_keeper *k) {

@@ -76,7 +76,8 @@ int vtpm_anchor_store(const struct vtpm_anchor_request *req, uint64_t generation
  * the long-lived supervisor's memory (docs/security.md). A keeper is a forked child that
  * holds it (it closes every other fd, and dies with its parent) and records a generation
  * in Barbican when asked (libcurl is loaded there, then). req->token is copied into it;
- * the caller wipes its own copy. */
+ * the caller wipes its own copy. In deployment mode it has no token (the service's
+ * credentials); vtpm_anchor_store() starts one for a single request. */
 struct vtpm_anchor_keeper;
 int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_anchor_keeper **ret,
                              vmsup_error **err);

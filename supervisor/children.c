@@ -536,6 +536,7 @@ void guest_qmp_drop(struct guest *g) {
                 g->migration->qmp_dropped(g);
         guest_vnc_close(g); /* no monitor to hand its clients to */
         guest_nics_qmp_dropped(g);
+        guest_tpm_export_qmp_dropped(g);
         g->qmp_src = evloop_source_remove(g->qmp_src);
         if (g->qmp_timer)
                 evloop_timer_set(g->qmp_timer, -1);

@@ -186,6 +186,7 @@ struct guest {
         bool vhost_off_logged;
         unsigned nic_unplugging;  /* slots whose device_del was sent, until DEVICE_DELETED */
         struct nic_op *nic_op;    /* the hot-plug or removal a client waits for */
+        struct export_req *export_req; /* the running export a client waits for (tpmexport.c) */
 
         struct guest_logs *logs; /* logs.c: NULL until a child needs its log */
         /* the service manager (readiness.c) */
@@ -310,6 +311,8 @@ void guest_notify_close(struct guest *g);
  * pause (QMP stop), seal what swtpm wrote, write the export (tpmexport.h), resume unless
  * keep_paused; c is answered with {"generation", "paused"}. */
 void guest_tpm_export_request(struct guest *g, struct control_conn *c);
+/* QMP is gone (guest_qmp_drop()): an export waiting for QEMU is answered with a failure. */
+void guest_tpm_export_qmp_dropped(struct guest *g);
 
 /* requests.c: the control socket and its requests */
 /* Listen on the control socket: its source and the accept back-off's timer. */

@@ -41,6 +41,9 @@ static void on_status_reply(void *userdata, json_object *ret, const vmsup_error 
         tpm = vtpm_config_to_json(&g->tpm);
         json_object_object_add(o, "tpm", tpm);
         json_object_object_add(o, "console_attached", json_object_new_boolean(guest_console_attached(g)));
+        /* the NICs the guest has now (hot-plugged ones included) */
+        if (g->spec.n_nics)
+                json_object_object_add(o, "nics", guest_spec_nics_to_json(g->spec.nics, g->spec.n_nics));
         /* the graphical console, while QEMU's monitor takes its clients (vnc.c) */
         if (g->vnc_src)
                 json_object_object_add(o, "vnc_socket", json_object_new_string(g->dirs.vnc_socket));

@@ -414,6 +414,8 @@ struct export_req {
 };
 
 static void export_req_end(struct export_req *x, const vmsup_error *err, bool paused) {
+        if (x->g->export_req == x)
+                x->g->export_req = NULL;
         if (err)
                 control_conn_reply_error(x->c, err->kind ? err->kind : VMSUP_ERR_FAILED, err->msg);
         else {
@@ -522,6 +524,11 @@ void guest_tpm_export_request(struct guest *g, struct control_conn *c) {
                 control_conn_free(c);
                 return;
         }
+        if (g->export_req) {
+                control_conn_reply_error(c, VMSUP_ERR_BUSY, "tpm-export: another export of this guest is under way");
+                control_conn_free(c);
+                return;
+        }
         x = calloc(1, sizeof(*x));
         if (!x || !(x->path = strdup(path))) {
                 free(x);
@@ -533,10 +540,24 @@ void guest_tpm_export_request(struct guest *g, struct control_conn *c) {
         x->c = c;
         x->keep_paused = json_object_object_get_ex(c->request, "keep_paused", &v) && json_object_get_boolean(v);
         log_info("TPM state export to %s: pausing the guest", path);
+        g->export_req = x;
         if (qmp_client_execute_async(g->qmp, "stop", NULL, -1, QMP_COMMAND_TIMEOUT, on_export_paused, x, &err) < 0) {
                 export_req_end(x, err, false);
                 vmsup_error_free(err);
                 return;
         }
         guest_qmp_watch(g);
+}
+
+void guest_tpm_export_qmp_dropped(struct guest *g) {
+        vmsup_error *err = NULL;
+
+        if (!g->export_req)
+                return;
+        /* its pending QMP command goes with the connection, never to call back */
+        vmsup_fail(&err, VMSUP_ERR_FAILED, 0, "tpm-export: QEMU's monitor closed during the export (to '%s')",
+                   g->export_req->path);
+        log_error("%s", err->msg);
+        export_req_end(g->export_req, err, false);
+        vmsup_error_free(err);
 }

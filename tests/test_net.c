@@ -165,6 +165,19 @@ Test(net, a_nic_answers_ping_a_second_is_hot_plugged_kept_by_a_hard_reboot_and_r
         free(out);
         free(test_wait_console(console, vmsup_log, "net: eth1 appeared", 1, 180000));
         cr_assert(strstr(slurp(spec_copy), "vm-t1") && strstr(slurp(spec_copy), mac1), "%s", slurp(spec_copy));
+        /* and status lists it */
+        {
+                json_object *st = test_control(control_path, "status", NULL, &err), *nics, *n1, *v;
+
+                cr_assert_not_null(st, "%s", err ? err->msg : "");
+                cr_assert(json_object_object_get_ex(st, "nics", &nics) && json_object_array_length(nics) == 2, "%s",
+                          json_object_to_json_string(st));
+                n1 = json_object_array_get_idx(nics, 1);
+                cr_assert(json_object_object_get_ex(n1, "mac", &v) && streq(json_object_get_string(v), mac1), "%s",
+                          json_object_to_json_string(st));
+                cr_assert(json_object_object_get_ex(n1, "ifname", &v) && streq(json_object_get_string(v), "vm-t1"));
+                json_object_put(st);
+        }
         /* the tap is taken: the same again is refused, naming it */
         out = vmsup_nic(65, (const char *[]) { "add", UUID, "--ifname", "vm-t1", NULL });
         cr_assert(strstr(out, "a NIC on tap 'vm-t1' already"), "%s", out);
