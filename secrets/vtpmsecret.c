@@ -569,7 +569,7 @@ int vtpm_anchor_store(const struct vtpm_anchor_request *req, uint64_t generation
         /* libcurl only in a child, as for the secret (above): a keeper for one request */
         r = vtpm_anchor_keeper_start(req, &k, err);
         if (r >= 0)
-                r = vtpm_anchor_keeper_store(k, generation, err);
+                r = vtpm_anchor_keeper_store(k, req->secret_id, generation, err);
         vtpm_anchor_keeper_free(k);
         return r;
 }
@@ -578,7 +578,13 @@ int vtpm_anchor_store(const struct vtpm_anchor_request *req, uint64_t generation
 
 struct vtpm_anchor_keeper {
         pid_t pid;
-        int to, from; /* generations to it, replies from it */
+        int to, from; /* requests to it, replies from it */
+};
+
+/* What the keeper is asked: record generation for secret id. */
+struct keeper_req {
+        uint64_t generation;
+        char secret_id[37];
 };
 
 static int keeper_reply(int fd, vmsup_error **err) {
@@ -597,8 +603,6 @@ int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_
         pid_t parent = getpid();
         int down[2], up[2];
 
-        if (!req->secret_id || !barbican_is_uuid(req->secret_id))
-                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: no vTPM secret id");
         if (!req->token && req->tpm->secret_security != SECRET_SECURITY_DEPLOYMENT)
                 return vmsup_fail(err, VMSUP_ERR_DENIED, 0,
                                   "the guest owner's credentials are required to record the TPM state's anchor in "
@@ -630,7 +634,9 @@ int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_
                 return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "TPM state anchor: fork");
         }
         if (k->pid == 0) {
-                uint64_t gen;
+                struct vtpm_anchor_request mine = *req;
+                struct keeper_req kr;
+                char *token = NULL;
 
                 /* only its two pipes: not the guest's lock, sockets or anything else */
                 int a = fcntl(down[0], F_DUPFD, 10), b = fcntl(up[1], F_DUPFD, 10);
@@ -640,14 +646,27 @@ int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_
                     prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
                         _exit(1);
                 (void) prctl(PR_SET_DUMPABLE, 0);
-                while (read_all(3, &gen, sizeof(gen)) == sizeof(gen)) {
+                /* the token into memory of its own, locked here (a lock is not inherited),
+                 * and the copy of the parent's page it shares wiped */
+                if (req->token) {
+                        if (!(token = secmem_alloc(req->token_len + 1)))
+                                _exit(1);
+                        memcpy(token, req->token, req->token_len);
+                        erase((char *) req->token, req->token_len);
+                        mine.token = token;
+                }
+                while (read_all(3, &kr, sizeof(kr)) == sizeof(kr)) {
                         vmsup_error *e = NULL;
-                        struct obtain_reply rep = { .r = anchor_store_barbican(req, gen, &e) };
+                        struct obtain_reply rep = { 0 };
 
+                        kr.secret_id[sizeof(kr.secret_id) - 1] = '\0';
+                        mine.secret_id = kr.secret_id;
+                        rep.r = anchor_store_barbican(&mine, kr.generation, &e);
                         if (!reply_send(4, &rep, e))
                                 _exit(1);
                         vmsup_error_free(e);
                 }
+                secmem_free(token);
                 _exit(0);
         }
         close(down[0]);
@@ -658,8 +677,14 @@ int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_
         return 0;
 }
 
-int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, uint64_t generation, vmsup_error **err) {
-        if (!write_all(k->to, &generation, sizeof(generation)))
+int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, const char *secret_id, uint64_t generation,
+                             vmsup_error **err) {
+        struct keeper_req kr = { .generation = generation };
+
+        if (!secret_id || !barbican_is_uuid(secret_id))
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: no vTPM secret id");
+        memcpy(kr.secret_id, secret_id, sizeof(kr.secret_id) - 1);
+        if (!write_all(k->to, &kr, sizeof(kr)))
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, errno, "TPM state anchor: the process keeping the owner's "
                                                                   "token is gone");
         return keeper_reply(k->from, err);

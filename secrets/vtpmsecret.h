@@ -81,8 +81,11 @@ int vtpm_anchor_store(const struct vtpm_anchor_request *req, uint64_t generation
 struct vtpm_anchor_keeper;
 int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_anchor_keeper **ret,
                              vmsup_error **err);
-/* As vtpm_anchor_store(), done by the keeper (blocking until it answered). */
-int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, uint64_t generation, vmsup_error **err);
+/* As vtpm_anchor_store() for the secret secret_id, done by the keeper (blocking until it
+ * answered). req->secret_id is not used by a keeper: started before the secret's id is
+ * known, it holds nothing else of the supervisor's secrets. */
+int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, const char *secret_id, uint64_t generation,
+                             vmsup_error **err);
 struct vtpm_anchor_keeper *vtpm_anchor_keeper_free(struct vtpm_anchor_keeper *k);
 
 /* Delete the guest's recorded vTPM secret from Barbican as the owner (credential read

@@ -208,7 +208,7 @@ void guest_anchor_catch_up(struct guest *g, enum guest_anchor_when when) {
                 return;
         host_config_vtpm_secret_opts(g->cfg, &opts);
         guest_test_kill_point("anchor-before");
-        if ((g->anchor_keeper ? vtpm_anchor_keeper_store(g->anchor_keeper, gen, &err)
+        if ((g->anchor_keeper ? vtpm_anchor_keeper_store(g->anchor_keeper, g->secret_id, gen, &err)
                               : vtpm_anchor_store(&req, gen, &err)) < 0) {
                 log_warning("the TPM state's rollback anchor stays at generation %" PRIu64 " (the sealed state is at %" PRIu64
                             "): %s", g->anchor, gen, err->msg);

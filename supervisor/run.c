@@ -176,32 +176,29 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
         /* user mode: the owner's credential is read here, once: for the secret, then for
          * the keeper that records the anchor at the stop (docs/vmsup.8, TPM STATE) */
         if (token_fd >= 0 && g->tpm.secret_security == SECRET_SECURITY_USER) {
+                struct vtpm_anchor_request areq = { .opts = &opts, .spec = &g->spec, .tpm = &g->tpm };
+
                 r = vtpm_read_token(token_fd, &g->token, &g->token_len, err);
                 if (r < 0)
                         return r;
                 req.token = g->token;
                 req.token_len = g->token_len;
+                /* the token stays for the stop's anchor, in a child of its own, forked
+                 * before the passphrase is here: the supervisor holds no credential while
+                 * the guest runs, the keeper nothing but the token (docs/security.md) */
+                areq.token = g->token;
+                areq.token_len = g->token_len;
+                r = vtpm_anchor_keeper_start(&areq, &g->anchor_keeper, err);
+                if (r < 0)
+                        return r;
         }
         r = vtpm_secret_obtain(&req, &secret, err);
+        g->token = secmem_free(g->token);
         if (r < 0)
                 return r;
         g->anchored = secret.anchored;
         g->anchor = secret.anchor;
         snprintf(g->secret_id, sizeof(g->secret_id), "%s", secret.id);
-        if (g->token) {
-                /* the token stays for the stop's anchor, in a child of its own: the
-                 * supervisor holds no credential while the guest runs (docs/security.md) */
-                struct vtpm_anchor_request areq = { .opts = &opts, .spec = &g->spec, .tpm = &g->tpm,
-                                                    .secret_id = g->secret_id, .token = g->token,
-                                                    .token_len = g->token_len };
-
-                r = vtpm_anchor_keeper_start(&areq, &g->anchor_keeper, err);
-                g->token = secmem_free(g->token);
-                if (r < 0) {
-                        vtpm_secret_clear(&secret);
-                        return r;
-                }
-        }
         if (secret.created) {
                 log_info("created vTPM secret %s in Barbican; the orchestrator must keep it as the guest's "
                          "vtpm_secret_uuid", secret.id);

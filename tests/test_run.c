@@ -1164,6 +1164,38 @@ Test(run, the_supervisor_maps_no_http_or_libtpms_and_holds_no_credential_or_pass
         assert_no_pipe_held(s.pid);
         cr_assert_not(memory_holds(s.pid, pass, BARBICAN_PASSPHRASE_LEN, where, sizeof(where)),
                       "the passphrase is in the supervisor's memory at %s", where);
+        /* the child that keeps the credential for the stop's rollback anchor (a fork of the
+         * supervisor, no exec) holds it, and nothing else of the guest's secrets */
+        {
+                char kids_path[96], exe[PATH_MAX], self[PATH_MAX], *kids;
+                int keepers = 0;
+                ssize_t n;
+
+                snprintf(kids_path, sizeof(kids_path), "/proc/%d/exe", (int) s.pid);
+                n = readlink(kids_path, self, sizeof(self) - 1);
+                cr_assert_gt(n, 0);
+                self[n] = '\0';
+                snprintf(kids_path, sizeof(kids_path), "/proc/%d/task/%d/children", (int) s.pid, (int) s.pid);
+                kids = strdup(slurp(kids_path));
+                for (char *k = strtok(kids, " \n"); k; k = strtok(NULL, " \n")) {
+                        char link[64];
+
+                        snprintf(link, sizeof(link), "/proc/%s/exe", k);
+                        n = readlink(link, exe, sizeof(exe) - 1);
+                        if (n <= 0)
+                                continue;
+                        exe[n] = '\0';
+                        if (!streq(exe, self))
+                                continue; /* QEMU, swtpm */
+                        keepers++;
+                        cr_assert(memory_holds(atoi(k), credential, strlen(credential), where, sizeof(where)),
+                                  "the keeper %s does not hold the credential", k);
+                        cr_assert_not(memory_holds(atoi(k), pass, BARBICAN_PASSPHRASE_LEN, where, sizeof(where)),
+                                      "the passphrase is in the keeper's memory (%s) at %s", k, where);
+                }
+                free(kids);
+                cr_assert_eq(keepers, 1, "one child keeps the credential");
+        }
         explicit_bzero(pass, sizeof(pass));
 
         kill(s.pid, SIGTERM);
