@@ -677,8 +677,8 @@ int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_
         return 0;
 }
 
-int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, const char *secret_id, uint64_t generation,
-                             vmsup_error **err) {
+int vtpm_anchor_keeper_send(struct vtpm_anchor_keeper *k, const char *secret_id, uint64_t generation,
+                            vmsup_error **err) {
         struct keeper_req kr = { .generation = generation };
 
         if (!secret_id || !barbican_is_uuid(secret_id))
@@ -687,7 +687,22 @@ int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, const char *secret_id
         if (!write_all(k->to, &kr, sizeof(kr)))
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, errno, "TPM state anchor: the process keeping the owner's "
                                                                   "token is gone");
+        return 0;
+}
+
+int vtpm_anchor_keeper_fd(const struct vtpm_anchor_keeper *k) {
+        return k->from;
+}
+
+int vtpm_anchor_keeper_recv(struct vtpm_anchor_keeper *k, vmsup_error **err) {
         return keeper_reply(k->from, err);
+}
+
+int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, const char *secret_id, uint64_t generation,
+                             vmsup_error **err) {
+        int r = vtpm_anchor_keeper_send(k, secret_id, generation, err);
+
+        return r < 0 ? r : vtpm_anchor_keeper_recv(k, err);
 }
 
 struct vtpm_anchor_keeper *vtpm_anchor_keeper_free(struct vtpm_anchor_keeper *k) {

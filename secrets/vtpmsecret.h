@@ -86,6 +86,12 @@ int vtpm_anchor_keeper_start(const struct vtpm_anchor_request *req, struct vtpm_
  * known, it holds nothing else of the supervisor's secrets. */
 int vtpm_anchor_keeper_store(struct vtpm_anchor_keeper *k, const char *secret_id, uint64_t generation,
                              vmsup_error **err);
+/* The same in two halves, for an event loop: send the request; once fd (readable) has the
+ * answer, recv it. One request at a time. */
+int vtpm_anchor_keeper_send(struct vtpm_anchor_keeper *k, const char *secret_id, uint64_t generation,
+                            vmsup_error **err);
+int vtpm_anchor_keeper_fd(const struct vtpm_anchor_keeper *k);
+int vtpm_anchor_keeper_recv(struct vtpm_anchor_keeper *k, vmsup_error **err);
 struct vtpm_anchor_keeper *vtpm_anchor_keeper_free(struct vtpm_anchor_keeper *k);
 
 /* Delete the guest's recorded vTPM secret from Barbican as the owner (credential read

@@ -192,6 +192,43 @@ void guest_test_kill_point(const char *point) {
                 raise(SIGKILL);
 }
 
+static void anchor_recorded(struct guest *g, uint64_t gen, const vmsup_error *err) {
+        if (err) {
+                log_warning("the TPM state's rollback anchor stays at generation %" PRIu64 " (the sealed state is at %" PRIu64
+                            "): %s", g->anchor, gen, err->msg);
+                return;
+        }
+        g->anchor = gen;
+        g->anchored = true;
+        log_debug("TPM state anchor: generation %" PRIu64, gen);
+        guest_test_kill_point("anchor-after");
+}
+
+/* The keeper answered the request of a launch (guest_anchor_catch_up()). */
+static void on_anchor_answer(struct evloop_source *src, int fd, uint32_t revents, void *userdata) {
+        struct guest *g = userdata;
+        vmsup_error *err = NULL;
+
+        (void) src;
+        (void) fd;
+        (void) revents;
+        g->anchor_src = evloop_source_remove(g->anchor_src);
+        (void) vtpm_anchor_keeper_recv(g->anchor_keeper, &err);
+        anchor_recorded(g, g->anchor_sent, err);
+        vmsup_error_free(err);
+}
+
+void guest_anchor_settle(struct guest *g) {
+        vmsup_error *err = NULL;
+
+        if (!g->anchor_src)
+                return;
+        g->anchor_src = evloop_source_remove(g->anchor_src);
+        (void) vtpm_anchor_keeper_recv(g->anchor_keeper, &err);
+        anchor_recorded(g, g->anchor_sent, err);
+        vmsup_error_free(err);
+}
+
 void guest_anchor_catch_up(struct guest *g, enum guest_anchor_when when) {
         struct vtpm_secret_opts opts;
         struct vtpm_anchor_request req = { .opts = &opts, .spec = &g->spec, .tpm = &g->tpm,
@@ -201,24 +238,36 @@ void guest_anchor_catch_up(struct guest *g, enum guest_anchor_when when) {
 
         if (!g->sync || g->tpm_discard)
                 return;
+        if (when == GUEST_ANCHOR_STOP)
+                guest_anchor_settle(g); /* a launch's request still under way: its answer first */
         gen = tpm_sync_generation(g->sync);
         if (gen == 0 || (g->anchored && gen <= g->anchor))
                 return;
         if (g->tpm.secret_security != SECRET_SECURITY_HOST && when == GUEST_ANCHOR_SEAL)
                 return;
+        if (g->anchor_src)
+                return; /* one request at a time: the stop records what comes meanwhile */
         host_config_vtpm_secret_opts(g->cfg, &opts);
         guest_test_kill_point("anchor-before");
-        if ((g->anchor_keeper ? vtpm_anchor_keeper_store(g->anchor_keeper, g->secret_id, gen, &err)
-                              : vtpm_anchor_store(&req, gen, &err)) < 0) {
-                log_warning("the TPM state's rollback anchor stays at generation %" PRIu64 " (the sealed state is at %" PRIu64
-                            "): %s", g->anchor, gen, err->msg);
-                vmsup_error_free(err);
+        if (g->anchor_keeper && when == GUEST_ANCHOR_START && g->loop) {
+                /* a launch (a hard reboot's too) does not wait for Barbican: the answer
+                 * comes on the loop, and the guest starts meanwhile */
+                if (vtpm_anchor_keeper_send(g->anchor_keeper, g->secret_id, gen, &err) < 0 ||
+                    evloop_add_io(g->loop, vtpm_anchor_keeper_fd(g->anchor_keeper), EPOLLIN, on_anchor_answer, g,
+                                  &g->anchor_src, &err) < 0) {
+                        anchor_recorded(g, gen, err);
+                        vmsup_error_free(err);
+                        return;
+                }
+                g->anchor_sent = gen;
                 return;
         }
-        g->anchor = gen;
-        g->anchored = true;
-        log_debug("TPM state anchor: generation %" PRIu64, gen);
-        guest_test_kill_point("anchor-after");
+        if (g->anchor_keeper)
+                (void) vtpm_anchor_keeper_store(g->anchor_keeper, g->secret_id, gen, &err);
+        else
+                (void) vtpm_anchor_store(&req, gen, &err);
+        anchor_recorded(g, gen, err);
+        vmsup_error_free(err);
 }
 
 void guest_dispatch_sync(struct guest *g) {

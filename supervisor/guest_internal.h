@@ -146,6 +146,8 @@ struct guest {
         size_t token_len;
         struct vtpm_anchor_keeper *anchor_keeper; /* user mode: holds the token to record
                                                    * the anchor at the stop; NULL */
+        struct evloop_source *anchor_src; /* a launch's request to the keeper, answer pending */
+        uint64_t anchor_sent;             /* the generation it asked for */
         struct qmp_client *qmp;
         const struct guest_life *life;
 
@@ -223,6 +225,9 @@ enum guest_anchor_when { GUEST_ANCHOR_SEAL, GUEST_ANCHOR_START, GUEST_ANCHOR_STO
 /* Raise the anchor to the sealed state's generation when it is behind (only ever after
  * that state is durable). A failure is logged: the anchor lags, the state is fine. */
 void guest_anchor_catch_up(struct guest *g, enum guest_anchor_when when);
+/* A launch's request to the keeper still under way: wait for its answer now (the stop, the
+ * teardown), so that no answer is left in the pipe and the anchor is known. */
+void guest_anchor_settle(struct guest *g);
 /* A test hook, not a feature: with VMSUP_TEST_KILL_AT=<point>:<n> in the supervisor's
  * environment it kills itself (SIGKILL) the nth time it reaches point (tests/test_anchor.c
  * proves each step crash-safe). Nothing happens without the variable. */

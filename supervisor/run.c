@@ -364,6 +364,7 @@ static void teardown(struct guest *g) {
         guest_child_forget(&g->qemu);
         guest_child_forget(&g->swtpm);
         g->events = events_free(g->events); /* the last lines, if they fit now */
+        guest_anchor_settle(g); /* its source goes before the loop */
         g->loop = evloop_free(g->loop); /* with the signalfd */
         g->sync = tpm_sync_free(g->sync);
         g->tpm_stop_err = vmsup_error_free(g->tpm_stop_err);
