@@ -2,12 +2,16 @@
 
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <signal.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -263,4 +267,14 @@ pid_t test_hold_lock_as_run(const char *state_dir, int *ret_hold) {
         close(p[0]);
         *ret_hold = p[1];
         return pid;
+}
+
+unsigned test_mtu_of(const char *ifname) {
+        int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct ifreq ifr = { 0 };
+
+        snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
+        cr_assert_eq(ioctl(s, SIOCGIFMTU, &ifr), 0, "SIOCGIFMTU %s: %s", ifname, strerror(errno));
+        close(s);
+        return (unsigned) ifr.ifr_mtu;
 }

@@ -97,4 +97,7 @@ uint8_t *test_read_file(const char *path, size_t *ret_len);
  * cannot be read or has no line. */
 void test_read_line(const char *path, char *buf, size_t size);
 
+/* The MTU of network interface ifname (of the test's network namespace). */
+unsigned test_mtu_of(const char *ifname);
+
 #endif

@@ -63,16 +63,6 @@ static void assert_ping(const char *addr) {
         proc_result_clear(&res);
 }
 
-static unsigned mtu_of(const char *ifname) {
-        int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        struct ifreq ifr = { 0 };
-
-        snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
-        cr_assert_eq(ioctl(s, SIOCGIFMTU, &ifr), 0, "SIOCGIFMTU %s: %s", ifname, strerror(errno));
-        close(s);
-        return (unsigned) ifr.ifr_mtu;
-}
-
 static void setup(void) {
         cr_assert_eq(geteuid(), 0, "these tests make taps in a network namespace: run them as root");
         cr_assert_eq(unshare(CLONE_NEWNET), 0, "unshare(CLONE_NEWNET): %s", strerror(errno));
@@ -149,7 +139,7 @@ Test(net, a_nic_answers_ping_a_second_is_hot_plugged_kept_by_a_hard_reboot_and_r
         json_object_put(test_wait_running(&s, control_path, vmsup_log, 180000));
         free(test_wait_console(console, vmsup_log, "net: eth0 10.17.0.2/24 up", 1, 180000));
         free(test_wait_console(console, vmsup_log, "net: booted with eth0", 1, 60000));
-        cr_assert_eq(mtu_of("vm-t0"), 1400, "the spec's MTU is the tap's");
+        cr_assert_eq(test_mtu_of("vm-t0"), 1400, "the spec's MTU is the tap's");
         cr_assert(strstr(slurp(vmsup_log), "vhost-net is off") || access("/dev/vhost-net", F_OK) == 0,
                   "no /dev/vhost-net here, and nothing said so: %s", slurp(vmsup_log));
         assert_ping("10.17.0.2");
@@ -240,7 +230,7 @@ Test(net, a_missing_or_busy_tap_is_refused_before_qemu_starts) {
         cr_assert(strstr(r.err, "nics[1]: tap 'vm-gone' does not exist"), "%s", r.err);
         test_run_clear(&r);
         cr_assert_eq(if_nametoindex("vm-gone"), 0, "vmsup made the missing tap");
-        cr_assert_eq(mtu_of("vm-t0"), 1500, "the MTU set for nics[0] was not put back");
+        cr_assert_eq(test_mtu_of("vm-t0"), 1500, "the MTU set for nics[0] was not put back");
         cr_assert_neq(access(qemu_log, F_OK), 0, "QEMU ran: %s", slurp(qemu_log));
         cr_assert_neq(access(console, F_OK), 0, "QEMU ran: %s", slurp(console));
 

@@ -20,6 +20,7 @@
 #include "common/proc.h"
 #include "common/util.h"
 #include "supervisor/nics.h"
+#include "tests/helpers.h"
 
 static void ip(const char *args) {
         char *argv[] = { (char *) "/bin/sh", (char *) "-c", NULL, NULL };
@@ -46,16 +47,6 @@ static void setup(void) {
 
 TestSuite(nics, .init = setup, .timeout = 60);
 
-static unsigned mtu_of(const char *ifname) {
-        int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        struct ifreq ifr = { 0 };
-
-        snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifname);
-        cr_assert_eq(ioctl(s, SIOCGIFMTU, &ifr), 0, "SIOCGIFMTU %s: %s", ifname, strerror(errno));
-        close(s);
-        return (unsigned) ifr.ifr_mtu;
-}
-
 static struct guest_nic nic_of(const char *ifname, unsigned mtu, unsigned queues) {
         return (struct guest_nic) { .ifname = (char *) ifname, .mac = "fa:16:3e:00:00:01", .model = (char *) "virtio",
                                     .mtu = mtu, .queues = queues };
@@ -76,14 +67,14 @@ Test(nics, attaches_to_the_orchestrators_tap_sets_its_mtu_vhost_off_without_vhos
         cr_assert_str_eq(ifr.ifr_name, "tap-a");
         cr_assert(ifr.ifr_flags & IFF_TAP && ifr.ifr_flags & IFF_NO_PI && ifr.ifr_flags & IFF_VNET_HDR, "flags %#x",
                   ifr.ifr_flags);
-        cr_assert_eq(mtu_of("tap-a"), 1400);
+        cr_assert_eq(test_mtu_of("tap-a"), 1400);
         if (access("/dev/vhost-net", F_OK) < 0) {
                 cr_assert_lt(f.vhost[0], 0, "no /dev/vhost-net: vhost off");
                 cr_assert_eq(f.vhost_errno, ENOENT);
         } else
                 cr_assert_geq(f.vhost[0], 0);
         nic_close(&f, false);
-        cr_assert_eq(mtu_of("tap-a"), 1400, "a guest that ran keeps the MTU it was given");
+        cr_assert_eq(test_mtu_of("tap-a"), 1400, "a guest that ran keeps the MTU it was given");
 }
 
 Test(nics, multi_queue_tap_opened_once_per_queue) {
@@ -161,7 +152,7 @@ Test(nics, an_mtu_the_tap_refuses_is_an_error_and_leaves_it_as_it_was) {
         cr_assert_eq(err->kind, VMSUP_ERR_DATA, "%s", err->msg);
         cr_assert(strstr(err->msg, "nics[0].mtu: tap 'tap-e' refuses MTU 65535 (it has 1500)"), "%s", err->msg);
         vmsup_error_free(err);
-        cr_assert_eq(mtu_of("tap-e"), 1500);
+        cr_assert_eq(test_mtu_of("tap-e"), 1500);
         /* nothing held: the tap can be attached again */
         nic.mtu = 0;
         cr_assert_eq(nic_open(&nic, "nics[0]", &f, &err), 0, "%s", err ? err->msg : "");
@@ -176,7 +167,7 @@ Test(nics, close_restores_the_mtu_on_request) {
 
         ip("tuntap add dev tap-f mode tap vnet_hdr");
         cr_assert_eq(nic_open(&nic, "nics[0]", &f, &err), 0, "%s", err ? err->msg : "");
-        cr_assert_eq(mtu_of("tap-f"), 9000);
+        cr_assert_eq(test_mtu_of("tap-f"), 9000);
         nic_close(&f, true);
-        cr_assert_eq(mtu_of("tap-f"), 1500);
+        cr_assert_eq(test_mtu_of("tap-f"), 1500);
 }
