@@ -49,8 +49,8 @@ static int create_temp(int dirfd, const char *name, mode_t mode, char *ret_tmp, 
         return -EEXIST;
 }
 
-int file_write_atomic_at(int dirfd, const char *dir, const char *name, const void *data, size_t len, mode_t mode,
-                         vmsup_error **err) {
+static int write_atomic(int dirfd, const char *dir, const char *name, const void *data, size_t len, mode_t mode,
+                        bool durable, vmsup_error **err) {
         _cleanup_close_ int fd = -1;
         char tmp[256];
         int r;
@@ -65,7 +65,7 @@ int file_write_atomic_at(int dirfd, const char *dir, const char *name, const voi
         }
         /* fchmod: the umask may have narrowed mode; fsync before the rename, or a crash
          * could leave the new name pointing at an empty or partial file. */
-        if (fchmod(fd, mode) < 0 || fsync(fd) < 0) {
+        if (fchmod(fd, mode) < 0 || (durable && fsync(fd) < 0)) {
                 r = errno;
                 unlinkat(dirfd, tmp, 0);
                 return vmsup_fail(err, VMSUP_ERR_IO, r, "sync '%s/%s'", dir, tmp);
@@ -76,12 +76,22 @@ int file_write_atomic_at(int dirfd, const char *dir, const char *name, const voi
                 return vmsup_fail(err, VMSUP_ERR_IO, r, "rename '%s/%s' to '%s'", dir, tmp, name);
         }
         /* The rename itself is durable only once the directory is. */
-        if (fsync(dirfd) < 0)
+        if (durable && fsync(dirfd) < 0)
                 return vmsup_fail(err, VMSUP_ERR_IO, errno, "sync the directory '%s'", dir);
         return 0;
 }
 
-int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, vmsup_error **err) {
+int file_write_atomic_at(int dirfd, const char *dir, const char *name, const void *data, size_t len, mode_t mode,
+                         vmsup_error **err) {
+        return write_atomic(dirfd, dir, name, data, len, mode, true, err);
+}
+
+int file_replace_at(int dirfd, const char *dir, const char *name, const void *data, size_t len, mode_t mode,
+                    vmsup_error **err) {
+        return write_atomic(dirfd, dir, name, data, len, mode, false, err);
+}
+
+static int write_path(const char *path, const void *data, size_t len, mode_t mode, bool durable, vmsup_error **err) {
         _cleanup_free_ char *dircopy = strdup(path), *basecopy = strdup(path);
         _cleanup_close_ int dfd = -1;
         const char *dir;
@@ -92,7 +102,15 @@ int write_file_atomic(const char *path, const void *data, size_t len, mode_t mod
         dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (dfd < 0)
                 return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "open the directory of '%s'", path);
-        return file_write_atomic_at(dfd, dir, basename(basecopy), data, len, mode, err);
+        return write_atomic(dfd, dir, basename(basecopy), data, len, mode, durable, err);
+}
+
+int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, vmsup_error **err) {
+        return write_path(path, data, len, mode, true, err);
+}
+
+int replace_file(const char *path, const void *data, size_t len, mode_t mode, vmsup_error **err) {
+        return write_path(path, data, len, mode, false, err);
 }
 
 int file_read_at(int dirfd, const char *dir, const char *name, size_t max, bool secret, void **ret_data,

@@ -18,6 +18,15 @@ int file_write_atomic_at(int dirfd, const char *dir, const char *name, const voi
 /* The same for a path (its directory is opened here). */
 int write_file_atomic(const char *path, const void *data, size_t len, mode_t mode, vmsup_error **err);
 
+/* Atomic but not durable: as above without either fsync, so readers see the old or the
+ * new content, never a mix, but a crash of the host may lose the new one (or leave an
+ * empty file). For files that are rewritten at every start or live on tmpfs (a pid file,
+ * the spec copy, swtpm's live state next to its sealed copy), where two fsyncs (a few ms
+ * each on a disk) would be spent on the start for nothing. */
+int file_replace_at(int dirfd, const char *dir, const char *name, const void *data, size_t len, mode_t mode,
+                    vmsup_error **err);
+int replace_file(const char *path, const void *data, size_t len, mode_t mode, vmsup_error **err);
+
 /* Read all of dirfd/name (a regular file, not a symlink, at most max bytes) into a new
  * buffer: secmem_alloc()'d when secret (free it with secmem_free), malloc'd otherwise.
  * A missing file fails with errno ENOENT (VMSUP_ERR_NOT_FOUND). */

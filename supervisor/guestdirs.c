@@ -238,7 +238,7 @@ int guest_dirs_write_pid(const struct guest_dirs *d, vmsup_error **err) {
         char pidtext[64];
 
         snprintf(pidtext, sizeof(pidtext), "%d\n", (int) getpid());
-        return write_file_atomic(d->pidfile, pidtext, strlen(pidtext), 0644, err);
+        return replace_file(d->pidfile, pidtext, strlen(pidtext), 0644, err); /* gone with the run dir */
 }
 
 pid_t guest_dirs_lock_holder(const struct guest_dirs *d) {
