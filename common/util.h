@@ -71,6 +71,14 @@ static inline long monotonic_ms(void) {
         return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
+/* Microseconds on the same clock, for the finer durations that -v shows. */
+static inline long long monotonic_us(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
 static inline bool streq(const char *a, const char *b) {
         return a && b && strcmp(a, b) == 0;
 }

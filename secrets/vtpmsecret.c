@@ -385,27 +385,38 @@ static _Noreturn void obtain_child(const struct vtpm_secret_request *req, int fd
         _exit(ok ? 0 : 1);
 }
 
-int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
-        _cleanup_secmem_ char *pass = NULL;
-        _cleanup_free_ char *msg = NULL;
-        _cleanup_close_ int rd = -1;
-        struct obtain_reply rep;
-        pid_t parent = getpid(), pid;
-        int fds[2], status;
-        bool got;
-        char why[64];
+struct vtpm_secret_pending {
+        pid_t pid;
+        int rd;        /* the child's answer */
+        int cancel_fd;
+        const char *asked; /* for messages: whom the child asks */
+};
 
-        if (pipe2(fds, O_CLOEXEC) < 0)
+int vtpm_secret_obtain_start(const struct vtpm_secret_request *req, struct vtpm_secret_pending **ret,
+                             vmsup_error **err) {
+        struct vtpm_secret_pending *p = calloc(1, sizeof(*p));
+        pid_t parent = getpid();
+        int fds[2];
+
+        if (!p)
+                return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "vTPM secret");
+        if (pipe2(fds, O_CLOEXEC) < 0) {
+                free(p);
                 return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "vTPM secret: pipe");
-        rd = fds[0];
-        pid = fork();
-        if (pid < 0) {
+        }
+        p->rd = fds[0];
+        p->cancel_fd = req->cancel_fd;
+        p->asked = req->tpm->secret_security == SECRET_SECURITY_DEPLOYMENT ? "Keystone and Barbican" : "Barbican";
+        p->pid = fork();
+        if (p->pid < 0) {
                 int e = errno;
 
+                close(fds[0]);
                 close(fds[1]);
+                free(p);
                 return vmsup_fail(err, VMSUP_ERR_SYSTEM, e, "vTPM secret: fork");
         }
-        if (pid == 0) {
+        if (p->pid == 0) {
                 close(fds[0]);
                 /* no orphan keeps asking Barbican for a supervisor that is gone */
                 if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
@@ -413,26 +424,51 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                 obtain_child(req, fds[1]);
         }
         close(fds[1]); /* the child reads token_fd through its own copy; ours stays the caller's */
+        *ret = p;
+        return 0;
+}
+
+struct vtpm_secret_pending *vtpm_secret_pending_free(struct vtpm_secret_pending *p) {
+        int status;
+
+        if (!p)
+                return NULL;
+        if (p->pid > 0) {
+                kill(p->pid, SIGKILL);
+                while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR)
+                        ;
+        }
+        closep(&p->rd);
+        free(p);
+        return NULL;
+}
+
+int vtpm_secret_obtain_finish(struct vtpm_secret_pending *p, struct vtpm_secret *ret, vmsup_error **err) {
+        _cleanup_secmem_ char *pass = NULL;
+        _cleanup_free_ char *msg = NULL;
+        struct obtain_reply rep;
+        int status, r;
+        bool got;
+        char why[64];
 
         /* The child answers all at once when it is done: until then, a stop request
          * (SIGTERM on cancel_fd) ends it, whatever Keystone or Barbican are doing. */
-        if (wait_readable(rd, req->cancel_fd) == -ECANCELED) {
-                kill(pid, SIGKILL);
-                while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-                        ;
-                return vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "vTPM secret: the request to %s abandoned",
-                                  req->tpm->secret_security == SECRET_SECURITY_DEPLOYMENT ? "Keystone and Barbican"
-                                                                                          : "Barbican");
+        if (wait_readable(p->rd, p->cancel_fd) == -ECANCELED) {
+                r = vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "vTPM secret: the request to %s abandoned", p->asked);
+                vtpm_secret_pending_free(p);
+                return r;
         }
-        got = reply_recv(rd, &rep, &msg);
+        got = reply_recv(p->rd, &rep, &msg);
         if (got && rep.r >= 0 && rep.pass_len > 0 && rep.pass_len <= KDF_PASSPHRASE_MAX) {
                 /* straight from the pipe into locked memory: no other copy */
                 pass = secmem_alloc(rep.pass_len + 1);
-                if (pass && read_all(rd, pass, rep.pass_len) != rep.pass_len)
+                if (pass && read_all(p->rd, pass, rep.pass_len) != rep.pass_len)
                         pass = secmem_free(pass);
         }
-        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR)
                 ;
+        p->pid = 0;
+        vtpm_secret_pending_free(p);
         if (!got || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "vTPM secret: the process asking Barbican %s",
                                   proc_describe_status(status, why, sizeof(why)));
@@ -446,6 +482,13 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                                       .anchored = rep.anchored, .anchor = rep.anchor };
         memcpy(ret->id, rep.id, sizeof(ret->id));
         return 0;
+}
+
+int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
+        struct vtpm_secret_pending *p = NULL;
+        int r = vtpm_secret_obtain_start(req, &p, err);
+
+        return r < 0 ? r : vtpm_secret_obtain_finish(p, ret, err);
 }
 
 static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {

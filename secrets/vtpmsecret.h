@@ -55,6 +55,17 @@ struct vtpm_secret {
  * half-written stays on this host. */
 int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err);
 
+/* vtpm_secret_obtain() in two halves, so that the start goes on while the child asks:
+ * _start forks the child and returns at once (req and what it points to may go then: the
+ * child has its copy); _finish waits for its answer (or for req->cancel_fd) and frees p,
+ * whatever the outcome. A pending request dropped unanswered: _free kills and reaps the
+ * child. */
+struct vtpm_secret_pending;
+int vtpm_secret_obtain_start(const struct vtpm_secret_request *req, struct vtpm_secret_pending **ret,
+                             vmsup_error **err);
+int vtpm_secret_obtain_finish(struct vtpm_secret_pending *p, struct vtpm_secret *ret, vmsup_error **err);
+struct vtpm_secret_pending *vtpm_secret_pending_free(struct vtpm_secret_pending *p);
+
 void vtpm_secret_clear(struct vtpm_secret *s);
 
 /* Record generation as the guest's rollback anchor (docs/vmsup.8, TPM STATE): in host

@@ -35,6 +35,10 @@
 
 #include "supervisor/guest_internal.h"
 
+void guest_step(const struct guest *g, const char *step) {
+        log_debug("start: %s (+%.1f ms)", step, (double) (monotonic_us() - g->steps_t0) / 1000.0);
+}
+
 void guest_child_forget(struct guest_child *c) {
         c->src = evloop_source_remove(c->src);
         closep(&c->pidfd);
@@ -316,7 +320,36 @@ static char *swtpm_log_tail(void *userdata) {
         return guest_log_tail(userdata, GUEST_LOG_SWTPM, 3);
 }
 
-static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_error **err) {
+/* The vTPM passphrase run.c asked for (g->secret_pending): the keys it gives, and the
+ * sync of the live dir with the sealed state, checked against the rollback anchor. */
+static int tpm_secret_finish(struct guest *g, vmsup_error **err) {
+        struct vtpm_secret secret = { 0 };
+        struct vtpm_secret_pending *p = g->secret_pending;
+        int r;
+
+        g->secret_pending = NULL; /* freed by _finish, whatever comes */
+        r = vtpm_secret_obtain_finish(p, &secret, err);
+        if (r < 0)
+                return r;
+        g->anchored = secret.anchored;
+        g->anchor = secret.anchor;
+        snprintf(g->secret_id, sizeof(g->secret_id), "%s", secret.id);
+        if (secret.created) {
+                log_info("created vTPM secret %s in Barbican; the orchestrator must keep it as the guest's "
+                         "vtpm_secret_uuid", secret.id);
+                printf("vtpm_secret_uuid=%s\n", secret.id);
+                fflush(stdout);
+        }
+        r = guest_derive_keys(g, secret.passphrase, err);
+        vtpm_secret_clear(&secret);
+        if (r < 0)
+                return r;
+        return guest_open_sync(g, err);
+}
+
+/* The live dir gets the sealed state (or a new TPM is manufactured), then swtpm starts on
+ * swtpm_end, the other end of QEMU's TPM channel. */
+static int tpm_prepare_and_launch(struct guest *g, int swtpm_end, vmsup_error **err) {
         struct swtpm_caps caps = { 0 };
         struct swtpm_launch_opts lo = { 0 };
         struct swtpm_proc proc = { 0 };
@@ -330,6 +363,7 @@ static int tpm_prepare_and_launch(struct guest *g, int *ret_qemu_end, vmsup_erro
         r = tpm_sync_restore(g->sync, err);
         if (r < 0)
                 return r;
+        guest_step(g, "TPM state unsealed and checked");
         if (tpm_sync_recovered_count(g->sync))
                 log_warning("sealed %u TPM state file(s) that an earlier run left unsealed in %s",
                             tpm_sync_recovered_count(g->sync), g->dirs.live_tpm);
@@ -408,6 +442,7 @@ launch:
         r = swtpm_caps_probe(g->swtpm_path, false, &caps, err);
         if (r < 0)
                 return r;
+        guest_step(g, "swtpm's capabilities");
         lo.swtpm = g->swtpm_path;
         lo.state_dir = g->dirs.live_tpm;
         if ((r = guest_log_pipe(g, GUEST_LOG_SWTPM, &log_fd, err)) < 0)
@@ -424,17 +459,16 @@ launch:
         lo.uid = g->tpm_uid;
         lo.gid = g->tpm_gid;
         lo.timeout_ms = TPM_CTRL_TIMEOUT;
+        /* QEMU, waiting on the other end, asks swtpm for its capabilities and checks them */
+        lo.ctrl_peer_fd = swtpm_end;
         swtpm_caps_clear(&caps);
-        /* swtpm_launch checks, on our end of the channel and before QEMU takes it over,
-         * that swtpm has every control-channel capability QEMU needs. */
         r = swtpm_launch(&lo, &proc, err);
         if (r < 0)
                 return r;
         g->swtpm.pid = proc.pid;
         g->swtpm.pidfd = proc.pidfd;
         g->swtpm.exited = false;
-        g->tpm_ctrl_fd = proc.ctrl_fd;
-        *ret_qemu_end = g->tpm_ctrl_fd;
+        guest_step(g, "swtpm started");
         if ((r = child_watch(g, &g->swtpm, err)) < 0)
                 return r;
         if (!g->sync_watched) {
@@ -674,7 +708,10 @@ static int wait_qmp_greeting(struct guest *g, vmsup_error **err) {
         }
 }
 
-static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
+/* QEMU, paused (-S), with tpm_qemu_end as its TPM channel: it comes up while the TPM's
+ * state is prepared and swtpm starts on the other end, and waits in its TPM backend's
+ * set-up until swtpm answers there. */
+static int qemu_spawn(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         _cleanup_strv_ char **argv = NULL;
         _cleanup_close_ int log_fd = -1, serial_fd = -1;
         int qmp_sv[2] = { -1, -1 };
@@ -742,15 +779,31 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
         if (r < 0)
                 return r;
         qmp_client_set_event_handler(g->qmp, g->life->qemu_event, g);
+        return 0;
+}
+
+/* QEMU's monitor: it greets once QEMU is up (its TPM backend set up with swtpm's
+ * answers), then the TPM device is checked. */
+static int qemu_connect(struct guest *g, vmsup_error **err) {
+        int r;
+
         if ((r = wait_qmp_greeting(g, err)) < 0)
                 return r;
+        guest_step(g, "QEMU up");
         r = qmp_client_handshake(g->qmp, QMP_HANDSHAKE_TIMEOUT, err);
         if (r < 0) {
-                _cleanup_free_ char *tail = NULL;
+                _cleanup_free_ char *tail = NULL, *tpm_tail = NULL;
+                char why[64];
 
                 guest_child_wait(g, &g->qemu, 2000);
                 tail = guest_log_tail(g, GUEST_LOG_QEMU, 3);
-                vmsup_error_prefix(err, "QEMU did not come up (its log: %s)", tail);
+                /* QEMU stops when swtpm is gone from the other end of its TPM channel */
+                if (g->swtpm.pid && g->swtpm.exited) {
+                        tpm_tail = guest_log_tail(g, GUEST_LOG_SWTPM, 3);
+                        vmsup_error_prefix(err, "QEMU did not come up (its log: %s); swtpm %s (its log: %s)", tail,
+                                           proc_describe_status(g->swtpm.status, why, sizeof(why)), tpm_tail);
+                } else
+                        vmsup_error_prefix(err, "QEMU did not come up (its log: %s)", tail);
                 return r;
         }
         log_debug("QMP ready: QEMU %s", qmp_client_qemu_version(g->qmp));
@@ -762,11 +815,14 @@ static int qemu_launch(struct guest *g, int tpm_qemu_end, vmsup_error **err) {
 
 /* Bring up swtpm and QEMU, check them, and let the guest run. */
 int guest_start_children(struct guest *g, vmsup_error **err) {
-        int tpm_qemu_end = -1, r;
+        _cleanup_close_ int swtpm_end = -1;
+        int r;
         long t0 = monotonic_ms();
         /* the reason of STARTED: a hard reboot's (or on_crash restart's) QEMU, or the first */
         const char *reason = g->state != GUEST_REBOOTING ? "boot" : g->crashed ? "crash-restart" : "reboot";
 
+        if (g->state == GUEST_REBOOTING)
+                g->steps_t0 = monotonic_us();
         g->state = GUEST_STARTING;
         g->guest_shutdown = false;
         g->qemu_termed = false;
@@ -778,18 +834,41 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
         /* the taps first: a tap missing or in use fails the start before swtpm runs */
         if ((r = guest_nics_open(g, err)) < 0)
                 return r;
-        if (g->tpm.present && (r = tpm_prepare_and_launch(g, &tpm_qemu_end, err)) < 0)
-                return r;
+        if (g->tpm.present) {
+                int sp[2];
+
+                /* QEMU's end, and ours to shut swtpm down once QEMU is gone (guest_tpm_stop) */
+                if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "the TPM's control channel");
+                g->tpm_ctrl_fd = sp[0];
+                swtpm_end = sp[1];
+        }
         if ((r = guest_start_check_cancel(g, err)) < 0)
                 return r;
-        r = qemu_launch(g, tpm_qemu_end, err);
-        if (r < 0)
+        /* QEMU first, paused: it comes up while the secret is fetched, the TPM state is
+         * unsealed and checked and swtpm starts, and its TPM backend's set-up waits for
+         * swtpm's answers on the channel. A start that fails before swtpm runs closes
+         * swtpm_end: QEMU reads the end of its channel and exits, having run nothing. */
+        if ((r = qemu_spawn(g, g->tpm_ctrl_fd, err)) < 0)
+                return r;
+        guest_step(g, "QEMU started");
+        if (g->tpm.present) {
+                if (g->secret_pending && (r = tpm_secret_finish(g, err)) < 0)
+                        return r;
+                guest_step(g, "secret here, sealed state opened");
+                if ((r = tpm_prepare_and_launch(g, swtpm_end, err)) < 0)
+                        return r;
+                closep(&swtpm_end); /* swtpm's now: QEMU sees the channel end when swtpm does */
+        }
+        if ((r = guest_start_check_cancel(g, err)) < 0 || (r = qemu_connect(g, err)) < 0)
                 return r;
         /* QEMU is still paused (-S): abandoned here, the guest has not run a single instruction */
         if ((r = guest_start_check_cancel(g, err)) < 0)
                 return r;
+        guest_step(g, "QMP ready, TPM checked");
         if (!g->incoming && (r = qmp_client_execute(g->qmp, "cont", NULL, -1, QMP_COMMAND_TIMEOUT, NULL, err)) < 0)
                 return r;
+        guest_step(g, "cont");
 
         r = evloop_add_io(g->loop, qmp_client_fd(g->qmp), qmp_client_epoll_events(g->qmp), on_qmp_io, g,
                           &g->qmp_src, err);

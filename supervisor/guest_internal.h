@@ -72,6 +72,7 @@ struct guest_child {
 
 struct guest;
 struct vtpm_anchor_keeper;
+struct vtpm_secret_pending;
 
 /* A live migration that runs, as the guest's life sees it (migrate_in.c, migrate_out.c
  * set g->migration while it runs): the guest's events go to it first. */
@@ -147,12 +148,15 @@ struct guest {
         struct vtpm_anchor_keeper *anchor_keeper; /* user mode: holds the token to record
                                                    * the anchor at the stop; NULL */
         struct evloop_source *anchor_src; /* a launch's request to the keeper, answer pending */
+        struct vtpm_secret_pending *secret_pending; /* run.c asked for the passphrase; the
+                                                     * first launch takes the answer */
         uint64_t anchor_sent;             /* the generation it asked for */
         struct qmp_client *qmp;
         const struct guest_life *life;
 
         enum guest_state state;
         time_t started_at;
+        long long steps_t0;     /* monotonic_us() at the start (a hard reboot's too): guest_step() */
         char qemu_status[32];
         bool guest_shutdown;    /* QEMU reported SHUTDOWN */
         bool stop_requested;    /* stop, SIGTERM or SIGINT */
@@ -210,6 +214,9 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
 void guest_check_children(struct guest *g);
 
 /* children.c: swtpm and QEMU */
+/* -v: a step of the start and when it was done, from the supervisor's (or the hard
+ * reboot's) start (docs/performance.md reads these). */
+void guest_step(const struct guest *g, const char *step);
 /* fds held on /dev/null (FD_RESERVE), let go while sealing or refusing a client needs them */
 void guest_fd_reserve_fill(struct guest *g);
 void guest_fd_reserve_release(struct guest *g);

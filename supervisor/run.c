@@ -150,11 +150,12 @@ static int tpm_check_state_present(struct guest *g, bool no_sealed_state, vmsup_
         return 0;
 }
 
-/* The vTPM passphrase (Barbican), the key the state is sealed under, and the sync of
- * the live dir with the sealed files. Before the seccomp filter and before any child. */
-static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **err) {
+/* The vTPM passphrase (Barbican or the local store) is asked for here, from a forked
+ * child, before the seccomp filter and before any other child; the start goes on (QEMU
+ * comes up meanwhile) and takes the answer where the TPM's state is needed
+ * (guest_tpm_secret_finish(), children.c). */
+static int tpm_ask_secret(struct guest *g, int token_fd, vmsup_error **err) {
         _cleanup_free_ char *manifest = NULL;
-        struct vtpm_secret secret = { 0 };
         struct vtpm_secret_opts opts;
         struct vtpm_secret_request req = {
                 .opts = &opts, .spec = &g->spec, .tpm = &g->tpm, .state_dir = g->dirs.state, .token_fd = token_fd,
@@ -192,24 +193,9 @@ static int tpm_open_sealed_state(struct guest *g, int token_fd, vmsup_error **er
                 if (r < 0)
                         return r;
         }
-        r = vtpm_secret_obtain(&req, &secret, err);
-        g->token = secmem_free(g->token);
-        if (r < 0)
-                return r;
-        g->anchored = secret.anchored;
-        g->anchor = secret.anchor;
-        snprintf(g->secret_id, sizeof(g->secret_id), "%s", secret.id);
-        if (secret.created) {
-                log_info("created vTPM secret %s in Barbican; the orchestrator must keep it as the guest's "
-                         "vtpm_secret_uuid", secret.id);
-                printf("vtpm_secret_uuid=%s\n", secret.id);
-                fflush(stdout);
-        }
-        r = guest_derive_keys(g, secret.passphrase, err);
-        vtpm_secret_clear(&secret);
-        if (r < 0)
-                return r;
-        return guest_open_sync(g, err);
+        r = vtpm_secret_obtain_start(&req, &g->secret_pending, err);
+        g->token = secmem_free(g->token); /* the asking child has its own copy */
+        return r;
 }
 
 /* The loop, and what it watches from the start: signals, the control socket, the
@@ -234,6 +220,7 @@ static int start_guest(struct guest *g, const struct guest_run_opts *opts, const
         if ((r = tpm_rules_resolve(&g->spec, &g->tpm, err)) < 0 || (r = check_host_offers(g, err)) < 0 ||
             (r = resolve_programs(g, err)) < 0)
                 return r;
+        guest_step(g, "host checked");
         /* The lock first: nothing of the guest (its dirs' owners and modes, its ids) is
          * made or changed before it is ours, so that a refused start or incoming
          * migration leaves a guest that runs here as it was. */
@@ -264,7 +251,7 @@ static int start_guest(struct guest *g, const struct guest_run_opts *opts, const
                         return vmsup_fail(err, VMSUP_ERR_SYSTEM, ENOMEM, "the guest's spec copy");
                 }
                 text = copy ? json_object_to_json_string_ext(copy, JSON_C_TO_STRING_PRETTY) : NULL;
-                r = text ? write_file_atomic(g->dirs.spec_copy, text, strlen(text), 0600, err) : 0;
+                r = text ? replace_file(g->dirs.spec_copy, text, strlen(text), 0600, err) : 0; /* at every start */
                 json_object_put(copy);
                 if (r < 0)
                         return r;
@@ -278,9 +265,11 @@ static int start_guest(struct guest *g, const struct guest_run_opts *opts, const
                         log_info("OVMF VARS %s from the template %s%s", g->dirs.vars, g->cfg->qemu.ovmf_vars,
                                  opts->new_vars ? " (--new-vars)" : "");
         }
+        guest_step(g, "locked, files ready");
         if (g->tpm.present && (r = g->incoming ? migrate_in_secret(g, secret, secret_id, err)
-                                               : tpm_open_sealed_state(g, token_fd ? *token_fd : -1, err)) < 0)
+                                               : tpm_ask_secret(g, token_fd ? *token_fd : -1, err)) < 0)
                 return r;
+        guest_step(g, "secret asked");
         if (token_fd)
                 closep(token_fd);
         migrate_in_mark(g, "secret kept, files ready");
@@ -295,6 +284,7 @@ static int start_guest(struct guest *g, const struct guest_run_opts *opts, const
             (r = seccomp_filter_load(g->cfg->security.seccomp, err)) < 0)
                 return r;
         log_debug("seccomp filter: %s", seccomp_filter_mode_to_string(g->cfg->security.seccomp));
+        guest_step(g, "confined");
         migrate_in_mark(g, "confined");
         log_info("starting guest '%s' (%u vCPU, %u MiB, %s firmware, %s)", g->spec.name, g->spec.vcpus,
                  g->spec.memory_mb, g->spec.firmware_type, g->tpm.present ? "vTPM" : "no vTPM");
@@ -371,6 +361,7 @@ static void teardown(struct guest *g) {
         g->seal_key = secmem_free(g->seal_key);
         g->token = secmem_free(g->token);
         g->anchor_keeper = vtpm_anchor_keeper_free(g->anchor_keeper);
+        g->secret_pending = vtpm_secret_pending_free(g->secret_pending);
         g->migration_key = secmem_free(g->migration_key);
         guest_fd_reserve_release(g);
         closep(&g->cancel_fd);
@@ -395,6 +386,7 @@ int guest_run(const struct guest_run_opts *opts) {
         _cleanup_close_ int token_fd = opts->token_fd; /* ours: closed once the secret is read */
         int r, code;
 
+        g.steps_t0 = monotonic_us();
         for (int i = 0; i < FD_RESERVE; i++)
                 g.fd_reserve[i] = -1;
 
@@ -428,6 +420,7 @@ int guest_run(const struct guest_run_opts *opts) {
             (r = guest_dirs_init(&g.dirs, g.cfg, g.spec.uuid, &err)) < 0) /* its paths only */
                 goto fail;
         log_set_guest(g.spec.uuid);
+        guest_step(&g, "spec read");
         if (g.incoming)
                 guest_notify_status(&g, "incoming: waiting for guest '%s' from the source on port %s", g.spec.name,
                                     opts->incoming_port);

@@ -387,10 +387,16 @@ int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsu
                         return vmsup_fail(err, VMSUP_ERR_CANT_CREATE, errno, "start swtpm: open log '%s'", o->log_path);
                 log_start = lseek(log_fd, 0, SEEK_END);
         }
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
-                return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "start swtpm: socketpair");
-        p.ctrl_fd = sp[0];
-        peer = sp[1];
+        if (o->ctrl_peer_fd > 2) {
+                peer = fcntl(o->ctrl_peer_fd, F_DUPFD_CLOEXEC, 3);
+                if (peer < 0)
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "start swtpm: its control channel");
+        } else {
+                if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) < 0)
+                        return vmsup_fail(err, VMSUP_ERR_SYSTEM, errno, "start swtpm: socketpair");
+                p.ctrl_fd = sp[0];
+                peer = sp[1];
+        }
 
         argv[n++] = (char *) o->swtpm;
         argv[n++] = (char *) "socket";
@@ -452,6 +458,10 @@ int swtpm_launch(const struct swtpm_launch_opts *o, struct swtpm_proc *ret, vmsu
                 }
         }
         closep(&peer);
+        if (o->ctrl_peer_fd > 2) {
+                *ret = p; /* QEMU, on the other end, asks and checks */
+                return 0;
+        }
 
         r = swtpm_ctrl_get_capability(p.ctrl_fd, timeout_ms, &p.caps, err);
         if (r < 0) {

@@ -63,6 +63,13 @@ struct swtpm_launch_opts {
         uid_t uid;
         gid_t gid;
         int timeout_ms;        /* for the capability check that ends the launch */
+        /* > 2: swtpm's end of a control socketpair whose other end QEMU has already (a
+         * start that brings QEMU up while the TPM state is prepared): swtpm gets a dup of
+         * it, and the launch returns once swtpm runs, without the capability check, which
+         * would take QEMU's replies; QEMU checks the capabilities itself as it comes up
+         * and stops with an error naming what is missing. ctrl_fd is then -1. 0: none, as
+         * described below. */
+        int ctrl_peer_fd;
 };
 
 struct swtpm_proc {

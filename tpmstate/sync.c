@@ -305,7 +305,8 @@ int tpm_sync_restore(struct tpm_sync *s, vmsup_error **err) {
                         t->known = false;
                         continue;
                 }
-                r = file_write_atomic_at(s->live_fd, s->live_path, t->name, data[i], lens[i], 0600, err);
+                /* the live copy: its sealed copy is the durable one */
+                r = file_replace_at(s->live_fd, s->live_path, t->name, data[i], lens[i], 0600, err);
                 if (r >= 0 && fchownat(s->live_fd, t->name, s->uid, s->gid, AT_SYMLINK_NOFOLLOW) < 0)
                         r = vmsup_fail(err, VMSUP_ERR_IO, errno, "chown '%s/%s'", s->live_path, t->name);
                 if (r >= 0) {
