@@ -815,7 +815,7 @@ def phase_storm(systems, guest, n, runs, res):
             d["own_first"] += own
             d["own_later"] += own2
             d["stop"] += [ms(ts), ms(ts2)]
-            log("round %d storm of %d %-8s all running: first %6.0f  later %6.0f  all stopped %6.0f %6.0f ms"
+            log("round %d storm of %d %-10s all running: first %6.0f  later %6.0f  all stopped %6.0f %6.0f ms"
                 % (rnd + 1, n, s.name, ms(t), ms(t2), ms(ts), ms(ts2)))
     res["storm"] = {name: {k: summary(v) for k, v in d.items()} for name, d in data.items()}
     res["storm_guests"] = n
@@ -968,17 +968,20 @@ def report(res):
         lines.append("Boot storm, %d guests started at once, ms: median (min-max) of %d runs, interleaved"
                      % (res["storm_guests"], storm["vmsup"]["first"]["n"]))
         lines.append("")
-        lines.append("| | vmsup | libvirt | vmsup/libvirt |")
-        lines.append("|---|---|---|---|")
+        names = [n for n in ("vmsup", "vmsup-host", "libvirt") if n in storm]
+        ours = [n for n in ("vmsup", "vmsup-host") if n in storm]
+        lines.append("| | " + " | ".join(names + ["%s/libvirt" % o for o in ours]) + " |")
+        lines.append("|---" * (len(names) + len(ours) + 1) + "|")
         for k, label in (("first", "all running, first starts (TPM manufactured)"),
                          ("later", "all running, later starts"),
                          ("each_first", "each guest, first start"), ("each_later", "each guest, later start"),
                          ("stop", "all stopped, forced")):
-            lines.append("| %s | %s | %s | %s |" % (label, fmt(storm["vmsup"][k]), fmt(storm["libvirt"][k]),
-                                                    ratio(storm["vmsup"][k], storm["libvirt"][k])))
-        lines.append("")
-        lines.append("vmsup's own 'started in N ms', each guest: first %s, later %s"
-                     % (fmt(storm["vmsup"]["own_first"]), fmt(storm["vmsup"]["own_later"])))
+            row = [label] + [fmt(storm[n][k]) for n in names] + [ratio(storm[o][k], storm["libvirt"][k]) for o in ours]
+            lines.append("| " + " | ".join(row) + " |")
+        for o in ours:
+            lines.append("")
+            lines.append("%s's own 'started in N ms', each guest: first %s, later %s"
+                         % (o, fmt(storm[o]["own_first"]), fmt(storm[o]["own_later"])))
         lines.append("")
     mem = res.get("memory")
     if mem:
@@ -1098,7 +1101,7 @@ def main():
         if "memory" in phases:
             phase_memory(vm, lv, Guest(a.guest_dir, firmware="bios", memory=128), [1, 10], res)
         if "storm" in phases:
-            phase_storm([vm, lv], Guest(a.guest_dir), a.storm, a.runs, res)
+            phase_storm([vm] + ([] if a.no_host else [vmh]) + [lv], Guest(a.guest_dir), a.storm, a.runs, res)
         if need_lv:
             lv.cleanup()
             lvn.cleanup()
