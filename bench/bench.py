@@ -3,8 +3,10 @@
 
 Run through ./dev bench (bench/run.sh installs what is missing first). Phases:
   latency  start (first start = fresh TPM, later starts) and stop (graceful, forced),
-           interleaved vmsup, libvirt, bare, vmsup, ...; medians with min and max
+           interleaved vmsup, vmsup-host, libvirt, bare, vmsup, ...; medians with min and max
   memory   vmsup's RSS/PSS per supervisor against libvirtd + virtlogd, 1 and 10 guests
+  storm    10 guests started at the same moment through vmsup against 10 libvirt domains
+           started at once: until all run (first and later starts), until all are stopped
   density  50 guests under 50 supervisors idling: CPU time, wakeups, memory
 
 Everything it starts is stopped on exit (also on errors and Ctrl-C): supervisors,
@@ -187,6 +189,9 @@ class Vmsup:
             )
         self.procs = {}  # uuid -> Popen
 
+    # Nova's secret-security mode: none set is user mode.
+    extra_specs = {"hw:tpm_version": "2.0", "hw:tpm_model": "tpm-crb"}
+
     def new_guest(self, guest, tag):
         u = str(uuidlib.uuid4())
         spec = {
@@ -194,7 +199,7 @@ class Vmsup:
             "name": tag,
             "vcpus": 1,
             "memory_mb": guest.memory,
-            "flavor": {"name": "m1.tpm", "extra_specs": {"hw:tpm_version": "2.0", "hw:tpm_model": "tpm-crb"}},
+            "flavor": {"name": "m1.tpm", "extra_specs": dict(self.extra_specs)},
             "image": {"name": "demo", "properties": {"hw_firmware_type": guest.firmware}},
             "firmware": {"kernel": guest.kernel, "initrd": guest.initrd, "cmdline": guest.cmdline},
         }
@@ -205,17 +210,21 @@ class Vmsup:
     def console(self, u):
         return os.path.join(self.dir, "log", u, "console.log")
 
-    def spawn(self, u):
-        """Start `vmsup run` in the background; returns (Popen, t0)."""
+    def spawn(self, u, token=True):
+        """Start `vmsup run` in the background, with the owner's credential unless token is
+        False; returns (Popen, t0)."""
         errlog = open(os.path.join(self.dir, u + ".stderr"), "ab")
-        rfd, wfd = os.pipe()  # the owner's credential on a file descriptor, never argv or env
-        os.write(wfd, self.PROJECT)
-        os.close(wfd)
+        args, fds = [], ()
+        if token:
+            rfd, wfd = os.pipe()  # the owner's credential on a file descriptor, never argv or env
+            os.write(wfd, self.PROJECT)
+            os.close(wfd)
+            args, fds = ["--token-fd", str(rfd)], (rfd,)
         t0 = now()
-        p = subprocess.Popen([VMSUP, "--config", self.conf, "run", "--token-fd", str(rfd),
-                              os.path.join(self.dir, u + ".json")],
-                             stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.PIPE, pass_fds=(rfd,))
-        os.close(rfd)
+        p = subprocess.Popen([VMSUP, "--config", self.conf, "run"] + args + [os.path.join(self.dir, u + ".json")],
+                             stdin=subprocess.DEVNULL, stdout=errlog, stderr=subprocess.PIPE, pass_fds=fds)
+        for fd in fds:
+            os.close(fd)
         errlog.close()
         self.procs[u] = p
         return p, t0
@@ -267,10 +276,37 @@ class Vmsup:
         self.last_exit = now() - t0
         return t1 - t0
 
+    def start_all(self, ids):
+        """Start every guest at the same moment (one `vmsup run` each); returns (from the
+        first launch until every supervisor reported its guest running, [each guest's start
+        from its own launch], [vmsup's own 'started in' ms])."""
+        launched = [self.spawn(u) for u in ids]
+        ends = in_parallel([lambda u=u, p=p: self.wait_running(u, p, timeout=600.0) for u, (p, _) in zip(ids, launched)])
+        return (max(t1 for t1, _ in ends) - launched[0][1], [t1 - t0 for (t1, _), (_, t0) in zip(ends, launched)],
+                [own for _, own in ends])
+
+    def stop_all(self, ids):
+        """`vmsup stop --force` of every guest at the same moment; returns the time from the
+        first launch until the last returned."""
+        t0 = now()
+        stops = [(u, subprocess.Popen([VMSUP, "--config", self.conf, "stop", u, "--force"], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)) for u in ids]
+
+        def wait(u, p):
+            err = p.communicate()[1]
+            t1 = now()
+            if p.returncode != 0:
+                raise RuntimeError("vmsup stop --force %s: %s" % (u, err.decode().strip()))
+            return t1
+        t1 = max(in_parallel([lambda u=u, p=p: wait(u, p) for u, p in stops]))
+        for u in ids:
+            self.procs.pop(u).wait(timeout=60)
+        return t1 - t0
+
     def pid(self, u):
         return self.procs[u].pid
 
-    def cleanup(self):
+    def stop_supervisors(self):
         for u, p in list(self.procs.items()):
             if p.poll() is None:
                 subprocess.run([VMSUP, "--config", self.conf, "stop", u, "--force"], stdin=subprocess.DEVNULL,
@@ -281,8 +317,55 @@ class Vmsup:
                     p.terminate()
                     p.wait()
         self.procs.clear()
+
+    def cleanup(self):
+        self.stop_supervisors()
         subprocess.run([os.path.join(TOP, "tests", "barbican", "barbican.sh"), "stop", self.barbican_dir],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class VmsupHost(Vmsup):
+    """vmsup with the guest in Nova's host secret-security mode (hw:tpm_secret_security =
+    host): the first start gets the passphrase from Barbican with the owner's credential and
+    keeps it in the host's local store ([paths] secrets_dir); later starts are given no
+    credential and read it there, with no Barbican on the path."""
+
+    name = "vmsup-host"
+    extra_specs = dict(Vmsup.extra_specs, **{"hw:tpm_secret_security": "host"})
+
+    def __init__(self, vm):
+        # the same host as the vmsup row: configuration, directories, local CA, Barbican
+        self.dir, self.conf, self.barbican_dir = vm.dir, vm.conf, vm.barbican_dir
+        self.secrets_dir = os.path.join(vm.dir, "state", "secrets")
+        self.procs = {}
+
+    def spawn(self, u, token=None):
+        if token is None:
+            token = not os.path.exists(os.path.join(self.secrets_dir, u))
+        return super().spawn(u, token)
+
+    def cleanup(self):
+        self.stop_supervisors()  # the Barbican is the vmsup row's
+
+
+def in_parallel(fns):
+    """Call each function in a thread of its own; their results in order, or the first
+    error once all have returned."""
+    out, errs = [None] * len(fns), []
+
+    def one(i, fn):
+        try:
+            out[i] = fn()
+        except Exception as e:
+            errs.append(e)
+    threads = [threading.Thread(target=one, args=(i, fn)) for i, fn in enumerate(fns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errs:
+        raise errs[0]
+    return out
 
 
 # ---- bare exec -----------------------------------------------------------------------
@@ -599,6 +682,30 @@ class Libvirt:
                 time.sleep(0.002)
         return now() - t0
 
+    def _all(self, verb, names):
+        """`virsh VERB` of every domain at the same moment, each its own process and
+        connection; returns (from the first launch until the last returned, [each one's time])."""
+        runs = [(nm, now(), subprocess.Popen(["virsh", "-q", "-c", LV_URI, verb, nm], stdin=subprocess.DEVNULL,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)) for nm in names]
+
+        def wait(nm, t, p):
+            err = p.communicate()[1]
+            t1 = now()
+            if p.returncode != 0:
+                raise RuntimeError("virsh %s %s: %s" % (verb, nm, err.decode().strip()))
+            return t1 - t
+        each = in_parallel([lambda nm=nm, t=t, p=p: wait(nm, t, p) for nm, t, p in runs])
+        return max(t + e for (_, t, _), e in zip(runs, each)) - runs[0][1], each
+
+    def start_all(self, names):
+        """Start every domain at the same moment; returns (until every `virsh start` returned,
+        [each one's time], [None: libvirt reports no time of its own])."""
+        total, each = self._all("start", names)
+        return total, each, [None] * len(names)
+
+    def stop_all(self, names):
+        return self._all("destroy", names)[0]
+
     def qemu_pid(self, name):
         return read_pid("/run/libvirt/qemu/%s.pid" % name)
 
@@ -676,6 +783,43 @@ def phase_latency(systems, guest, runs, res):
                    "%.0f" % ms(tf) if tf is not None else "-"))
     res["latency"] = {name: {k: summary(v) for k, v in d.items()} for name, d in data.items()}
     res["latency_raw"] = data
+
+
+def phase_storm(systems, guest, n, runs, res):
+    """Boot storm, each round per system (interleaved): n fresh guests started at the same
+    moment (first starts, TPM manufactured), all stopped at once (forced); started again at
+    once (later starts), one second, all stopped at once (forced)."""
+    data = {s.name: {"first": [], "later": [], "each_first": [], "each_later": [], "own_first": [],
+                     "own_later": [], "stop": []}
+            for s in systems}
+    for rnd in range(-1, runs):
+        for s in systems:
+            ids = [s.new_guest(guest, "st%d-%d" % (rnd + 1, i)) for i in range(n)]
+            t, each, own = s.start_all(ids)
+            time.sleep(1.0)
+            ts = s.stop_all(ids)
+            t2, each2, own2 = s.start_all(ids)
+            time.sleep(1.0)
+            ts2 = s.stop_all(ids)
+            if isinstance(s, Libvirt):
+                for nm in ids:
+                    s.undefine(nm)
+            if rnd < 0:
+                log("%s: storm warm-up done (first %.0f ms, later %.0f ms)" % (s.name, ms(t), ms(t2)))
+                continue
+            d = data[s.name]
+            d["first"].append(ms(t))
+            d["later"].append(ms(t2))
+            d["each_first"] += [ms(x) for x in each]
+            d["each_later"] += [ms(x) for x in each2]
+            d["own_first"] += own
+            d["own_later"] += own2
+            d["stop"] += [ms(ts), ms(ts2)]
+            log("round %d storm of %d %-10s all running: first %6.0f  later %6.0f  all stopped %6.0f %6.0f ms"
+                % (rnd + 1, n, s.name, ms(t), ms(t2), ms(ts), ms(ts2)))
+    res["storm"] = {name: {k: summary(v) for k, v in d.items()} for name, d in data.items()}
+    res["storm_guests"] = n
+    res["storm_raw"] = data
 
 
 def phase_memory(vm, lv, guest, counts, res):
@@ -796,24 +940,48 @@ def report(res):
     lines = []
     lat = res.get("latency")
     if lat:
-        names = [n for n in ("vmsup", "libvirt", "libvirt-noenc", "bare") if n in lat]
+        names = [n for n in ("vmsup", "vmsup-host", "libvirt", "libvirt-noenc", "bare") if n in lat]
+        ours = [n for n in ("vmsup", "vmsup-host") if n in lat]
         lines.append("Latency, ms: median (min-max) of %d runs, interleaved" % lat["vmsup"]["first"]["n"])
         lines.append("")
-        lines.append("| | " + " | ".join(names) + " | vmsup/libvirt | vmsup/bare |")
-        lines.append("|---" * (len(names) + 3) + "|")
+        lines.append("| | " + " | ".join(names + ["%s/%s" % (o, b) for o in ours for b in ("libvirt", "bare")]) + " |")
+        lines.append("|---" * (len(names) + 2 * len(ours) + 1) + "|")
         for k, label in (("first", "start, first (TPM manufactured)"), ("later", "start, later"),
                          ("graceful", "stop, graceful"), ("forced", "stop, forced")):
             row = [label] + [fmt(lat[n][k]) for n in names]
-            row += [ratio(lat["vmsup"][k], lat.get("libvirt", {}).get(k)), ratio(lat["vmsup"][k], lat["bare"][k])]
+            for o in ours:
+                row += [ratio(lat[o][k], lat.get("libvirt", {}).get(k)), ratio(lat[o][k], lat["bare"][k])]
             lines.append("| " + " | ".join(row) + " |")
         # vmsup's rows include its encryption at rest: the Barbican fetch (or, on a first
-        # start, the secret's creation), unsealing and libtpms' check, sealing on stop.
+        # start, the secret's creation), unsealing and libtpms' check, sealing on stop;
+        # vmsup-host's later starts read the passphrase from the host's local store instead.
+        for o in ours:
+            lines.append("")
+            lines.append("%s's own 'started in N ms': first %s, later %s"
+                         % (o, fmt(lat[o]["own_first"]), fmt(lat[o]["own_later"])))
+            lines.append("")
+            lines.append("%s stop, until the supervisor process had exited too: graceful %s, forced %s"
+                         % (o, fmt(lat[o].get("exit_graceful")), fmt(lat[o].get("exit_forced"))))
         lines.append("")
-        lines.append("vmsup's own 'started in N ms': first %s, later %s"
-                     % (fmt(lat["vmsup"]["own_first"]), fmt(lat["vmsup"]["own_later"])))
+    storm = res.get("storm")
+    if storm:
+        lines.append("Boot storm, %d guests started at once, ms: median (min-max) of %d runs, interleaved"
+                     % (res["storm_guests"], storm["vmsup"]["first"]["n"]))
         lines.append("")
-        lines.append("vmsup stop, until the supervisor process had exited too: graceful %s, forced %s"
-                     % (fmt(lat["vmsup"].get("exit_graceful")), fmt(lat["vmsup"].get("exit_forced"))))
+        names = [n for n in ("vmsup", "vmsup-host", "libvirt") if n in storm]
+        ours = [n for n in ("vmsup", "vmsup-host") if n in storm]
+        lines.append("| | " + " | ".join(names + ["%s/libvirt" % o for o in ours]) + " |")
+        lines.append("|---" * (len(names) + len(ours) + 1) + "|")
+        for k, label in (("first", "all running, first starts (TPM manufactured)"),
+                         ("later", "all running, later starts"),
+                         ("each_first", "each guest, first start"), ("each_later", "each guest, later start"),
+                         ("stop", "all stopped, forced")):
+            row = [label] + [fmt(storm[n][k]) for n in names] + [ratio(storm[o][k], storm["libvirt"][k]) for o in ours]
+            lines.append("| " + " | ".join(row) + " |")
+        for o in ours:
+            lines.append("")
+            lines.append("%s's own 'started in N ms', each guest: first %s, later %s"
+                         % (o, fmt(storm[o]["own_first"]), fmt(storm[o]["own_later"])))
         lines.append("")
     mem = res.get("memory")
     if mem:
@@ -893,36 +1061,47 @@ def main():
     ap.add_argument("--guest-dir", required=True, help="built demo guest (tests/guest/build.sh OUTDIR)")
     ap.add_argument("--out", required=True, help="where results.json and results.md go")
     ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--phases", default="latency,memory,density")
+    ap.add_argument("--phases", default="latency,memory,storm,density",
+                    help="comma-separated, of latency, memory, storm, density (default: all)")
     ap.add_argument("--density", type=int, default=50)
     ap.add_argument("--idle", type=int, default=60)
+    ap.add_argument("--storm", type=int, default=10, help="storm: guests started at once per system (default 10)")
     ap.add_argument("--density-at-once", action="store_true",
                     help="density: start all supervisors at the same moment, not one after the other")
     ap.add_argument("--no-noenc", action="store_true", help="skip the libvirt row without <encryption>")
+    ap.add_argument("--no-host", action="store_true", help="skip the vmsup row in host secret-security mode")
     a = ap.parse_args()
     phases = a.phases.split(",")
+    unknown = [p for p in phases if p not in ("latency", "memory", "storm", "density")]
+    if unknown:
+        ap.error("--phases: unknown phase %s (phases: latency, memory, storm, density)" % ", ".join(map(repr, unknown)))
+    if a.runs < 1 or a.storm < 1 or a.density < 1:
+        ap.error("--runs, --storm and --density take a number of at least 1")
     os.makedirs(a.out, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="vmsup-bench.")
     res = {"machine": machine(), "runs": a.runs}
-    vm = bare = lv = lvn = None
+    vm = vmh = bare = lv = lvn = None
 
     def on_signal(signo, frame):
         raise KeyboardInterrupt()
     signal.signal(signal.SIGTERM, on_signal)
     try:
         vm = Vmsup(tmp)
+        vmh = VmsupHost(vm)
         bare = Bare(tmp)
-        need_lv = "latency" in phases or "memory" in phases
+        need_lv = "latency" in phases or "memory" in phases or "storm" in phases
         if need_lv:
             Libvirt.start_daemons()
             lv = Libvirt(tmp)
             lvn = Libvirt(tmp, encryption=False, name="libvirt-noenc")
             lvn.graceful = False
         if "latency" in phases:
-            systems = [vm, lv] + ([] if a.no_noenc else [lvn]) + [bare]
+            systems = [vm] + ([] if a.no_host else [vmh]) + [lv] + ([] if a.no_noenc else [lvn]) + [bare]
             phase_latency(systems, Guest(a.guest_dir), a.runs, res)
         if "memory" in phases:
             phase_memory(vm, lv, Guest(a.guest_dir, firmware="bios", memory=128), [1, 10], res)
+        if "storm" in phases:
+            phase_storm([vm] + ([] if a.no_host else [vmh]) + [lv], Guest(a.guest_dir), a.storm, a.runs, res)
         if need_lv:
             lv.cleanup()
             lvn.cleanup()
@@ -932,7 +1111,7 @@ def main():
             phase_density(vm, Guest(a.guest_dir, firmware="bios", memory=128), a.density, a.idle, res,
                           a.density_at_once)
     finally:
-        for s in (vm, bare, lv, lvn):
+        for s in (vmh, vm, bare, lv, lvn):
             if s:
                 try:
                     s.cleanup()
