@@ -1,6 +1,7 @@
 #include "config.h"
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -608,4 +609,46 @@ Test(seal_file, killed_writer_never_leaves_a_torn_file, .timeout = 60) {
                 secmem_free(plain);
         }
         fixture_close(&f);
+}
+
+/* file_replace_at(): the same atomic replacement as file_write_atomic_at(), without the
+ * fsyncs: the new content under the name, the mode asked for (whatever the umask), no
+ * temp file left, and a name that is a directory refused with the path named. */
+Test(fileio, replace_is_atomic_and_leaves_no_temp) {
+        char *dir = test_mkdtemp();
+        vmsup_error *err = NULL;
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        char path[512], *text;
+        size_t len = 0;
+        struct stat st;
+        mode_t old = umask(077);
+        DIR *d;
+        struct dirent *e;
+        int n = 0;
+
+        cr_assert_geq(dfd, 0);
+        cr_assert_eq(file_replace_at(dfd, dir, "pid", "1\n", 2, 0644, &err), 0, "%s", err ? err->msg : "");
+        cr_assert_eq(file_replace_at(dfd, dir, "pid", "22\n", 3, 0644, &err), 0, "%s", err ? err->msg : "");
+        umask(old);
+        snprintf(path, sizeof(path), "%s/pid", dir);
+        text = (char *) test_read_file(path, &len);
+        cr_assert_eq(len, 3);
+        cr_assert_eq(memcmp(text, "22\n", 3), 0);
+        free(text);
+        cr_assert_eq(stat(path, &st), 0);
+        cr_assert_eq(st.st_mode & 07777, 0644, "mode %o", st.st_mode & 07777);
+        d = opendir(dir);
+        while ((e = readdir(d)))
+                n += e->d_name[0] != '.' || (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."));
+        closedir(d);
+        cr_assert_eq(n, 1, "only the file itself is left");
+
+        snprintf(path, sizeof(path), "%s/sub", dir);
+        cr_assert_eq(mkdir(path, 0700), 0);
+        cr_assert_lt(replace_file(path, "x", 1, 0600, &err), 0);
+        cr_assert_not_null(strstr(err->msg, "sub"), "%s", err->msg);
+        vmsup_error_free(err);
+        close(dfd);
+        test_rmtree(dir);
+        free(dir);
 }
