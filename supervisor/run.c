@@ -478,6 +478,9 @@ fail:
         } else
                 code = log_error_exit(err);
         vmsup_error_free(err);
+        /* the process asking for the secret, if it still does: ended and reaped by its own
+         * pid, before the reaping below could take that pid from it */
+        g.secret_pending = vtpm_secret_pending_free(g.secret_pending);
         guest_reap_all(&g);
         teardown(&g);
         return code;
