@@ -439,7 +439,7 @@ launch:
                 }
                 close(p[1]);
         }
-        r = swtpm_caps_probe(g->swtpm_path, false, &caps, err);
+        r = swtpm_caps_probe_cached(g->swtpm_path, g->cfg->paths.state_dir, &caps, err);
         if (r < 0)
                 return r;
         guest_step(g, "swtpm's capabilities");

@@ -5,6 +5,7 @@
  * A message that cannot be sent is logged and the guest goes on: a service manager that
  * does not listen is no reason to stop a guest. */
 
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -49,6 +50,10 @@ void guest_notify_ready(struct guest *g) {
                 return;
         }
         g->notified_ready = true;
+        /* what the start freed (the spec's and config's parse, QMP's capabilities, the
+         * unseal's buffers) goes back to the kernel, also from the middle of the heap:
+         * 50 KiB of a supervisor's 420 KiB of private memory */
+        (void) malloc_trim(0);
         send_line(g, "READY=1\nSTATUS=running");
         if (g->ready_fd >= 0) {
                 int fd = g->ready_fd;

@@ -83,7 +83,7 @@ int host_traits_probe_facts(const struct host_config *cfg, struct host_tpm_facts
             (r = qemu_help_lists(qemu, "-device", "tpm-crb", &f.qemu_tpm_crb, err)) < 0)
                 return r;
 
-        r = swtpm_caps_probe(cfg->tpm.swtpm, false, &swtpm, err);
+        r = swtpm_caps_probe_cached(cfg->tpm.swtpm, cfg->paths.state_dir, &swtpm, err);
         if (r < 0)
                 return vmsup_error_prefix(err, "[tpm] swtpm_enabled is true but swtpm cannot be used");
         r = swtpm_caps_probe(cfg->tpm.swtpm_setup, true, &setup, err);

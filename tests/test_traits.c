@@ -47,6 +47,8 @@ static struct host_config stand_ins(const char *qemu, const char *swtpm, const c
         cfg.qemu.binary = test_write_file(dir, "qemu", qemu, 0755);
         cfg.tpm.swtpm = test_write_file(dir, "swtpm", swtpm, 0755);
         cfg.tpm.swtpm_setup = test_write_file(dir, "swtpm_setup", setup_script, 0755);
+        free(cfg.paths.state_dir); /* swtpm's capabilities are cached there */
+        cfg.paths.state_dir = strdup(dir);
         return cfg;
 }
 
