@@ -12,6 +12,7 @@
 #include "supervisor/confine.h"
 #include "common/notify.h"
 #include "common/util.h"
+#include "crypto/gnutls_load.h"
 #include "supervisor/guest.h"
 #include "nova/guestspec.h"
 #include "common/log.h"
@@ -188,8 +189,8 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
                 if (!uuid_is_valid(uuid))
                         return verb_usage_error("run", "'%s' is not a guest UUID", uuid);
         }
-        /* before anything could hold a secret */
-        if (confine_no_dumps(&err) < 0 || vmsup_ctx_config(ctx, &err) < 0)
+        /* before anything could hold a secret; gnutls before the seccomp filter */
+        if (confine_no_dumps(&err) < 0 || crypto_gnutls_load(&err) < 0 || vmsup_ctx_config(ctx, &err) < 0)
                 return log_error_kind(err);
         opts.cfg = &ctx->cfg;
         if (incoming) {

@@ -1,7 +1,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <gnutls/gnutls.h>
 #include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -54,7 +53,7 @@ void *secmem_alloc(size_t len) {
 
 void erase(void *p, size_t len) {
         if (p && len)
-                gnutls_memset(p, 0, len);
+                explicit_bzero(p, len);
 }
 
 void secmem_wipe(void *p) {

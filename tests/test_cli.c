@@ -1,9 +1,16 @@
 #include "config.h"
 
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "tests/helpers.h"
 
@@ -185,4 +192,62 @@ Test(cli, traits_finds_programs_on_path) {
         test_run_clear(&r);
         free(bin);
         free(path);
+}
+
+/* A verb that only talks to a supervisor does not load gnutls (crypto/gnutls_load.c): a
+ * forced stop's time is mostly the client's start (docs/performance.md). The supervisor
+ * here is a socket that answers once it has looked at the client's mappings. */
+Test(cli, control_verbs_do_not_load_gnutls) {
+        char *run = NULL, *sock = NULL, *maps_path = NULL, line[512];
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        const char *reply = "{\"ok\":true,\"return\":\"stopped\"}\n";
+        struct pollfd p;
+        int lfd, cfd, status;
+        size_t maps_len = 0;
+        uint8_t *maps;
+        ssize_t n;
+        pid_t pid;
+
+        cr_assert(asprintf(&run, "%s/run", dir) > 0);
+        cr_assert(mkdir(run, 0700) == 0 || errno == EEXIST);
+        free(run);
+        cr_assert(asprintf(&run, "%s/run/%s", dir, UUID) > 0);
+        cr_assert(mkdir(run, 0700) == 0 || errno == EEXIST);
+        cr_assert(asprintf(&sock, "%s/control.sock", run) > 0);
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+        lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        cr_assert(lfd >= 0 && bind(lfd, (struct sockaddr *) &sa, sizeof(sa)) == 0 && listen(lfd, 1) == 0);
+
+        pid = fork();
+        cr_assert(pid >= 0);
+        if (pid == 0) {
+                execl(VMSUP_BIN, VMSUP_BIN, "--config", conf_on, "stop", "--force", UUID, (char *) NULL);
+                _exit(127);
+        }
+        p = (struct pollfd) { .fd = lfd, .events = POLLIN };
+        cr_assert(poll(&p, 1, 60000) == 1, "vmsup stop did not connect");
+        cfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        cr_assert(cfd >= 0);
+        n = read(cfd, line, sizeof(line) - 1);
+        cr_assert(n > 0);
+        line[n] = '\0';
+        cr_assert(strstr(line, "\"stop\""), "request: %s", line);
+
+        /* the client waits for the answer: everything it loaded is mapped now */
+        cr_assert(asprintf(&maps_path, "/proc/%d/maps", (int) pid) > 0);
+        maps = test_read_file(maps_path, &maps_len);
+        cr_assert(maps && maps_len > 0);
+        cr_assert(memmem(maps, maps_len, "libjson-c", 9), "the client's maps do not look like vmsup's:\n%.*s",
+                  (int) maps_len, maps);
+        cr_expect(!memmem(maps, maps_len, "libgnutls", 9), "vmsup stop mapped gnutls:\n%.*s", (int) maps_len, maps);
+
+        cr_assert(write(cfd, reply, strlen(reply)) == (ssize_t) strlen(reply));
+        close(cfd);
+        cr_assert(waitpid(pid, &status, 0) == pid);
+        cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "vmsup stop: status %#x", status);
+        close(lfd);
+        free(maps);
+        free(maps_path);
+        free(sock);
+        free(run);
 }
