@@ -189,8 +189,11 @@ int verb_run(struct vmsup_ctx *ctx, int argc, char **argv) {
                 if (!uuid_is_valid(uuid))
                         return verb_usage_error("run", "'%s' is not a guest UUID", uuid);
         }
-        /* before anything could hold a secret; gnutls before the seccomp filter */
-        if (confine_no_dumps(&err) < 0 || crypto_gnutls_load(&err) < 0 || vmsup_ctx_config(ctx, &err) < 0)
+        /* before anything could hold a secret. gnutls: an incoming guest's TLS needs it at
+         * once; a start loads it once QEMU is on its way (guest_start_children()), so
+         * that its loading is not on the start's path */
+        if (confine_no_dumps(&err) < 0 || (incoming && crypto_gnutls_load(&err) < 0) ||
+            vmsup_ctx_config(ctx, &err) < 0)
                 return log_error_kind(err);
         opts.cfg = &ctx->cfg;
         if (incoming) {

@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/proc.h"
 #include "common/util.h"
+#include "crypto/gnutls_load.h"
 #include "crypto/kdf.h"
 #include "nova/tpmrules.h"
 #include "qmp/client.h"
@@ -852,6 +853,9 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
         if ((r = qemu_spawn(g, g->tpm_ctrl_fd, err)) < 0)
                 return r;
         guest_step(g, "QEMU started");
+        /* gnutls (crypto/gnutls_load.h) for the keys and the sealed state, while QEMU comes up */
+        if ((r = crypto_gnutls_load(err)) < 0)
+                return r;
         if (g->tpm.present) {
                 if (g->secret_pending && (r = tpm_secret_finish(g, err)) < 0)
                         return r;
