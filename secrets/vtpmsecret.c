@@ -141,7 +141,14 @@ int vtpm_secret_delete(const struct vtpm_secret_opts *opts, const char *state_di
         return 0;
 }
 
-static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err);
+/* In the asking child (user and deployment mode): the passphrase goes back to the parent
+ * as soon as Barbican gave it, the anchor after it (sent: the first answer went). */
+struct early_reply {
+        int fd;
+        bool sent;
+};
+static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret,
+                           struct early_reply *early, vmsup_error **err);
 
 /* Nova's deployment mode (vtpm.py get_request_context): a Barbican client acting as the
  * service, from the root-only [keystone] credentials_file. With [barbican] auth = noauth
@@ -218,7 +225,7 @@ static int host_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
                 r = 0;
                 goto out;
         }
-        r = barbican_obtain(req, &s, err);
+        r = barbican_obtain(req, &s, NULL, err);
         if (r < 0)
                 goto out;
         /* Barbican's copy of the anchor came with the secret (host mode keeps it here
@@ -247,11 +254,12 @@ out:
         return r;
 }
 
-static int obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
+static int obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, struct early_reply *early,
+                  vmsup_error **err) {
         /* user and deployment: Barbican at every start, never kept on the host */
         if (req->tpm->secret_security == SECRET_SECURITY_HOST)
                 return host_obtain(req, ret, err);
-        return barbican_obtain(req, ret, err);
+        return barbican_obtain(req, ret, early, err);
 }
 
 /* ---- the exchange in a child ----
@@ -273,6 +281,7 @@ struct obtain_reply {
         char id[37];
         uint8_t created;
         uint8_t anchored;
+        uint8_t anchor_follows; /* a second reply (the anchor, or the failure) follows */
         uint64_t anchor;
 };
 #define OBTAIN_MSG_MAX (64 * 1024)
@@ -366,13 +375,32 @@ static int reply_error(const struct obtain_reply *rep, const char *msg, const ch
         return rep->r;
 }
 
+/* The first answer of an early reply: the passphrase and the secret's id. */
+static void early_send(struct early_reply *early, const char *id, const char *pass) {
+        struct obtain_reply rep = { .pass_len = (uint32_t) strlen(pass), .anchor_follows = 1 };
+
+        memcpy(rep.id, id, sizeof(rep.id));
+        early->sent = reply_send(early->fd, &rep, NULL) && write_all(early->fd, pass, rep.pass_len);
+}
+
 static _Noreturn void obtain_child(const struct vtpm_secret_request *req, int fd) {
         struct obtain_reply rep = { 0 };
         struct vtpm_secret s = { 0 };
+        struct early_reply early = { .fd = fd };
         vmsup_error *e = NULL;
         bool ok;
 
-        rep.r = obtain(req, &s, &e);
+        rep.r = obtain(req, &s, &early, &e);
+        if (early.sent) {
+                /* the second answer: the anchor, or why there is none */
+                if (rep.r >= 0) {
+                        rep.anchored = s.anchored;
+                        rep.anchor = s.anchor;
+                }
+                ok = reply_send(fd, &rep, e);
+                vtpm_secret_clear(&s);
+                _exit(ok ? 0 : 1);
+        }
         if (rep.r >= 0) {
                 rep.pass_len = (uint32_t) strlen(s.passphrase);
                 memcpy(rep.id, s.id, sizeof(rep.id));
@@ -443,19 +471,31 @@ struct vtpm_secret_pending *vtpm_secret_pending_free(struct vtpm_secret_pending 
         return NULL;
 }
 
-int vtpm_secret_obtain_finish(struct vtpm_secret_pending *p, struct vtpm_secret *ret, vmsup_error **err) {
+/* The child is done: reaped; false (why set) when it did not end well. */
+static bool pending_reap(struct vtpm_secret_pending *p, char *why, size_t size) {
+        int status;
+
+        while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR)
+                ;
+        p->pid = 0;
+        proc_describe_status(status, why, size);
+        return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+int vtpm_secret_obtain_finish(struct vtpm_secret_pending **pp, struct vtpm_secret *ret, vmsup_error **err) {
+        struct vtpm_secret_pending *p = *pp;
         _cleanup_secmem_ char *pass = NULL;
         _cleanup_free_ char *msg = NULL;
         struct obtain_reply rep;
-        int status, r;
-        bool got;
-        char why[64];
+        int r;
+        bool got, ended = true;
+        char why[64] = "";
 
         /* The child answers all at once when it is done: until then, a stop request
          * (SIGTERM on cancel_fd) ends it, whatever Keystone or Barbican are doing. */
         if (wait_readable(p->rd, p->cancel_fd) == -ECANCELED) {
                 r = vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "vTPM secret: the request to %s abandoned", p->asked);
-                vtpm_secret_pending_free(p);
+                *pp = vtpm_secret_pending_free(p);
                 return r;
         }
         got = reply_recv(p->rd, &rep, &msg);
@@ -465,13 +505,16 @@ int vtpm_secret_obtain_finish(struct vtpm_secret_pending *p, struct vtpm_secret 
                 if (pass && read_all(p->rd, pass, rep.pass_len) != rep.pass_len)
                         pass = secmem_free(pass);
         }
-        while (waitpid(p->pid, &status, 0) < 0 && errno == EINTR)
-                ;
-        p->pid = 0;
-        vtpm_secret_pending_free(p);
-        if (!got || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        /* the anchor still to come: the child goes on */
+        if (!(got && rep.r >= 0 && rep.anchor_follows && pass))
+                ended = pending_reap(p, why, sizeof(why));
+        if (!got || !ended) {
+                *pp = vtpm_secret_pending_free(p);
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "vTPM secret: the process asking Barbican %s",
-                                  proc_describe_status(status, why, sizeof(why)));
+                                  got ? why : "ended without an answer");
+        }
+        if (rep.r < 0 || !pass)
+                *pp = vtpm_secret_pending_free(p);
         if (rep.r < 0)
                 return reply_error(&rep, msg, "vTPM secret", err);
         if (!pass)
@@ -479,8 +522,38 @@ int vtpm_secret_obtain_finish(struct vtpm_secret_pending *p, struct vtpm_secret 
                                   rep.pass_len);
         rep.id[sizeof(rep.id) - 1] = '\0';
         *ret = (struct vtpm_secret) { .passphrase = TAKE_PTR(pass), .created = rep.created,
-                                      .anchored = rep.anchored, .anchor = rep.anchor };
+                                      .anchored = rep.anchored, .anchor = rep.anchor,
+                                      .anchor_follows = rep.anchor_follows };
         memcpy(ret->id, rep.id, sizeof(ret->id));
+        if (!rep.anchor_follows)
+                *pp = vtpm_secret_pending_free(p);
+        return 0;
+}
+
+int vtpm_secret_anchor_finish(struct vtpm_secret_pending **pp, bool *ret_anchored, uint64_t *ret_anchor,
+                              vmsup_error **err) {
+        struct vtpm_secret_pending *p = *pp;
+        _cleanup_free_ char *msg = NULL;
+        struct obtain_reply rep;
+        char why[64] = "";
+        bool got, ended;
+        int r;
+
+        if (wait_readable(p->rd, p->cancel_fd) == -ECANCELED) {
+                r = vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "vTPM secret: the request to %s abandoned", p->asked);
+                *pp = vtpm_secret_pending_free(p);
+                return r;
+        }
+        got = reply_recv(p->rd, &rep, &msg);
+        ended = pending_reap(p, why, sizeof(why));
+        *pp = vtpm_secret_pending_free(p);
+        if (!got || !ended)
+                return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "TPM state anchor: the process asking Barbican %s",
+                                  got ? why : "ended without an answer");
+        if (rep.r < 0)
+                return reply_error(&rep, msg, "TPM state anchor", err);
+        *ret_anchored = rep.anchored;
+        *ret_anchor = rep.anchor;
         return 0;
 }
 
@@ -488,10 +561,19 @@ int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret
         struct vtpm_secret_pending *p = NULL;
         int r = vtpm_secret_obtain_start(req, &p, err);
 
-        return r < 0 ? r : vtpm_secret_obtain_finish(p, ret, err);
+        if (r >= 0)
+                r = vtpm_secret_obtain_finish(&p, ret, err);
+        if (r >= 0 && p) {
+                r = vtpm_secret_anchor_finish(&p, &ret->anchored, &ret->anchor, err);
+                ret->anchor_follows = false;
+                if (r < 0)
+                        vtpm_secret_clear(ret);
+        }
+        return r;
 }
 
-static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err) {
+static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret,
+                           struct early_reply *early, vmsup_error **err) {
         struct barbican_client *client = NULL;
         _cleanup_secmem_ char *token = NULL;
         _cleanup_secmem_ char *pass = NULL;
@@ -541,6 +623,9 @@ static int barbican_obtain(const struct vtpm_secret_request *req, struct vtpm_se
         }
         if (s.id[0]) {
                 r = barbican_secret_fetch(client, s.id, pass, err);
+                /* the parent goes on with the passphrase while the anchor is asked for */
+                if (r >= 0 && early)
+                        early_send(early, s.id, pass);
                 if (r >= 0) {
                         r = barbican_secret_anchor_get(client, s.id, &s.anchor, err);
                         s.anchored = r > 0;

@@ -44,6 +44,8 @@ struct vtpm_secret {
         bool anchored;    /* the rollback anchor was found (host: local store; user and */
         uint64_t anchor;  /* deployment: the secret's Barbican metadata): the newest
                            * generation the guest's sealed state has had */
+        bool anchor_follows; /* vtpm_secret_obtain_finish(): anchored and anchor are not
+                              * known yet: vtpm_secret_anchor_finish() reads them */
 };
 
 /* Get the passphrase: from Barbican with the owner's credential read from token_fd (user
@@ -55,15 +57,20 @@ struct vtpm_secret {
  * half-written stays on this host. */
 int vtpm_secret_obtain(const struct vtpm_secret_request *req, struct vtpm_secret *ret, vmsup_error **err);
 
-/* vtpm_secret_obtain() in two halves, so that the start goes on while the child asks:
- * _start forks the child and returns at once (req and what it points to may go then: the
- * child has its copy); _finish waits for its answer (or for req->cancel_fd) and frees p,
- * whatever the outcome. A pending request dropped unanswered: _free kills and reaps the
- * child. */
+/* vtpm_secret_obtain() in parts, so that the start goes on while the child asks: _start
+ * forks the child and returns at once (req and what it points to may go then: the child
+ * has its copy); _finish waits for the passphrase (or for req->cancel_fd). In user and
+ * deployment mode the child sends the passphrase as soon as Barbican gave it, then asks
+ * for the rollback anchor (a second request): _finish then sets ret->anchor_follows and
+ * leaves *p for _anchor_finish, which waits for the anchor. Otherwise, and on any failure,
+ * they free *p and set it to NULL. A pending request dropped unanswered: _free kills and
+ * reaps the child. */
 struct vtpm_secret_pending;
 int vtpm_secret_obtain_start(const struct vtpm_secret_request *req, struct vtpm_secret_pending **ret,
                              vmsup_error **err);
-int vtpm_secret_obtain_finish(struct vtpm_secret_pending *p, struct vtpm_secret *ret, vmsup_error **err);
+int vtpm_secret_obtain_finish(struct vtpm_secret_pending **p, struct vtpm_secret *ret, vmsup_error **err);
+int vtpm_secret_anchor_finish(struct vtpm_secret_pending **p, bool *ret_anchored, uint64_t *ret_anchor,
+                              vmsup_error **err);
 struct vtpm_secret_pending *vtpm_secret_pending_free(struct vtpm_secret_pending *p);
 
 void vtpm_secret_clear(struct vtpm_secret *s);

@@ -144,7 +144,6 @@ int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err
 
 int guest_open_sync(struct guest *g, vmsup_error **err) {
         struct tpm_sync_opts so = { 0 };
-        uint64_t gen;
         int r;
 
         so.live_dir = g->dirs.live_tpm;
@@ -158,7 +157,14 @@ int guest_open_sync(struct guest *g, vmsup_error **err) {
         r = tpm_sync_open(&so, &g->sync, err);
         if (r < 0)
                 return r;
-        gen = tpm_sync_generation(g->sync);
+        /* the anchor on its way from Barbican: checked before anything is sealed or the
+         * guest runs (guest_start_children()) */
+        return g->anchor_pending ? 0 : guest_tpm_anchor_check(g, err);
+}
+
+int guest_tpm_anchor_check(struct guest *g, vmsup_error **err) {
+        uint64_t gen = tpm_sync_generation(g->sync);
+
         /* No sealed state at all is a lost TPM, not an older one: the stamp and --new-tpm
          * decide on it (run.c), and a TPM manufactured now goes on from the anchor's
          * generation, which never goes back. */
@@ -167,7 +173,7 @@ int guest_open_sync(struct guest *g, vmsup_error **err) {
                 gen = g->anchor;
         }
         /* A complete older copy of the state dir passes every check inside it (crypto/seal.h);
-         * only the anchor outside knows better. Before anything is sealed, restored or run. */
+         * only the anchor outside knows better. Before anything is sealed or the guest runs. */
         if (g->anchored && gen < g->anchor)
                 return vmsup_fail(err, VMSUP_ERR_DATA, 0,
                                   "the sealed TPM state in '%s' is generation %" PRIu64 ", older than generation %" PRIu64
@@ -322,16 +328,16 @@ static char *swtpm_log_tail(void *userdata) {
 }
 
 /* The vTPM passphrase run.c asked for (g->secret_pending): the keys it gives, and the
- * sync of the live dir with the sealed state, checked against the rollback anchor. */
+ * sync of the live dir with the sealed state, checked against the rollback anchor, or
+ * (user and deployment mode) opened while the anchor is still on its way. */
 static int tpm_secret_finish(struct guest *g, vmsup_error **err) {
         struct vtpm_secret secret = { 0 };
-        struct vtpm_secret_pending *p = g->secret_pending;
         int r;
 
-        g->secret_pending = NULL; /* freed by _finish, whatever comes */
-        r = vtpm_secret_obtain_finish(p, &secret, err);
+        r = vtpm_secret_obtain_finish(&g->secret_pending, &secret, err);
         if (r < 0)
                 return r;
+        g->anchor_pending = secret.anchor_follows;
         g->anchored = secret.anchored;
         g->anchor = secret.anchor;
         snprintf(g->secret_id, sizeof(g->secret_id), "%s", secret.id);
@@ -348,6 +354,21 @@ static int tpm_secret_finish(struct guest *g, vmsup_error **err) {
         return guest_open_sync(g, err);
 }
 
+/* The rollback anchor that followed the passphrase (user and deployment mode), and the
+ * check of the sealed state against it. */
+static int tpm_anchor_arrived(struct guest *g, vmsup_error **err) {
+        int r;
+
+        if (!g->anchor_pending)
+                return 0;
+        g->anchor_pending = false;
+        r = vtpm_secret_anchor_finish(&g->secret_pending, &g->anchored, &g->anchor, err);
+        if (r < 0)
+                return r;
+        guest_step(g, "rollback anchor here");
+        return guest_tpm_anchor_check(g, err);
+}
+
 /* The live dir gets the sealed state (or a new TPM is manufactured), then swtpm starts on
  * swtpm_end, the other end of QEMU's TPM channel. */
 static int tpm_prepare_and_launch(struct guest *g, int swtpm_end, vmsup_error **err) {
@@ -359,6 +380,12 @@ static int tpm_prepare_and_launch(struct guest *g, int swtpm_end, vmsup_error **
 
         if (g->incoming)
                 goto launch; /* an empty live dir: the state arrives in QEMU's migration stream */
+        /* A TPM manufactured now continues from the anchor's generation, and what a crashed
+         * run left in the live dir is sealed by the restore: either waits for the anchor
+         * (the common start does not: guest_start_children()). */
+        if (g->anchor_pending && (tpm_sync_generation(g->sync) == 0 || tpm_sync_live_has_state(g->sync)) &&
+            (r = tpm_anchor_arrived(g, err)) < 0)
+                return r;
         /* The live dir gets the sealed state (libtpms checks it first); what a crashed
          * run left there is sealed before, when it is newer and valid. */
         r = tpm_sync_restore(g->sync, err);
@@ -416,8 +443,6 @@ static int tpm_prepare_and_launch(struct guest *g, int swtpm_end, vmsup_error **
                         return vmsup_error_prefix(err, "seal the new TPM state");
                 log_info("TPM state sealed in %s", g->dirs.state);
         }
-        /* the anchor catches up with what the start sealed (after it is durable) */
-        guest_anchor_catch_up(g, GUEST_ANCHOR_START);
         /* from here on a start that finds no sealed state refuses instead of manufacturing */
         r = guest_dirs_stamp(g->dirs.tpm_stamp, tpm_stamp_what(g), err);
         if (r < 0)
@@ -815,7 +840,7 @@ static int qemu_connect(struct guest *g, vmsup_error **err) {
 }
 
 /* Bring up swtpm and QEMU, check them, and let the guest run. */
-int guest_start_children(struct guest *g, vmsup_error **err) {
+static int start_children(struct guest *g, vmsup_error **err) {
         _cleanup_close_ int swtpm_end = -1;
         int r;
         long t0 = monotonic_ms();
@@ -866,6 +891,14 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
         }
         if ((r = guest_start_check_cancel(g, err)) < 0 || (r = qemu_connect(g, err)) < 0)
                 return r;
+        /* The anchor came while QEMU set itself up. Before it is checked, nothing is
+         * sealed (the loop that would seal swtpm's writes has not run yet) and the guest
+         * has not run: a refused state is discarded unsealed (guest_start_children()). */
+        if ((r = tpm_anchor_arrived(g, err)) < 0)
+                return r;
+        /* the anchor catches up with what the start sealed (after it is durable) */
+        if (g->tpm.present && !g->incoming)
+                guest_anchor_catch_up(g, GUEST_ANCHOR_START);
         /* QEMU is still paused (-S): abandoned here, the guest has not run a single instruction */
         if ((r = guest_start_check_cancel(g, err)) < 0)
                 return r;
@@ -896,6 +929,17 @@ int guest_start_children(struct guest *g, vmsup_error **err) {
                 log_info("guest running: QEMU pid %d, no vTPM (started in %ld ms)", (int) g->qemu.pid, monotonic_ms() - t0);
         guest_notify_ready(g);
         return 0;
+}
+
+int guest_start_children(struct guest *g, vmsup_error **err) {
+        int r = start_children(g, err);
+
+        /* A start that failed before the anchor was checked: what swtpm may have written
+         * (it loads the state on QEMU's CMD_INIT) is wiped, not sealed, so that a refused
+         * state changes nothing. The sealed state is as it was. */
+        if (r < 0 && g->anchor_pending)
+                g->tpm_discard = true;
+        return r;
 }
 
 /* Make QEMU go away: quit over QMP, then SIGTERM, then SIGKILL. Blocking; for failure

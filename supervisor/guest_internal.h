@@ -150,6 +150,8 @@ struct guest {
         struct evloop_source *anchor_src; /* a launch's request to the keeper, answer pending */
         struct vtpm_secret_pending *secret_pending; /* run.c asked for the passphrase; the
                                                      * first launch takes the answer */
+        bool anchor_pending;    /* the passphrase came, the anchor is still on its way (in
+                                 * secret_pending): checked before the guest runs */
         uint64_t anchor_sent;             /* the generation it asked for */
         struct qmp_client *qmp;
         const struct guest_life *life;
@@ -226,6 +228,9 @@ int guest_derive_keys(struct guest *g, const char *passphrase, vmsup_error **err
  * A sealed state older than the anchor (g->anchor) is refused here (VMSUP_ERR_DATA), before
  * anything is changed. */
 int guest_open_sync(struct guest *g, vmsup_error **err);
+/* The check of the sealed state against the anchor (g->anchor) guest_open_sync() makes,
+ * for an anchor that came later. */
+int guest_tpm_anchor_check(struct guest *g, vmsup_error **err);
 /* When the rollback anchor follows the sealed state: host mode at every seal (the local
  * store, durably); user and deployment mode (Barbican) at a start and a stop only. */
 enum guest_anchor_when { GUEST_ANCHOR_SEAL, GUEST_ANCHOR_START, GUEST_ANCHOR_STOP };

@@ -428,6 +428,10 @@ int tpm_sync_wipe_live(struct tpm_sync *s, vmsup_error **err) {
         return r;
 }
 
+bool tpm_sync_live_has_state(const struct tpm_sync *s) {
+        return faccessat(s->live_fd, s->files[0].name, F_OK, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
 uint64_t tpm_sync_generation(const struct tpm_sync *s) {
         return s->m.generation;
 }
