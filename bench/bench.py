@@ -461,8 +461,14 @@ class Bare:
                      "-drive", "if=pflash,format=raw,unit=1,file=" + vars_fd]
         argv += ["-kernel", guest.kernel, "-initrd", guest.initrd, "-append", guest.cmdline,
                  "-chardev", "socket,id=chrtpm,path=" + ctrl, "-tpmdev", "emulator,id=tpm-tpm0,chardev=chrtpm",
-                 "-device", "tpm-crb,tpmdev=tpm-tpm0,id=tpm0",
-                 "-chardev", "file,id=serial0,path=%s,append=on" % self.console(u), "-serial", "chardev:serial0",
+                 "-device", "tpm-crb,tpmdev=tpm-tpm0,id=tpm0"]
+        # what vmsup adds to every q35 guest: the panic device, and the eight root ports
+        # a NIC can be hot-plugged into (supervisor/qemuargs.c)
+        argv += ["-device", "pvpanic", "-action", "panic=pause"]
+        for i in range(8):
+            argv += ["-device", "pcie-root-port,id=nicport%d,port=0x%x,chassis=%d,bus=pcie.0,addr=0x1c.0x%x%s"
+                     % (i, 0x10 + i, i + 1, i, ",multifunction=on" if i == 0 else "")]
+        argv += ["-chardev", "file,id=serial0,path=%s,append=on" % self.console(u), "-serial", "chardev:serial0",
                  "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
         qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=open(os.path.join(d, "qemu.log"), "ab"),
                                 stderr=subprocess.STDOUT)
