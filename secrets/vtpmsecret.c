@@ -482,6 +482,21 @@ static bool pending_reap(struct vtpm_secret_pending *p, char *why, size_t size) 
         return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
+/* The child's next reply. It answers each request all at once when it is done: until
+ * then, a stop request (SIGTERM on cancel_fd) abandons it, whatever Keystone or Barbican
+ * are doing, and *pp with it. 1: a reply; 0: none (the child ended); < 0: abandoned. */
+static int pending_recv(struct vtpm_secret_pending **pp, struct obtain_reply *rep, char **msg, vmsup_error **err) {
+        struct vtpm_secret_pending *p = *pp;
+        int r;
+
+        if (wait_readable(p->rd, p->cancel_fd) == -ECANCELED) {
+                r = vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "vTPM secret: the request to %s abandoned", p->asked);
+                *pp = vtpm_secret_pending_free(p);
+                return r;
+        }
+        return reply_recv(p->rd, rep, msg) ? 1 : 0;
+}
+
 int vtpm_secret_obtain_finish(struct vtpm_secret_pending **pp, struct vtpm_secret *ret, vmsup_error **err) {
         struct vtpm_secret_pending *p = *pp;
         _cleanup_secmem_ char *pass = NULL;
@@ -491,14 +506,9 @@ int vtpm_secret_obtain_finish(struct vtpm_secret_pending **pp, struct vtpm_secre
         bool got, ended = true;
         char why[64] = "";
 
-        /* The child answers all at once when it is done: until then, a stop request
-         * (SIGTERM on cancel_fd) ends it, whatever Keystone or Barbican are doing. */
-        if (wait_readable(p->rd, p->cancel_fd) == -ECANCELED) {
-                r = vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "vTPM secret: the request to %s abandoned", p->asked);
-                *pp = vtpm_secret_pending_free(p);
+        if ((r = pending_recv(pp, &rep, &msg, err)) < 0)
                 return r;
-        }
-        got = reply_recv(p->rd, &rep, &msg);
+        got = r > 0;
         if (got && rep.r >= 0 && rep.pass_len > 0 && rep.pass_len <= KDF_PASSPHRASE_MAX) {
                 /* straight from the pipe into locked memory: no other copy */
                 pass = secmem_alloc(rep.pass_len + 1);
@@ -539,12 +549,9 @@ int vtpm_secret_anchor_finish(struct vtpm_secret_pending **pp, bool *ret_anchore
         bool got, ended;
         int r;
 
-        if (wait_readable(p->rd, p->cancel_fd) == -ECANCELED) {
-                r = vmsup_fail(err, VMSUP_ERR_BUSY, ECANCELED, "vTPM secret: the request to %s abandoned", p->asked);
-                *pp = vtpm_secret_pending_free(p);
+        if ((r = pending_recv(pp, &rep, &msg, err)) < 0)
                 return r;
-        }
-        got = reply_recv(p->rd, &rep, &msg);
+        got = r > 0;
         ended = pending_reap(p, why, sizeof(why));
         *pp = vtpm_secret_pending_free(p);
         if (!got || !ended)
