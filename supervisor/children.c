@@ -40,6 +40,11 @@ void guest_step(const struct guest *g, const char *step) {
         log_debug("start: %s (+%.1f ms)", step, (double) (monotonic_us() - g->steps_t0) / 1000.0);
 }
 
+void guest_stop_step(const struct guest *g, const char *step) {
+        if (g->stop_t0)
+                log_debug("stop: %s (+%.1f ms)", step, (double) (monotonic_us() - g->stop_t0) / 1000.0);
+}
+
 void guest_child_forget(struct guest_child *c) {
         c->src = evloop_source_remove(c->src);
         closep(&c->pidfd);
@@ -537,6 +542,7 @@ void guest_tpm_seal_and_wipe(struct guest *g) {
                 vmsup_error_free(err);
                 return;
         }
+        guest_stop_step(g, "TPM state sealed");
         events_emit(g->events, "TPM_STATE_SEALED", NULL);
         guest_anchor_catch_up(g, GUEST_ANCHOR_SEAL);
         g->sync_watched = false; /* wiping ends the watch; its fd stays open, silent */
@@ -545,6 +551,7 @@ void guest_tpm_seal_and_wipe(struct guest *g) {
                 log_error("%s", err->msg);
                 vmsup_error_free(err);
         }
+        guest_stop_step(g, "live TPM state wiped");
 }
 
 /* Signal a tracked child through its pidfd: the pid may be reused once reaped. */
@@ -617,6 +624,7 @@ void guest_tpm_stop(struct guest *g) {
                 log_warning("swtpm %s", proc_describe_status(g->swtpm.status, why, sizeof(why)));
         else if (shutdown_err)
                 log_warning("swtpm: %s", shutdown_err);
+        guest_stop_step(g, "swtpm exited");
         guest_child_forget(&g->swtpm);
         guest_tpm_seal_and_wipe(g);
 out:

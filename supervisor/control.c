@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -145,13 +146,25 @@ int control_conn_read(struct control_conn *c, vmsup_error **err) {
         }
 }
 
+/* Bytes [done, len] of TEXT and its newline in one message: the peer wakes once for the
+ * line, not once for the text and again for its newline. */
+static ssize_t send_line_from(int fd, const char *text, size_t len, size_t done) {
+        struct iovec iov[2];
+        struct msghdr m = { .msg_iov = iov };
+
+        if (done < len)
+                iov[m.msg_iovlen++] = (struct iovec) { .iov_base = (void *) (text + done), .iov_len = len - done };
+        iov[m.msg_iovlen++] = (struct iovec) { .iov_base = (void *) "\n", .iov_len = 1 };
+        return sendmsg(fd, &m, MSG_NOSIGNAL);
+}
+
 static void send_line(struct control_conn *c, json_object *obj) {
         const char *text = json_object_to_json_string_ext(obj, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
         size_t len = strlen(text), done = 0;
 
         /* Replies are small; a client that does not read gets cut off after 1 s. */
-        while (done < len) {
-                ssize_t n = send(c->fd, text + done, len - done, MSG_NOSIGNAL);
+        while (done <= len) {
+                ssize_t n = send_line_from(c->fd, text, len, done);
 
                 if (n < 0 && errno == EINTR)
                         continue;
@@ -166,7 +179,6 @@ static void send_line(struct control_conn *c, json_object *obj) {
                         return;
                 done += (size_t) n;
         }
-        (void) !send(c->fd, "\n", 1, MSG_NOSIGNAL);
 }
 
 void control_conn_reply_ok(struct control_conn *c, json_object *ret) {
@@ -333,7 +345,7 @@ static int request(const char *path, json_object *req, int timeout_ms, control_p
         if ((r = connect_bounded(fd, &sa, path, timeout_ms, err)) < 0)
                 return r;
         text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
-        if (send(fd, text, strlen(text), MSG_NOSIGNAL) < 0 || send(fd, "\n", 1, MSG_NOSIGNAL) < 0) {
+        if (send_line_from(fd, text, strlen(text), 0) < 0) {
                 /* A supervisor that refuses us (too many clients) answers and closes at once:
                  * its answer is still there to read. */
                 if (errno != EPIPE && errno != ECONNRESET)

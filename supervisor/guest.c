@@ -42,6 +42,8 @@ static void on_qmp_timer(struct evloop_source *s, void *userdata) {
 }
 
 void guest_answer_waiters(struct guest *g, bool ok, enum vmsup_err_kind kind, const char *msg) {
+        if (g->waiters)
+                guest_stop_step(g, "answered");
         while (g->waiters) {
                 struct control_conn *c = g->waiters;
 
@@ -118,6 +120,8 @@ void guest_begin_stop(struct guest *g, unsigned timeout_s, bool force, bool rebo
         if (!reboot && g->state == GUEST_REBOOTING)
                 g->crashed = false; /* a stop during on_crash's restart: the operator's stop */
         g->stop_requested = true;
+        if (!g->stop_t0)
+                g->stop_t0 = monotonic_us();
         g->state = reboot ? GUEST_REBOOTING : GUEST_STOPPING;
         if (reboot)
                 guest_notify_status(g, "rebooting (hard: QEMU restarts, the TPM state is kept)");
@@ -198,6 +202,7 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
                 if (!g->stop_requested)
                         guest_notify_stopping(g, "stopping (the guest powered off)");
                 log_info("QEMU: SHUTDOWN (%s)", why ? why : "no reason given");
+                guest_stop_step(g, "QEMU shutting down");
         } else if (streq(event, "GUEST_PANICKED"))
                 on_guest_panicked(g);
         else if (streq(event, "RESET"))
@@ -244,6 +249,7 @@ static void on_qemu_exit(struct guest *g) {
         bool forced = g->force_pending || g->qemu_termed;
 
         proc_describe_status(g->qemu.status, why, sizeof(why));
+        guest_stop_step(g, "QEMU exited");
         guest_qmp_drop(g);
         guest_child_forget(&g->qemu);
         evloop_timer_set(g->stop_timer, -1);
@@ -275,6 +281,7 @@ static void on_qemu_exit(struct guest *g) {
                  * STOPPED, then STARTED (children.c), both with the reason */
                 events_emit_reason(g->events, "STOPPED", g->crashed ? "crash-restart" : "reboot");
                 g->stop_requested = false;
+                g->stop_t0 = 0;
                 g->stop_note[0] = '\0';
                 r = guest_start_children(g, &err);
                 g->crashed = false;
@@ -318,6 +325,7 @@ static void on_swtpm_exit(struct guest *g) {
         char why[64];
 
         proc_describe_status(g->swtpm.status, why, sizeof(why));
+        guest_stop_step(g, "swtpm exited");
         guest_child_forget(&g->swtpm);
         closep(&g->tpm_ctrl_fd);
         g->tpm_ctrl_fd = -1;

@@ -88,6 +88,13 @@ static struct sup start(void) {
         return start_as(project);
 }
 
+/* vmsup -v run: debug lines, the start's and the stop's steps among them. */
+static struct sup start_verbose(void) {
+        char *argv[] = { VMSUP_BIN, "-v", "--config", conf, "run", "--token-fd", "3", spec_path, NULL };
+
+        return test_spawn(argv, NULL, vmsup_log, project);
+}
+
 /* vmsup delete UUID with the owner's credential on fd 3. */
 static int run_delete(const char *credential) {
         char *argv[] = { VMSUP_BIN, "--config", conf, "delete", "--token-fd", "3", UUID, NULL };
@@ -882,8 +889,11 @@ Test(run, cli_status_qmp_and_forced_stop) {
         struct sup s;
 
         write_spec("2.0", "tpm-crb", false, true);
-        s = start();
+        s = start_verbose();
         json_object_put(wait_running(&s));
+        /* -v: each step of the start with its time */
+        cr_assert(strstr(slurp(vmsup_log), "start: QEMU started (+") && strstr(slurp(vmsup_log), "start: cont (+"),
+                  "%s", slurp(vmsup_log));
 
         test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "status", uuid, NULL });
         cr_assert_eq(r.exit_code, 0, "%s", r.err);
@@ -905,6 +915,11 @@ Test(run, cli_status_qmp_and_forced_stop) {
         test_run_clear(&r);
         cr_assert_eq(wait_exit(&s, 30000), 0, "%s", slurp(vmsup_log));
         assert_clean();
+        /* and of the stop, up to the answer */
+        cr_assert(strstr(slurp(vmsup_log), "stop: QEMU exited (+") && strstr(slurp(vmsup_log), "stop: swtpm exited (+") &&
+                          strstr(slurp(vmsup_log), "stop: live TPM state wiped (+") &&
+                          strstr(slurp(vmsup_log), "stop: answered (+"),
+                  "%s", slurp(vmsup_log));
 
         test_run_vmsup(&r, NULL, (const char *[]) { "--config", conf, "status", uuid, NULL });
         cr_assert_eq(r.exit_code, 69);
