@@ -364,13 +364,18 @@ static int tpm_secret_finish(struct guest *g, vmsup_error **err) {
 static int tpm_anchor_arrived(struct guest *g, vmsup_error **err) {
         int r;
 
+        long long t0 = monotonic_us();
+        char step[64];
+
         if (!g->anchor_pending)
                 return 0;
         g->anchor_pending = false;
         r = vtpm_secret_anchor_finish(&g->secret_pending, &g->anchored, &g->anchor, err);
         if (r < 0)
                 return r;
-        guest_step(g, "rollback anchor here");
+        /* how long the start waited for it here: 0 when it came while QEMU set itself up */
+        snprintf(step, sizeof(step), "rollback anchor here (waited %.1f ms)", (double) (monotonic_us() - t0) / 1000.0);
+        guest_step(g, step);
         return guest_tpm_anchor_check(g, err);
 }
 
