@@ -362,10 +362,9 @@ static int tpm_secret_finish(struct guest *g, vmsup_error **err) {
 /* The rollback anchor that followed the passphrase (user and deployment mode), and the
  * check of the sealed state against it. */
 static int tpm_anchor_arrived(struct guest *g, vmsup_error **err) {
-        int r;
-
         long long t0 = monotonic_us();
         char step[64];
+        int r;
 
         if (!g->anchor_pending)
                 return 0;

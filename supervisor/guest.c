@@ -199,6 +199,8 @@ static void on_qmp_event(void *userdata, const char *event, json_object *data, j
         (void) timestamp;
         if (streq(event, "SHUTDOWN")) {
                 g->guest_shutdown = true;
+                if (!g->stop_t0)
+                        g->stop_t0 = monotonic_us(); /* the guest powered off by itself */
                 if (!g->stop_requested)
                         guest_notify_stopping(g, "stopping (the guest powered off)");
                 log_info("QEMU: SHUTDOWN (%s)", why ? why : "no reason given");

@@ -159,7 +159,7 @@ struct guest {
         enum guest_state state;
         time_t started_at;
         long long steps_t0;     /* monotonic_us() at the start (a hard reboot's too): guest_step() */
-        long long stop_t0;      /* monotonic_us() at the stop's request: guest_stop_step() */
+        long long stop_t0;      /* monotonic_us() at the stop's request or the guest's power-off: guest_stop_step() */
         char qemu_status[32];
         bool guest_shutdown;    /* QEMU reported SHUTDOWN */
         bool stop_requested;    /* stop, SIGTERM or SIGINT */
@@ -220,6 +220,8 @@ void guest_check_children(struct guest *g);
 /* -v: a step of the start and when it was done, from the supervisor's (or the hard
  * reboot's) start (docs/performance.md reads these). */
 void guest_step(const struct guest *g, const char *step);
+/* -v: a step of a stop (or hard reboot) and when it was done, from its request or from
+ * the guest's own power-off */
 void guest_stop_step(const struct guest *g, const char *step);
 /* fds held on /dev/null (FD_RESERVE), let go while sealing or refusing a client needs them */
 void guest_fd_reserve_fill(struct guest *g);
