@@ -933,12 +933,37 @@ Test(migsource, marker_failure_rolls_back_before_commit) {
         cr_assert_eq(T.markers_removed, 0);
 }
 
+/* The source's end of its channel to the destination (the socket whose peer is DEST's
+ * T.port), or -1. */
+static int source_channel_fd(void) {
+        for (int fd = 3; fd < 1024; fd++) {
+                struct sockaddr_in sa;
+                socklen_t len = sizeof(sa);
+
+                if (getpeername(fd, (struct sockaddr *) &sa, &len) == 0 && sa.sin_family == AF_INET &&
+                    ntohs(sa.sin_port) == (unsigned) atoi(T.port))
+                        return fd;
+        }
+        return -1;
+}
+
 /* RUNNING came, DONE cannot go: the guest runs there all the same */
 static void reset_after_commit(struct t *t) {
+        static int channel_fd = -1; /* found while it is connected: a reset one has no peer */
+
+        if (channel_fd < 0)
+                channel_fd = source_channel_fd();
         if (t->step == 0 && streq(migrate_source_state_name(t->s), "committed")) {
+                struct pollfd p = { .fd = channel_fd };
+
                 t->step = 1;
+                cr_assert_geq(p.fd, 0, "the source's channel to the destination was not seen open");
                 /* RUNNING and the reset are both on their way before the source reads again */
                 cr_assert(sem_wait_long(&t->notify));
+                /* and the reset has reached the source's socket: loopback delivers it in a
+                 * softirq, which a busy machine may defer past the source's DONE */
+                cr_assert_eq(poll(&p, 1, LONG_MS), 1, "the destination's reset did not reach the source");
+                cr_assert(p.revents & (POLLERR | POLLHUP), "revents 0x%x", (unsigned) p.revents);
         }
 }
 
