@@ -515,16 +515,14 @@ int vtpm_secret_obtain_finish(struct vtpm_secret_pending **pp, struct vtpm_secre
                 if (pass && read_all(p->rd, pass, rep.pass_len) != rep.pass_len)
                         pass = secmem_free(pass);
         }
-        /* the anchor still to come: the child goes on */
-        if (!(got && rep.r >= 0 && rep.anchor_follows && pass))
+        /* with the anchor still to come the child goes on, and *pp stays for _anchor_finish */
+        if (!(got && rep.r >= 0 && rep.anchor_follows && pass)) {
                 ended = pending_reap(p, why, sizeof(why));
-        if (!got || !ended) {
                 *pp = vtpm_secret_pending_free(p);
+        }
+        if (!got || !ended)
                 return vmsup_fail(err, VMSUP_ERR_INTERNAL, 0, "vTPM secret: the process asking Barbican %s",
                                   got ? why : "ended without an answer");
-        }
-        if (rep.r < 0 || !pass)
-                *pp = vtpm_secret_pending_free(p);
         if (rep.r < 0)
                 return reply_error(&rep, msg, "vTPM secret", err);
         if (!pass)
@@ -535,8 +533,6 @@ int vtpm_secret_obtain_finish(struct vtpm_secret_pending **pp, struct vtpm_secre
                                       .anchored = rep.anchored, .anchor = rep.anchor,
                                       .anchor_follows = rep.anchor_follows };
         memcpy(ret->id, rep.id, sizeof(ret->id));
-        if (!rep.anchor_follows)
-                *pp = vtpm_secret_pending_free(p);
         return 0;
 }
 

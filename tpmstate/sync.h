@@ -51,13 +51,13 @@ int tpm_sync_dispatch(struct tpm_sync *s, vmsup_error **err);
  * the caller's epoll) or tpm_sync_free() closes it. */
 int tpm_sync_wipe_live(struct tpm_sync *s, vmsup_error **err);
 
-/* The generation of the sealed state: its manifest's, which advances with every file
- * sealed (crypto/seal.h). 0 while nothing is sealed. It is what the rollback anchor
- * records (docs/vmsup.8, TPM STATE). */
 /* Whether the live dir holds a permanent state file (a crashed run's, which
  * tpm_sync_restore() seals when it is newer). */
 bool tpm_sync_live_has_state(const struct tpm_sync *s);
 
+/* The generation of the sealed state: its manifest's, which advances with every file
+ * sealed (crypto/seal.h). 0 while nothing is sealed. It is what the rollback anchor
+ * records (docs/vmsup.8, TPM STATE). */
 uint64_t tpm_sync_generation(const struct tpm_sync *s);
 
 /* A state that goes on from another one (a migrated guest's, an imported one): the next
